@@ -1,0 +1,1 @@
+"""napari docks: thin views over the Qt-free core (``napari_ftu.*``)."""

@@ -1,0 +1,212 @@
+"""``napari-ftu``: demo, segment, train and export from the command line (the same core as the docks).
+
+Errors the user can fix (bad files, bad models, bad ids) print one ``napari-ftu: error: ...``
+line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .export import ExportError
+from .models import ModelError
+from .rle import RLEError
+from .slide_io import SlideError
+
+USER_ERRORS = (SlideError, ModelError, ExportError, RLEError, FileNotFoundError, FileExistsError)
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except USER_ERRORS as exc:
+        print(f"napari-ftu: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="napari-ftu", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(title="commands")
+
+    d = sub.add_parser("demo", help="segment the synthetic sample slide with the default model")
+    d.add_argument("--headless", action="store_true", help="no window; print the results")
+    d.add_argument("--json", action="store_true", help="print one JSON object (with --headless)")
+    d.add_argument("--size", type=int, default=None, help="slide side in pixels (default 2048)")
+    d.add_argument("--seed", type=int, default=None, help="slide seed (default: one unseen in training)")
+    d.add_argument("--out", type=Path, default=Path("napari-ftu-demo"), help="folder for the outputs")
+    d.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    d.set_defaults(func=_demo)
+
+    s = sub.add_parser("segment", help="segment an image and write HuBMAP RLE (and labels)")
+    s.add_argument("image", type=Path)
+    s.add_argument("--model", type=Path, default=None, help="model folder or checkpoint (default: built-in)")
+    s.add_argument("--out", type=Path, required=True, help="CSV to write (id,rle)")
+    s.add_argument("--labels", type=Path, default=None, help="also write the instance labels as TIFF")
+    s.add_argument("--id", default=None, help="image id in the CSV (default: file name stem)")
+    s.add_argument("--um-per-px", type=float, default=None, help="override the image's pixel size")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--tile", type=int, default=None)
+    s.add_argument("--overlap", type=int, default=None)
+    s.add_argument("--threshold", type=float, default=None)
+    s.add_argument("--json", action="store_true", help="print a JSON summary")
+    s.set_defaults(func=_segment)
+
+    t = sub.add_parser("train", help="train a model folder from image/mask tiles or synthetic slides")
+    t.add_argument("--out", type=Path, required=True, help="model folder to write")
+    t.add_argument("--tiles", type=Path, action="append", default=[], help="folder with images/ and masks/")
+    t.add_argument("--val-tiles", type=Path, action="append", default=[], help="validation folder")
+    t.add_argument("--synthetic", type=int, default=0, help="number of synthetic training slides")
+    t.add_argument("--val-synthetic", type=int, default=0, help="number of synthetic validation slides")
+    t.add_argument("--synthetic-size", type=int, default=768)
+    t.add_argument("--init", type=Path, default=None, help="fine-tune from this model folder")
+    t.add_argument("--steps", type=int, default=500)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--crop", type=int, default=256)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--val-every", type=int, default=100)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--um-per-px", type=float, default=None, help="model pixel size (new models)")
+    t.add_argument("--name", default="napari-ftu model")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("export", help="export a label image as HuBMAP RLE CSV or training tiles")
+    e.add_argument("labels", type=Path, help="label or mask image (TIFF/PNG)")
+    e.add_argument("--rle", type=Path, default=None, help="CSV to write (id,rle)")
+    e.add_argument("--tiles", type=Path, default=None, help="folder for training tiles")
+    e.add_argument("--image", type=Path, default=None, help="the image (needed for --tiles)")
+    e.add_argument("--id", default=None, help="image id (default: image or labels file stem)")
+    e.add_argument("--tile", type=int, default=512)
+    e.add_argument("--overlap", type=int, default=0)
+    e.add_argument("--negative-fraction", type=float, default=0.1)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    e.set_defaults(func=_export)
+    return p
+
+
+def _demo(args) -> int:
+    from .demo import run_headless
+
+    if not args.headless:
+        from ._qt.demo import run_gui
+
+        return run_gui(size=args.size, seed=args.seed, device=args.device)
+    result = run_headless(args.out, size=args.size, seed=args.seed, device=args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"Dice {result['dice']:.3f} vs ground truth, {result['n_objects']} FTUs "
+            f"({result['n_true_objects']} true), {result['seconds']:.1f} s on {result['device']}"
+        )
+        for path in result["outputs"]:
+            print(f"wrote {path}")
+    return 0
+
+
+def _segment(args) -> int:
+    from .export import safe_id, write_rle_csv
+    from .inference import segment
+    from .models import load_model
+    from .slide_io import read_image, write_tiff
+
+    loaded = read_image(args.image)
+    image_id = safe_id(args.id or loaded.name)
+    um = args.um_per_px or loaded.um_per_px
+    model = load_model(args.model, device=args.device)
+
+    def progress(done, total):
+        if not args.json:
+            print(f"\rtiles {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    seg = segment(loaded.data, model, progress=progress, um_per_px=um, tile_size=args.tile,
+                  overlap=args.overlap, threshold=args.threshold)
+    if not args.json:
+        print(file=sys.stderr)
+    outputs = [str(write_rle_csv(args.out, [(image_id, seg.labels > 0)]))]
+    if args.labels:
+        outputs.append(str(write_tiff(args.labels, seg.labels, um)))
+    summary = {"id": image_id, "n_objects": len(seg.objects), "seconds": round(seg.seconds, 3),
+               "device": seg.device, "um_per_px": um, "outputs": outputs}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{image_id}: {summary['n_objects']} FTUs in {seg.seconds:.1f} s on {seg.device}")
+        for path in outputs:
+            print(f"wrote {path}")
+    return 0
+
+
+def _train(args) -> int:
+    from .models import ModelCard, load_model
+    from .training import folder_samples, synthetic_samples, train
+
+    init_state = None
+    if args.init:
+        base = load_model(args.init, device="cpu")
+        card = base.card
+        init_state = base.network.state_dict()
+    else:
+        card = ModelCard(name=args.name)
+        if args.um_per_px:
+            card.um_per_px = args.um_per_px
+    train_set = [pair for folder in args.tiles for pair in folder_samples(folder)]
+    val_set = [pair for folder in args.val_tiles for pair in folder_samples(folder)]
+    if args.synthetic:
+        train_set += synthetic_samples(args.synthetic, args.synthetic_size, args.seed + 1, card)
+    if args.val_synthetic:
+        val_set += synthetic_samples(args.val_synthetic, args.synthetic_size, args.seed + 2, card)
+    if not train_set:
+        raise FileNotFoundError("no training data: give --tiles FOLDER and/or --synthetic N")
+    card.notes = {**card.notes, "training": {
+        "tiles": [str(p) for p in args.tiles], "synthetic": args.synthetic, "synthetic_size": args.synthetic_size,
+        "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr, "seed": args.seed}}
+
+    def log(event):
+        if event[0] == "val":
+            print(f"step {event[1]}: validation Dice {event[2]:.4f}", flush=True)
+        elif event[1] % 25 == 0:
+            print(f"step {event[1]}/{event[2]}: loss {event[3]:.4f}", flush=True)
+
+    _, history = train(train_set, val_set, card, out=args.out, log=log, steps=args.steps,
+                       batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
+                       device=args.device, val_every=args.val_every, init_state=init_state)
+    print(f"best validation Dice {history['best_dice']:.4f} at step {history['best_step']}; "
+          f"{history['seconds']:.0f} s; wrote {args.out}")
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export_tiles, safe_id, write_rle_csv
+    from .slide_io import read_image
+
+    if not args.rle and not args.tiles:
+        raise ExportError("nothing to do: give --rle OUT.csv and/or --tiles FOLDER")
+    labels = read_image(args.labels)
+    lab = labels.data if labels.data.ndim == 2 else labels.data[..., 0]
+    image_id = safe_id(args.id or (read_image(args.image).name if args.image else labels.name))
+    if args.rle:
+        if args.rle.exists() and not args.overwrite:
+            raise FileExistsError(f"{args.rle} exists; pass --overwrite to replace it")
+        print(f"wrote {write_rle_csv(args.rle, [(image_id, lab > 0)])}")
+    if args.tiles:
+        if not args.image:
+            raise ExportError("--tiles needs --image")
+        image = read_image(args.image)
+        rows = export_tiles(image.data, lab, args.tiles, image_id, tile=args.tile, overlap=args.overlap,
+                            um_per_px=image.um_per_px, negative_fraction=args.negative_fraction, seed=args.seed)
+        print(f"wrote {len(rows)} tiles and {args.tiles / 'manifest.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

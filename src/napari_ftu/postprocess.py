@@ -1,0 +1,51 @@
+"""From probability to instances: threshold, fill holes, drop small objects, label."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+
+def instances(prob: np.ndarray, threshold: float, min_area_px: int = 0) -> np.ndarray:
+    """Instance labels (int32, 0 = background) from a 2-D probability map."""
+    mask = ndi.binary_fill_holes(prob >= threshold)
+    labels, n = ndi.label(mask)
+    if n and min_area_px > 0:
+        areas = np.bincount(labels.ravel())
+        small = areas < min_area_px
+        small[0] = False
+        labels[small[labels]] = 0
+        labels = relabel_sequential(labels)
+    return labels.astype(np.int32, copy=False)
+
+
+def relabel_sequential(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels 1..n in order of their current ids."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.int32)
+    lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def object_table(labels: np.ndarray, prob: np.ndarray | None = None, um_per_px: float | None = None) -> list[dict]:
+    """Per object: id, area in px and µm², centroid, and mean probability as confidence."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return []
+    area = ndi.sum_labels(np.ones(labels.shape), labels, ids)
+    cy, cx = np.asarray(ndi.center_of_mass(np.ones(labels.shape), labels, ids)).T
+    conf = ndi.mean(prob, labels, ids) if prob is not None else np.full(ids.size, np.nan)
+    scale = (um_per_px or 1.0) ** 2
+    return [
+        {
+            "id": int(i),
+            "area_px": int(a),
+            "area_um2": float(a * scale) if um_per_px else None,
+            "centroid_y": float(y),
+            "centroid_x": float(x),
+            "confidence": float(c),
+        }
+        for i, a, y, x, c in zip(ids, area, cy, cx, conf)
+    ]

@@ -1,0 +1,64 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from napari_ftu import rle
+from napari_ftu.cli import main
+from napari_ftu.slide_io import read_image, write_tiff
+
+
+def test_headless_demo_json(tmp_path, capsys):
+    assert main(["demo", "--headless", "--json", "--size", "1024", "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"dice", "n_objects", "seconds", "device", "outputs"} <= set(result)
+    assert result["dice"] >= 0.85
+    assert result["n_objects"] > 0 and result["device"] == "cpu"
+    for path in result["outputs"]:
+        assert (tmp_path / path.split("/")[-1]).is_file()
+    with open(tmp_path / "prediction_rle.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    labels = read_image(tmp_path / "prediction_labels.tif").data
+    np.testing.assert_array_equal(rle.decode(row["rle"], labels.shape), labels > 0)
+
+
+def test_segment_command(tmp_path, small_slide, capsys):
+    rgb, truth, spec = small_slide
+    image = write_tiff(tmp_path / "kidney_a.tif", rgb, spec.um_per_px)
+    out = tmp_path / "pred.csv"
+    assert main(["segment", str(image), "--out", str(out), "--labels", str(tmp_path / "l.tif"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["id"] == "kidney_a" and summary["um_per_px"] == pytest.approx(1.0)
+    with open(out, newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    mask = rle.decode(row["rle"], truth.shape)
+    from napari_ftu.metrics import dice
+
+    assert dice(mask, truth) >= 0.85
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00garbage")
+    assert main(["segment", str(bad), "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("napari-ftu: error:") and "broken.tif" in err and "\n" not in err
+    assert main(["segment", str(tmp_path / "none.png"), "--out", "x.csv"]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_export_command_refuses_to_overwrite(tmp_path, small_slide, capsys):
+    rgb, truth, spec = small_slide
+    labels = write_tiff(tmp_path / "truth.tif", truth, 1.0)
+    image = write_tiff(tmp_path / "kid.tif", rgb, 1.0)
+    out = tmp_path / "gt.csv"
+    assert main(["export", str(labels), "--image", str(image), "--rle", str(out), "--tiles", str(tmp_path / "t"),
+                 "--tile", "256"]) == 0
+    before = out.read_text()
+    assert main(["export", str(labels), "--rle", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert out.read_text() == before
+    with open(tmp_path / "t" / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all(int(r["n_objects"]) >= 0 for r in rows)

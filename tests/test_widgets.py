@@ -1,0 +1,122 @@
+"""The docks, opened through the installed manifest in a real viewer (pytest-qt under Xvfb)."""
+
+import numpy as np
+import pytest
+
+from napari_ftu.metrics import dice
+from napari_ftu.slide_io import write_tiff
+
+napari = pytest.importorskip("napari")
+
+
+@pytest.fixture
+def viewer_with_slide(make_napari_viewer, small_slide):
+    viewer = make_napari_viewer()
+    rgb, truth, spec = small_slide
+    viewer.add_image(rgb, name="kidney", scale=(1.0, 1.0), metadata={"um_per_px": spec.um_per_px})
+    return viewer, truth
+
+
+def _segment_dock(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Segment")
+    widget.device.value = "cpu"
+    widget.image.value = viewer.layers["kidney"]
+    return widget
+
+
+def test_segment_dock_runs_in_worker(viewer_with_slide, qtbot):
+    viewer, truth = viewer_with_slide
+    widget = _segment_dock(viewer)
+    worker = widget.run()
+    assert worker is not None and not widget.run_button.enabled
+    qtbot.waitUntil(lambda: "kidney FTUs" in viewer.layers, timeout=120_000)
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=10_000)
+    labels = viewer.layers["kidney FTUs"]
+    assert isinstance(labels, napari.layers.Labels)
+    assert dice(labels.data, truth) >= 0.85
+    assert "kidney probability" in viewer.layers
+    assert "cpu" in widget.status.value and "FTUs" in widget.status.value
+    assert widget.bar.value == widget.bar.max
+    assert len(labels.features) == labels.data.max()
+
+
+def test_cancel_stops_the_run(make_napari_viewer, qtbot):
+    from napari_ftu.synthetic import make_slide
+
+    viewer = make_napari_viewer()
+    rgb, _, _ = make_slide(2048, 2048, seed=1, um_per_px=2.0)  # 64 tiles at the model's scale
+    viewer.add_image(rgb, name="kidney", metadata={"um_per_px": 2.0})
+    widget = _segment_dock(viewer)
+    worker = widget.run()
+    worker.yielded.connect(lambda ev: ev[1] >= 4 and widget.cancel())
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    assert widget.status.value == "cancelled"
+    assert widget.bar.value < widget.bar.max
+    assert "kidney FTUs" not in viewer.layers
+    assert widget.run_button.enabled and not widget.cancel_button.enabled
+
+
+def test_bad_model_is_reported(viewer_with_slide, tmp_path):
+    viewer, _ = viewer_with_slide
+    widget = _segment_dock(viewer)
+    widget.add_model(tmp_path)  # a folder without a model card
+    assert widget.run() is None
+    assert widget.status.value.startswith("Error:") and "model_card.json" in widget.status.value
+
+
+def test_load_dock_applies_pixel_size_and_reports_bad_files(make_napari_viewer, tmp_path, small_slide):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Load")
+    rgb = small_slide[0]
+    path = write_tiff(tmp_path / "slide.tif", rgb, 0.5)
+    layer = widget.open(path)
+    assert tuple(layer.scale) == (0.5, 0.5) and layer.metadata["um_per_px"] == 0.5
+    assert "0.5 µm/px" in widget.status.value
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG not really")
+    assert widget.open(bad) is None
+    assert "bad.png" in widget.status.value and len(viewer.layers) == 1
+
+
+def test_export_dock_writes_rle_and_asks_before_overwrite(viewer_with_slide, tmp_path, monkeypatch):
+    from napari_ftu import rle
+
+    viewer, truth = viewer_with_slide
+    viewer.add_labels(truth, name="kidney FTUs", metadata={"source": "kidney"})
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
+    widget.labels.value = viewer.layers["kidney FTUs"]
+    widget.csv_path.value = tmp_path / "sub.csv"
+    assert widget.export_rle() == tmp_path / "sub.csv"
+    rid, text = (tmp_path / "sub.csv").read_text().splitlines()[1].split(",")
+    assert rid == "kidney"
+    np.testing.assert_array_equal(rle.decode(text, truth.shape), truth > 0)
+    viewer.layers["kidney FTUs"].data = np.zeros_like(truth)
+    monkeypatch.setattr(widget, "confirm_overwrite", lambda path: False)
+    assert widget.export_rle() is None
+    assert (tmp_path / "sub.csv").read_text().splitlines()[1] == f"{rid},{text}"
+
+
+def test_user_edits_are_exported(viewer_with_slide, tmp_path):
+    """The path a user walks: segment, paint a correction, export the corrected mask."""
+    from napari_ftu import rle
+    from napari_ftu.inference import segment
+    from napari_ftu.models import load_model
+
+    viewer, truth = viewer_with_slide
+    seg = segment(viewer.layers["kidney"].data, load_model(None, "cpu"), um_per_px=1.0)
+    layer = viewer.add_labels(seg.labels, name="kidney FTUs")
+    layer.paint((10, 10), 99, refresh=True)  # napari's own brush, as a user would paint
+    assert layer.data[10, 10] == 99
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
+    widget.labels.value = layer
+    widget.csv_path.value = tmp_path / "fixed.csv"
+    widget.export_rle()
+    text = (tmp_path / "fixed.csv").read_text().splitlines()[1].split(",")[1]
+    np.testing.assert_array_equal(rle.decode(text, truth.shape), layer.data > 0)
+
+
+def test_samples_open_from_the_manifest(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-ftu", "ihc_colon")
+    assert viewer.layers[-1].data.shape == (512, 512, 3)
