@@ -74,3 +74,11 @@ def test_large_sizes_default_to_pyramid(tmp_path, monkeypatch):
     monkeypatch.setattr(syn, "PYRAMID_MIN_SIZE", 1024)
     paths = write_slide(tmp_path / "big", 1024, 600, seed=1)
     assert paths["image"].name.endswith(".ome.tif")
+
+
+def test_labels_only_rendering_matches():
+    from napari_ftu.synthetic import render_labels
+
+    spec = SlideSpec(1200, 1200, seed=8)
+    for d in (1, 4):
+        np.testing.assert_array_equal(render_labels(spec, 10, 20, 300, 280, d), render(spec, 10, 20, 300, 280, d)[1])

@@ -92,7 +92,7 @@ def test_export_dock_writes_rle_and_asks_before_overwrite(viewer_with_slide, tmp
     assert rid == "kidney"
     np.testing.assert_array_equal(rle.decode(text, truth.shape), truth > 0)
     viewer.layers["kidney FTUs"].data = np.zeros_like(truth)
-    monkeypatch.setattr(widget, "confirm_overwrite", lambda path: False)
+    monkeypatch.setattr(type(widget), "confirm_overwrite", lambda self, path: False)
     assert widget.export_rle() is None
     assert (tmp_path / "sub.csv").read_text().splitlines()[1] == f"{rid},{text}"
 
@@ -120,3 +120,14 @@ def test_samples_open_from_the_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-ftu", "ihc_colon")
     assert viewer.layers[-1].data.shape == (512, 512, 3)
+
+
+def test_plugins_menu_lists_and_opens_the_docks(make_napari_viewer):
+    viewer = make_napari_viewer()
+    menu = viewer.window.plugins_menu
+    ours = [a for a in menu.actions() if a.menu() is not None and "FTU segmentation" in a.text()]
+    assert ours, [a.text() for a in menu.actions()]
+    actions = {a.text(): a for a in ours[0].menu().actions()}
+    assert {"Load", "Segment", "Export"} <= set(actions)
+    actions["Segment"].trigger()
+    assert any("Segment" in name for name in viewer.window.dock_widgets)

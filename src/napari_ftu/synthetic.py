@@ -172,10 +172,9 @@ def render(spec: SlideSpec, y0: int, x0: int, h: int, w: int, downsample: int = 
     ``y0, x0, h, w`` are in pixels of the level ``downsample`` (1 = full resolution).
     Label values are stable glomerulus ids (the same object has the same id in every window).
     """
-    s, salt, um = spec.style, spec.style["salt"], spec.um_per_px
-    rows = ((y0 + np.arange(h)) * downsample + downsample / 2 - 0.5) * um
-    cols = ((x0 + np.arange(w)) * downsample + downsample / 2 - 0.5) * um
+    rows, cols = _window_um(spec, y0, x0, h, w, downsample)
     y, x = np.meshgrid(rows, cols, indexing="ij")
+    s, salt, um = spec.style, spec.style["salt"], spec.um_per_px
 
     # Tissue versus glass, with a soft irregular edge.
     tissue_val = _tissue_field(y, x, salt)
@@ -199,23 +198,15 @@ def render(spec: SlideSpec, y0: int, x0: int, h: int, w: int, downsample: int = 
     eosin = (0.55 + 0.2 * granular) * (1 - lumen) * (1 - 0.6 * interstitium) + 0.05
 
     labels = np.zeros((h, w), np.uint32)
-    ext = (rows[0], cols[0], rows[-1], cols[-1])
-    for g in glomeruli(spec, *ext):
-        r = 1.3 * g["radius"]
-        i0, i1 = np.searchsorted(rows, [g["cy"] - r, g["cy"] + r])
-        j0, j1 = np.searchsorted(cols, [g["cx"] - r, g["cx"] + r])
-        if i0 >= i1 or j0 >= j1:
-            continue
-        win = np.s_[i0:i1, j0:j1]
-        d = _glom_distance(g, y[win], x[win])
-        inside = d < 1.0
-        labels[win][inside] = g["id"]
+    for g, win, d in _glomerulus_windows(spec, rows, cols):
+        labels[win][d < 1.0] = g["id"]
+        yw, xw = y[win], x[win]
         tuft = np.clip((0.82 - d) / 0.03, 0, 1)
         capsule = np.clip(1 - np.abs(d - 0.965) / 0.035, 0, 1)
         space = np.clip((d - 0.82) / 0.03, 0, 1) * (d < 0.93)
-        cf1, _, _, _ = _worley(y[win], x[win], 9.0, salt + 41)
+        cf1, _, _, _ = _worley(yw, xw, 9.0, salt + 41)
         capillary = np.clip((3.0 - cf1) / 1.0, 0, 1)
-        gf1, _, _, _ = _worley(y[win], x[win], 5.5, salt + 42)
+        gf1, _, _, _ = _worley(yw, xw, 5.5, salt + 42)
         g_nuclei = np.clip((2.3 - gf1) / 0.7, 0, 1) * (1 - capillary)
         around = np.clip((1.15 - d) / 0.1, 0, 1)  # a little halo of interstitium
         tissue[win] = np.maximum(tissue[win], np.clip((1.3 - d) / 0.2, 0, 1))
@@ -234,6 +225,34 @@ def render(spec: SlideSpec, y0: int, x0: int, h: int, w: int, downsample: int = 
     return rgb, labels
 
 
+def render_labels(spec: SlideSpec, y0: int, x0: int, h: int, w: int, downsample: int = 1) -> np.ndarray:
+    """Only the ground-truth labels of a window (equal to ``render(...)[1]``, much cheaper)."""
+    rows, cols = _window_um(spec, y0, x0, h, w, downsample)
+    labels = np.zeros((h, w), np.uint32)
+    for g, win, d in _glomerulus_windows(spec, rows, cols):
+        labels[win][d < 1.0] = g["id"]
+    return labels
+
+
+def _window_um(spec: SlideSpec, y0: int, x0: int, h: int, w: int, downsample: int):
+    """Pixel-centre coordinates in micrometres of a window of a pyramid level."""
+    rows = ((y0 + np.arange(h)) * downsample + downsample / 2 - 0.5) * spec.um_per_px
+    cols = ((x0 + np.arange(w)) * downsample + downsample / 2 - 0.5) * spec.um_per_px
+    return rows, cols
+
+
+def _glomerulus_windows(spec: SlideSpec, rows: np.ndarray, cols: np.ndarray):
+    """Each glomerulus near the window, its sub-window slice and normalised distance there."""
+    for g in glomeruli(spec, rows[0], cols[0], rows[-1], cols[-1]):
+        r = 1.3 * g["radius"]
+        i0, i1 = np.searchsorted(rows, [g["cy"] - r, g["cy"] + r])
+        j0, j1 = np.searchsorted(cols, [g["cx"] - r, g["cx"] + r])
+        if i0 >= i1 or j0 >= j1:
+            continue
+        yw, xw = np.meshgrid(rows[i0:i1], cols[j0:j1], indexing="ij")
+        yield g, np.s_[i0:i1, j0:j1], _glom_distance(g, yw, xw)
+
+
 def make_slide(height: int, width: int, seed: int = 0, um_per_px: float = 1.0):
     """A whole synthetic slide in memory: ``(rgb, labels, spec)``; labels numbered 1..n."""
     spec = SlideSpec(height, width, seed, um_per_px)
@@ -249,14 +268,17 @@ def make_slide(height: int, width: int, seed: int = 0, um_per_px: float = 1.0):
     return rgb, labels, spec
 
 
-def _level_tiles(spec: SlideSpec, downsample: int, which: int):
+def _level_tiles(spec: SlideSpec, downsample: int, kind: str):
     """Full-size tiles of one pyramid level in row-major order (what tifffile's writer takes)."""
     h = -(-spec.height // downsample)
     w = -(-spec.width // downsample)
     for y0 in range(0, h, TILE):
         for x0 in range(0, w, TILE):
             th, tw = min(TILE, h - y0), min(TILE, w - x0)
-            out = render(spec, y0, x0, th, tw, downsample)[which]
+            if kind == "image":
+                out = render(spec, y0, x0, th, tw, downsample)[0]
+            else:
+                out = render_labels(spec, y0, x0, th, tw, downsample)
             if (th, tw) != (TILE, TILE):
                 pad = [(0, TILE - th), (0, TILE - tw)] + [(0, 0)] * (out.ndim - 2)
                 out = np.pad(out, pad, mode="edge")
@@ -294,7 +316,7 @@ def write_slide(
     levels = [1]
     while max(height, width) // (levels[-1] * 2) >= TILE:
         levels.append(levels[-1] * 2)
-    for path, which, kind in ((image_path, 0, "image"), (labels_path, 1, "labels")):
+    for path, kind in ((image_path, "image"), (labels_path, "labels")):
         with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
             for n, d in enumerate(levels):
                 shape = (-(-height // d), -(-width // d))
@@ -318,5 +340,5 @@ def write_slide(
                     opts["subifds"] = len(levels) - 1
                 else:
                     opts["metadata"] = None
-                tif.write(_level_tiles(spec, d, which), shape=dshape, dtype=dtype, **opts)
+                tif.write(_level_tiles(spec, d, kind), shape=dshape, dtype=dtype, **opts)
     return {"image": image_path, "labels": labels_path, "spec": spec}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import napari
 from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, PushButton
 from napari.utils.notifications import show_error
 
@@ -14,7 +15,7 @@ FILTER = "Images (*.tif *.tiff *.svs *.ndpi *.png *.jpg *.jpeg)"
 
 
 class LoadWidget(Container):
-    def __init__(self, viewer):
+    def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
         self.path = FileEdit(label="file", mode="r", filter=FILTER)
