@@ -25,11 +25,29 @@ def _segment_dock(viewer):
 
 
 def test_segment_dock_runs_in_worker(viewer_with_slide, qtbot):
+    import time
+
+    from qtpy.QtCore import QTimer
+
     viewer, truth = viewer_with_slide
     widget = _segment_dock(viewer)
+    widget._load()  # model loading is not part of the run's responsiveness
+    ticks = []
+    probe = QTimer()
+    probe.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    probe.start(10)
+    started = time.perf_counter()
     worker = widget.run()
     assert worker is not None and not widget.run_button.enabled
+    running = []
+    worker.yielded.connect(lambda ev: running.append(time.perf_counter()))
     qtbot.waitUntil(lambda: "kidney FTUs" in viewer.layers, timeout=120_000)
+    probe.stop()
+    during = [t for t in ticks if started <= t <= running[-1]]
+    gaps = [b - a for a, b in zip(during, during[1:])]
+    assert len(during) > 5
+    print(f"event loop during the run: {len(during)} ticks, longest gap {max(gaps) * 1000:.0f} ms")
+    assert max(gaps) < 0.1  # the event loop never stalls for 100 ms while tiles are computed
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=10_000)
     labels = viewer.layers["kidney FTUs"]
     assert isinstance(labels, napari.layers.Labels)
@@ -131,3 +149,18 @@ def test_plugins_menu_lists_and_opens_the_docks(make_napari_viewer):
     assert {"Load", "Segment", "Export"} <= set(actions)
     actions["Segment"].trigger()
     assert any("Segment" in name for name in viewer.window.dock_widgets)
+
+
+def test_model_loads_after_the_viewer_has_opengl(tmp_path):
+    """Opening the viewer first and the Segment dock second must not crash the process
+    (triton's LLVM against Mesa's, see models.import_smp)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import napari\nfrom qtpy.QtWidgets import QApplication\n"
+        "viewer = napari.Viewer(show=True)\nQApplication.processEvents()\n"
+        "from napari_ftu.models import load_model\nload_model(None, 'cpu')\nviewer.close()\nprint('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]

@@ -43,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=None, help="slide seed (default: one unseen in training)")
     d.add_argument("--out", type=Path, default=Path("napari-ftu-demo"), help="folder for the outputs")
     d.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    d.add_argument("--screenshot", type=Path, default=None, help="save the window as PNG when done, then close")
     d.set_defaults(func=_demo)
 
     s = sub.add_parser("segment", help="segment an image and write HuBMAP RLE (and labels)")
@@ -99,7 +100,7 @@ def _demo(args) -> int:
     if not args.headless:
         from ._qt.demo import run_gui
 
-        return run_gui(size=args.size, seed=args.seed, device=args.device)
+        return run_gui(size=args.size, seed=args.seed, device=args.device, screenshot=args.screenshot)
     result = run_headless(args.out, size=args.size, seed=args.seed, device=args.device)
     if args.json:
         print(json.dumps(result))

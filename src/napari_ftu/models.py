@@ -9,6 +9,7 @@ card beside the weights. Weights are untrusted data: we read safetensors, or a s
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -78,10 +79,27 @@ class ModelCard:
         return json.dumps(asdict(self), indent=2)
 
 
-def build_network(card: ModelCard):
-    """An untrained smp network of the card's architecture (no weight download)."""
+def import_smp():
+    """Import segmentation-models-pytorch, keeping triton out of CPU-only processes.
+
+    torchvision imports ``torch._dynamo``, which imports triton. Triton's bundled LLVM crashes
+    the process (segfault) when Mesa's llvmpipe OpenGL driver, napari's canvas on machines
+    without a GPU, has loaded its own LLVM first: exactly what happens when a user opens the
+    viewer and then the Segment dock. Triton only compiles GPU kernels, so without CUDA we
+    mark it unavailable (``import triton`` then raises ImportError, which torch handles).
+    """
+    import torch
+
+    if not torch.cuda.is_available() and "triton" not in sys.modules:
+        sys.modules["triton"] = None
     import segmentation_models_pytorch as smp
 
+    return smp
+
+
+def build_network(card: ModelCard):
+    """An untrained smp network of the card's architecture (no weight download)."""
+    smp = import_smp()
     try:
         return smp.create_model(
             card.architecture,

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
-def run_gui(size: int | None = None, seed: int | None = None, device: str = "auto") -> int:
+
+def run_gui(size: int | None = None, seed: int | None = None, device: str = "auto",
+            screenshot: Path | None = None) -> int:
+    """Open the viewer, dock Load/Segment/Export and start the run; with ``screenshot``, save
+    a picture of the whole window once the run has finished and close."""
     import napari
+    from qtpy.QtCore import QTimer
 
     from ..demo import DEMO_SEED
     from ..sample import SAMPLE_SIZE, synthetic_layers
@@ -12,11 +18,24 @@ def run_gui(size: int | None = None, seed: int | None = None, device: str = "aut
     viewer = napari.Viewer(title="napari-ftu demo")
     for data, kwargs, kind in synthetic_layers(size or SAMPLE_SIZE, DEMO_SEED if seed is None else seed):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
+    truth = viewer.layers["ground truth"]
+    truth.contour = 3  # outlines, so the prediction underneath stays visible
+    truth.opacity = 1.0
     viewer.window.add_plugin_dock_widget("napari-ftu", "Load")
     viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
     _, seg = viewer.window.add_plugin_dock_widget("napari-ftu", "Segment")
     seg.device.value = device
     seg.image.value = viewer.layers["synthetic kidney"]
-    seg.run()
+    worker = seg.run()
+    if screenshot is not None and worker is not None:
+        viewer.window._qt_window.resize(1600, 1000)
+
+        def snap():
+            viewer.layers.move(viewer.layers.index(truth), len(viewer.layers))
+            viewer.reset_view()
+            viewer.screenshot(str(screenshot), canvas_only=False)
+            viewer.close()
+
+        worker.finished.connect(lambda: QTimer.singleShot(1000, snap))
     napari.run()
     return 0

@@ -119,7 +119,7 @@ class SegmentWidget(Container):
 
     def _on_done(self, layer, seg):
         self.last_result = seg
-        kwargs = {"scale": layer.scale[-2:], "translate": layer.translate[-2:]}
+        kwargs = {"scale": layer.scale[-2:], "translate": layer.translate[-2:], "units": layer.units[-2:]}
         meta = {"um_per_px": layer.metadata.get("um_per_px"), "source": layer.name}
         prob = seg.probability if seg.probability.ndim == 2 else seg.probability[0]
         self._viewer.add_image(prob, name=f"{layer.name} probability", colormap="magma", blending="additive",
