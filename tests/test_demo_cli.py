@@ -62,3 +62,33 @@ def test_export_command_refuses_to_overwrite(tmp_path, small_slide, capsys):
     with open(tmp_path / "t" / "manifest.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert rows and all(int(r["n_objects"]) >= 0 for r in rows)
+
+
+def test_train_command_on_exported_tiles(tmp_path, small_slide, capsys):
+    from napari_ftu.export import export_tiles
+    from napari_ftu.models import load_model
+
+    rgb, labels, _ = small_slide
+    export_tiles(rgb, labels, tmp_path / "tiles", "s", tile=256, negative_fraction=0.3)
+    out = tmp_path / "model"
+    assert main(["train", "--tiles", str(tmp_path / "tiles"), "--val-tiles", str(tmp_path / "tiles"), "--out", str(out),
+                 "--steps", "3", "--batch-size", "2", "--crop", "128", "--val-every", "3", "--um-per-px", "1.0",
+                 "--device", "cpu"]) == 0
+    assert "best validation Dice" in capsys.readouterr().out
+    model = load_model(out, device="cpu")
+    assert model.card.um_per_px == 1.0 and model.card.notes["training"]["steps"] == 3
+
+
+def test_gui_demo_runs_and_saves_a_screenshot(tmp_path):
+    """The README's main command with a window (under Xvfb), closed after its screenshot."""
+    import subprocess
+    import sys
+
+    import imageio.v3 as iio
+
+    shot = tmp_path / "demo.png"
+    out = subprocess.run([sys.executable, "-m", "napari_ftu.cli", "demo", "--size", "512", "--device", "cpu",
+                          "--screenshot", str(shot)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    image = iio.imread(shot)
+    assert image.shape[0] > 400 and image.shape[1] > 600
