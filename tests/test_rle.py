@@ -36,6 +36,21 @@ def test_round_trip(mask):
     np.testing.assert_array_equal(rle.decode(rle.encode(mask), mask.shape).astype(bool), mask)
 
 
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.int32, st.tuples(st.integers(1, 30), st.integers(1, 30)), elements=st.integers(0, 3)),
+       st.sampled_from(["C", "F"]), st.sampled_from([np.bool_, np.uint8, np.int32, np.uint16, np.int64]))
+def test_any_layout_and_dtype_encodes_the_foreground(labels, order, dtype):
+    mask = np.asarray(labels.astype(dtype), order=order)
+    flat = (labels != 0).T.ravel()
+    expected = []  # a plain per-pixel walk over the column-major pixels
+    for i, v in enumerate(flat):
+        if v and (i == 0 or not flat[i - 1]):
+            expected += [i + 1, 1]
+        elif v:
+            expected[-1] += 1
+    assert rle.encode(mask) == " ".join(map(str, expected))
+
+
 @pytest.mark.parametrize(
     "text, problem",
     [("1 2 3", "odd number"), ("1 x", "integers"), ("0 2", "1-indexed"), ("1 0", "positive"),

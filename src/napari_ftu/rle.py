@@ -19,20 +19,49 @@ class RLEError(ValueError):
 
 def encode(mask: np.ndarray) -> str:
     """Encode a 2-D mask (nonzero = foreground) as a HuBMAP RLE string; ``""`` when empty."""
+    return " ".join(map(str, encode_pairs(mask).tolist()))
+
+
+def encode_pairs(mask: np.ndarray) -> np.ndarray:
+    """Run starts (1-indexed) and lengths, interleaved, of a 2-D mask in column-major order.
+
+    Works on the array as stored (C or Fortran order, any integer or bool dtype): changes are
+    found by comparing 8-byte words, and only the few changed pixels are put into column-major
+    order. No transposed or boolean copy of the image is made.
+    """
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise RLEError(f"RLE encodes 2-D masks, got shape {mask.shape}")
-    flat = np.ravel(mask, order="F") != 0
-    padded = np.concatenate([[False], flat, [False]])
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    if edges.size == 0:
-        return ""
-    starts = edges[0::2]
-    lengths = edges[1::2] - starts
-    pairs = np.empty(starts.size * 2, dtype=np.int64)
-    pairs[0::2] = starts + 1
-    pairs[1::2] = lengths
-    return " ".join(map(str, pairs.tolist()))
+    h, w = mask.shape
+    if mask.size == 0:
+        return np.empty(0, np.int64)
+    if mask.flags.f_contiguous and not mask.flags.c_contiguous:
+        flat = mask.T.reshape(-1)  # column-major pixel order, without a copy
+        edges = [[0] if flat[0] else [], _changed(flat[1:], flat[:-1]) + 1]
+    else:
+        mask = np.ascontiguousarray(mask)
+        flat = mask.reshape(-1)
+        i = _changed(flat[w:], flat[:-w])  # pixel i + w differs from the one above it
+        inside = (i % w) * h + i // w + 1
+        across = np.flatnonzero((mask[-1, :-1] != 0) != (mask[0, 1:] != 0)) + 1  # column wraps
+        edges = [[0] if mask[0, 0] else [], inside, across * h]
+    edges.append([h * w] if flat[-1] else [])
+    edges = np.sort(np.concatenate(edges).astype(np.int64))
+    pairs = np.empty(edges.size, np.int64)
+    pairs[0::2] = edges[0::2] + 1
+    pairs[1::2] = edges[1::2] - edges[0::2]
+    return pairs
+
+
+def _changed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Indices where ``a != 0`` differs from ``b != 0`` (1-D contiguous arrays of one dtype)."""
+    size = a.itemsize
+    ab, bb = a.view(np.uint8), b.view(np.uint8)
+    n8 = ab.size - ab.size % 8
+    words = np.flatnonzero(ab[:n8].view(np.uint64) != bb[:n8].view(np.uint64))
+    cand = (words[:, None] * 8 + np.arange(0, 8, size)).ravel() // size
+    cand = np.concatenate([cand, np.arange(n8 // size, a.size)]).astype(np.int64)
+    return cand[(a[cand] != 0) != (b[cand] != 0)]
 
 
 def decode(rle: str, shape: tuple[int, int], dtype=np.uint8) -> np.ndarray:
@@ -69,9 +98,25 @@ def decode(rle: str, shape: tuple[int, int], dtype=np.uint8) -> np.ndarray:
         raise RLEError(
             f"RLE run ends at pixel {int(ends[-1])} but a {height} x {width} mask has {total} pixels"
         )
-    # Mark run starts +1 and ends -1, then a cumulative sum paints the runs.
-    delta = np.zeros(total + 1, dtype=np.int8)
-    delta[starts] += 1
-    delta[ends] -= 1
-    flat = np.cumsum(delta[:-1], dtype=np.int8).astype(dtype, copy=False)
-    return flat.reshape((height, width), order="F")
+    return paint_runs(starts, lengths, (height, width), dtype)
+
+
+def paint_runs(starts: np.ndarray, lengths: np.ndarray, shape, dtype=np.uint8) -> np.ndarray:
+    """A column-major ``shape`` mask with the (0-indexed, validated) runs set to 1.
+
+    Sparse masks get the foreground indices directly (work grows with the foreground); dense
+    ones a cumulative sum of run edges (work grows with the image).
+    """
+    total = int(shape[0]) * int(shape[1])
+    flat = np.zeros(total, dtype=dtype)
+    n_fg = int(lengths.sum())
+    if n_fg * 8 < total:
+        offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        flat[offsets + np.arange(n_fg)] = 1
+    else:
+        delta = np.zeros(total + 1, dtype=np.int8)
+        delta[starts] += 1
+        delta[starts + lengths] -= 1
+        np.cumsum(delta[:-1], dtype=np.int8, out=delta[:-1])
+        flat[:] = delta[:-1]
+    return flat.reshape(shape, order="F")
