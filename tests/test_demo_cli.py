@@ -53,10 +53,10 @@ def test_export_command_refuses_to_overwrite(tmp_path, small_slide, capsys):
     labels = write_tiff(tmp_path / "truth.tif", truth, 1.0)
     image = write_tiff(tmp_path / "kid.tif", rgb, 1.0)
     out = tmp_path / "gt.csv"
-    assert main(["export", str(labels), "--image", str(image), "--rle", str(out), "--tiles", str(tmp_path / "t"),
+    assert main(["export", str(labels), "--image", str(image), "--out", str(out), "--tiles", str(tmp_path / "t"),
                  "--tile", "256"]) == 0
     before = out.read_text()
-    assert main(["export", str(labels), "--rle", str(out)]) == 2
+    assert main(["export", str(labels), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert out.read_text() == before
     with open(tmp_path / "t" / "manifest.csv", newline="") as fh:
@@ -92,3 +92,22 @@ def test_gui_demo_runs_and_saves_a_screenshot(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     image = iio.imread(shot)
     assert image.shape[0] > 400 and image.shape[1] > 600
+
+
+def test_export_command_converts_between_formats(tmp_path, small_slide):
+    from napari_ftu.export import import_annotations
+
+    rgb, truth, _ = small_slide
+    labels = write_tiff(tmp_path / "truth.tif", truth, 1.0)
+    image = write_tiff(tmp_path / "kid.tif", rgb, 1.0)
+    geo = tmp_path / "kid.geojson"
+    assert main(["export", str(labels), "--image", str(image), "--out", str(geo), "--class", "glomerulus"]) == 0
+    coco = tmp_path / "kid.json"
+    assert main(["export", str(geo), "--from", "geojson", "--image", str(image), "--out", str(coco)]) == 0
+    ome = tmp_path / "kid.ome.tif"
+    assert main(["export", str(coco), "--from", "coco", "--out", str(ome)]) == 0
+    (back,) = import_annotations(ome, "ome-tiff")
+    np.testing.assert_array_equal(back.labels, truth)
+    (via_coco,) = import_annotations(coco, "coco")
+    assert set(map(tuple, via_coco.classes.values())) == {("glomerulus",)}
+    assert main(["export", str(labels), "--out", str(tmp_path / "x.txt")]) == 2

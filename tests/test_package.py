@@ -4,8 +4,9 @@ from pathlib import Path
 
 import napari_ftu
 
-CORE = ["atomic", "cli", "demo", "export", "inference", "metrics", "models", "postprocess", "reader", "rle",
-        "sample", "slide_io", "synthetic", "tiling", "training"]
+CORE = ["annotations", "atomic", "cli", "coco_rle", "demo", "export", "formats_csv", "formats_json", "inference",
+        "metrics", "models", "polygons", "postprocess", "reader", "rle", "sample", "slide_io", "synthetic", "tiles",
+        "tiling", "training", "writers"]
 
 
 def test_npe2_validates_installed_manifest():

@@ -104,14 +104,14 @@ def test_export_dock_writes_rle_and_asks_before_overwrite(viewer_with_slide, tmp
     viewer.add_labels(truth, name="kidney FTUs", metadata={"source": "kidney"})
     _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
     widget.labels.value = viewer.layers["kidney FTUs"]
-    widget.csv_path.value = tmp_path / "sub.csv"
-    assert widget.export_rle() == tmp_path / "sub.csv"
+    widget.path.value = tmp_path / "sub.csv"
+    assert widget.export() == tmp_path / "sub.csv"
     rid, text = (tmp_path / "sub.csv").read_text().splitlines()[1].split(",")
     assert rid == "kidney"
     np.testing.assert_array_equal(rle.decode(text, truth.shape), truth > 0)
     viewer.layers["kidney FTUs"].data = np.zeros_like(truth)
     monkeypatch.setattr(type(widget), "confirm_overwrite", lambda self, path: False)
-    assert widget.export_rle() is None
+    assert widget.export() is None
     assert (tmp_path / "sub.csv").read_text().splitlines()[1] == f"{rid},{text}"
 
 
@@ -128,8 +128,8 @@ def test_user_edits_are_exported(viewer_with_slide, tmp_path):
     assert layer.data[10, 10] == 99
     _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
     widget.labels.value = layer
-    widget.csv_path.value = tmp_path / "fixed.csv"
-    widget.export_rle()
+    widget.path.value = tmp_path / "fixed.csv"
+    widget.export()
     text = (tmp_path / "fixed.csv").read_text().splitlines()[1].split(",")[1]
     np.testing.assert_array_equal(rle.decode(text, truth.shape), layer.data > 0)
 

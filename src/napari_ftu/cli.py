@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from .export import ExportError
+from .export import FORMATS, ExportError
 from .models import ModelError
 from .rle import RLEError
 from .slide_io import SlideError
@@ -79,17 +79,25 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--name", default="napari-ftu model")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("export", help="export a label image as HuBMAP RLE CSV or training tiles")
-    e.add_argument("labels", type=Path, help="label or mask image (TIFF/PNG)")
-    e.add_argument("--rle", type=Path, default=None, help="CSV to write (id,rle)")
-    e.add_argument("--tiles", type=Path, default=None, help="folder for training tiles")
-    e.add_argument("--image", type=Path, default=None, help="the image (needed for --tiles)")
+    e = sub.add_parser("export", help="convert labels or annotations to any supported format, or training tiles")
+    e.add_argument("labels", type=Path, help="label/mask image (TIFF/PNG), or an annotation file with --from")
+    e.add_argument("--from", dest="source_format", choices=sorted(FORMATS), default=None,
+                   help="read LABELS as this annotation format instead of as an image")
+    e.add_argument("--out", type=Path, default=None, help="file to write")
+    e.add_argument("--format", choices=sorted(FORMATS), default=None,
+                   help="output format (default: from the suffix: .csv hubmap, .json coco, .geojson, .ome.tif)")
+    e.add_argument("--image", type=Path, default=None, help="the image (for --tiles, and GeoJSON's size)")
     e.add_argument("--id", default=None, help="image id (default: image or labels file stem)")
+    e.add_argument("--class", dest="class_name", default="FTU", help="class of objects without one")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    e.add_argument("--tiles", type=Path, default=None, help="folder for training tiles")
     e.add_argument("--tile", type=int, default=512)
     e.add_argument("--overlap", type=int, default=0)
+    e.add_argument("--target-um-per-px", type=float, default=None, help="resample tiles to this pixel size")
+    e.add_argument("--keep", choices=["objects", "tissue"], default="objects")
     e.add_argument("--negative-fraction", type=float, default=0.1)
+    e.add_argument("--max-per-class", type=int, default=None)
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
     e.set_defaults(func=_export)
     return p
 
@@ -115,7 +123,8 @@ def _demo(args) -> int:
 
 
 def _segment(args) -> int:
-    from .export import safe_id, write_rle_csv
+    from .annotations import Annotations
+    from .export import export_annotations, safe_id
     from .inference import segment
     from .models import load_model
     from .slide_io import read_image, write_tiff
@@ -133,7 +142,8 @@ def _segment(args) -> int:
                   overlap=args.overlap, threshold=args.threshold)
     if not args.json:
         print(file=sys.stderr)
-    outputs = [str(write_rle_csv(args.out, [(image_id, seg.labels > 0)]))]
+    outputs = [str(export_annotations(Annotations(image_id, seg.labels, um_per_px=um), args.out, "hubmap",
+                                      overwrite=True))]
     if args.labels:
         outputs.append(str(write_tiff(args.labels, seg.labels, um)))
     summary = {"id": image_id, "n_objects": len(seg.objects), "seconds": round(seg.seconds, 3),
@@ -187,26 +197,48 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
-    from .export import export_tiles, safe_id, write_rle_csv
+    from .annotations import Annotations
+    from .export import export_annotations, export_tiles, import_annotations
     from .slide_io import read_image
 
-    if not args.rle and not args.tiles:
-        raise ExportError("nothing to do: give --rle OUT.csv and/or --tiles FOLDER")
-    labels = read_image(args.labels)
-    lab = labels.data if labels.data.ndim == 2 else labels.data[..., 0]
-    image_id = safe_id(args.id or (read_image(args.image).name if args.image else labels.name))
-    if args.rle:
-        if args.rle.exists() and not args.overwrite:
-            raise FileExistsError(f"{args.rle} exists; pass --overwrite to replace it")
-        print(f"wrote {write_rle_csv(args.rle, [(image_id, lab > 0)])}")
+    if not args.out and not args.tiles:
+        raise ExportError("nothing to do: give --out FILE and/or --tiles FOLDER")
+    image = read_image(args.image) if args.image else None
+    if args.source_format:
+        items = import_annotations(args.labels, args.source_format, image.data.shape[:2] if image else None)
+    else:
+        loaded = read_image(args.labels)
+        lab = loaded.data if loaded.data.ndim == 2 else loaded.data[..., 0]
+        um = image.um_per_px if image else loaded.um_per_px
+        items = [Annotations(args.id or (image.name if image else loaded.name), lab, um_per_px=um)]
+    for a in items:
+        a.default_class = args.class_name
+        if args.id and len(items) == 1:
+            a.image_id = args.id
+    if args.out:
+        if args.out.exists() and not args.overwrite:
+            raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+        fmt = args.format or _format_from_suffix(args.out)
+        print(f"wrote {export_annotations(items, args.out, fmt, overwrite=args.overwrite)} ({FORMATS[fmt].title})")
     if args.tiles:
-        if not args.image:
-            raise ExportError("--tiles needs --image")
-        image = read_image(args.image)
-        rows = export_tiles(image.data, lab, args.tiles, image_id, tile=args.tile, overlap=args.overlap,
-                            um_per_px=image.um_per_px, negative_fraction=args.negative_fraction, seed=args.seed)
+        if image is None or len(items) != 1:
+            raise ExportError("--tiles needs --image and labels of that one image")
+        a = items[0]
+        rows = export_tiles(image.data, a.labels, args.tiles, a.image_id, tile=args.tile, overlap=args.overlap,
+                            um_per_px=image.um_per_px, target_um_per_px=args.target_um_per_px, keep=args.keep,
+                            negative_fraction=args.negative_fraction,
+                            classes={i: a.class_names(i)[0] for i in a.ids()}, max_per_class=args.max_per_class,
+                            seed=args.seed)
         print(f"wrote {len(rows)} tiles and {args.tiles / 'manifest.csv'}")
     return 0
+
+
+def _format_from_suffix(path: Path) -> str:
+    name = path.name.lower()
+    for fmt, suffix in (("ome-tiff", ".ome.tif"), ("geojson", ".geojson"), ("coco", ".json"), ("hubmap", ".csv")):
+        if name.endswith(suffix):
+            return fmt
+    raise ExportError(f"cannot tell the format of {path.name}: give --format")
 
 
 if __name__ == "__main__":

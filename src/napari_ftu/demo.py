@@ -14,7 +14,8 @@ DEMO_SEED = 777
 def run_headless(out: str | Path = "napari-ftu-demo", size: int | None = None, seed: int | None = None,
                  device: str = "auto") -> dict:
     """Segment a synthetic slide with the default model, score it and write the outputs."""
-    from .export import write_rle_csv
+    from .annotations import Annotations
+    from .formats_csv import write_hubmap
     from .inference import segment
     from .metrics import dice
     from .models import default_model_path, load_model
@@ -30,7 +31,7 @@ def run_headless(out: str | Path = "napari-ftu-demo", size: int | None = None, s
     out = Path(out)
     image_id = f"synthetic_{seed}"
     outputs = [
-        write_rle_csv(out / "prediction_rle.csv", [(image_id, seg.labels > 0)]),
+        write_hubmap(out / "prediction_rle.csv", [Annotations(image_id, seg.labels)]),
         write_tiff(out / "prediction_labels.tif", seg.labels, SAMPLE_UM_PER_PX),
         write_tiff(out / f"{image_id}.tif", rgb, SAMPLE_UM_PER_PX),
     ]

@@ -21,9 +21,15 @@ def instances(prob: np.ndarray, threshold: float, min_area_px: int = 0) -> np.nd
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     """Renumber labels 1..n in order of their current ids."""
+    if labels.size == 0:
+        return labels.astype(np.int32)
+    top = int(labels.max())
+    if top > 4 * labels.size + 1024:  # sparse huge ids: a lookup table would not fit
+        ids, inverse = np.unique(labels, return_inverse=True)
+        return (inverse.reshape(labels.shape) + (0 if ids[0] == 0 else 1)).astype(np.int32)
     ids = np.unique(labels)
     ids = ids[ids > 0]
-    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, np.int32)
+    lut = np.zeros(top + 1, np.int32)
     lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
     return lut[labels]
 

@@ -103,6 +103,75 @@ def write_tiff(path: str | Path, data: np.ndarray, um_per_px: float | None = Non
     return path
 
 
+PYRAMID_TILE = 512
+
+
+def pyramid_downsamples(shape, tile: int = PYRAMID_TILE) -> list[int]:
+    """1, 2, 4, ... until the smallest level fits in about one tile."""
+    levels = [1]
+    while max(shape[:2]) // (levels[-1] * 2) >= tile:
+        levels.append(levels[-1] * 2)
+    return levels
+
+
+def write_pyramid(path, level_tiles, shape, dtype, um_per_px: float | None, downsamples: list[int]) -> Path:
+    """Write a tiled pyramidal OME-TIFF, atomically, from ``level_tiles(downsample)``: an
+    iterator of full ``512 x 512`` tiles of that level in row-major order. Nothing else of the
+    image is held in memory. RGB images are JPEG-compressed, labels deflate (lossless)."""
+    import tifffile
+
+    path = Path(path)
+    rgb = len(shape) == 3
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+        for n, d in enumerate(downsamples):
+            level_shape = (-(-shape[0] // d), -(-shape[1] // d)) + tuple(shape[2:])
+            opts = dict(tile=(PYRAMID_TILE, PYRAMID_TILE), subfiletype=0 if n == 0 else 1)
+            if um_per_px:
+                opts.update(resolution=(1e4 / (um_per_px * d),) * 2, resolutionunit="CENTIMETER")
+            if rgb:
+                opts.update(photometric="rgb", compression="jpeg", compressionargs={"level": 90})
+            else:
+                opts.update(photometric="minisblack", compression="zlib")
+            if n == 0:
+                meta = {"axes": "YXS" if rgb else "YX"}
+                if um_per_px:
+                    meta.update(PhysicalSizeX=um_per_px, PhysicalSizeXUnit="µm",
+                                PhysicalSizeY=um_per_px, PhysicalSizeYUnit="µm")
+                opts.update(metadata=meta, subifds=len(downsamples) - 1)
+            else:
+                opts["metadata"] = None
+            tif.write(level_tiles(d), shape=level_shape, dtype=dtype, **opts)
+    return path
+
+
+def write_labels_ome_tiff(path, labels, um_per_px: float | None = None, pyramid: bool | None = None) -> Path:
+    """Label image as OME-TIFF with the physical pixel size; pyramidal (nearest-neighbour
+    levels) when ``pyramid`` or when larger than 8192 px a side. ``labels`` may be any
+    array-like (numpy, zarr, dask): it is read one tile at a time."""
+    shape = tuple(labels.shape)
+    if len(shape) != 2:
+        raise SlideError(f"{path}: labels must be 2-D, got shape {shape}")
+    if pyramid is None:
+        pyramid = max(shape) > 8192
+    downsamples = pyramid_downsamples(shape) if pyramid else [1]
+    t = PYRAMID_TILE
+    dtype = np.dtype(labels.dtype)
+    if dtype.kind not in "iub":
+        raise SlideError(f"{path}: labels must be integers, got {dtype}")
+    dtype = np.dtype(np.uint8) if dtype.kind == "b" else dtype
+
+    def tiles(d):
+        h, w = -(-shape[0] // d), -(-shape[1] // d)
+        for y in range(0, h, t):
+            for x in range(0, w, t):
+                block = np.asarray(labels[y * d : (y + t) * d : d, x * d : (x + t) * d : d]).astype(dtype)
+                out = np.zeros((t, t), dtype)
+                out[: block.shape[0], : block.shape[1]] = block
+                yield out
+
+    return write_pyramid(path, tiles, shape, dtype, um_per_px, downsamples)
+
+
 def to_rgb(image: np.ndarray) -> np.ndarray:
     """A (H, W, 3) uint8 view of common image layouts (gray, RGBA, 16-bit) for RGB models."""
     image = np.asarray(image)

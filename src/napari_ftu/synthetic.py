@@ -294,10 +294,6 @@ def write_slide(
     20 000 px a side (or ``pyramid=True``) are written tile by tile as tiled pyramidal
     OME-TIFFs (JPEG image, deflate labels) carrying the physical pixel size.
     """
-    import tifffile
-
-    from .atomic import atomic_path
-
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     spec = SlideSpec(height, width, seed, um_per_px)
@@ -313,32 +309,11 @@ def write_slide(
         write_tiff(labels_path, labels, um_per_px)
         return {"image": image_path, "labels": labels_path, "spec": spec}
 
-    levels = [1]
-    while max(height, width) // (levels[-1] * 2) >= TILE:
-        levels.append(levels[-1] * 2)
-    for path, kind in ((image_path, "image"), (labels_path, "labels")):
-        with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
-            for n, d in enumerate(levels):
-                shape = (-(-height // d), -(-width // d))
-                opts = dict(tile=(TILE, TILE), subfiletype=0 if n == 0 else 1, resolutionunit="CENTIMETER")
-                opts["resolution"] = (1e4 / (um_per_px * d), 1e4 / (um_per_px * d))
-                if kind == "image":
-                    opts.update(photometric="rgb", compression="jpeg", compressionargs={"level": 90})
-                    dshape, dtype = shape + (3,), np.uint8
-                else:
-                    opts.update(photometric="minisblack", compression="zlib")
-                    dshape, dtype = shape, np.uint32
-                if n == 0:
-                    axes = "YXS" if kind == "image" else "YX"
-                    opts["metadata"] = {
-                        "axes": axes,
-                        "PhysicalSizeX": um_per_px,
-                        "PhysicalSizeXUnit": "µm",
-                        "PhysicalSizeY": um_per_px,
-                        "PhysicalSizeYUnit": "µm",
-                    }
-                    opts["subifds"] = len(levels) - 1
-                else:
-                    opts["metadata"] = None
-                tif.write(_level_tiles(spec, d, kind), shape=dshape, dtype=dtype, **opts)
+    from .slide_io import pyramid_downsamples, write_pyramid
+
+    downsamples = pyramid_downsamples((height, width), TILE)
+    write_pyramid(image_path, lambda d: _level_tiles(spec, d, "image"), (height, width, 3), np.uint8, um_per_px,
+                  downsamples)
+    write_pyramid(labels_path, lambda d: _level_tiles(spec, d, "labels"), (height, width), np.uint32, um_per_px,
+                  downsamples)
     return {"image": image_path, "labels": labels_path, "spec": spec}

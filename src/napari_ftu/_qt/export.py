@@ -1,4 +1,4 @@
-"""Export dock: HuBMAP RLE CSV and training tiles from a Labels layer."""
+"""Export dock: a Labels layer to any supported format, or training tiles."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox, create_widget
+from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox,
+                              create_widget)
 from napari.utils.notifications import show_error, show_info
 
-from ..export import ExportError, export_tiles, write_rle_csv
+from ..annotations import Annotations, ExportError
+from ..export import FORMATS, export_annotations, export_tiles
 
 
 class ExportWidget(Container):
@@ -18,23 +20,39 @@ class ExportWidget(Container):
         self._viewer = viewer
         self.labels = create_widget(annotation=napari.layers.Labels, label="labels")
         self.image_id = LineEdit(label="image id", value="", tooltip="empty = the image's name")
-        self.csv_path = FileEdit(label="RLE CSV", mode="w", filter="*.csv", value="submission.csv")
-        self.rle_button = PushButton(text="Export RLE CSV")
+        self.format = ComboBox(label="format", choices=[(f.title, key) for key, f in FORMATS.items()], value="hubmap")
+        self.path = FileEdit(label="file", mode="w", value="submission.csv")
+        self.export_button = PushButton(text="Export")
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.tiles_dir = FileEdit(label="tiles folder", mode="d", value="training_tiles")
         self.tile = SpinBox(label="tile size", value=512, min=32, max=8192, step=32)
         self.overlap = SpinBox(label="overlap", value=0, min=0, max=4096, step=16)
-        self.negatives = FloatSpinBox(label="negative tiles", value=0.1, min=0.0, max=1.0, step=0.05,
-                                      tooltip="fraction of tiles without objects that are kept")
+        self.target_um = FloatSpinBox(label="target µm/px", value=0.0, min=0.0, max=100.0, step=0.05,
+                                      tooltip="0 = keep the image's pixel size")
+        self.keep = ComboBox(label="keep tiles with", choices=["objects", "tissue"], value="objects")
+        self.negatives = FloatSpinBox(label="other tiles", value=0.1, min=0.0, max=1.0, step=0.05,
+                                      tooltip="fraction of the remaining tiles that are kept too")
+        self.max_per_class = SpinBox(label="max per class", value=0, min=0, max=100000,
+                                     tooltip="0 = no cap; else at most this many tiles per class")
         self.tiles_button = PushButton(text="Export training tiles")
         self.status = Label(value="")
-        self.extend([self.labels, self.image_id, self.csv_path, self.rle_button, self.image, self.tiles_dir,
-                     self.tile, self.overlap, self.negatives, self.tiles_button, self.status])
-        self.rle_button.changed.connect(self.export_rle)
+        self.extend([self.labels, self.image_id, self.format, self.path, self.export_button, self.image,
+                     self.tiles_dir, self.tile, self.overlap, self.target_um, self.keep, self.negatives,
+                     self.max_per_class, self.tiles_button, self.status])
+        self.format.changed.connect(self._suffix)
+        self.export_button.changed.connect(self.export)
         self.tiles_button.changed.connect(self.export_tiles)
 
-    def _id(self, layer) -> str:
-        return self.image_id.value or str(layer.metadata.get("source") or layer.name).split(" ")[0]
+    def _suffix(self):
+        path = Path(self.path.value)
+        name = path.name.split(".")[0] or "labels"
+        self.path.value = path.with_name(name + FORMATS[self.format.value].suffix)
+
+    def _annotations(self, layer) -> Annotations:
+        image_id = self.image_id.value or str(layer.metadata.get("source") or layer.name).split(" ")[0]
+        data = layer.data[0] if layer.multiscale else layer.data
+        return Annotations.from_layer(image_id, np.asarray(data), layer.features, layer.metadata,
+                                      default_class=layer.metadata.get("class", "FTU"))
 
     def confirm_overwrite(self, path: Path) -> bool:
         from qtpy.QtWidgets import QMessageBox
@@ -42,28 +60,34 @@ class ExportWidget(Container):
         answer = QMessageBox.question(self.native, "Overwrite?", f"{path} exists. Replace it?")
         return answer == QMessageBox.Yes
 
-    def export_rle(self):
+    def export(self):
+        """Write the chosen Labels layer in the chosen format (asks before replacing a file)."""
         layer = self.labels.value
         if layer is None:
             return self._fail("Choose a Labels layer to export.")
-        path = Path(self.csv_path.value)
+        path = Path(self.path.value)
         if path.exists() and not self.confirm_overwrite(path):
             return None
         try:
-            write_rle_csv(path, [(self._id(layer), np.asarray(layer.data) > 0)])
+            written = export_annotations(self._annotations(layer), path, self.format.value, overwrite=True)
         except (ExportError, OSError) as exc:
             return self._fail(exc)
-        self._ok(f"wrote {path}")
-        return path
+        self._ok(f"wrote {written}")
+        return written
 
     def export_tiles(self):
         layer, image = self.labels.value, self.image.value
         if layer is None or image is None:
             return self._fail("Choose an image and a Labels layer to export tiles.")
         try:
-            rows = export_tiles(np.asarray(image.data), np.asarray(layer.data), Path(self.tiles_dir.value),
-                                self._id(layer), tile=self.tile.value, overlap=self.overlap.value,
-                                um_per_px=image.metadata.get("um_per_px"), negative_fraction=self.negatives.value)
+            a = self._annotations(layer)
+            data = image.data[0] if image.multiscale else image.data
+            rows = export_tiles(data, a.labels, Path(self.tiles_dir.value), a.image_id, tile=self.tile.value,
+                                overlap=self.overlap.value, um_per_px=image.metadata.get("um_per_px"),
+                                target_um_per_px=self.target_um.value or None, keep=self.keep.value,
+                                negative_fraction=self.negatives.value,
+                                classes={i: a.class_names(i)[0] for i in a.ids()},
+                                max_per_class=self.max_per_class.value or None)
         except (ExportError, OSError) as exc:
             return self._fail(exc)
         self._ok(f"wrote {len(rows)} tiles to {self.tiles_dir.value}")

@@ -97,7 +97,7 @@ class SegmentWidget(Container):
         )
         self._pbar = progress(total=0, desc=f"Segmenting {layer.name}")
         self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(lambda seg: self._on_done(layer, seg))
+        self.worker.returned.connect(lambda seg: self._on_done(layer, seg, model.card.classes[0]))
         self.worker.errored.connect(self._fail)
         self.worker.aborted.connect(lambda: setattr(self.status, "value", "cancelled"))
         self.worker.finished.connect(self._on_finished)
@@ -117,15 +117,16 @@ class SegmentWidget(Container):
         self._pbar.n = done
         self._pbar.refresh()
 
-    def _on_done(self, layer, seg):
+    def _on_done(self, layer, seg, class_name):
         self.last_result = seg
         kwargs = {"scale": layer.scale[-2:], "translate": layer.translate[-2:], "units": layer.units[-2:]}
-        meta = {"um_per_px": layer.metadata.get("um_per_px"), "source": layer.name}
+        meta = {"um_per_px": layer.metadata.get("um_per_px"), "source": layer.name, "class": class_name}
         prob = seg.probability if seg.probability.ndim == 2 else seg.probability[0]
         self._viewer.add_image(prob, name=f"{layer.name} probability", colormap="magma", blending="additive",
                                opacity=0.6, contrast_limits=(0, 1), visible=False, metadata=meta, **kwargs)
         features = {key: [o[key] for o in seg.objects] for key in ("id", "area_px", "area_um2", "confidence")}
         features["index"] = features.pop("id")
+        features["class"] = [class_name] * len(seg.objects)
         self._viewer.add_labels(seg.labels, name=f"{layer.name} FTUs", metadata=meta,
                                 features=features if seg.objects else None, opacity=0.5, **kwargs)
         self.status.value = (f"{len(seg.objects)} FTUs in {seg.seconds:.1f} s on {seg.device} "
