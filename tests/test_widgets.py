@@ -164,3 +164,52 @@ def test_model_loads_after_the_viewer_has_opengl(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("fmt", ["geojson", "coco", "ome-tiff", "vasculature"])
+def test_export_dock_formats_round_trip(viewer_with_slide, tmp_path, fmt):
+    from napari_ftu.export import FORMATS, import_annotations
+
+    viewer, truth = viewer_with_slide
+    features = {"index": list(range(1, truth.max() + 1)), "class": ["glomerulus"] * truth.max(),
+                "confidence": [0.9] * truth.max()}
+    viewer.add_labels(truth, name="kidney FTUs", metadata={"source": "kidney", "um_per_px": 1.0},
+                      features=features)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
+    widget.labels.value = viewer.layers["kidney FTUs"]
+    widget.format.value = fmt
+    assert str(widget.path.value).endswith(FORMATS[fmt].suffix)  # the suffix follows the format
+    widget.path.value = tmp_path / f"out{FORMATS[fmt].suffix}"
+    assert widget.export() is not None, widget.status.value
+    (back,) = import_annotations(widget.path.value, fmt, truth.shape)
+    np.testing.assert_array_equal(back.labels > 0, truth > 0)
+    if FORMATS[fmt].multi_image:  # single-image files are named after their image instead
+        assert back.image_id == "kidney"
+    if fmt in ("geojson", "coco"):
+        assert {tuple(c) for c in back.classes.values()} == {("glomerulus",)}
+
+
+def test_export_dock_training_tiles(viewer_with_slide, tmp_path):
+    viewer, truth = viewer_with_slide
+    viewer.add_labels(truth, name="kidney FTUs")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
+    widget.labels.value = viewer.layers["kidney FTUs"]
+    widget.image.value = viewer.layers["kidney"]
+    widget.tiles_dir.value = tmp_path / "tiles"
+    widget.tile.value = 256
+    widget.target_um.value = 2.0
+    rows = widget.export_tiles()
+    assert rows and (tmp_path / "tiles" / "manifest.csv").is_file()
+    assert all(r["height"] == 256 and float(r["um_per_px"]) == 2.0 for r in rows)
+
+
+def test_npe2_writer_saves_labels_layer(make_napari_viewer, tmp_path, small_slide):
+    from napari_ftu.export import import_annotations
+
+    viewer = make_napari_viewer()
+    truth = small_slide[1]
+    viewer.add_labels(truth, name="slide7 FTUs")
+    paths = viewer.layers.save(str(tmp_path / "slide7.geojson"), selected=True, plugin="napari-ftu")
+    assert paths == [str(tmp_path / "slide7.geojson")]
+    (back,) = import_annotations(paths[0], "geojson", truth.shape)
+    np.testing.assert_array_equal(back.labels, truth)
