@@ -40,8 +40,16 @@ class ExportWidget(Container):
                      self.tiles_dir, self.tile, self.overlap, self.target_um, self.keep, self.negatives,
                      self.max_per_class, self.tiles_button, self.status])
         self.format.changed.connect(self._suffix)
+        viewer.layers.selection.events.active.connect(self._follow_selection)
         self.export_button.changed.connect(self.export)
         self.tiles_button.changed.connect(self.export_tiles)
+
+    def _follow_selection(self, event=None):
+        """Export what the user is looking at: the selected Labels layer."""
+        layer = self._viewer.layers.selection.active
+        if isinstance(layer, napari.layers.Labels):
+            self.labels.reset_choices()
+            self.labels.value = layer
 
     def _suffix(self):
         path = Path(self.path.value)
