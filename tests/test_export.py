@@ -70,8 +70,12 @@ def test_training_tiles_and_manifest(tmp_path, small_slide):
         np.testing.assert_array_equal(img, rgb[y : y + 256, x : x + 256])
         np.testing.assert_array_equal(mask, labels[y : y + 256, x : x + 256])
         assert int(row["n_objects"]) == np.unique(mask[mask > 0]).size > 0
-    all_rows = export_tiles(rgb, labels, tmp_path / "all", "slide1", tile=256, negative_fraction=1.0)
+    all_rows = export_tiles(rgb, labels, tmp_path / "all", "slide1", tile=256, negative_fraction=1.0, fmt="tif")
     assert len(all_rows) == 9  # every tile of the 3 x 3 grid
+    from napari_ftu.slide_io import read_image
+
+    tif = read_image(tmp_path / "all" / all_rows[4]["mask"])
+    np.testing.assert_array_equal(tif.data, labels[256:512, 256:512])
 
 
 def test_tiles_are_reproducible_and_resampled(tmp_path, small_slide):

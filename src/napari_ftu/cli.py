@@ -97,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--keep", choices=["objects", "tissue"], default="objects")
     e.add_argument("--negative-fraction", type=float, default=0.1)
     e.add_argument("--max-per-class", type=int, default=None)
+    e.add_argument("--tile-format", choices=["png", "tif"], default="png")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_export)
     return p
@@ -228,7 +229,7 @@ def _export(args) -> int:
                             um_per_px=image.um_per_px, target_um_per_px=args.target_um_per_px, keep=args.keep,
                             negative_fraction=args.negative_fraction,
                             classes={i: a.class_names(i)[0] for i in a.ids()}, max_per_class=args.max_per_class,
-                            seed=args.seed)
+                            seed=args.seed, fmt=args.tile_format)
         print(f"wrote {len(rows)} tiles and {args.tiles / 'manifest.csv'}")
     return 0
 

@@ -34,11 +34,12 @@ class ExportWidget(Container):
                                       tooltip="fraction of the remaining tiles that are kept too")
         self.max_per_class = SpinBox(label="max per class", value=0, min=0, max=100000,
                                      tooltip="0 = no cap; else at most this many tiles per class")
+        self.tile_format = ComboBox(label="tile files", choices=["png", "tif"], value="png")
         self.tiles_button = PushButton(text="Export training tiles")
         self.status = Label(value="")
         self.extend([self.labels, self.image_id, self.format, self.path, self.export_button, self.image,
                      self.tiles_dir, self.tile, self.overlap, self.target_um, self.keep, self.negatives,
-                     self.max_per_class, self.tiles_button, self.status])
+                     self.max_per_class, self.tile_format, self.tiles_button, self.status])
         self.format.changed.connect(self._suffix)
         viewer.layers.selection.events.active.connect(self._follow_selection)
         self.export_button.changed.connect(self.export)
@@ -95,7 +96,7 @@ class ExportWidget(Container):
                                 target_um_per_px=self.target_um.value or None, keep=self.keep.value,
                                 negative_fraction=self.negatives.value,
                                 classes={i: a.class_names(i)[0] for i in a.ids()},
-                                max_per_class=self.max_per_class.value or None)
+                                max_per_class=self.max_per_class.value or None, fmt=self.tile_format.value)
         except (ExportError, OSError) as exc:
             return self._fail(exc)
         self._ok(f"wrote {len(rows)} tiles to {self.tiles_dir.value}")
