@@ -160,14 +160,17 @@ def _instances(image_id, shape, triples, um=None) -> Annotations:
     return Annotations(image_id, labels, classes, scores, um)
 
 
-def read_hpa(path) -> list[Annotations]:
-    rows = _read_rows(path, HPA_COLUMNS)
+def _read_instance_csv(path, columns, id_col, h_col, w_col, pred_col) -> list[Annotations]:
     out = []
-    for n, row in enumerate(rows, start=2):
-        shape = _size(row, path, n, "ImageHeight", "ImageWidth")
-        triples = _parse_triples(row["PredictionString"], shape, f"{path}, line {n}")
-        out.append(_instances(row["ImageID"], shape, triples))
+    for n, row in enumerate(_read_rows(path, columns), start=2):
+        shape = _size(row, path, n, h_col, w_col)
+        triples = _parse_triples(row[pred_col], shape, f"{path}, line {n}")
+        out.append(_instances(row[id_col], shape, triples))
     return out
+
+
+def read_hpa(path) -> list[Annotations]:
+    return _read_instance_csv(path, HPA_COLUMNS, "ImageID", "ImageHeight", "ImageWidth", "PredictionString")
 
 
 # --- HuBMAP vasculature 2023 submission ---------------------------------------------------
@@ -180,14 +183,9 @@ def write_vasculature(path, items: list[Annotations]) -> Path:
 
 
 def read_vasculature(path) -> list[Annotations]:
-    rows = _read_rows(path, VASCULATURE_COLUMNS)
-    out = []
-    for n, row in enumerate(rows, start=2):
-        shape = _size(row, path, n, "height", "width")
-        triples = _parse_triples(row["prediction_string"], shape, f"{path}, line {n}")
-        a = _instances(row["id"], shape, triples)
+    out = _read_instance_csv(path, VASCULATURE_COLUMNS, "id", "height", "width", "prediction_string")
+    for a in out:
         a.classes = {i: ["blood_vessel"] for i in a.classes}
-        out.append(a)
     return out
 
 
