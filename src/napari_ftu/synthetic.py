@@ -75,7 +75,7 @@ def _uniform(iy, ix, salt: int, k: int = 0) -> np.ndarray:
 
 
 def _value_noise(y, x, cell: float, salt: int) -> np.ndarray:
-    """Smooth noise in [0, 1) with features about ``cell`` micrometres across."""
+    """Smooth noise in [0, 1) with features about ``cell`` micrometres across, at points."""
     gy, gx = y / cell, x / cell
     iy, ix = np.floor(gy), np.floor(gx)
     fy, fx = gy - iy, gx - ix
@@ -88,26 +88,64 @@ def _value_noise(y, x, cell: float, salt: int) -> np.ndarray:
     return (v00 * (1 - fx) + v01 * fx) * (1 - fy) + (v10 * (1 - fx) + v11 * fx) * fy
 
 
-def _worley(y, x, cell: float, salt: int):
-    """Distances to the nearest and second-nearest jittered lattice point, and the nearest's cell."""
-    gy, gx = y / cell, x / cell
-    iy0, ix0 = np.floor(gy).astype(np.int64), np.floor(gx).astype(np.int64)
-    f1 = np.full(gy.shape, np.inf)
-    f2 = np.full(gy.shape, np.inf)
-    cy = np.zeros(gy.shape, np.int64)
-    cx = np.zeros(gy.shape, np.int64)
+class _Lattice:
+    """Lattice cells under a grid of pixel centres (1-D ``rows`` x ``cols`` in µm): hashes are
+    computed once per cell in a small table and gathered per pixel (the image is separable)."""
+
+    def __init__(self, rows, cols, cell: float, margin: int = 1):
+        self.gy, self.gx = rows / cell, cols / cell
+        self.iy, self.ix = np.floor(self.gy).astype(np.int64), np.floor(self.gx).astype(np.int64)
+        self.y0, self.x0 = int(self.iy.min()) - margin, int(self.ix.min()) - margin
+        ty = np.arange(self.y0, int(self.iy.max()) + margin + 1)
+        tx = np.arange(self.x0, int(self.ix.max()) + margin + 1)
+        self.ty, self.tx = np.meshgrid(ty, tx, indexing="ij")
+
+    def table(self, salt: int, k: int = 0) -> np.ndarray:
+        return _uniform(self.ty, self.tx, salt, k)
+
+    def at(self, table, dy: int = 0, dx: int = 0) -> np.ndarray:
+        """Per pixel, the table value of the cell offset by ``(dy, dx)`` from the pixel's cell."""
+        return table[(self.iy - self.y0 + dy)[:, None], (self.ix - self.x0 + dx)[None, :]]
+
+
+def _value_noise_grid(rows, cols, cell: float, salt: int) -> np.ndarray:
+    """:func:`_value_noise` over a pixel grid, equal value for value."""
+    lat = _Lattice(rows, cols, cell)
+    fy, fx = lat.gy - lat.iy, lat.gx - lat.ix
+    fy, fx = (fy * fy * (3 - 2 * fy))[:, None], (fx * fx * (3 - 2 * fx))[None, :]
+    t = lat.table(salt)
+    v00, v01, v10, v11 = lat.at(t), lat.at(t, 0, 1), lat.at(t, 1, 0), lat.at(t, 1, 1)
+    return (v00 * (1 - fx) + v01 * fx) * (1 - fy) + (v10 * (1 - fx) + v11 * fx) * fy
+
+
+def _uniform_grid(rows, cols, cell: float, salt: int, k: int) -> np.ndarray:
+    """``_uniform`` of each pixel's lattice cell over a pixel grid."""
+    lat = _Lattice(rows, cols, cell, margin=0)
+    return lat.at(lat.table(salt, k))
+
+
+def _worley(rows, cols, cell: float, salt: int, extra_k: int | None = None):
+    """Over a pixel grid: distances to the nearest and second-nearest jittered lattice point,
+    and (with ``extra_k``) a uniform value drawn for the nearest point's cell."""
+    lat = _Lattice(rows, cols, cell)
+    jy, jx = lat.table(salt, 1), lat.table(salt, 2)
+    extra = lat.table(salt, extra_k) if extra_k is not None else None
+    gy, gx = lat.gy[:, None], lat.gx[None, :]
+    shape = (rows.size, cols.size)
+    f1 = np.full(shape, np.inf)
+    f2 = np.full(shape, np.inf)
+    value = np.zeros(shape) if extra is not None else None
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            iy, ix = iy0 + dy, ix0 + dx
-            py = iy + _uniform(iy, ix, salt, 1)
-            px = ix + _uniform(iy, ix, salt, 2)
+            py = (lat.iy + dy)[:, None] + lat.at(jy, dy, dx)
+            px = (lat.ix + dx)[None, :] + lat.at(jx, dy, dx)
             d = np.hypot(gy - py, gx - px) * cell
             closer = d < f1
             f2 = np.where(closer, f1, np.minimum(f2, d))
             f1 = np.where(closer, d, f1)
-            cy = np.where(closer, iy, cy)
-            cx = np.where(closer, ix, cx)
-    return f1, f2, cy, cx
+            if extra is not None:
+                value = np.where(closer, lat.at(extra, dy, dx), value)
+    return f1, f2, value
 
 
 def _tissue_field(y, x, salt: int) -> np.ndarray:
@@ -173,26 +211,26 @@ def render(spec: SlideSpec, y0: int, x0: int, h: int, w: int, downsample: int = 
     Label values are stable glomerulus ids (the same object has the same id in every window).
     """
     rows, cols = _window_um(spec, y0, x0, h, w, downsample)
-    y, x = np.meshgrid(rows, cols, indexing="ij")
     s, salt, um = spec.style, spec.style["salt"], spec.um_per_px
 
     # Tissue versus glass, with a soft irregular edge.
-    tissue_val = _tissue_field(y, x, salt)
+    tissue_val = 0.8 * _value_noise_grid(rows, cols, 700.0, salt + 11) + 0.2 * _value_noise_grid(
+        rows, cols, 150.0, salt + 12)
     tissue = np.clip((tissue_val - s["tissue_threshold"]) / 0.02, 0, 1)
 
     # Tubules: cellular (Worley) pattern, lumen in the middle, epithelium around, thin interstitium.
     cell = s["tubule_cell_um"]
-    f1, f2, ty, tx = _worley(y, x, cell, salt + 31)
-    lumen_r = cell * (0.08 + 0.12 * _uniform(ty, tx, salt, 32))
+    f1, f2, lumen_u = _worley(rows, cols, cell, salt + 31, extra_k=32)
+    lumen_r = cell * (0.08 + 0.12 * lumen_u)
     edge = f2 - f1
     lumen = np.clip((lumen_r - f1) / 1.5, 0, 1)
     interstitium = np.clip((4.0 - edge) / 2.0, 0, 1)
-    granular = _value_noise(y, x, 3.0, salt + 33)
-    nf1, _, _, _ = _worley(y, x, 7.0, salt + 34)
+    granular = _value_noise_grid(rows, cols, 3.0, salt + 33)
+    nf1, _, _ = _worley(rows, cols, 7.0, salt + 34)
     nucleus = np.clip((2.6 - nf1) / 0.8, 0, 1)
     ring = (f1 > lumen_r + 1.5) & (f1 < lumen_r + 9.0)
     epi_nuclei = nucleus * ring * (interstitium < 0.5)
-    int_nuclei = nucleus * (interstitium > 0.5) * (_uniform(np.floor(y / 7), np.floor(x / 7), salt, 35) < 0.25)
+    int_nuclei = nucleus * (interstitium > 0.5) * (_uniform_grid(rows, cols, 7.0, salt, 35) < 0.25)
 
     hema = 0.9 * epi_nuclei + 0.8 * int_nuclei + 0.08
     eosin = (0.55 + 0.2 * granular) * (1 - lumen) * (1 - 0.6 * interstitium) + 0.05
@@ -200,13 +238,13 @@ def render(spec: SlideSpec, y0: int, x0: int, h: int, w: int, downsample: int = 
     labels = np.zeros((h, w), np.uint32)
     for g, win, d in _glomerulus_windows(spec, rows, cols):
         labels[win][d < 1.0] = g["id"]
-        yw, xw = y[win], x[win]
+        rw, cw = rows[win[0]], cols[win[1]]
         tuft = np.clip((0.82 - d) / 0.03, 0, 1)
         capsule = np.clip(1 - np.abs(d - 0.965) / 0.035, 0, 1)
         space = np.clip((d - 0.82) / 0.03, 0, 1) * (d < 0.93)
-        cf1, _, _, _ = _worley(yw, xw, 9.0, salt + 41)
+        cf1, _, _ = _worley(rw, cw, 9.0, salt + 41)
         capillary = np.clip((3.0 - cf1) / 1.0, 0, 1)
-        gf1, _, _, _ = _worley(yw, xw, 5.5, salt + 42)
+        gf1, _, _ = _worley(rw, cw, 5.5, salt + 42)
         g_nuclei = np.clip((2.3 - gf1) / 0.7, 0, 1) * (1 - capillary)
         around = np.clip((1.15 - d) / 0.1, 0, 1)  # a little halo of interstitium
         tissue[win] = np.maximum(tissue[win], np.clip((1.3 - d) / 0.2, 0, 1))
@@ -215,7 +253,7 @@ def render(spec: SlideSpec, y0: int, x0: int, h: int, w: int, downsample: int = 
         hema[win] = around * g_hema + (1 - around) * hema[win]
         eosin[win] = around * g_eosin + (1 - around) * eosin[win]
 
-    grain = _uniform(np.floor(y / um), np.floor(x / um), salt, 51) - 0.5
+    grain = _uniform_grid(rows, cols, um, salt, 51) - 0.5
     od = (
         (s["h_gain"] * hema * tissue)[..., None] * s["h_vec"]
         + (s["e_gain"] * eosin * tissue)[..., None] * s["e_vec"]
