@@ -1,43 +1,170 @@
-"""Load dock: open a slide or image with its physical pixel size."""
+"""Load dock: slides (lazily, with pixel size), dataset folders with previous/next, and
+annotation files onto the current image. Errors become notifications; open layers stay."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import napari
-from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, PushButton
-from napari.utils.notifications import show_error
+from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
 
-from ..reader import image_layer_data
-from ..slide_io import SlideError, read_image
+from ..annotations import ExportError
+from ..datasets import labels_layer_data, open_dataset
+from ..slide_io import SlideError
+from ..slides import open_slide, pyramid_steps, slide_layer_data
 
 FILTER = "Images (*.tif *.tiff *.svs *.ndpi *.png *.jpg *.jpeg)"
+ERRORS = (SlideError, ExportError, OSError)
 
 
 class LoadWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
+        self.slide = None
+        self.dataset = None
+        self.index = 0
+        self.worker = None
         self.path = FileEdit(label="file", mode="r", filter=FILTER)
         self.um_per_px = FloatSpinBox(label="µm/px", value=0.0, min=0.0, max=100.0, step=0.05,
                                       tooltip="0 = read from the file's metadata")
         self.open_button = PushButton(text="Open")
+        self.pyramid_button = PushButton(text="Write pyramid next to it", enabled=False,
+                                         tooltip="a flat slide opens lazily but pans slowly; a pyramid fixes that")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.bar = ProgressBar(label="pyramid", value=0, min=0, max=1, visible=False)
+        self.folder = FileEdit(label="dataset", mode="d")
+        self.dataset_button = PushButton(text="Open dataset")
+        self.prev_button = PushButton(text="◀ Previous", enabled=False)
+        self.next_button = PushButton(text="Next ▶", enabled=False)
+        self.annotations = FileEdit(label="annotations", mode="r", filter="Annotations (*.geojson *.json)")
+        self.annotations_button = PushButton(text="Add annotations to the image")
         self.status = Label(value="")
-        self.extend([self.path, self.um_per_px, self.open_button, self.status])
+        self.extend([self.path, self.um_per_px, self.open_button, self.pyramid_button, self.cancel_button, self.bar,
+                     self.folder, self.dataset_button, self.prev_button, self.next_button, self.annotations,
+                     self.annotations_button, self.status])
         self.open_button.changed.connect(self.open)
+        self.pyramid_button.changed.connect(self.write_pyramid)
+        self.cancel_button.changed.connect(self.cancel)
+        self.dataset_button.changed.connect(self.open_dataset)
+        self.prev_button.changed.connect(lambda: self.show_item(self.index - 1))
+        self.next_button.changed.connect(lambda: self.show_item(self.index + 1))
+        self.annotations_button.changed.connect(self.add_annotations)
 
+    # --- single slides ----------------------------------------------------------------------
     def open(self, path: str | Path | None = None):
-        """Read the file and add it as an Image layer scaled in µm; errors become notifications."""
+        """Open a slide as an Image layer scaled in µm (multiscale when it has levels)."""
         path = Path(path or self.path.value)
         try:
-            loaded = read_image(path)
-        except SlideError as exc:
-            self.status.value = f"Error: {exc}"
-            show_error(str(exc))
-            return None
-        data, kwargs, _ = image_layer_data(loaded, self.um_per_px.value or None)
-        layer = self._viewer.add_image(data, **kwargs)
+            slide = open_slide(path)
+        except ERRORS as exc:
+            return self._fail(exc)
+        self.slide = slide
+        data, kwargs, _ = slide_layer_data(slide, self.um_per_px.value or None)
+        layers = self._viewer.add_image(data, **kwargs)
         um = kwargs["metadata"]["um_per_px"]
-        size = " × ".join(map(str, data.shape[:2]))
-        self.status.value = f"{loaded.name}: {size} px, " + (f"{um:g} µm/px" if um else "pixel size unknown")
+        levels = f", {len(slide.levels)} levels" if len(slide.levels) > 1 else ""
+        self.status.value = (f"{slide.name}: {slide.size[0]} × {slide.size[1]} px{levels}, "
+                             + (f"{um:g} µm/px" if um else "pixel size unknown")
+                             + (" — no stored pyramid: panning is slow until you write one" if slide.flat else ""))
+        self.pyramid_button.enabled = slide.flat
+        return layers
+
+    def write_pyramid(self, out: str | Path | None = None):
+        """Write ``<name>.pyramid.ome.tif`` next to a flat slide in a worker, then open it."""
+        if self.slide is None or not self.slide.flat:
+            return self._fail("Open a large flat slide first.")
+        out = Path(out) if out else self.slide.path.with_name(self.slide.name + ".pyramid.ome.tif")
+        self.worker = create_worker(pyramid_steps, self.slide, out, _start_thread=False)
+        self._pbar = progress(total=0, desc=f"Writing {out.name}")
+        self.bar.visible = True
+
+        def on_progress(event):
+            _, done, total = event
+            self.bar.max, self.bar.value = max(total, 1), done
+            self._pbar.total, self._pbar.n = total, done
+            self._pbar.refresh()
+
+        def on_finished():
+            self._pbar.close()
+            self.pyramid_button.enabled, self.cancel_button.enabled = self.slide.flat, False
+
+        self.worker.yielded.connect(on_progress)
+        self.worker.returned.connect(lambda path: (self.open(path), show_info(f"wrote {path}")))
+        self.worker.errored.connect(self._fail)
+        self.worker.aborted.connect(lambda: setattr(self.status, "value", "pyramid cancelled; nothing written"))
+        self.worker.finished.connect(on_finished)
+        self.pyramid_button.enabled, self.cancel_button.enabled = False, True
+        self.worker.start()
+        return self.worker
+
+    def cancel(self):
+        if self.worker is not None:
+            self.worker.quit()
+
+    # --- datasets ---------------------------------------------------------------------------
+    def open_dataset(self, path: str | Path | None = None):
+        """Recognise a dataset folder's layout and show its first image."""
+        try:
+            self.dataset = open_dataset(Path(path or self.folder.value))
+        except ERRORS as exc:
+            return self._fail(exc)
+        return self.show_item(0)
+
+    def show_item(self, index: int):
+        """Show image ``index`` of the dataset (image + labels), replacing the previous one."""
+        if self.dataset is None or not 0 <= index < len(self.dataset):
+            return None
+        try:
+            item = self.dataset.load(index)
+        except ERRORS as exc:
+            return self._fail(exc)
+        for layer in [lyr for lyr in self._viewer.layers if lyr.metadata.get("dataset_item")]:
+            self._viewer.layers.remove(layer)
+        self.index, self.slide = index, item.slide
+        data, kwargs, _ = slide_layer_data(item.slide)
+        kwargs["metadata"] = {**kwargs["metadata"], **item.info, "dataset_item": True}
+        self._viewer.add_image(data, **kwargs)
+        if item.annotations is not None:
+            labels, lkw, _ = labels_layer_data(item.annotations, item.slide, item.info)
+            lkw["metadata"]["dataset_item"] = True
+            self._viewer.add_labels(labels, **lkw)
+        facts = ", ".join(f"{k} {v}" for k, v in item.info.items() if v not in (None, ""))
+        n = len(item.annotations.ids()) if item.annotations is not None else 0
+        self.status.value = (f"{self.dataset.layout}: {index + 1} / {len(self.dataset)}: {self.dataset.ids[index]}"
+                             f" — {n} objects" + (f" ({facts})" if facts else ""))
+        self.prev_button.enabled = index > 0
+        self.next_button.enabled = index < len(self.dataset) - 1
+        return item
+
+    # --- annotations --------------------------------------------------------------------------
+    def add_annotations(self, path: str | Path | None = None):
+        """Rasterise a QuPath GeoJSON or COCO file onto the current image as a Labels layer."""
+        from ..export import import_annotations
+
+        if self.slide is None:
+            return self._fail("Open the slide the annotations belong to first.")
+        path = Path(path or self.annotations.value)
+        fmt = "geojson" if path.suffix.lower() == ".geojson" else "coco"
+        try:
+            items = import_annotations(path, fmt, self.slide.size)
+            a = next((x for x in items if x.image_id == self.slide.name), items[0] if len(items) == 1 else None)
+            if a is None:
+                raise ExportError(f"{path}: no annotations for image {self.slide.name!r}")
+            if a.shape != tuple(self.slide.size):
+                raise ExportError(f"{path}: annotations are {a.shape}, the image is {self.slide.size}")
+        except ERRORS as exc:
+            return self._fail(exc)
+        labels, kwargs, _ = labels_layer_data(a, self.slide)
+        kwargs["name"] = f"{self.slide.name} {path.stem}"
+        layer = self._viewer.add_labels(labels, **kwargs)
+        self.status.value = f"{len(a.ids())} annotations from {path.name}"
         return layer
+
+    def _fail(self, exc):
+        self.status.value = f"Error: {exc}"
+        show_error(str(exc))
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import napari
+import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSlider, Label, ProgressBar, PushButton, SpinBox, create_widget
 from napari.qt.threading import create_worker
 from napari.utils import progress
@@ -78,18 +79,16 @@ class SegmentWidget(Container):
         if layer is None:
             self._fail("Open an image first (Load dock, File > Open or a sample).")
             return None
-        if layer.multiscale:
-            self._fail("Multiscale images are not supported by this version of the engine yet.")
-            return None
         try:
             model = self._load()
-        except ModelError as exc:
+            data, um, factor = _pick_level(layer, model.card.um_per_px)
+        except (ModelError, ValueError) as exc:
             self._fail(exc)
             return None
         self.status.value = f"running on {model.device} …"
         self.worker = create_worker(
-            segment_steps, layer.data, model,
-            um_per_px=layer.metadata.get("um_per_px"),
+            segment_steps, data, model,
+            um_per_px=um,
             tile_size=self.tile.value or None,
             overlap=None if self.overlap.value < 0 else self.overlap.value,
             threshold=self.threshold.value,
@@ -97,7 +96,7 @@ class SegmentWidget(Container):
         )
         self._pbar = progress(total=0, desc=f"Segmenting {layer.name}")
         self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(lambda seg: self._on_done(layer, seg, model.card.classes[0]))
+        self.worker.returned.connect(lambda seg: self._on_done(layer, seg, model.card.classes[0], factor))
         self.worker.errored.connect(self._fail)
         self.worker.aborted.connect(lambda: setattr(self.status, "value", "cancelled"))
         self.worker.finished.connect(self._on_finished)
@@ -117,10 +116,12 @@ class SegmentWidget(Container):
         self._pbar.n = done
         self._pbar.refresh()
 
-    def _on_done(self, layer, seg, class_name):
+    def _on_done(self, layer, seg, class_name, factor=1.0):
         self.last_result = seg
-        kwargs = {"scale": layer.scale[-2:], "translate": layer.translate[-2:], "units": layer.units[-2:]}
-        meta = {"um_per_px": layer.metadata.get("um_per_px"), "source": layer.name, "class": class_name}
+        kwargs = {"scale": [v * factor for v in layer.scale[-2:]], "translate": layer.translate[-2:],
+                  "units": layer.units[-2:]}
+        um = layer.metadata.get("um_per_px")
+        meta = {"um_per_px": um * factor if um else None, "source": layer.name, "class": class_name}
         prob = seg.probability if seg.probability.ndim == 2 else seg.probability[0]
         self._viewer.add_image(prob, name=f"{layer.name} probability", colormap="magma", blending="additive",
                                opacity=0.6, contrast_limits=(0, 1), visible=False, metadata=meta, **kwargs)
@@ -140,3 +141,26 @@ class SegmentWidget(Container):
     def _on_finished(self):
         self._pbar.close()
         self.run_button.enabled, self.cancel_button.enabled = True, False
+
+
+MAX_LEVEL_PIXELS = 400e6  # this engine holds the level it segments in memory
+
+
+def _pick_level(layer, model_um: float):
+    """The image data to segment: for a pyramid, the coarsest level still at least as fine as
+    the model's µm/px (the engine resamples the rest). Returns ``(data, µm/px, downsample)``."""
+    um = layer.metadata.get("um_per_px")
+    if not layer.multiscale:
+        return layer.data, um, 1.0
+    base = layer.data[0].shape[0]
+    choice = 0
+    if um:
+        for k, level in enumerate(layer.data):
+            if um * base / level.shape[0] <= model_um * 1.01:
+                choice = k
+    level = layer.data[choice]
+    if np.prod(level.shape[:2]) > MAX_LEVEL_PIXELS:
+        raise ValueError(f"{layer.name}: level {choice} has {np.prod(level.shape[:2]) / 1e6:.0f} megapixels, "
+                         "too many to segment in memory with this version")
+    factor = base / level.shape[0]
+    return np.asarray(level), (um * factor if um else None), factor
