@@ -213,3 +213,77 @@ def test_npe2_writer_saves_labels_layer(make_napari_viewer, tmp_path, small_slid
     assert paths == [str(tmp_path / "slide7.geojson")]
     (back,) = import_annotations(paths[0], "geojson", truth.shape)
     np.testing.assert_array_equal(back.labels, truth)
+
+
+def test_load_dock_pyramid_then_segment_it(make_napari_viewer, qtbot, tmp_path):
+    from napari_ftu.synthetic import make_slide, write_slide
+
+    viewer = make_napari_viewer()
+    paths = write_slide(tmp_path / "pyr", 1400, 1200, seed=31, um_per_px=0.5, pyramid=True)
+    _, load = viewer.window.add_plugin_dock_widget("napari-ftu", "Load")
+    layer = load.open(paths["image"])
+    assert layer.multiscale and len(layer.data) == 2 and tuple(layer.scale) == (0.5, 0.5)
+    assert "2 levels" in load.status.value
+    _, seg = viewer.window.add_plugin_dock_widget("napari-ftu", "Segment")
+    seg.device.value = "cpu"
+    seg.image.value = layer
+    seg.run()  # the model wants 2 µm/px: the engine segments level 1 (1 µm/px) and resamples
+    qtbot.waitUntil(lambda: "pyr FTUs" in viewer.layers, timeout=120_000)
+    labels = viewer.layers["pyr FTUs"]
+    assert labels.data.shape == (700, 600) and tuple(labels.scale) == (1.0, 1.0)
+    _, truth, _ = make_slide(1400, 1200, seed=31, um_per_px=0.5)
+    assert dice(labels.data, truth[::2, ::2]) >= 0.85
+
+
+def test_load_dock_dataset_browser(make_napari_viewer, shared_data):
+    viewer = make_napari_viewer()
+    _, load = viewer.window.add_plugin_dock_widget("napari-ftu", "Load")
+    item = load.open_dataset(shared_data / "sarder_frozen_kidney_glomeruli")
+    assert item is not None and "1 / 20" in load.status.value
+    assert not load.prev_button.enabled and load.next_button.enabled
+    names = [lyr.name for lyr in viewer.layers]
+    load.next_button.changed.emit(True)
+    assert "2 / 20" in load.status.value and load.prev_button.enabled
+    assert len(viewer.layers) == 2 and [lyr.name for lyr in viewer.layers] != names
+    assert isinstance(viewer.layers[-1], napari.layers.Labels) and "class" in viewer.layers[-1].features
+
+
+def test_load_dock_adds_geojson_and_keeps_layers_on_errors(make_napari_viewer, tmp_path, small_slide):
+    from napari_ftu.annotations import Annotations
+    from napari_ftu.export import export_annotations
+
+    viewer = make_napari_viewer()
+    rgb, truth, _ = small_slide
+    image = write_tiff(tmp_path / "kid.tif", rgb, 1.0)
+    export_annotations(Annotations("kid", truth, default_class="glomerulus"), tmp_path / "kid.geojson", "geojson")
+    _, load = viewer.window.add_plugin_dock_widget("napari-ftu", "Load")
+    load.open(image)
+    layer = load.add_annotations(tmp_path / "kid.geojson")
+    np.testing.assert_array_equal(layer.data, truth)
+    assert set(layer.features["class"]) == {"glomerulus"}
+    (tmp_path / "broken.geojson").write_text('{"type": "FeatureCollection", "features": [{"geometry": 3}]}')
+    before = [lyr.name for lyr in viewer.layers]
+    assert load.add_annotations(tmp_path / "broken.geojson") is None
+    assert "broken.geojson, feature 0" in load.status.value
+    assert [lyr.name for lyr in viewer.layers] == before
+
+
+def test_load_dock_writes_a_pyramid_for_a_flat_slide(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    import tifffile
+
+    import napari_ftu.slides as slides
+    from napari_ftu.synthetic import make_slide
+
+    monkeypatch.setattr(slides, "FLAT_PYRAMID_MIN", 1000)
+    rgb, _, _ = make_slide(1600, 1200, seed=5)
+    tifffile.imwrite(tmp_path / "flat.tif", rgb, photometric="rgb", tile=(256, 256))
+    viewer = make_napari_viewer()
+    _, load = viewer.window.add_plugin_dock_widget("napari-ftu", "Load")
+    load.open(tmp_path / "flat.tif")
+    assert load.pyramid_button.enabled and "no stored pyramid" in load.status.value
+    worker = load.write_pyramid()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: "flat.pyramid" in viewer.layers, timeout=10_000)
+    assert (tmp_path / "flat.pyramid.ome.tif").is_file() and viewer.layers["flat.pyramid"].multiscale
+    assert load.bar.value == load.bar.max

@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--name", default="napari-ftu model")
     t.set_defaults(func=_train)
 
+    i = sub.add_parser("info", help="describe a slide or a dataset folder (and check that it loads)")
+    i.add_argument("path", type=Path)
+    i.add_argument("--item", type=int, default=None, help="also load this dataset image (0-based)")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_info)
+
     e = sub.add_parser("export", help="convert labels or annotations to any supported format, or training tiles")
     e.add_argument("labels", type=Path, help="label/mask image (TIFF/PNG), or an annotation file with --from")
     e.add_argument("--from", dest="source_format", choices=sorted(FORMATS), default=None,
@@ -120,6 +126,32 @@ def _demo(args) -> int:
         )
         for path in result["outputs"]:
             print(f"wrote {path}")
+    return 0
+
+
+def _info(args) -> int:
+    from .datasets import open_dataset
+    from .slides import open_slide
+
+    if args.path.is_file() and args.path.suffix.lower() not in (".json", ".jsonl", ".csv"):
+        slide = open_slide(args.path)
+        out = {"path": str(args.path), "size": list(slide.size), "kind": slide.kind, "levels": len(slide.levels),
+               "um_per_px": slide.um_per_px, "pyramid_stored": not slide.flat}
+    else:
+        ds = open_dataset(args.path)
+        out = {"path": str(args.path), "layout": ds.layout, "images": len(ds), "first_ids": ds.ids[:5]}
+        if args.item is not None:
+            if not 0 <= args.item < len(ds):
+                raise FileNotFoundError(f"{args.path}: no image {args.item} (the dataset has {len(ds)})")
+            item = ds.load(args.item)
+            n = len(item.annotations.ids()) if item.annotations is not None else 0
+            out["item"] = {"id": ds.ids[args.item], "size": list(item.slide.size), "objects": n,
+                           "um_per_px": item.slide.um_per_px, **{k: v for k, v in item.info.items() if v}}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for key, value in out.items():
+            print(f"{key}: {value}")
     return 0
 
 

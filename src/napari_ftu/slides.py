@@ -97,6 +97,7 @@ def _open_tiff(path: Path) -> Slide:
         series = tif.series[0]  # SVS label/macro/thumbnail images are later series
         if any(int(n) == 0 for n in series.shape):
             raise SlideError(f"{path}: image has no pixels (shape {series.shape})")
+        _check_complete(tif, series, path)
         store = series.aszarr()
         root = zarr.open(store, mode="r")
         levels = [root[str(i)] for i in range(len(series.levels))] if hasattr(root, "keys") else [root]
@@ -113,6 +114,20 @@ def _open_tiff(path: Path) -> Slide:
         slide.levels = _strided_levels(levels[0], kind, axis)
         slide.flat = True
     return slide
+
+
+def _check_complete(tif, series, path: Path):
+    """Refuse a truncated file up front: lazy reading would otherwise fail later, mid-pan."""
+    size = path.stat().st_size
+    for level in series.levels:
+        for page in level.pages:
+            if page is None:
+                continue
+            if not page.dataoffsets or len(page.dataoffsets) != len(page.databytecounts):
+                raise SlideError(f"{path}: file is damaged or truncated (its image data offsets are missing)")
+            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+            if ends and max(ends) > size:
+                raise SlideError(f"{path}: file is truncated (image data runs past its end, {size} bytes)")
 
 
 def _stem(path: Path) -> str:
