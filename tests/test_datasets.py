@@ -184,3 +184,25 @@ def test_annotations_class_round_trip_through_dataset(tmp_path, slides):
     _hubmap2022(tmp_path, slides)
     item = open_dataset(tmp_path).load(0)
     assert isinstance(item.annotations, Annotations) and item.annotations.um_per_px == 0.4
+
+
+def test_hubmap2022_test_split_has_images_only(tmp_path, slides):
+    (tmp_path / "test_images").mkdir()
+    write_tiff(tmp_path / "test_images" / "10078.tiff", slides[0][0])
+    (tmp_path / "test.csv").write_text("id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness\n"
+                                       "10078,spleen,Hubmap,500,400,0.4945,4\n")
+    item = open_dataset(tmp_path).load(0)
+    assert item.annotations is None and item.info["organ"] == "spleen" and item.slide.um_per_px == 0.4945
+
+
+def test_dropping_a_dataset_folder(shared_data):
+    from napari_ftu.reader import get_reader
+
+    layers = get_reader(str(shared_data / "sarder_frozen_kidney_glomeruli"))(str(shared_data / "sarder_frozen_kidney_glomeruli"))
+    assert [kind for _, _, kind in layers] == ["image", "labels"]
+
+
+def test_unknown_folders_are_left_to_other_readers(tmp_path):
+    from napari_ftu.reader import get_reader
+
+    assert get_reader(str(tmp_path)) is None

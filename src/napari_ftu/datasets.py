@@ -99,8 +99,12 @@ class Hubmap2022(Dataset):
         super().__init__(root, [r["id"] for r in self.rows])
 
     @staticmethod
-    def detect(root: Path) -> bool:
-        return (root / "train_images").is_dir() and (root / "train.csv").is_file()
+    def detect(root: Path) -> str | None:
+        """The split found: ``train`` (with masks) or ``test`` (images only)."""
+        for split in ("train", "test"):
+            if (root / f"{split}_images").is_dir() and (root / f"{split}.csv").is_file():
+                return split
+        return None
 
     def load(self, index: int) -> Item:
         row = self.rows[index]
@@ -339,8 +343,9 @@ def open_dataset(path: str | Path) -> Dataset:
         root = root.parent
     if not root.is_dir():
         raise ExportError(f"{path}: no such folder")
-    if Hubmap2022.detect(root):
-        return Hubmap2022(root)
+    split = Hubmap2022.detect(root)
+    if split:
+        return Hubmap2022(root, split)
     if Hubmap2021.detect(root):
         return Hubmap2021(root)
     if Vasculature2023.detect(root):

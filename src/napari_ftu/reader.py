@@ -6,16 +6,39 @@ and as ``metadata["um_per_px"]`` (so the engine can resample to the model's µm/
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .slide_io import RASTER_SUFFIXES, TIFF_SUFFIXES
 from .slides import open_slide, slide_layer_data
 
 
 def get_reader(path):
-    """Our reader for slide and image files; napari falls back to others for the rest."""
-    if isinstance(path, list) or not str(path).lower().endswith(TIFF_SUFFIXES + RASTER_SUFFIXES):
+    """Our reader for slide files and dataset folders; napari falls back to others otherwise."""
+    if isinstance(path, list):
+        return None
+    if Path(path).is_dir():
+        from .datasets import open_dataset
+
+        try:
+            open_dataset(path)
+        except (ValueError, OSError):
+            return None  # not a layout we know: let other readers try
+        return read_dataset
+    if not str(path).lower().endswith(TIFF_SUFFIXES + RASTER_SUFFIXES):
         return None
     return read_layers
 
 
 def read_layers(path) -> list:
     return [slide_layer_data(open_slide(path))]
+
+
+def read_dataset(path) -> list:
+    """A dropped dataset folder: its first image with labels (the Load dock browses the rest)."""
+    from .datasets import labels_layer_data, open_dataset
+
+    item = open_dataset(path).load(0)
+    layers = [slide_layer_data(item.slide)]
+    if item.annotations is not None:
+        layers.append(labels_layer_data(item.annotations, item.slide, item.info))
+    return layers
