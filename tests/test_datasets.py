@@ -57,7 +57,8 @@ def test_hubmap2022_layout(tmp_path, slides):
 
 
 @pytest.mark.parametrize("change, problem", [
-    ({"rle": "1 999999"}, "line 2 .id 100.*ends at pixel"),
+    ({"rle": "199990 20"}, "line 2 .id 100.*ends at pixel"),
+    ({"rle": "1 99999999999999999999"}, "larger than the 500 x 400 mask"),
     ({"img_height": 501}, "mask size .501, 400. differs from image 100.tiff"),
     ({"img_height": "tall"}, "must be numbers"),
 ])

@@ -125,7 +125,7 @@ def test_readers_name_the_problem(tmp_path):
     bad.write_text("id,something\nx,1\n")
     with pytest.raises(ExportError, match="missing columns"):
         import_annotations(bad, "hubmap")
-    bad.write_text("id,rle,img_height,img_width\nx,1 99,3,3\n")
+    bad.write_text("id,rle,img_height,img_width\nx,5 9,3,3\n")
     with pytest.raises(ExportError, match="line 2.*ends at pixel"):
         import_annotations(bad, "hubmap")
     bad.write_text("ImageID,ImageWidth,ImageHeight,PredictionString\nx,4,4,0 0.5 notbase64!\n")

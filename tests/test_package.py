@@ -4,8 +4,8 @@ from pathlib import Path
 
 import napari_ftu
 
-CORE = ["annotations", "atomic", "cli", "coco_rle", "demo", "export", "formats_csv", "formats_json", "inference",
-        "metrics", "models", "polygons", "postprocess", "reader", "rle", "sample", "slide_io", "synthetic", "tiles",
+CORE = ["annotations", "atomic", "cli", "coco_rle", "datasets", "demo", "export", "formats_csv", "formats_json", "inference",
+        "metrics", "models", "polygons", "postprocess", "reader", "rle", "sample", "slide_io", "slides", "synthetic", "tiles",
         "tiling", "training", "writers"]
 
 
@@ -23,7 +23,7 @@ def test_manifest_is_found_through_the_entry_point():
     manifest = pm.get_manifest("napari-ftu")
     assert Path(manifest.package_metadata and napari_ftu.__file__).exists()
     names = {w.display_name for w in manifest.contributions.widgets}
-    assert names == {"Load", "Segment", "Export"}
+    assert names == {"Load", "Segment", "Export", "Train"}
     assert {s.key for s in manifest.contributions.sample_data} == {"synthetic_kidney", "ihc_colon"}
 
 

@@ -2,7 +2,7 @@ import numpy as np
 
 from napari_ftu.inference import segment
 from napari_ftu.models import ModelCard, load_model
-from napari_ftu.training import folder_samples, synthetic_samples, train
+from napari_ftu.training import dataset_samples, synthetic_samples, train
 
 
 def test_tiny_training_lowers_loss_and_saves_a_loadable_model(tmp_path):
@@ -27,6 +27,6 @@ def test_exported_tiles_are_training_input(tmp_path, small_slide):
 
     rgb, labels, _ = small_slide
     export_tiles(rgb, labels, tmp_path, "s", tile=256, negative_fraction=0.5)
-    pairs = folder_samples(tmp_path)
+    pairs = dataset_samples(tmp_path)
     assert pairs and all(img.shape[:2] == mask.shape for img, mask in pairs)
     assert any(mask.any() for _, mask in pairs)

@@ -287,3 +287,63 @@ def test_load_dock_writes_a_pyramid_for_a_flat_slide(make_napari_viewer, qtbot, 
     qtbot.waitUntil(lambda: "flat.pyramid" in viewer.layers, timeout=10_000)
     assert (tmp_path / "flat.pyramid.ome.tif").is_file() and viewer.layers["flat.pyramid"].multiscale
     assert load.bar.value == load.bar.max
+
+
+def test_train_dock_retrains_on_corrections_and_offers_the_model(viewer_with_slide, qtbot, tmp_path):
+    viewer, truth = viewer_with_slide
+    viewer.add_labels(truth, name="kidney corrected")
+    _, seg = viewer.window.add_plugin_dock_widget("napari-ftu", "Segment")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Train")
+    widget.source.value = "layers in the viewer"
+    widget.image.value = viewer.layers["kidney"]
+    widget.labels.value = viewer.layers["kidney corrected"]
+    widget.steps.value, widget.batch.value, widget.crop.value = 4, 2, 128
+    widget.device.value = "cpu"
+    widget.out.value = tmp_path / "retrained"
+    worker = widget.run()
+    assert worker is not None, widget.status.value
+    with qtbot.waitSignal(worker.finished, timeout=180_000):
+        pass
+    assert len(widget.history["loss"]) == 4 and widget.history["val"]
+    assert (tmp_path / "retrained" / "model.safetensors").is_file()
+    assert "best validation Dice" in widget.status.value
+    assert str(tmp_path / "retrained") in seg.model.choices  # offered to the Segment dock
+    assert widget._figure.axes  # the live plot was drawn
+
+
+def test_train_dock_cancel_saves_nothing(make_napari_viewer, qtbot, tmp_path, shared_data):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Train")
+    widget.folder.value = shared_data / "sarder_frozen_kidney_glomeruli"
+    widget.val_match.value = "O27_1[5-9]_|O27_20_"
+    widget.steps.value, widget.batch.value, widget.crop.value = 200, 2, 128
+    widget.device.value = "cpu"
+    widget.out.value = tmp_path / "never"
+    worker = widget.run()
+    assert "training on 14 images, validating on 6" in widget.status.value
+    worker.yielded.connect(lambda ev: ev[0] == "step" and ev[1] >= 2 and widget.cancel())
+    with qtbot.waitSignal(worker.finished, timeout=180_000):
+        pass
+    assert widget.status.value == "cancelled; nothing saved" and not (tmp_path / "never").exists()
+
+
+def test_load_dock_cancelled_pyramid_leaves_no_file(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    import threading
+
+    import tifffile
+
+    import napari_ftu.slides as slides
+
+    monkeypatch.setattr(slides, "FLAT_PYRAMID_MIN", 1000)
+    tifffile.imwrite(tmp_path / "flat.tif", np.zeros((3000, 2600, 3), np.uint8), photometric="rgb", tile=(256, 256))
+    viewer = make_napari_viewer()
+    _, load = viewer.window.add_plugin_dock_widget("napari-ftu", "Load")
+    load.open(tmp_path / "flat.tif")
+    threads = threading.active_count()
+    worker = load.write_pyramid()
+    worker.yielded.connect(lambda ev: ev[1] >= 3 and load.cancel())
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: threading.active_count() <= threads, timeout=10_000)  # writer thread gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.tif"]
+    assert "cancelled" in load.status.value

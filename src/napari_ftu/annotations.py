@@ -76,8 +76,8 @@ class Annotations:
         classes, scores = {}, {}
         if features is not None and len(features) and "index" in features:
             idx = [int(i) for i in features["index"]]
-            if "class" in features:
-                classes = dict(zip(idx, features["class"]))
+            if "class" in features:  # several classes are shown joined with ", "
+                classes = {i: [c.strip() for c in str(v).split(",")] for i, v in zip(idx, features["class"])}
             if "confidence" in features:
                 scores = {i: float(s) for i, s in zip(idx, features["confidence"]) if s == s}
         meta = metadata or {}

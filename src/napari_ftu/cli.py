@@ -16,7 +16,7 @@ from .models import ModelError
 from .rle import RLEError
 from .slide_io import SlideError
 
-USER_ERRORS = (SlideError, ModelError, ExportError, RLEError, FileNotFoundError, FileExistsError)
+USER_ERRORS = (SlideError, ModelError, ExportError, RLEError, OSError)
 
 
 def main(argv=None) -> int:
@@ -58,12 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--overlap", type=int, default=None)
     s.add_argument("--threshold", type=float, default=None)
     s.add_argument("--json", action="store_true", help="print a JSON summary")
+    s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.set_defaults(func=_segment)
 
     t = sub.add_parser("train", help="train a model folder from image/mask tiles or synthetic slides")
     t.add_argument("--out", type=Path, required=True, help="model folder to write")
-    t.add_argument("--tiles", type=Path, action="append", default=[], help="folder with images/ and masks/")
-    t.add_argument("--val-tiles", type=Path, action="append", default=[], help="validation folder")
+    t.add_argument("--tiles", type=Path, action="append", default=[],
+                   help="training data: exported tiles, images/ + masks/, or a competition dataset folder")
+    t.add_argument("--val-tiles", type=Path, action="append", default=[], help="validation data folder")
+    t.add_argument("--val-match", default=None,
+                   help="regular expression: images of --tiles whose id matches go to validation instead")
     t.add_argument("--synthetic", type=int, default=0, help="number of synthetic training slides")
     t.add_argument("--val-synthetic", type=int, default=0, help="number of synthetic validation slides")
     t.add_argument("--synthetic-size", type=int, default=768)
@@ -73,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--crop", type=int, default=256)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--val-every", type=int, default=100)
+    t.add_argument("--patience", type=int, default=0, help="stop after this many validations without gain")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
     t.add_argument("--um-per-px", type=float, default=None, help="model pixel size (new models)")
@@ -162,6 +167,9 @@ def _segment(args) -> int:
     from .models import load_model
     from .slide_io import read_image, write_tiff
 
+    for out in (args.out, args.labels):
+        if out is not None and out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     loaded = read_image(args.image)
     image_id = safe_id(args.id or loaded.name)
     um = args.um_per_px or loaded.um_per_px
@@ -192,7 +200,7 @@ def _segment(args) -> int:
 
 def _train(args) -> int:
     from .models import ModelCard, load_model
-    from .training import folder_samples, synthetic_samples, train
+    from .training import dataset_samples, synthetic_samples, train
 
     init_state = None
     if args.init:
@@ -203,8 +211,12 @@ def _train(args) -> int:
         card = ModelCard(name=args.name)
         if args.um_per_px:
             card.um_per_px = args.um_per_px
-    train_set = [pair for folder in args.tiles for pair in folder_samples(folder)]
-    val_set = [pair for folder in args.val_tiles for pair in folder_samples(folder)]
+    train_set, val_set = [], [pair for folder in args.val_tiles for pair in dataset_samples(folder, card)]
+    for folder in args.tiles:
+        train_ids, val_ids = _split_ids(folder, args.val_match)
+        train_set += dataset_samples(folder, card, train_ids)
+        if val_ids:
+            val_set += dataset_samples(folder, card, val_ids)
     if args.synthetic:
         train_set += synthetic_samples(args.synthetic, args.synthetic_size, args.seed + 1, card)
     if args.val_synthetic:
@@ -213,7 +225,8 @@ def _train(args) -> int:
         raise FileNotFoundError("no training data: give --tiles FOLDER and/or --synthetic N")
     card.notes = {**card.notes, "training": {
         "tiles": [str(p) for p in args.tiles], "synthetic": args.synthetic, "synthetic_size": args.synthetic_size,
-        "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop, "lr": args.lr, "seed": args.seed}}
+        "val_match": args.val_match, "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop,
+        "lr": args.lr, "seed": args.seed, "init": str(args.init) if args.init else None}}
 
     def log(event):
         if event[0] == "val":
@@ -223,16 +236,32 @@ def _train(args) -> int:
 
     _, history = train(train_set, val_set, card, out=args.out, log=log, steps=args.steps,
                        batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
-                       device=args.device, val_every=args.val_every, init_state=init_state)
-    print(f"best validation Dice {history['best_dice']:.4f} at step {history['best_step']}; "
-          f"{history['seconds']:.0f} s; wrote {args.out}")
+                       device=args.device, val_every=args.val_every, init_state=init_state,
+                       patience=args.patience)
+    best = (f"best validation Dice {history['best_dice']:.4f} at step {history['best_step']}"
+            if history["val_dice"] else "no validation set (last weights saved)")
+    print(f"{best}; {history['seconds']:.0f} s; wrote {args.out}")
     return 0
 
 
+def _split_ids(folder: Path, pattern: str | None):
+    """Ids of a dataset for training and for validation (those matching ``pattern``)."""
+    import re
+
+    from .datasets import open_dataset
+
+    ids = open_dataset(folder).ids
+    if not pattern:
+        return ids, []
+    val = [i for i in ids if re.search(pattern, i)]
+    return [i for i in ids if i not in val], val
+
+
 def _export(args) -> int:
-    from .annotations import Annotations
+    from .annotations import Annotations, safe_id
     from .export import export_annotations, export_tiles, import_annotations
     from .slide_io import read_image
+    from .slides import open_slide
 
     if not args.out and not args.tiles:
         raise ExportError("nothing to do: give --out FILE and/or --tiles FOLDER")
@@ -247,7 +276,7 @@ def _export(args) -> int:
     for a in items:
         a.default_class = args.class_name
         if args.id and len(items) == 1:
-            a.image_id = args.id
+            a.image_id = safe_id(args.id)
     if args.out:
         if args.out.exists() and not args.overwrite:
             raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
@@ -257,7 +286,8 @@ def _export(args) -> int:
         if image is None or len(items) != 1:
             raise ExportError("--tiles needs --image and labels of that one image")
         a = items[0]
-        rows = export_tiles(image.data, a.labels, args.tiles, a.image_id, tile=args.tile, overlap=args.overlap,
+        slide = open_slide(args.image)  # read window by window, never whole
+        rows = export_tiles(slide.levels[0], a.labels, args.tiles, a.image_id, tile=args.tile, overlap=args.overlap,
                             um_per_px=image.um_per_px, target_um_per_px=args.target_um_per_px, keep=args.keep,
                             negative_fraction=args.negative_fraction,
                             classes={i: a.class_names(i)[0] for i in a.ids()}, max_per_class=args.max_per_class,
@@ -268,7 +298,8 @@ def _export(args) -> int:
 
 def _format_from_suffix(path: Path) -> str:
     name = path.name.lower()
-    for fmt, suffix in (("ome-tiff", ".ome.tif"), ("geojson", ".geojson"), ("coco", ".json"), ("hubmap", ".csv")):
+    for fmt, suffix in (("ome-tiff", ".ome.tif"), ("ome-tiff", ".ome.tiff"), ("geojson", ".geojson"),
+                        ("coco", ".json"), ("hubmap", ".csv")):
         if name.endswith(suffix):
             return fmt
     raise ExportError(f"cannot tell the format of {path.name}: give --format")

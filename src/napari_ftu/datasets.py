@@ -109,6 +109,8 @@ class Hubmap2022(Dataset):
     def load(self, index: int) -> Item:
         row = self.rows[index]
         where = f"{self.csv}, line {index + 2} (id {row['id']})"
+        if None in row.values():
+            raise ExportError(f"{where}: the row has fewer fields than the header")
         slide = open_slide(_find_image(self.images, row["id"]))
         try:
             shape = int(row["img_height"]), int(row["img_width"])
@@ -224,8 +226,11 @@ class CocoFolder(Dataset):
         from .formats_json import read_coco
 
         self.json = json_path
-        doc = json.loads(json_path.read_text(encoding="utf-8"))
-        self.files = {Path(im["file_name"]).stem: im["file_name"] for im in doc.get("images", [])}
+        try:
+            doc = json.loads(json_path.read_text(encoding="utf-8"))
+            self.files = {Path(im["file_name"]).stem: im["file_name"] for im in doc.get("images", [])}
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise ExportError(f"{json_path}: not a COCO file with image file names ({exc})") from None
         self.items = {a.image_id: a for a in read_coco(json_path)}
         super().__init__(root, sorted(self.items))
 
@@ -236,7 +241,7 @@ class CocoFolder(Dataset):
                 head = p.read_text(encoding="utf-8")[:4096]
             except (OSError, UnicodeDecodeError):
                 continue
-            if '"images"' in head or '"info"' in head:
+            if '"images"' in head:
                 return p
         return None
 
@@ -327,7 +332,9 @@ class ImageMaskFolder(Dataset):
     def load(self, index: int) -> Item:
         image_path, mask_path = self.pairs[self.ids[index]]
         slide = open_slide(image_path)
-        mask = open_slide(mask_path).read()
+        mask_slide = open_slide(mask_path)
+        mask = mask_slide.read()
+        mask_slide.close()
         if mask.ndim == 3:
             mask = mask[..., 0]
         _check_size(slide, mask.shape, str(mask_path))

@@ -94,10 +94,13 @@ def read_coco(path) -> list[Annotations]:
         if a is None:
             raise ExportError(f"{where}: refers to unknown image {ann.get('image_id')!r}")
         mask = _coco_segmentation(ann.get("segmentation"), a.shape, where)
-        obj = int(ann.get("object_id") or a.labels.max() + 1)
+        try:
+            obj = int(ann.get("object_id") or a.labels.max() + 1)
+            a.scores[obj] = float(ann.get("score", 1.0))
+        except (TypeError, ValueError):
+            raise ExportError(f"{where}: object_id and score must be numbers") from None
         a.labels[mask] = obj
         a.classes.setdefault(obj, []).append(cats.get(ann.get("category_id"), str(ann.get("category_id"))))
-        a.scores[obj] = float(ann.get("score", 1.0))
     return list(out.values())
 
 
@@ -169,11 +172,14 @@ def read_geojson(path, shape, image_id: str | None = None, um_per_px: float | No
             mask = rasterize([[np.asarray(r, dtype=float)[:, :2] for r in p] for p in polys], shape)
         except (ValueError, IndexError, TypeError) as exc:
             raise ExportError(f"{where}: bad polygon coordinates ({exc})") from None
-        obj = int(props.get("ftu_id") or k + 1)
+        try:
+            obj = int(props.get("ftu_id") or k + 1)
+            conf = (props.get("measurements") or {}).get("Confidence") if isinstance(props.get("measurements"), dict) else None
+            if conf is not None:
+                scores[obj] = float(conf)
+        except (TypeError, ValueError):
+            raise ExportError(f"{where}: ftu_id and Confidence must be numbers") from None
         labels[mask] = obj
         cls = props.get("classification") or {}
         classes[obj] = [cls.get("name", "FTU") if isinstance(cls, dict) else str(cls)]
-        conf = (props.get("measurements") or {}).get("Confidence") if isinstance(props.get("measurements"), dict) else None
-        if conf is not None:
-            scores[obj] = float(conf)
     return Annotations(image_id or Path(path).name.split(".")[0], labels, classes, scores, um_per_px)

@@ -56,7 +56,13 @@ class ModelCard:
             card = cls(**data)
         except TypeError as exc:
             raise ModelError(f"{source}: {exc}") from None
-        if not card.classes:
+        numbers = {"um_per_px": (int, float), "threshold": (int, float), "min_object_um2": (int, float),
+                   "tile_size": (int,), "overlap": (int,), "in_channels": (int,)}
+        for name, types in numbers.items():
+            value = getattr(card, name)
+            if isinstance(value, bool) or not isinstance(value, types):
+                raise ModelError(f"{source}: {name!r} must be a number, got {value!r}")
+        if not isinstance(card.classes, list) or not card.classes:
             raise ModelError(f"{source}: 'classes' must name at least one class")
         if not (isinstance(card.um_per_px, (int, float)) and card.um_per_px > 0):
             raise ModelError(f"{source}: 'um_per_px' must be a positive number")
@@ -125,7 +131,10 @@ def resolve_device(device: str = "auto"):
         return torch.device("cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ModelError("CUDA was asked for but no CUDA device is available")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
 
 
 class FTUModel:

@@ -79,31 +79,38 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[np.ndarray]]:
     return polygons
 
 
-def _inside(px: float, py: float, ring: np.ndarray) -> bool:
-    x, y = ring[:, 0].astype(float), ring[:, 1].astype(float)
-    x2, y2 = np.roll(x, -1), np.roll(y, -1)
-    crosses = ((y > py) != (y2 > py)) & (px < (x2 - x) * (py - y) / np.where(y2 == y, 1, y2 - y) + x)
-    return bool(crosses.sum() % 2)
-
-
 def rasterize(polygons, shape) -> np.ndarray:
     """Union of polygons ``[outer, hole, ...]`` (rings as ``(n, 2)`` x/y arrays, any floats):
-    pixels whose centre lies inside an outer ring and outside its holes."""
+    pixels whose centre lies inside an outer ring and outside its holes. Work and memory stay
+    within each polygon's bounding box."""
     out = np.zeros(shape, dtype=bool)
     for poly in polygons:
-        inside = _ring_pixels(poly[0], shape)
-        for hole in poly[1:]:
-            inside &= ~_ring_pixels(hole, shape)
-        out |= inside
+        rings = [_ring(r) for r in poly]
+        x0 = max(0, int(np.floor(rings[0][:, 0].min())))
+        y0 = max(0, int(np.floor(rings[0][:, 1].min())))
+        x1 = min(shape[1], int(np.ceil(rings[0][:, 0].max())) + 1)
+        y1 = min(shape[0], int(np.ceil(rings[0][:, 1].max())) + 1)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        box = (y1 - y0, x1 - x0)
+        offset = np.array([x0, y0])
+        inside = _ring_pixels(rings[0] - offset, box)
+        for hole in rings[1:]:
+            inside &= ~_ring_pixels(hole - offset, box)
+        out[y0:y1, x0:x1] |= inside
     return out
 
 
-def _ring_pixels(ring, shape) -> np.ndarray:
-    from skimage.draw import polygon as draw_polygon
-
+def _ring(ring) -> np.ndarray:
     ring = np.asarray(ring, dtype=float)
     if ring.ndim != 2 or ring.shape[0] < 3 or ring.shape[1] != 2 or not np.isfinite(ring).all():
         raise ValueError("a polygon ring needs at least 3 finite (x, y) points")
+    return ring
+
+
+def _ring_pixels(ring: np.ndarray, shape) -> np.ndarray:
+    from skimage.draw import polygon as draw_polygon
+
     sel = np.zeros(shape, dtype=bool)
     rr, cc = draw_polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape)
     sel[rr, cc] = True

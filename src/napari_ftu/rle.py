@@ -100,8 +100,8 @@ def decode(rle: str, shape: tuple[int, int], dtype=np.uint8) -> np.ndarray:
     if not _DIGITS.fullmatch(text):
         raise RLEError("RLE must contain only non-negative integers separated by spaces")
     values = np.fromstring(text, dtype=np.int64, sep=" ")
-    if (values < 0).any():
-        raise RLEError("RLE values are too large")
+    if (values > total).any():
+        raise RLEError(f"RLE value {int(values.max())} is larger than the {height} x {width} mask")
     if values.size % 2:
         raise RLEError(f"RLE has an odd number of values ({values.size}): start/length pairs expected")
     starts = values[0::2] - 1

@@ -15,7 +15,7 @@ import numpy as np
 from .slide_io import RASTER_SUFFIXES, TIFF_SUFFIXES, SlideError, _pixel_size
 
 FLAT_PYRAMID_MIN = 8192  # a flat image larger than this (either side) gets lazy levels
-HPA_COLOURS = {"red": "red", "green": "green", "blue": "blue", "yellow": "yellow"}
+COLOURS = ["red", "green", "blue", "yellow", "magenta", "cyan", "gray", "gray"]  # HPA order first
 
 
 @dataclass
@@ -85,7 +85,8 @@ def _open_raster(path: Path) -> Slide:
 
     data = np.asarray(iio.imread(path))
     kind, axis = _kind(data.shape, None)
-    return Slide([data], None, _stem(path), path, kind, axis)
+    names = [f"channel {i}" for i in range(data.shape[axis])] if kind == "channels" else None
+    return Slide([data], None, _stem(path), path, kind, axis, channel_names=names)
 
 
 def _open_tiff(path: Path) -> Slide:
@@ -97,26 +98,26 @@ def _open_tiff(path: Path) -> Slide:
         series = tif.series[0]  # SVS label/macro/thumbnail images are later series
         if any(int(n) == 0 for n in series.shape):
             raise SlideError(f"{path}: image has no pixels (shape {series.shape})")
-        _check_complete(tif, series, path)
+        _check_complete(series, path)
         store = series.aszarr()
         root = zarr.open(store, mode="r")
         levels = [root[str(i)] for i in range(len(series.levels))] if hasattr(root, "keys") else [root]
         levels[0][(0,) * len(levels[0].shape)]  # decode one chunk now: a corrupt file fails here
         um = _pixel_size(tif)
+        kind, axis = _kind(levels[0].shape, series.axes)
+        slide = Slide(levels, um, _stem(path), path, kind, axis, handle=tif)
+        if kind == "channels":
+            slide.channel_names = [f"channel {i}" for i in range(levels[0].shape[axis])]
+        if len(levels) == 1 and max(slide.size) > FLAT_PYRAMID_MIN:
+            slide.levels = _strided_levels(levels[0], axis)
+            slide.flat = True
+        return slide
     except Exception:
         tif.close()
         raise
-    kind, axis = _kind(levels[0].shape, series.axes)
-    slide = Slide(levels, um, _stem(path), path, kind, axis, handle=tif)
-    if kind == "channels":
-        slide.channel_names = [f"channel {i}" for i in range(levels[0].shape[axis])]
-    if len(levels) == 1 and max(slide.size) > FLAT_PYRAMID_MIN:
-        slide.levels = _strided_levels(levels[0], kind, axis)
-        slide.flat = True
-    return slide
 
 
-def _check_complete(tif, series, path: Path):
+def _check_complete(series, path: Path):
     """Refuse a truncated file up front: lazy reading would otherwise fail later, mid-pan."""
     size = path.stat().st_size
     for level in series.levels:
@@ -147,11 +148,13 @@ def _kind(shape, axes: str | None):
             return "rgb", None
         if shape[0] <= 8 and shape[0] < shape[-1]:
             return "channels", 0
-        return "channels", 2
-    raise SlideError(f"images of {len(shape)} dimensions (shape {shape}, axes {axes}) are not supported")
+        if shape[-1] <= 8:
+            return "channels", 2
+    raise SlideError(f"images of shape {shape} (axes {axes}) are not supported: expected 2-D gray, RGB(A) "
+                     "or up to 8 channels")
 
 
-def _strided_levels(level0, kind: str, axis: int | None) -> list:
+def _strided_levels(level0, axis: int | None) -> list:
     """Lazy 1/2, 1/4, ... views of a flat image (dask; each reads only what it shows)."""
     import dask.array as da
 
@@ -178,11 +181,11 @@ def slide_layer_data(slide: Slide, um_per_px: float | None = None) -> tuple:
     if slide.kind == "rgb":
         kwargs["rgb"] = True
     elif slide.kind == "channels":
-        names = slide.channel_names or []
+        n = slide.shape[slide.channel_axis]
+        names = slide.channel_names or [f"channel {i}" for i in range(n)]
         kwargs["channel_axis"] = slide.channel_axis
-        kwargs["name"] = [f"{slide.name} {n}" for n in names] if names else slide.name
-        kwargs["colormap"] = [HPA_COLOURS.get(n, c) for n, c in
-                              zip(names, ["red", "green", "blue", "yellow", "magenta", "cyan", "gray", "gray"])]
+        kwargs["name"] = [f"{slide.name} {c}" for c in names]
+        kwargs["colormap"] = [c if c in COLOURS else COLOURS[i] for i, c in enumerate(names)]
         kwargs["blending"] = "additive"
     if um:
         kwargs["scale"] = (um, um)
@@ -202,6 +205,9 @@ def pyramid_steps(slide: Slide, out: str | Path):
         raise SlideError(f"{slide.path}: writing pyramids of multichannel images is not supported")
     level0 = slide.levels[0]
     h, w = slide.size
+    samples = tuple(slide.shape[2:3])
+    if samples == (4,):
+        samples = (3,)  # RGBA: JPEG keeps the colour, the alpha of a slide is not needed
     downsamples = pyramid_downsamples((h, w))
     t = PYRAMID_TILE
     total = sum(-(-(-(-h // d)) // t) * -(-(-(-w // d)) // t) for d in downsamples)
@@ -211,15 +217,16 @@ def pyramid_steps(slide: Slide, out: str | Path):
             lh, lw = -(-h // d), -(-w // d)
             for y in range(0, lh, t):
                 for x in range(0, lw, t):
-                    block = np.asarray(level0[y * d : (y + t) * d, x * d : (x + t) * d])
-                    block = _block_mean(block, d) if d > 1 else block
-                    tile = np.zeros((t, t) + block.shape[2:], block.dtype)
-                    tile[: block.shape[0], : block.shape[1]] = block
+                    tile = np.zeros((t, t) + samples, level0.dtype)
+                    # One output row at a time: a coarse tile never needs its whole source area.
+                    for r in range(min(t, lh - y)):
+                        src = np.asarray(level0[(y + r) * d : (y + r + 1) * d, x * d : (x + t) * d])
+                        row = _block_mean(src, d)[0] if d > 1 else src[0]
+                        tile[r, : row.shape[0]] = row[..., : samples[0]] if samples else row
                     tick()
                     yield tile
 
-        return write_pyramid(out, tiles, (h, w) + tuple(slide.shape[2:]), np.dtype(level0.dtype),
-                             slide.um_per_px, downsamples)
+        return write_pyramid(out, tiles, (h, w) + samples, np.dtype(level0.dtype), slide.um_per_px, downsamples)
 
     done = 0
     yield ("tile", 0, total)
@@ -275,8 +282,18 @@ def _paced(run):
 
 
 def _block_mean(block: np.ndarray, d: int) -> np.ndarray:
-    h, w = block.shape[0] // d * d, block.shape[1] // d * d
-    if h == 0 or w == 0:
-        return block[::d, ::d]
-    core = block[:h, :w].reshape(h // d, d, w // d, d, *block.shape[2:]).mean(axis=(1, 3))
-    return np.rint(core).astype(block.dtype) if block.dtype.kind in "iub" else core.astype(block.dtype)
+    """Means of ``d x d`` blocks (partial blocks at the edges average what they have)."""
+    h, w = block.shape[:2]
+    ph, pw = -h % d, -w % d
+    data = block.astype(np.float64)
+    if ph or pw:
+        pad = [(0, ph), (0, pw)] + [(0, 0)] * (block.ndim - 2)
+        weight = np.pad(np.ones((h, w)), pad[:2])
+        data = np.pad(data, pad)
+    else:
+        weight = np.ones((h, w))
+    shape = ((h + ph) // d, d, (w + pw) // d, d)
+    total = data.reshape(shape + block.shape[2:]).sum(axis=(1, 3))
+    count = weight.reshape(shape).sum(axis=(1, 3))
+    mean = total / (count[..., None] if block.ndim > 2 else count)
+    return np.rint(mean).astype(block.dtype) if block.dtype.kind in "iub" else mean.astype(block.dtype)

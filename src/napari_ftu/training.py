@@ -14,7 +14,7 @@ import numpy as np
 
 from .metrics import dice
 from .models import FTUModel, ModelCard, build_network, resolve_device, save_model
-from .slide_io import read_image, to_rgb
+from .slide_io import to_rgb
 
 
 def synthetic_samples(n: int, size: int, seed: int, card: ModelCard, scale_jitter: float = 0.2) -> list:
@@ -30,27 +30,38 @@ def synthetic_samples(n: int, size: int, seed: int, card: ModelCard, scale_jitte
     return out
 
 
-def folder_samples(folder: str | Path) -> list:
-    """Image/mask pairs from ``images/`` and ``masks/`` with matching names (our tile export)."""
-    folder = Path(folder)
-    images, masks = folder / "images", folder / "masks"
-    if not images.is_dir() or not masks.is_dir():
-        raise FileNotFoundError(f"{folder}: expected images/ and masks/ subfolders")
+def dataset_samples(path: str | Path, card: ModelCard | None = None, ids=None) -> list:
+    """``[(rgb, mask), ...]`` from any dataset layout :func:`~napari_ftu.datasets.open_dataset`
+    knows (our exported tiles, image/mask folders, competition layouts), optionally only the
+    images whose id is in ``ids``. Images with a known pixel size are resampled to the card's."""
+    from .datasets import open_dataset
+
+    ds = open_dataset(path)
     pairs = []
-    for img_path in sorted(images.iterdir()):
-        candidates = sorted(masks.glob(img_path.stem + ".*"))
-        if not candidates:
+    for k, image_id in enumerate(ds.ids):
+        if ids is not None and image_id not in ids:
             continue
-        rgb = to_rgb(read_image(img_path).data)
-        mask = (read_image(candidates[0]).data > 0).astype(np.uint8)
-        if mask.ndim == 3:
-            mask = mask.max(axis=-1)
-        if mask.shape != rgb.shape[:2]:
-            raise ValueError(f"{candidates[0]}: mask shape {mask.shape} differs from image {rgb.shape[:2]}")
+        item = ds.load(k)
+        if item.annotations is None:
+            continue
+        rgb = to_rgb(item.slide.read())
+        mask = (item.annotations.labels > 0).astype(np.uint8)
+        um = item.slide.um_per_px
+        if card is not None and um and abs(um / card.um_per_px - 1) > 0.01:
+            rgb, mask = _rescale(rgb, mask, um / card.um_per_px)
         pairs.append((rgb, mask))
     if not pairs:
-        raise FileNotFoundError(f"{folder}: no image/mask pairs found")
+        raise FileNotFoundError(f"{path}: no images with masks found")
     return pairs
+
+
+def _rescale(rgb, mask, factor: float):
+    from skimage.transform import resize
+
+    shape = (max(1, round(mask.shape[0] * factor)), max(1, round(mask.shape[1] * factor)))
+    rgb = np.rint(resize(rgb, shape + (3,), order=1, anti_aliasing=factor < 1, preserve_range=True)).astype(np.uint8)
+    mask = resize(mask, shape, order=0, anti_aliasing=False, preserve_range=True).astype(np.uint8)
+    return rgb, mask
 
 
 def _augment(rng, rgb: np.ndarray, mask: np.ndarray):
@@ -102,11 +113,19 @@ def train_steps(
     device: str = "auto",
     val_every: int = 100,
     init_state: dict | None = None,
+    patience: int = 0,
+    out: str | Path | None = None,
 ):
     """Train with BCE + Dice loss, AdamW and a cosine schedule; return ``(model, history)``.
 
-    The model returned holds the weights with the best validation Dice seen.
+    The model returned holds the weights with the best validation Dice seen. With
+    ``patience``, training stops after that many validations without a better Dice.
+    On CUDA the forward pass runs under autocast (bf16) with channels_last. With ``out``, the
+    best model is saved there as a model folder (card + safetensors + history.csv).
     """
+    start = time.perf_counter()
+    if not train:
+        raise ValueError("no training images")
     import torch
 
     torch.manual_seed(seed)
@@ -115,6 +134,9 @@ def train_steps(
     net = build_network(card).to(dev)
     if init_state is not None:
         net.load_state_dict(init_state)
+    if dev.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     mean = torch.tensor(card.mean, device=dev).view(1, -1, 1, 1) * 255
@@ -134,7 +156,10 @@ def train_steps(
         x = torch.from_numpy(np.stack(xs)).to(dev).permute(0, 3, 1, 2).float()
         x = (x - mean) / std
         y = torch.from_numpy(np.stack(ys)).to(dev).float().unsqueeze(1)
-        logits = net(x)
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            logits = net(x).float()
         prob = torch.sigmoid(logits)
         inter = (prob * y).sum((2, 3))
         soft_dice = (2 * inter + 1) / (prob.sum((2, 3)) + y.sum((2, 3)) + 1)
@@ -153,30 +178,31 @@ def train_steps(
                 history["best_dice"], history["best_step"] = score, step
                 best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             yield ("val", step, score)
+            rounds_since_best = (step - history["best_step"]) // val_every
+            if patience and rounds_since_best >= patience:
+                history["stopped_early"] = step
+                break
     if best_state is not None:
         net.load_state_dict(best_state)
     net.eval()
+    history["seconds"] = time.perf_counter() - start
+    if out is not None:
+        card.notes = {**card.notes, "best_val_dice": history["best_dice"], "best_step": history["best_step"]}
+        save_model(net, card, out)
+        _write_history(Path(out) / "history.csv", history)
     return model, history
 
 
-def train(train_samples: list, val_samples: list, card: ModelCard, out: str | Path | None = None, log=None, **kw):
-    """Drain :func:`train_steps`; optionally save the best model folder to ``out``."""
-    start = time.perf_counter()
+def train(train_samples: list, val_samples: list, card: ModelCard, log=None, **kw):
+    """Drain :func:`train_steps`, passing each event to ``log``; return ``(model, history)``."""
     steps = train_steps(train_samples, val_samples, card, **kw)
     while True:
         try:
             event = next(steps)
         except StopIteration as stop:
-            model, history = stop.value
-            break
+            return stop.value
         if log is not None:
             log(event)
-    history["seconds"] = time.perf_counter() - start
-    if out is not None:
-        card.notes = {**card.notes, "best_val_dice": history["best_dice"], "best_step": history["best_step"]}
-        save_model(model.network, card, out)
-        _write_history(Path(out) / "history.csv", history)
-    return model, history
 
 
 def _write_history(path: Path, history: dict) -> None:

@@ -17,7 +17,7 @@ from ..slide_io import SlideError
 from ..slides import open_slide, pyramid_steps, slide_layer_data
 
 FILTER = "Images (*.tif *.tiff *.svs *.ndpi *.png *.jpg *.jpeg)"
-ERRORS = (SlideError, ExportError, OSError)
+ERRORS = (SlideError, ExportError, OSError, ValueError)
 
 
 class LoadWidget(Container):
@@ -25,6 +25,7 @@ class LoadWidget(Container):
         super().__init__()
         self._viewer = viewer
         self.slide = None
+        self.dataset_slide = False
         self.dataset = None
         self.index = 0
         self.worker = None
@@ -62,7 +63,7 @@ class LoadWidget(Container):
             slide = open_slide(path)
         except ERRORS as exc:
             return self._fail(exc)
-        self.slide = slide
+        self.slide, self.dataset_slide = slide, False
         data, kwargs, _ = slide_layer_data(slide, self.um_per_px.value or None)
         layers = self._viewer.add_image(data, **kwargs)
         um = kwargs["metadata"]["um_per_px"]
@@ -78,7 +79,8 @@ class LoadWidget(Container):
         if self.slide is None or not self.slide.flat:
             return self._fail("Open a large flat slide first.")
         out = Path(out) if out else self.slide.path.with_name(self.slide.name + ".pyramid.ome.tif")
-        self.worker = create_worker(pyramid_steps, self.slide, out, _start_thread=False)
+        steps = pyramid_steps(self.slide, out)
+        self.worker = create_worker(_drive, steps, _start_thread=False)
         self._pbar = progress(total=0, desc=f"Writing {out.name}")
         self.bar.visible = True
 
@@ -89,6 +91,7 @@ class LoadWidget(Container):
             self._pbar.refresh()
 
         def on_finished():
+            steps.close()  # a cancelled run stops its writer thread and removes the partial file
             self._pbar.close()
             self.pyramid_button.enabled, self.cancel_button.enabled = self.slide.flat, False
 
@@ -124,7 +127,9 @@ class LoadWidget(Container):
             return self._fail(exc)
         for layer in [lyr for lyr in self._viewer.layers if lyr.metadata.get("dataset_item")]:
             self._viewer.layers.remove(layer)
-        self.index, self.slide = index, item.slide
+        if self.slide is not None and self.slide.path != item.slide.path and self.dataset_slide:
+            self.slide.close()
+        self.index, self.slide, self.dataset_slide = index, item.slide, True
         data, kwargs, _ = slide_layer_data(item.slide)
         kwargs["metadata"] = {**kwargs["metadata"], **item.info, "dataset_item": True}
         self._viewer.add_image(data, **kwargs)
@@ -168,3 +173,8 @@ class LoadWidget(Container):
         self.status.value = f"Error: {exc}"
         show_error(str(exc))
         return None
+
+
+def _drive(steps):
+    """Run a progress generator inside a worker; the caller keeps ``steps`` to close it."""
+    return (yield from steps)

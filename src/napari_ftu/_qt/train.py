@@ -1,0 +1,200 @@
+"""Train dock: train or fine-tune a model in a worker thread with a live loss / Dice plot.
+
+Data come from a dataset folder (exported tiles, images/ + masks/, competition layouts) or
+from the image and corrected Labels layers open in the viewer ("retrain on my corrections").
+The best model is saved as a model folder and offered to the Segment dock.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar,
+                              PushButton, SpinBox, create_widget)
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.notifications import show_error, show_info
+
+from ..annotations import ExportError
+from ..models import ModelCard, ModelError, default_model_path, load_model
+from ..slide_io import SlideError, to_rgb
+from ..training import dataset_samples, train_steps
+
+SOURCES = ["dataset folder", "layers in the viewer"]
+ARCHITECTURES = ["Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Segformer"]
+ENCODERS = ["tu-mobilenetv3_small_100", "resnet18", "resnet34", "efficientnet-b0", "mobilenet_v2"]
+START = ["fine-tune the built-in model", "fine-tune a model folder", "new model"]
+
+
+class TrainWidget(Container):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        self.worker = None
+        self.history = {"loss": [], "val": []}
+        self.source = ComboBox(label="data", choices=SOURCES, value=SOURCES[0])
+        self.folder = FileEdit(label="dataset", mode="d")
+        self.val_match = LineEdit(label="validate on ids matching", value="",
+                                  tooltip="regular expression; empty = hold out every fifth image")
+        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.labels = create_widget(annotation=napari.layers.Labels, label="labels")
+        self.start = ComboBox(label="start from", choices=START, value=START[0])
+        self.base = FileEdit(label="model folder", mode="d")
+        self.architecture = ComboBox(label="architecture", choices=ARCHITECTURES, value="Unet")
+        self.encoder = ComboBox(label="encoder", choices=ENCODERS, value=ENCODERS[0])
+        self.um_per_px = FloatSpinBox(label="model µm/px", value=2.0, min=0.05, max=50.0, step=0.05)
+        self.steps = SpinBox(label="steps", value=300, min=1, max=100000, step=50)
+        self.batch = SpinBox(label="batch size", value=8, min=1, max=256)
+        self.crop = SpinBox(label="crop", value=256, min=32, max=2048, step=32)
+        self.lr = FloatSpinBox(label="learning rate", value=2e-3, min=1e-6, max=1.0, step=1e-4)
+        self.patience = SpinBox(label="early stop after", value=0, min=0, max=1000,
+                                tooltip="validations without gain; 0 = never")
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.out = FileEdit(label="save to", mode="d", value="my_model")
+        self.train_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.bar = ProgressBar(label="steps", value=0, min=0, max=1)
+        self.status = Label(value="")
+        self.extend([self.source, self.folder, self.val_match, self.image, self.labels, self.start, self.base,
+                     self.architecture, self.encoder, self.um_per_px, self.steps, self.batch, self.crop, self.lr,
+                     self.patience, self.device, self.out, self.train_button, self.cancel_button, self.bar,
+                     self.status])
+        self._figure, self._canvas = _plot_canvas()
+        self.native.layout().addWidget(self._canvas)
+        self.source.changed.connect(self._show_fields)
+        self.start.changed.connect(self._show_fields)
+        self.train_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self._show_fields()
+
+    def _show_fields(self):
+        from_folder = self.source.value == SOURCES[0]
+        self.folder.visible = self.val_match.visible = from_folder
+        self.image.visible = self.labels.visible = not from_folder
+        new = self.start.value == "new model"
+        self.base.visible = self.start.value == "fine-tune a model folder"
+        self.architecture.visible = self.encoder.visible = self.um_per_px.visible = new
+
+    def _card_and_weights(self):
+        if self.start.value == "new model":
+            card = ModelCard(architecture=self.architecture.value, encoder=self.encoder.value,
+                             arch_kwargs={}, um_per_px=self.um_per_px.value, name=Path(self.out.value).name)
+            return card, None
+        path = default_model_path() if self.start.value == START[0] else Path(self.base.value)
+        base = load_model(path, device="cpu")
+        card = ModelCard.from_dict({**base.card.__dict__, "notes": {}}, str(path))
+        card.name = Path(self.out.value).name
+        return card, base.network.state_dict()
+
+    def _data(self, card):
+        if self.source.value == SOURCES[0]:
+            from ..cli import _split_ids
+
+            folder = Path(self.folder.value)
+            train_ids, val_ids = _split_ids(folder, self.val_match.value or None)
+            if not val_ids:
+                val_ids, train_ids = train_ids[::5], [i for k, i in enumerate(train_ids) if k % 5]
+            return dataset_samples(folder, card, set(train_ids)), dataset_samples(folder, card, set(val_ids))
+        image, labels = self.image.value, self.labels.value
+        if image is None or labels is None:
+            raise ExportError("choose the image and its corrected Labels layer")
+        rgb = to_rgb(np.asarray(image.data[0] if image.multiscale else image.data))
+        mask = (np.asarray(labels.data[0] if labels.multiscale else labels.data) > 0).astype(np.uint8)
+        if rgb.shape[:2] != mask.shape:
+            raise ExportError(f"{labels.name} {mask.shape} and {image.name} {rgb.shape[:2]} differ in size")
+        um = image.metadata.get("um_per_px")
+        if um and abs(um / card.um_per_px - 1) > 0.01:
+            from ..training import _rescale
+
+            rgb, mask = _rescale(rgb, mask, um / card.um_per_px)
+        # Hold out the right fifth of the image for validation.
+        cut = max(1, mask.shape[1] * 4 // 5)
+        return [(rgb[:, :cut], mask[:, :cut])], [(rgb[:, cut:], mask[:, cut:])]
+
+    def run(self):
+        """Start training in a worker thread."""
+        try:
+            card, weights = self._card_and_weights()
+            train_set, val_set = self._data(card)
+        except (ModelError, ExportError, SlideError, FileNotFoundError, OSError, ValueError) as exc:
+            return self._fail(exc)
+        self.history = {"loss": [], "val": []}
+        out = Path(self.out.value)
+        self.worker = create_worker(
+            train_steps, train_set, val_set, card, steps=self.steps.value, batch_size=self.batch.value,
+            crop=self.crop.value, lr=self.lr.value, device=self.device.value, init_state=weights,
+            val_every=max(1, min(50, self.steps.value // 4)), patience=self.patience.value, out=out,
+            _start_thread=False)
+        self._pbar = progress(total=self.steps.value, desc="Training")
+        self.worker.yielded.connect(self._on_event)
+        self.worker.returned.connect(lambda result: self._on_done(out, result))
+        self.worker.errored.connect(self._fail)
+        self.worker.aborted.connect(lambda: setattr(self.status, "value", "cancelled; nothing saved"))
+        self.worker.finished.connect(self._on_finished)
+        self.train_button.enabled, self.cancel_button.enabled = False, True
+        self.status.value = f"training on {len(train_set)} images, validating on {len(val_set)} …"
+        self.worker.start()
+        return self.worker
+
+    def cancel(self):
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _on_event(self, event):
+        if event[0] == "step":
+            _, step, total, loss = event
+            self.history["loss"].append(loss)
+            self.bar.max, self.bar.value = total, step
+            self._pbar.n = step
+            self._pbar.refresh()
+        else:
+            self.history["val"].append((event[1], event[2]))
+            self.status.value = f"step {event[1]}: validation Dice {event[2]:.3f}"
+        if event[0] == "val" or event[1] % 10 == 0:
+            _draw(self._figure, self._canvas, self.history)
+
+    def _on_done(self, out: Path, result):
+        model, history = result
+        _draw(self._figure, self._canvas, self.history)
+        self.status.value = (f"best validation Dice {history['best_dice']:.3f} (step {history['best_step']}), "
+                             f"{history['seconds']:.0f} s on {model.device}; saved {out}")
+        show_info(self.status.value)
+        for widget in self._viewer.window.dock_widgets.values():  # offer it to the Segment dock
+            if hasattr(widget, "add_model"):
+                widget.add_model(out)
+
+    def _fail(self, exc):
+        self.status.value = f"Error: {exc}"
+        show_error(str(exc))
+        return None
+
+    def _on_finished(self):
+        self._pbar.close()
+        self.train_button.enabled, self.cancel_button.enabled = True, False
+
+
+def _plot_canvas():
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.5, 2.4), tight_layout=True)
+    canvas = FigureCanvasQTAgg(figure)
+    canvas.setMinimumHeight(180)
+    return figure, canvas
+
+
+def _draw(figure, canvas, history):
+    figure.clear()
+    ax = figure.add_subplot(111)
+    ax.plot(np.arange(1, len(history["loss"]) + 1), history["loss"], lw=0.8, label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if history["val"]:
+        ax2 = ax.twinx()
+        steps, scores = zip(*history["val"])
+        ax2.plot(steps, scores, "o-", color="tab:orange", label="val Dice")
+        ax2.set_ylim(0, 1)
+        ax2.set_ylabel("validation Dice")
+    canvas.draw_idle()
