@@ -30,3 +30,27 @@ def test_exported_tiles_are_training_input(tmp_path, small_slide):
     pairs = dataset_samples(tmp_path)
     assert pairs and all(img.shape[:2] == mask.shape for img, mask in pairs)
     assert any(mask.any() for _, mask in pairs)
+
+
+def test_training_is_seeded_and_reproducible():
+    card = ModelCard(encoder="resnet18", arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 4]},
+                     um_per_px=2.0, tile_size=128, overlap=16)
+    samples = synthetic_samples(1, 256, seed=8, card=card)
+    runs = [train(samples, [], card, steps=3, batch_size=2, crop=64, seed=3, device="cpu")[1]["loss"]
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+    other = train(samples, [], card, steps=3, batch_size=2, crop=64, seed=4, device="cpu")[1]["loss"]
+    assert other != runs[0]
+
+
+def test_exported_tiles_keep_their_pixel_size(tmp_path, small_slide):
+    from napari_ftu.datasets import open_dataset
+    from napari_ftu.export import export_tiles
+
+    rgb, labels, _ = small_slide
+    export_tiles(rgb, labels, tmp_path, "s", tile=128, um_per_px=1.0, target_um_per_px=2.0)
+    item = open_dataset(tmp_path).load(0)
+    assert item.slide.um_per_px == 2.0
+    card = ModelCard(um_per_px=4.0)
+    (img, mask), *_ = dataset_samples(tmp_path, card)
+    assert img.shape[:2] == mask.shape == (64, 64)  # resampled from 2 to the model's 4 µm/px

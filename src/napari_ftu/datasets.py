@@ -323,6 +323,11 @@ class ImageMaskFolder(Dataset):
         images = {_pair_key(p.stem): p for p in sorted((root / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         masks = {_pair_key(p.stem): p for p in sorted((root / "masks").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
         self.pairs = {k: (images[k], masks[k]) for k in sorted(images) if k in masks}
+        self.um = {}  # our tile export records each tile's µm/px in manifest.csv
+        if (root / "manifest.csv").is_file():
+            for row in _csv_rows(root / "manifest.csv", ["image", "um_per_px"]):
+                if row["um_per_px"]:
+                    self.um[_pair_key(Path(row["image"]).stem)] = float(row["um_per_px"])
         super().__init__(root, list(self.pairs))
 
     @staticmethod
@@ -338,6 +343,7 @@ class ImageMaskFolder(Dataset):
         if mask.ndim == 3:
             mask = mask[..., 0]
         _check_size(slide, mask.shape, str(mask_path))
+        slide.um_per_px = slide.um_per_px or self.um.get(self.ids[index])
         return Item(slide, Annotations(self.ids[index], _instances_from_mask(mask), um_per_px=slide.um_per_px), {})
 
 

@@ -115,10 +115,12 @@ def train_steps(
     init_state: dict | None = None,
     patience: int = 0,
     out: str | Path | None = None,
+    scale_jitter: float = 0.15,
 ):
     """Train with BCE + Dice loss, AdamW and a cosine schedule; return ``(model, history)``.
 
-    The model returned holds the weights with the best validation Dice seen. With
+    Crops are augmented with flips, rot90, a random zoom of up to ``exp(±scale_jitter)`` and
+    stain jitter. The model returned holds the weights with the best validation Dice seen. With
     ``patience``, training stops after that many validations without a better Dice.
     On CUDA the forward pass runs under autocast (bf16) with channels_last. With ``out``, the
     best model is saved there as a model folder (card + safetensors + history.csv).
@@ -149,7 +151,10 @@ def train_steps(
         xs, ys = [], []
         for _ in range(batch_size):
             rgb, mask = train[int(rng.integers(len(train)))]
-            rgb, mask = _crop(rng, rgb, mask, crop, positive=rng.random() < 0.6)
+            zoom = float(np.exp(rng.uniform(-scale_jitter, scale_jitter)))  # scale jitter
+            rgb, mask = _crop(rng, rgb, mask, max(8, round(crop * zoom)), positive=rng.random() < 0.6)
+            if rgb.shape[0] != crop:
+                rgb, mask = _rescale(rgb, mask, crop / rgb.shape[0])
             rgb, mask = _augment(rng, rgb, mask)
             xs.append(rgb)
             ys.append(mask)
