@@ -200,6 +200,7 @@ def _segment(args) -> int:
 
 def _train(args) -> int:
     from .models import ModelCard, load_model
+    from .datasets import split_ids
     from .training import dataset_samples, synthetic_samples, train
 
     init_state = None
@@ -213,7 +214,7 @@ def _train(args) -> int:
             card.um_per_px = args.um_per_px
     train_set, val_set = [], [pair for folder in args.val_tiles for pair in dataset_samples(folder, card)]
     for folder in args.tiles:
-        train_ids, val_ids = _split_ids(folder, args.val_match)
+        train_ids, val_ids = split_ids(folder, args.val_match)
         train_set += dataset_samples(folder, card, train_ids)
         if val_ids:
             val_set += dataset_samples(folder, card, val_ids)
@@ -242,19 +243,6 @@ def _train(args) -> int:
             if history["val_dice"] else "no validation set (last weights saved)")
     print(f"{best}; {history['seconds']:.0f} s; wrote {args.out}")
     return 0
-
-
-def _split_ids(folder: Path, pattern: str | None):
-    """Ids of a dataset for training and for validation (those matching ``pattern``)."""
-    import re
-
-    from .datasets import open_dataset
-
-    ids = open_dataset(folder).ids
-    if not pattern:
-        return ids, []
-    val = [i for i in ids if re.search(pattern, i)]
-    return [i for i in ids if i not in val], val
 
 
 def _export(args) -> int:

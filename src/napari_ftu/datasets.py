@@ -374,6 +374,18 @@ def open_dataset(path: str | Path) -> Dataset:
                       "COCO JSON, HPA *_red.png ... *_yellow.png, or images/ + masks/)")
 
 
+def split_ids(path, pattern: str | None) -> tuple[list, list]:
+    """A dataset's ids for training and for validation (those matching the regular expression)."""
+    ids = open_dataset(path).ids
+    if not pattern:
+        return ids, []
+    try:
+        val = [i for i in ids if re.search(pattern, i)]
+    except re.error as exc:
+        raise ExportError(f"validation pattern {pattern!r} is not a regular expression ({exc})") from None
+    return [i for i in ids if i not in val], val
+
+
 def labels_layer_data(a: Annotations, slide: Slide, info: dict | None = None) -> tuple:
     """``(labels, kwargs, "labels")`` with per-object class/score/area in the layer's features."""
     ids = a.ids()

@@ -90,10 +90,10 @@ class TrainWidget(Container):
 
     def _data(self, card):
         if self.source.value == SOURCES[0]:
-            from ..cli import _split_ids
+            from ..datasets import split_ids
 
             folder = Path(self.folder.value)
-            train_ids, val_ids = _split_ids(folder, self.val_match.value or None)
+            train_ids, val_ids = split_ids(folder, self.val_match.value or None)
             if not val_ids:
                 val_ids, train_ids = train_ids[::5], [i for k, i in enumerate(train_ids) if k % 5]
             return dataset_samples(folder, card, set(train_ids)), dataset_samples(folder, card, set(val_ids))
