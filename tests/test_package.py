@@ -4,7 +4,7 @@ from pathlib import Path
 
 import napari_ftu
 
-CORE = ["annotations", "atomic", "cli", "coco_rle", "datasets", "demo", "export", "formats_csv", "formats_json", "inference",
+CORE = ["annotations", "atomic", "cli", "coco_rle", "datasets", "demo", "export", "resample", "steps", "formats_csv", "formats_json", "inference",
         "metrics", "models", "polygons", "postprocess", "reader", "rle", "sample", "slide_io", "slides", "synthetic", "tiles",
         "tiling", "training", "writers"]
 

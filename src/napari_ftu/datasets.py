@@ -8,7 +8,6 @@ Every problem is an :class:`ExportError` or :class:`SlideError` naming the file.
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from scipy import ndimage as ndi
 
 from . import rle
 from .annotations import Annotations, ExportError
+from .formats_csv import read_csv_rows
+from .postprocess import label_areas
 from .slide_io import SlideError
 from .slides import Slide, open_slide
 
@@ -49,19 +50,6 @@ class Dataset:
 
     def load(self, index: int) -> Item:
         raise NotImplementedError
-
-
-def _csv_rows(path: Path, required) -> list[dict]:
-    csv.field_size_limit(2**31 - 1)
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in required if c not in (reader.fieldnames or [])]
-            if missing:
-                raise ExportError(f"{path}: missing columns {missing} (has {reader.fieldnames})")
-            return list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ExportError(f"{path}: cannot read CSV ({exc})") from None
 
 
 def _find_image(folder: Path, stem: str) -> Path:
@@ -95,7 +83,7 @@ class Hubmap2022(Dataset):
         self.csv = Path(root) / f"{split}.csv"
         self.images = Path(root) / f"{split}_images"
         needed = ["id", "organ", "img_height", "img_width", "pixel_size"] + (["rle"] if split == "train" else [])
-        self.rows = _csv_rows(self.csv, needed)
+        self.rows = read_csv_rows(self.csv, needed)
         super().__init__(root, [r["id"] for r in self.rows])
 
     @staticmethod
@@ -138,7 +126,7 @@ class Hubmap2021(Dataset):
 
     def __init__(self, root: Path):
         self.csv = Path(root) / "train.csv"
-        self.rows = _csv_rows(self.csv, ["id", "encoding"])
+        self.rows = read_csv_rows(self.csv, ["id", "encoding"])
         super().__init__(root, [r["id"] for r in self.rows])
 
     @staticmethod
@@ -181,7 +169,7 @@ class Vasculature2023(Dataset):
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise ExportError(f"{self.jsonl}, line {n}: not a JSON object with an id") from None
         meta = Path(root) / "tile_meta.csv"
-        self.meta = {r["id"]: r for r in _csv_rows(meta, ["id"])} if meta.is_file() else {}
+        self.meta = {r["id"]: r for r in read_csv_rows(meta, ["id"])} if meta.is_file() else {}
         super().__init__(root, list(self.tiles))
 
     @staticmethod
@@ -325,7 +313,7 @@ class ImageMaskFolder(Dataset):
         self.pairs = {k: (images[k], masks[k]) for k in sorted(images) if k in masks}
         self.um = {}  # our tile export records each tile's µm/px in manifest.csv
         if (root / "manifest.csv").is_file():
-            for row in _csv_rows(root / "manifest.csv", ["image", "um_per_px"]):
+            for row in read_csv_rows(root / "manifest.csv", ["image", "um_per_px"]):
                 if row["um_per_px"]:
                     self.um[_pair_key(Path(row["image"]).stem)] = float(row["um_per_px"])
         super().__init__(root, list(self.pairs))
@@ -389,7 +377,7 @@ def split_ids(path, pattern: str | None) -> tuple[list, list]:
 def labels_layer_data(a: Annotations, slide: Slide, info: dict | None = None) -> tuple:
     """``(labels, kwargs, "labels")`` with per-object class/score/area in the layer's features."""
     ids = a.ids()
-    areas = ndi.sum_labels(np.ones(a.shape), a.labels, ids) if ids.size else []
+    areas = label_areas(a.labels, ids)
     um = slide.um_per_px
     features = {
         "index": [int(i) for i in ids],

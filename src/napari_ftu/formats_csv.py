@@ -32,7 +32,7 @@ def _write_rows(path, columns, rows) -> Path:
     return write_text(path, buf.getvalue())
 
 
-def _read_rows(path, required) -> list[dict]:
+def read_csv_rows(path, required) -> list[dict]:
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8") as fh:
@@ -76,7 +76,7 @@ def read_hubmap(path, shapes=None) -> list[Annotations]:
     """Masks (one object each, label 1) from ``id,rle`` or ``train.csv``; the sizes come from
     ``img_height``/``img_width`` columns, else from ``shapes``: one ``(height, width)`` for
     every row or a dict id -> ``(height, width)``."""
-    rows = _read_rows(path, ["id", "rle"])
+    rows = read_csv_rows(path, ["id", "rle"])
     if shapes is not None and not isinstance(shapes, dict):
         shapes = {row["id"]: tuple(shapes) for row in rows}
     out = []
@@ -162,7 +162,7 @@ def _instances(image_id, shape, triples, um=None) -> Annotations:
 
 def _read_instance_csv(path, columns, id_col, h_col, w_col, pred_col) -> list[Annotations]:
     out = []
-    for n, row in enumerate(_read_rows(path, columns), start=2):
+    for n, row in enumerate(read_csv_rows(path, columns), start=2):
         shape = _size(row, path, n, h_col, w_col)
         triples = _parse_triples(row[pred_col], shape, f"{path}, line {n}")
         out.append(_instances(row[id_col], shape, triples))

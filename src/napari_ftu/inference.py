@@ -15,7 +15,9 @@ import numpy as np
 
 from .models import FTUModel
 from .postprocess import instances, object_table
+from .resample import resample_image, zoom_shape
 from .slide_io import to_rgb
+from .steps import drain
 from .tiling import Stitcher, read_tile, tile_grid
 
 
@@ -52,7 +54,8 @@ def segment_steps(
     rgb = to_rgb(image)
     full_shape = rgb.shape[:2]
     factor = (um_per_px / card.um_per_px) if um_per_px else 1.0
-    work = _resize(rgb, factor) if abs(factor - 1) > 1e-3 else rgb
+    work = (resample_image(rgb, zoom_shape(full_shape, factor), anti_alias=factor < 1)
+            if abs(factor - 1) > 1e-3 else rgb)
 
     grid = tile_grid(work.shape[:2], tile, overlap)
     stitcher = Stitcher(work.shape[:2], len(card.classes), tile, overlap)
@@ -66,7 +69,7 @@ def segment_steps(
 
     prob = stitcher.result()
     if work is not rgb:
-        prob = np.stack([_resize_to(p, full_shape) for p in prob])
+        prob = np.stack([resample_image(p, full_shape) for p in prob])
     pixel_area = (um_per_px or card.um_per_px) ** 2
     labels = instances(prob[0], threshold, int(card.min_object_um2 / pixel_area))
     prob = prob[0] if prob.shape[0] == 1 else prob
@@ -84,23 +87,5 @@ def segment_steps(
 
 def segment(image: np.ndarray, model: FTUModel, progress=None, **kwargs) -> Segmentation:
     """Run :func:`segment_steps` to the end; ``progress(done, total)`` is called per batch."""
-    steps = segment_steps(image, model, **kwargs)
-    while True:
-        try:
-            _, done, total = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(done, total)
-
-
-def _resize(rgb: np.ndarray, factor: float) -> np.ndarray:
-    shape = (max(1, round(rgb.shape[0] * factor)), max(1, round(rgb.shape[1] * factor)))
-    return _resize_to(rgb, shape, anti_alias=factor < 1).astype(np.uint8)
-
-
-def _resize_to(array: np.ndarray, shape, anti_alias: bool = False) -> np.ndarray:
-    from skimage.transform import resize
-
-    out = resize(array, shape, order=1, anti_aliasing=anti_alias, preserve_range=True)
-    return out.astype(np.float32) if array.dtype != np.uint8 else np.rint(out)
+    report = None if progress is None else (lambda event: progress(event[1], event[2]))
+    return drain(segment_steps(image, model, **kwargs), report)

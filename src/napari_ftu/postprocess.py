@@ -34,14 +34,21 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
+def label_areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Pixel count of each id (without a full-size float image)."""
+    values, counts = np.unique(labels, return_counts=True)
+    lookup = dict(zip(values.tolist(), counts.tolist()))
+    return np.array([lookup.get(int(i), 0) for i in ids], dtype=np.int64)
+
+
 def object_table(labels: np.ndarray, prob: np.ndarray | None = None, um_per_px: float | None = None) -> list[dict]:
     """Per object: id, area in px and µm², centroid, and mean probability as confidence."""
     ids = np.unique(labels)
     ids = ids[ids > 0]
     if ids.size == 0:
         return []
-    area = ndi.sum_labels(np.ones(labels.shape), labels, ids)
-    cy, cx = np.asarray(ndi.center_of_mass(np.ones(labels.shape), labels, ids)).T
+    area = label_areas(labels, ids)
+    cy, cx = np.asarray(ndi.center_of_mass(labels > 0, labels, ids)).T
     conf = ndi.mean(prob, labels, ids) if prob is not None else np.full(ids.size, np.nan)
     scale = (um_per_px or 1.0) ** 2
     return [

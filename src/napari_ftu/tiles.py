@@ -17,6 +17,7 @@ import numpy as np
 
 from .annotations import ExportError, safe_id
 from .atomic import atomic_path, write_text
+from .resample import resample_pair
 from .tiling import tile_grid
 
 MANIFEST_COLUMNS = ["image", "mask", "source", "y", "x", "height", "width", "um_per_px", "source_um_per_px",
@@ -96,7 +97,7 @@ def export_tiles(
         img = np.asarray(image[y0 : y0 + window, x0 : x0 + window])
         lab = np.asarray(labels[y0 : y0 + window, x0 : x0 + window])
         if factor != 1.0:
-            img, lab = _resample(img, lab, factor)
+            img, lab = resample_pair(img, lab, 1 / factor)
         stem = f"{name}_{y0}_{x0}"
         _write_pair(folder, stem, fmt, img, lab, target_um_per_px or um_per_px)
         rows.append({
@@ -125,15 +126,6 @@ def _cap_per_class(candidates, cap, rng):
             per_class.update(candidates[int(k)][2].keys())
     negatives = [k for k, (_, _, counts) in enumerate(candidates) if not counts]
     return [candidates[k] for k in sorted(chosen | set(negatives))]
-
-
-def _resample(img, lab, factor):
-    from skimage.transform import resize
-
-    shape = (max(1, round(lab.shape[0] / factor)), max(1, round(lab.shape[1] / factor)))
-    img = resize(img, shape + img.shape[2:], order=1, anti_aliasing=factor > 1, preserve_range=True)
-    lab = resize(lab, shape, order=0, anti_aliasing=False, preserve_range=True)
-    return np.rint(img).astype(np.uint8), lab.astype(np.int64)
 
 
 def _write_pair(folder: Path, stem: str, fmt: str, img, lab, um):

@@ -14,7 +14,9 @@ import numpy as np
 
 from .metrics import dice
 from .models import FTUModel, ModelCard, build_network, resolve_device, save_model
+from .resample import resample_pair
 from .slide_io import to_rgb
+from .steps import drain
 
 
 def synthetic_samples(n: int, size: int, seed: int, card: ModelCard, scale_jitter: float = 0.2) -> list:
@@ -48,20 +50,11 @@ def dataset_samples(path: str | Path, card: ModelCard | None = None, ids=None) -
         mask = (item.annotations.labels > 0).astype(np.uint8)
         um = item.slide.um_per_px
         if card is not None and um and abs(um / card.um_per_px - 1) > 0.01:
-            rgb, mask = _rescale(rgb, mask, um / card.um_per_px)
+            rgb, mask = resample_pair(rgb, mask, um / card.um_per_px)
         pairs.append((rgb, mask))
     if not pairs:
         raise FileNotFoundError(f"{path}: no images with masks found")
     return pairs
-
-
-def _rescale(rgb, mask, factor: float):
-    from skimage.transform import resize
-
-    shape = (max(1, round(mask.shape[0] * factor)), max(1, round(mask.shape[1] * factor)))
-    rgb = np.rint(resize(rgb, shape + (3,), order=1, anti_aliasing=factor < 1, preserve_range=True)).astype(np.uint8)
-    mask = resize(mask, shape, order=0, anti_aliasing=False, preserve_range=True).astype(np.uint8)
-    return rgb, mask
 
 
 def _augment(rng, rgb: np.ndarray, mask: np.ndarray):
@@ -154,7 +147,7 @@ def train_steps(
             zoom = float(np.exp(rng.uniform(-scale_jitter, scale_jitter)))  # scale jitter
             rgb, mask = _crop(rng, rgb, mask, max(8, round(crop * zoom)), positive=rng.random() < 0.6)
             if rgb.shape[0] != crop:
-                rgb, mask = _rescale(rgb, mask, crop / rgb.shape[0])
+                rgb, mask = resample_pair(rgb, mask, crop / rgb.shape[0])
             rgb, mask = _augment(rng, rgb, mask)
             xs.append(rgb)
             ys.append(mask)
@@ -200,14 +193,7 @@ def train_steps(
 
 def train(train_samples: list, val_samples: list, card: ModelCard, log=None, **kw):
     """Drain :func:`train_steps`, passing each event to ``log``; return ``(model, history)``."""
-    steps = train_steps(train_samples, val_samples, card, **kw)
-    while True:
-        try:
-            event = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if log is not None:
-            log(event)
+    return drain(train_steps(train_samples, val_samples, card, **kw), log)
 
 
 def _write_history(path: Path, history: dict) -> None:

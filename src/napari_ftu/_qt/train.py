@@ -106,9 +106,9 @@ class TrainWidget(Container):
             raise ExportError(f"{labels.name} {mask.shape} and {image.name} {rgb.shape[:2]} differ in size")
         um = image.metadata.get("um_per_px")
         if um and abs(um / card.um_per_px - 1) > 0.01:
-            from ..training import _rescale
+            from ..resample import resample_pair
 
-            rgb, mask = _rescale(rgb, mask, um / card.um_per_px)
+            rgb, mask = resample_pair(rgb, mask, um / card.um_per_px)
         # Hold out the right fifth of the image for validation.
         cut = max(1, mask.shape[1] * 4 // 5)
         return [(rgb[:, :cut], mask[:, :cut])], [(rgb[:, cut:], mask[:, cut:])]
