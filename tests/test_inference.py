@@ -31,9 +31,9 @@ def test_pixel_size_is_honoured(small_slide, default_model):
 def test_generator_stops_between_batches(small_slide, default_model):
     rgb, _, spec = small_slide
     steps = segment_steps(rgb, default_model, um_per_px=spec.um_per_px, batch_size=1)
-    seen = [next(steps), next(steps)]
+    seen = [next(steps), next(steps), next(steps)]
     steps.close()  # what a cancelled worker does: no further tile is computed
-    assert seen[0][1] == 0 and seen[1][1] == 1
+    assert seen[0] == ("tile", 0, 4) and seen[1][0] == "outputs" and seen[2] == ("tile", 1, 4)
     with pytest.raises(StopIteration):
         next(steps)
 

@@ -54,3 +54,31 @@ def test_exported_tiles_keep_their_pixel_size(tmp_path, small_slide):
     card = ModelCard(um_per_px=4.0)
     (img, mask), *_ = dataset_samples(tmp_path, card)
     assert img.shape[:2] == mask.shape == (64, 64)  # resampled from 2 to the model's 4 µm/px
+
+
+def test_out_of_memory_during_training_halves_the_batch(monkeypatch):
+    import torch
+
+    from napari_ftu import training
+
+    sizes = []
+    real_build = training.build_network
+
+    class OutOfMemoryAbove(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            sizes.append(x.shape[0])
+            if x.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            return self.inner(x)
+
+    card = ModelCard(encoder="resnet18", arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 4]},
+                     um_per_px=2.0, tile_size=128, overlap=16)
+    monkeypatch.setattr(training, "build_network", lambda c: OutOfMemoryAbove(real_build(c)))
+    samples = synthetic_samples(1, 256, seed=8, card=card)
+    _, history = train(samples, [], card, steps=3, batch_size=8, crop=64, device="cpu")
+    assert history["batch_size"] == 2 and len(history["loss"]) == 3
+    assert sizes[:3] == [8, 4, 2] and set(sizes[3:]) == {2}

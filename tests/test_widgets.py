@@ -1,5 +1,7 @@
 """The docks, opened through the installed manifest in a real viewer (pytest-qt under Xvfb)."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -66,10 +68,11 @@ def test_cancel_stops_the_run(make_napari_viewer, qtbot):
     viewer.add_image(rgb, name="kidney", metadata={"um_per_px": 2.0})
     widget = _segment_dock(viewer)
     worker = widget.run()
-    worker.yielded.connect(lambda ev: ev[1] >= 4 and widget.cancel())
+    worker.yielded.connect(lambda ev: ev[0] == "tile" and ev[1] >= 4 and widget.cancel())
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     assert widget.status.value == "cancelled"
+    assert not [t for t in threading.enumerate() if t.name == "napari-ftu tile reader"]
     assert widget.bar.value < widget.bar.max
     assert "kidney FTUs" not in viewer.layers
     assert widget.run_button.enabled and not widget.cancel_button.enabled
@@ -227,12 +230,14 @@ def test_load_dock_pyramid_then_segment_it(make_napari_viewer, qtbot, tmp_path):
     _, seg = viewer.window.add_plugin_dock_widget("napari-ftu", "Segment")
     seg.device.value = "cpu"
     seg.image.value = layer
-    seg.run()  # the model wants 2 µm/px: the engine segments level 1 (1 µm/px) and resamples
+    seg.run()  # the model wants 2 µm/px: the engine reads level 1 (1 µm/px) and resamples tiles
     qtbot.waitUntil(lambda: "pyr FTUs" in viewer.layers, timeout=120_000)
     labels = viewer.layers["pyr FTUs"]
-    assert labels.data.shape == (700, 600) and tuple(labels.scale) == (1.0, 1.0)
+    # a pyramid streams into a zarr store on the model's grid, shown at its place on the slide
+    assert labels.data.shape == (350, 300) and tuple(labels.scale) == (2.0, 2.0)
+    assert seg.last_result.store is not None and (seg.last_result.store / "labels").is_dir()
     _, truth, _ = make_slide(1400, 1200, seed=31, um_per_px=0.5)
-    assert dice(labels.data, truth[::2, ::2]) >= 0.85
+    assert dice(np.asarray(labels.data), truth[2::4, 2::4]) >= 0.85
 
 
 def test_load_dock_dataset_browser(make_napari_viewer, shared_data):
@@ -347,3 +352,73 @@ def test_load_dock_cancelled_pyramid_leaves_no_file(make_napari_viewer, qtbot, t
     qtbot.waitUntil(lambda: threading.active_count() <= threads, timeout=10_000)  # writer thread gone
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flat.tif"]
     assert "cancelled" in load.status.value
+
+
+def test_segment_dock_shows_rows_as_they_finish(viewer_with_slide, qtbot):
+    viewer, _ = viewer_with_slide
+    widget = _segment_dock(viewer)
+    widget.batch.value = 1
+    seen = []
+
+    def look(event):
+        live = "kidney probability (running)"
+        if event[0] == "tile" and live in viewer.layers:
+            seen.append((event[1], event[2], float(np.asarray(viewer.layers[live].data).max())))
+
+    worker = widget.run()
+    worker.yielded.connect(look)
+    qtbot.waitUntil(lambda: widget.run_button.enabled and "kidney FTUs" in viewer.layers, timeout=120_000)
+    early = [s for s in seen if s[0] < s[1]]
+    assert early and early[-1][2] > 0.5  # glomeruli visible before the last tile was computed
+    assert "kidney probability" in viewer.layers and "kidney probability (running)" not in viewer.layers
+
+
+def test_threshold_re_derives_objects_without_running_the_model(viewer_with_slide, qtbot, monkeypatch):
+    from napari_ftu.models import FTUModel
+    from napari_ftu.postprocess import instances
+
+    viewer, _ = viewer_with_slide
+    widget = _segment_dock(viewer)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.run_button.enabled and "kidney FTUs" in viewer.layers, timeout=120_000)
+    seg = widget.last_result
+    prob = seg.probability.copy()
+    calls = []
+    monkeypatch.setattr(FTUModel, "predict", lambda *a, **k: calls.append(1))
+    widget.threshold.value = 0.95
+    qtbot.waitUntil(lambda: "no model run" in widget.status.value, timeout=30_000)
+    labels = viewer.layers["kidney FTUs"]
+    np.testing.assert_array_equal(labels.data, instances(prob, 0.95, seg.min_area_px))
+    assert not calls and labels.metadata["threshold"] == 0.95
+    assert len(labels.features) == labels.data.max()
+    # after a hand edit, moving the threshold keeps the edit and says so
+    labels.paint((5, 5), 99)
+    before = labels.data.copy()
+    widget.threshold.value = 0.5
+    assert "your edits" in widget.status.value
+    np.testing.assert_array_equal(labels.data, before)
+
+
+def test_worker_error_reaches_the_user_and_the_next_run_works(viewer_with_slide, qtbot):
+    import torch
+
+    from napari_ftu.models import FTUModel, ModelCard
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("weights are NaN")
+
+    viewer, _ = viewer_with_slide
+    widget = _segment_dock(viewer)
+    good = widget._load()
+    widget._models[(widget.model.value, "cpu")] = FTUModel(Broken(), ModelCard(), "cpu")
+    with qtbot.capture_exceptions() as raised:  # napari re-raises worker errors in tests
+        widget.run()
+        qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
+    assert "weights are NaN" in widget.status.value
+    assert all("weights are NaN" in str(exc[1]) for exc in raised)
+    assert widget.worker is None and not widget.cancel_button.enabled
+    assert not [t for t in threading.enumerate() if t.name == "napari-ftu tile reader"]
+    widget._models[(widget.model.value, "cpu")] = good
+    widget.run()
+    qtbot.waitUntil(lambda: widget.run_button.enabled and "kidney FTUs" in viewer.layers, timeout=120_000)

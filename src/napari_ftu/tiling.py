@@ -1,13 +1,20 @@
-"""Overlapping tile grids and weighted stitching.
+"""Overlapping tile grids and seamless, streamed stitching.
 
-Tiles overlap so that every output pixel away from the image border is predicted with context;
-overlapping predictions are averaged with a taper window that favours tile centres, where a
-convolutional network sees the most context.
+Tiles overlap so that every output pixel away from the image border is predicted with context.
+Each tile's prediction is weighted by a window that is zero within ``overlap // 2`` of an inner
+tile edge (where a convolutional network lacks context, the neighbouring tile covers the pixel)
+and a Gaussian or taper inside, so overlapping predictions blend without seams.
+
+:class:`Stitcher` keeps only one band of tile rows in memory: when the grid moves to the next
+tile row, the rows above it are final and go to a sink (a zarr array, a numpy array, ...).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+BLENDS = ("gaussian", "taper")
+FLUSH_COLUMNS = 4096
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -27,16 +34,34 @@ def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[tuple[int
     return [(y, x) for y in tile_starts(shape[0], tile, overlap) for x in tile_starts(shape[1], tile, overlap)]
 
 
-def taper_window(tile: int, overlap: int) -> np.ndarray:
-    """Weights rising linearly over ``overlap`` pixels from each edge; never zero."""
-    ramp = np.minimum(np.arange(tile) + 1, np.arange(tile)[::-1] + 1) / (overlap + 1)
-    ramp = np.minimum(ramp, 1.0)
-    return np.outer(ramp, ramp)
+def window_1d(start: int, tile: int, length: int, overlap: int, blend: str = "gaussian") -> np.ndarray:
+    """Weights along one axis of the tile at ``start`` (of ``length`` pixels, clipped to the image)."""
+    if blend not in BLENDS:
+        raise ValueError(f"unknown blend {blend!r}; use one of {BLENDS}")
+    pos = np.arange(tile, dtype=np.float64)
+    if blend == "gaussian":
+        w = np.exp(-0.5 * ((pos - (tile - 1) / 2) / (tile / 8)) ** 2)
+        w = np.maximum(w, 1e-4)
+    else:
+        ramp = overlap - overlap // 2
+        w = np.minimum(np.minimum(pos, pos[::-1]) - overlap // 2 + 1, ramp) / max(ramp, 1)
+        w = np.clip(w, 1e-4, 1.0)
+    margin = overlap // 2
+    if margin:
+        if start > 0:
+            w[:margin] = 0
+        if start + tile < length:
+            w[tile - margin :] = 0
+    return w[: max(0, min(tile, length - start))]
 
 
 def read_tile(image: np.ndarray, y0: int, x0: int, tile: int) -> np.ndarray:
     """A ``tile`` x ``tile`` crop, reflect-padded where the image is smaller than a tile."""
     crop = np.asarray(image[y0 : y0 + tile, x0 : x0 + tile])
+    return pad_tile(crop, tile)
+
+
+def pad_tile(crop: np.ndarray, tile: int) -> np.ndarray:
     ph, pw = tile - crop.shape[0], tile - crop.shape[1]
     if ph or pw:
         pad = [(0, ph), (0, pw)] + [(0, 0)] * (crop.ndim - 2)
@@ -45,23 +70,60 @@ def read_tile(image: np.ndarray, y0: int, x0: int, tile: int) -> np.ndarray:
 
 
 class Stitcher:
-    """Accumulates weighted tile predictions ``(C, tile, tile)`` into a ``(C, H, W)`` average."""
+    """Blends ``(C, tile, tile)`` predictions, added row by row, into a ``(C, H, W)`` average.
 
-    def __init__(self, shape: tuple[int, int], channels: int, tile: int, overlap: int):
-        self.shape = tuple(shape)
-        self.tile = tile
-        self.window = taper_window(tile, overlap)
-        self.total = np.zeros((channels, *self.shape), np.float64)
-        self.weight = np.zeros(self.shape, np.float64)
+    ``sink(y0, x0, block)`` receives each finished band of rows in column chunks, ``block``
+    float32 ``(C, rows, columns)``; pixels no tile covered (skipped background) are 0.
+    """
+
+    def __init__(self, shape, channels: int, tile: int, overlap: int, sink, blend: str = "gaussian"):
+        self.shape = tuple(int(n) for n in shape)
+        self.tile, self.overlap, self.blend, self.sink = tile, overlap, blend, sink
+        rows = min(tile, self.shape[0])
+        self.total = np.zeros((channels, rows, self.shape[1]), np.float32)
+        self.weight = np.zeros((rows, self.shape[1]), np.float32)
+        self.y = 0  # image row of the band's first row
+        self._row_starts = tile_starts(self.shape[0], tile, overlap) + [self.shape[0]]
+        self._last_x = tile_starts(self.shape[1], tile, overlap)[-1]
 
     def add(self, y0: int, x0: int, pred: np.ndarray) -> None:
-        h = min(self.tile, self.shape[0] - y0)
-        w = min(self.tile, self.shape[1] - x0)
-        win = self.window[:h, :w]
-        self.total[:, y0 : y0 + h, x0 : x0 + w] += pred[:, :h, :w] * win
-        self.weight[y0 : y0 + h, x0 : x0 + w] += win
+        if y0 < self.y:
+            raise ValueError("tiles must be added row by row, top to bottom")
+        if y0 > self.y:
+            self._flush(y0)
+        wy = window_1d(y0, self.tile, self.shape[0], self.overlap, self.blend)
+        wx = window_1d(x0, self.tile, self.shape[1], self.overlap, self.blend)
+        win = np.outer(wy, wx).astype(np.float32)
+        h, w = win.shape
+        self.total[:, :h, x0 : x0 + w] += pred[:, :h, :w] * win
+        self.weight[:h, x0 : x0 + w] += win
+        if x0 == self._last_x:  # a row of tiles is complete: rows above the next row are final
+            self._flush(next(y for y in self._row_starts if y > y0))
 
-    def result(self) -> np.ndarray:
-        if (self.weight == 0).any():
-            raise RuntimeError("some pixels were covered by no tile")
-        return (self.total / self.weight).astype(np.float32)
+    def finish(self) -> None:
+        self._flush(self.shape[0])
+
+    def _flush(self, until: int) -> None:
+        until = min(until, self.shape[0])
+        rows = self.weight.shape[0]
+        if until - self.y > rows:  # whole tile rows were skipped: the band, then zeros
+            self._flush(self.y + rows)
+            for y in range(self.y, until, rows):
+                for x in range(0, self.shape[1], FLUSH_COLUMNS):
+                    width = min(FLUSH_COLUMNS, self.shape[1] - x)
+                    self.sink(y, x, np.zeros((self.total.shape[0], min(rows, until - y), width), np.float32))
+            self.y = until
+            return
+        n = until - self.y
+        if n <= 0:
+            return
+        for x in range(0, self.shape[1], FLUSH_COLUMNS):  # column chunks keep temporaries small
+            weight = self.weight[:n, x : x + FLUSH_COLUMNS]
+            total = self.total[:, :n, x : x + FLUSH_COLUMNS]
+            self.sink(self.y, x, np.divide(total, weight, out=np.zeros_like(total), where=weight > 0))
+        for arr in (self.total, self.weight):  # shift the band up by n rows
+            keep = arr.shape[-2] - n
+            if keep > 0:
+                arr[..., :keep, :] = arr[..., n:, :].copy()
+            arr[..., max(keep, 0) :, :] = 0
+        self.y += n

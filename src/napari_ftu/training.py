@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import dice
-from .models import FTUModel, ModelCard, build_network, resolve_device, save_model
+from .models import FTUModel, ModelCard, build_network, is_out_of_memory, resolve_device, save_model
 from .resample import resample_pair
 from .slide_io import to_rgb
 from .steps import drain
@@ -141,30 +141,19 @@ def train_steps(
     best_state = None
     for step in range(1, steps + 1):
         net.train()
-        xs, ys = [], []
-        for _ in range(batch_size):
-            rgb, mask = train[int(rng.integers(len(train)))]
-            zoom = float(np.exp(rng.uniform(-scale_jitter, scale_jitter)))  # scale jitter
-            rgb, mask = _crop(rng, rgb, mask, max(8, round(crop * zoom)), positive=rng.random() < 0.6)
-            if rgb.shape[0] != crop:
-                rgb, mask = resample_pair(rgb, mask, crop / rgb.shape[0])
-            rgb, mask = _augment(rng, rgb, mask)
-            xs.append(rgb)
-            ys.append(mask)
-        x = torch.from_numpy(np.stack(xs)).to(dev).permute(0, 3, 1, 2).float()
-        x = (x - mean) / std
-        y = torch.from_numpy(np.stack(ys)).to(dev).float().unsqueeze(1)
-        if dev.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            logits = net(x).float()
-        prob = torch.sigmoid(logits)
-        inter = (prob * y).sum((2, 3))
-        soft_dice = (2 * inter + 1) / (prob.sum((2, 3)) + y.sum((2, 3)) + 1)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y) + (1 - soft_dice).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        while True:
+            x, y = _batch(rng, train, batch_size, crop, scale_jitter, mean, std, dev)
+            try:
+                loss = _step(net, opt, x, y, dev)
+                break
+            except Exception as exc:  # a GPU out of memory: halve the batch and redo the step
+                if not is_out_of_memory(exc) or batch_size == 1:
+                    raise
+                opt.zero_grad(set_to_none=True)
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                batch_size //= 2
+                history["batch_size"] = batch_size
         sched.step()
         history["loss"].append(loss.item())
         yield ("step", step, steps, history["loss"][-1])
@@ -189,6 +178,43 @@ def train_steps(
         save_model(net, card, out)
         _write_history(Path(out) / "history.csv", history)
     return model, history
+
+
+def _batch(rng, train, batch_size, crop, scale_jitter, mean, std, dev):
+    """A batch of augmented crops as normalised tensors on the device."""
+    import torch
+
+    xs, ys = [], []
+    for _ in range(batch_size):
+        rgb, mask = train[int(rng.integers(len(train)))]
+        zoom = float(np.exp(rng.uniform(-scale_jitter, scale_jitter)))  # scale jitter
+        rgb, mask = _crop(rng, rgb, mask, max(8, round(crop * zoom)), positive=rng.random() < 0.6)
+        if rgb.shape[0] != crop:
+            rgb, mask = resample_pair(rgb, mask, crop / rgb.shape[0])
+        rgb, mask = _augment(rng, rgb, mask)
+        xs.append(rgb)
+        ys.append(mask)
+    x = (torch.from_numpy(np.stack(xs)).to(dev).permute(0, 3, 1, 2).float() - mean) / std
+    y = torch.from_numpy(np.stack(ys)).to(dev).float().unsqueeze(1)
+    if dev.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def _step(net, opt, x, y, dev):
+    """One optimiser step on BCE + soft Dice; returns the loss."""
+    import torch
+
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        logits = net(x).float()
+    prob = torch.sigmoid(logits)
+    inter = (prob * y).sum((2, 3))
+    soft_dice = (2 * inter + 1) / (prob.sum((2, 3)) + y.sum((2, 3)) + 1)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y) + (1 - soft_dice).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
 
 
 def train(train_samples: list, val_samples: list, card: ModelCard, log=None, **kw):

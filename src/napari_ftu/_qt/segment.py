@@ -1,20 +1,25 @@
-"""Segment dock: run a model tile by tile in a worker thread, with progress and cancel."""
+"""Segment dock: run the engine in a worker thread, show rows as they finish, cancel, and
+re-derive instances when the threshold moves (from the cached probability, no model run)."""
 
 from __future__ import annotations
 
+import tempfile
+import time
 from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSlider, Label, ProgressBar, PushButton, SpinBox, create_widget
-from napari.qt.threading import create_worker
-from napari.utils import progress
+from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSlider, Label, ProgressBar, PushButton, SpinBox,
+                              create_widget)
 from napari.utils.notifications import show_error, show_info
 
-from ..inference import segment_steps
+from ..inference import relabel_steps, segment_steps
 from ..models import ModelError, load_model
+from .jobs import start_job
 
 DEFAULT_MODEL = "built-in: synthetic kidney glomeruli"
+STORE_ABOVE_PIXELS = 64e6  # model-grid outputs larger than this stream into a zarr store on disk
+REFRESH_EVERY_S = 0.25  # progressive display: redraw at most this often
 
 
 class SegmentWidget(Container):
@@ -25,6 +30,9 @@ class SegmentWidget(Container):
         self._paths = {DEFAULT_MODEL: None}
         self.worker = None
         self.last_result = None
+        self._result_layers = None  # (source layer, labels layer) of the last run
+        self._live = None  # the probability layer filled while a run goes on
+        self._edited = False
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.model = ComboBox(label="model", choices=[DEFAULT_MODEL], value=DEFAULT_MODEL)
         self.browse = PushButton(text="Add model folder…")
@@ -33,17 +41,25 @@ class SegmentWidget(Container):
                             tooltip="0 = the model card's default")
         self.overlap = SpinBox(label="overlap", value=-1, min=-1, max=2048, step=8,
                                tooltip="-1 = the model card's default")
-        self.threshold = FloatSlider(label="threshold", value=0.5, min=0.01, max=0.99, step=0.01)
+        self.batch = SpinBox(label="batch size", value=4, min=1, max=256,
+                             tooltip="tiles per model call; halved automatically if the GPU runs out of memory")
+        self.skip_glass = CheckBox(text="skip glass (background) tiles", value=True)
+        self.tta = CheckBox(text="test-time augmentation (4 views, adds an uncertainty layer)", value=False)
+        self.split = CheckBox(text="split touching objects (watershed)", value=False)
+        self.threshold = FloatSlider(label="threshold", value=0.5, min=0.01, max=0.99, step=0.01,
+                                     tooltip="moving it after a run re-derives the objects without re-running")
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.bar = ProgressBar(label="tiles", value=0, min=0, max=1)
         self.status = Label(value="device: not loaded yet")
-        self.extend([self.image, self.model, self.browse, self.device, self.tile, self.overlap, self.threshold,
-                     self.run_button, self.cancel_button, self.bar, self.status])
+        self.extend([self.image, self.model, self.browse, self.device, self.tile, self.overlap, self.batch,
+                     self.skip_glass, self.tta, self.split, self.threshold, self.run_button, self.cancel_button,
+                     self.bar, self.status])
         self.browse.changed.connect(self._browse)
         self.model.changed.connect(self._model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.threshold.changed.connect(self._threshold_moved)
 
     # --- model choice -------------------------------------------------------------------
     def add_model(self, path: str | Path) -> None:
@@ -79,88 +95,166 @@ class SegmentWidget(Container):
         if layer is None:
             self._fail("Open an image first (Load dock, File > Open or a sample).")
             return None
+        if self.worker is not None:
+            return None
         try:
             model = self._load()
-            data, um, factor = _pick_level(layer, model.card.um_per_px)
         except (ModelError, ValueError) as exc:
             self._fail(exc)
             return None
-        self.status.value = f"running on {model.device} …"
-        self.worker = create_worker(
-            segment_steps, data, model,
+        data = list(layer.data) if layer.multiscale else layer.data
+        um = layer.metadata.get("um_per_px")
+        base = data[0] if layer.multiscale else data
+        grid_px = np.prod(base.shape[:2]) * ((um / model.card.um_per_px) ** 2 if um else 1.0)
+        store = None
+        if layer.multiscale or grid_px > STORE_ABOVE_PIXELS:
+            store = Path(tempfile.mkdtemp(prefix="napari-ftu-")) / f"{layer.name}.zarr"
+        steps = segment_steps(
+            data, model,
             um_per_px=um,
             tile_size=self.tile.value or None,
             overlap=None if self.overlap.value < 0 else self.overlap.value,
             threshold=self.threshold.value,
-            _start_thread=False,
+            batch_size=self.batch.value,
+            tta=self.tta.value,
+            skip_background=self.skip_glass.value,
+            watershed=self.split.value,
+            store=store,
         )
-        self._pbar = progress(total=0, desc=f"Segmenting {layer.name}")
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(lambda seg: self._on_done(layer, seg, model.card.classes[0], factor))
-        self.worker.errored.connect(self._fail)
-        self.worker.aborted.connect(lambda: setattr(self.status, "value", "cancelled"))
-        self.worker.finished.connect(self._on_finished)
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.worker.start()
+        self.status.value = f"running on {model.device} …"
+        self._live = None
+        self._last_refresh = 0.0
+        self._start_worker(steps, f"Segmenting {layer.name}",
+                           lambda seg: self._on_done(layer, seg, model.card.classes[seg.class_index]),
+                           lambda event: self._on_event(layer, event))
         return self.worker
+
+    def _start_worker(self, steps, description, on_done, on_event):
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.worker = start_job(steps, description, on_event=on_event, on_done=on_done, on_error=self._fail,
+                                on_abort=lambda: setattr(self.status, "value", "cancelled"),
+                                on_finished=self._on_finished, bar=self.bar)
 
     def cancel(self):
         """Stop the run at the next tile batch."""
         if self.worker is not None:
             self.worker.quit()
 
-    def _on_progress(self, event):
-        _, done, total = event
-        self.bar.max, self.bar.value = max(total, 1), done
-        self._pbar.total = total
-        self._pbar.n = done
-        self._pbar.refresh()
+    def _on_event(self, layer, event):
+        kind, a, b = event
+        if kind == "outputs":
+            self._live = self._add_probability(layer, a, b)
+        elif kind == "band":
+            now = time.perf_counter()
+            if self._live is not None and now - self._last_refresh > REFRESH_EVERY_S:
+                self._live.refresh()
+                self._last_refresh = now
+        else:  # "tile" or "label" progress; the job moves the bars
+            self.bar.label = "tiles" if kind == "tile" else "objects"
 
-    def _on_done(self, layer, seg, class_name, factor=1.0):
+    def _add_probability(self, layer, prob, downsample):
+        """The live layer keeps a temporary name until the run succeeds, so a cancelled or
+        failed run leaves the previous result as it was."""
+        name = f"{layer.name} probability (running)"
+        top = 1 if isinstance(prob, np.ndarray) else 255
+        return self._viewer.add_image(_viewable(prob)[0], name=name, colormap="magma", blending="additive",
+                                      opacity=0.6, contrast_limits=(0, top), **_placement(layer, downsample))
+
+    def _on_done(self, layer, seg, class_name):
         self.last_result = seg
-        kwargs = {"scale": [v * factor for v in layer.scale[-2:]], "translate": layer.translate[-2:],
-                  "units": layer.units[-2:]}
-        um = layer.metadata.get("um_per_px")
-        meta = {"um_per_px": um * factor if um else None, "source": layer.name, "class": class_name}
-        prob = seg.probability if seg.probability.ndim == 2 else seg.probability[0]
-        self._viewer.add_image(prob, name=f"{layer.name} probability", colormap="magma", blending="additive",
-                               opacity=0.6, contrast_limits=(0, 1), visible=False, metadata=meta, **kwargs)
-        features = {key: [o[key] for o in seg.objects] for key in ("id", "area_px", "area_um2", "confidence")}
-        features["index"] = features.pop("id")
-        features["class"] = [class_name] * len(seg.objects)
-        self._viewer.add_labels(seg.labels, name=f"{layer.name} FTUs", metadata=meta,
-                                features=features if seg.objects else None, opacity=0.5, **kwargs)
+        live = self._live
+        if live is not None:
+            final = f"{layer.name} probability"
+            if final in self._viewer.layers:
+                self._viewer.layers.remove(final)
+            live.name = final
+            prob = seg.class_probability()
+            if isinstance(prob, np.ndarray) and prob.shape != live.data.shape:  # outputs at full resolution
+                live.data = prob
+                live.scale = _placement(layer, seg.downsample)["scale"]
+            live.metadata.update({"um_per_px": seg.um_per_px, "source": layer.name, "class": class_name})
+            live.visible = False
+        if seg.uncertainty is not None:
+            self._replace(f"{layer.name} uncertainty", lambda **kw: self._viewer.add_image(
+                _viewable(seg.uncertainty), colormap="viridis", blending="additive", visible=False,
+                contrast_limits=(0, 0.5 * seg.prob_scale), **kw), layer, seg)
+        labels = self._replace(f"{layer.name} FTUs", lambda **kw: self._viewer.add_labels(
+            _viewable(seg.labels), opacity=0.5, **kw), layer, seg, class_name)
+        self._set_features(labels, seg, class_name)
+        self._result_layers = (layer, labels)
+        self._edited = False
+        labels.events.paint.connect(self._mark_edited)
+        skipped = f", {seg.n_skipped} glass tiles skipped" if seg.n_skipped else ""
         self.status.value = (f"{len(seg.objects)} FTUs in {seg.seconds:.1f} s on {seg.device} "
-                             f"({seg.n_tiles} tiles)")
+                             f"({seg.n_tiles} tiles{skipped})")
         show_info(self.status.value)
+
+    def _replace(self, name, add, layer, seg, class_name=None):
+        if name in self._viewer.layers:
+            self._viewer.layers.remove(name)
+        um = seg.um_per_px
+        meta = {"um_per_px": um, "source": layer.name, "class": class_name, "threshold": seg.threshold}
+        return add(name=name, metadata=meta, **_placement(layer, seg.downsample))
+
+    @staticmethod
+    def _set_features(labels, seg, class_name):
+        if seg.objects:
+            features = {key: [o[key] for o in seg.objects] for key in ("id", "area_px", "area_um2", "confidence")}
+            features["index"] = features.pop("id")
+            features["class"] = [class_name] * len(seg.objects)
+            labels.features = features
+
+    def _mark_edited(self, *_):
+        self._edited = True
+
+    # --- threshold without re-running ------------------------------------------------------
+    def _threshold_moved(self, value):
+        seg = self.last_result
+        if seg is None or self.worker is not None or abs(value - seg.threshold) < 1e-9:
+            return
+        source, labels = self._result_layers
+        if self._edited or labels not in self._viewer.layers:
+            self.status.value = "The objects layer has your edits: run again to segment with the new threshold."
+            return
+        if isinstance(seg.labels, np.ndarray):
+            seg.labels = np.zeros_like(seg.labels)  # the layer keeps showing the old objects until done
+        class_name = labels.metadata.get("class")
+
+        def done(objects):
+            seg.objects = objects
+            labels.data = _viewable(seg.labels)
+            labels.metadata["threshold"] = seg.threshold
+            labels.features = {}
+            self._set_features(labels, seg, class_name)
+            self.status.value = f"{len(objects)} FTUs at threshold {seg.threshold:.2f} (no model run)"
+
+        self._start_worker(relabel_steps(seg, float(value), watershed=self.split.value),
+                           f"Objects at threshold {value:.2f}", done, lambda event: self._on_event(source, event))
 
     def _fail(self, exc):
         self.status.value = f"Error: {exc}"
         show_error(str(exc))
 
     def _on_finished(self):
-        self._pbar.close()
+        live, self._live = getattr(self, "_live", None), None
+        if live is not None and live.name.endswith("(running)") and live in self._viewer.layers:
+            self._viewer.layers.remove(live)  # cancelled or failed: no half-filled layer stays
+        self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
 
 
-MAX_LEVEL_PIXELS = 400e6  # this engine holds the level it segments in memory
+def _placement(layer, downsample: float) -> dict:
+    """Scale and offset putting an output grid ``downsample`` times coarser on the image."""
+    return {"scale": [v * downsample for v in layer.scale[-2:]], "translate": layer.translate[-2:],
+            "units": layer.units[-2:]}
 
 
-def _pick_level(layer, model_um: float):
-    """The image data to segment: for a pyramid, the coarsest level still at least as fine as
-    the model's µm/px (the engine resamples the rest). Returns ``(data, µm/px, downsample)``."""
-    um = layer.metadata.get("um_per_px")
-    if not layer.multiscale:
-        return layer.data, um, 1.0
-    base = layer.data[0].shape[0]
-    choice = 0
-    if um:
-        for k, level in enumerate(layer.data):
-            if um * base / level.shape[0] <= model_um * 1.01:
-                choice = k
-    level = layer.data[choice]
-    if np.prod(level.shape[:2]) > MAX_LEVEL_PIXELS:
-        raise ValueError(f"{layer.name}: level {choice} has {np.prod(level.shape[:2]) / 1e6:.0f} megapixels, "
-                         "too many to segment in memory with this version")
-    factor = base / level.shape[0]
-    return np.asarray(level), (um * factor if um else None), factor
+def _viewable(array):
+    """Numpy as it is; a zarr array as dask, so napari reads only what it draws."""
+    if isinstance(array, np.ndarray):
+        return array
+    import uuid
+
+    import dask.array as da
+
+    return da.from_zarr(array, name=f"napari-ftu-{uuid.uuid4().hex}")  # a fresh name: no stale cached chunks

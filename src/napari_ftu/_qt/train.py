@@ -13,14 +13,13 @@ import napari
 import numpy as np
 from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar,
                               PushButton, SpinBox, create_widget)
-from napari.qt.threading import create_worker
-from napari.utils import progress
 from napari.utils.notifications import show_error, show_info
 
 from ..annotations import ExportError
 from ..models import ModelCard, ModelError, default_model_path, load_model
 from ..slide_io import SlideError, to_rgb
 from ..training import dataset_samples, train_steps
+from .jobs import start_job
 
 SOURCES = ["dataset folder", "layers in the viewer"]
 ARCHITECTURES = ["Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Segformer"]
@@ -122,20 +121,15 @@ class TrainWidget(Container):
             return self._fail(exc)
         self.history = {"loss": [], "val": []}
         out = Path(self.out.value)
-        self.worker = create_worker(
-            train_steps, train_set, val_set, card, steps=self.steps.value, batch_size=self.batch.value,
-            crop=self.crop.value, lr=self.lr.value, device=self.device.value, init_state=weights,
-            val_every=max(1, min(50, self.steps.value // 4)), patience=self.patience.value, out=out,
-            _start_thread=False)
-        self._pbar = progress(total=self.steps.value, desc="Training")
-        self.worker.yielded.connect(self._on_event)
-        self.worker.returned.connect(lambda result: self._on_done(out, result))
-        self.worker.errored.connect(self._fail)
-        self.worker.aborted.connect(lambda: setattr(self.status, "value", "cancelled; nothing saved"))
-        self.worker.finished.connect(self._on_finished)
+        steps = train_steps(train_set, val_set, card, steps=self.steps.value, batch_size=self.batch.value,
+                            crop=self.crop.value, lr=self.lr.value, device=self.device.value, init_state=weights,
+                            val_every=max(1, min(50, self.steps.value // 4)), patience=self.patience.value, out=out)
         self.train_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = f"training on {len(train_set)} images, validating on {len(val_set)} …"
-        self.worker.start()
+        self.worker = start_job(
+            steps, "Training", total=self.steps.value, bar=self.bar, on_event=self._on_event,
+            on_done=lambda result: self._on_done(out, result), on_error=self._fail, on_finished=self._on_finished,
+            on_abort=lambda: setattr(self.status, "value", "cancelled; nothing saved"))
         return self.worker
 
     def cancel(self):
@@ -146,9 +140,6 @@ class TrainWidget(Container):
         if event[0] == "step":
             _, step, total, loss = event
             self.history["loss"].append(loss)
-            self.bar.max, self.bar.value = total, step
-            self._pbar.n = step
-            self._pbar.refresh()
         else:
             self.history["val"].append((event[1], event[2]))
             self.status.value = f"step {event[1]}: validation Dice {event[2]:.3f}"
@@ -171,7 +162,6 @@ class TrainWidget(Container):
         return None
 
     def _on_finished(self):
-        self._pbar.close()
         self.train_button.enabled, self.cancel_button.enabled = True, False
 
 

@@ -1,0 +1,41 @@
+"""Which tiles hold tissue, judged on a low-resolution overview.
+
+Bright-field glass is bright and grey; stained tissue is darker or coloured. The rule is
+deliberately cautious (a tile is skipped only when its whole footprint, grown by a margin, is
+glass): skipping a tile with tissue loses objects, computing a glass tile only costs time.
+Dark-background images (fluorescence) have no bright glass, so nothing is skipped there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+MIN_SATURATION = 12  # max - min over RGB, 0..255
+MAX_GLASS_GRAY = 200
+
+
+def tissue_mask(rgb: np.ndarray) -> np.ndarray:
+    """Boolean mask of tissue in an RGB uint8 overview."""
+    rgb = np.asarray(rgb)
+    sat = rgb.max(-1).astype(np.int16) - rgb.min(-1)
+    gray = rgb.mean(-1)
+    mask = (sat >= MIN_SATURATION) | (gray <= MAX_GLASS_GRAY)
+    mask = ndi.binary_opening(mask, iterations=1)  # dust and noise
+    return ndi.binary_fill_holes(mask)
+
+
+def tiles_with_tissue(mask: np.ndarray, scale: float, grid, tile: int, margin_px: int = 16) -> np.ndarray:
+    """For each ``(y, x)`` tile of the model grid, whether its footprint (grown by ``margin_px``
+    model pixels) touches tissue; ``scale`` is overview pixels per model pixel."""
+    integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    h, w = mask.shape
+    keep = np.empty(len(grid), bool)
+    for i, (y, x) in enumerate(grid):
+        y0 = int(np.clip(np.floor((y - margin_px) * scale), 0, h))
+        x0 = int(np.clip(np.floor((x - margin_px) * scale), 0, w))
+        y1 = int(np.clip(np.ceil((y + tile + margin_px) * scale), y0 + 1, h))
+        x1 = int(np.clip(np.ceil((x + tile + margin_px) * scale), x0 + 1, w))
+        y0, x0 = min(y0, h - 1), min(x0, w - 1)
+        keep[i] = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0] > 0
+    return keep
