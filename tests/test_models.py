@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ftu.models import ModelCard, ModelError, build_network, load_model, save_model
+from napari_ftu.models import FTUModel, ModelCard, ModelError, build_network, load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +89,68 @@ def test_missing_card_or_weights(tmp_path):
     (tmp_path / "model_card.json").write_text(ModelCard().to_json())
     with pytest.raises(ModelError, match="no weights"):
         load_model(tmp_path)
+
+
+def _tiles(n=2, size=64):
+    return np.random.default_rng(1).integers(0, 255, (n, size, size, 3)).astype(np.uint8)
+
+
+def test_smp_save_pretrained_folder_with_and_without_card(tmp_path, tiny_card):
+    from napari_ftu.models import import_smp
+
+    smp = import_smp()
+    net = smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=[16, 8, 4], classes=2).eval()
+    net.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="no model card"):
+        model = load_model(tmp_path, device="cpu")
+    assert model.card.architecture == "Unet" and len(model.card.classes) == 2
+    card = ModelCard(classes=["glomerulus", "vessel"], um_per_px=0.5, tile_size=64, overlap=8)
+    (tmp_path / "model_card.yaml").write_text(
+        "\n".join(f"{k}: {json.dumps(v)}" for k, v in json.loads(card.to_json()).items()))
+    model = load_model(tmp_path, device="cpu")
+    assert model.card.classes == ["glomerulus", "vessel"] and model.card.um_per_px == 0.5
+    prob = model.predict(_tiles())
+    assert prob.shape == (2, 2, 64, 64)
+    np.testing.assert_allclose(prob.sum(1), 1, atol=1e-5)  # softmax: one probability per class
+    x = torch.from_numpy(_tiles()).permute(0, 3, 1, 2).float()
+    ref = torch.softmax(net((x - model_mean(card)) / model_std(card)), 1).detach().numpy()
+    np.testing.assert_allclose(prob, ref, atol=1e-5)
+    card.classes = ["only one"]
+    (tmp_path / "model_card.yaml").write_text(card.to_json())  # JSON is valid YAML
+    with pytest.raises(ModelError, match="1 classes but config.json has 2"):
+        load_model(tmp_path, device="cpu")
+
+
+def test_torchscript_model_with_card(tmp_path, tiny_card):
+    net = build_network(tiny_card).eval()
+    scripted = torch.jit.trace(net, torch.zeros(1, 3, 64, 64))
+    scripted.save(str(tmp_path / "model.pt"))
+    (tmp_path / "model_card.json").write_text(tiny_card.to_json())
+    model = load_model(tmp_path / "model.pt", device="cpu")
+    plain = load_model(save_model(net, tiny_card, tmp_path / "plain"), device="cpu")
+    np.testing.assert_allclose(model.predict(_tiles()), plain.predict(_tiles()), atol=1e-5)
+    (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ModelError, match="broken.pt"):
+        load_model(tmp_path / "broken.pt", device="cpu")
+
+
+def test_per_class_thresholds(tmp_path):
+    card = ModelCard(classes=["glomerulus", "vessel"], threshold=0.5, thresholds={"vessel": 0.3})
+    assert card.threshold_for("vessel") == 0.3 and card.threshold_for("glomerulus") == 0.5
+    data = json.loads(card.to_json()) | {"thresholds": {"vessel": 1.5}}
+    with pytest.raises(ModelError, match="vessel"):
+        ModelCard.from_dict(data)
+
+
+def test_tta_averages_views_and_reports_disagreement(tiny_card):
+    net = build_network(tiny_card).eval()
+    model = FTUModel(net, tiny_card, "cpu")
+    tiles = _tiles()
+    mean, std = model.predict(tiles, tta=True, with_std=True)
+    views = [model.predict(tiles),
+             model.predict(tiles[:, :, ::-1])[..., ::-1],
+             model.predict(tiles[:, ::-1])[..., ::-1, :],
+             np.rot90(model.predict(np.rot90(tiles, 1, (1, 2)).copy()), -1, (2, 3))]
+    np.testing.assert_allclose(mean, np.mean(views, 0), atol=1e-5)
+    np.testing.assert_allclose(std, np.std(views, 0), atol=1e-5)
+    assert std.max() > 0  # a random U-Net is not flip-invariant

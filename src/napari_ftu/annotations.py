@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_ID_LENGTH = 200  # ids become file names with suffixes; most file systems stop at 255 bytes
+MAX_OBJECT_ID = 2**31 - 1  # labels are int32
 
 
 class ExportError(ValueError):
@@ -15,11 +17,39 @@ class ExportError(ValueError):
 
 
 def safe_id(image_id) -> str:
-    """Refuse ids that could leave an output folder or break a CSV (``../x``, ``a/b``, ``,``)."""
+    """Refuse ids that could leave an output folder or break a CSV (``../x``, ``a/b``, ``,``,
+    a trailing newline, NUL) or be too long for a file name."""
     image_id = str(image_id)
-    if not _SAFE_ID.match(image_id) or ".." in image_id:
-        raise ExportError(f"image id {image_id!r} is not a safe file name (letters, digits, . _ - only)")
+    if not _SAFE_ID.fullmatch(image_id) or ".." in image_id:
+        raise ExportError(f"image id {image_id[:80]!r} is not a safe file name (letters, digits, . _ - only)")
+    if len(image_id) > MAX_ID_LENGTH:
+        raise ExportError(f"image id {image_id[:40]!r}... is {len(image_id)} characters long (at most {MAX_ID_LENGTH})")
     return image_id
+
+
+def object_id(value, where: str) -> int:
+    """An object id from a file: an integer in 1 .. 2**31 - 1 (labels are int32)."""
+    try:
+        number = float(value)
+        obj = int(value) if not isinstance(value, float) else int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise ExportError(f"{where}: object id {str(value)[:40]!r} is not an integer") from None
+    if number != obj or not 1 <= obj <= MAX_OBJECT_ID:
+        raise ExportError(f"{where}: object id {str(value)[:40]!r} must be an integer from 1 to {MAX_OBJECT_ID}")
+    return obj
+
+
+def label_canvas(shape, where: str) -> np.ndarray:
+    """An empty int32 label image of ``shape``, refused before allocating when the size is
+    impossible or does not fit in memory (a tiny file can claim any size)."""
+    from .rle import RLEError, check_size
+
+    try:
+        return np.zeros(check_size(shape, 4, "image"), np.int32)
+    except RLEError as exc:
+        raise ExportError(f"{where}: {exc}") from None
+    except MemoryError:
+        raise ExportError(f"{where}: an image of {shape[0]} x {shape[1]} does not fit in memory") from None
 
 
 @dataclass

@@ -17,20 +17,37 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same kind of OSError (PermissionError, disk full, ...) naming the file the user
+    chose rather than our hidden temporary file."""
+    if exc.errno is None:
+        return exc
+    return type(exc)(exc.errno, f"cannot write {path.name}: {exc.strerror}", str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    A failure (disk full, permission denied, an error in the block) leaves any previous file
+    untouched and no temporary behind; an OSError names ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; exports get the usual mode
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path) from None
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; exports get the usual mode
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _naming(exc, path) from exc
         raise
 
 

@@ -13,9 +13,10 @@ import zlib
 
 import numpy as np
 
-from .rle import MAX_PIXELS, RLEError, encode_pairs, paint_runs
+from .rle import RLEError, check_size, encode_pairs, paint_runs
 
 MAX_COUNTS_BYTES = 256 * 2**20  # refuse a zlib stream that inflates past this
+MAX_CHUNKS = 8  # 5-bit groups per compressed count: 40 bits, past any delta of MAX_PIXELS
 
 
 def counts_from_mask(mask: np.ndarray) -> list[int]:
@@ -38,19 +39,26 @@ def counts_from_mask(mask: np.ndarray) -> list[int]:
 
 def mask_from_counts(counts, shape) -> np.ndarray:
     """The ``(height, width)`` uint8 mask of COCO uncompressed counts (validated)."""
-    h, w = (int(v) for v in shape)
-    if h <= 0 or w <= 0 or h * w > MAX_PIXELS:
-        raise RLEError(f"mask size {h} x {w} is not a valid image size")
-    counts = np.asarray(counts, dtype=np.int64)
-    if counts.ndim != 1 or (counts < 0).any():
-        raise RLEError("COCO counts must be non-negative integers")
+    h, w = check_size(shape)
+    try:
+        counts = np.asarray(counts)
+    except (TypeError, ValueError, OverflowError):  # ragged, nested or beyond 64 bits
+        raise RLEError("COCO counts must be a flat list of non-negative integers") from None
+    if counts.ndim != 1 or (counts.size and counts.dtype.kind not in "iu") or (counts < 0).any():
+        raise RLEError("COCO counts must be a flat list of non-negative integers")
+    counts = counts.astype(np.int64)
+    if counts.size and int(counts.max()) > h * w:  # also keeps the sum below overflow
+        raise RLEError(f"COCO count {int(counts.max())} is larger than a {h} x {w} mask")
     if int(counts.sum()) != h * w:
         raise RLEError(f"COCO counts cover {int(counts.sum())} pixels, a {h} x {w} mask has {h * w}")
     ends = np.cumsum(counts)
     starts = ends[0::2][: counts[1::2].size]
     lengths = counts[1::2]
     keep = lengths > 0
-    return paint_runs(starts[keep], lengths[keep], (h, w))
+    try:
+        return paint_runs(starts[keep], lengths[keep], (h, w))
+    except MemoryError:
+        raise RLEError(f"a {h} x {w} mask does not fit in memory") from None
 
 
 def compress_counts(counts) -> bytes:
@@ -70,29 +78,41 @@ def compress_counts(counts) -> bytes:
 
 
 def decompress_counts(data: bytes | str) -> list[int]:
-    """Inverse of :func:`compress_counts`; raises :class:`RLEError` on a malformed string."""
+    """Inverse of :func:`compress_counts`; raises :class:`RLEError` on a malformed string.
+
+    Vectorised (a zlib-inflated string can be megabytes). A number may use at most
+    :data:`MAX_CHUNKS` 5-bit groups, enough for any mask of :data:`MAX_PIXELS`, so values
+    stay far inside 64 bits.
+    """
     if isinstance(data, str):
-        data = data.encode("ascii", errors="replace")
-    counts: list[int] = []
-    p, n = 0, len(data)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                raise RLEError("COCO counts string ends inside a number")
-            c = data[p] - 48
-            if not 0 <= c < 64:
-                raise RLEError(f"COCO counts string has an invalid character {chr(data[p])!r}")
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(counts) > 2:
-            x += counts[-2]
-        counts.append(x)
-    return counts
+        try:
+            data = data.encode("ascii")
+        except UnicodeEncodeError:
+            raise RLEError("COCO counts string has a non-ASCII character") from None
+    try:
+        c = np.frombuffer(data, np.uint8).astype(np.int64) - 48
+    except TypeError:
+        raise RLEError("COCO counts must be a string or a list of integers") from None
+    if c.size == 0:
+        return []
+    bad = np.flatnonzero((c < 0) | (c >= 64))
+    if bad.size:
+        raise RLEError(f"COCO counts string has an invalid character {chr(c[bad[0]] + 48)!r}")
+    more = (c & 0x20) != 0
+    if more[-1]:
+        raise RLEError("COCO counts string ends inside a number")
+    ends = np.flatnonzero(~more)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    chunks = ends - starts + 1
+    if chunks.max() > MAX_CHUNKS:
+        raise RLEError(f"COCO counts string has a number of {int(chunks.max())} digits (at most {MAX_CHUNKS})")
+    k = np.arange(c.size) - np.repeat(starts, chunks)  # position of each 5-bit group in its number
+    x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
+    negative = (c[ends] & 0x10) != 0
+    x[negative] -= np.left_shift(1, 5 * chunks[negative])  # sign-extend: x | (-1 << 5k)
+    x[1::2] = np.cumsum(x[1::2])  # counts[i] += counts[i - 2] for i > 2
+    x[2::2] = np.cumsum(x[2::2])
+    return x.tolist()
 
 
 def mask_to_coco(mask: np.ndarray) -> dict:
@@ -101,14 +121,22 @@ def mask_to_coco(mask: np.ndarray) -> dict:
     return {"size": [int(h), int(w)], "counts": compress_counts(counts_from_mask(mask)).decode("ascii")}
 
 
-def coco_to_mask(rle: dict) -> np.ndarray:
-    """A mask from a COCO RLE dict with compressed (str/bytes) or uncompressed (list) counts."""
+def coco_to_mask(rle: dict, shape=None) -> np.ndarray:
+    """A mask from a COCO RLE dict with compressed (str/bytes) or uncompressed (list) counts.
+
+    With ``shape``, the RLE's ``size`` must equal it (checked before anything is decoded).
+    """
     try:
         h, w = rle["size"]
         counts = rle["counts"]
     except (KeyError, TypeError, ValueError):
         raise RLEError("a COCO RLE needs 'size': [height, width] and 'counts'") from None
+    h, w = check_size((h, w))
+    if shape is not None and (h, w) != tuple(int(v) for v in shape):
+        raise RLEError(f"COCO RLE size {h} x {w} differs from the image's {shape[0]} x {shape[1]}")
     if isinstance(counts, (str, bytes)):
+        if len(counts) > 8 * (h * w + 1):
+            raise RLEError(f"COCO counts string is longer than any {h} x {w} mask needs")
         counts = decompress_counts(counts)
     return mask_from_counts(counts, (h, w))
 
@@ -119,16 +147,23 @@ def oid_encode(mask: np.ndarray) -> str:
 
 
 def oid_decode(text: str, height: int, width: int) -> np.ndarray:
-    """Inverse of :func:`oid_encode`; refuses bad base64, bad zlib and zlib bombs."""
+    """Inverse of :func:`oid_encode`; refuses bad base64, bad zlib and zlib bombs.
+
+    The inflated counts may not exceed what a ``height`` x ``width`` mask can need (at most
+    one count per pixel plus one, :data:`MAX_CHUNKS` bytes each), so a small string cannot
+    make us inflate or parse megabytes for a small mask.
+    """
+    height, width = check_size((height, width))
     try:
         raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, TypeError):
         raise RLEError("mask is not valid base64") from None
+    limit = min(MAX_COUNTS_BYTES, MAX_CHUNKS * (height * width + 1))
     inflater = zlib.decompressobj()
     try:
-        counts = inflater.decompress(raw, MAX_COUNTS_BYTES)
+        counts = inflater.decompress(raw, limit)
     except zlib.error as exc:
         raise RLEError(f"mask is not valid zlib data ({exc})") from None
     if inflater.unconsumed_tail:
-        raise RLEError("mask inflates to more than 256 MiB")
+        raise RLEError(f"mask inflates to more than the {limit} bytes a {height} x {width} mask can need")
     return mask_from_counts(decompress_counts(counts), (height, width))

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from . import rle
-from .annotations import Annotations, ExportError
+from .annotations import Annotations, ExportError, safe_id
 from .formats_csv import read_csv_rows
 from .postprocess import label_areas
 from .slide_io import SlideError
@@ -53,6 +53,12 @@ class Dataset:
 
 
 def _find_image(folder: Path, stem: str) -> Path:
+    """The image of an id from a CSV or JSON file; ids that are not plain file names
+    (``../x``, ``/abs``, NUL) are refused, so a dataset file cannot point outside its folder."""
+    try:
+        safe_id(stem)
+    except ExportError as exc:
+        raise ExportError(f"{folder}: {exc}") from None
     for suffix in IMAGE_SUFFIXES:
         p = folder / f"{stem}{suffix}"
         if p.is_file():
@@ -105,6 +111,8 @@ class Hubmap2022(Dataset):
             um = float(row["pixel_size"])
         except ValueError:
             raise ExportError(f"{where}: img_height, img_width and pixel_size must be numbers") from None
+        if not (np.isfinite(um) and um > 0):
+            raise ExportError(f"{where}: pixel_size must be a positive number, got {row['pixel_size']!r}")
         _check_size(slide, shape, where)
         slide.um_per_px = um
         info = {k: row.get(k) for k in ("organ", "data_source", "pixel_size", "tissue_thickness", "age", "sex")}
@@ -165,9 +173,12 @@ class Vasculature2023(Dataset):
                 continue
             try:
                 tile = json.loads(line)
-                self.tiles[str(tile["id"])] = tile.get("annotations", [])
-            except (json.JSONDecodeError, KeyError, TypeError):
+                annotations = tile.get("annotations", [])
+                self.tiles[str(tile["id"])] = annotations
+            except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
                 raise ExportError(f"{self.jsonl}, line {n}: not a JSON object with an id") from None
+            if not isinstance(annotations, list):
+                raise ExportError(f"{self.jsonl}, line {n}: 'annotations' must be a list")
         meta = Path(root) / "tile_meta.csv"
         self.meta = {r["id"]: r for r in read_csv_rows(meta, ["id"])} if meta.is_file() else {}
         super().__init__(root, list(self.tiles))
@@ -189,10 +200,13 @@ class Vasculature2023(Dataset):
             try:
                 rings = [np.asarray(r, dtype=float).reshape(-1, 2) for r in ann["coordinates"]]
                 kind = str(ann["type"])
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):
                 raise ExportError(f"{where}: needs a type and [[x, y], ...] coordinates") from None
             _check_inside(rings, (h, w), where)
-            labels[rasterize([rings], (h, w))] = k
+            try:
+                labels[rasterize([rings], (h, w))] = k
+            except ValueError as exc:
+                raise ExportError(f"{where}: {exc}") from None
             classes[k] = [kind]
         info = {k: v for k, v in self.meta.get(tile_id, {}).items() if k != "id"}
         return Item(slide, Annotations(tile_id, labels, classes), info)
@@ -201,6 +215,8 @@ class Vasculature2023(Dataset):
 def _check_inside(rings, shape, where: str):
     h, w = shape
     for ring in rings:
+        if not np.isfinite(ring).all():
+            raise ExportError(f"{where}: polygon coordinates must be finite numbers")
         if ring.size and ((ring[:, 0] < -1) | (ring[:, 0] > w + 1) | (ring[:, 1] < -1) | (ring[:, 1] > h + 1)).any():
             raise ExportError(f"{where}: polygon reaches outside the {w} x {h} image")
 
@@ -215,9 +231,10 @@ class CocoFolder(Dataset):
 
         self.json = json_path
         try:
-            doc = json.loads(json_path.read_text(encoding="utf-8"))
-            self.files = {Path(im["file_name"]).stem: im["file_name"] for im in doc.get("images", [])}
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            doc = json.loads(json_path.read_text(encoding="utf-8-sig"))
+            self.files = {Path(im["file_name"]).stem: _relative_name(im["file_name"], json_path)
+                          for im in doc.get("images", [])}
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
             raise ExportError(f"{json_path}: not a COCO file with image file names ({exc})") from None
         self.items = {a.image_id: a for a in read_coco(json_path)}
         super().__init__(root, sorted(self.items))
@@ -244,6 +261,16 @@ class CocoFolder(Dataset):
             raise SlideError(f"{self.root}: image {name!r} of {self.json.name} not found")
         _check_size(slide, a.shape, f"{self.json}, image {name}")
         return Item(slide, a, {})
+
+
+def _relative_name(name, json_path: Path) -> str:
+    """A COCO ``file_name`` that stays inside the dataset folder (no absolute path, ``..`` or NUL)."""
+    if not isinstance(name, str):
+        raise ExportError(f"{json_path}: file_name {name!r} is not text")
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts or "\x00" in name:
+        raise ExportError(f"{json_path}: file_name {name[:80]!r} points outside the dataset folder")
+    return name
 
 
 class HpaCells(Dataset):
@@ -315,7 +342,14 @@ class ImageMaskFolder(Dataset):
         if (root / "manifest.csv").is_file():
             for row in read_csv_rows(root / "manifest.csv", ["image", "um_per_px"]):
                 if row["um_per_px"]:
-                    self.um[_pair_key(Path(row["image"]).stem)] = float(row["um_per_px"])
+                    try:
+                        um = float(row["um_per_px"])
+                    except ValueError:
+                        um = float("nan")
+                    if not (np.isfinite(um) and um > 0):
+                        raise ExportError(f"{root / 'manifest.csv'}: um_per_px {row['um_per_px']!r} of "
+                                          f"{row['image']} is not a positive number")
+                    self.um[_pair_key(Path(str(row["image"])).stem)] = um
         super().__init__(root, list(self.pairs))
 
     @staticmethod
@@ -337,6 +371,8 @@ class ImageMaskFolder(Dataset):
 
 def open_dataset(path: str | Path) -> Dataset:
     """Recognise the layout of a dataset folder (or its CSV/JSON/JSONL file)."""
+    if "\x00" in str(path):
+        raise ExportError(f"{str(path)!r}: a path cannot hold a NUL character")
     root = Path(path)
     if root.is_file():
         if root.suffix == ".json":

@@ -33,27 +33,46 @@ def _write_rows(path, columns, rows) -> Path:
 
 
 def read_csv_rows(path, required) -> list[dict]:
+    """Rows as dicts; a missing column, bad encoding or bad quoting is an ExportError naming the
+    file. A UTF-8 byte-order mark (spreadsheets write one) is not part of the first column name."""
     path = Path(path)
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             columns = reader.fieldnames or []
             missing = [c for c in required if c not in columns]
             if missing:
                 raise ExportError(f"{path}: missing columns {missing} (has {columns})")
             return list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ExportError(f"{path}: cannot read CSV ({exc})") from None
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+        raise ExportError(f"{path}: cannot read CSV ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def _size(row, path, n, hkey, wkey) -> tuple[int, int]:
+    """A row's image size, refused before any allocation when impossible or too large."""
     try:
         h, w = int(row[hkey]), int(row[wkey])
     except (TypeError, ValueError):
-        raise ExportError(f"{path}, line {n}: image size {row.get(hkey)!r} x {row.get(wkey)!r} is not a number") from None
+        raise ExportError(f"{path}, line {n}: image size {str(row.get(hkey))[:40]!r} x "
+                          f"{str(row.get(wkey))[:40]!r} is not a number") from None
     if h <= 0 or w <= 0:
         raise ExportError(f"{path}, line {n}: image size must be positive, got {h} x {w}")
-    return h, w
+    try:
+        return rle.check_size((h, w), 4, "image")
+    except rle.RLEError as exc:
+        raise ExportError(f"{path}, line {n}: {exc}") from None
+
+
+def _pixel_size(text, where: str) -> float | None:
+    if text is None or not str(text).strip():
+        return None
+    try:
+        um = float(text)
+    except ValueError:
+        um = float("nan")
+    if not (np.isfinite(um) and um > 0):
+        raise ExportError(f"{where}: pixel_size {str(text)[:40]!r} is not a positive number")
+    return um
 
 
 # --- HuBMAP ---------------------------------------------------------------------------------
@@ -92,8 +111,8 @@ def read_hubmap(path, shapes=None) -> list[Annotations]:
             mask = rle.decode(row["rle"], shape)
         except rle.RLEError as exc:
             raise ExportError(f"{path}, line {n}: {exc}") from None
-        meta = {k: v for k, v in row.items() if k not in ("id", "rle", "img_height", "img_width")}
-        um = float(meta["pixel_size"]) if meta.get("pixel_size") else None
+        meta = {k: v for k, v in row.items() if k not in ("id", "rle", "img_height", "img_width") and k is not None}
+        um = _pixel_size(meta.get("pixel_size"), f"{path}, line {n}")
         out.append(Annotations(image_id, mask.astype(np.int32), um_per_px=um, meta=meta,
                                default_class=meta.get("organ") or "FTU"))
     return out
@@ -128,10 +147,10 @@ def write_hpa(path, items: list[Annotations]) -> Path:
 
 
 def _parse_triples(text: str, shape, where: str):
+    """Yield ``(label, score, mask)`` one at a time: a row of many masks never holds them all."""
     tokens = (text or "").split()
     if len(tokens) % 3:
         raise ExportError(f"{where}: prediction string has {len(tokens)} fields, not triples of label score mask")
-    out = []
     for k in range(0, len(tokens), 3):
         label, score, mask = tokens[k : k + 3]
         try:
@@ -139,10 +158,12 @@ def _parse_triples(text: str, shape, where: str):
         except ValueError:
             raise ExportError(f"{where}: score {score!r} is not a number") from None
         try:
-            out.append((label, score, oid_decode(mask, *shape)))
+            decoded = oid_decode(mask, *shape)
+        except MemoryError:
+            raise ExportError(f"{where}: a {shape[0]} x {shape[1]} mask does not fit in memory") from None
         except rle.RLEError as exc:
             raise ExportError(f"{where}: {exc}") from None
-    return out
+        yield label, score, decoded
 
 
 def _instances(image_id, shape, triples, um=None) -> Annotations:

@@ -84,8 +84,15 @@ def rasterize(polygons, shape) -> np.ndarray:
     pixels whose centre lies inside an outer ring and outside its holes. Work and memory stay
     within each polygon's bounding box."""
     out = np.zeros(shape, dtype=bool)
+    if not isinstance(polygons, (list, tuple)):
+        raise ValueError("polygons must be a list of [outer, hole, ...] ring lists")
     for poly in polygons:
-        rings = [_ring(r) for r in poly]
+        try:
+            rings = [_ring(r) for r in poly]
+        except TypeError:  # not a list of rings
+            raise ValueError("a polygon must be a list of rings [outer, hole, ...]") from None
+        if not rings:
+            raise ValueError("a polygon needs an outer ring")
         x0 = max(0, int(np.floor(rings[0][:, 0].min())))
         y0 = max(0, int(np.floor(rings[0][:, 1].min())))
         x1 = min(shape[1], int(np.ceil(rings[0][:, 0].max())) + 1)
@@ -102,16 +109,46 @@ def rasterize(polygons, shape) -> np.ndarray:
 
 
 def _ring(ring) -> np.ndarray:
-    ring = np.asarray(ring, dtype=float)
+    """Malformed rings raise ValueError only, so readers can name the file and feature."""
+    try:
+        ring = np.asarray(ring, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError("a polygon ring needs at least 3 finite (x, y) points") from None
     if ring.ndim != 2 or ring.shape[0] < 3 or ring.shape[1] != 2 or not np.isfinite(ring).all():
         raise ValueError("a polygon ring needs at least 3 finite (x, y) points")
     return ring
 
 
 def _ring_pixels(ring: np.ndarray, shape) -> np.ndarray:
-    from skimage.draw import polygon as draw_polygon
+    """Pixels of ``shape`` whose centre lies inside ``ring`` (even-odd rule), by scanlines.
 
-    sel = np.zeros(shape, dtype=bool)
-    rr, cc = draw_polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape)
-    sel[rr, cc] = True
-    return sel
+    Each edge is intersected only with the pixel rows it spans and each row is filled between
+    pairs of crossings, so the work is O(crossings + pixels), not O(vertices x pixels) as with
+    a per-pixel point-in-polygon test (47 s for a 20 000-vertex ring over 1000 x 1000 pixels).
+    Same rule as skimage's ``draw.polygon``: an edge crosses the row at height ``yc`` when
+    ``yc`` lies in ``[min(y0, y1), max(y0, y1))``.
+    """
+    h, w = (int(v) for v in shape)
+    xa, ya = ring[:, 0], ring[:, 1]
+    xb, yb = np.roll(xa, -1), np.roll(ya, -1)
+    r0 = np.clip(np.ceil(np.minimum(ya, yb) - 0.5), 0, h).astype(np.int64)
+    r1 = np.clip(np.ceil(np.maximum(ya, yb) - 0.5), 0, h).astype(np.int64)
+    spans = r1 - r0  # rows whose centre each edge crosses (0 for horizontal edges)
+    edge = np.repeat(np.arange(spans.size), spans)
+    first = np.repeat(np.cumsum(spans) - spans, spans)
+    rows = np.arange(edge.size) - first + r0[edge]
+    yc = rows + 0.5
+    with np.errstate(over="ignore"):  # vertices may lie anywhere up to 1e308: halves never overflow
+        t = (0.5 * yc - 0.5 * ya[edge]) / (0.5 * yb[edge] - 0.5 * ya[edge])
+        xs = xa[edge] * (1 - t) + xb[edge] * t  # only +-inf beyond the float range, never NaN
+    order = np.lexsort((xs, rows))  # each row holds an even number of crossings
+    rows, xs = rows[order], xs[order]
+    start = np.clip(np.ceil(xs[0::2] - 0.5), 0, w).astype(np.int64)  # first column inside
+    stop = np.clip(np.ceil(xs[1::2] - 0.5), 0, w).astype(np.int64)  # first column past it
+    row = rows[0::2]
+    nonempty = stop > start  # non-empty spans of one row neither overlap nor share ends
+    row, start, stop = row[nonempty], start[nonempty], stop[nonempty]
+    diff = np.zeros((h, w + 1), np.int8)
+    diff[row, start] = 1
+    diff[row, stop] -= 1
+    return np.cumsum(diff, axis=1, dtype=np.int8)[:, :w] > 0

@@ -11,7 +11,9 @@ import re
 
 import numpy as np
 
-_DIGITS = re.compile(r"[0-9\s]*")
+# ASCII only: numpy's parser knows ASCII whitespace, and Unicode spaces or digits must be refused,
+# not half-parsed.
+_DIGITS = re.compile(r"[0-9\s]*", re.ASCII)
 
 # Refuse before allocating: a tiny string must not make us allocate terabytes.
 MAX_PIXELS = 2**34
@@ -19,6 +21,35 @@ MAX_PIXELS = 2**34
 
 class RLEError(ValueError):
     """A run-length string that does not describe a mask of the stated size."""
+
+
+def _available_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # psutil missing or unsupported platform: only MAX_PIXELS guards
+        return None
+
+
+def check_size(shape, bytes_per_pixel: int = 1, what: str = "mask") -> tuple[int, int]:
+    """``(height, width)`` as ints, refused before allocating when not positive, above
+    :data:`MAX_PIXELS` or larger than the memory available (a tiny file must not claim
+    terabytes)."""
+    try:
+        height, width = (int(v) for v in shape)
+    except (TypeError, ValueError, OverflowError):
+        raise RLEError(f"{what} size {shape!r} is not two integers") from None
+    if height <= 0 or width <= 0:
+        raise RLEError(f"{what} size must be positive, got {height} x {width}")
+    if height * width > MAX_PIXELS:
+        raise RLEError(f"{what} size {height} x {width} is too large to decode (over {MAX_PIXELS} pixels)")
+    need = height * width * bytes_per_pixel
+    available = _available_bytes() if need > 2**26 else None  # small masks: skip the query
+    if available is not None and need > available:
+        raise RLEError(f"{what} size {height} x {width} needs {need / 2**30:.1f} GiB, "
+                       f"more than the {available / 2**30:.1f} GiB of memory available")
+    return height, width
 
 
 def encode(mask: np.ndarray) -> str:
@@ -88,18 +119,17 @@ def decode(rle: str, shape: tuple[int, int], dtype=np.uint8) -> np.ndarray:
     Raises :class:`RLEError` naming the problem for odd token counts, non-integers,
     non-positive lengths, overlapping or unsorted runs and runs past the image end.
     """
-    height, width = (int(v) for v in shape)
-    if height <= 0 or width <= 0:
-        raise RLEError(f"mask size must be positive, got {height} x {width}")
+    height, width = check_size(shape, np.dtype(dtype).itemsize)
     total = height * width
-    if total > MAX_PIXELS:
-        raise RLEError(f"mask size {height} x {width} is too large to decode")
     text = "" if rle is None else str(rle).strip()
     if text in ("", "nan"):
         return np.zeros((height, width), dtype=dtype)
     if not _DIGITS.fullmatch(text):
         raise RLEError("RLE must contain only non-negative integers separated by spaces")
-    values = np.fromstring(text, dtype=np.int64, sep=" ")
+    try:
+        values = np.fromstring(text, dtype=np.int64, sep=" ")
+    except ValueError:  # numpy refuses what it cannot read to the end
+        raise RLEError("RLE must contain only non-negative integers separated by spaces") from None
     if (values > total).any():
         raise RLEError(f"RLE value {int(values.max())} is larger than the {height} x {width} mask")
     if values.size % 2:
@@ -117,7 +147,10 @@ def decode(rle: str, shape: tuple[int, int], dtype=np.uint8) -> np.ndarray:
         raise RLEError(
             f"RLE run ends at pixel {int(ends[-1])} but a {height} x {width} mask has {total} pixels"
         )
-    return paint_runs(starts, lengths, (height, width), dtype)
+    try:
+        return paint_runs(starts, lengths, (height, width), dtype)
+    except MemoryError:
+        raise RLEError(f"a {height} x {width} mask does not fit in memory") from None
 
 
 def paint_runs(starts: np.ndarray, lengths: np.ndarray, shape, dtype=np.uint8) -> np.ndarray:

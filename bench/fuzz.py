@@ -1,0 +1,516 @@
+"""Property-based fuzzing (hypothesis) of every decoder and reader that takes files from outside.
+
+Each target draws inputs that are partly valid (a real file, then mutated: a value replaced by
+any JSON value, a key deleted, characters inserted or removed, a cell swapped for a hostile
+one) and partly arbitrary (any text, bytes, nesting 100 000 deep, a zlib bomb), runs the reader
+and checks that it either returns a well-formed result or raises one of the project's own error
+types (:data:`ALLOWED`) - never a KeyError, TypeError, OverflowError, RecursionError, ... Sizes
+claimed by the input are drawn either small or impossible (above ``rle.MAX_PIXELS``), so a
+reader that allocates before checking would show up as a MemoryError or a huge peak.
+
+    OMP_NUM_THREADS=1 python bench/fuzz.py [--examples 1000] [--only rle,oid]
+
+prints per target the number of cases run, the outcomes seen (ok or error type), the slowest
+case and the largest traced allocation. ``tests/test_fuzz.py`` runs the same targets with
+fewer examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import copy
+import io
+import json
+import shutil
+import tempfile
+import time
+import tracemalloc
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from napari_ftu import coco_rle, rle
+from napari_ftu.annotations import Annotations, ExportError
+from napari_ftu.models import ModelCard, ModelError
+from napari_ftu.polygons import mask_to_polygons, rasterize
+from napari_ftu.rle import RLEError
+from napari_ftu.slide_io import SlideError
+
+ALLOWED = (RLEError, ExportError, SlideError, ModelError)
+MARKER = Path(tempfile.gettempdir()) / "napari-ftu-fuzz-code-ran"  # a crafted card must never create it
+
+# --- building blocks ----------------------------------------------------------------------------
+
+HOSTILE_TEXT = ["", " ", "../x", "/etc/passwd", "a/b", "a\x00b", "x" * 300, "1e999", "-1e999", "NaN", "nan",
+                "Infinity", "-1", "0", "9" * 5000, "\u202e", "\ufeffid", "1.5", "0x10", "  7 ", "\"", ",", "\n",
+                "é", "1 2 3", "C:\\\\x"]
+HOSTILE_NUMBERS = [0, -1, 1, 2, 7, 64, 4096, 2**31, 2**35, 2**63, 2**64, 10**12, 10**30, 1.5, 1e300,
+                   float("nan"), float("inf"), -0.0, True, False]
+KEYS = ["images", "annotations", "categories", "id", "height", "width", "file_name", "segmentation", "size",
+        "counts", "image_id", "category_id", "object_id", "score", "type", "features", "geometry", "coordinates",
+        "properties", "ftu_id", "classification", "measurements", "Confidence", "name", "um_per_px",
+        "FeatureCollection", "Feature", "Polygon", "MultiPolygon"]
+
+scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12)
+           | st.sampled_from(HOSTILE_TEXT) | st.sampled_from(HOSTILE_NUMBERS) | st.sampled_from(KEYS))
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6),
+                                                                         inner, max_size=5),
+    max_leaves=20)
+small_dim = st.integers(1, 24)
+# Either small or impossible (above MAX_PIXELS whatever the other side): never "merely huge".
+claimed_dim = st.integers(-2, 48) | st.sampled_from([2**35, 10**12, 2**62])
+label_images = st.builds(
+    lambda h, w, seed, n: np.random.default_rng(seed).integers(0, n + 1, (h, w)).astype(np.int32),
+    small_dim, small_dim, st.integers(0, 2**32 - 1), st.integers(0, 4))
+
+
+def _slots(doc, out=None):
+    """Every (container, key) of a JSON document, for mutation."""
+    out = [] if out is None else out
+    if isinstance(doc, dict):
+        for k in list(doc):
+            out.append((doc, k))
+            _slots(doc[k], out)
+    elif isinstance(doc, list):
+        for i in range(len(doc)):
+            out.append((doc, i))
+            _slots(doc[i], out)
+    return out
+
+
+@st.composite
+def mutated(draw, base):
+    """A valid document with 0-3 values replaced by any JSON value, deleted, or given a new key."""
+    doc = copy.deepcopy(draw(base))
+    for _ in range(draw(st.integers(0, 3))):
+        slots = _slots(doc)
+        if not slots:
+            break
+        container, key = slots[draw(st.integers(0, len(slots) - 1))]
+        action = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
+        if action == "replace":
+            container[key] = draw(json_values)
+        elif action == "delete":
+            del container[key]
+        elif isinstance(container, dict):
+            container[draw(st.sampled_from(KEYS))] = draw(json_values)
+    return doc
+
+
+@st.composite
+def edited_text(draw, base_text):
+    """Character-level damage: inserted, deleted or replaced characters, or a truncation."""
+    text = draw(base_text)
+    for _ in range(draw(st.integers(0, 4))):
+        i = draw(st.integers(0, len(text)))
+        kind = draw(st.sampled_from(["insert", "delete", "truncate"]))
+        if kind == "insert":
+            text = text[:i] + draw(st.text(alphabet=st.sampled_from('{}[],:"0123456789-.eE \n\x00\\ué'), min_size=1,
+                                           max_size=4)) + text[i:]
+        elif kind == "delete":
+            text = text[:i] + text[i + 1 :]
+        else:
+            text = text[:i]
+    return text
+
+
+def _dumps(doc) -> str:
+    return json.dumps(doc, allow_nan=True)
+
+
+deep_json = st.one_of(  # nesting past Python's recursion limit, an integer past its digit limit
+    st.integers(10, 100_000).map(lambda n: "[" * n + "]" * n),
+    st.integers(10, 100_000).map(lambda n: '{"a":' * n + "1" + "}" * n),
+    st.integers(4301, 20_000).map(lambda n: "1" * n))
+
+
+def json_texts(base_docs):
+    """Text of a mutated valid document, damaged text, a deep/huge-number document or any JSON."""
+    return st.one_of(mutated(base_docs).map(_dumps), edited_text(mutated(base_docs).map(_dumps)), deep_json,
+                     json_values.map(_dumps), st.text(max_size=40))
+
+
+# --- valid documents to mutate -------------------------------------------------------------------
+
+_WORK = Path(tempfile.mkdtemp(prefix="napari-ftu-fuzz-"))
+atexit.register(shutil.rmtree, _WORK, True)
+
+
+def _written(fmt: str, labels: np.ndarray) -> str:
+    from napari_ftu.export import FORMATS
+
+    path = _WORK / f"base{FORMATS[fmt].suffix}"
+    a = Annotations("img-1", labels, {i: ["3"] for i in range(1, 5)}, {i: 0.5 for i in range(1, 5)}, um_per_px=0.5)
+    FORMATS[fmt].write(path, [a])
+    return path.read_text(encoding="utf-8")
+
+
+coco_docs = label_images.map(lambda lab: json.loads(_written("coco", lab)))
+geojson_docs = label_images.map(lambda lab: json.loads(_written("geojson", lab)))
+
+
+def _jsonl_doc(lab):
+    anns = [{"type": "blood_vessel", "coordinates": [p[0].tolist()]}
+            for i in range(1, int(lab.max()) + 1) for p in mask_to_polygons(lab == i)]
+    return {"id": "t0", "annotations": anns}
+
+
+jsonl_docs = label_images.map(_jsonl_doc)
+card_docs = st.just(json.loads(ModelCard().to_json()))
+
+# --- targets -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    what: str
+    strategy: st.SearchStrategy
+    run: Callable  # (case, folder) -> result, checked by ``check``
+    allowed: tuple = ALLOWED
+    stats: Counter = field(default_factory=Counter)
+
+
+def _check_mask(mask, shape):
+    assert isinstance(mask, np.ndarray) and mask.shape == tuple(int(v) for v in shape), (mask.shape, shape)
+    assert set(np.unique(mask).tolist()) <= {0, 1}
+
+
+def _check_annotations(items):
+    for a in items:
+        assert isinstance(a, Annotations) and a.labels.ndim == 2 and a.labels.dtype == np.int32
+        assert a.labels.min(initial=0) >= 0
+
+
+# RLE ----------------------------------------------------------------------------------------------
+rle_texts = st.one_of(
+    st.lists(st.integers(0, 2**64), max_size=12).map(lambda v: " ".join(map(str, v))),
+    st.builds(lambda v, sep: sep.join(map(str, v)), st.lists(st.integers(1, 600), max_size=14),
+              st.sampled_from([" ", "  ", "\t", "\n", " \u2003", ",", "\x00"])),
+    st.text(alphabet=st.sampled_from("0123456789 \t\n-+.,e\x00\u2003\u0663\x1c"), max_size=40),
+    st.text(max_size=30), st.none(), st.sampled_from(["nan", "", "   "]))
+shapes = st.one_of(st.tuples(claimed_dim, claimed_dim),
+                   st.sampled_from([("a", 3), (None, 2), (1.5, 2), (float("inf"), 1), (10**6, 10**6), (3,)]))
+
+
+def run_rle(case, folder):
+    text, shape = case
+    mask = rle.decode(text, shape)
+    _check_mask(mask, shape)
+
+
+# OID (HPA / vasculature masks) ------------------------------------------------------------------
+def _b64z(data: bytes) -> str:
+    return base64.b64encode(zlib.compress(data)).decode()
+
+
+oid_texts = st.one_of(
+    st.builds(lambda m: coco_rle.oid_encode(m), st.builds(
+        lambda h, w, s: np.random.default_rng(s).random((h, w)) < 0.3, small_dim, small_dim, st.integers(0, 99))),
+    st.binary(max_size=40).map(_b64z),
+    st.lists(st.integers(-(2**40), 2**40), max_size=10).map(lambda c: _b64z(coco_rle.compress_counts(c))),
+    st.integers(1, 2_000_000).map(lambda n: _b64z(b"0" * n)),  # zlib bombs: 2 MB of '0' in ~2 kB
+    st.binary(max_size=40).map(lambda b: base64.b64encode(b).decode()),
+    st.text(max_size=40))
+
+
+def _damaged_oid(mask, cut, flip):
+    """A valid mask string with its compressed counts cut short or a byte changed."""
+    counts = bytearray(coco_rle.compress_counts(coco_rle.counts_from_mask(mask)))
+    if flip is not None and counts:
+        counts[flip % len(counts)] = 48 + (counts[flip % len(counts)] + 7) % 64
+    return _b64z(bytes(counts[: cut if cut is not None else len(counts)])), *mask.shape
+
+
+matching_oid = st.builds(  # the size matches the string: the decoder gets past its size checks
+    _damaged_oid, st.builds(lambda h, w, s: np.random.default_rng(s).random((h, w)) < 0.3, small_dim, small_dim,
+                            st.integers(0, 99)), st.none() | st.integers(0, 40), st.none() | st.integers(0, 40))
+
+
+def run_oid(case, folder):
+    text, h, w = case
+    mask = coco_rle.oid_decode(text, h, w)
+    _check_mask(mask, (h, w))
+
+
+def run_coco_rle(case, folder):
+    mask = coco_rle.coco_to_mask(case)
+    _check_mask(mask, case["size"])
+
+
+coco_rle_dicts = st.one_of(
+    st.builds(lambda m: coco_rle.mask_to_coco(m), st.builds(
+        lambda h, w, s: np.random.default_rng(s).random((h, w)) < 0.4, small_dim, small_dim, st.integers(0, 99))),
+    st.fixed_dictionaries({"size": st.lists(claimed_dim, min_size=0, max_size=3) | json_values,
+                           "counts": st.lists(st.integers(-5, 2**64), max_size=8) | st.binary(max_size=30)
+                           | st.text(max_size=30) | json_values}))
+
+
+def run_counts(case, folder):
+    counts = coco_rle.decompress_counts(case)
+    assert all(isinstance(c, int) for c in counts)
+
+
+# Polygons -----------------------------------------------------------------------------------------
+def _circle(n, r=40.0):
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.c_[50 + r * np.cos(t), 50 + r * np.sin(t)].tolist()
+
+
+polygons = st.one_of(json_values, st.integers(3, 50_000).map(lambda n: [[_circle(n)]]),
+                     st.lists(st.lists(st.lists(st.tuples(st.floats(-1e308, 1e308), st.floats(-1e308, 1e308)),
+                                                max_size=6), max_size=3), max_size=3))
+
+
+def run_rasterize(case, folder):
+    polys, shape = case
+    out = rasterize(polys, shape)
+    assert out.shape == shape and out.dtype == bool
+
+
+# JSON readers -----------------------------------------------------------------------------------
+def run_geojson(case, folder):
+    from napari_ftu.formats_json import read_geojson
+
+    text, shape = case
+    path = folder / "x.geojson"
+    path.write_text(text, encoding="utf-8")
+    _check_annotations([read_geojson(path, shape)])
+
+
+def run_coco(case, folder):
+    from napari_ftu.export import import_annotations
+
+    path = folder / "x.json"
+    path.write_text(case, encoding="utf-8")
+    _check_annotations(import_annotations(path, "coco"))
+
+
+def run_jsonl(case, folder):
+    """The vasculature layout: polygons.jsonl beside train/t0.tif (a 40 x 48 image)."""
+    from napari_ftu.datasets import open_dataset
+
+    root = folder / "vasc"
+    if not (root / "train" / "t0.tif").is_file():
+        from napari_ftu.slide_io import write_tiff
+
+        (root / "train").mkdir(parents=True)
+        write_tiff(root / "train" / "t0.tif", np.zeros((40, 48, 3), np.uint8))
+    (root / "polygons.jsonl").write_text("\n".join(case), encoding="utf-8")
+    ds = open_dataset(root)
+    for i in range(min(len(ds), 3)):
+        _check_annotations([ds.load(i).annotations])
+
+
+jsonl_lines = st.lists(st.one_of(mutated(jsonl_docs).map(_dumps), edited_text(jsonl_docs.map(_dumps)), deep_json,
+                                 json_values.map(_dumps)), min_size=1, max_size=3)
+
+
+# CSV readers ------------------------------------------------------------------------------------
+HOSTILE_CELLS = HOSTILE_TEXT + [str(n) for n in HOSTILE_NUMBERS] + ["1 2", "1 99999999999999999999", "0 0.5 eJw=",
+                                                                     "x" * 200_000, "\x00\x00", "\"a,b\""]
+
+
+@st.composite
+def csv_bytes(draw, fmt):
+    """A valid CSV written by our writer, then cells replaced, characters damaged, re-encoded."""
+    text = _written(fmt, draw(label_images))
+    rows = [r.split(",") for r in text.splitlines()]
+    for _ in range(draw(st.integers(0, 3))):
+        r = draw(st.integers(0, len(rows) - 1))
+        c = draw(st.integers(0, max(0, len(rows[r]) - 1)))
+        if rows[r]:
+            rows[r][c] = draw(st.sampled_from(HOSTILE_CELLS) | st.text(max_size=10))
+    text = "\n".join(",".join(r) for r in rows)
+    if draw(st.booleans()):
+        text = draw(edited_text(st.just(text)))
+    encoding = draw(st.sampled_from(["utf-8", "utf-8", "utf-8-sig", "latin-1", "utf-16"]))
+    return text.encode(encoding, errors="replace")
+
+
+def run_csv(case, folder):
+    from napari_ftu.export import import_annotations
+
+    fmt, data, shape = case
+    path = folder / "x.csv"
+    path.write_bytes(data)
+    _check_annotations(import_annotations(path, fmt, shape))
+
+
+csv_cases = st.sampled_from(["hubmap", "hubmap-train", "hpa", "vasculature"]).flatmap(
+    lambda fmt: st.tuples(st.just(fmt), csv_bytes(fmt) | st.binary(max_size=60), st.tuples(small_dim, small_dim)))
+
+
+def run_train_csv(case, folder):
+    """The HuBMAP 2022 layout: train.csv beside train_images/100.tiff (a 12 x 10 image)."""
+    from napari_ftu.datasets import open_dataset
+
+    root = folder / "hubmap"
+    if not (root / "train_images" / "100.tiff").is_file():
+        from napari_ftu.slide_io import write_tiff
+
+        (root / "train_images").mkdir(parents=True)
+        write_tiff(root / "train_images" / "100.tiff", np.zeros((12, 10, 3), np.uint8))
+    (root / "train.csv").write_bytes(case)
+    ds = open_dataset(root)
+    for i in range(min(len(ds), 3)):
+        item = ds.load(i)
+        if item.annotations is not None:
+            _check_annotations([item.annotations])
+
+
+@st.composite
+def train_csv(draw):
+    lab = np.random.default_rng(draw(st.integers(0, 99))).random((12, 10)) < 0.3
+    cells = {"id": "100", "organ": "kidney", "data_source": "HPA", "img_height": "12", "img_width": "10",
+             "pixel_size": "0.4", "tissue_thickness": "4", "rle": rle.encode(lab), "age": "60", "sex": "Male"}
+    for _ in range(draw(st.integers(0, 3))):
+        cells[draw(st.sampled_from(sorted(cells)))] = draw(st.sampled_from(HOSTILE_CELLS) | st.text(max_size=10))
+    columns = list(cells)
+    if draw(st.booleans()):
+        columns.remove(draw(st.sampled_from(columns)))
+    buf = io.StringIO()
+    import csv
+
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    writer.writerow([cells[c] for c in columns])
+    text = buf.getvalue()
+    if draw(st.booleans()):
+        text = draw(edited_text(st.just(text)))
+    return text.encode(draw(st.sampled_from(["utf-8", "utf-8-sig", "latin-1"])), errors="replace")
+
+
+# Model cards -------------------------------------------------------------------------------------
+YAML_PAYLOADS = [
+    f'!!python/object/apply:os.system ["touch {MARKER}"]',
+    f"architecture: !!python/object/apply:builtins.open ['{MARKER}', 'w']",
+    "notes: !!python/name:os.system",
+    # a "billion laughs": 9 levels of 9 aliases, 387 million values from 300 bytes
+    "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(8))
+    + "notes: {bomb: *i}\n",
+    "1: 2\nclasses: [a]", "? [a, b]\n: c", "[1, 2]", "null", "architecture: Unet\n  bad: indent"]
+
+
+def run_card(case, folder):
+    suffix, text = case
+    path = folder / f"model_card{suffix}"
+    path.write_text(text, encoding="utf-8")
+    try:
+        card = ModelCard.read(path)
+        assert isinstance(card, ModelCard) and 0 < card.threshold < 1 and card.tile_size >= 32
+    finally:
+        assert not MARKER.exists(), "a crafted model card ran code"
+
+
+card_cases = st.one_of(
+    st.tuples(st.sampled_from([".json", ".yaml"]), json_texts(card_docs)),
+    st.tuples(st.just(".yaml"), st.sampled_from(YAML_PAYLOADS) | st.text(max_size=60)))
+
+TARGETS = {t.name: t for t in [
+    Target("rle", "HuBMAP RLE decode", st.tuples(rle_texts, shapes), run_rle),
+    Target("oid", "OID/HPA mask decode", st.tuples(oid_texts, claimed_dim, claimed_dim) | matching_oid, run_oid),
+    Target("coco-rle", "COCO RLE dict decode", coco_rle_dicts, run_coco_rle),
+    Target("coco-counts", "COCO compressed counts", st.binary(max_size=60) | st.text(max_size=40), run_counts),
+    Target("rasterize", "polygon rasterizer (contract: ValueError)",
+           st.tuples(polygons, st.tuples(small_dim, small_dim)), run_rasterize, allowed=(ValueError,)),
+    Target("geojson", "QuPath GeoJSON reader",
+           st.tuples(json_texts(geojson_docs), st.tuples(small_dim, small_dim) | st.just((10**6, 10**6))),
+           run_geojson),
+    Target("coco", "COCO JSON reader", json_texts(coco_docs), run_coco),
+    Target("jsonl", "vasculature polygons.jsonl dataset", jsonl_lines, run_jsonl),
+    Target("csv", "HuBMAP / HPA / vasculature CSV readers", csv_cases, run_csv),
+    Target("train-csv", "HuBMAP 2022 train.csv dataset", train_csv() | st.binary(max_size=80), run_train_csv),
+    Target("model-card", "model card parser (JSON, YAML)", card_cases, run_card),
+]}
+
+
+def check(target: Target, case, folder: Path) -> str:
+    """Run one case; return the outcome ("ok" or the error type). Anything else fails."""
+    try:
+        target.run(case, folder)
+        return "ok"
+    except target.allowed as exc:
+        assert str(exc), f"{type(exc).__name__} without a message"
+        return type(exc).__name__
+
+
+# --- the benchmark ------------------------------------------------------------------------------
+
+
+def _short(case) -> str:
+    text = repr(case)
+    return text if len(text) < 120 else f"{text[:100]}... ({len(text)} chars)"
+
+
+def fuzz(target: Target, examples: int) -> dict:
+    folder = Path(tempfile.mkdtemp(prefix=f"fuzz-{target.name}-"))
+    atexit.register(shutil.rmtree, folder, True)
+    outcomes, slowest, biggest, failures = Counter(), (0.0, None), (0, None), []
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=False,
+              suppress_health_check=list(HealthCheck))
+    @given(target.strategy)
+    def one(case):
+        nonlocal slowest, biggest
+        tracemalloc.reset_peak()
+        start = time.perf_counter()
+        try:
+            outcome = check(target, case, folder)
+        except BaseException as exc:  # report, and let hypothesis shrink it
+            failures.append((type(exc).__name__, str(exc)[:200], _short(case)))
+            raise
+        took = time.perf_counter() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        outcomes[outcome] += 1
+        if took > slowest[0]:
+            slowest = (took, _short(case))
+        if peak > biggest[0]:
+            biggest = (peak, _short(case))
+
+    try:
+        one()
+    except BaseException:
+        pass
+    return {"cases": sum(outcomes.values()), "outcomes": outcomes, "slowest": slowest, "biggest": biggest,
+            "failures": failures}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=1000)
+    parser.add_argument("--only", default="", help="comma-separated target names")
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n] or list(TARGETS)
+    MARKER.unlink(missing_ok=True)
+    tracemalloc.start()
+    bad = 0
+    print(f"{'target':<12} {'cases':>6}  {'slowest s':>9}  {'peak MiB':>8}  outcomes")
+    for name in names:
+        t0 = time.perf_counter()
+        r = fuzz(TARGETS[name], args.examples)
+        outcome = ", ".join(f"{k} {v}" for k, v in r["outcomes"].most_common())
+        print(f"{name:<12} {r['cases']:>6}  {r['slowest'][0]:>9.3f}  {r['biggest'][0] / 2**20:>8.1f}  {outcome}"
+              f"   [{time.perf_counter() - t0:.0f} s]", flush=True)
+        print(f"{'':<12} slowest case: {r['slowest'][1]}")
+        print(f"{'':<12} largest allocation: {r['biggest'][1]}")
+        if r["failures"]:
+            bad += 1
+            kind, message, case = r["failures"][-1]  # the shrunk one
+            print(f"{'':<12} FAILED with {kind}: {message}\n{'':<12} case: {case}")
+    print(f"code ran from a crafted card: {MARKER.exists()}")
+    return 1 if bad or MARKER.exists() else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
