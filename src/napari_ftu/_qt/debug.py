@@ -1,0 +1,490 @@
+"""Debug dock: a prediction against ground truth, as numbers, error layers and plots.
+
+Metrics (Dice, IoU, TP/FP/FN, F1, AP@0.6) with an optional second prediction side by side and
+a difference layer; a TP/FP/FN overlay with an object table whose rows move the camera; a live
+threshold slider on a probability layer with the Dice-vs-threshold curve; TTA uncertainty and
+the tile grid to inspect seams; a per-image Dice histogram over a dataset; PNG + CSV export.
+The numbers come from the Qt-free :mod:`napari_ftu.evaluation`; long work runs in workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import napari
+import numpy as np
+from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, ProgressBar,
+                              PushButton, SpinBox, create_widget)
+from napari.qt.threading import create_worker
+from napari.utils import progress
+from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
+
+from ..annotations import Annotations, ExportError
+from ..atomic import write_text
+from ..evaluation import (FN, FP, TP, error_map, evaluate_image, evaluate_paths, object_rows, report_csv,
+                          write_report)
+from ..metrics import best_threshold, dice_curve
+from ..plots import draw_histogram, draw_threshold_curve, save_png
+from .jobs import start_job
+
+ERROR_COLOURS = {TP: (0.15, 0.8, 0.25, 1.0), FP: (0.95, 0.15, 0.15, 1.0), FN: (0.2, 0.45, 1.0, 1.0)}
+DIFF_COLOURS = {1: (1.0, 0.6, 0.0, 1.0), 2: (0.0, 0.85, 0.9, 1.0)}  # only in A, only in B
+METRICS = [("dice", "Dice"), ("iou", "IoU"), ("n_pred", "objects"), ("n_truth", "true objects"), ("tp", "TP"),
+           ("fp", "FP"), ("fn", "FN"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
+           ("ap", "AP@0.6")]
+OBJECT_COLUMNS = ["kind", "id", "IoU", "area px", "y", "x"]
+
+
+def _colormap(colours: dict) -> DirectLabelColormap:
+    return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), **colours})
+
+
+def _data(layer) -> np.ndarray:
+    return np.asarray(layer.data[0] if layer.multiscale else layer.data)
+
+
+def _scores(layer, ids_prob) -> dict:
+    """Confidences for AP: the layer's ``confidence`` feature, else the mean probability."""
+    features = layer.features
+    if len(features) and "index" in features and "confidence" in features:
+        return {int(i): float(c) for i, c in zip(features["index"], features["confidence"]) if c == c}
+    labels, prob = ids_prob
+    if prob is None:
+        return {}
+    from scipy import ndimage as ndi
+
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    return dict(zip(ids.tolist(), np.atleast_1d(ndi.mean(prob, labels, ids)).tolist())) if ids.size else {}
+
+
+def compute(pred, truth, other, prob, iou_threshold, scores, other_scores, pixels: bool) -> dict:
+    """Everything the dock shows, from arrays (runs in the worker)."""
+    out = {"columns": [], "rows": [], "objects": [], "errors": None, "diff": None, "curve": None}
+    if truth is not None:
+        res = evaluate_image(Annotations("prediction", pred, scores=scores),
+                             Annotations("truth", truth), iou_threshold).classes["all"]
+        out["columns"].append("A vs truth")
+        out["rows"].append(res.row())
+        out["objects"] = object_rows(pred, truth, res.table, res.counts)
+        out["errors"] = error_map(pred, truth, None if pixels else res.counts)
+        if prob is not None:
+            thresholds, curve = dice_curve(prob, truth)
+            out["curve"] = (thresholds, curve, best_threshold(thresholds, curve))
+    if other is not None:
+        if truth is not None:
+            res_b = evaluate_image(Annotations("other", other, scores=other_scores),
+                                   Annotations("truth", truth), iou_threshold).classes["all"]
+            out["columns"].append("B vs truth")
+            out["rows"].append(res_b.row())
+        agree = evaluate_image(Annotations("prediction", pred, scores=scores),
+                               Annotations("other", other), iou_threshold).classes["all"]
+        out["columns"].append("A vs B")
+        out["rows"].append(agree.row())
+        a, b = pred != 0, other != 0
+        diff = np.zeros(pred.shape, np.uint8)
+        diff[a & ~b], diff[b & ~a] = 1, 2
+        out["diff"] = diff
+    return out
+
+
+class DebugWidget(Container):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        self.worker = None
+        self.result = None
+        self.dataset_rows = None
+        self._pending = False
+
+        # --- what to compare
+        self.pred = create_widget(annotation=napari.layers.Labels, label="prediction (A)")
+        self.truth = create_widget(annotation=Optional[napari.layers.Labels], label="ground truth")
+        self.other = create_widget(annotation=Optional[napari.layers.Labels], label="compare with (B)")
+        self.prob = create_widget(annotation=Optional[napari.layers.Image], label="probability")
+        self.iou = FloatSpinBox(label="match at IoU ≥", value=0.5, min=0.05, max=1.0, step=0.05)
+        self.mode = ComboBox(label="errors as", choices=["objects", "pixels"], value="objects")
+        self.evaluate_button = PushButton(text="Evaluate")
+        inputs = Container(widgets=[self.pred, self.truth, self.other, self.prob, self.iou, self.mode,
+                                    self.evaluate_button])
+        self.metrics_table = _table(["metric"], rows=len(METRICS))
+        _fit_height(self.metrics_table)
+        self.objects_table = _table(OBJECT_COLUMNS, height=170)
+        self.objects_table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.objects_table.setSelectionMode(QAbstractItemView.SingleSelection)
+
+        # --- threshold
+        self.threshold = FloatSlider(label="threshold", value=0.5, min=0.01, max=0.99, step=0.01,
+                                     tooltip="re-derives instances from the probability layer")
+        self.min_area = SpinBox(label="min area px", value=0, min=0, max=10**9, step=10)
+        self.apply_best = PushButton(text="Apply best threshold", enabled=False)
+        thresholds = Container(widgets=[self.threshold, self.min_area, self.apply_best])
+        self._curve_fig, self._curve_canvas = _plot_canvas()
+
+        # --- model views
+        self.image = create_widget(annotation=Optional[napari.layers.Image], label="image")
+        self.tile = SpinBox(label="tile (model px)", value=256, min=16, max=8192, step=32)
+        self.overlap = SpinBox(label="overlap", value=32, min=0, max=4096, step=8)
+        self.uncertainty_button = PushButton(text="Uncertainty (TTA)")
+        self.grid_button = PushButton(text="Tile grid")
+        self.bar = ProgressBar(label="tiles", value=0, min=0, max=1, visible=False)
+        views = Container(widgets=[self.image, self.tile, self.overlap, self.uncertainty_button, self.grid_button,
+                                   self.bar])
+
+        # --- dataset and export
+        self.data_pred = FileEdit(label="dataset predictions", mode="r",
+                                  tooltip="label images folder, or a CSV/JSON of any supported format")
+        self.data_truth = FileEdit(label="dataset truth", mode="r")
+        self.dataset_button = PushButton(text="Evaluate dataset")
+        dataset = Container(widgets=[self.data_pred, self.data_truth, self.dataset_button])
+        self._hist_fig, self._hist_canvas = _plot_canvas()
+        self._hist_canvas.setVisible(False)
+        self.out = FileEdit(label="save to", mode="d", value="napari-ftu-debug")
+        self.export_button = PushButton(text="Export plots (PNG) + report (CSV)")
+        self.status = Label(value="choose a prediction and its ground truth, then Evaluate")
+        export = Container(widgets=[self.out, self.export_button, self.status])
+
+        self.extend([inputs])
+        layout = self.native.layout()
+        for w in (self.metrics_table, self.objects_table, thresholds.native, self._curve_canvas, views.native,
+                  dataset.native, self._hist_canvas, export.native):
+            layout.addWidget(w)
+        self._sections = [thresholds, views, dataset, export]  # magicgui refreshes their layer choices
+        self._load_card_defaults()
+
+        self.evaluate_button.changed.connect(self.evaluate)
+        self.threshold.changed.connect(self._threshold_changed)
+        self.apply_best.changed.connect(self.apply_best_threshold)
+        self.uncertainty_button.changed.connect(self.uncertainty)
+        self.grid_button.changed.connect(self.tile_grid)
+        self.dataset_button.changed.connect(self.evaluate_dataset)
+        self.export_button.changed.connect(self.export)
+        self.objects_table.itemSelectionChanged.connect(self._object_selected)
+
+    def reset_choices(self, *args):
+        super().reset_choices(*args)
+        for section in getattr(self, "_sections", []):
+            section.reset_choices()
+
+    def _load_card_defaults(self):
+        try:
+            from ..models import load_model
+
+            card = load_model(None, device="cpu").card
+            self.tile.value, self.overlap.value = card.tile_size, card.overlap
+        except Exception:  # the defaults above stand
+            pass
+
+    # --- evaluation ------------------------------------------------------------------------------
+    def evaluate(self):
+        """Score the prediction (and B) in a worker; the views update when it returns."""
+        if self.worker is not None:  # the slider moved while a run was going: run again after it
+            self._pending = True
+            return self.worker
+        pred_layer, truth_layer, other_layer, prob_layer = (self.pred.value, self.truth.value, self.other.value,
+                                                            self.prob.value)
+        if pred_layer is None or (truth_layer is None and other_layer is None):
+            return self._fail("choose a prediction and its ground truth (or a second prediction to compare)")
+        try:
+            pred = _data(pred_layer)
+            truth = None if truth_layer is None else _data(truth_layer)
+            other = None if other_layer is None else _data(other_layer)
+            prob = None if prob_layer is None else _probability(prob_layer)
+            for name, arr in (("ground truth", truth), ("B", other), ("probability", prob)):
+                if arr is not None and arr.shape != pred.shape:
+                    raise ExportError(f"{name} is {arr.shape}, the prediction {pred.shape}: they must match")
+        except ExportError as exc:
+            return self._fail(exc)
+        scores = _scores(pred_layer, (pred, prob))
+        other_scores = _scores(other_layer, (other, prob)) if other_layer is not None else {}
+        self.status.value = "evaluating …"
+        self.worker = create_worker(compute, pred, truth, other, prob, self.iou.value, scores, other_scores,
+                                    self.mode.value == "pixels", _start_thread=False)
+        self.worker.returned.connect(lambda out: self._show(out, pred_layer, truth_layer))
+        self.worker.errored.connect(self._fail)
+        self.worker.finished.connect(self._evaluated)
+        self.evaluate_button.enabled = False
+        self.worker.start()
+        return self.worker
+
+    def _evaluated(self):
+        self.worker = None
+        self.evaluate_button.enabled = True
+        if self._pending:
+            self._pending = False
+            self.evaluate()
+
+    def _show(self, out: dict, pred_layer, truth_layer):
+        self.result = out
+        _fill(self.metrics_table, ["metric"] + out["columns"],
+              [[label] + [_fmt(row[key]) for row in out["rows"]] for key, label in METRICS])
+        _fit_height(self.metrics_table)
+        self._object_layers = {"FN": truth_layer, "FP": pred_layer, "TP": pred_layer}
+        _fill(self.objects_table, OBJECT_COLUMNS,
+              [[r["kind"], r["id"], f"{r['iou']:.2f}", r["area_px"], f"{r['centroid_y']:.0f}",
+                f"{r['centroid_x']:.0f}"] for r in out["objects"]])
+        ref = truth_layer or pred_layer
+        if out["errors"] is not None:
+            self._put_labels("errors (TP green, FP red, FN blue)", out["errors"], ref, ERROR_COLOURS)
+        if out["diff"] is not None:
+            self._put_labels("difference (only A orange, only B cyan)", out["diff"], ref, DIFF_COLOURS)
+        if out["curve"] is not None:
+            thresholds, curve, best = out["curve"]
+            draw_threshold_curve(self._curve_fig, thresholds, curve, best, self.threshold.value)
+            self._curve_canvas.draw_idle()
+            self.apply_best.enabled = True
+            self.apply_best.text = f"Apply best threshold ({best[0]:.2f})"
+        first = out["rows"][0] if out["rows"] else None
+        if first is not None:
+            ap = "n/a" if first["ap"] is None else f"{first['ap']:.3f}"
+            self.status.value = (f"{out['columns'][0]}: Dice {first['dice']:.3f}, F1 {first['f1']:.3f}, "
+                                 f"AP@0.6 {ap}; {first['fp']} FP, {first['fn']} FN")
+
+    def _put_labels(self, name, data, ref, colours):
+        kwargs = {"scale": ref.scale[-2:], "translate": ref.translate[-2:]}
+        if name in self._viewer.layers:
+            self._viewer.layers[name].data = data
+        else:
+            self._viewer.add_labels(data, name=name, colormap=_colormap(colours), opacity=0.6, **kwargs)
+
+    def _object_selected(self):
+        rows = self.objects_table.selectionModel().selectedRows()
+        if not rows or self.result is None:
+            return
+        obj = self.result["objects"][rows[0].row()]
+        self.go_to(obj)
+
+    def go_to(self, obj: dict):
+        """Centre the camera on an object of the table (in world coordinates)."""
+        layer = self._object_layers.get(obj["kind"])
+        if layer is None:
+            return
+        world = np.asarray(layer.data_to_world([obj["centroid_y"], obj["centroid_x"]]))
+        camera(self._viewer).center = tuple(world[-2:])
+
+    # --- threshold ---------------------------------------------------------------------------------
+    def _threshold_changed(self):
+        layer = self.prob.value
+        if layer is None:
+            return
+        from ..postprocess import instances
+
+        labels = instances(_probability(layer), self.threshold.value, self.min_area.value)
+        name = f"{layer.name} @ threshold"
+        if name in self._viewer.layers:
+            self._viewer.layers[name].data = labels
+        else:
+            self._viewer.add_labels(labels, name=name, scale=layer.scale[-2:], translate=layer.translate[-2:],
+                                    opacity=0.5)
+            self.reset_choices()
+        self.pred.value = self._viewer.layers[name]
+        if self.result is not None and self.result["curve"] is not None:
+            thresholds, curve, best = self.result["curve"]
+            draw_threshold_curve(self._curve_fig, thresholds, curve, best, self.threshold.value)
+            self._curve_canvas.draw_idle()
+        if self.truth.value is not None or self.other.value is not None:
+            self.evaluate()
+
+    def apply_best_threshold(self):
+        """Set the slider to the threshold of the curve's highest Dice (re-derives the labels)."""
+        if self.result is None or self.result["curve"] is None:
+            return self._fail("evaluate with a probability layer first")
+        self.threshold.value = round(self.result["curve"][2][0], 2)
+        return self.threshold.value
+
+    # --- uncertainty and tiles ---------------------------------------------------------------------
+    def uncertainty(self):
+        """Run the model with test-time augmentation in a worker; add the views' disagreement."""
+        from ..inference import segment_steps
+        from ..models import ModelError, load_model
+
+        layer = self.image.value
+        if layer is None:
+            return self._fail("choose the image to run the model on")
+        try:
+            model = load_model(None, device="auto")
+        except ModelError as exc:
+            return self._fail(exc)
+        steps = segment_steps(_data(layer), model, um_per_px=layer.metadata.get("um_per_px"), tta=True)
+        self.bar.visible = True
+        self.uncertainty_button.enabled = False
+        self.status.value = f"running the model with TTA on {model.device} …"
+        self.worker_tta = start_job(steps, f"TTA uncertainty of {layer.name}", bar=self.bar, on_error=self._fail,
+                                    on_done=lambda seg: self._tta_done(layer, seg), on_finished=self._tta_finished)
+        return self.worker_tta
+
+    def _tta_done(self, layer, seg):
+        unc = np.asarray(seg.uncertainty, np.float32)
+        scale = float(getattr(seg, "prob_scale", 1.0) or 1.0)
+        if np.issubdtype(np.asarray(seg.uncertainty[:1]).dtype, np.integer):
+            unc = unc / scale
+        factor = float(getattr(seg, "downsample", 1.0) or 1.0)
+        self._viewer.add_image(unc, name=f"{layer.name} uncertainty (TTA)", colormap="viridis", blending="additive",
+                               contrast_limits=(0, max(float(unc.max()), 1e-3)),
+                               scale=[s * factor for s in layer.scale[-2:]], translate=layer.translate[-2:])
+        self.status.value = f"TTA uncertainty: mean {unc.mean():.4f}, max {unc.max():.3f}"
+        show_info(self.status.value)
+
+    def _tta_finished(self):
+        self.bar.visible = False
+        self.uncertainty_button.enabled = True
+
+    def tile_grid(self):
+        """Add the engine's tile grid as rectangles (model tiles mapped onto the layer)."""
+        from ..tiling import tile_grid
+
+        layer = self.pred.value or self.image.value
+        if layer is None:
+            return self._fail("choose a prediction or an image layer for the tile grid")
+        try:
+            from ..models import load_model
+
+            model_um = load_model(None, device="cpu").card.um_per_px
+        except Exception:
+            model_um = None
+        um = layer.metadata.get("um_per_px")
+        factor = um / model_um if um and model_um else 1.0  # model pixels per layer pixel
+        h, w = (layer.data[0] if layer.multiscale else layer.data).shape[:2]
+        work = (max(1, round(h * factor)), max(1, round(w * factor)))
+        try:
+            grid = tile_grid(work, self.tile.value, self.overlap.value)
+        except ValueError as exc:
+            return self._fail(exc)
+        t = self.tile.value
+        rects = [np.array([[y / factor, x / factor], [min(y + t, work[0]) / factor, min(x + t, work[1]) / factor]])
+                 for y, x in grid]
+        name = "tile grid"
+        if name in self._viewer.layers:
+            self._viewer.layers.remove(name)
+        self._viewer.add_shapes(rects, shape_type="rectangle", name=name, edge_color="yellow",
+                                face_color=[0, 0, 0, 0], edge_width=max(1.0, 2 / factor if factor < 1 else 2.0),
+                                scale=layer.scale[-2:], translate=layer.translate[-2:])
+        self.status.value = f"{len(rects)} tiles of {t} px (model pixels), overlap {self.overlap.value}"
+        return self._viewer.layers[name]
+
+    # --- dataset -----------------------------------------------------------------------------------
+    def evaluate_dataset(self):
+        """Evaluate a folder/file of predictions against ground truth in a worker; plot the Dice histogram."""
+        pred, truth = Path(self.data_pred.value), Path(self.data_truth.value)
+        if str(pred) in ("", ".") or str(truth) in ("", "."):
+            return self._fail("choose the dataset's predictions and ground truth")
+        self.status.value = "evaluating the dataset …"
+        self.worker_data = create_worker(evaluate_paths, pred, truth, iou_threshold=self.iou.value,
+                                         _start_thread=False)
+        self._data_pbar = progress(total=0, desc="Evaluating dataset")
+        self.worker_data.returned.connect(self._dataset_done)
+        self.worker_data.errored.connect(self._fail)
+        self.worker_data.finished.connect(lambda: self._data_pbar.close())
+        self.worker_data.start()
+        return self.worker_data
+
+    def _dataset_done(self, result):
+        rows, summary, missing = result
+        self.dataset_rows = (rows, summary)
+        dice = [r["dice"] for r in rows if r["class"] == "all"]
+        draw_histogram(self._hist_fig, dice)
+        self._hist_canvas.setVisible(True)
+        self._hist_canvas.draw_idle()
+        s = summary[0]
+        self.status.value = (f"{s['images']} images: mean Dice {s['dice']:.3f}, F1 {s['f1']:.3f}"
+                             + (f"; {len(missing)} without prediction" if missing else ""))
+
+    # --- export ------------------------------------------------------------------------------------
+    def export(self) -> list[Path]:
+        """Write the plots as PNG and the metrics and object table as CSV into the chosen folder."""
+        folder = Path(self.out.value)
+        written = []
+        try:
+            if self.result is not None:
+                cols = self.result["columns"]
+                rows = [{**row, "image": col, "class": "all"} for col, row in zip(cols, self.result["rows"])]
+                written.append(write_text(folder / "metrics.csv", report_csv(rows)))
+                written.append(write_text(folder / "objects.csv", _objects_csv(self.result["objects"])))
+                if self.result["curve"] is not None:
+                    thresholds, curve, _ = self.result["curve"]
+                    written.append(Path(save_png(self._curve_fig, folder / "dice_vs_threshold.png")))
+                    written.append(write_text(folder / "dice_vs_threshold.csv", "threshold,dice\n" + "".join(
+                        f"{t:.4f},{d:.6f}\n" for t, d in zip(thresholds, curve))))
+            if self.dataset_rows is not None:
+                written.append(write_report(folder / "dataset_report.csv", *self.dataset_rows))
+                written.append(Path(save_png(self._hist_fig, folder / "dice_histogram.png")))
+        except OSError as exc:
+            self._fail(exc)
+            return []
+        if not written:
+            self._fail("nothing to export yet: Evaluate first")
+            return []
+        self.status.value = f"wrote {len(written)} files to {folder}"
+        show_info(self.status.value)
+        return written
+
+    def _fail(self, exc):
+        self.status.value = f"Error: {exc}"
+        show_error(str(exc))
+        return None
+
+
+def camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def _probability(layer) -> np.ndarray:
+    prob = _data(layer)
+    if prob.ndim == 3 and prob.shape[0] <= 8:  # several classes: the first
+        prob = prob[0]
+    if prob.ndim != 2:
+        raise ExportError(f"{layer.name}: a probability map must be 2-D, got {prob.shape}")
+    return prob.astype(np.float32) / 255.0 if prob.dtype == np.uint8 else prob
+
+
+def _objects_csv(objects) -> str:
+    keys = ["kind", "id", "iou", "area_px", "centroid_y", "centroid_x"]
+    return ",".join(keys) + "\n" + "".join(",".join(str(o[k]) for k in keys) + "\n" for o in objects)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _table(columns, rows: int = 0, height: int = 160) -> QTableWidget:
+    table = QTableWidget(rows, len(columns))
+    table.setHorizontalHeaderLabels(columns)
+    table.verticalHeader().setVisible(False)
+    table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+    table.setMinimumHeight(height)
+    return table
+
+
+def _fill(table: QTableWidget, columns, rows):
+    table.clearContents()
+    table.setColumnCount(len(columns))
+    table.setHorizontalHeaderLabels(columns)
+    table.setRowCount(len(rows))
+    for r, row in enumerate(rows):
+        for c, value in enumerate(row):
+            table.setItem(r, c, QTableWidgetItem(str(value)))
+
+
+def _fit_height(table: QTableWidget):
+    """Show every row of a short table without a scroll bar."""
+    table.resizeRowsToContents()
+    rows = sum(table.rowHeight(r) for r in range(table.rowCount()))
+    table.setFixedHeight(rows + table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth() + 2)
+
+
+def _plot_canvas():
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.6, 2.4), tight_layout=True)
+    canvas = FigureCanvasQTAgg(figure)
+    canvas.setMinimumHeight(200)
+    return figure, canvas
