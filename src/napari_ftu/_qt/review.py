@@ -1,0 +1,632 @@
+"""Review dock: a per-object review queue with undoable corrections and autosave.
+
+A thin view on :class:`napari_ftu.review_session.ReviewSession` (pixels, statuses, one undo
+history), :mod:`napari_ftu.autosave` (sidecar sessions) and :mod:`napari_ftu.label_store`
+(full-resolution windows of large slides). Keys (with the labels layer selected):
+N / Shift+N next / previous unreviewed, A accept, R reject, C set class, Shift+M merge,
+Shift+D delete, Shift+H fill holes, Alt+= / Alt+- dilate / erode, Ctrl+Z / Ctrl+Shift+Z.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import napari
+import numpy as np
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox,
+                              create_widget)
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QItemSelectionModel, QTimer
+from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
+
+from .. import editing
+from ..autosave import DEFAULT_INTERVAL_S, Autosaver, SessionStore, default_project_folder, session_folder
+from ..editing import EditError
+from ..label_store import LabelStore, LabelStoreError
+from ..review import SORTS, STATUSES
+from ..review_session import ReviewSession
+from ..undo import paint_delta
+
+COLUMNS = ["id", "class", "area µm²", "confidence", "status"]
+HEADER_SORTS = {0: "id", 1: "class", 2: "large first", 3: "low confidence first", 4: "status"}
+STATUS_COLOURS = {"unreviewed": "#f6d32d", "accepted": "#33d17a", "edited": "#62a0ea", "rejected": "#e01b24"}
+CLASSES = ["glomerulus", "crypt", "alveolus", "gland", "white pulp", "vessel", "FTU"]
+MAX_WINDOW = 4096  # full-resolution pixels per side of an editable window
+ERRORS = (EditError, LabelStoreError, KeyError, ValueError, OSError)
+
+
+class ReviewWidget(Container):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        self.session: ReviewSession | None = None
+        self.autosaver: Autosaver | None = None
+        self.layer = None
+        self.store: LabelStore | None = None
+        self.window = None  # (layer, store, y, x) of an open large-slide window
+        self._order: list[int] = []
+        self._syncing = False
+        self.labels = create_widget(annotation=napari.layers.Labels, label="labels")
+        self.sort = ComboBox(label="sort", choices=list(SORTS), value="id")
+        self.status_filter = ComboBox(label="show", choices=["all", *STATUSES], value="all")
+        self.max_conf = FloatSpinBox(label="confidence ≤", value=1.0, min=0.0, max=1.0, step=0.05)
+        self.counts = Label(value="no labels layer")
+        self.prev_button = PushButton(text="◀ Previous unreviewed (Shift+N)")
+        self.next_button = PushButton(text="Next unreviewed ▶ (N)")
+        self.accept_button = PushButton(text="Accept (A)")
+        self.reject_button = PushButton(text="Reject (R)")
+        self.cls = ComboBox(label="class", choices=CLASSES, value="glomerulus")
+        self.class_button = PushButton(text="Set class (C)")
+        self.merge_button = PushButton(text="Merge selected (Shift+M)")
+        self.split_line_button = PushButton(text="Split by line")
+        self.split_ws_button = PushButton(text="Split (watershed seeds)")
+        self.delete_button = PushButton(text="Delete (Shift+D)")
+        self.fill_button = PushButton(text="Fill holes (Shift+H)")
+        self.min_area = FloatSpinBox(label="min area µm²", value=100.0, min=0.0, max=1e9, step=50.0)
+        self.small_button = PushButton(text="Remove smaller objects")
+        self.grow_px = SpinBox(label="grow/shrink px", value=2, min=1, max=100)
+        self.dilate_button = PushButton(text="Dilate (Alt+=)")
+        self.erode_button = PushButton(text="Erode (Alt+-)")
+        self.brush_button = PushButton(text="New object: brush")
+        self.polygon_button = PushButton(text="New object: polygon")
+        self.relabel_button = PushButton(text="Relabel 1…n")
+        self.undo_button = PushButton(text="Undo (Ctrl+Z)")
+        self.redo_button = PushButton(text="Redo (Ctrl+Shift+Z)")
+        self.colour = CheckBox(text="colour objects by status", value=True)
+        self.project = FileEdit(label="sessions", mode="d", value=str(default_project_folder()),
+                                tooltip="for images without a writable folder; others get <slide>.ftu/ beside them")
+        self.interval = SpinBox(label="autosave every s", value=int(DEFAULT_INTERVAL_S), min=1, max=30)
+        self.save_label = Label(value="")
+        self.window_button = PushButton(text="Edit full-resolution window (view or box)")
+        self.save_window_button = PushButton(text="Save window to label store")
+        self.prev_image = PushButton(text="◀ Image")
+        self.next_image = PushButton(text="Image ▶")
+        self.retrain_button = PushButton(text="Retrain on my corrections…")
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(220)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        for col, width in enumerate([48, 84, 76, 80]):
+            self.table.setColumnWidth(col, width)
+        review_row = Container(layout="horizontal", widgets=[self.accept_button, self.reject_button], labels=False)
+        nav_row = Container(layout="horizontal", widgets=[self.prev_button, self.next_button], labels=False)
+        edit_grid = [Container(layout="horizontal", widgets=pair, labels=False) for pair in (
+            [self.merge_button, self.delete_button], [self.split_line_button, self.split_ws_button],
+            [self.fill_button, self.relabel_button], [self.dilate_button, self.erode_button],
+            [self.brush_button, self.polygon_button], [self.undo_button, self.redo_button],
+            [self.prev_image, self.next_image])]
+        self.extend([self.labels, self.sort, self.status_filter, self.max_conf, self.counts])
+        self.extend([nav_row, review_row, self.cls, self.class_button, *edit_grid[:5], self.min_area,
+                     self.small_button, self.grow_px, edit_grid[5], self.colour, self.window_button,
+                     self.save_window_button, edit_grid[6], self.retrain_button, self.project, self.interval,
+                     self.save_label])
+        self.native.layout().insertWidget(5, self.table)  # the queue right under the filters and counts
+        for button, handler in [
+            (self.prev_button, lambda: self.go_unreviewed(-1)), (self.next_button, lambda: self.go_unreviewed(1)),
+            (self.accept_button, self.accept), (self.reject_button, self.reject),
+            (self.class_button, self.set_class), (self.merge_button, self.merge),
+            (self.split_line_button, self.split_by_line), (self.split_ws_button, self.split_watershed),
+            (self.delete_button, self.delete), (self.fill_button, self.fill_holes),
+            (self.small_button, self.remove_small), (self.dilate_button, lambda: self.grow(1)),
+            (self.erode_button, lambda: self.grow(-1)), (self.brush_button, lambda: self.new_object("paint")),
+            (self.polygon_button, lambda: self.new_object("polygon")), (self.relabel_button, self.relabel),
+            (self.undo_button, self.undo), (self.redo_button, self.redo),
+            (self.window_button, self.edit_window), (self.save_window_button, self.save_window),
+            (self.prev_image, lambda: self.step_image(-1)), (self.next_image, lambda: self.step_image(1)),
+            (self.retrain_button, self.retrain),
+        ]:
+            button.changed.connect(handler)
+        for w in (self.sort, self.status_filter, self.max_conf):
+            w.changed.connect(self.refresh_table)
+        self.colour.changed.connect(self._recolour)
+        self.labels.changed.connect(lambda: self.bind(self.labels.value))
+        self.table.itemSelectionChanged.connect(self._on_rows_selected)
+        self.table.horizontalHeader().sectionClicked.connect(lambda col: setattr(self.sort, "value", HEADER_SORTS[col]))
+        viewer.layers.events.removing.connect(self._on_layer_removing)
+        self.timer = QTimer()
+        self.timer.setInterval(1000)
+        self.timer.timeout.connect(self.autosave_tick)
+        self.timer.start()
+        self.native.destroyed.connect(self.timer.stop)
+        self.bind(self.labels.value)
+
+    # --- binding a labels layer -----------------------------------------------------------------
+    def _image_of(self, layer):
+        source = layer.metadata.get("source")
+        if source and source in self._viewer.layers:
+            return self._viewer.layers[source]
+        return next((lyr for lyr in self._viewer.layers if isinstance(lyr, napari.layers.Image)), None)
+
+    def bind(self, layer):
+        """Review ``layer``: save the previous layer's session, restore this one's if saved."""
+        if layer is self.layer and self.session is not None:
+            return
+        self.save_now()
+        self._unhook()
+        self.session = self.autosaver = None
+        self.layer = layer
+        if layer is None or layer.multiscale:
+            self.counts.value = ("multiscale labels: open a full-resolution window to edit" if layer is not None
+                                 else "no labels layer")
+            self.table.setRowCount(0)
+            return
+        if not isinstance(layer.data, np.ndarray):
+            layer.data = np.asarray(layer.data)
+        um = layer.metadata.get("um_per_px")
+        store = self._store_for(layer)
+        saved = None
+        try:
+            saved = store.load()
+        except ValueError as exc:
+            show_error(f"{exc}; starting from the layer as it is")
+        offset = tuple(int(v) for v in layer.metadata.get("window_offset", (0, 0)))
+        if saved is not None and saved.labels.shape == layer.data.shape and saved.offset == offset:
+            layer.data[...] = saved.labels
+            layer.refresh()
+            self.session = ReviewSession(layer.data, saved.review, offset=offset)
+            when = time.strftime("%H:%M:%S", time.localtime(saved.meta.get("saved_at", 0)))
+            show_info(f"{layer.name}: restored the review saved at {when} ({saved.review.summary()})")
+        else:
+            from ..review import Review
+
+            review = Review.from_labels(layer.data, um, layer.features if len(layer.features) else None,
+                                        layer.metadata.get("class") or "FTU")
+            self.session = ReviewSession(layer.data, review, offset=offset)
+        self.autosaver = Autosaver(self.session, store, self.interval.value, {"layer": layer.name})
+        self._hook(layer)
+        self.refresh()
+
+    def _store_for(self, layer) -> SessionStore:
+        image = self._image_of(layer)
+        name = image.name if image is not None else layer.name
+        path = image.metadata.get("path") if image is not None else None
+        return SessionStore(session_folder(name, path, project=self.project.value), layer.name)
+
+    def _hook(self, layer):
+        layer.events.paint.connect(self._on_paint)
+        layer.events.selected_label.connect(self._on_selected_label)
+        layer.mouse_drag_callbacks.append(self._on_click)
+        for key, action in [("Control-Z", self.undo), ("Control-Shift-Z", self.redo),
+                            ("n", lambda: self.go_unreviewed(1)), ("Shift-N", lambda: self.go_unreviewed(-1)),
+                            ("a", self.accept), ("r", self.reject), ("c", self.set_class),
+                            ("Shift-M", self.merge), ("Shift-D", self.delete), ("Shift-H", self.fill_holes),
+                            ("Alt-=", lambda: self.grow(1)), ("Alt--", lambda: self.grow(-1))]:
+            layer.bind_key(key, lambda _layer, act=action: act(), overwrite=True)
+
+    def _unhook(self):
+        layer = self.layer
+        if layer is None:
+            return
+        for event, handler in [(layer.events.paint, self._on_paint),
+                                (layer.events.selected_label, self._on_selected_label)]:
+            event.disconnect(handler)
+        if self._on_click in layer.mouse_drag_callbacks:
+            layer.mouse_drag_callbacks.remove(self._on_click)
+
+    def _on_layer_removing(self, event):
+        layer = event.value if hasattr(event, "value") else None
+        if layer is None:
+            layer = self._viewer.layers[event.index]
+        if layer is self.layer:
+            self.save_now()
+            self._unhook()
+            self.layer = self.session = self.autosaver = None
+
+    # --- table ----------------------------------------------------------------------------
+    def refresh(self, region=None):
+        """Redraw the layer (``region``: the box that changed), the colours and the table."""
+        if self.layer is not None:
+            self.layer.refresh()
+        self._recolour()
+        self.refresh_table()
+
+    def rows(self):
+        if self.session is None:
+            return []
+        status = None if self.status_filter.value == "all" else self.status_filter.value
+        conf = None if self.max_conf.value >= 1.0 else self.max_conf.value
+        return self.session.review.table(self.sort.value, status, conf)
+
+    def refresh_table(self):
+        rows = self.rows()
+        keep = set(self.selected_ids())
+        self._order = [r.id for r in rows]
+        self._syncing = True
+        try:
+            self.table.setSortingEnabled(False)
+            self.table.setRowCount(len(rows))
+            for i, r in enumerate(rows):
+                values = [str(r.id), r.cls, f"{r.area_um2:.0f}",
+                          "–" if math.isnan(r.confidence) else f"{r.confidence:.2f}", r.status]
+                for j, v in enumerate(values):
+                    item = self.table.item(i, j)
+                    if item is None:
+                        item = QTableWidgetItem()
+                        self.table.setItem(i, j, item)
+                    item.setText(v)
+                if r.id in keep:
+                    self._select_row(i)
+        finally:
+            self._syncing = False
+        self.counts.value = self.session.review.summary() if self.session else "no labels layer"
+        self.undo_button.enabled = bool(self.session and self.session.history.can_undo)
+        self.redo_button.enabled = bool(self.session and self.session.history.can_redo)
+
+    def _select_row(self, i: int):
+        """Add row ``i`` to the selection (``selectRow`` would replace it)."""
+        flags = QItemSelectionModel.SelectionFlag.Select | QItemSelectionModel.SelectionFlag.Rows
+        self.table.selectionModel().select(self.table.model().index(i, 0), flags)
+
+    def selected_ids(self) -> list[int]:
+        rows = sorted({i.row() for i in self.table.selectionModel().selectedRows()})
+        return [self._order[r] for r in rows if r < len(self._order)]
+
+    def select(self, ids, focus: bool = True):
+        """Select the rows of ``ids`` (the first becomes the layer's selected label) and centre on it."""
+        ids = [int(i) for i in ids]
+        self._syncing = True
+        try:
+            self.table.clearSelection()
+            for obj in ids:
+                if obj in self._order:
+                    self._select_row(self._order.index(obj))
+        finally:
+            self._syncing = False
+        if ids:
+            if self.layer is not None and self.layer.selected_label != ids[0]:
+                self._syncing = True
+                try:
+                    self.layer.selected_label = ids[0]
+                finally:
+                    self._syncing = False
+            if focus:
+                self.focus(ids[0])
+            if ids[0] in self._order:
+                self.table.scrollToItem(self.table.item(self._order.index(ids[0]), 0))
+
+    def focus(self, obj: int):
+        """Centre the view on the object and zoom so that it fills about a third of the canvas."""
+        row = self.session.review.rows.get(obj) if self.session else None
+        if row is None or self.layer is None:
+            return
+        y0, x0, y1, x1 = row.box
+        centre = self.layer.data_to_world(row.centroid)
+        self._viewer.scene.camera.center = tuple(centre[-2:])
+        scale = np.abs(np.asarray(self.layer.scale[-2:], float))
+        size = self._viewer.canvas.size
+        extent = max((y1 - y0) * scale[0], (x1 - x0) * scale[1], 1e-9)
+        self._viewer.scene.camera.zoom = max(min(size) / 3 / extent, 1e-6)
+
+    def _on_rows_selected(self):
+        if self._syncing:
+            return
+        ids = self.selected_ids()
+        if ids:
+            self.select(ids)
+
+    def _on_selected_label(self, event=None):
+        if self._syncing or self.layer is None:
+            return
+        obj = int(self.layer.selected_label)
+        if self.session and obj in self.session.review.rows:
+            self.select([obj], focus=False)
+
+    def _on_click(self, layer, event):
+        """In pan/zoom mode a click (not a drag) on an object selects its row; Shift adds it."""
+        if layer.mode != "pan_zoom":
+            return
+        start = np.asarray(event.position)
+        yield
+        while event.type == "mouse_move":
+            yield
+        if np.abs(np.asarray(event.position) - start).max() > 3 * np.abs(layer.scale[-1]):
+            return
+        value = layer.get_value(event.position, world=True)
+        obj = int(value) if value is not None else 0
+        if obj and self.session and obj in self.session.review.rows:
+            ids = self.selected_ids() + [obj] if "Shift" in event.modifiers else [obj]
+            self.select(ids, focus=False)
+
+    def _recolour(self):
+        if self.layer is None or self.session is None:
+            return
+        from napari.utils.colormaps import DirectLabelColormap
+
+        if not self.colour.value:
+            if isinstance(self.layer.colormap, DirectLabelColormap) and self.layer.metadata.get("_status_colours"):
+                from napari.utils.colormaps import label_colormap
+
+                self.layer.colormap = label_colormap()
+                self.layer.metadata.pop("_status_colours", None)
+            return
+        colours = {None: STATUS_COLOURS["edited"], 0: "transparent"}
+        for obj, row in self.session.review.rows.items():
+            if row.status != "rejected":
+                colours[obj] = STATUS_COLOURS[row.status]
+        self.layer.colormap = DirectLabelColormap(color_dict=colours)
+        self.layer.metadata["_status_colours"] = True
+
+    # --- review actions ---------------------------------------------------------------------------
+    def current(self) -> list[int]:
+        """The objects an action applies to: the selected rows, else the layer's selected label."""
+        ids = self.selected_ids()
+        if not ids and self.layer is not None and self.session and self.layer.selected_label in self.session.review.rows:
+            ids = [int(self.layer.selected_label)]
+        return ids
+
+    def _run(self, action, then_next: bool = False):
+        if self.session is None:
+            return self._fail("choose a Labels layer (not multiscale) to review")
+        try:
+            result = action()
+        except ERRORS as exc:
+            return self._fail(exc)
+        step = result if hasattr(result, "boxes") else None
+        if self.layer is not None and step is not None and step.boxes:
+            self.layer.events.data(value=self.layer.data, action="changed", data_indices=(), value_indices=())
+        self.refresh()
+        if then_next:
+            self.go_unreviewed(1)
+        elif step is not None and step.state_after:
+            alive = [i for i, r in step.state_after.items() if r is not None and r.status != "rejected"]
+            if alive:
+                self.select(alive[:1], focus=False)
+        return result
+
+    def go_unreviewed(self, step: int = 1):
+        if self.session is None:
+            return None
+        current = self.current()
+        obj = self.session.review.next_unreviewed(current[0] if current else None, self._order, step)
+        if obj is None:
+            show_info("every object in the list is reviewed")
+            return None
+        self.select([obj])
+        return obj
+
+    def accept(self):
+        return self._run(lambda: self.session.accept(self._need()), then_next=True)
+
+    def reject(self):
+        return self._run(lambda: self.session.reject(self._need()), then_next=True)
+
+    def set_class(self):
+        return self._run(lambda: self.session.set_class(self._need(), self.cls.value))
+
+    def _need(self, n: int = 1) -> list[int]:
+        ids = self.current()
+        if len(ids) < n:
+            raise EditError("select an object first (click it, or a row)" if n == 1 else
+                            f"select at least {n} objects (Shift+click, or Shift/Ctrl+click rows)")
+        return ids
+
+    # --- editing operations -----------------------------------------------------------------------
+    def _edit(self, make):
+        return self._run(lambda: self.session.apply(make(self.session.labels)))
+
+    def merge(self):
+        return self._edit(lambda lab: editing.merge(lab, self._need(2)))
+
+    def delete(self):
+        return self._edit(lambda lab: editing.delete(lab, self._need()))
+
+    def fill_holes(self):
+        return self._edit(lambda lab: editing.fill_holes(lab, self.current() or None))
+
+    def remove_small(self):
+        um = self.session.review.um_per_px if self.session else None
+        pixels = max(1, int(math.ceil(self.min_area.value / ((um or 1.0) ** 2))))
+        return self._edit(lambda lab: editing.remove_small(lab, pixels))
+
+    def grow(self, sign: int):
+        op = editing.dilate if sign > 0 else editing.erode
+        return self._edit(lambda lab: op(lab, self._need()[0], self.grow_px.value))
+
+    def relabel(self):
+        return self._edit(editing.relabel_sequential)
+
+    def _helper(self, kind: str, name: str, mode: str):
+        """The helper Shapes/Points layer drawn on for splits, aligned with the labels layer."""
+        if name in self._viewer.layers:
+            return self._viewer.layers[name]
+        kw = {"name": name, "scale": self.layer.scale, "translate": self.layer.translate}
+        if kind == "shapes":
+            helper = self._viewer.add_shapes(edge_color="white", edge_width=2 * float(self.layer.scale[-1]), **kw)
+        else:
+            helper = self._viewer.add_points(face_color="magenta", size=8 * float(self.layer.scale[-1]), **kw)
+        helper.mode = mode
+        return helper
+
+    def split_by_line(self):
+        """Split the object the drawn line crosses (draw in the "FTU cut" layer, then press again)."""
+        if self.session is None:
+            return self._fail("choose a Labels layer to review")
+        helper = self._helper("shapes", "FTU cut", "add_line")
+        if len(helper.data) == 0:
+            self._viewer.layers.selection.active = helper
+            show_info("draw a line across the object in the 'FTU cut' layer, then press Split by line again")
+            return None
+        line = np.asarray(helper.data[-1])[:, -2:]
+        target = self.current()
+        result = self._edit(lambda lab: editing.split_by_line(lab, target[0] if len(target) == 1 else None, line,
+                                                              self.session.reserved()))
+        if result is not None:
+            helper.data = []
+        return result
+
+    def split_watershed(self):
+        """Split one object by watershed from the seeds clicked in the "FTU seeds" layer."""
+        if self.session is None:
+            return self._fail("choose a Labels layer to review")
+        helper = self._helper("points", "FTU seeds", "add")
+        if len(helper.data) < 2:
+            self._viewer.layers.selection.active = helper
+            show_info("click two or more seeds inside the object in the 'FTU seeds' layer, then press again")
+            return None
+        seeds = np.asarray(helper.data)[:, -2:]
+        result = self._edit(lambda lab: editing.split_watershed(lab, seeds, reserved=self.session.reserved()))
+        if result is not None:
+            helper.data = np.empty((0, 2))
+        return result
+
+    def new_object(self, mode: str):
+        """Paint (brush) or draw (polygon) a new object with the next free id; undoable like the rest."""
+        if self.session is None:
+            return self._fail("choose a Labels layer to review")
+        self.layer.selected_label = self.session.next_free_id()
+        self.layer.mode = mode
+        self._viewer.layers.selection.active = self.layer
+        return self.layer.selected_label
+
+    def _on_paint(self, event):
+        """napari's paint / fill / erase / polygon: record it in our history and the review table."""
+        if self.session is None:
+            return
+        delta = paint_delta(self.layer.data, event.value)
+        if delta is None:
+            return
+        self.session.record_paint(*delta, name=f"napari {self.layer.mode}")
+        if hasattr(self.layer, "_reset_history"):
+            self.layer._reset_history()  # our history holds it now; napari's copy would only cost memory
+        self.refresh()
+
+    def undo(self):
+        return self._run(self.session.undo if self.session else lambda: None)
+
+    def redo(self):
+        return self._run(self.session.redo if self.session else lambda: None)
+
+    # --- large slides: full-resolution windows ----------------------------------------------------------
+    def open_store(self, path, image=None):
+        """Show a pyramidal label store (zarr) as multiscale labels over ``image`` (read-only view)."""
+        try:
+            self.store = LabelStore.open(path)
+        except LabelStoreError as exc:
+            return self._fail(exc)
+        image = image or next((lyr for lyr in self._viewer.layers if isinstance(lyr, napari.layers.Image)), None)
+        kw = {"scale": image.scale[-2:], "translate": image.translate[-2:]} if image is not None else {}
+        meta = {"label_store": str(path), "um_per_px": image.metadata.get("um_per_px") if image else None,
+                "source": image.name if image else None}
+        name = f"{Path(path).stem} (store)"
+        layer = self._viewer.add_labels(self.store.levels, name=name, multiscale=True, opacity=0.5, metadata=meta, **kw)
+        return layer
+
+    def edit_window(self, box=None):
+        """Copy a full-resolution window of the label store into an editable Labels layer:
+        ``box`` ``(y, x, h, w)``, else the last rectangle of the "FTU box" layer, else the view."""
+        store_layer = next((lyr for lyr in self._viewer.layers if lyr.metadata.get("label_store")), None)
+        if store_layer is None or self.store is None:
+            return self._fail("open a label store first (multiscale labels of a large slide)")
+        try:
+            y, x, h, w = box if box is not None else self._window_box(store_layer)
+            if h > MAX_WINDOW or w > MAX_WINDOW:
+                raise ValueError(f"the window is {h} × {w} px; zoom in or draw a box of at most "
+                                 f"{MAX_WINDOW} × {MAX_WINDOW} full-resolution pixels")
+            window = self.store.read_window(y, x, h, w)
+        except ERRORS as exc:
+            return self._fail(exc)
+        if self.window is not None and self.window[0] in self._viewer.layers:
+            self._viewer.layers.remove(self.window[0])
+        scale = np.asarray(store_layer.scale[-2:], float)
+        translate = np.asarray(store_layer.translate[-2:], float) + np.array([y, x]) * scale
+        meta = {**store_layer.metadata, "window_offset": (int(y), int(x))}
+        meta.pop("label_store", None)
+        layer = self._viewer.add_labels(window, name=f"{store_layer.name} window", scale=scale, translate=translate,
+                                        metadata=meta, opacity=0.6)
+        self.window = (layer, y, x)
+        self.labels.value = layer
+        self.bind(layer)
+        return layer
+
+    def _window_box(self, store_layer):
+        H, W = self.store.shape
+        if "FTU box" in self._viewer.layers and len(self._viewer.layers["FTU box"].data):
+            box_layer = self._viewer.layers["FTU box"]
+            corners = np.array([store_layer.world_to_data(box_layer.data_to_world(v))
+                                for v in np.asarray(box_layer.data[-1])])[:, -2:]
+            y0, x0 = np.floor(corners.min(axis=0)).astype(int)
+            y1, x1 = np.ceil(corners.max(axis=0)).astype(int)
+        else:
+            centre = np.asarray(store_layer.world_to_data(self._viewer.scene.camera.center))[-2:]
+            size = np.asarray(self._viewer.canvas.size, float)
+            half = size / 2 / self._viewer.scene.camera.zoom / np.abs(np.asarray(store_layer.scale[-2:], float))
+            (y0, x0), (y1, x1) = np.floor(centre - half).astype(int), np.ceil(centre + half).astype(int)
+        y0, x0, y1, x1 = max(0, y0), max(0, x0), min(H, y1), min(W, x1)
+        if y1 <= y0 or x1 <= x0:
+            raise ValueError("the view or box lies outside the slide")
+        return y0, x0, y1 - y0, x1 - x0
+
+    def save_window(self):
+        """Write the edited window back into the label store (and its lower levels)."""
+        if self.window is None or self.store is None:
+            return self._fail("open a full-resolution window first")
+        layer, y, x = self.window
+        try:
+            regions = self.store.write_window(y, x, layer.data)
+        except ERRORS as exc:
+            return self._fail(exc)
+        for lyr in self._viewer.layers:
+            if lyr.metadata.get("label_store"):
+                lyr.refresh()
+        self.save_now()
+        show_info(f"saved the {layer.data.shape[0]} × {layer.data.shape[1]} window into the label store")
+        return regions
+
+    # --- images, autosave, retraining -------------------------------------------------------------------
+    def step_image(self, step: int):
+        """Previous / next image of the dataset open in the Load dock (this image's state is saved)."""
+        load = next((w for w in self._viewer.window.dock_widgets.values() if hasattr(w, "show_item")), None)
+        if load is None or load.dataset is None:
+            return self._fail("open a dataset folder in the Load dock first")
+        self.save_now()
+        return load.show_item(load.index + step)
+
+    def autosave_tick(self):
+        if self.autosaver is not None:
+            self.autosaver.interval = self.interval.value
+            try:
+                if self.autosaver.tick():
+                    self._saved()
+            except OSError as exc:
+                self._fail(f"autosave failed: {exc}")
+
+    def save_now(self):
+        if self.autosaver is not None:
+            try:
+                if self.autosaver.save_now():
+                    self._saved()
+            except OSError as exc:
+                self._fail(f"autosave failed: {exc}")
+
+    def _saved(self):
+        self.save_label.value = (f"autosaved {time.strftime('%H:%M:%S')} in {self.autosaver.last_seconds * 1000:.0f} ms"
+                                 f" → {self.autosaver.store.path}")
+
+    def retrain(self):
+        """Open the Train dock on "layers in the viewer" with this image and corrected labels."""
+        if self.layer is None:
+            return self._fail("choose the corrected Labels layer first")
+        self.save_now()
+        train = next((w for w in self._viewer.window.dock_widgets.values() if hasattr(w, "history")
+                      and hasattr(w, "source")), None)
+        if train is None:
+            _, train = self._viewer.window.add_plugin_dock_widget("napari-ftu", "Train")
+        train.source.value = "layers in the viewer"
+        train.labels.reset_choices()
+        train.image.reset_choices()
+        train.labels.value = self.layer
+        image = self._image_of(self.layer)
+        if image is not None:
+            train.image.value = image
+        return train
+
+    def _fail(self, exc):
+        self.counts.value = f"Error: {exc}"
+        show_error(str(exc))
+        return None

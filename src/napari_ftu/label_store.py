@@ -1,0 +1,111 @@
+"""A pyramidal label store (zarr) for slides too big to hold or paint in memory.
+
+napari cannot paint multiscale labels, so a large slide is corrected one full-resolution
+window at a time: :meth:`LabelStore.read_window` gives an ordinary array to edit,
+:meth:`LabelStore.write_window` puts it back and rebuilds only the matching part of each lower
+level (nearest neighbour: level ``k`` pixel ``(i, j)`` is level 0 pixel ``(i·2^k, j·2^k)``, so
+label ids never blend). Empty chunks are not stored, and zarr's local store replaces each chunk
+file atomically, so a 20 000 × 20 000 store of a few objects is a few files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+MIN_LEVEL = 256  # the pyramid stops when a level's longer side would drop below this
+
+
+class LabelStoreError(ValueError):
+    pass
+
+
+class LabelStore:
+    """Levels ``"0"``, ``"1"``, … of a zarr group; level ``k`` is level 0 strided by ``2**k``."""
+
+    def __init__(self, group):
+        self.group = group
+        keys = sorted((k for k in group.array_keys() if k.isdigit()), key=int)
+        if not keys or keys[0] != "0":
+            raise LabelStoreError(f"{group.store}: not a label store (no level 0)")
+        self.levels = [group[k] for k in keys]
+
+    @classmethod
+    def create(cls, path: str | Path, shape, chunks: int = 1024, dtype="uint32", overwrite: bool = False) -> LabelStore:
+        import zarr
+
+        h, w = (int(v) for v in shape)
+        if h < 1 or w < 1:
+            raise LabelStoreError(f"a label store needs a positive size, got {shape}")
+        if np.dtype(dtype).kind not in "iu":
+            raise LabelStoreError(f"labels must be integers, got {dtype}")
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise LabelStoreError(f"{path} already exists")
+        group = zarr.open_group(str(path), mode="w" if overwrite else "w-")
+        group.attrs["napari_ftu"] = {"kind": "label pyramid", "downsample": 2}
+        k = 0
+        while True:
+            lh, lw = -(-h // 2**k), -(-w // 2**k)
+            group.create_array(str(k), shape=(lh, lw), chunks=(min(chunks, lh), min(chunks, lw)), dtype=dtype,
+                               fill_value=0, config={"write_empty_chunks": False})
+            if max(lh, lw) <= MIN_LEVEL:
+                break
+            k += 1
+        return cls(group)
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r+") -> LabelStore:
+        import zarr
+
+        path = Path(path)
+        if not path.exists():
+            raise LabelStoreError(f"{path}: no such label store")
+        try:
+            group = zarr.open_group(str(path), mode=mode)
+        except Exception as exc:  # zarr raises several types for a folder that is not a group
+            raise LabelStoreError(f"{path}: not a zarr label store ({exc})") from exc
+        return cls(group)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.levels[0].shape)
+
+    def _check_window(self, y: int, x: int, h: int, w: int):
+        H, W = self.shape
+        if h < 1 or w < 1 or y < 0 or x < 0 or y + h > H or x + w > W:
+            raise LabelStoreError(f"window {h} × {w} at ({y}, {x}) does not fit in the {H} × {W} label store")
+
+    def read_window(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """Full-resolution labels of the window (an ordinary array to edit)."""
+        self._check_window(y, x, h, w)
+        return np.asarray(self.levels[0][y : y + h, x : x + w])
+
+    def write_window(self, y: int, x: int, window: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Write an edited window back and update the lower levels over its area only.
+
+        Returns, per level, the ``(y0, x0, y1, x1)`` region rewritten."""
+        window = np.asarray(window)
+        if window.ndim != 2:
+            raise LabelStoreError(f"a label window must be 2-D, got shape {window.shape}")
+        h, w = window.shape
+        self._check_window(y, x, h, w)
+        self.levels[0][y : y + h, x : x + w] = window.astype(self.levels[0].dtype, copy=False)
+        regions = [(y, x, y + h, x + w)]
+        y0, x0, y1, x1 = y, x, y + h, x + w
+        for k in range(1, len(self.levels)):
+            # Level k pixel i comes from level k-1 pixel 2i: cover every i whose source moved.
+            y0, x0 = -(-y0 // 2), -(-x0 // 2)
+            y1, x1 = min(-(-y1 // 2), self.levels[k].shape[0]), min(-(-x1 // 2), self.levels[k].shape[1])
+            if y0 >= y1 or x0 >= x1:
+                regions.append((y0, x0, y0, x0))
+                continue
+            src = np.asarray(self.levels[k - 1][2 * y0 : 2 * y1 - 1, 2 * x0 : 2 * x1 - 1])
+            self.levels[k][y0:y1, x0:x1] = src[::2, ::2]
+            regions.append((y0, x0, y1, x1))
+        return regions
+
+    def n_stored_chunks(self, level: int = 0) -> int:
+        """Chunks actually written at ``level`` (empty chunks are not stored)."""
+        return int(self.levels[level].nchunks_initialized)

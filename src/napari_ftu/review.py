@@ -1,0 +1,206 @@
+"""The review queue: one row per object (id, class, area, confidence, status), kept in step
+with the label image as it is edited, with sorting, filtering, counts and next/previous.
+
+Rejected objects leave the label image but keep their row, so that "37 / 120 reviewed"
+counts them and an undo can bring them back with their status.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+from scipy import ndimage as ndi
+
+STATUSES = ("unreviewed", "accepted", "rejected", "edited")
+SORTS = {
+    "id": lambda r: r.id,
+    "low confidence first": lambda r: (math.inf if math.isnan(r.confidence) else r.confidence, r.id),
+    "small first": lambda r: (r.area_um2, r.id),
+    "large first": lambda r: (-r.area_um2, r.id),
+    "status": lambda r: (STATUSES.index(r.status), r.id),
+    "class": lambda r: (r.cls, r.id),
+}
+
+
+@dataclass
+class Row:
+    id: int
+    cls: str
+    area_px: int
+    area_um2: float
+    confidence: float  # NaN when unknown (drawn or unsegmented objects)
+    status: str
+    box: tuple  # (y0, x0, y1, x1), full-image pixels
+    centroid: tuple  # (row, col)
+
+
+class Review:
+    """Rows keyed by object id; ``um_per_px`` converts areas (None: µm² = px²)."""
+
+    def __init__(self, um_per_px: float | None = None, default_class: str = "FTU"):
+        self.um_per_px = um_per_px
+        self.default_class = default_class
+        self.rows: dict[int, Row] = {}
+
+    # --- building and updating --------------------------------------------------------------
+    @classmethod
+    def from_labels(cls, labels, um_per_px=None, features=None, default_class="FTU") -> Review:
+        """Rows for every object; class and confidence from napari-style ``features``
+        (columns ``index``, ``class``, ``confidence``) when given."""
+        review = cls(um_per_px, default_class)
+        labels = np.asarray(labels)
+        known = _features_by_id(features, default_class)
+        boxes = ndi.find_objects(labels)
+        for i, box in enumerate(boxes, start=1):
+            if box is None:
+                continue
+            row = review._measure(labels, i, box, None)
+            if row is not None:
+                cls_, conf = known.get(i, (default_class, math.nan))
+                row.cls, row.confidence = cls_, conf
+                review.rows[i] = row
+        return review
+
+    def _measure(self, labels, obj: int, box, old: Row | None) -> Row | None:
+        mask = np.asarray(labels[box]) == obj
+        n = int(mask.sum())
+        if n == 0:
+            return None
+        rr, cc = np.nonzero(mask)
+        y0, x0 = int(box[0].start or 0), int(box[1].start or 0)
+        scale = (self.um_per_px or 1.0) ** 2
+        return Row(obj, old.cls if old else self.default_class, n, n * scale,
+                   old.confidence if old else math.nan, old.status if old else "unreviewed",
+                   (y0 + int(rr.min()), x0 + int(cc.min()), y0 + int(rr.max()) + 1, x0 + int(cc.max()) + 1),
+                   (y0 + float(rr.mean()), x0 + float(cc.mean())))
+
+    def update(self, labels, ids, region, status: str | None = "edited") -> None:
+        """Re-measure ``ids`` after a change inside ``region`` (a box): objects that changed get
+        ``status``, new ones appear, vanished ones go (rejected rows stay)."""
+        for obj in sorted({int(i) for i in ids if i}):
+            old = self.rows.get(obj)
+            box = region
+            if old is not None and old.status != "rejected":
+                y0, x0, y1, x1 = old.box
+                box = (slice(min(y0, region[0].start), max(y1, region[0].stop)),
+                       slice(min(x0, region[1].start), max(x1, region[1].stop)))
+            row = self._measure(labels, obj, box, old if old is not None and old.status != "rejected" else None)
+            if row is None:
+                if old is not None and old.status != "rejected":
+                    del self.rows[obj]
+                continue
+            if old is None or old.status == "rejected" or (row.area_px, row.box) != (old.area_px, old.box):
+                if status is not None:
+                    row.status = status
+                self.rows[obj] = row
+
+    def snapshot(self, ids) -> dict:
+        """Copies of the rows of ``ids`` (None where absent), to restore on undo."""
+        return {int(i): (replace(self.rows[i]) if i in self.rows else None) for i in ids}
+
+    def restore(self, snapshot: dict) -> None:
+        for i, row in snapshot.items():
+            if row is None:
+                self.rows.pop(i, None)
+            else:
+                self.rows[i] = replace(row)
+
+    def set_status(self, ids, status: str) -> None:
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; one of {STATUSES}")
+        for i in ids:
+            if i not in self.rows:
+                raise KeyError(f"object {i} is not in the review table")
+            self.rows[i].status = status
+
+    def set_class(self, ids, cls: str) -> None:
+        if not cls or not str(cls).strip():
+            raise ValueError("a class name cannot be empty")
+        for i in ids:
+            if i not in self.rows:
+                raise KeyError(f"object {i} is not in the review table")
+            self.rows[i].cls = str(cls).strip()
+
+    # --- queries ------------------------------------------------------------------------------
+    def counts(self) -> dict:
+        out = {s: 0 for s in STATUSES}
+        for r in self.rows.values():
+            out[r.status] += 1
+        out["total"] = len(self.rows)
+        out["reviewed"] = out["total"] - out["unreviewed"]
+        return out
+
+    def summary(self) -> str:
+        c = self.counts()
+        return (f"{c['reviewed']} / {c['total']} reviewed — {c['accepted']} accepted, {c['rejected']} rejected, "
+                f"{c['edited']} edited")
+
+    def table(self, sort: str = "id", status: str | None = None, max_confidence: float | None = None) -> list[Row]:
+        """Rows filtered by status (None: all) and confidence (NaN passes), sorted by ``sort``."""
+        if sort not in SORTS:
+            raise ValueError(f"unknown sort {sort!r}; one of {list(SORTS)}")
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; one of {STATUSES}")
+        rows = [r for r in self.rows.values() if status is None or r.status == status]
+        if max_confidence is not None:
+            rows = [r for r in rows if math.isnan(r.confidence) or r.confidence <= max_confidence]
+        return sorted(rows, key=SORTS[sort])
+
+    def next_unreviewed(self, current: int | None, order: list[int], step: int = 1) -> int | None:
+        """The next (``step`` 1) or previous (-1) unreviewed id in ``order`` after ``current``,
+        wrapping around; None when every object is reviewed."""
+        todo = [i for i in order if i in self.rows and self.rows[i].status == "unreviewed"]
+        if not todo:
+            return None
+        if current not in order:
+            return todo[0] if step > 0 else todo[-1]
+        pos = order.index(current)
+        n = len(order)
+        for k in range(1, n + 1):
+            cand = order[(pos + step * k) % n]
+            if cand in self.rows and self.rows[cand].status == "unreviewed":
+                return cand
+        return None
+
+    @property
+    def max_id(self) -> int:
+        return max(self.rows, default=0)
+
+    # --- persistence -----------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        rows = []
+        for r in self.rows.values():
+            d = asdict(r)
+            d["confidence"] = None if math.isnan(r.confidence) else r.confidence
+            rows.append(d)
+        return {"um_per_px": self.um_per_px, "default_class": self.default_class, "rows": rows}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Review:
+        try:
+            review = cls(data.get("um_per_px"), data.get("default_class", "FTU"))
+            for d in data["rows"]:
+                if d["status"] not in STATUSES:
+                    raise ValueError(f"unknown status {d['status']!r}")
+                conf = math.nan if d.get("confidence") is None else float(d["confidence"])
+                review.rows[int(d["id"])] = Row(int(d["id"]), str(d["cls"]), int(d["area_px"]), float(d["area_um2"]),
+                                                conf, d["status"], tuple(d["box"]), tuple(d["centroid"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"review state is malformed: {exc!r}") from exc
+        return review
+
+
+def _features_by_id(features, default_class: str) -> dict:
+    """{id: (class, confidence)} from a napari features table (pandas) or a dict of columns."""
+    if features is None or len(features) == 0:
+        return {}
+    cols = {k: list(features[k]) for k in ("index", "class", "confidence") if k in features}
+    if "index" not in cols:
+        return {}
+    n = len(cols["index"])
+    classes = cols.get("class", [None] * n)
+    confs = cols.get("confidence", [math.nan] * n)
+    return {int(i): (str(c) if c is not None else default_class, float(p) if p is not None else math.nan)
+            for i, c, p in zip(cols["index"], classes, confs)}

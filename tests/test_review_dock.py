@@ -1,0 +1,214 @@
+"""The Review dock in a real viewer (pytest-qt under Xvfb): every operation through the widget,
+undo/redo (buttons and Ctrl+Z across napari's painting), keys, selection, autosave, windows."""
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+
+napari = pytest.importorskip("napari")
+
+
+def _scene():
+    lab = np.zeros((300, 300), np.int32)
+    lab[20:60, 20:60] = 1
+    lab[disk((150, 80), 30, shape=lab.shape)] = 2
+    lab[disk((150, 135), 30, shape=lab.shape)] = 2  # two touching discs under one id
+    lab[230:270, 200:240] = 3
+    lab[230:234, 30:34] = 4  # a speck
+    lab[250:256, 100:106] = 5
+    lab[40:44, 40:44] = 0  # a hole in 1
+    return lab
+
+
+@pytest.fixture
+def dock(make_napari_viewer, tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_FTU_SESSIONS", str(tmp_path / "sessions"))
+    viewer = make_napari_viewer()
+    rgb = np.full((300, 300, 3), 230, np.uint8)
+    viewer.add_image(rgb, name="kidney", scale=(0.5, 0.5), metadata={"um_per_px": 0.5})
+    features = {"index": [1, 2, 3, 4, 5], "class": ["glomerulus"] * 5, "confidence": [0.9, 0.3, 0.6, 0.5, 0.8],
+                "area_um2": [0.0] * 5}
+    viewer.add_labels(_scene(), name="kidney FTUs", scale=(0.5, 0.5), features=features,
+                      metadata={"um_per_px": 0.5, "source": "kidney"})
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Review")
+    return viewer, widget
+
+
+def _key(viewer, key, modifier=None):
+    """A real key press on the canvas, through napari's key handling."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    QTest.keyClick(canvas, key, modifier or Qt.KeyboardModifier.NoModifier)
+
+
+def test_table_counts_and_selection(dock):
+    viewer, w = dock
+    layer = viewer.layers["kidney FTUs"]
+    assert w.table.rowCount() == 5 and w.counts.value.startswith("0 / 5 reviewed")
+    w.sort.value = "low confidence first"
+    assert [int(w.table.item(i, 0).text()) for i in range(5)] == [2, 4, 3, 5, 1]
+    assert w.table.item(0, 3).text() == "0.30" and w.table.item(0, 4).text() == "unreviewed"
+    w.table.selectRow(2)  # object 3, as a user clicks a row
+    assert layer.selected_label == 3
+    centre = layer.data_to_world(w.session.review.rows[3].centroid)
+    assert np.allclose(viewer.scene.camera.center[-2:], centre, atol=0.5)
+    assert viewer.scene.camera.zoom > 1  # zoomed in on a 20 µm object
+    layer.selected_label = 5  # clicking an object (picker) selects its row
+    assert w.selected_ids() == [5]
+    w.status_filter.value = "accepted"
+    assert w.table.rowCount() == 0
+
+
+def test_every_operation_and_its_undo_through_the_widget(dock):
+    viewer, w = dock
+    layer = viewer.layers["kidney FTUs"]
+    states = [layer.data.copy()]
+
+    def did(check):
+        assert check(layer.data), "operation did not do what it should"
+        states.append(layer.data.copy())
+
+    w.select([1]); w.fill_holes()
+    did(lambda d: (d[40:44, 40:44] == 1).all())
+    w.select([3]); w.grow(1)
+    did(lambda d: (d == 3).sum() > 1600)
+    w.select([3]); w.grow(-1)
+    did(lambda d: (d == 3).sum() == 1600)
+    w.select([1, 3]); w.merge()
+    did(lambda d: not (d == 3).any() and (d[250, 220] == 1))
+    w.min_area.value = 5.0  # µm² = 20 px at 0.5 µm/px: removes the 16 px speck, keeps the 36 px one
+    w.remove_small()
+    did(lambda d: not (d == 4).any() and (d == 5).any())
+    w._helper("points", "FTU seeds", "add").data = np.array([[150, 70], [150, 145]])  # same frame as the labels
+    w.split_watershed()
+    did(lambda d: len(set(np.unique(d[150, 60:160])) - {0}) == 2)
+    nxt = w.session.next_free_id()
+    cut = w._helper("shapes", "FTU cut", "add_line")
+    cut.add_lines(np.array([[10, 40], [70, 40]]))
+    w.select([1]); w.split_by_line()
+    did(lambda d: (d == nxt).sum() > 100)
+    w.select([2]); w.delete()
+    did(lambda d: not (d == 2).any())
+    w.relabel()
+    did(lambda d: set(np.unique(d)) == set(range(int(d.max()) + 1)))
+    new = w.new_object("polygon")
+    assert layer.mode == "polygon" and new == w.session.next_free_id()
+    layer.paint_polygon(np.array([[280, 280], [280, 295], [295, 295], [295, 280]]), new)  # napari's polygon tool
+    did(lambda d: (d == new).sum() > 100 and new in w.session.review.rows)
+    layer.mode = "pan_zoom"
+    assert len(w.session.history) == len(states) - 1 == 10
+    for k in range(len(states) - 1, 0, -1):  # undo everything, napari's painting included
+        w.undo()
+        assert (layer.data == states[k - 1]).all(), f"undo of step {k} is wrong"
+    assert not w.undo_button.enabled
+    for k in range(1, len(states)):
+        w.redo()
+        assert (layer.data == states[k]).all()
+    assert w.session.review.rows[new].status == "edited"
+
+
+def test_ctrl_z_undoes_our_edits_and_napari_painting_in_order(dock, qtbot):
+    from qtpy.QtCore import Qt
+
+    viewer, w = dock
+    layer = viewer.layers["kidney FTUs"]
+    viewer.layers.selection.active = layer
+    original = layer.data.copy()
+    w.select([3]); w.delete()
+    after_delete = layer.data.copy()
+    layer.selected_label = 9
+    layer.brush_size = 10
+    layer.paint((100, 250), 9)
+    assert (layer.data == 9).any()
+    ctrl = Qt.KeyboardModifier.ControlModifier
+    _key(viewer, Qt.Key.Key_Z, ctrl)
+    assert (layer.data == after_delete).all()  # the paint went first
+    _key(viewer, Qt.Key.Key_Z, ctrl)
+    assert (layer.data == original).all()
+    _key(viewer, Qt.Key.Key_Z, ctrl | Qt.KeyboardModifier.ShiftModifier)
+    assert (layer.data == after_delete).all()
+
+
+def test_review_keys_accept_reject_next(dock):
+    from qtpy.QtCore import Qt
+
+    viewer, w = dock
+    layer = viewer.layers["kidney FTUs"]
+    viewer.layers.selection.active = layer
+    w.sort.value = "low confidence first"
+    _key(viewer, Qt.Key.Key_N)
+    assert w.selected_ids() == [2]
+    _key(viewer, Qt.Key.Key_A)  # accept, then the next unreviewed
+    assert w.session.review.rows[2].status == "accepted" and w.selected_ids() == [4]
+    _key(viewer, Qt.Key.Key_R)  # reject removes the object
+    assert w.session.review.rows[4].status == "rejected" and not (layer.data == 4).any()
+    w.cls.value = "vessel"
+    _key(viewer, Qt.Key.Key_C)
+    assert w.session.review.rows[3].cls == "vessel"
+    assert w.counts.value.startswith("2 / 5 reviewed")
+    assert w.table.rowCount() == 5  # the rejected row stays in the table
+    colours = layer.colormap.color_dict
+    assert np.allclose(colours[2][:3], np.array([0x33, 0xD1, 0x7A]) / 255)  # accepted objects are green
+
+
+def test_autosave_restores_edits_and_statuses_on_reopen(make_napari_viewer, tmp_path, qtbot, monkeypatch):
+    from napari_ftu.autosave import DEFAULT_INTERVAL_S
+    from napari_ftu.slide_io import write_tiff
+
+    monkeypatch.setenv("NAPARI_FTU_SESSIONS", str(tmp_path / "unused"))
+    slide = tmp_path / "slide.tif"
+    write_tiff(slide, np.full((300, 300, 3), 200, np.uint8))
+
+    def open_viewer():
+        viewer = make_napari_viewer()
+        viewer.add_image(np.full((300, 300, 3), 200, np.uint8), name="slide", metadata={"path": str(slide)})
+        viewer.add_labels(_scene(), name="slide FTUs", metadata={"source": "slide"})
+        _, w = viewer.window.add_plugin_dock_widget("napari-ftu", "Review")
+        return viewer, w
+
+    viewer, w = open_viewer()
+    assert w.interval.value == DEFAULT_INTERVAL_S <= 30
+    w.interval.value = 1
+    w.select([2]); w.accept()
+    w.select([3]); w.delete()
+    edited = viewer.layers["slide FTUs"].data.copy()
+    store = tmp_path / "slide.tif.ftu" / "slide_FTUs.session.npz"  # the sidecar beside the slide
+    qtbot.waitUntil(store.exists, timeout=5000)  # the timer saved it, nobody asked
+    viewer.close()
+
+    viewer2, w2 = open_viewer()
+    assert (viewer2.layers["slide FTUs"].data == edited).all()
+    assert w2.session.review.rows[2].status == "accepted" and 3 not in w2.session.review.rows
+
+
+def test_large_slide_window_edit_and_save(dock, tmp_path):
+    from napari_ftu.label_store import LabelStore
+
+    viewer, w = dock
+    store = LabelStore.create(tmp_path / "big.zarr", (20_000, 20_000))
+    win = store.read_window(15_000, 15_000, 200, 200)
+    win[50:150, 50:150] = 7
+    store.write_window(15_000, 15_000, win)
+    shown = w.open_store(tmp_path / "big.zarr")
+    assert shown.multiscale and len(shown.data) == len(store.levels)
+    layer = w.edit_window((14_900, 14_900, 512, 512))
+    assert layer.data.shape == (512, 512) and set(w.session.review.rows) == {7}
+    assert np.allclose(layer.translate, np.asarray(shown.translate) + 14_900 * np.asarray(shown.scale))
+    w.select([7]); w.grow(1)
+    assert (layer.data == 7).sum() > 100 * 100
+    w.save_window()
+    assert (store.read_window(14_900, 14_900, 512, 512) == layer.data).all()
+    lvl2 = np.asarray(store.levels[2][3725:3853, 3725:3853])
+    assert (lvl2 == np.asarray(layer.data[::4, ::4])).all()  # lower levels follow the edit
+    assert w.edit_window((0, 0, 5000, 5000)) is None  # too big a window is refused, with a message
+    assert "at most 4096" in w.counts.value and w.layer is layer
+
+
+def test_retrain_button_opens_the_train_dock_on_the_corrections(dock):
+    viewer, w = dock
+    train = w.retrain()
+    assert train.source.value == "layers in the viewer"
+    assert train.labels.value is viewer.layers["kidney FTUs"] and train.image.value is viewer.layers["kidney"]
