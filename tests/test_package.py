@@ -4,9 +4,11 @@ from pathlib import Path
 
 import napari_ftu
 
-CORE = ["annotations", "atomic", "cli", "coco_rle", "datasets", "demo", "export", "resample", "steps", "formats_csv", "formats_json", "inference",
-        "metrics", "models", "polygons", "postprocess", "reader", "rle", "sample", "slide_io", "slides", "synthetic", "tiles",
-        "tiling", "training", "writers"]
+CORE = ["annotations", "atomic", "autosave", "batch", "cli", "coco_rle", "components", "datasets", "demo", "editing",
+        "evaluation", "export", "formats_csv", "formats_json", "inference", "label_store", "metrics", "models",
+        "plots", "polygons", "postprocess", "reader", "resample", "review", "review_session", "rle", "sample",
+        "slide_io", "slides", "steps", "synthetic", "tile_source", "tiles", "tiling", "tissue", "training", "undo",
+        "writers"]
 
 
 def test_npe2_validates_installed_manifest():
@@ -23,7 +25,7 @@ def test_manifest_is_found_through_the_entry_point():
     manifest = pm.get_manifest("napari-ftu")
     assert Path(manifest.package_metadata and napari_ftu.__file__).exists()
     names = {w.display_name for w in manifest.contributions.widgets}
-    assert names == {"Load", "Segment", "Export", "Train"}
+    assert names == {"Load", "Segment", "Export", "Train", "Review", "Debug"}
     assert {s.key for s in manifest.contributions.sample_data} == {"synthetic_kidney", "ihc_colon"}
 
 

@@ -11,12 +11,13 @@ import json
 import sys
 from pathlib import Path
 
+from .batch import BatchError
 from .export import FORMATS, ExportError
 from .models import ModelError
 from .rle import RLEError
 from .slide_io import SlideError
 
-USER_ERRORS = (SlideError, ModelError, ExportError, RLEError, OSError)
+USER_ERRORS = (SlideError, ModelError, ExportError, RLEError, OSError, BatchError)
 
 
 def main(argv=None) -> int:
@@ -46,10 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--screenshot", type=Path, default=None, help="save the window as PNG when done, then close")
     d.set_defaults(func=_demo)
 
-    s = sub.add_parser("segment", help="segment an image and write HuBMAP RLE (and labels)")
-    s.add_argument("image", type=Path)
+    s = sub.add_parser("segment", help="segment an image, or a batch of slides on Dask, and write HuBMAP RLE (and labels)")
+    s.add_argument("image", nargs="+",
+                   help="an image; or many: files, folders, globs ('slides/*.svs') or a competition CSV (batch)")
     s.add_argument("--model", type=Path, default=None, help="model folder or checkpoint (default: built-in)")
-    s.add_argument("--out", type=Path, required=True, help="CSV to write (id,rle)")
+    s.add_argument("--out", type=Path, required=True, help="CSV to write (id,rle); for a batch, the output folder")
     s.add_argument("--labels", type=Path, default=None, help="also write the instance labels as TIFF")
     s.add_argument("--id", default=None, help="image id in the CSV (default: file name stem)")
     s.add_argument("--um-per-px", type=float, default=None, help="override the image's pixel size")
@@ -57,8 +59,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tile", type=int, default=None)
     s.add_argument("--overlap", type=int, default=None)
     s.add_argument("--threshold", type=float, default=None)
+    s.add_argument("--batch", type=int, default=4, help="tiles per model call (halved on out-of-memory)")
+    s.add_argument("--tta", action="store_true", help="test-time augmentation: average flips and a rotation")
+    s.add_argument("--blend", choices=["gaussian", "taper"], default="gaussian", help="tile blending window")
+    s.add_argument("--keep-glass", action="store_true", help="also run the model on background (glass) tiles")
+    s.add_argument("--split", action="store_true", help="split touching objects with a watershed")
     s.add_argument("--json", action="store_true", help="print a JSON summary")
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    b = s.add_argument_group("batch (many slides)")
+    b.add_argument("--workers", type=int, default=None,
+                   help="local Dask workers (default: one per GPU, else one per core; 0: in this process)")
+    b.add_argument("--scheduler", default=None, help="attach to the Dask scheduler at ADDRESS (tcp://host:8786)")
+    b.add_argument("--formats", default="rle,labels",
+                   help="per-slide outputs, comma-separated: rle, labels (OME-TIFF), geojson (default rle,labels)")
+    b.add_argument("--retries", type=int, default=2, help="retries of a failing slide (default 2)")
+    b.add_argument("--images", type=Path, default=None, help="image folder of a competition CSV")
+    b.add_argument("--threads", type=int, default=1,
+                   help="torch threads per slide (default 1, as in each Dask worker; results are identical "
+                        "only for equal thread counts)")
+    b.add_argument("--band-above", type=float, default=400.0,
+                   help="split slides above this many megapixels into row-band tasks (default 400)")
     s.set_defaults(func=_segment)
 
     t = sub.add_parser("train", help="train a model folder from image/mask tiles or synthetic slides")
@@ -111,6 +131,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--tile-format", choices=["png", "tif"], default="png")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_export)
+
+    v = sub.add_parser("evaluate", help="score predictions against ground truth (Dice, IoU, F1, AP@0.6)")
+    v.add_argument("pred", type=Path, help="prediction: label image, folder of them, or an annotation file")
+    v.add_argument("truth", type=Path, help="ground truth: label image, folder, dataset folder or annotation file")
+    v.add_argument("--pred-format", choices=sorted(FORMATS), default=None, help="read PRED as this format")
+    v.add_argument("--truth-format", choices=sorted(FORMATS), default=None, help="read TRUTH as this format")
+    v.add_argument("--iou", type=float, default=0.5, help="IoU for a match when counting TP/FP/FN (default 0.5)")
+    v.add_argument("--ap-iou", type=float, default=0.6, help="IoU of the average precision (default 0.6)")
+    v.add_argument("--out", type=Path, default=None, help="write the report: .csv (rows) or .json")
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    v.set_defaults(func=_evaluate)
     return p
 
 
@@ -162,11 +194,15 @@ def _info(args) -> int:
 
 def _segment(args) -> int:
     from .annotations import Annotations
+    from .batch import is_batch_input
     from .export import export_annotations, safe_id
     from .inference import segment
     from .models import load_model
     from .slide_io import read_image, write_tiff
 
+    if len(args.image) > 1 or is_batch_input(args.image[0]):
+        return _segment_batch(args)
+    args.image = Path(args.image[0])
     for out in (args.out, args.labels):
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -180,7 +216,8 @@ def _segment(args) -> int:
             print(f"\rtiles {done}/{total}", end="", file=sys.stderr, flush=True)
 
     seg = segment(loaded.data, model, progress=progress, um_per_px=um, tile_size=args.tile,
-                  overlap=args.overlap, threshold=args.threshold)
+                  overlap=args.overlap, threshold=args.threshold, batch_size=args.batch, tta=args.tta,
+                  blend=args.blend, skip_background=not args.keep_glass, watershed=args.split)
     if not args.json:
         print(file=sys.stderr)
     outputs = [str(export_annotations(Annotations(image_id, seg.labels, um_per_px=um), args.out, "hubmap",
@@ -188,7 +225,8 @@ def _segment(args) -> int:
     if args.labels:
         outputs.append(str(write_tiff(args.labels, seg.labels, um)))
     summary = {"id": image_id, "n_objects": len(seg.objects), "seconds": round(seg.seconds, 3),
-               "device": seg.device, "um_per_px": um, "outputs": outputs}
+               "device": seg.device, "um_per_px": um, "tiles": seg.n_tiles, "glass_tiles_skipped": seg.n_skipped,
+               "outputs": outputs}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -196,6 +234,60 @@ def _segment(args) -> int:
         for path in outputs:
             print(f"wrote {path}")
     return 0
+
+
+def _segment_batch(args) -> int:
+    """Many slides on Dask (or in this process with ``--workers 0``): per-slide outputs under
+    ``--out``, a progress bar, a summary; exit status 1 when some slide failed."""
+    import time
+
+    from .batch import BatchOptions, plan_inputs, run_batch
+
+    if args.labels or args.id:
+        raise BatchError("--labels and --id are for one image; a batch writes <out>/<id>/ (see --formats)")
+    if args.out.suffix.lower() == ".csv" or args.out.is_file():
+        raise BatchError(f"{args.out}: a batch writes a folder; give --out FOLDER")
+    jobs = plan_inputs(args.image, images=args.images)
+    if not jobs:
+        raise BatchError(f"no slides found in {' '.join(map(str, args.image))}")
+    if args.um_per_px:
+        from dataclasses import replace
+
+        jobs = [replace(j, um_per_px=args.um_per_px) for j in jobs]
+    options = BatchOptions(model=str(args.model) if args.model else None, device=args.device, tile_size=args.tile,
+                           overlap=args.overlap, threshold=args.threshold, batch_size=args.batch, tta=args.tta,
+                           blend=args.blend, skip_background=not args.keep_glass, watershed=args.split,
+                           outputs=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+                           band_above_px=args.band_above * 1e6, threads=args.threads)
+    start = time.perf_counter()
+    failed = []
+
+    def progress(done, total, row):
+        if row is not None and row["status"] == "failed":
+            failed.append(row["id"])
+        if not args.json:
+            width = 30
+            fill = int(width * done / max(total, 1))
+            print(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} slides"
+                  + (f", {len(failed)} failed" if failed else "") + f", {time.perf_counter() - start:.0f} s",
+                  end="", file=sys.stderr, flush=True)
+
+    result = run_batch(jobs, args.out, options, progress=progress, scheduler=args.scheduler,
+                       workers=args.workers, retries=args.retries)
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(file=sys.stderr)
+        print(f"{summary['slides']} slides: {summary['done']} done ({summary['skipped']} from an earlier run), "
+              f"{summary['failed']} failed; {summary['seconds']:.1f} s, {summary['slides_per_minute']:.1f} slides/min, "
+              f"{summary['megapixels_per_second']:.2f} MP/s "
+              + (f"on {summary['workers']} Dask workers" if summary["workers"] else "in this process"))
+        for image_id, error in summary["failures"].items():
+            print(f"failed {image_id}: {error}")
+        for path in summary["outputs"]:
+            print(f"wrote {path}")
+    return 1 if result.failed else 0
 
 
 def _train(args) -> int:
@@ -281,6 +373,34 @@ def _export(args) -> int:
                             classes={i: a.class_names(i)[0] for i in a.ids()}, max_per_class=args.max_per_class,
                             seed=args.seed, fmt=args.tile_format)
         print(f"wrote {len(rows)} tiles and {args.tiles / 'manifest.csv'}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .evaluation import evaluate_paths, write_report
+
+    if args.out and args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    for name in ("iou", "ap_iou"):
+        if not 0 < getattr(args, name) <= 1:
+            raise ExportError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
+    rows, summary, missing = evaluate_paths(args.pred, args.truth, args.pred_format, args.truth_format,
+                                            args.iou, args.ap_iou)
+    if args.out:
+        write_report(args.out, rows, summary)
+    if args.json:
+        print(json.dumps({"summary": summary, "images": rows, "missing_predictions": missing,
+                          "report": str(args.out) if args.out else None}))
+        return 0
+    for row in summary:
+        ap = "n/a" if row["ap"] is None else f"{row['ap']:.4f}"
+        print(f"{row['group']}/{row['class']}: {row['images']} images, Dice {row['dice']:.4f}, IoU {row['iou']:.4f}, "
+              f"TP {row['tp']} FP {row['fp']} FN {row['fn']}, F1@{args.iou:g} {row['f1']:.4f}, "
+              f"AP@{args.ap_iou:g} {ap}")
+    if missing:
+        print(f"{len(missing)} ground-truth images without a prediction (scored as empty): {', '.join(missing[:5])}")
+    if args.out:
+        print(f"wrote {args.out}")
     return 0
 
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import napari
-from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton
-from napari.qt.threading import create_worker
-from napari.utils import progress
+from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info
 
 from ..annotations import ExportError
+from ..batch import BatchOptions, BatchResults, batch_steps, is_batch_output, plan_inputs
 from ..datasets import labels_layer_data, open_dataset
 from ..slide_io import SlideError
 from ..slides import open_slide, pyramid_steps, slide_layer_data
+from .jobs import start_job
 
 FILTER = "Images (*.tif *.tiff *.svs *.ndpi *.png *.jpg *.jpeg)"
 ERRORS = (SlideError, ExportError, OSError, ValueError)
@@ -43,10 +43,18 @@ class LoadWidget(Container):
         self.next_button = PushButton(text="Next ▶", enabled=False)
         self.annotations = FileEdit(label="annotations", mode="r", filter="Annotations (*.geojson *.json)")
         self.annotations_button = PushButton(text="Add annotations to the image")
+        self.batch_folder = FileEdit(label="batch folder", mode="d", tooltip="slides to segment (every image file)")
+        self.batch_out = FileEdit(label="batch output", mode="d",
+                                  tooltip="empty: <batch folder>/napari-ftu-batch; a rerun skips finished slides")
+        self.batch_workers = SpinBox(label="Dask workers", value=0, min=0, max=256,
+                                     tooltip="0: in napari's process; N: a local Dask cluster of N worker processes")
+        self.batch_button = PushButton(text="Batch segment folder…")
+        self.batch_bar = ProgressBar(label="batch", value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
         self.extend([self.path, self.um_per_px, self.open_button, self.pyramid_button, self.cancel_button, self.bar,
                      self.folder, self.dataset_button, self.prev_button, self.next_button, self.annotations,
-                     self.annotations_button, self.status])
+                     self.annotations_button, self.batch_folder, self.batch_out, self.batch_workers,
+                     self.batch_button, self.batch_bar, self.status])
         self.open_button.changed.connect(self.open)
         self.pyramid_button.changed.connect(self.write_pyramid)
         self.cancel_button.changed.connect(self.cancel)
@@ -54,6 +62,7 @@ class LoadWidget(Container):
         self.prev_button.changed.connect(lambda: self.show_item(self.index - 1))
         self.next_button.changed.connect(lambda: self.show_item(self.index + 1))
         self.annotations_button.changed.connect(self.add_annotations)
+        self.batch_button.changed.connect(self.batch_segment)
 
     # --- single slides ----------------------------------------------------------------------
     def open(self, path: str | Path | None = None):
@@ -80,28 +89,16 @@ class LoadWidget(Container):
             return self._fail("Open a large flat slide first.")
         out = Path(out) if out else self.slide.path.with_name(self.slide.name + ".pyramid.ome.tif")
         steps = pyramid_steps(self.slide, out)
-        self.worker = create_worker(_drive, steps, _start_thread=False)
-        self._pbar = progress(total=0, desc=f"Writing {out.name}")
         self.bar.visible = True
-
-        def on_progress(event):
-            _, done, total = event
-            self.bar.max, self.bar.value = max(total, 1), done
-            self._pbar.total, self._pbar.n = total, done
-            self._pbar.refresh()
+        self.pyramid_button.enabled, self.cancel_button.enabled = False, True
 
         def on_finished():
-            steps.close()  # a cancelled run stops its writer thread and removes the partial file
-            self._pbar.close()
             self.pyramid_button.enabled, self.cancel_button.enabled = self.slide.flat, False
 
-        self.worker.yielded.connect(on_progress)
-        self.worker.returned.connect(lambda path: (self.open(path), show_info(f"wrote {path}")))
-        self.worker.errored.connect(self._fail)
-        self.worker.aborted.connect(lambda: setattr(self.status, "value", "pyramid cancelled; nothing written"))
-        self.worker.finished.connect(on_finished)
-        self.pyramid_button.enabled, self.cancel_button.enabled = False, True
-        self.worker.start()
+        self.worker = start_job(
+            steps, f"Writing {out.name}", bar=self.bar, on_error=self._fail, on_finished=on_finished,
+            on_done=lambda path: (self.open(path), show_info(f"wrote {path}")),
+            on_abort=lambda: setattr(self.status, "value", "pyramid cancelled; nothing written"))
         return self.worker
 
     def cancel(self):
@@ -111,8 +108,9 @@ class LoadWidget(Container):
     # --- datasets ---------------------------------------------------------------------------
     def open_dataset(self, path: str | Path | None = None):
         """Recognise a dataset folder's layout and show its first image."""
+        path = Path(path or self.folder.value)
         try:
-            self.dataset = open_dataset(Path(path or self.folder.value))
+            self.dataset = BatchResults(path) if is_batch_output(path) else open_dataset(path)
         except ERRORS as exc:
             return self._fail(exc)
         return self.show_item(0)
@@ -136,6 +134,9 @@ class LoadWidget(Container):
         if item.annotations is not None:
             labels, lkw, _ = labels_layer_data(item.annotations, item.slide, item.info)
             lkw["metadata"]["dataset_item"] = True
+            labels_um = item.info.get("labels_um_per_px")
+            if labels_um and item.slide.um_per_px and labels_um != item.slide.um_per_px:  # batch labels of a
+                lkw["scale"] = (labels_um, labels_um)  # banded slide lie on the model grid
             self._viewer.add_labels(labels, **lkw)
         facts = ", ".join(f"{k} {v}" for k, v in item.info.items() if v not in (None, ""))
         n = len(item.annotations.ids()) if item.annotations is not None else 0
@@ -144,6 +145,47 @@ class LoadWidget(Container):
         self.prev_button.enabled = index > 0
         self.next_button.enabled = index < len(self.dataset) - 1
         return item
+
+    # --- batch ---------------------------------------------------------------------------------
+    def batch_segment(self, folder: str | Path | None = None, out: str | Path | None = None):
+        """Segment every slide of a folder with the default model (skipping finished ones) in a
+        worker, then browse the results with Previous/Next (image + predicted labels)."""
+        folder = Path(folder or self.batch_folder.value)
+        out = Path(out) if out else (Path(self.batch_out.value) if str(self.batch_out.value) not in ("", ".")
+                                     else folder / "napari-ftu-batch")
+        try:
+            jobs = plan_inputs([folder])
+            if not jobs:
+                raise SlideError(f"{folder}: no slides to segment")
+        except ERRORS as exc:
+            return self._fail(exc)
+        steps = batch_steps(jobs, out, BatchOptions(), workers=self.batch_workers.value)
+        self.batch_bar.visible = True
+        self.batch_button.enabled, self.cancel_button.enabled = False, True
+
+        def on_event(event):
+            row = event[3]
+            if row is not None:
+                what = f"{row['n_objects']} objects" if row["status"] != "failed" else f"failed: {row['error']}"
+                self.status.value = f"batch {event[1]}/{event[2]}: {row['id']} {what}"
+
+        def on_done(result):
+            s = result.summary()
+            self.status.value = (f"batch: {s['done']} done ({s['skipped']} earlier), {s['failed']} failed, "
+                                 f"{s['seconds']:.0f} s — results in {out}")
+            show_info(self.status.value)
+            if result.done:
+                status = self.status.value
+                self.open_dataset(out)
+                self.status.value = status + "; " + self.status.value
+
+        def on_finished():
+            self.batch_button.enabled, self.cancel_button.enabled = True, False
+
+        self.worker = start_job(steps, f"Batch segmenting {folder.name}", bar=self.batch_bar, total=len(jobs),
+                                on_event=on_event, on_done=on_done, on_error=self._fail, on_finished=on_finished,
+                                on_abort=lambda: setattr(self.status, "value", "batch cancelled; finished slides kept"))
+        return self.worker
 
     # --- annotations --------------------------------------------------------------------------
     def add_annotations(self, path: str | Path | None = None):
@@ -173,8 +215,3 @@ class LoadWidget(Container):
         self.status.value = f"Error: {exc}"
         show_error(str(exc))
         return None
-
-
-def _drive(steps):
-    """Run a progress generator inside a worker; the caller keeps ``steps`` to close it."""
-    return (yield from steps)
