@@ -222,3 +222,22 @@ def test_cli_batch_over_a_glob(slides, tmp_path, capsys):
     assert "folder" in capsys.readouterr().err
     assert main(["segment", str(slides), "--out", str(out), "--formats", "rle,pdf"]) == 2
     assert "pdf" in capsys.readouterr().err
+
+
+def test_cli_attaches_to_a_running_cluster_by_address(reference, slides, client, tmp_path, capsys):
+    """``--scheduler ADDRESS`` runs the slides on that cluster's workers, with the same results."""
+    from napari_ftu.cli import main
+
+    ref_out, _ = reference
+    address = client.scheduler.address
+    assert address.startswith("tcp://127.0.0.1:")
+    out = tmp_path / "out"
+    assert main(["segment", str(slides / "kidney_[23].tif"), "--out", str(out), "--scheduler", address,
+                 "--device", "cpu", "--formats", "rle", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["done"], summary["failed"], summary["workers"]) == (2, 0, 2)
+    rows = list(csv.DictReader(open(out / batch.SUMMARY, newline="")))
+    assert {r["worker"] for r in rows} <= {str(n) for n in client.scheduler_info()["workers"]} | {
+        w["name"] for w in client.scheduler_info()["workers"].values()}
+    for i in ("kidney_2", "kidney_3"):
+        assert (out / i / f"{i}.csv").read_bytes() == (ref_out / i / f"{i}.csv").read_bytes()

@@ -203,6 +203,15 @@ def test_large_slide_window_edit_and_save(dock, tmp_path):
     assert (store.read_window(14_900, 14_900, 512, 512) == layer.data).all()
     lvl2 = np.asarray(store.levels[2][3725:3853, 3725:3853])
     assert (lvl2 == np.asarray(layer.data[::4, ::4])).all()  # lower levels follow the edit
+    viewer.scene.camera.center = tuple(shown.data_to_world((15_100, 15_100)))  # the view decides the window
+    viewer.scene.camera.zoom = 2 / abs(shown.scale[-1])  # 2 screen px per slide px
+    view = w.edit_window()
+    (y, x), (h, wd) = view.metadata["window_offset"], view.data.shape
+    assert y < 15_100 < y + h and x < 15_100 < x + wd and 100 < h <= 4096 and 100 < wd <= 4096
+    assert (view.data == np.asarray(store.read_window(y, x, h, wd))).all() and 7 in view.data
+    layer = view
+    viewer.scene.camera.zoom = 0.01 / abs(shown.scale[-1])  # zoomed far out: the view is too big
+    assert w.edit_window() is None and "at most 4096" in w.counts.value
     assert w.edit_window((0, 0, 5000, 5000)) is None  # too big a window is refused, with a message
     assert "at most 4096" in w.counts.value and w.layer is layer
 
@@ -212,3 +221,61 @@ def test_retrain_button_opens_the_train_dock_on_the_corrections(dock):
     train = w.retrain()
     assert train.source.value == "layers in the viewer"
     assert train.labels.value is viewer.layers["kidney FTUs"] and train.image.value is viewer.layers["kidney"]
+
+
+def test_a_mouse_click_on_an_object_selects_its_row(dock, qtbot):
+    """A real left click on the canvas (pan/zoom mode) over object 3 selects its row; a click on
+    the background changes nothing."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtTest import QTest
+
+    viewer, w = dock
+    viewer.window.show()  # the canvas gets mouse events only when shown
+    layer = viewer.layers["kidney FTUs"]
+    viewer.layers.selection.active = layer
+    layer.mode = "pan_zoom"
+    w.table.selectRow(0)
+    assert w.selected_ids() == [1]
+    viewer.scene.camera.center = tuple(layer.data_to_world((250, 220)))  # the middle of object 3
+    viewer.scene.camera.zoom = 4
+    canvas = viewer.window._qt_viewer.canvas.native
+    middle = QPoint(canvas.width() // 2, canvas.height() // 2)
+    QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, middle)
+    qtbot.waitUntil(lambda: w.selected_ids() == [3], timeout=2000)
+    assert layer.selected_label == 3
+    rows = [i.row() for i in w.table.selectionModel().selectedRows()]
+    assert [int(w.table.item(r, 0).text()) for r in rows] == [3]  # the highlighted row
+    QTest.mouseClick(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(5, 5))
+    qtbot.wait(100)
+    assert w.selected_ids() == [3]  # a click on the background keeps the selection
+
+
+def test_image_series_keeps_each_image_s_review(make_napari_viewer, tmp_path, monkeypatch):
+    """Image ▶ / ◀ step through a dataset open in the Load dock; each image's edits and statuses
+    are saved on leaving it and restored on coming back."""
+    import imageio.v3 as iio
+
+    monkeypatch.setenv("NAPARI_FTU_SESSIONS", str(tmp_path / "sessions"))
+    for sub in ("images", "masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    for name in ("a", "b"):
+        iio.imwrite(tmp_path / "data" / "images" / f"{name}.png", np.full((300, 300, 3), 220, np.uint8))
+        iio.imwrite(tmp_path / "data" / "masks" / f"{name}.png", (_scene() > 0).astype(np.uint8) * 255)
+    viewer = make_napari_viewer()
+    _, load = viewer.window.add_plugin_dock_widget("napari-ftu", "Load")
+    _, w = viewer.window.add_plugin_dock_widget("napari-ftu", "Review")
+    load.open_dataset(tmp_path / "data")
+    first = w.layer  # the dock follows the labels layer the Load dock adds
+    assert first is [lyr for lyr in viewer.layers if isinstance(lyr, napari.layers.Labels)][0]
+    n = len(w.session.review.rows)
+    obj = sorted(w.session.review.rows)[0]
+    w.select([obj])
+    w.reject()
+    assert obj not in np.unique(first.data) and w.session.review.counts()["rejected"] == 1
+    w.step_image(1)
+    assert load.index == 1
+    assert w.layer is not first and len(w.session.review.rows) == n
+    assert w.session.review.counts()["rejected"] == 0  # image b has its own, untouched review
+    w.step_image(-1)
+    assert load.index == 0 and w.session.review.counts()["rejected"] == 1
+    assert obj not in np.unique(w.layer.data)
