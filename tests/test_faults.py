@@ -441,3 +441,38 @@ def test_segment_dock_out_of_memory_reduces_the_batch_and_completes(viewer_with_
 
     assert dice(viewer.layers["kidney FTUs"].data, truth) >= 0.85
 
+
+
+def test_segment_dock_rerun_cancel_restores_the_previous_result_and_edits_are_never_overwritten(
+        make_napari_viewer, qtbot):
+    from napari_ftu.synthetic import make_slide
+
+    viewer = make_napari_viewer()
+    big, _, _ = make_slide(2048, 2048, seed=1, um_per_px=2.0)
+    viewer.add_image(big, name="kidney", metadata={"um_per_px": 2.0})
+    widget = _segment_dock(viewer)
+    widget.batch.value = 1
+    widget.run()
+    qtbot.waitUntil(lambda: widget.run_button.enabled and "kidney FTUs" in viewer.layers, timeout=120_000)
+    prob_layer, labels = viewer.layers["kidney probability"], viewer.layers["kidney FTUs"]
+    prob_before = np.asarray(prob_layer.data).copy()
+    labels.paint((5, 5), 99)  # the user corrects the objects
+    edited = labels.data.copy()
+    # a second run, cancelled: the previous probability layer comes back as it was
+    worker = widget.run()
+    worker.yielded.connect(lambda ev: ev[0] == "tile" and ev[1] >= 3 and widget.cancel())
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    assert widget.status.value == "cancelled"
+    assert [layer.name for layer in viewer.layers] == ["kidney", "kidney probability", "kidney FTUs"]
+    assert viewer.layers["kidney probability"] is prob_layer and not prob_layer.visible
+    np.testing.assert_array_equal(np.asarray(prob_layer.data), prob_before)
+    np.testing.assert_array_equal(labels.data, edited)
+    # a third run completes: the edited layer is kept as it is, the new objects go beside it
+    widget.run()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    np.testing.assert_array_equal(labels.data, edited)
+    new = viewer.layers[-1]
+    assert isinstance(new, napari.layers.Labels) and new != labels and new.name.startswith("kidney FTUs")
+    assert new.data.max() > 0 and 99 not in new.data
+    assert [layer.name for layer in viewer.layers].count("kidney probability") == 1

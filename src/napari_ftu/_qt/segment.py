@@ -32,6 +32,7 @@ class SegmentWidget(Container):
         self.last_result = None
         self._result_layers = None  # (source layer, labels layer) of the last run
         self._live = None  # the probability layer filled while a run goes on
+        self._restore = None  # what that layer was before, when it is a previous result's
         self._edited = False
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.model = ComboBox(label="model", choices=[DEFAULT_MODEL], value=DEFAULT_MODEL)
@@ -153,12 +154,26 @@ class SegmentWidget(Container):
             self.bar.label = "tiles" if kind == "tile" else "objects"
 
     def _add_probability(self, layer, prob, downsample):
-        """The live layer keeps a temporary name until the run succeeds, so a cancelled or
-        failed run leaves the previous result as it was."""
+        """The live layer keeps a temporary name until the run succeeds. A previous result's
+        probability layer is reused (adding and removing napari layers stalls the viewer for
+        hundreds of ms) and restored as it was if the run is cancelled or fails."""
         name = f"{layer.name} probability (running)"
         top = 1 if isinstance(prob, np.ndarray) else 255
-        return self._viewer.add_image(_viewable(prob)[0], name=name, colormap="magma", blending="additive",
-                                      opacity=0.6, contrast_limits=(0, top), **_placement(layer, downsample))
+        view, place = _viewable(prob)[0], _placement(layer, downsample)
+        old = self._viewer.layers[f"{layer.name} probability"] if f"{layer.name} probability" in self._viewer.layers \
+            else None
+        if isinstance(old, napari.layers.Image) and not old.multiscale and old.rgb is False:
+            self._restore = {k: getattr(old, k) for k in ("name", "data", "scale", "translate", "contrast_limits",
+                                                          "visible")}
+            self._restore["metadata"] = dict(old.metadata)
+            old.name = name
+            old.data = view
+            _place(old, place)
+            old.contrast_limits, old.visible = (0, top), True
+            return old
+        self._restore = None
+        return self._viewer.add_image(view, name=name, colormap="magma", blending="additive", opacity=0.6,
+                                      contrast_limits=(0, top), **place)
 
     def _on_done(self, layer, seg, class_name):
         self.last_result = seg
@@ -168,18 +183,22 @@ class SegmentWidget(Container):
             if final in self._viewer.layers:
                 self._viewer.layers.remove(final)
             live.name = final
+            self._restore = None
+            live.visible = False  # hidden first: the swaps below then cost no redraw
             prob = seg.class_probability()
             if isinstance(prob, np.ndarray) and prob.shape != live.data.shape:  # outputs at full resolution
                 live.data = prob
-                live.scale = _placement(layer, seg.downsample)["scale"]
+                _place(live, _placement(layer, seg.downsample))
             live.metadata.update({"um_per_px": seg.um_per_px, "source": layer.name, "class": class_name})
-            live.visible = False
         if seg.uncertainty is not None:
+            unc = _viewable(seg.uncertainty)
             self._replace(f"{layer.name} uncertainty", lambda **kw: self._viewer.add_image(
-                _viewable(seg.uncertainty), colormap="viridis", blending="additive", visible=False,
-                contrast_limits=(0, 0.5 * seg.prob_scale), **kw), layer, seg)
+                unc, colormap="viridis", blending="additive", visible=False,
+                contrast_limits=(0, 0.5 * seg.prob_scale), **kw), layer, seg, data=unc)
+        objects = _viewable(seg.labels)
         labels = self._replace(f"{layer.name} FTUs", lambda **kw: self._viewer.add_labels(
-            _viewable(seg.labels), opacity=0.5, **kw), layer, seg, class_name)
+            objects, opacity=0.5, **kw), layer, seg, class_name, data=objects)
+        labels.features = {}
         self._set_features(labels, seg, class_name)
         self._result_layers = (layer, labels)
         self._edited = False
@@ -189,12 +208,23 @@ class SegmentWidget(Container):
                              f"({seg.n_tiles} tiles{skipped})")
         show_info(self.status.value)
 
-    def _replace(self, name, add, layer, seg, class_name=None):
-        if name in self._viewer.layers:
-            self._viewer.layers.remove(name)
+    def _replace(self, name, add, layer, seg, class_name=None, data=None):
+        """Put a result into the layer ``name``: the existing one is updated in place (no
+        remove/add stall) unless it holds the user's work (edited, or under review), which is
+        kept as it is next to a new layer."""
         um = seg.um_per_px
         meta = {"um_per_px": um, "source": layer.name, "class": class_name, "threshold": seg.threshold}
-        return add(name=name, metadata=meta, **_placement(layer, seg.downsample))
+        place = _placement(layer, seg.downsample)
+        old = self._viewer.layers[name] if name in self._viewer.layers else None
+        kind = napari.layers.Labels if class_name is not None else napari.layers.Image
+        reusable = (isinstance(old, kind) and not old.multiscale and not old.metadata.get("reviewed")
+                    and not (self._result_layers and old == self._result_layers[1] and self._edited))
+        if not reusable:
+            return add(name=name, metadata=meta, **place)
+        old.data = data
+        _place(old, place)
+        old.metadata = {**old.metadata, **meta}
+        return old
 
     @staticmethod
     def _set_features(labels, seg, class_name):
@@ -237,8 +267,14 @@ class SegmentWidget(Container):
 
     def _on_finished(self):
         live, self._live = getattr(self, "_live", None), None
+        restore, self._restore = getattr(self, "_restore", None), None
         if live is not None and live.name.endswith("(running)") and live in self._viewer.layers:
-            self._viewer.layers.remove(live)  # cancelled or failed: no half-filled layer stays
+            if restore is None:
+                self._viewer.layers.remove(live)  # cancelled or failed: no half-filled layer stays
+            else:  # the previous result's layer, as it was
+                live.data = restore.pop("data")
+                for key, value in restore.items():
+                    setattr(live, key, value)
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
 
@@ -247,6 +283,13 @@ def _placement(layer, downsample: float) -> dict:
     """Scale and offset putting an output grid ``downsample`` times coarser on the image."""
     return {"scale": [v * downsample for v in layer.scale[-2:]], "translate": layer.translate[-2:],
             "units": layer.units[-2:]}
+
+
+def _place(layer, place: dict) -> None:
+    """Set scale and offset only where they change: each set redraws the layer."""
+    for key in ("scale", "translate"):
+        if not np.allclose(getattr(layer, key)[-2:], place[key]):
+            setattr(layer, key, place[key])
 
 
 def _viewable(array):
