@@ -37,3 +37,12 @@ def default_model():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def viewer_with_slide(make_napari_viewer, small_slide):
+    """A viewer holding the small slide as "kidney" (1 µm/px), and its ground truth."""
+    viewer = make_napari_viewer()
+    rgb, truth, spec = small_slide
+    viewer.add_image(rgb, name="kidney", scale=(1.0, 1.0), metadata={"um_per_px": spec.um_per_px})
+    return viewer, truth

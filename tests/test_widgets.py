@@ -11,14 +11,6 @@ from napari_ftu.slide_io import write_tiff
 napari = pytest.importorskip("napari")
 
 
-@pytest.fixture
-def viewer_with_slide(make_napari_viewer, small_slide):
-    viewer = make_napari_viewer()
-    rgb, truth, spec = small_slide
-    viewer.add_image(rgb, name="kidney", scale=(1.0, 1.0), metadata={"um_per_px": spec.um_per_px})
-    return viewer, truth
-
-
 def _segment_dock(viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Segment")
     widget.device.value = "cpu"

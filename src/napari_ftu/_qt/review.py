@@ -593,23 +593,20 @@ class ReviewWidget(Container):
     def autosave_tick(self):
         if self.autosaver is not None:
             self.autosaver.interval = self.interval.value
-            try:
-                if self.autosaver.tick():
-                    self._saved()
-            except OSError as exc:
-                self._fail(f"autosave failed: {exc}")
+            self._save(self.autosaver.tick)
 
     def save_now(self):
         if self.autosaver is not None:
-            try:
-                if self.autosaver.save_now():
-                    self._saved()
-            except OSError as exc:
-                self._fail(f"autosave failed: {exc}")
+            self._save(self.autosaver.save_now)
 
-    def _saved(self):
-        self.save_label.value = (f"autosaved {time.strftime('%H:%M:%S')} in {self.autosaver.last_seconds * 1000:.0f} ms"
-                                 f" → {self.autosaver.store.path}")
+    def _save(self, save):
+        """Run an autosave step; say when it wrote, and show a failure instead of raising."""
+        try:
+            if save():
+                self.save_label.value = (f"autosaved {time.strftime('%H:%M:%S')} in "
+                                         f"{self.autosaver.last_seconds * 1000:.0f} ms → {self.autosaver.store.path}")
+        except OSError as exc:
+            self._fail(f"autosave failed: {exc}")
 
     def retrain(self):
         """Open the Train dock on "layers in the viewer" with this image and corrected labels."""

@@ -172,8 +172,8 @@ class SegmentWidget(Container):
             old.contrast_limits, old.visible = (0, top), True
             return old
         self._restore = None
-        return self._viewer.add_image(view, name=name, colormap="magma", blending="additive", opacity=0.6,
-                                      contrast_limits=(0, top), **place)
+        return self._viewer.add_image(view, name=name, colormap=_probability_colormap(), blending="translucent",
+                                      opacity=0.7, contrast_limits=(0, top), **place)
 
     def _on_done(self, layer, seg, class_name):
         self.last_result = seg
@@ -283,6 +283,13 @@ def _placement(layer, downsample: float) -> dict:
     """Scale and offset putting an output grid ``downsample`` times coarser on the image."""
     return {"scale": [v * downsample for v in layer.scale[-2:]], "translate": layer.translate[-2:],
             "units": layer.units[-2:]}
+
+
+def _probability_colormap():
+    """Transparent at 0, through yellow to red at 1: on bright H&E an additive map is invisible."""
+    from napari.utils.colormaps import Colormap
+
+    return Colormap([[1.0, 0.9, 0.1, 0.0], [1.0, 0.6, 0.0, 0.8], [0.85, 0.05, 0.1, 1.0]], name="ftu probability")
 
 
 def _place(layer, place: dict) -> None:
