@@ -31,6 +31,10 @@ def run_gui(size: int | None = None, seed: int | None = None, device: str = "aut
         viewer.window._qt_window.resize(1600, 1000)
 
         def snap():
+            from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+            for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+                toast.hide()  # napari's own notices would cover the slide
             viewer.layers.move(viewer.layers.index(truth), len(viewer.layers))
             viewer.reset_view()
             viewer.screenshot(str(screenshot), canvas_only=False)
