@@ -422,9 +422,11 @@ def test_segment_dock_out_of_memory_reduces_the_batch_and_completes(viewer_with_
 
 
 def test_segment_dock_rerun_cancel_restores_the_previous_result_and_edits_are_never_overwritten(
-        make_napari_viewer, qtbot):
+        make_napari_viewer, qtbot, monkeypatch):
+    from napari_ftu._qt import segment
     from napari_ftu.synthetic import make_slide
 
+    monkeypatch.setattr(segment, "STORE_ABOVE_PIXELS", 0)  # results in temporary zarr stores, as for slides
     viewer = make_napari_viewer()
     big, _, _ = make_slide(2048, 2048, seed=1, um_per_px=2.0)
     viewer.add_image(big, name="kidney", metadata={"um_per_px": 2.0})
@@ -434,6 +436,7 @@ def test_segment_dock_rerun_cancel_restores_the_previous_result_and_edits_are_ne
     qtbot.waitUntil(lambda: widget.run_button.enabled and "kidney FTUs" in viewer.layers, timeout=120_000)
     prob_layer, labels = viewer.layers["kidney probability"], viewer.layers["kidney FTUs"]
     prob_before = np.asarray(prob_layer.data).copy()
+    first_store = widget.last_result.store
     labels.paint((5, 5), 99)  # the user corrects the objects
     edited = labels.data.copy()
     # a second run, cancelled: the previous probability layer comes back as it was
@@ -443,6 +446,7 @@ def test_segment_dock_rerun_cancel_restores_the_previous_result_and_edits_are_ne
         pass
     assert widget.status.value == "cancelled"
     assert [layer.name for layer in viewer.layers] == ["kidney", "kidney probability", "kidney FTUs"]
+    assert widget._stores == [first_store] and first_store.is_dir()  # the cancelled run's store is gone
     assert viewer.layers["kidney probability"] is prob_layer and not prob_layer.visible
     np.testing.assert_array_equal(np.asarray(prob_layer.data), prob_before)
     np.testing.assert_array_equal(labels.data, edited)
@@ -452,5 +456,6 @@ def test_segment_dock_rerun_cancel_restores_the_previous_result_and_edits_are_ne
     np.testing.assert_array_equal(labels.data, edited)
     new = viewer.layers[-1]
     assert isinstance(new, napari.layers.Labels) and new != labels and new.name.startswith("kidney FTUs")
-    assert new.data.max() > 0 and 99 not in new.data
+    assert np.asarray(new.data).max() > 0 and 99 not in np.asarray(new.data)
+    assert first_store.is_dir()  # still shown by the edited layer
     assert [layer.name for layer in viewer.layers].count("kidney probability") == 1

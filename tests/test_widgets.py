@@ -241,6 +241,13 @@ def test_load_dock_pyramid_then_segment_it(make_napari_viewer, qtbot, tmp_path):
     assert seg.last_result.store is not None and (seg.last_result.store / "labels").is_dir()
     _, truth, _ = make_slide(1400, 1200, seed=31, um_per_px=0.5)
     assert dice(np.asarray(labels.data), truth[2::4, 2::4]) >= 0.85
+    # a second run updates the layers in place; the first run's temporary store is then deleted
+    first = seg.last_result.store
+    seg.run()
+    qtbot.waitUntil(lambda: seg.run_button.enabled and seg.last_result.store != first, timeout=120_000)
+    assert not first.parent.exists() and seg.last_result.store.is_dir()
+    assert viewer.layers["pyr FTUs"].metadata["store"] == str(seg.last_result.store)
+    assert dice(np.asarray(viewer.layers["pyr FTUs"].data), truth[2::4, 2::4]) >= 0.85
 
 
 def test_load_dock_dataset_browser(make_napari_viewer, shared_data):

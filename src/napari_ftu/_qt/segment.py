@@ -3,6 +3,8 @@ re-derive instances when the threshold moves (from the cached probability, no mo
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +36,9 @@ class SegmentWidget(Container):
         self._live = None  # the probability layer filled while a run goes on
         self._restore = None  # what that layer was before, when it is a previous result's
         self._edited = False
+        self._stores: list[Path] = []  # temporary zarr stores this dock made (deleted once unused)
+        self._store = None  # the running job's
+        atexit.register(_delete_stores, self._stores)
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.model = ComboBox(label="model", choices=[DEFAULT_MODEL], value=DEFAULT_MODEL)
         self.browse = PushButton(text="Add model folder…")
@@ -110,6 +115,8 @@ class SegmentWidget(Container):
         store = None
         if layer.multiscale or grid_px > STORE_ABOVE_PIXELS:
             store = Path(tempfile.mkdtemp(prefix="napari-ftu-")) / f"{layer.name}.zarr"
+            self._stores.append(store)
+        self._store = store
         steps = segment_steps(
             data, model,
             um_per_px=um,
@@ -170,10 +177,12 @@ class SegmentWidget(Container):
             old.data = view
             _place(old, place)
             old.contrast_limits, old.visible = (0, top), True
+            old.metadata = {**old.metadata, "store": _text(self._store)}
             return old
         self._restore = None
         return self._viewer.add_image(view, name=name, colormap=_probability_colormap(), blending="translucent",
-                                      opacity=0.7, contrast_limits=(0, top), **place)
+                                      opacity=0.7, contrast_limits=(0, top), metadata={"store": _text(self._store)},
+                                      **place)
 
     def _on_done(self, layer, seg, class_name):
         self.last_result = seg
@@ -189,7 +198,8 @@ class SegmentWidget(Container):
             if isinstance(prob, np.ndarray) and prob.shape != live.data.shape:  # outputs at full resolution
                 live.data = prob
                 _place(live, _placement(layer, seg.downsample))
-            live.metadata.update({"um_per_px": seg.um_per_px, "source": layer.name, "class": class_name})
+            live.metadata.update({"um_per_px": seg.um_per_px, "source": layer.name, "class": class_name,
+                                  "store": _text(seg.store)})
         if seg.uncertainty is not None:
             unc = _viewable(seg.uncertainty)
             self._replace(f"{layer.name} uncertainty", lambda **kw: self._viewer.add_image(
@@ -213,7 +223,8 @@ class SegmentWidget(Container):
         remove/add stall) unless it holds the user's work (edited, or under review), which is
         kept as it is next to a new layer."""
         um = seg.um_per_px
-        meta = {"um_per_px": um, "source": layer.name, "class": class_name, "threshold": seg.threshold}
+        meta = {"um_per_px": um, "source": layer.name, "class": class_name, "threshold": seg.threshold,
+                "store": _text(seg.store)}
         place = _placement(layer, seg.downsample)
         old = self._viewer.layers[name] if name in self._viewer.layers else None
         kind = napari.layers.Labels if class_name is not None else napari.layers.Image
@@ -276,13 +287,34 @@ class SegmentWidget(Container):
                 for key, value in restore.items():
                     setattr(live, key, value)
         self.worker = None
+        self._store = None
+        self._sweep_stores()
         self.run_button.enabled, self.cancel_button.enabled = True, False
+
+    def _sweep_stores(self):
+        """Delete the temporary stores no layer shows any more (a cancelled run's, or a result
+        whose layers a newer run updated); the last result's stays for threshold changes."""
+        used = {lyr.metadata.get("store") for lyr in self._viewer.layers}
+        if self.last_result is not None:
+            used.add(_text(self.last_result.store))
+        unused = [p for p in self._stores if str(p) not in used]
+        _delete_stores(unused)
+        self._stores[:] = [p for p in self._stores if p not in unused]
 
 
 def _placement(layer, downsample: float) -> dict:
     """Scale and offset putting an output grid ``downsample`` times coarser on the image."""
     return {"scale": [v * downsample for v in layer.scale[-2:]], "translate": layer.translate[-2:],
             "units": layer.units[-2:]}
+
+
+def _text(path) -> str | None:
+    return None if path is None else str(path)
+
+
+def _delete_stores(stores) -> None:
+    for store in list(stores):
+        shutil.rmtree(Path(store).parent, ignore_errors=True)  # the mkdtemp folder around it
 
 
 def _probability_colormap():
