@@ -120,7 +120,7 @@ def main():
         values = [int(v) for v in text.split()]
         d_floor = timeit(touch_pages(list(zip([v - 1 for v in values[0::2]], values[1::2])), mask.size), 15)
         assert (rle.decode(text, mask.shape) == loop_decode(text, mask.shape)).all()
-        runs = len(text.split()) // 2
+        runs = len(values) // 2
         print(f"{name:28s} {mask.mean():6.3f} {runs:7d} | {e_ours*1e3:15.2f} {e_loop*1e3:8.0f} {e_coco*1e3:7.2f}"
               f" {e_cocoF*1e3:7.2f} | {d_ours*1e3:15.2f} {d_loop*1e3:7.2f} {d_pix*1e3:7.0f} {d_coco*1e3:6.2f}"
               f" {d_floor*1e3:6.3f} {d_loop/20*1e3:6.3f}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
+from napari_ftu._qt.demo import hide_notices
 from napari_ftu.synthetic import make_slide
 
 OUT = Path(__file__).resolve().parent / "segment_running.png"
@@ -31,10 +32,7 @@ taken = []
 
 def half_way(event):
     if event[0] == "tile" and event[1] >= event[2] // 2 and not taken:
-        from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-        for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-            toast.hide()  # napari's own start-up notices
+        hide_notices(viewer)
         app.processEvents()
         taken.append(viewer.screenshot(str(OUT), canvas_only=False))
 

@@ -31,10 +31,7 @@ def run_gui(size: int | None = None, seed: int | None = None, device: str = "aut
         viewer.window._qt_window.resize(1600, 1000)
 
         def snap():
-            from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-            for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-                toast.hide()  # napari's own notices would cover the slide
+            hide_notices(viewer)
             viewer.layers.move(viewer.layers.index(truth), len(viewer.layers))
             viewer.reset_view()
             viewer.screenshot(str(screenshot), canvas_only=False)
@@ -43,3 +40,11 @@ def run_gui(size: int | None = None, seed: int | None = None, device: str = "aut
         worker.finished.connect(lambda: QTimer.singleShot(1000, snap))
     napari.run()
     return 0
+
+
+def hide_notices(viewer) -> None:
+    """Hide napari's notification toasts (start-up notices), which would cover a screenshot."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.hide()

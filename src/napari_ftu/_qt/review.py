@@ -28,6 +28,7 @@ from ..label_store import LabelStore, LabelStoreError
 from ..review import SORTS, STATUSES
 from ..review_session import ReviewSession
 from ..undo import paint_delta
+from .segment import EDITED
 
 COLUMNS = ["id", "class", "area µm²", "confidence", "status"]
 HEADER_SORTS = {0: "id", 1: "class", 2: "large first", 3: "low confidence first", 4: "status"}
@@ -369,7 +370,7 @@ class ReviewWidget(Container):
             return self._fail(exc)
         step = result if hasattr(result, "boxes") else None
         if self.layer is not None:
-            self.layer.metadata["reviewed"] = True  # the Segment dock will not overwrite this layer
+            self.layer.metadata[EDITED] = True  # the Segment dock will not overwrite this layer
         if self.layer is not None and step is not None and step.boxes:
             self.layer.events.data(value=self.layer.data, action="changed", data_indices=(), value_indices=())
         self.refresh()
@@ -494,7 +495,7 @@ class ReviewWidget(Container):
         if delta is None:
             return
         self.session.record_paint(*delta, name=f"napari {self.layer.mode}")
-        self.layer.metadata["reviewed"] = True
+        self.layer.metadata[EDITED] = True
         if hasattr(self.layer, "_reset_history"):
             self.layer._reset_history()  # our history holds it now; napari's copy would only cost memory
         self.refresh()

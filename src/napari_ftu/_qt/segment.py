@@ -22,6 +22,7 @@ from .jobs import start_job
 DEFAULT_MODEL = "built-in: synthetic kidney glomeruli"
 STORE_ABOVE_PIXELS = 64e6  # model-grid outputs larger than this stream into a zarr store on disk
 REFRESH_EVERY_S = 0.25  # progressive display: redraw at most this often
+EDITED = "edited"  # layer metadata: the user painted or reviewed these objects, so no run overwrites them
 
 
 class SegmentWidget(Container):
@@ -35,7 +36,6 @@ class SegmentWidget(Container):
         self._result_layers = None  # (source layer, labels layer) of the last run
         self._live = None  # the probability layer filled while a run goes on
         self._restore = None  # what that layer was before, when it is a previous result's
-        self._edited = False
         self._stores: list[Path] = []  # temporary zarr stores this dock made (deleted once unused)
         self._store = None  # the running job's
         atexit.register(_delete_stores, self._stores)
@@ -211,8 +211,7 @@ class SegmentWidget(Container):
         labels.features = {}
         self._set_features(labels, seg, class_name)
         self._result_layers = (layer, labels)
-        self._edited = False
-        labels.events.paint.connect(self._mark_edited)
+        labels.events.paint.connect(_mark_edited)
         skipped = f", {seg.n_skipped} glass tiles skipped" if seg.n_skipped else ""
         self.status.value = (f"{len(seg.objects)} FTUs in {seg.seconds:.1f} s on {seg.device} "
                              f"({seg.n_tiles} tiles{skipped})")
@@ -228,8 +227,7 @@ class SegmentWidget(Container):
         place = _placement(layer, seg.downsample)
         old = self._viewer.layers[name] if name in self._viewer.layers else None
         kind = napari.layers.Labels if class_name is not None else napari.layers.Image
-        reusable = (isinstance(old, kind) and not old.multiscale and not old.metadata.get("reviewed")
-                    and not (self._result_layers and old == self._result_layers[1] and self._edited))
+        reusable = isinstance(old, kind) and not old.multiscale and not old.metadata.get(EDITED)
         if not reusable:
             return add(name=name, metadata=meta, **place)
         old.data = data
@@ -245,16 +243,13 @@ class SegmentWidget(Container):
             features["class"] = [class_name] * len(seg.objects)
             labels.features = features
 
-    def _mark_edited(self, *_):
-        self._edited = True
-
     # --- threshold without re-running ------------------------------------------------------
     def _threshold_moved(self, value):
         seg = self.last_result
         if seg is None or self.worker is not None or abs(value - seg.threshold) < 1e-9:
             return
         source, labels = self._result_layers
-        if self._edited or labels not in self._viewer.layers:
+        if labels.metadata.get(EDITED) or labels not in self._viewer.layers:
             self.status.value = "The objects layer has your edits: run again to segment with the new threshold."
             return
         if isinstance(seg.labels, np.ndarray):
@@ -306,6 +301,10 @@ def _placement(layer, downsample: float) -> dict:
     """Scale and offset putting an output grid ``downsample`` times coarser on the image."""
     return {"scale": [v * downsample for v in layer.scale[-2:]], "translate": layer.translate[-2:],
             "units": layer.units[-2:]}
+
+
+def _mark_edited(event) -> None:
+    event.source.metadata[EDITED] = True
 
 
 def _text(path) -> str | None:
