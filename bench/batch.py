@@ -3,7 +3,7 @@
     python bench/batch.py [--slides 8] [--size 1536] [--workers 1 2]
 
 Writes ``--slides`` synthetic kidney slides (``--size`` px square, 1 µm/px: the built-in model
-runs at 2 µm/px, so each is resampled) and segments them with :func:`napari_ftu.batch.run_batch`
+runs at 2 µm/px, so each is resampled) and segments them with :func:`napari_ftu.batch.runner.run_batch`
 into a fresh output folder per configuration: a LocalCluster of N single-threaded worker processes
 on loopback, and the in-process loop (torch with its own thread count). Workers are started and
 the model loaded in each (``warm-up``) before the clock starts, so the figures are steady-state
@@ -29,8 +29,8 @@ def main():
     import torch
     from distributed import Client, LocalCluster
 
-    from napari_ftu import batch
-    from napari_ftu.synthetic import write_slide
+    from napari_ftu.batch import runner as batch
+    from napari_ftu.io.synthetic import write_slide
 
     root = Path(tempfile.mkdtemp(prefix="napari-ftu-bench-batch-"))
     try:

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from napari_ftu import rle
-from napari_ftu.synthetic import make_slide
+from napari_ftu.formats import rle
+from napari_ftu.io.synthetic import make_slide
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "hubmap2022_rle" / "train_rows_subset.csv"
 

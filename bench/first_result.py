@@ -22,7 +22,7 @@ def main():
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_ftu.sample import synthetic_layers
+    from napari_ftu.plugin.sample import synthetic_layers
 
     viewer = napari.Viewer(show=True)
     data, kwargs, _ = synthetic_layers()[0]

@@ -37,12 +37,13 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_ftu import coco_rle, rle
-from napari_ftu.annotations import Annotations, ExportError
-from napari_ftu.models import ModelCard, ModelError
-from napari_ftu.polygons import mask_to_polygons, rasterize
-from napari_ftu.rle import RLEError
-from napari_ftu.slide_io import SlideError
+from napari_ftu.formats import coco_rle
+from napari_ftu.formats import rle
+from napari_ftu.formats.annotations import Annotations, ExportError
+from napari_ftu.engine.models import ModelCard, ModelError
+from napari_ftu.formats.polygons import mask_to_polygons, rasterize
+from napari_ftu.formats.rle import RLEError
+from napari_ftu.io.images import SlideError
 
 ALLOWED = (RLEError, ExportError, SlideError, ModelError)
 MARKER = Path(tempfile.gettempdir()) / "napari-ftu-fuzz-code-ran"  # a crafted card must never create it
@@ -146,7 +147,7 @@ atexit.register(shutil.rmtree, _WORK, True)
 
 
 def _written(fmt: str, labels: np.ndarray) -> str:
-    from napari_ftu.export import FORMATS
+    from napari_ftu.formats.export import FORMATS
 
     path = _WORK / f"base{FORMATS[fmt].suffix}"
     a = Annotations("img-1", labels, {i: ["3"] for i in range(1, 5)}, {i: 0.5 for i in range(1, 5)}, um_per_px=0.5)
@@ -279,7 +280,7 @@ def run_rasterize(case, folder):
 
 # JSON readers -----------------------------------------------------------------------------------
 def run_geojson(case, folder):
-    from napari_ftu.formats_json import read_geojson
+    from napari_ftu.formats.json_formats import read_geojson
 
     text, shape = case
     path = folder / "x.geojson"
@@ -288,7 +289,7 @@ def run_geojson(case, folder):
 
 
 def run_coco(case, folder):
-    from napari_ftu.export import import_annotations
+    from napari_ftu.formats.export import import_annotations
 
     path = folder / "x.json"
     path.write_text(case, encoding="utf-8")
@@ -297,11 +298,11 @@ def run_coco(case, folder):
 
 def run_jsonl(case, folder):
     """The vasculature layout: polygons.jsonl beside train/t0.tif (a 40 x 48 image)."""
-    from napari_ftu.datasets import open_dataset
+    from napari_ftu.formats.datasets import open_dataset
 
     root = folder / "vasc"
     if not (root / "train" / "t0.tif").is_file():
-        from napari_ftu.slide_io import write_tiff
+        from napari_ftu.io.images import write_tiff
 
         (root / "train").mkdir(parents=True)
         write_tiff(root / "train" / "t0.tif", np.zeros((40, 48, 3), np.uint8))
@@ -338,7 +339,7 @@ def csv_bytes(draw, fmt):
 
 
 def run_csv(case, folder):
-    from napari_ftu.export import import_annotations
+    from napari_ftu.formats.export import import_annotations
 
     fmt, data, shape = case
     path = folder / "x.csv"
@@ -352,11 +353,11 @@ csv_cases = st.sampled_from(["hubmap", "hubmap-train", "hpa", "vasculature"]).fl
 
 def run_train_csv(case, folder):
     """The HuBMAP 2022 layout: train.csv beside train_images/100.tiff (a 12 x 10 image)."""
-    from napari_ftu.datasets import open_dataset
+    from napari_ftu.formats.datasets import open_dataset
 
     root = folder / "hubmap"
     if not (root / "train_images" / "100.tiff").is_file():
-        from napari_ftu.slide_io import write_tiff
+        from napari_ftu.io.images import write_tiff
 
         (root / "train_images").mkdir(parents=True)
         write_tiff(root / "train_images" / "100.tiff", np.zeros((12, 10, 3), np.uint8))

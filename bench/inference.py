@@ -30,7 +30,7 @@ def peak_mb() -> float:
 
 def image(size: int, glass: float) -> np.ndarray:
     """A synthetic kidney image tiled from one rendered patch; the left ``glass`` fraction blank."""
-    from napari_ftu.synthetic import make_slide
+    from napari_ftu.io.synthetic import make_slide
 
     patch, _, _ = make_slide(1024, 1024, seed=2, um_per_px=2.0)
     reps = -(-size // 1024)
@@ -43,7 +43,7 @@ def run_one(method: str, size: int, glass: float, device: str, batch: int) -> di
     """One measurement in this process (called in a subprocess by ``main``)."""
     import torch
 
-    from napari_ftu.models import load_model
+    from napari_ftu.engine.models import load_model
 
     model = load_model(None, device=device)
     rgb = image(size, glass)
@@ -51,7 +51,7 @@ def run_one(method: str, size: int, glass: float, device: str, batch: int) -> di
     base = peak_mb()
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     if method == "ours":
-        from napari_ftu.inference import segment
+        from napari_ftu.engine.inference import segment
 
         segment(rgb[:512, :512], model, batch_size=batch)  # warm-up
         sync()
@@ -61,9 +61,9 @@ def run_one(method: str, size: int, glass: float, device: str, batch: int) -> di
         out = {"seconds": time.perf_counter() - start, "tiles": seg.n_tiles, "skipped": seg.n_skipped,
                "prob": seg.probability[::8, ::8].tolist()}
     elif method == "forward":
-        from napari_ftu.tile_source import TileSource
-        from napari_ftu.tiling import tile_grid
-        from napari_ftu.tissue import tiles_with_tissue, tissue_mask
+        from napari_ftu.engine.tile_source import TileSource
+        from napari_ftu.engine.tiling import tile_grid
+        from napari_ftu.engine.tissue import tiles_with_tissue, tissue_mask
 
         source = TileSource(rgb, None, card.um_per_px)
         grid = tile_grid(source.shape, card.tile_size, card.overlap)
@@ -100,7 +100,7 @@ def run_one(method: str, size: int, glass: float, device: str, batch: int) -> di
         start = time.perf_counter()
         prob = run(rgb)
         labels_start = time.perf_counter()
-        from napari_ftu.postprocess import instances
+        from napari_ftu.engine.postprocess import instances
 
         instances(prob, card.threshold, int(card.min_object_um2 / card.um_per_px**2))  # same post-processing
         sync()

@@ -27,7 +27,7 @@ def peak_rss_mb() -> float:
 def cheap_model(um_per_px: float):
     import torch
 
-    from napari_ftu.models import FTUModel, ModelCard
+    from napari_ftu.engine.models import FTUModel, ModelCard
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
@@ -60,8 +60,8 @@ def main():
 
         args.slide.parent.mkdir(parents=True, exist_ok=True)
         write_repeated_slide(args.slide, args.size)
-    from napari_ftu.inference import segment_steps
-    from napari_ftu.slides import open_slide
+    from napari_ftu.engine.inference import segment_steps
+    from napari_ftu.io.slides import open_slide
     from napari_ftu.steps import drain
 
     slide = open_slide(args.slide)

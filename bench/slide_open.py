@@ -26,10 +26,10 @@ def write_repeated_slide(path: Path, size: int, patch: int = 4096):
     depend on the content). Each level repeats the patch reduced by block means."""
     import numpy as np
 
-    from napari_ftu.slide_io import PYRAMID_TILE as T
-    from napari_ftu.slide_io import pyramid_downsamples, write_pyramid
-    from napari_ftu.slides import _block_mean
-    from napari_ftu.synthetic import make_slide
+    from napari_ftu.io.images import PYRAMID_TILE as T
+    from napari_ftu.io.images import pyramid_downsamples, write_pyramid
+    from napari_ftu.io.slides import _block_mean
+    from napari_ftu.io.synthetic import make_slide
 
     rgb, _, _ = make_slide(patch, patch, seed=1, um_per_px=0.5)
     downsamples = pyramid_downsamples((size, size))

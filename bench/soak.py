@@ -2,7 +2,7 @@
 
 A leak of a few MB per run (a cached array, a tile-reader thread that never ends, a torch
 allocator that keeps growing) only shows after many runs. This segments the napari sample
-slide (``napari_ftu.sample``: synthetic kidney, its seed, size and pixel size)
+slide (``napari_ftu.plugin.sample``: synthetic kidney, its seed, size and pixel size)
 with the default model, 50 times by default, and prints the resident memory after warm-up and
 at the end, and the Python and OS thread counts before and after.
 
@@ -38,10 +38,10 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    from napari_ftu.inference import segment
-    from napari_ftu.models import load_model
-    from napari_ftu.sample import SAMPLE_SEED, SAMPLE_SIZE, SAMPLE_UM_PER_PX
-    from napari_ftu.synthetic import make_slide
+    from napari_ftu.engine.inference import segment
+    from napari_ftu.engine.models import load_model
+    from napari_ftu.plugin.sample import SAMPLE_SEED, SAMPLE_SIZE, SAMPLE_UM_PER_PX
+    from napari_ftu.io.synthetic import make_slide
 
     size = args.size or SAMPLE_SIZE
     rgb, _, _ = make_slide(size, size, seed=SAMPLE_SEED, um_per_px=SAMPLE_UM_PER_PX)

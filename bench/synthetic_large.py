@@ -13,7 +13,7 @@ from pathlib import Path
 
 import tifffile
 
-from napari_ftu.synthetic import write_slide
+from napari_ftu.io.synthetic import write_slide
 
 
 def main():

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.inference import segment
-from napari_ftu.metrics import dice
-from napari_ftu.models import ModelCard, default_model_path, load_model
-from napari_ftu.training import dataset_samples, train
+from napari_ftu.engine.inference import segment
+from napari_ftu.evaluation.metrics import dice
+from napari_ftu.engine.models import ModelCard, default_model_path, load_model
+from napari_ftu.training.train import dataset_samples, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sarder_frozen_kidney_glomeruli"
 VAL = [f"O27_{k}_" for k in range(15, 21)]  # slides O27_15 ... O27_20 are held out
@@ -29,7 +29,7 @@ def main():
     p.add_argument("--device", default="auto")
     args = p.parse_args()
 
-    from napari_ftu.datasets import open_dataset
+    from napari_ftu.formats.datasets import open_dataset
 
     ids = open_dataset(DATA).ids
     val_ids = [i for i in ids if any(i.startswith(v) for v in VAL)]

@@ -7,9 +7,9 @@ import sys
 import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
-from napari_ftu.synthetic import make_slide
-from napari_ftu.models import load_model
-from napari_ftu.inference import segment
+from napari_ftu.io.synthetic import make_slide
+from napari_ftu.engine.models import load_model
+from napari_ftu.engine.inference import segment
 from napari_ftu._qt.debug import DebugWidget
 
 UM = 2.0

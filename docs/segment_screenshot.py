@@ -11,7 +11,7 @@ import napari
 from qtpy.QtWidgets import QApplication
 
 from napari_ftu._qt.demo import hide_notices
-from napari_ftu.synthetic import make_slide
+from napari_ftu.io.synthetic import make_slide
 
 OUT = Path(__file__).resolve().parent / "segment_running.png"
 

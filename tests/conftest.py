@@ -20,7 +20,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def small_slide():
     """A 768 x 768 synthetic slide at 1 µm/px with its ground truth (seed unseen in training)."""
-    from napari_ftu.synthetic import make_slide
+    from napari_ftu.io.synthetic import make_slide
 
     rgb, labels, spec = make_slide(768, 768, seed=4242, um_per_px=1.0)
     assert labels.max() > 0, "the test slide should hold glomeruli"
@@ -29,7 +29,7 @@ def small_slide():
 
 @pytest.fixture(scope="session")
 def default_model():
-    from napari_ftu.models import load_model
+    from napari_ftu.engine.models import load_model
 
     return load_model(None, device="cpu")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ftu import batch
-from napari_ftu.batch import BatchOptions, plan_inputs, run_batch
-from napari_ftu.slide_io import read_image
+from napari_ftu.batch import runner as batch
+from napari_ftu.batch.runner import BatchOptions, plan_inputs, run_batch
+from napari_ftu.io.images import read_image
 
 SIZES = [(512, 640), (576, 512), (640, 640), (512, 704), (600, 560), (1280, 896)]
 SEEDS = [305, 310, 313, 315, 317, 322]  # each slide holds 3 to 6 glomeruli
@@ -26,7 +26,7 @@ OPTIONS = BatchOptions(device="cpu", outputs=("rle", "labels", "geojson"), band_
 
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory):
-    from napari_ftu.synthetic import write_slide
+    from napari_ftu.io.synthetic import write_slide
 
     folder = tmp_path_factory.mktemp("slides")
     for i, ((h, w), seed) in enumerate(zip(SIZES, SEEDS)):
@@ -91,8 +91,8 @@ def test_in_process_batch_matches_the_single_image_command(reference, slides, tm
     """Each slide's RLE row is the one ``napari-ftu segment IMAGE`` writes; the large slide went
     through row bands and its labels equal one whole-slide run on the model grid."""
     from napari_ftu.cli import main
-    from napari_ftu.inference import segment
-    from napari_ftu.slides import open_slide
+    from napari_ftu.engine.inference import segment
+    from napari_ftu.io.slides import open_slide
 
     out, result = reference
     rows = {r["id"]: r for r in result.rows}

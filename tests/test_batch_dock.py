@@ -7,9 +7,9 @@ napari = pytest.importorskip("napari")
 
 
 def test_load_dock_batch_segments_a_folder_and_browses_the_results(make_napari_viewer, qtbot, tmp_path):
-    from napari_ftu.batch import COMBINED
-    from napari_ftu.slide_io import read_image
-    from napari_ftu.synthetic import write_slide
+    from napari_ftu.batch.runner import COMBINED
+    from napari_ftu.io.images import read_image
+    from napari_ftu.io.synthetic import write_slide
 
     for i, seed in enumerate((305, 313)):
         write_slide(tmp_path / "slides" / f"kidney_{i}", 512, 576, seed=seed, um_per_px=1.0)

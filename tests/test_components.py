@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_ftu.components import label_instances
+from napari_ftu.engine.components import label_instances
 
 
 def _reference(prob, threshold, min_area):

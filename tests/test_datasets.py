@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_ftu import rle
-from napari_ftu.annotations import Annotations, ExportError
+from napari_ftu.formats import rle
+from napari_ftu.formats.annotations import Annotations, ExportError
 from napari_ftu.cli import main
-from napari_ftu.coco_rle import oid_encode
-from napari_ftu.datasets import labels_layer_data, open_dataset
-from napari_ftu.polygons import mask_to_polygons
-from napari_ftu.slide_io import write_tiff
-from napari_ftu.synthetic import make_slide
+from napari_ftu.formats.coco_rle import oid_encode
+from napari_ftu.formats.datasets import labels_layer_data, open_dataset
+from napari_ftu.formats.polygons import mask_to_polygons
+from napari_ftu.io.images import write_tiff
+from napari_ftu.io.synthetic import make_slide
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_hpa_channels_with_oid_masks(tmp_path, slides):
     assert ds.layout == "HPA single-cell"
     item = ds.load(0)
     assert item.slide.kind == "channels" and item.slide.levels[0].shape == (4, 500, 400)
-    from napari_ftu.slides import slide_layer_data
+    from napari_ftu.io.slides import slide_layer_data
 
     _, kwargs, _ = slide_layer_data(item.slide)
     assert kwargs["colormap"] == ["red", "green", "blue", "yellow"] and kwargs["channel_axis"] == 0
@@ -197,13 +197,13 @@ def test_hubmap2022_test_split_has_images_only(tmp_path, slides):
 
 
 def test_dropping_a_dataset_folder(shared_data):
-    from napari_ftu.reader import get_reader
+    from napari_ftu.plugin.reader import get_reader
 
     layers = get_reader(str(shared_data / "sarder_frozen_kidney_glomeruli"))(str(shared_data / "sarder_frozen_kidney_glomeruli"))
     assert [kind for _, _, kind in layers] == ["image", "labels"]
 
 
 def test_unknown_folders_are_left_to_other_readers(tmp_path):
-    from napari_ftu.reader import get_reader
+    from napari_ftu.plugin.reader import get_reader
 
     assert get_reader(str(tmp_path)) is None

@@ -12,7 +12,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_ftu._qt.debug import camera
-from napari_ftu.metrics import dice, match_objects
+from napari_ftu.evaluation.metrics import dice, match_objects
 
 UM = 2.0
 SCALE, TRANSLATE = (UM, UM), (10.0, 20.0)
@@ -22,7 +22,7 @@ SCALE, TRANSLATE = (UM, UM), (10.0, 20.0)
 def slide():
     """A synthetic sample slide at the model's 2 µm/px, 768 px wide, with 14 glomeruli
     (the session's 1 µm/px test slide holds only one: too few for object metrics)."""
-    from napari_ftu.synthetic import make_slide
+    from napari_ftu.io.synthetic import make_slide
 
     rgb, truth, _ = make_slide(768, 768, seed=777, um_per_px=UM)
     assert truth.max() == 14
@@ -31,7 +31,7 @@ def slide():
 
 @pytest.fixture(scope="module")
 def segmentation(slide, default_model):
-    from napari_ftu.inference import segment
+    from napari_ftu.engine.inference import segment
 
     return segment(slide[0], default_model, um_per_px=UM)
 
@@ -152,7 +152,7 @@ def test_compare_two_predictions_side_by_side(dock, qtbot, segmentation):
 
 
 def test_tile_grid_matches_the_engine(dock, default_model):
-    from napari_ftu.tiling import tile_grid
+    from napari_ftu.engine.tiling import tile_grid
 
     viewer, widget, *_ = dock
     layer = widget.tile_grid()
@@ -191,7 +191,7 @@ def test_uncertainty_from_tta(dock, qtbot):
 
 
 def test_dataset_histogram_and_export(dock, qtbot, tmp_path):
-    from napari_ftu.slide_io import write_tiff
+    from napari_ftu.io.images import write_tiff
 
     viewer, widget, pred, truth, _ = dock
     widget.evaluate()

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from napari_ftu import rle
+from napari_ftu.formats import rle
 from napari_ftu.cli import main
-from napari_ftu.slide_io import read_image, write_tiff
+from napari_ftu.io.images import read_image, write_tiff
 
 
 def test_headless_demo_json(tmp_path, capsys):
@@ -33,7 +33,7 @@ def test_segment_command(tmp_path, small_slide, capsys):
     with open(out, newline="") as fh:
         (row,) = list(csv.DictReader(fh))
     mask = rle.decode(row["rle"], truth.shape)
-    from napari_ftu.metrics import dice
+    from napari_ftu.evaluation.metrics import dice
 
     assert dice(mask, truth) >= 0.85
 
@@ -65,8 +65,8 @@ def test_export_command_refuses_to_overwrite(tmp_path, small_slide, capsys):
 
 
 def test_train_command_on_exported_tiles(tmp_path, small_slide, capsys):
-    from napari_ftu.export import export_tiles
-    from napari_ftu.models import load_model
+    from napari_ftu.formats.export import export_tiles
+    from napari_ftu.engine.models import load_model
 
     rgb, labels, _ = small_slide
     export_tiles(rgb, labels, tmp_path / "tiles", "s", tile=256, negative_fraction=0.3)
@@ -95,7 +95,7 @@ def test_gui_demo_runs_and_saves_a_screenshot(tmp_path):
 
 
 def test_export_command_converts_between_formats(tmp_path, small_slide):
-    from napari_ftu.export import import_annotations
+    from napari_ftu.formats.export import import_annotations
 
     rgb, truth, _ = small_slide
     labels = write_tiff(tmp_path / "truth.tif", truth, 1.0)

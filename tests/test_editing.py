@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-from napari_ftu import editing as E
-from napari_ftu.undo import History, paint_delta
+from napari_ftu.review import editing as E
+from napari_ftu.review.undo import History, paint_delta
 
 
 def _scene():

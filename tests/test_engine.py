@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ftu.inference import relabel, segment, segment_steps
-from napari_ftu.metrics import dice
-from napari_ftu.models import FTUModel, ModelCard
-from napari_ftu.postprocess import instances
-from napari_ftu.tile_source import TileSource
+from napari_ftu.engine.inference import relabel, segment, segment_steps
+from napari_ftu.evaluation.metrics import dice
+from napari_ftu.engine.models import FTUModel, ModelCard
+from napari_ftu.engine.postprocess import instances
+from napari_ftu.engine.tile_source import TileSource
 
 
 def small_cnn(seed=0):
@@ -42,7 +42,7 @@ def test_tiled_run_equals_whole_image_run_away_from_the_border(blend, rng):
 
 
 def test_glass_tiles_are_skipped_without_changing_tissue(default_model):
-    from napari_ftu.synthetic import make_slide
+    from napari_ftu.io.synthetic import make_slide
 
     rgb, truth, _ = make_slide(1024, 1024, seed=4242, um_per_px=2.0)
     rgb = rgb.copy()
@@ -60,7 +60,7 @@ def test_glass_tiles_are_skipped_without_changing_tissue(default_model):
 
 
 def test_pyramid_level_nearest_the_model_scale_is_read(default_model):
-    from napari_ftu.synthetic import make_slide
+    from napari_ftu.io.synthetic import make_slide
 
     rgb, truth, _ = make_slide(1024, 1024, seed=4242, um_per_px=1.0)
     levels = [rgb, rgb[::2, ::2], rgb[::4, ::4]]
@@ -187,7 +187,7 @@ def test_watershed_splits_touching_objects():
     yy, xx = np.mgrid[:120, :200]
     disks = ((yy - 60) ** 2 + (xx - 70) ** 2 < 35**2) | ((yy - 60) ** 2 + (xx - 130) ** 2 < 35**2)
     prob = disks.astype(np.float32)
-    from napari_ftu.inference import Segmentation
+    from napari_ftu.engine.inference import Segmentation
 
     seg = Segmentation(probability=prob, labels=np.zeros(prob.shape, np.int32), min_area_px=100)
     assert len(relabel(seg, 0.5).objects) == 1

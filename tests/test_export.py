@@ -6,9 +6,9 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from napari_ftu.annotations import Annotations, ExportError, safe_id
-from napari_ftu.export import FORMATS, export_annotations, import_annotations
-from napari_ftu.tiles import export_tiles
+from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
+from napari_ftu.formats.export import FORMATS, export_annotations, import_annotations
+from napari_ftu.training.tiles import export_tiles
 
 
 @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/b", "a\\b", "", "a,b", "..", "x/../../y"])
@@ -72,7 +72,7 @@ def test_training_tiles_and_manifest(tmp_path, small_slide):
         assert int(row["n_objects"]) == np.unique(mask[mask > 0]).size > 0
     all_rows = export_tiles(rgb, labels, tmp_path / "all", "slide1", tile=256, negative_fraction=1.0, fmt="tif")
     assert len(all_rows) == 9  # every tile of the 3 x 3 grid
-    from napari_ftu.slide_io import read_image
+    from napari_ftu.io.images import read_image
 
     tif = read_image(tmp_path / "all" / all_rows[4]["mask"])
     np.testing.assert_array_equal(tif.data, labels[256:512, 256:512])
@@ -106,7 +106,7 @@ def test_tiles_from_a_pyramidal_slide_without_loading_it(tmp_path):
     import tifffile
     import zarr
 
-    from napari_ftu.synthetic import make_slide, write_slide
+    from napari_ftu.io.synthetic import make_slide, write_slide
 
     paths = write_slide(tmp_path / "big", 1200, 1100, seed=3, pyramid=True)
     image = zarr.open(tifffile.imread(paths["image"], aszarr=True, level=0), mode="r")

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ftu.annotations import Annotations, ExportError
-from napari_ftu.export import export_annotations, export_tiles, import_annotations
-from napari_ftu.models import ModelCard, ModelError, load_model
-from napari_ftu.slide_io import write_tiff
+from napari_ftu.formats.annotations import Annotations, ExportError
+from napari_ftu.formats.export import export_annotations, export_tiles, import_annotations
+from napari_ftu.engine.models import ModelCard, ModelError, load_model
+from napari_ftu.io.images import write_tiff
 
 TINY = ModelCard(encoder="resnet18", arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 4]},
                  tile_size=64, overlap=16, name="tiny")
@@ -88,7 +88,7 @@ def _tree(root: Path) -> list:
 
 @pytest.mark.parametrize("bad", HOSTILE_IDS)
 def test_hostile_ids_in_csvs_are_refused_and_coco_keeps_only_a_plain_name(tmp_path, bad):
-    from napari_ftu.annotations import safe_id
+    from napari_ftu.formats.annotations import safe_id
 
     for fmt, text in {"hubmap": f'id,rle,img_height,img_width\n"{bad}",1 2,3,3\n',
                       "hpa": f'ImageID,ImageWidth,ImageHeight,PredictionString\n"{bad}",3,3,\n'}.items():
@@ -121,7 +121,7 @@ def test_hostile_ids_never_write_outside_the_output_folder(tmp_path, bad):
 
 def test_dataset_files_cannot_point_outside_their_folder(tmp_path):
     """A train.csv, polygons.jsonl or COCO file naming ``../secret`` is refused, not followed."""
-    from napari_ftu.datasets import open_dataset
+    from napari_ftu.formats.datasets import open_dataset
 
     secret = tmp_path / "secret.tiff"
     write_tiff(secret, np.zeros((3, 3, 3), np.uint8))
@@ -182,8 +182,8 @@ def test_file_size_limit_is_a_real_write_failure(tmp_path):
         import resource, signal, numpy as np
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 100}, {len(before) + 100}))
-        from napari_ftu.annotations import Annotations
-        from napari_ftu.export import export_annotations
+        from napari_ftu.formats.annotations import Annotations
+        from napari_ftu.formats.export import export_annotations
         labels = np.arange(64 * 64, dtype=np.int32).reshape(64, 64) % 50  # many objects: a big file
         try:
             export_annotations(Annotations("a", labels), {str(path)!r}, "geojson", overwrite=True)
@@ -211,8 +211,8 @@ def test_read_only_folder_gives_a_clear_error_even_for_root():
         code = textwrap.dedent(f"""
             import os
             import numpy as np
-            from napari_ftu.annotations import Annotations
-            from napari_ftu.export import export_annotations
+            from napari_ftu.formats.annotations import Annotations
+            from napari_ftu.formats.export import export_annotations
             if os.geteuid() == 0:
                 os.setgroups([])
                 os.setgid(65534)
@@ -332,7 +332,7 @@ def test_train_dock_cancel_leaves_no_thread_nor_folder_and_the_next_run_works(vi
 
 def test_train_dock_error_in_the_worker_is_shown_and_the_next_run_works(viewer_with_slide, qtbot, tmp_path,
                                                                         monkeypatch):
-    import napari_ftu.training as training
+    import napari_ftu.training.train as training
 
     viewer, truth = viewer_with_slide
     widget = _train_dock(viewer, tmp_path, truth)
@@ -367,8 +367,8 @@ def _segment_dock(viewer):
 
 def test_segment_dock_after_cancel_has_no_result_layers_and_the_next_run_works(make_napari_viewer, qtbot,
                                                                              small_slide):
-    from napari_ftu.metrics import dice
-    from napari_ftu.synthetic import make_slide
+    from napari_ftu.evaluation.metrics import dice
+    from napari_ftu.io.synthetic import make_slide
 
     viewer = make_napari_viewer()
     big, _, _ = make_slide(2048, 2048, seed=1, um_per_px=2.0)  # 64 tiles: cancel lands mid-run
@@ -396,7 +396,7 @@ def test_segment_dock_after_cancel_has_no_result_layers_and_the_next_run_works(m
 def test_segment_dock_out_of_memory_reduces_the_batch_and_completes(viewer_with_slide, qtbot, monkeypatch):
     import torch
 
-    from napari_ftu.models import FTUModel
+    from napari_ftu.engine.models import FTUModel
 
     viewer, truth = viewer_with_slide
     widget = _segment_dock(viewer)
@@ -415,7 +415,7 @@ def test_segment_dock_out_of_memory_reduces_the_batch_and_completes(viewer_with_
     qtbot.waitUntil(lambda: widget.run_button.enabled and "kidney FTUs" in viewer.layers, timeout=120_000)
     assert widget.last_result.batch_size <= 2 and max(sizes) > 2  # it was asked for more, then halved
     assert "FTUs in" in widget.status.value and not widget.status.value.startswith("Error")
-    from napari_ftu.metrics import dice
+    from napari_ftu.evaluation.metrics import dice
 
     assert dice(viewer.layers["kidney FTUs"].data, truth) >= 0.85
 
@@ -424,7 +424,7 @@ def test_segment_dock_out_of_memory_reduces_the_batch_and_completes(viewer_with_
 def test_segment_dock_rerun_cancel_restores_the_previous_result_and_edits_are_never_overwritten(
         make_napari_viewer, qtbot, monkeypatch):
     from napari_ftu._qt import segment
-    from napari_ftu.synthetic import make_slide
+    from napari_ftu.io.synthetic import make_slide
 
     monkeypatch.setattr(segment, "STORE_ABOVE_PIXELS", 0)  # results in temporary zarr stores, as for slides
     viewer = make_napari_viewer()

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from napari_ftu.annotations import Annotations
-from napari_ftu.coco_rle import mask_to_coco, oid_decode, oid_encode
-from napari_ftu.export import FORMATS, export_annotations, import_annotations
+from napari_ftu.formats.annotations import Annotations
+from napari_ftu.formats.coco_rle import mask_to_coco, oid_decode, oid_encode
+from napari_ftu.formats.export import FORMATS, export_annotations, import_annotations
 
 mask_utils = pytest.importorskip("pycocotools.mask")
 shapely_geometry = pytest.importorskip("shapely.geometry")
@@ -138,7 +138,7 @@ def test_real_vasculature_coco_reads(shared_data):
 def test_ome_tiff_labels_carry_pixel_size_and_pyramid(tmp_path):
     import tifffile
 
-    from napari_ftu.slide_io import write_labels_ome_tiff
+    from napari_ftu.io.images import write_labels_ome_tiff
 
     labels = np.zeros((1100, 1300), np.uint16)
     labels[100:700, 200:900] = 7

@@ -17,11 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_ftu import coco_rle, rle
-from napari_ftu.annotations import Annotations, ExportError, safe_id
-from napari_ftu.export import import_annotations
-from napari_ftu.models import ModelCard, ModelError
-from napari_ftu.polygons import rasterize
+from napari_ftu.formats import coco_rle
+from napari_ftu.formats import rle
+from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
+from napari_ftu.formats.export import import_annotations
+from napari_ftu.engine.models import ModelCard, ModelError
+from napari_ftu.formats.polygons import rasterize
 
 _spec = importlib.util.spec_from_file_location("napari_ftu_bench_fuzz", Path(__file__).parents[1] / "bench" / "fuzz.py")
 fuzz = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)  # one definition of the targets

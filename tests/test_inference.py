@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from napari_ftu.inference import segment, segment_steps
-from napari_ftu.metrics import dice
+from napari_ftu.engine.inference import segment, segment_steps
+from napari_ftu.evaluation.metrics import dice
 
 
 def test_default_model_finds_glomeruli(small_slide, default_model):
@@ -20,7 +20,7 @@ def test_default_model_finds_glomeruli(small_slide, default_model):
 
 def test_pixel_size_is_honoured(small_slide, default_model):
     """The same tissue scanned at half the pixel size is resampled to the model's scale."""
-    from napari_ftu.synthetic import make_slide
+    from napari_ftu.io.synthetic import make_slide
 
     rgb, truth, _ = make_slide(1536, 1536, seed=4242, um_per_px=0.5)
     seg = segment(rgb, default_model, um_per_px=0.5)

@@ -5,9 +5,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from napari_ftu import editing as E
-from napari_ftu.label_store import LabelStore, LabelStoreError
-from napari_ftu.review_session import ReviewSession
+from napari_ftu.review import editing as E
+from napari_ftu.review.label_store import LabelStore, LabelStoreError
+from napari_ftu.review.session import ReviewSession
 
 
 def test_window_edit_on_a_20000_px_store_changes_only_its_region(tmp_path):

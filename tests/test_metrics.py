@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_ftu.annotations import Annotations
-from napari_ftu.metrics import (average_precision, best_threshold, dice, dice_curve, iou, match, match_objects,
+from napari_ftu.formats.annotations import Annotations
+from napari_ftu.evaluation.metrics import (average_precision, best_threshold, dice, dice_curve, iou, match, match_objects,
                                 overlap_table)
 
 
@@ -192,7 +192,7 @@ def _coco_eval_ap(truths, preds, scores, image_ids=None):
 
 
 def test_ap_at_iou_06_equals_pycocotools_on_the_vasculature_truth(shared_data):
-    from napari_ftu.formats_json import read_coco
+    from napari_ftu.formats.json_formats import read_coco
 
     truths = [a.labels for a in read_coco(shared_data / "hubmap2023_vasculature" / "annotations_blood_vessel_coco.json")]
     assert len(truths) == 8 and sum(len(np.unique(t)) - 1 for t in truths) >= 70
@@ -217,8 +217,8 @@ def test_ap_at_iou_06_equals_pycocotools_on_the_vasculature_truth(shared_data):
 
 def test_cli_evaluate_label_images_and_coco(tmp_path, small_slide, capsys):
     from napari_ftu.cli import main
-    from napari_ftu.export import export_annotations
-    from napari_ftu.slide_io import write_tiff
+    from napari_ftu.formats.export import export_annotations
+    from napari_ftu.io.images import write_tiff
 
     _, truth, _ = small_slide
     rng = np.random.default_rng(5)
@@ -252,7 +252,7 @@ def test_cli_evaluate_label_images_and_coco(tmp_path, small_slide, capsys):
 
 def test_cli_evaluate_folders_per_image_rows_and_summary(tmp_path, capsys):
     from napari_ftu.cli import main
-    from napari_ftu.slide_io import write_tiff
+    from napari_ftu.io.images import write_tiff
 
     (tmp_path / "gt").mkdir()
     (tmp_path / "pred").mkdir()
@@ -271,7 +271,7 @@ def test_cli_evaluate_folders_per_image_rows_and_summary(tmp_path, capsys):
 
 
 def test_metrics_stay_qt_free():
-    code = ("import sys, napari_ftu.metrics, napari_ftu.evaluation, napari_ftu.plots\n"
+    code = ("import sys, napari_ftu.evaluation.metrics, napari_ftu.evaluation.evaluate, napari_ftu.evaluation.plots\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'qtpy', 'PyQt5', 'PyQt6', 'PySide2', "
             "'PySide6', 'napari', 'magicgui', 'matplotlib'})\nprint(bad)\nsys.exit(1 if bad else 0)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -280,8 +280,8 @@ def test_metrics_stay_qt_free():
 
 def test_cli_evaluate_hubmap_train_csv_summarises_per_organ(tmp_path, capsys):
     from napari_ftu.cli import main
-    from napari_ftu.export import export_annotations
-    from napari_ftu.slide_io import write_tiff
+    from napari_ftu.formats.export import export_annotations
+    from napari_ftu.io.images import write_tiff
 
     truth = {"k1": _square((40, 40), 0, 0, 10), "s1": _square((40, 40), 5, 5, 20)}
     organs = {"k1": "kidney", "s1": "spleen"}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ftu.models import FTUModel, ModelCard, ModelError, build_network, load_model, save_model
+from napari_ftu.engine.models import FTUModel, ModelCard, ModelError, build_network, load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +14,7 @@ def tiny_card():
 
 
 def test_default_model_card_and_size(default_model):
-    from napari_ftu.models import default_model_path
+    from napari_ftu.engine.models import default_model_path
 
     folder = default_model_path()
     assert (folder / "model.safetensors").stat().st_size <= 10 * 2**20
@@ -96,7 +96,7 @@ def _tiles(n=2, size=64):
 
 
 def test_smp_save_pretrained_folder_with_and_without_card(tmp_path, tiny_card):
-    from napari_ftu.models import import_smp
+    from napari_ftu.engine.models import import_smp
 
     smp = import_smp()
     net = smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=[16, 8, 4], classes=2).eval()

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from napari_ftu.polygons import mask_to_polygons, rasterize, ring_area
+from napari_ftu.formats.polygons import mask_to_polygons, rasterize, ring_area
 
 shapely = pytest.importorskip("shapely")
 from shapely.geometry import MultiPolygon, Polygon  # noqa: E402

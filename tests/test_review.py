@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 
-from napari_ftu import editing as E
-from napari_ftu.autosave import DEFAULT_INTERVAL_S, Autosaver, SessionStore, session_folder
-from napari_ftu.review import Review
-from napari_ftu.review_session import ReviewSession
+from napari_ftu.review import editing as E
+from napari_ftu.review.autosave import DEFAULT_INTERVAL_S, Autosaver, SessionStore, session_folder
+from napari_ftu.review.table import Review
+from napari_ftu.review.session import ReviewSession
 
 
 def _scene():
@@ -116,9 +116,9 @@ def test_autosaver_saves_only_changes_after_the_interval(tmp_path):
 CHILD = r"""
 import hashlib, json, sys, time
 import numpy as np
-from napari_ftu import editing as E
-from napari_ftu.autosave import Autosaver, SessionStore
-from napari_ftu.review_session import ReviewSession
+from napari_ftu.review import editing as E
+from napari_ftu.review.autosave import Autosaver, SessionStore
+from napari_ftu.review.session import ReviewSession
 
 folder, log_path, interval = sys.argv[1], sys.argv[2], float(sys.argv[3])
 lab = np.zeros((600, 600), np.int32)

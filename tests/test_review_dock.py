@@ -155,8 +155,8 @@ def test_review_keys_accept_reject_next(dock):
 
 
 def test_autosave_restores_edits_and_statuses_on_reopen(make_napari_viewer, tmp_path, qtbot, monkeypatch):
-    from napari_ftu.autosave import DEFAULT_INTERVAL_S
-    from napari_ftu.slide_io import write_tiff
+    from napari_ftu.review.autosave import DEFAULT_INTERVAL_S
+    from napari_ftu.io.images import write_tiff
 
     monkeypatch.setenv("NAPARI_FTU_SESSIONS", str(tmp_path / "unused"))
     slide = tmp_path / "slide.tif"
@@ -185,7 +185,7 @@ def test_autosave_restores_edits_and_statuses_on_reopen(make_napari_viewer, tmp_
 
 
 def test_large_slide_window_edit_and_save(dock, tmp_path):
-    from napari_ftu.label_store import LabelStore
+    from napari_ftu.review.label_store import LabelStore
 
     viewer, w = dock
     store = LabelStore.create(tmp_path / "big.zarr", (20_000, 20_000))

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from napari_ftu import rle
+from napari_ftu.formats import rle
 
 csv.field_size_limit(2**31 - 1)  # real RLE rows are megabytes long
 

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_ftu.slide_io import SlideError
-from napari_ftu.slides import open_slide, pyramid_steps, slide_layer_data
-from napari_ftu.synthetic import make_slide, write_slide
+from napari_ftu.io.images import SlideError
+from napari_ftu.io.slides import open_slide, pyramid_steps, slide_layer_data
+from napari_ftu.io.synthetic import make_slide, write_slide
 
 
 def test_real_svs_opens_its_main_image_with_mpp(shared_data):
@@ -31,7 +31,7 @@ def test_pyramidal_ome_tiff_opens_lazily_as_multiscale(tmp_path):
 
 
 def test_flat_tiff_opens_lazily_and_gets_a_pyramid(tmp_path, monkeypatch):
-    import napari_ftu.slides as slides
+    import napari_ftu.io.slides as slides
 
     monkeypatch.setattr(slides, "FLAT_PYRAMID_MIN", 1000)
     rgb, _, _ = make_slide(1800, 1100, seed=2)
@@ -50,7 +50,7 @@ def test_flat_tiff_opens_lazily_and_gets_a_pyramid(tmp_path, monkeypatch):
 
 
 def test_cancelled_pyramid_leaves_nothing(tmp_path, monkeypatch):
-    import napari_ftu.slides as slides
+    import napari_ftu.io.slides as slides
 
     monkeypatch.setattr(slides, "FLAT_PYRAMID_MIN", 1000)
     tifffile.imwrite(tmp_path / "flat.tif", np.zeros((2000, 1500, 3), np.uint8), photometric="rgb")

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_ftu.slide_io import read_image
-from napari_ftu.synthetic import SlideSpec, glomeruli, make_slide, render, write_slide
+from napari_ftu.io.images import read_image
+from napari_ftu.io.synthetic import SlideSpec, glomeruli, make_slide, render, write_slide
 
 
 def test_seeded_and_deterministic():
@@ -69,7 +69,7 @@ def test_pyramidal_ome_tiff_written_tile_by_tile(tmp_path):
 
 
 def test_large_sizes_default_to_pyramid(tmp_path, monkeypatch):
-    import napari_ftu.synthetic as syn
+    import napari_ftu.io.synthetic as syn
 
     monkeypatch.setattr(syn, "PYRAMID_MIN_SIZE", 1024)
     paths = write_slide(tmp_path / "big", 1024, 600, seed=1)
@@ -77,7 +77,7 @@ def test_large_sizes_default_to_pyramid(tmp_path, monkeypatch):
 
 
 def test_labels_only_rendering_matches():
-    from napari_ftu.synthetic import render_labels
+    from napari_ftu.io.synthetic import render_labels
 
     spec = SlideSpec(1200, 1200, seed=8)
     for d in (1, 4):

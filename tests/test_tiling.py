@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from napari_ftu import tiling
-from napari_ftu.tiling import BLENDS, Stitcher, read_tile, tile_grid, tile_starts, window_1d
+from napari_ftu.engine import tiling
+from napari_ftu.engine.tiling import BLENDS, Stitcher, read_tile, tile_grid, tile_starts, window_1d
 
 
 def _stitch(image, tile, overlap, blend, keep=None):

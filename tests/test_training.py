@@ -1,8 +1,8 @@
 import numpy as np
 
-from napari_ftu.inference import segment
-from napari_ftu.models import ModelCard, load_model
-from napari_ftu.training import dataset_samples, synthetic_samples, train
+from napari_ftu.engine.inference import segment
+from napari_ftu.engine.models import ModelCard, load_model
+from napari_ftu.training.train import dataset_samples, synthetic_samples, train
 
 
 def test_tiny_training_lowers_loss_and_saves_a_loadable_model(tmp_path):
@@ -23,7 +23,7 @@ def test_tiny_training_lowers_loss_and_saves_a_loadable_model(tmp_path):
 
 
 def test_exported_tiles_are_training_input(tmp_path, small_slide):
-    from napari_ftu.export import export_tiles
+    from napari_ftu.formats.export import export_tiles
 
     rgb, labels, _ = small_slide
     export_tiles(rgb, labels, tmp_path, "s", tile=256, negative_fraction=0.5)
@@ -44,8 +44,8 @@ def test_training_is_seeded_and_reproducible():
 
 
 def test_exported_tiles_keep_their_pixel_size(tmp_path, small_slide):
-    from napari_ftu.datasets import open_dataset
-    from napari_ftu.export import export_tiles
+    from napari_ftu.formats.datasets import open_dataset
+    from napari_ftu.formats.export import export_tiles
 
     rgb, labels, _ = small_slide
     export_tiles(rgb, labels, tmp_path, "s", tile=128, um_per_px=1.0, target_um_per_px=2.0)
@@ -59,7 +59,7 @@ def test_exported_tiles_keep_their_pixel_size(tmp_path, small_slide):
 def test_out_of_memory_during_training_halves_the_batch(monkeypatch):
     import torch
 
-    from napari_ftu import training
+    from napari_ftu.training import train as training
 
     sizes = []
     real_build = training.build_network

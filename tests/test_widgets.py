@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from napari_ftu.metrics import dice
-from napari_ftu.slide_io import write_tiff
+from napari_ftu.evaluation.metrics import dice
+from napari_ftu.io.images import write_tiff
 
 napari = pytest.importorskip("napari")
 
@@ -64,7 +64,7 @@ def test_segment_dock_runs_in_worker(viewer_with_slide, qtbot):
 
 
 def test_cancel_stops_the_run(make_napari_viewer, qtbot):
-    from napari_ftu.synthetic import make_slide
+    from napari_ftu.io.synthetic import make_slide
 
     viewer = make_napari_viewer()
     rgb, _, _ = make_slide(2048, 2048, seed=1, um_per_px=2.0)  # 64 tiles at the model's scale
@@ -104,7 +104,7 @@ def test_load_dock_applies_pixel_size_and_reports_bad_files(make_napari_viewer, 
 
 
 def test_export_dock_writes_rle_and_asks_before_overwrite(viewer_with_slide, tmp_path, monkeypatch):
-    from napari_ftu import rle
+    from napari_ftu.formats import rle
 
     viewer, truth = viewer_with_slide
     viewer.add_labels(truth, name="kidney FTUs", metadata={"source": "kidney"})
@@ -123,9 +123,9 @@ def test_export_dock_writes_rle_and_asks_before_overwrite(viewer_with_slide, tmp
 
 def test_user_edits_are_exported(viewer_with_slide, tmp_path):
     """The path a user walks: segment, paint a correction, export the corrected mask."""
-    from napari_ftu import rle
-    from napari_ftu.inference import segment
-    from napari_ftu.models import load_model
+    from napari_ftu.formats import rle
+    from napari_ftu.engine.inference import segment
+    from napari_ftu.engine.models import load_model
 
     viewer, truth = viewer_with_slide
     seg = segment(viewer.layers["kidney"].data, load_model(None, "cpu"), um_per_px=1.0)
@@ -166,7 +166,7 @@ def test_model_loads_after_the_viewer_has_opengl(tmp_path):
     code = (
         "import napari\nfrom qtpy.QtWidgets import QApplication\n"
         "viewer = napari.Viewer(show=True)\nQApplication.processEvents()\n"
-        "from napari_ftu.models import load_model\nload_model(None, 'cpu')\nviewer.close()\nprint('ok')\n"
+        "from napari_ftu.engine.models import load_model\nload_model(None, 'cpu')\nviewer.close()\nprint('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
@@ -174,7 +174,7 @@ def test_model_loads_after_the_viewer_has_opengl(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["geojson", "coco", "ome-tiff", "vasculature"])
 def test_export_dock_formats_round_trip(viewer_with_slide, tmp_path, fmt):
-    from napari_ftu.export import FORMATS, import_annotations
+    from napari_ftu.formats.export import FORMATS, import_annotations
 
     viewer, truth = viewer_with_slide
     features = {"index": list(range(1, truth.max() + 1)), "class": ["glomerulus"] * truth.max(),
@@ -210,7 +210,7 @@ def test_export_dock_training_tiles(viewer_with_slide, tmp_path):
 
 
 def test_npe2_writer_saves_labels_layer(make_napari_viewer, tmp_path, small_slide):
-    from napari_ftu.export import import_annotations
+    from napari_ftu.formats.export import import_annotations
 
     viewer = make_napari_viewer()
     truth = small_slide[1]
@@ -222,7 +222,7 @@ def test_npe2_writer_saves_labels_layer(make_napari_viewer, tmp_path, small_slid
 
 
 def test_load_dock_pyramid_then_segment_it(make_napari_viewer, qtbot, tmp_path):
-    from napari_ftu.synthetic import make_slide, write_slide
+    from napari_ftu.io.synthetic import make_slide, write_slide
 
     viewer = make_napari_viewer()
     paths = write_slide(tmp_path / "pyr", 1400, 1200, seed=31, um_per_px=0.5, pyramid=True)
@@ -264,8 +264,8 @@ def test_load_dock_dataset_browser(make_napari_viewer, shared_data):
 
 
 def test_load_dock_adds_geojson_and_keeps_layers_on_errors(make_napari_viewer, tmp_path, small_slide):
-    from napari_ftu.annotations import Annotations
-    from napari_ftu.export import export_annotations
+    from napari_ftu.formats.annotations import Annotations
+    from napari_ftu.formats.export import export_annotations
 
     viewer = make_napari_viewer()
     rgb, truth, _ = small_slide
@@ -286,8 +286,8 @@ def test_load_dock_adds_geojson_and_keeps_layers_on_errors(make_napari_viewer, t
 def test_load_dock_writes_a_pyramid_for_a_flat_slide(make_napari_viewer, qtbot, tmp_path, monkeypatch):
     import tifffile
 
-    import napari_ftu.slides as slides
-    from napari_ftu.synthetic import make_slide
+    import napari_ftu.io.slides as slides
+    from napari_ftu.io.synthetic import make_slide
 
     monkeypatch.setattr(slides, "FLAT_PYRAMID_MIN", 1000)
     rgb, _, _ = make_slide(1600, 1200, seed=5)
@@ -347,7 +347,7 @@ def test_load_dock_cancelled_pyramid_leaves_no_file(make_napari_viewer, qtbot, t
 
     import tifffile
 
-    import napari_ftu.slides as slides
+    import napari_ftu.io.slides as slides
 
     monkeypatch.setattr(slides, "FLAT_PYRAMID_MIN", 1000)
     tifffile.imwrite(tmp_path / "flat.tif", np.zeros((3000, 2600, 3), np.uint8), photometric="rgb", tile=(256, 256))
@@ -384,8 +384,8 @@ def test_segment_dock_shows_rows_as_they_finish(viewer_with_slide, qtbot):
 
 
 def test_threshold_re_derives_objects_without_running_the_model(viewer_with_slide, qtbot, monkeypatch):
-    from napari_ftu.models import FTUModel
-    from napari_ftu.postprocess import instances
+    from napari_ftu.engine.models import FTUModel
+    from napari_ftu.engine.postprocess import instances
 
     viewer, _ = viewer_with_slide
     widget = _segment_dock(viewer)
@@ -412,7 +412,7 @@ def test_threshold_re_derives_objects_without_running_the_model(viewer_with_slid
 def test_worker_error_reaches_the_user_and_the_next_run_works(viewer_with_slide, qtbot):
     import torch
 
-    from napari_ftu.models import FTUModel, ModelCard
+    from napari_ftu.engine.models import FTUModel, ModelCard
 
     class Broken(torch.nn.Module):
         def forward(self, x):

@@ -4,7 +4,7 @@ Metrics (Dice, IoU, TP/FP/FN, F1, AP@0.6) with an optional second prediction sid
 a difference layer; a TP/FP/FN overlay with an object table whose rows move the camera; a live
 threshold slider on a probability layer with the Dice-vs-threshold curve; TTA uncertainty and
 the tile grid to inspect seams; a per-image Dice histogram over a dataset; PNG + CSV export.
-The numbers come from the Qt-free :mod:`napari_ftu.evaluation`; long work runs in workers.
+The numbers come from the Qt-free :mod:`napari_ftu.evaluation.evaluate`; long work runs in workers.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
-from ..annotations import Annotations, ExportError
-from ..atomic import write_text
-from ..evaluation import (FN, FP, TP, error_map, evaluate_image, evaluate_paths, object_rows, report_csv,
+from napari_ftu.formats.annotations import Annotations, ExportError
+from napari_ftu.atomic import write_text
+from napari_ftu.evaluation.evaluate import (FN, FP, TP, error_map, evaluate_image, evaluate_paths, object_rows, report_csv,
                           write_report)
-from ..metrics import best_threshold, dice_curve
-from ..plots import draw_histogram, draw_threshold_curve, save_png
-from .jobs import start_job
+from napari_ftu.evaluation.metrics import best_threshold, dice_curve
+from napari_ftu.evaluation.plots import draw_histogram, draw_threshold_curve, save_png
+from napari_ftu._qt.jobs import start_job
 
 ERROR_COLOURS = {TP: (0.15, 0.8, 0.25, 1.0), FP: (0.95, 0.15, 0.15, 1.0), FN: (0.2, 0.45, 1.0, 1.0)}
 DIFF_COLOURS = {1: (1.0, 0.6, 0.0, 1.0), 2: (0.0, 0.85, 0.9, 1.0)}  # only in A, only in B
@@ -171,7 +171,7 @@ class DebugWidget(Container):
 
     def _load_card_defaults(self):
         try:
-            from ..models import load_model
+            from napari_ftu.engine.models import load_model
 
             card = load_model(None, device="cpu").card
             self.tile.value, self.overlap.value = card.tile_size, card.overlap
@@ -270,7 +270,7 @@ class DebugWidget(Container):
         layer = self.prob.value
         if layer is None:
             return
-        from ..postprocess import instances
+        from napari_ftu.engine.postprocess import instances
 
         labels = instances(_probability(layer), self.threshold.value, self.min_area.value)
         name = f"{layer.name} @ threshold"
@@ -298,8 +298,8 @@ class DebugWidget(Container):
     # --- uncertainty and tiles ---------------------------------------------------------------------
     def uncertainty(self):
         """Run the model with test-time augmentation in a worker; add the views' disagreement."""
-        from ..inference import segment_steps
-        from ..models import ModelError, load_model
+        from napari_ftu.engine.inference import segment_steps
+        from napari_ftu.engine.models import ModelError, load_model
 
         layer = self.image.value
         if layer is None:
@@ -334,13 +334,13 @@ class DebugWidget(Container):
 
     def tile_grid(self):
         """Add the engine's tile grid as rectangles (model tiles mapped onto the layer)."""
-        from ..tiling import tile_grid
+        from napari_ftu.engine.tiling import tile_grid
 
         layer = self.pred.value or self.image.value
         if layer is None:
             return self._fail("choose a prediction or an image layer for the tile grid")
         try:
-            from ..models import load_model
+            from napari_ftu.engine.models import load_model
 
             model_um = load_model(None, device="cpu").card.um_per_px
         except Exception:

@@ -12,8 +12,8 @@ def run_gui(size: int | None = None, seed: int | None = None, device: str = "aut
     import napari
     from qtpy.QtCore import QTimer
 
-    from ..demo import DEMO_SEED
-    from ..sample import SAMPLE_SIZE, synthetic_layers
+    from napari_ftu.cli.demo import DEMO_SEED
+    from napari_ftu.plugin.sample import SAMPLE_SIZE, synthetic_layers
 
     viewer = napari.Viewer(title="napari-ftu demo")
     for data, kwargs, kind in synthetic_layers(size or SAMPLE_SIZE, DEMO_SEED if seed is None else seed):

@@ -10,8 +10,8 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
                               create_widget)
 from napari.utils.notifications import show_error, show_info
 
-from ..annotations import Annotations, ExportError
-from ..export import FORMATS, export_annotations, export_tiles
+from napari_ftu.formats.annotations import Annotations, ExportError
+from napari_ftu.formats.export import FORMATS, export_annotations, export_tiles
 
 
 class ExportWidget(Container):

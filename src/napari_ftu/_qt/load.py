@@ -9,12 +9,12 @@ import napari
 from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info
 
-from ..annotations import ExportError
-from ..batch import BatchOptions, BatchResults, batch_steps, is_batch_output, plan_inputs
-from ..datasets import labels_layer_data, open_dataset
-from ..slide_io import SlideError
-from ..slides import open_slide, pyramid_steps, slide_layer_data
-from .jobs import start_job
+from napari_ftu.formats.annotations import ExportError
+from napari_ftu.batch.runner import BatchOptions, BatchResults, batch_steps, is_batch_output, plan_inputs
+from napari_ftu.formats.datasets import labels_layer_data, open_dataset
+from napari_ftu.io.images import SlideError
+from napari_ftu.io.slides import open_slide, pyramid_steps, slide_layer_data
+from napari_ftu._qt.jobs import start_job
 
 FILTER = "Images (*.tif *.tiff *.svs *.ndpi *.png *.jpg *.jpeg)"
 ERRORS = (SlideError, ExportError, OSError, ValueError)
@@ -190,7 +190,7 @@ class LoadWidget(Container):
     # --- annotations --------------------------------------------------------------------------
     def add_annotations(self, path: str | Path | None = None):
         """Rasterise a QuPath GeoJSON or COCO file onto the current image as a Labels layer."""
-        from ..export import import_annotations
+        from napari_ftu.formats.export import import_annotations
 
         if self.slide is None:
             return self._fail("Open the slide the annotations belong to first.")

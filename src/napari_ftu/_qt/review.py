@@ -1,7 +1,7 @@
 """Review dock: a per-object review queue with undoable corrections and autosave.
 
-A thin view on :class:`napari_ftu.review_session.ReviewSession` (pixels, statuses, one undo
-history), :mod:`napari_ftu.autosave` (sidecar sessions) and :mod:`napari_ftu.label_store`
+A thin view on :class:`napari_ftu.review.session.ReviewSession` (pixels, statuses, one undo
+history), :mod:`napari_ftu.review.autosave` (sidecar sessions) and :mod:`napari_ftu.review.label_store`
 (full-resolution windows of large slides). Keys (with the labels layer selected):
 N / Shift+N next / previous unreviewed, A accept, R reject, C set class, Shift+M merge,
 Shift+D delete, Shift+H fill holes, Alt+= / Alt+- dilate / erode, Ctrl+Z / Ctrl+Shift+Z.
@@ -21,14 +21,14 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QItemSelectionModel, QTimer
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
-from .. import editing
-from ..autosave import DEFAULT_INTERVAL_S, Autosaver, SessionStore, default_project_folder, session_folder
-from ..editing import EditError
-from ..label_store import LabelStore, LabelStoreError
-from ..review import SORTS, STATUSES
-from ..review_session import ReviewSession
-from ..undo import paint_delta
-from .segment import EDITED
+from napari_ftu.review import editing
+from napari_ftu.review.autosave import DEFAULT_INTERVAL_S, Autosaver, SessionStore, default_project_folder, session_folder
+from napari_ftu.review.editing import EditError
+from napari_ftu.review.label_store import LabelStore, LabelStoreError
+from napari_ftu.review.table import SORTS, STATUSES
+from napari_ftu.review.session import ReviewSession
+from napari_ftu.review.undo import paint_delta
+from napari_ftu._qt.segment import EDITED
 
 COLUMNS = ["id", "class", "area µm²", "confidence", "status"]
 HEADER_SORTS = {0: "id", 1: "class", 2: "large first", 3: "low confidence first", 4: "status"}
@@ -174,7 +174,7 @@ class ReviewWidget(Container):
             when = time.strftime("%H:%M:%S", time.localtime(saved.meta.get("saved_at", 0)))
             show_info(f"{layer.name}: restored the review saved at {when} ({saved.review.summary()})")
         else:
-            from ..review import Review
+            from napari_ftu.review.table import Review
 
             review = Review.from_labels(layer.data, um, layer.features if len(layer.features) else None,
                                         layer.metadata.get("class") or "FTU")

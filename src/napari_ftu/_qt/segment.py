@@ -15,9 +15,9 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSlider, Label,
                               create_widget)
 from napari.utils.notifications import show_error, show_info
 
-from ..inference import relabel_steps, segment_steps
-from ..models import ModelError, load_model
-from .jobs import start_job
+from napari_ftu.engine.inference import relabel_steps, segment_steps
+from napari_ftu.engine.models import ModelError, load_model
+from napari_ftu._qt.jobs import start_job
 
 DEFAULT_MODEL = "built-in: synthetic kidney glomeruli"
 STORE_ABOVE_PIXELS = 64e6  # model-grid outputs larger than this stream into a zarr store on disk

@@ -15,11 +15,11 @@ from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label
                               PushButton, SpinBox, create_widget)
 from napari.utils.notifications import show_error, show_info
 
-from ..annotations import ExportError
-from ..models import ModelCard, ModelError, default_model_path, load_model
-from ..slide_io import SlideError, to_rgb
-from ..training import dataset_samples, train_steps
-from .jobs import start_job
+from napari_ftu.formats.annotations import ExportError
+from napari_ftu.engine.models import ModelCard, ModelError, default_model_path, load_model
+from napari_ftu.io.images import SlideError, to_rgb
+from napari_ftu.training.train import dataset_samples, train_steps
+from napari_ftu._qt.jobs import start_job
 
 SOURCES = ["dataset folder", "layers in the viewer"]
 ARCHITECTURES = ["Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Segformer"]
@@ -89,7 +89,7 @@ class TrainWidget(Container):
 
     def _data(self, card):
         if self.source.value == SOURCES[0]:
-            from ..datasets import split_ids
+            from napari_ftu.formats.datasets import split_ids
 
             folder = Path(self.folder.value)
             train_ids, val_ids = split_ids(folder, self.val_match.value or None)
@@ -105,7 +105,7 @@ class TrainWidget(Container):
             raise ExportError(f"{labels.name} {mask.shape} and {image.name} {rgb.shape[:2]} differ in size")
         um = image.metadata.get("um_per_px")
         if um and abs(um / card.um_per_px - 1) > 0.01:
-            from ..resample import resample_pair
+            from napari_ftu.io.resample import resample_pair
 
             rgb, mask = resample_pair(rgb, mask, um / card.um_per_px)
         # Hold out the right fifth of the image for validation.

@@ -1,0 +1,1 @@
+"""Batch segmentation of many slides on Dask."""

@@ -1,0 +1,717 @@
+"""Batch segmentation of many slides, in this process or on a Dask distributed cluster.
+
+One task per slide (:func:`segment_slide`, a plain function of picklable arguments), so the
+same code runs in a loop here, on a :class:`distributed.LocalCluster` sized to the machine, or on
+any cluster given by its scheduler address. Slides larger than ``band_above_px`` are split into
+row bands of the model grid, one task each, whose tiles coincide with the whole-slide tile grid
+(with enough context rows that every kept row saw exactly the tiles it would have seen in one
+run), then one task per slide derives the instances over the assembled probability.
+
+Per slide, ``<out>/<id>/`` receives the chosen outputs, each written atomically, and
+``done.json`` last: a rerun skips slides whose marker matches the run's settings (resume).
+The combined ``predictions.csv`` (``id,rle``) and ``summary.csv`` are written at the end. A slide
+that fails is retried (``retries``), then reported in the summary; it never stops the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fnmatch
+import io
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
+from napari_ftu.atomic import write_text
+from napari_ftu.formats.datasets import Dataset, Item
+from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES, SlideError
+
+DONE = "done.json"
+COMBINED = "predictions.csv"
+SUMMARY = "summary.csv"
+OUTPUTS = ("rle", "labels", "geojson")
+DEFAULT_OUTPUTS = ("rle", "labels")
+DEFAULT_EXCLUDE = ("*_labels.*", "*_mask.*", "*_masks.*", ".*")
+SUMMARY_COLUMNS = ["id", "status", "n_objects", "height", "width", "megapixels", "um_per_px", "downsample",
+                   "bands", "tiles", "seconds", "attempts", "worker", "error", "source"]
+BAND_ABOVE_PX = 400e6  # slides with more pixels than this are split into row bands (the engine's in-memory limit)
+BAND_PIXELS = 64e6  # model-grid pixels per band
+
+
+class BatchError(ValueError):
+    """Inputs or settings a batch cannot run with, naming the file or option."""
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """One slide to segment: its id (the output folder name), file and known facts."""
+
+    id: str
+    path: str
+    um_per_px: float | None = None  # from a competition CSV or an override; else the file's
+    meta: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Everything a worker needs to segment a slide the same way as any other worker."""
+
+    model: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    tile_size: int | None = None
+    overlap: int | None = None
+    threshold: float | None = None
+    batch_size: int = 4
+    tta: bool = False
+    blend: str = "gaussian"
+    skip_background: bool = True
+    watershed: bool = False
+    outputs: tuple = DEFAULT_OUTPUTS
+    band_above_px: float = BAND_ABOVE_PX
+    band_pixels: float = BAND_PIXELS
+    threads: int = 1  # torch threads per slide task: float results are identical only for equal counts
+
+    def __post_init__(self):
+        bad = [o for o in self.outputs if o not in OUTPUTS]
+        if bad or not self.outputs:
+            raise BatchError(f"unknown outputs {bad}; choose from {', '.join(OUTPUTS)}")
+
+    def signature(self) -> dict:
+        """What decides a slide's result: a marker written under other settings is not reused."""
+        sig = asdict(self)
+        for key in ("device", "batch_size", "band_above_px", "band_pixels"):  # change speed, not results
+            sig.pop(key)
+        sig["outputs"] = list(self.outputs)
+        sig["model"] = str(Path(self.model).resolve()) if self.model else None
+        return sig
+
+
+@dataclass
+class BatchResult:
+    rows: list  # one summary row per slide, in input order
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0  # already done by an earlier run
+    seconds: float = 0.0
+    megapixels: float = 0.0  # of the slides segmented in this run
+    workers: int = 0
+    outputs: list = field(default_factory=list)
+
+    @property
+    def slides_per_minute(self) -> float:
+        return 60.0 * (self.done - self.skipped) / self.seconds if self.seconds else 0.0
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.megapixels / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict:
+        return {"slides": len(self.rows), "done": self.done, "failed": self.failed, "skipped": self.skipped,
+                "seconds": round(self.seconds, 2), "slides_per_minute": round(self.slides_per_minute, 2),
+                "megapixels_per_second": round(self.megapixels_per_second, 3), "workers": self.workers,
+                "outputs": [str(p) for p in self.outputs],
+                "failures": {r["id"]: r["error"] for r in self.rows if r["status"] == "failed"}}
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+def is_batch_input(path) -> bool:
+    """Whether a ``segment`` argument names many slides: a folder, a glob or a CSV."""
+    text = str(path)
+    return any(c in text for c in "*?[") or Path(text).is_dir() or text.lower().endswith(".csv")
+
+
+def plan_inputs(inputs, images: str | Path | None = None, exclude=DEFAULT_EXCLUDE) -> list[SlideJob]:
+    """The slides named by ``inputs``: files, folders (their slide files, not recursive), globs
+    and competition CSVs (``id`` column, optional ``pixel_size``; images in ``images`` or the
+    CSV's ``<split>_images``/``train`` folder or beside it). Ids must be unique."""
+    jobs: list[SlideJob] = []
+    for item in [inputs] if isinstance(inputs, (str, Path)) else list(inputs):
+        text = str(item)
+        if any(c in text for c in "*?["):
+            import glob
+
+            paths = sorted(Path(p) for p in glob.glob(text, recursive=True))
+            jobs += [_file_job(p) for p in paths if _is_slide(p, exclude)]
+        elif text.lower().endswith(".csv"):
+            jobs += _csv_jobs(Path(text), images)
+        elif Path(text).is_dir():
+            jobs += [_file_job(p) for p in sorted(Path(text).iterdir()) if p.is_file() and _is_slide(p, exclude)]
+        elif Path(text).is_file():
+            jobs.append(_file_job(Path(text)))
+        else:
+            raise BatchError(f"{text}: no such file or folder")
+    seen: dict = {}
+    for job in jobs:
+        if job.id in seen:
+            raise BatchError(f"two slides share the id {job.id!r}: {seen[job.id]} and {job.path}")
+        seen[job.id] = job.path
+    return jobs
+
+
+def _is_slide(path: Path, exclude) -> bool:
+    name = path.name
+    return path.suffix.lower() in TIFF_SUFFIXES + RASTER_SUFFIXES and not any(
+        fnmatch.fnmatch(name, pattern) for pattern in exclude)
+
+
+def _file_job(path: Path) -> SlideJob:
+    from napari_ftu.io.slides import _stem
+
+    try:
+        image_id = safe_id(_stem(path))
+    except ExportError as exc:
+        raise BatchError(f"{path}: {exc}") from None
+    return SlideJob(image_id, str(path.resolve()))
+
+
+def _csv_jobs(path: Path, images) -> list[SlideJob]:
+    from napari_ftu.formats.datasets import _find_image
+    from napari_ftu.formats.csv_formats import read_csv_rows
+
+    rows = read_csv_rows(path, ["id"])
+    split = path.stem
+    folders = [Path(images)] if images else [path.parent / f"{split}_images", path.parent / split,
+                                             path.parent / "images", path.parent]
+    folder = next((f for f in folders if f.is_dir()), None)
+    if folder is None:
+        raise BatchError(f"{path}: no image folder (looked for {', '.join(str(f) for f in folders)})")
+    jobs = []
+    for n, row in enumerate(rows, start=2):
+        try:
+            image_id = safe_id(row["id"])
+            um = float(row["pixel_size"]) if row.get("pixel_size") else None
+        except (ExportError, ValueError) as exc:
+            raise BatchError(f"{path}, line {n}: {exc}") from None
+        meta = {k: row[k] for k in ("organ", "data_source", "pixel_size") if row.get(k)}
+        jobs.append(SlideJob(image_id, str(_find_image(folder, image_id).resolve()), um, meta))
+    return jobs
+
+
+def pending(jobs, out, options: BatchOptions) -> tuple[list, list]:
+    """``(to_do, done_rows)``: slides without a matching ``done.json`` and the rows of the others."""
+    todo, done = [], []
+    for job in jobs:
+        row = read_marker(Path(out) / job.id, job, options)
+        (todo.append(job) if row is None else done.append(row))
+    return todo, done
+
+
+def read_marker(folder: Path, job: SlideJob, options: BatchOptions) -> dict | None:
+    try:
+        marker = json.loads((folder / DONE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if marker.get("source") != job.path or marker.get("settings") != options.signature():
+        return None
+    if not all((folder / name).is_file() for name in marker.get("files", [])):
+        return None
+    return marker["row"]
+
+
+# --- the per-slide work (runs in a worker) -----------------------------------------------------
+
+_MODELS: dict = {}  # (model, device, precision) -> FTUModel: loaded once per worker process
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Run with ``n`` torch threads, as every worker of the batch does (Dask starts its worker
+    processes with one OpenMP thread), so a slide gives the same bytes wherever it runs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(n)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _model(options: BatchOptions):
+    from napari_ftu.engine.models import load_model
+
+    key = (options.model, options.device, options.precision)
+    if key not in _MODELS:
+        _MODELS[key] = load_model(options.model, device=options.device, precision=options.precision)
+    return _MODELS[key]
+
+
+def _engine_kwargs(options: BatchOptions) -> dict:
+    return dict(tile_size=options.tile_size, overlap=options.overlap, threshold=options.threshold,
+                batch_size=options.batch_size, tta=options.tta, blend=options.blend,
+                skip_background=options.skip_background)
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().name if isinstance(get_worker().name, str) else str(get_worker().address)
+    except (ImportError, ValueError):
+        return "local"
+
+
+def segment_slide(job: SlideJob, out: str, options: BatchOptions) -> dict:
+    """Segment one slide at full resolution and write its outputs; returns its summary row.
+
+    The model is loaded once per worker process. Raises on failure (Dask retries the task)."""
+    from napari_ftu.engine.inference import segment
+    from napari_ftu.io.slides import open_slide
+
+    start = time.perf_counter()
+    model = _model(options)
+    slide = open_slide(job.path)
+    try:
+        um = job.um_per_px or slide.um_per_px
+        with _torch_threads(options.threads):
+            seg = segment(slide.levels, model, um_per_px=um, full_resolution=True, watershed=options.watershed,
+                          **_engine_kwargs(options))
+    finally:
+        slide.close()
+    info = {"height": slide.size[0], "width": slide.size[1], "um_per_px": um, "downsample": 1.0, "bands": 1,
+            "tiles": seg.n_tiles}
+    return _write_outputs(job, Path(out), options, seg.labels, seg.objects, seg.um_per_px, info, start)
+
+
+def _write_outputs(job, out: Path, options, labels, objects, out_um, info: dict, start: float) -> dict:
+    """The chosen files, each atomically, then ``done.json`` (the marker a rerun trusts)."""
+    from napari_ftu.formats.export import export_annotations
+    from napari_ftu.io.images import write_labels_ome_tiff
+
+    folder = out / job.id
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    if "labels" in options.outputs:
+        files.append(write_labels_ome_tiff(folder / f"{job.id}_labels.ome.tif", labels, out_um).name)
+    if {"rle", "geojson"} & set(options.outputs):
+        scores = {o["id"]: o["confidence"] for o in objects}
+        a = Annotations(job.id, np.asarray(labels), scores=scores, um_per_px=out_um, meta=dict(job.meta))
+        if "rle" in options.outputs:
+            files.append(export_annotations(a, folder / f"{job.id}.csv", "hubmap", overwrite=True).name)
+        if "geojson" in options.outputs:
+            files.append(export_annotations(a, folder / f"{job.id}.geojson", "geojson", overwrite=True).name)
+    row = {"id": job.id, "status": "done", "n_objects": len(objects), "height": info["height"],
+           "width": info["width"], "megapixels": round(info["height"] * info["width"] / 1e6, 3),
+           "um_per_px": info["um_per_px"], "downsample": info["downsample"], "bands": info["bands"],
+           "tiles": info["tiles"], "seconds": round(time.perf_counter() - start, 3), "attempts": None,
+           "worker": _worker_name(), "error": "", "source": job.path, "labels_um_per_px": out_um}
+    marker = {"source": job.path, "settings": options.signature(), "files": files, "row": row}
+    write_text(folder / DONE, json.dumps(marker, indent=1))
+    return row
+
+
+# --- row bands of very large slides ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BandPlan:
+    """Row bands of one slide's model grid: ``cores`` are the rows each band owns; ``spans`` the
+    rows it computes (whole tile rows of the slide's grid, so every owned row is exact)."""
+
+    shape: tuple  # model grid (H, W)
+    factor: float  # model px per slide px
+    cores: tuple
+    spans: tuple
+    n_classes: int
+    store: str
+
+
+def plan_bands(shape, tile: int, overlap: int, band_rows: int) -> tuple[list, list]:
+    """Cores ``[c0, c1)`` (multiples of ``band_rows``) and the spans of tile rows that cover them:
+    from the last tile row lying wholly above the core to the first lying wholly below it, so
+    that the band's own first and last tile rows (whose blending windows differ from the whole
+    slide's) touch no owned row."""
+    from napari_ftu.engine.tiling import tile_starts
+
+    h = int(shape[0])
+    starts = tile_starts(h, tile, overlap)
+    cuts = list(range(0, h, band_rows)) + [h]
+    cores, spans = [], []
+    for c0, c1 in zip(cuts[:-1], cuts[1:]):
+        first = max([j for j, s in enumerate(starts) if s + tile <= c0], default=0)
+        last = min([j for j, s in enumerate(starts) if s >= c1], default=len(starts) - 1)
+        cores.append((c0, c1))
+        spans.append((starts[first], min(h, starts[last] + tile)))
+    return cores, spans
+
+
+class _ModelGridRows:
+    """Rows ``y0:y1`` of a slide seen on the model grid, as an array the engine can tile: reads
+    go through the whole slide's :class:`TileSource`, so pixels equal a whole-slide run's."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, source, y0: int, y1: int):
+        self.source, self.y0 = source, y0
+        self.shape = (y1 - y0, source.shape[1], 3)
+
+    def __getitem__(self, key):
+        rows, cols = (key + (slice(None),) * 2)[:2] if isinstance(key, tuple) else (key, slice(None))
+        r0, r1, rs = rows.indices(self.shape[0])
+        c0, c1, cs = cols.indices(self.shape[1])
+        h, w = r1 - r0, c1 - c0
+        block = self.source.read(self.y0 + r0, c0, max(h, w, 1))[:h, :w]
+        return block[::rs, ::cs]
+
+
+class _RowCrop:
+    """Rows ``r0:r1`` of a coarse slide level (the band's overview for tissue detection), as RGB."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 3
+
+    def __init__(self, level, r0: int, r1: int, to_rgb):
+        self.level, self.r0, self.to_rgb = level, r0, to_rgb
+        self.shape = (r1 - r0, level.shape[1], 3)
+
+    def __getitem__(self, key):
+        rows, cols = (key + (slice(None),) * 2)[:2] if isinstance(key, tuple) else (key, slice(None))
+        r0, r1, rs = rows.indices(self.shape[0])
+        block = np.asarray(self.level[self.r0 + r0 : self.r0 + r1 : rs])
+        return self.to_rgb(block)[:, cols]
+
+
+def band_plan(job: SlideJob, out, options: BatchOptions, create: bool = True) -> BandPlan | None:
+    """The bands of a slide with more than ``band_above_px`` pixels (``None`` for smaller ones);
+    ``create`` makes the shared zarr store the bands write their rows into."""
+    from napari_ftu.io.slides import open_slide
+    from napari_ftu.engine.tile_source import TileSource
+
+    slide = open_slide(job.path)
+    try:
+        if slide.size[0] * slide.size[1] <= options.band_above_px:
+            return None
+        card = _card(options)
+        source = TileSource(slide.levels, job.um_per_px or slide.um_per_px, card.um_per_px)
+    finally:
+        slide.close()
+    tile = int(options.tile_size or card.tile_size)
+    overlap = int(card.overlap if options.overlap is None else options.overlap)
+    band_rows = max(tile, int(options.band_pixels // max(source.shape[1], 1)))
+    cores, spans = plan_bands(source.shape, tile, overlap, band_rows)
+    store = Path(out) / job.id / "bands.zarr"
+    n_classes = len(card.classes)
+    if create:
+        import zarr
+
+        group = zarr.open_group(str(store), mode="w")
+        shape = source.shape
+        chunks = (band_rows, min(1024, shape[1]))
+        group.create_array("probability", shape=(n_classes, *shape), dtype="uint8", chunks=(1, *chunks), fill_value=0)
+        group.create_array("labels", shape=shape, dtype="int32", chunks=chunks, fill_value=0)
+    return BandPlan(tuple(source.shape), source.factor, tuple(cores), tuple(spans), n_classes, str(store))
+
+
+_CARDS: dict = {}
+
+
+def _card(options: BatchOptions):
+    if options.model not in _CARDS:
+        _CARDS[options.model] = _model(BatchOptions(model=options.model, device="cpu")).card
+    return _CARDS[options.model]
+
+
+def segment_band(job: SlideJob, options: BatchOptions, plan: BandPlan, index: int) -> dict:
+    """Run the model on one band (its span) and write the rows it owns into the shared store."""
+    import zarr
+
+    from napari_ftu.engine.inference import segment
+    from napari_ftu.io.slides import open_slide
+    from napari_ftu.engine.tile_source import TileSource
+
+    start = time.perf_counter()
+    model = _model(options)
+    slide = open_slide(job.path)
+    try:
+        um = job.um_per_px or slide.um_per_px
+        source = TileSource(slide.levels, um, model.card.um_per_px)
+        s0, s1 = plan.spans[index]
+        c0, c1 = plan.cores[index]
+        levels = [_ModelGridRows(source, s0, s1)]
+        if options.skip_background:  # the band's rows of the slide's coarsest level, for tissue detection
+            coarse = slide.levels[-1]
+            per_row = coarse.shape[0] / source.shape[0]  # coarse rows per model row
+            r0, r1 = int(math.floor(s0 * per_row)), max(int(math.ceil(s1 * per_row)), int(math.floor(s0 * per_row)) + 1)
+            levels.append(_RowCrop(coarse, r0, min(r1, coarse.shape[0]), source._rgb))
+        with _torch_threads(options.threads):
+            seg = segment(levels, model, um_per_px=None, full_resolution=False, **_engine_kwargs(options))
+    finally:
+        slide.close()
+    prob = seg.probability if seg.probability.ndim == 3 else seg.probability[None]
+    core = prob[:, c0 - s0 : c1 - s0]
+    zarr.open_group(plan.store, mode="r+")["probability"][:, c0:c1] = np.clip(np.rint(core * 255), 0, 255).astype(np.uint8)
+    return {"band": index, "tiles": seg.n_tiles, "skipped": seg.n_skipped, "seconds": time.perf_counter() - start}
+
+
+def finish_bands(job: SlideJob, out: str, options: BatchOptions, plan: BandPlan, bands: list) -> dict:
+    """Instances over the assembled probability (strip by strip), then the slide's outputs."""
+    import zarr
+
+    from napari_ftu.engine.inference import Segmentation, relabel_steps
+    from napari_ftu.steps import drain
+
+    start = time.perf_counter() - sum(b["seconds"] for b in bands)
+    card = _card(options)
+    group = zarr.open_group(plan.store, mode="r+")
+    from napari_ftu.io.slides import open_slide
+
+    slide = open_slide(job.path)
+    size, um = slide.size, job.um_per_px or slide.um_per_px
+    slide.close()
+    out_um = um / plan.factor if um else None
+    class_index = 0
+    threshold = card.threshold_for(card.classes[class_index]) if options.threshold is None else options.threshold
+    prob = group["probability"]
+    seg = Segmentation(probability=prob, labels=group["labels"],
+                       prob_scale=255.0, downsample=1.0 / plan.factor, um_per_px=out_um,
+                       min_area_px=int(card.min_object_um2 / (out_um or card.um_per_px) ** 2), class_index=class_index)
+    objects = drain(relabel_steps(seg, threshold, watershed=options.watershed))
+    info = {"height": size[0], "width": size[1], "um_per_px": um, "downsample": round(1.0 / plan.factor, 6),
+            "bands": len(bands), "tiles": sum(b["tiles"] for b in bands)}
+    row = _write_outputs(job, Path(out), options, group["labels"], objects, out_um, info, start)
+    shutil.rmtree(plan.store, ignore_errors=True)
+    return row
+
+
+def run_slide_in_process(job: SlideJob, out, options: BatchOptions) -> dict:
+    """One slide the way the cluster would run it (bands in turn for a large slide)."""
+    plan = band_plan(job, out, options)
+    if plan is None:
+        return segment_slide(job, str(out), options)
+    bands = [segment_band(job, options, plan, i) for i in range(len(plan.cores))]
+    return finish_bands(job, str(out), options, plan, bands)
+
+
+# --- clusters ----------------------------------------------------------------------------------
+
+
+def visible_gpus() -> list[str]:
+    """CUDA devices this machine shows (respecting ``CUDA_VISIBLE_DEVICES``)."""
+    try:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        n = 0
+    if not n:
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in env.split(",") if d.strip()] if env else [str(i) for i in range(n)]
+    return ids[:n]
+
+
+def gpu_worker_spec(devices, host: str = "127.0.0.1") -> dict:
+    """One single-threaded worker process per GPU, each seeing only its own device."""
+    from distributed import Nanny
+
+    return {f"gpu-{d}": {"cls": Nanny, "options": {"nthreads": 1, "host": host, "resources": {"GPU": 1},
+                                                    "env": {"CUDA_VISIBLE_DEVICES": str(d)}}}
+            for d in devices}
+
+
+def local_cluster(n_workers: int | None = None, devices=None, host: str = "127.0.0.1"):
+    """A cluster on this machine: one worker per GPU (device pinned), else one single-threaded
+    worker process per core (torch then uses one thread in each)."""
+    from distributed import LocalCluster, Scheduler, SpecCluster
+
+    devices = visible_gpus() if devices is None else list(devices)
+    if devices:
+        return SpecCluster(workers=gpu_worker_spec(devices, host), silence_logs=40,
+                           scheduler={"cls": Scheduler, "options": {"host": host, "dashboard": False}})
+    n = n_workers or os.cpu_count() or 1
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host, dashboard_address=None,
+                        silence_logs=40)
+
+
+@contextlib.contextmanager
+def batch_client(scheduler: str | None = None, n_workers: int | None = None):
+    """A client on ``scheduler`` (an existing cluster), else on a new local cluster closed afterwards."""
+    from distributed import Client
+
+    if scheduler:
+        client = Client(scheduler, timeout=30)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    cluster = local_cluster(n_workers)
+    try:
+        with Client(cluster) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+# --- the batch ---------------------------------------------------------------------------------
+
+
+def batch_steps(jobs, out, options: BatchOptions | None = None, client=None, scheduler: str | None = None,
+                workers: int | None = 0, retries: int = 2):
+    """Segment ``jobs`` into ``out``, yielding ``("step", finished, total, row)`` per slide and
+    returning a :class:`BatchResult`.
+
+    ``client`` (a ``distributed.Client``) runs the slides there; else ``scheduler`` attaches to a
+    cluster, ``workers`` N > 0 starts a local cluster of N workers and ``None`` one sized to the
+    machine (:func:`local_cluster`); ``workers=0`` (the default) runs the slides in this process.
+    Closing the generator cancels what is still queued.
+    """
+    options = options or BatchOptions()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    todo, done_rows = pending(jobs, out, options)
+    rows = {r["id"]: {**r, "status": "skipped"} for r in done_rows}
+    total = len(jobs)
+    yield ("step", len(rows), total, None)
+    n_workers = 0
+    if client is None and not scheduler and workers == 0:
+        for job in todo:
+            rows[job.id] = _in_process(job, out, options, retries)
+            yield ("step", len(rows), total, rows[job.id])
+    else:
+        with contextlib.ExitStack() as stack:
+            if client is None:
+                client = stack.enter_context(batch_client(scheduler, workers))
+            n_workers = len(client.scheduler_info().get("workers", {}))
+            yield from _on_cluster(client, todo, out, options, retries, rows, total)
+    ordered = [rows[j.id] for j in jobs]
+    result = BatchResult(ordered, workers=n_workers)
+    result.done = sum(r["status"] in ("done", "skipped") for r in ordered)
+    result.skipped = sum(r["status"] == "skipped" for r in ordered)
+    result.failed = sum(r["status"] == "failed" for r in ordered)
+    result.megapixels = sum(float(r.get("megapixels") or 0) for r in ordered if r["status"] == "done")
+    result.outputs = write_combined(out, jobs, ordered, options)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def run_batch(jobs, out, options: BatchOptions | None = None, progress=None, **kwargs) -> BatchResult:
+    """:func:`batch_steps` to the end; ``progress(finished, total, row)`` after each slide."""
+    from napari_ftu.steps import drain
+
+    return drain(batch_steps(jobs, out, options, **kwargs), None if progress is None else lambda e: progress(*e[1:]))
+
+
+def _in_process(job, out, options, retries) -> dict:
+    for attempt in range(1, retries + 2):
+        try:
+            row = run_slide_in_process(job, out, options)
+            return {**row, "attempts": attempt}
+        except Exception as exc:  # any failure of one slide is reported, never fatal to the batch
+            error = _describe(exc, job)
+    return _failed(job, error, retries + 1)
+
+
+def _on_cluster(client, todo, out, options, retries, rows, total):
+    from distributed import as_completed
+
+    futures = {}
+    for job in todo:
+        try:
+            plan = band_plan(job, out, options)
+        except Exception:  # unreadable here: the slide's own task fails, is retried and reported
+            plan = None
+        key = f"napari-ftu-{job.id}-{time.time_ns()}"
+        if plan is None:
+            fut = client.submit(segment_slide, job, str(out), options, key=key, retries=retries, pure=False)
+        else:
+            bands = [client.submit(segment_band, job, options, plan, i, key=f"{key}-band{i}", retries=retries,
+                                   pure=False) for i in range(len(plan.cores))]
+            fut = client.submit(finish_bands, job, str(out), options, plan, bands, key=key, retries=retries,
+                                pure=False)
+        futures[fut] = job
+    try:
+        for fut in as_completed(list(futures)):
+            job = futures.pop(fut)
+            try:
+                rows[job.id] = fut.result()
+            except Exception as exc:  # a failed or killed task: reported, the rest goes on
+                rows[job.id] = _failed(job, _describe(exc, job), retries + 1)
+            yield ("step", len(rows), total, rows[job.id])
+    finally:
+        if futures:
+            client.cancel(list(futures))
+
+
+def _describe(exc: BaseException, job: SlideJob) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if job.path in text or Path(job.path).name in text else f"{Path(job.path).name}: {text}"
+
+
+def _failed(job: SlideJob, error: str, attempts: int) -> dict:
+    return {"id": job.id, "status": "failed", "n_objects": None, "error": error, "source": job.path,
+            "attempts": attempts}
+
+
+def write_combined(out: Path, jobs, rows, options: BatchOptions) -> list:
+    """``predictions.csv`` (the per-slide ``id,rle`` rows in input order) and ``summary.csv``."""
+    written = []
+    if "rle" in options.outputs:
+        lines = ["id,rle\n"]
+        for job, row in zip(jobs, rows):
+            if row["status"] in ("done", "skipped"):
+                text = (out / job.id / f"{job.id}.csv").read_text(encoding="utf-8")
+                lines.append(text.split("\n", 1)[1])
+        written.append(write_text(out / COMBINED, "".join(lines)))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+    written.append(write_text(out / SUMMARY, buf.getvalue()))
+    return written
+
+
+# --- browsing the results ---------------------------------------------------------------------
+
+
+def is_batch_output(path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / SUMMARY).is_file() and any(path.glob(f"*/{DONE}"))
+
+
+class BatchResults(Dataset):
+    """A batch output folder as a dataset: each segmented slide with its predicted labels, so the
+    Load dock can page through them for review."""
+
+    layout = "napari-ftu batch results"
+
+    def __init__(self, root):
+        root = Path(root)
+        self.markers = {}
+        for marker in sorted(root.glob(f"*/{DONE}")):
+            try:
+                data = json.loads(marker.read_text(encoding="utf-8"))
+                self.markers[marker.parent.name] = data
+            except (OSError, ValueError) as exc:
+                raise ExportError(f"{marker}: unreadable marker ({exc})") from None
+        super().__init__(root, list(self.markers))
+
+    def load(self, index: int) -> Item:
+        from napari_ftu.io.images import read_image
+        from napari_ftu.io.slides import open_slide
+
+        image_id = self.ids[index]
+        marker = self.markers[image_id]
+        row = marker["row"]
+        slide = open_slide(marker["source"])
+        slide.um_per_px = row.get("um_per_px") or slide.um_per_px
+        labels_file = self.root / image_id / f"{image_id}_labels.ome.tif"
+        if not labels_file.is_file():
+            raise SlideError(f"{labels_file}: no label image (run the batch with the labels output)")
+        labels = read_image(labels_file).data
+        info = {"objects": row.get("n_objects"), "seconds": row.get("seconds"),
+                "labels_um_per_px": row.get("labels_um_per_px")}
+        return Item(slide, Annotations(image_id, labels, um_per_px=row.get("labels_um_per_px")), info)

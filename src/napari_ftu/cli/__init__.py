@@ -1,0 +1,417 @@
+"""``napari-ftu``: demo, segment, train and export from the command line (the same core as the docks).
+
+Errors the user can fix (bad files, bad models, bad ids) print one ``napari-ftu: error: ...``
+line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from napari_ftu.batch.runner import BatchError
+from napari_ftu.formats.export import FORMATS, ExportError
+from napari_ftu.engine.models import ModelError
+from napari_ftu.formats.rle import RLEError
+from napari_ftu.io.images import SlideError
+
+USER_ERRORS = (SlideError, ModelError, ExportError, RLEError, OSError, BatchError)
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except USER_ERRORS as exc:
+        print(f"napari-ftu: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="napari-ftu", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(title="commands")
+
+    d = sub.add_parser("demo", help="segment the synthetic sample slide with the default model")
+    d.add_argument("--headless", action="store_true", help="no window; print the results")
+    d.add_argument("--json", action="store_true", help="print one JSON object (with --headless)")
+    d.add_argument("--size", type=int, default=None, help="slide side in pixels (default 2048)")
+    d.add_argument("--seed", type=int, default=None, help="slide seed (default: one unseen in training)")
+    d.add_argument("--out", type=Path, default=Path("napari-ftu-demo"), help="folder for the outputs")
+    d.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    d.add_argument("--screenshot", type=Path, default=None, help="save the window as PNG when done, then close")
+    d.set_defaults(func=_demo)
+
+    s = sub.add_parser("segment", help="segment an image, or a batch of slides on Dask, and write HuBMAP RLE (and labels)")
+    s.add_argument("image", nargs="+",
+                   help="an image; or many: files, folders, globs ('slides/*.svs') or a competition CSV (batch)")
+    s.add_argument("--model", type=Path, default=None, help="model folder or checkpoint (default: built-in)")
+    s.add_argument("--out", type=Path, required=True, help="CSV to write (id,rle); for a batch, the output folder")
+    s.add_argument("--labels", type=Path, default=None, help="also write the instance labels as TIFF")
+    s.add_argument("--id", default=None, help="image id in the CSV (default: file name stem)")
+    s.add_argument("--um-per-px", type=float, default=None, help="override the image's pixel size")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--tile", type=int, default=None)
+    s.add_argument("--overlap", type=int, default=None)
+    s.add_argument("--threshold", type=float, default=None)
+    s.add_argument("--batch", type=int, default=4, help="tiles per model call (halved on out-of-memory)")
+    s.add_argument("--tta", action="store_true", help="test-time augmentation: average flips and a rotation")
+    s.add_argument("--blend", choices=["gaussian", "taper"], default="gaussian", help="tile blending window")
+    s.add_argument("--keep-glass", action="store_true", help="also run the model on background (glass) tiles")
+    s.add_argument("--split", action="store_true", help="split touching objects with a watershed")
+    s.add_argument("--json", action="store_true", help="print a JSON summary")
+    s.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    b = s.add_argument_group("batch (many slides)")
+    b.add_argument("--workers", type=int, default=None,
+                   help="local Dask workers (default: one per GPU, else one per core; 0: in this process)")
+    b.add_argument("--scheduler", default=None, help="attach to the Dask scheduler at ADDRESS (tcp://host:8786)")
+    b.add_argument("--formats", default="rle,labels",
+                   help="per-slide outputs, comma-separated: rle, labels (OME-TIFF), geojson (default rle,labels)")
+    b.add_argument("--retries", type=int, default=2, help="retries of a failing slide (default 2)")
+    b.add_argument("--images", type=Path, default=None, help="image folder of a competition CSV")
+    b.add_argument("--threads", type=int, default=1,
+                   help="torch threads per slide (default 1, as in each Dask worker; results are identical "
+                        "only for equal thread counts)")
+    b.add_argument("--band-above", type=float, default=400.0,
+                   help="split slides above this many megapixels into row-band tasks (default 400)")
+    s.set_defaults(func=_segment)
+
+    t = sub.add_parser("train", help="train a model folder from image/mask tiles or synthetic slides")
+    t.add_argument("--out", type=Path, required=True, help="model folder to write")
+    t.add_argument("--tiles", type=Path, action="append", default=[],
+                   help="training data: exported tiles, images/ + masks/, or a competition dataset folder")
+    t.add_argument("--val-tiles", type=Path, action="append", default=[], help="validation data folder")
+    t.add_argument("--val-match", default=None,
+                   help="regular expression: images of --tiles whose id matches go to validation instead")
+    t.add_argument("--synthetic", type=int, default=0, help="number of synthetic training slides")
+    t.add_argument("--val-synthetic", type=int, default=0, help="number of synthetic validation slides")
+    t.add_argument("--synthetic-size", type=int, default=768)
+    t.add_argument("--init", type=Path, default=None, help="fine-tune from this model folder")
+    t.add_argument("--steps", type=int, default=500)
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--crop", type=int, default=256)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--val-every", type=int, default=100)
+    t.add_argument("--patience", type=int, default=0, help="stop after this many validations without gain")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--um-per-px", type=float, default=None, help="model pixel size (new models)")
+    t.add_argument("--name", default="napari-ftu model")
+    t.set_defaults(func=_train)
+
+    i = sub.add_parser("info", help="describe a slide or a dataset folder (and check that it loads)")
+    i.add_argument("path", type=Path)
+    i.add_argument("--item", type=int, default=None, help="also load this dataset image (0-based)")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(func=_info)
+
+    e = sub.add_parser("export", help="convert labels or annotations to any supported format, or training tiles")
+    e.add_argument("labels", type=Path, help="label/mask image (TIFF/PNG), or an annotation file with --from")
+    e.add_argument("--from", dest="source_format", choices=sorted(FORMATS), default=None,
+                   help="read LABELS as this annotation format instead of as an image")
+    e.add_argument("--out", type=Path, default=None, help="file to write")
+    e.add_argument("--format", choices=sorted(FORMATS), default=None,
+                   help="output format (default: from the suffix: .csv hubmap, .json coco, .geojson, .ome.tif)")
+    e.add_argument("--image", type=Path, default=None, help="the image (for --tiles, and GeoJSON's size)")
+    e.add_argument("--id", default=None, help="image id (default: image or labels file stem)")
+    e.add_argument("--class", dest="class_name", default="FTU", help="class of objects without one")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    e.add_argument("--tiles", type=Path, default=None, help="folder for training tiles")
+    e.add_argument("--tile", type=int, default=512)
+    e.add_argument("--overlap", type=int, default=0)
+    e.add_argument("--target-um-per-px", type=float, default=None, help="resample tiles to this pixel size")
+    e.add_argument("--keep", choices=["objects", "tissue"], default="objects")
+    e.add_argument("--negative-fraction", type=float, default=0.1)
+    e.add_argument("--max-per-class", type=int, default=None)
+    e.add_argument("--tile-format", choices=["png", "tif"], default="png")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=_export)
+
+    v = sub.add_parser("evaluate", help="score predictions against ground truth (Dice, IoU, F1, AP@0.6)")
+    v.add_argument("pred", type=Path, help="prediction: label image, folder of them, or an annotation file")
+    v.add_argument("truth", type=Path, help="ground truth: label image, folder, dataset folder or annotation file")
+    v.add_argument("--pred-format", choices=sorted(FORMATS), default=None, help="read PRED as this format")
+    v.add_argument("--truth-format", choices=sorted(FORMATS), default=None, help="read TRUTH as this format")
+    v.add_argument("--iou", type=float, default=0.5, help="IoU for a match when counting TP/FP/FN (default 0.5)")
+    v.add_argument("--ap-iou", type=float, default=0.6, help="IoU of the average precision (default 0.6)")
+    v.add_argument("--out", type=Path, default=None, help="write the report: .csv (rows) or .json")
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    v.set_defaults(func=_evaluate)
+    return p
+
+
+def _demo(args) -> int:
+    from napari_ftu.cli.demo import run_headless
+
+    if not args.headless:
+        from napari_ftu._qt.demo import run_gui
+
+        return run_gui(size=args.size, seed=args.seed, device=args.device, screenshot=args.screenshot)
+    result = run_headless(args.out, size=args.size, seed=args.seed, device=args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"Dice {result['dice']:.3f} vs ground truth, {result['n_objects']} FTUs "
+            f"({result['n_true_objects']} true), {result['seconds']:.1f} s on {result['device']}"
+        )
+        for path in result["outputs"]:
+            print(f"wrote {path}")
+    return 0
+
+
+def _info(args) -> int:
+    from napari_ftu.formats.datasets import open_dataset
+    from napari_ftu.io.slides import open_slide
+
+    if args.path.is_file() and args.path.suffix.lower() not in (".json", ".jsonl", ".csv"):
+        slide = open_slide(args.path)
+        out = {"path": str(args.path), "size": list(slide.size), "kind": slide.kind, "levels": len(slide.levels),
+               "um_per_px": slide.um_per_px, "pyramid_stored": not slide.flat}
+    else:
+        ds = open_dataset(args.path)
+        out = {"path": str(args.path), "layout": ds.layout, "images": len(ds), "first_ids": ds.ids[:5]}
+        if args.item is not None:
+            if not 0 <= args.item < len(ds):
+                raise FileNotFoundError(f"{args.path}: no image {args.item} (the dataset has {len(ds)})")
+            item = ds.load(args.item)
+            n = len(item.annotations.ids()) if item.annotations is not None else 0
+            out["item"] = {"id": ds.ids[args.item], "size": list(item.slide.size), "objects": n,
+                           "um_per_px": item.slide.um_per_px, **{k: v for k, v in item.info.items() if v}}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for key, value in out.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _segment(args) -> int:
+    from napari_ftu.formats.annotations import Annotations
+    from napari_ftu.batch.runner import is_batch_input
+    from napari_ftu.formats.export import export_annotations, safe_id
+    from napari_ftu.engine.inference import segment
+    from napari_ftu.engine.models import load_model
+    from napari_ftu.io.images import read_image, write_tiff
+
+    if len(args.image) > 1 or is_batch_input(args.image[0]):
+        return _segment_batch(args)
+    args.image = Path(args.image[0])
+    for out in (args.out, args.labels):
+        if out is not None and out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    loaded = read_image(args.image)
+    image_id = safe_id(args.id or loaded.name)
+    um = args.um_per_px or loaded.um_per_px
+    model = load_model(args.model, device=args.device)
+
+    def progress(done, total):
+        if not args.json:
+            print(f"\rtiles {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    seg = segment(loaded.data, model, progress=progress, um_per_px=um, tile_size=args.tile,
+                  overlap=args.overlap, threshold=args.threshold, batch_size=args.batch, tta=args.tta,
+                  blend=args.blend, skip_background=not args.keep_glass, watershed=args.split)
+    if not args.json:
+        print(file=sys.stderr)
+    outputs = [str(export_annotations(Annotations(image_id, seg.labels, um_per_px=um), args.out, "hubmap",
+                                      overwrite=True))]
+    if args.labels:
+        outputs.append(str(write_tiff(args.labels, seg.labels, um)))
+    summary = {"id": image_id, "n_objects": len(seg.objects), "seconds": round(seg.seconds, 3),
+               "device": seg.device, "um_per_px": um, "tiles": seg.n_tiles, "glass_tiles_skipped": seg.n_skipped,
+               "outputs": outputs}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{image_id}: {summary['n_objects']} FTUs in {seg.seconds:.1f} s on {seg.device}")
+        for path in outputs:
+            print(f"wrote {path}")
+    return 0
+
+
+def _segment_batch(args) -> int:
+    """Many slides on Dask (or in this process with ``--workers 0``): per-slide outputs under
+    ``--out``, a progress bar, a summary; exit status 1 when some slide failed."""
+    import time
+
+    from napari_ftu.batch.runner import BatchOptions, plan_inputs, run_batch
+
+    if args.labels or args.id:
+        raise BatchError("--labels and --id are for one image; a batch writes <out>/<id>/ (see --formats)")
+    if args.out.suffix.lower() == ".csv" or args.out.is_file():
+        raise BatchError(f"{args.out}: a batch writes a folder; give --out FOLDER")
+    jobs = plan_inputs(args.image, images=args.images)
+    if not jobs:
+        raise BatchError(f"no slides found in {' '.join(map(str, args.image))}")
+    if args.um_per_px:
+        from dataclasses import replace
+
+        jobs = [replace(j, um_per_px=args.um_per_px) for j in jobs]
+    options = BatchOptions(model=str(args.model) if args.model else None, device=args.device, tile_size=args.tile,
+                           overlap=args.overlap, threshold=args.threshold, batch_size=args.batch, tta=args.tta,
+                           blend=args.blend, skip_background=not args.keep_glass, watershed=args.split,
+                           outputs=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+                           band_above_px=args.band_above * 1e6, threads=args.threads)
+    start = time.perf_counter()
+    failed = []
+
+    def progress(done, total, row):
+        if row is not None and row["status"] == "failed":
+            failed.append(row["id"])
+        if not args.json:
+            width = 30
+            fill = int(width * done / max(total, 1))
+            print(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} slides"
+                  + (f", {len(failed)} failed" if failed else "") + f", {time.perf_counter() - start:.0f} s",
+                  end="", file=sys.stderr, flush=True)
+
+    result = run_batch(jobs, args.out, options, progress=progress, scheduler=args.scheduler,
+                       workers=args.workers, retries=args.retries)
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(file=sys.stderr)
+        print(f"{summary['slides']} slides: {summary['done']} done ({summary['skipped']} from an earlier run), "
+              f"{summary['failed']} failed; {summary['seconds']:.1f} s, {summary['slides_per_minute']:.1f} slides/min, "
+              f"{summary['megapixels_per_second']:.2f} MP/s "
+              + (f"on {summary['workers']} Dask workers" if summary["workers"] else "in this process"))
+        for image_id, error in summary["failures"].items():
+            print(f"failed {image_id}: {error}")
+        for path in summary["outputs"]:
+            print(f"wrote {path}")
+    return 1 if result.failed else 0
+
+
+def _train(args) -> int:
+    from napari_ftu.engine.models import ModelCard, load_model
+    from napari_ftu.formats.datasets import split_ids
+    from napari_ftu.training.train import dataset_samples, synthetic_samples, train
+
+    init_state = None
+    if args.init:
+        base = load_model(args.init, device="cpu")
+        card = base.card
+        init_state = base.network.state_dict()
+    else:
+        card = ModelCard(name=args.name)
+        if args.um_per_px:
+            card.um_per_px = args.um_per_px
+    train_set, val_set = [], [pair for folder in args.val_tiles for pair in dataset_samples(folder, card)]
+    for folder in args.tiles:
+        train_ids, val_ids = split_ids(folder, args.val_match)
+        train_set += dataset_samples(folder, card, train_ids)
+        if val_ids:
+            val_set += dataset_samples(folder, card, val_ids)
+    if args.synthetic:
+        train_set += synthetic_samples(args.synthetic, args.synthetic_size, args.seed + 1, card)
+    if args.val_synthetic:
+        val_set += synthetic_samples(args.val_synthetic, args.synthetic_size, args.seed + 2, card)
+    if not train_set:
+        raise FileNotFoundError("no training data: give --tiles FOLDER and/or --synthetic N")
+    card.notes = {**card.notes, "training": {
+        "tiles": [str(p) for p in args.tiles], "synthetic": args.synthetic, "synthetic_size": args.synthetic_size,
+        "val_match": args.val_match, "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop,
+        "lr": args.lr, "seed": args.seed, "init": str(args.init) if args.init else None}}
+
+    def log(event):
+        if event[0] == "val":
+            print(f"step {event[1]}: validation Dice {event[2]:.4f}", flush=True)
+        elif event[1] % 25 == 0:
+            print(f"step {event[1]}/{event[2]}: loss {event[3]:.4f}", flush=True)
+
+    _, history = train(train_set, val_set, card, out=args.out, log=log, steps=args.steps,
+                       batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
+                       device=args.device, val_every=args.val_every, init_state=init_state,
+                       patience=args.patience)
+    best = (f"best validation Dice {history['best_dice']:.4f} at step {history['best_step']}"
+            if history["val_dice"] else "no validation set (last weights saved)")
+    print(f"{best}; {history['seconds']:.0f} s; wrote {args.out}")
+    return 0
+
+
+def _export(args) -> int:
+    from napari_ftu.formats.annotations import Annotations, safe_id
+    from napari_ftu.formats.export import export_annotations, export_tiles, import_annotations
+    from napari_ftu.io.images import read_image
+    from napari_ftu.io.slides import open_slide
+
+    if not args.out and not args.tiles:
+        raise ExportError("nothing to do: give --out FILE and/or --tiles FOLDER")
+    image = read_image(args.image) if args.image else None
+    if args.source_format:
+        items = import_annotations(args.labels, args.source_format, image.data.shape[:2] if image else None)
+    else:
+        loaded = read_image(args.labels)
+        lab = loaded.data if loaded.data.ndim == 2 else loaded.data[..., 0]
+        um = image.um_per_px if image else loaded.um_per_px
+        items = [Annotations(args.id or (image.name if image else loaded.name), lab, um_per_px=um)]
+    for a in items:
+        a.default_class = args.class_name
+        if args.id and len(items) == 1:
+            a.image_id = safe_id(args.id)
+    if args.out:
+        if args.out.exists() and not args.overwrite:
+            raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+        fmt = args.format or _format_from_suffix(args.out)
+        print(f"wrote {export_annotations(items, args.out, fmt, overwrite=args.overwrite)} ({FORMATS[fmt].title})")
+    if args.tiles:
+        if image is None or len(items) != 1:
+            raise ExportError("--tiles needs --image and labels of that one image")
+        a = items[0]
+        slide = open_slide(args.image)  # read window by window, never whole
+        rows = export_tiles(slide.levels[0], a.labels, args.tiles, a.image_id, tile=args.tile, overlap=args.overlap,
+                            um_per_px=image.um_per_px, target_um_per_px=args.target_um_per_px, keep=args.keep,
+                            negative_fraction=args.negative_fraction,
+                            classes={i: a.class_names(i)[0] for i in a.ids()}, max_per_class=args.max_per_class,
+                            seed=args.seed, fmt=args.tile_format)
+        print(f"wrote {len(rows)} tiles and {args.tiles / 'manifest.csv'}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from napari_ftu.evaluation.evaluate import evaluate_paths, write_report
+
+    if args.out and args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    for name in ("iou", "ap_iou"):
+        if not 0 < getattr(args, name) <= 1:
+            raise ExportError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
+    rows, summary, missing = evaluate_paths(args.pred, args.truth, args.pred_format, args.truth_format,
+                                            args.iou, args.ap_iou)
+    if args.out:
+        write_report(args.out, rows, summary)
+    if args.json:
+        print(json.dumps({"summary": summary, "images": rows, "missing_predictions": missing,
+                          "report": str(args.out) if args.out else None}))
+        return 0
+    for row in summary:
+        ap = "n/a" if row["ap"] is None else f"{row['ap']:.4f}"
+        print(f"{row['group']}/{row['class']}: {row['images']} images, Dice {row['dice']:.4f}, IoU {row['iou']:.4f}, "
+              f"TP {row['tp']} FP {row['fp']} FN {row['fn']}, F1@{args.iou:g} {row['f1']:.4f}, "
+              f"AP@{args.ap_iou:g} {ap}")
+    if missing:
+        print(f"{len(missing)} ground-truth images without a prediction (scored as empty): {', '.join(missing[:5])}")
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _format_from_suffix(path: Path) -> str:
+    name = path.name.lower()
+    for fmt, suffix in (("ome-tiff", ".ome.tif"), ("ome-tiff", ".ome.tiff"), ("geojson", ".geojson"),
+                        ("coco", ".json"), ("hubmap", ".csv")):
+        if name.endswith(suffix):
+            return fmt
+    raise ExportError(f"cannot tell the format of {path.name}: give --format")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

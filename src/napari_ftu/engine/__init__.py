@@ -1,0 +1,1 @@
+"""The segmentation engine: models, tile source, tiling, tissue, inference, instances."""

@@ -1,0 +1,331 @@
+"""Tile-wise segmentation of images and whole slides as a generator, so that any caller can show
+progress, display finished rows and cancel.
+
+``segment_steps`` yields events and returns a :class:`Segmentation`:
+
+- ``("tile", done, total)`` after each batch of tiles (total counts tiles with tissue);
+- ``("outputs", probability, downsample)`` once: the array the rows are written into;
+- ``("band", y0, y1)`` when output rows ``y0:y1`` of the probability are final (progressive display);
+- ``("label", done, total)`` while instances are derived.
+
+The slide is read tile by tile at the model's µm/px from the best pyramid level
+(:mod:`.tile_source`); glass tiles are skipped (:mod:`.tissue`); a background thread prefetches
+tiles so the model never waits for the disk; predictions are blended without seams and streamed
+a row of tiles at a time into the output (:mod:`.tiling`), a zarr store for slides, so memory does
+not grow with slide size; instances come from a strip-wise labeller (:mod:`.components`).
+Closing the generator (what a cancelled worker does) stops within one batch and ends the
+prefetch thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_ftu.engine.components import label_steps
+from napari_ftu.engine.models import FTUModel, ModelError, is_out_of_memory
+from napari_ftu.engine.postprocess import objects_from, split_touching
+from napari_ftu.io.resample import resample_image
+from napari_ftu.steps import drain
+from napari_ftu.engine.tile_source import TileSource
+from napari_ftu.engine.tiling import Stitcher, tile_grid
+from napari_ftu.engine.tissue import tiles_with_tissue, tissue_mask
+
+MAX_FULL_RES_PIXELS = 400e6  # above this, outputs stay on the model grid
+PROB_DTYPES = ("uint8", "float16")
+
+
+@dataclass
+class Segmentation:
+    probability: object  # (C, H, W) or (H, W) for one class: numpy float32, or a zarr array in a store
+    labels: object  # (H, W) int32 instances of the chosen class, numpy or zarr
+    objects: list = field(default_factory=list)
+    uncertainty: object = None  # (H, W) std of the TTA views (with ``tta``)
+    prob_scale: float = 1.0  # the stored value of probability 1 (255 for uint8 stores)
+    downsample: float = 1.0  # slide pixels per output pixel
+    um_per_px: float | None = None  # of the output grid
+    threshold: float = 0.5
+    min_area_px: int = 0
+    class_index: int = 0
+    device: str = "cpu"
+    seconds: float = 0.0
+    n_tiles: int = 0
+    n_skipped: int = 0
+    batch_size: int = 0  # after any out-of-memory halving
+    store: Path | None = None
+
+    def class_probability(self):
+        """The 2-D probability of the chosen class (a lazy view for stores)."""
+        prob = self.probability
+        if prob.ndim == 2:
+            return prob
+        return prob[self.class_index] if isinstance(prob, np.ndarray) else _ClassView(prob, self.class_index)
+
+
+class _ClassView:
+    """One class of a ``(C, H, W)`` zarr array, read only where indexed."""
+
+    def __init__(self, array, index: int):
+        self.array, self.index = array, index
+        self.shape, self.dtype, self.ndim = tuple(array.shape[1:]), array.dtype, 2
+
+    def __getitem__(self, key):
+        return self.array[(self.index,) + (key if isinstance(key, tuple) else (key,))]
+
+
+def segment_steps(
+    image,
+    model: FTUModel,
+    um_per_px: float | None = None,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    threshold: float | None = None,
+    batch_size: int = 4,
+    tta: bool = False,
+    blend: str = "gaussian",
+    skip_background: bool = True,
+    store: str | Path | None = None,
+    full_resolution: bool | None = None,
+    watershed: bool = False,
+    prob_dtype: str = "uint8",
+    class_index: int = 0,
+    prefetch: int = 2,
+):
+    """Segment ``image`` (an array, or a list of pyramid levels, full resolution first).
+
+    ``um_per_px`` is the pixel size of the image (level 0); ``None`` means it already matches
+    the model. With ``store`` (a folder) probability and labels are written there as zarr
+    (probability as ``prob_dtype``); otherwise they are numpy arrays. ``full_resolution``
+    (default: for in-memory images of at most 400 MP) returns outputs at the image's own size
+    instead of the model grid.
+    """
+    start = time.perf_counter()
+    card = model.card
+    tile = int(tile_size or card.tile_size)
+    overlap = int(card.overlap if overlap is None else overlap)
+    if not 0 <= overlap < tile:
+        raise ModelError(f"need 0 <= overlap < tile size, got overlap {overlap} with tile {tile}")
+    if not 0 <= class_index < len(card.classes):
+        raise ModelError(f"class index {class_index} out of range: the model has {len(card.classes)} classes")
+    threshold = card.threshold_for(card.classes[class_index]) if threshold is None else float(threshold)
+    source = TileSource(image, um_per_px, card.um_per_px)
+    grid = tile_grid(source.shape, tile, overlap)
+    keep = np.ones(len(grid), bool)
+    if skip_background:
+        thumb, scale = source.thumbnail()
+        keep = tiles_with_tissue(tissue_mask(thumb), scale, grid, tile, margin_px=overlap)
+    todo = [g for g, k in zip(grid, keep) if k]
+
+    n_classes = len(card.classes)
+    out = _Outputs(source.shape, n_classes, tta, store, prob_dtype, tile - overlap)
+    bands: list = []
+
+    def sink(y0, x0, block):
+        out.write(y0, x0, block)
+        if x0 + block.shape[2] == source.shape[1]:  # the band's last column chunk
+            bands.append(("band", y0, y0 + block.shape[1]))
+
+    stitcher = Stitcher(source.shape, n_classes + int(tta), tile, overlap, sink, blend)
+    reader = _Prefetcher(source, todo, tile, batch_size, prefetch)
+    done = 0
+    try:  # from here on, closing the generator (cancel) must end the reader thread
+        yield ("tile", 0, len(todo))
+        yield ("outputs", out.probability, 1.0 / source.factor)  # filled as rows finish
+        for coords, tiles in reader:
+            i = 0
+            while i < len(coords):
+                try:
+                    pred = _predict(model, tiles[i : i + batch_size], tta)
+                except Exception as exc:
+                    if not is_out_of_memory(exc) or batch_size == 1:
+                        raise
+                    batch_size //= 2  # halve and retry the same tiles
+                    _empty_cache(model)
+                    continue
+                for (y, x), p in zip(coords[i : i + len(pred)], pred):
+                    stitcher.add(y, x, p)
+                i += len(pred)
+                done += len(pred)
+                yield ("tile", done, len(todo))
+                yield from _take(bands)
+        stitcher.finish()
+        yield from _take(bands)
+    finally:
+        reader.close()
+    del stitcher  # its band of tile rows is not needed while instances are derived
+
+    # Outputs at the image's own size when that is cheap, else on the model grid.
+    in_memory = isinstance(image, np.ndarray) or (isinstance(image, (list, tuple)) and len(image) == 1
+                                                  and isinstance(image[0], np.ndarray))
+    if full_resolution is None:
+        full_resolution = in_memory and store is None and np.prod(source.full_shape) <= MAX_FULL_RES_PIXELS
+    prob, unc, downsample = out.probability, out.uncertainty, 1.0 / source.factor
+    if full_resolution and source.shape != source.full_shape:
+        prob = np.stack([resample_image(np.asarray(p, np.float32), source.full_shape) for p in prob])
+        unc = None if unc is None else resample_image(np.asarray(unc, np.float32), source.full_shape)
+        out.replace(prob, unc)
+        prob, unc, downsample = out.probability, out.uncertainty, 1.0
+    out_um = um_per_px * downsample if um_per_px else None
+    pixel_um2 = (out_um or card.um_per_px) ** 2
+    min_area = int(card.min_object_um2 / pixel_um2)
+    seg = Segmentation(
+        probability=prob[0] if n_classes == 1 and isinstance(prob, np.ndarray) else prob,
+        labels=out.labels,
+        uncertainty=unc,
+        prob_scale=out.scale,
+        downsample=downsample,
+        um_per_px=out_um,
+        threshold=threshold,
+        min_area_px=min_area,
+        class_index=class_index,
+        device=str(model.device),
+        n_tiles=len(todo),
+        n_skipped=len(grid) - len(todo),
+        batch_size=batch_size,
+        store=out.path,
+    )
+    seg.objects = yield from relabel_steps(seg, threshold, watershed=watershed)
+    seg.seconds = time.perf_counter() - start
+    return seg
+
+
+def relabel_steps(seg: Segmentation, threshold: float, watershed: bool = False):
+    """Derive instances again from the cached probability (no model run): writes ``seg.labels``
+    in place, sets ``seg.threshold``; yields label progress, returns the object table."""
+    prob = seg.class_probability()
+    inst = yield from label_steps(prob, threshold, seg.min_area_px, seg.labels,
+                                  strip=_strip_rows(prob.shape[1]), scale=seg.prob_scale)
+    objects = objects_from(inst, seg.um_per_px)
+    if watershed and objects:
+        radius = np.sqrt(max(seg.min_area_px, 16) / np.pi)
+        objects = split_touching(seg.labels, prob, objects, radius, seg.prob_scale, seg.um_per_px)
+    seg.threshold = threshold
+    return objects
+
+
+def segment(image, model: FTUModel, progress=None, **kwargs) -> Segmentation:
+    """Run :func:`segment_steps` to the end; ``progress(done, total)`` is called per tile batch."""
+    report = None if progress is None else (lambda e: progress(e[1], e[2]) if e[0] == "tile" else None)
+    return drain(segment_steps(image, model, **kwargs), report)
+
+
+def relabel(seg: Segmentation, threshold: float, watershed: bool = False) -> Segmentation:
+    seg.objects = drain(relabel_steps(seg, threshold, watershed))
+    return seg
+
+
+def _take(events: list):
+    while events:
+        yield events.pop(0)
+
+
+def _strip_rows(width: int) -> int:
+    """Rows per labelling strip: about 4 megapixels (a few hundred MB of temporaries)."""
+    return max(64, int(4e6 // max(width, 1)))
+
+
+def _predict(model: FTUModel, tiles: np.ndarray, tta: bool) -> np.ndarray:
+    if not tta:
+        return model.predict(tiles)
+    mean, std = model.predict(tiles, tta=True, with_std=True)
+    return np.concatenate([mean, std[:, :1]], axis=1)  # uncertainty of the first class
+
+
+def _empty_cache(model: FTUModel) -> None:
+    if model.device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+class _Outputs:
+    """Where the stitched rows go: numpy arrays, or zarr arrays in ``store`` chunked by tile rows."""
+
+    def __init__(self, shape, n_classes: int, tta: bool, store, prob_dtype: str, step: int):
+        self.path = None if store is None else Path(store)
+        if prob_dtype not in PROB_DTYPES:
+            raise ModelError(f"unknown probability dtype {prob_dtype!r}; use one of {PROB_DTYPES}")
+        self.n_classes = n_classes
+        if self.path is None:
+            self.scale = 1.0
+            self.probability = np.zeros((n_classes, *shape), np.float32)
+            self.uncertainty = np.zeros(shape, np.float32) if tta else None
+            self.labels = np.zeros(shape, np.int32)
+            return
+        import zarr
+
+        self.scale = 255.0 if prob_dtype == "uint8" else 1.0
+        self.group = zarr.open_group(str(self.path), mode="w")
+        rows = max(64, min(step, shape[0]))
+        cols = max(64, min(1024, shape[1]))
+        self.probability = self.group.create_array("probability", shape=(n_classes, *shape), dtype=prob_dtype,
+                                                   chunks=(1, rows, cols), fill_value=0)
+        self.uncertainty = (self.group.create_array("uncertainty", shape=shape, dtype=prob_dtype,
+                                                    chunks=(rows, cols), fill_value=0) if tta else None)
+        self.labels = self.group.create_array("labels", shape=shape, dtype="int32", chunks=(rows, cols),
+                                              fill_value=0)
+
+    def write(self, y0: int, x0: int, block: np.ndarray) -> None:
+        rows, cols = slice(y0, y0 + block.shape[1]), slice(x0, x0 + block.shape[2])
+        self.probability[:, rows, cols] = self._encode(block[: self.n_classes])
+        if self.uncertainty is not None:
+            self.uncertainty[rows, cols] = self._encode(block[self.n_classes])
+
+    def replace(self, prob: np.ndarray, unc) -> None:
+        """Outputs resampled to full resolution (in memory only)."""
+        self.probability, self.uncertainty = prob, unc
+        self.labels = np.zeros(prob.shape[1:], np.int32)
+
+    def _encode(self, block):
+        if self.scale == 255.0:
+            return np.clip(np.rint(block * 255), 0, 255).astype(np.uint8)
+        return block
+
+
+class _Prefetcher:
+    """Reads batches of tiles in a background thread, a few batches ahead of the model."""
+
+    def __init__(self, source: TileSource, coords: list, tile: int, batch: int, depth: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source, coords, tile, batch), daemon=True,
+                                        name="napari-ftu tile reader")
+        self._thread.start()
+
+    def _run(self, source, coords, tile, batch):
+        try:
+            for i in range(0, len(coords), batch):
+                chunk = coords[i : i + batch]
+                item = (chunk, np.stack([source.read(y, x, tile) for y, x in chunk]))
+                if not self._put(item):
+                    return
+            self._put(None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

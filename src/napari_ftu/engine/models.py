@@ -1,0 +1,463 @@
+"""Model cards and safe model loading.
+
+A model is only usable with the facts that travel with its weights: architecture, the µm/px it
+was trained at, how its input was normalised and where to threshold. Those live in a JSON model
+card beside the weights. Weights are untrusted data: we read safetensors, or a state dict with
+``torch.load(weights_only=True)``, and never unpickle arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CARD_NAME = "model_card.json"
+WEIGHTS_NAME = "model.safetensors"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelError(ValueError):
+    """A model folder, card or checkpoint that cannot be used, with the reason."""
+
+
+@dataclass
+class ModelCard:
+    """What a model needs to be run correctly (serialised as ``model_card.json``)."""
+
+    architecture: str = "Unet"
+    encoder: str = "tu-mobilenetv3_small_100"
+    arch_kwargs: dict = field(default_factory=lambda: {"decoder_channels": [64, 32, 24, 16, 8]})
+    in_channels: int = 3
+    classes: list = field(default_factory=lambda: ["glomerulus"])
+    um_per_px: float = 2.0
+    mean: list = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list = field(default_factory=lambda: list(IMAGENET_STD))
+    threshold: float = 0.5
+    thresholds: dict = field(default_factory=dict)  # class or organ name -> threshold
+    min_object_um2: float = 1000.0
+    tile_size: int = 256
+    overlap: int = 32
+    name: str = "unnamed"
+    notes: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "model card") -> ModelCard:
+        """A validated card; anything else (wrong types, impossible values, a YAML alias bomb)
+        is a :class:`ModelError` naming ``source`` and the field."""
+        if not isinstance(data, dict):
+            raise ModelError(f"{source}: expected a JSON object")
+        _check_card_size(data, source)
+        if not all(isinstance(k, str) for k in data):
+            raise ModelError(f"{source}: field names must be text, got {[k for k in data if not isinstance(k, str)][:5]}")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelError(f"{source}: unknown fields {unknown}")
+        try:
+            card = cls(**data)
+        except TypeError as exc:
+            raise ModelError(f"{source}: {exc}") from None
+        numbers = {"um_per_px": (int, float), "threshold": (int, float), "min_object_um2": (int, float),
+                   "tile_size": (int,), "overlap": (int,), "in_channels": (int,)}
+        for name, types in numbers.items():
+            value = getattr(card, name)
+            if isinstance(value, bool) or not isinstance(value, types):
+                raise ModelError(f"{source}: {name!r} must be a number, got {value!r}")
+        if not isinstance(card.classes, list) or not card.classes:
+            raise ModelError(f"{source}: 'classes' must name at least one class")
+        if not (isinstance(card.um_per_px, (int, float)) and card.um_per_px > 0):
+            raise ModelError(f"{source}: 'um_per_px' must be a positive number")
+        if not isinstance(card.thresholds, dict):
+            raise ModelError(f"{source}: 'thresholds' must map class or organ names to numbers")
+        for name, value in [("threshold", card.threshold)] + list(card.thresholds.items()):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+                raise ModelError(f"{source}: threshold {name!r} must lie between 0 and 1, got {value!r}")
+        if card.tile_size < 32 or card.overlap < 0 or card.overlap >= card.tile_size:
+            raise ModelError(f"{source}: need tile_size >= 32 and 0 <= overlap < tile_size")
+        _check_card_values(card, source)
+        return card
+
+    @classmethod
+    def read(cls, path: str | Path, **overrides) -> ModelCard:
+        """Read a JSON or YAML card; ``overrides`` (e.g. from an smp ``config.json``) win."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelError(f"{path}: cannot read model card ({type(exc).__name__}: {exc})") from None
+        _check_card_text(text, str(path))
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                # safe loading: no Python tags, so a card cannot construct objects or run code
+                data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # JSON or YAML syntax, nesting past the recursion limit
+            raise ModelError(f"{path}: cannot read model card ({type(exc).__name__}: {str(exc)[:200]})") from None
+        if isinstance(data, dict):
+            data = {**data, **overrides}
+        return cls.from_dict(data, str(path))
+
+    def threshold_for(self, name: str | None = None) -> float:
+        """The threshold for a class or organ, falling back to the card's default."""
+        return float(self.thresholds.get(name, self.threshold)) if name else float(self.threshold)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+MAX_CARD_NODES = 10_000  # a card is a few dozen values; YAML aliases can make a tiny file a huge tree
+MAX_CARD_BYTES = 256 * 1024
+MAX_CARD_DEPTH = 64
+MAX_TILE_SIZE = 16384
+
+
+def _check_card_text(text: str, source: str) -> None:
+    """Refuse a card file that is huge or nested deeper than any card needs before parsing it:
+    PyYAML takes minutes on 10 000 nested brackets (116 s measured)."""
+    if len(text) > MAX_CARD_BYTES:
+        raise ModelError(f"{source}: a model card of {len(text)} characters is too large (at most {MAX_CARD_BYTES})")
+    codes = np.frombuffer(text.encode("utf-8", errors="replace"), np.uint8)
+    step = np.isin(codes, (ord("["), ord("{"))).astype(np.int32) - np.isin(codes, (ord("]"), ord("}")))
+    if codes.size and int(np.cumsum(step).max()) > MAX_CARD_DEPTH:
+        raise ModelError(f"{source}: the card is nested deeper than {MAX_CARD_DEPTH} levels")
+
+
+def _check_card_size(data, source: str) -> None:
+    """Refuse cards with more than MAX_CARD_NODES values, counting shared (aliased) ones each
+    time they appear, before anything walks or serialises them."""
+    seen, stack = 0, [data]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > MAX_CARD_NODES:
+            raise ModelError(f"{source}: the card holds more than {MAX_CARD_NODES} values")
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _check_card_values(card: ModelCard, source: str) -> None:
+    """Types and ranges beyond the basic checks in :meth:`ModelCard.from_dict`."""
+    for name in ("architecture", "encoder", "name"):
+        if not isinstance(getattr(card, name), str) or not getattr(card, name):
+            raise ModelError(f"{source}: {name!r} must be non-empty text, got {getattr(card, name)!r}")
+    for name in ("arch_kwargs", "notes", "thresholds"):
+        value = getattr(card, name)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ModelError(f"{source}: {name!r} must be a JSON object with text keys")
+    if not all(isinstance(c, str) and c for c in card.classes):
+        raise ModelError(f"{source}: 'classes' must be a list of names (text)")
+    if not 1 <= card.in_channels <= 64:
+        raise ModelError(f"{source}: 'in_channels' must be 1 to 64, got {card.in_channels}")
+    if not 1e-3 <= card.um_per_px <= 1e4:
+        raise ModelError(f"{source}: 'um_per_px' must be a finite number from 0.001 to 10000, got {card.um_per_px!r}")
+    if not (_finite(card.min_object_um2) and card.min_object_um2 >= 0):
+        raise ModelError(f"{source}: 'min_object_um2' must be a finite number >= 0, got {card.min_object_um2!r}")
+    if card.tile_size > MAX_TILE_SIZE:
+        raise ModelError(f"{source}: 'tile_size' must be at most {MAX_TILE_SIZE}, got {card.tile_size}")
+    for name in ("mean", "std"):
+        value = getattr(card, name)
+        if not isinstance(value, list) or not value or not all(_finite(v) for v in value):
+            raise ModelError(f"{source}: {name!r} must be a list of finite numbers, got {str(value)[:60]}")
+    if len(card.mean) != len(card.std) or not all(v > 0 for v in card.std):
+        raise ModelError(f"{source}: 'mean' and 'std' need one value per channel, and std > 0")
+
+
+def import_smp():
+    """Import segmentation-models-pytorch, keeping triton out of CPU-only processes.
+
+    torchvision imports ``torch._dynamo``, which imports triton. Triton's bundled LLVM crashes
+    the process (segfault) when Mesa's llvmpipe OpenGL driver, napari's canvas on machines
+    without a GPU, has loaded its own LLVM first: exactly what happens when a user opens the
+    viewer and then the Segment dock. Triton only compiles GPU kernels, so without CUDA we
+    mark it unavailable (``import triton`` then raises ImportError, which torch handles).
+    """
+    import torch
+
+    if not torch.cuda.is_available() and "triton" not in sys.modules:
+        sys.modules["triton"] = None
+    import segmentation_models_pytorch as smp
+
+    return smp
+
+
+def build_network(card: ModelCard):
+    """An untrained smp network of the card's architecture (no weight download)."""
+    smp = import_smp()
+    try:
+        return smp.create_model(
+            card.architecture,
+            encoder_name=card.encoder,
+            encoder_weights=None,
+            in_channels=card.in_channels,
+            classes=len(card.classes),
+            **card.arch_kwargs,
+        )
+    except Exception as exc:
+        raise ModelError(f"cannot build {card.architecture} with encoder {card.encoder}: {exc}") from None
+
+
+def resolve_device(device: str = "auto"):
+    """``auto`` picks CUDA when available, else MPS, else CPU."""
+    import torch
+
+    if device in (None, "", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("CUDA was asked for but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
+
+
+# Test-time augmentation: (forward, inverse) on (N, C, H, W) tensors of square tiles.
+TTA_VIEWS = (
+    (lambda t: t, lambda t: t),
+    (lambda t: t.flip(-1), lambda t: t.flip(-1)),
+    (lambda t: t.flip(-2), lambda t: t.flip(-2)),
+    (lambda t: t.rot90(1, (-2, -1)), lambda t: t.rot90(-1, (-2, -1))),
+)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+class FTUModel:
+    """A network plus its card, on a device; maps uint8 RGB tiles to class probabilities.
+
+    On CUDA the network runs channels-last under autocast (bf16 where supported, else fp16) with
+    cuDNN autotuning, and tiles are copied from pinned memory without blocking.
+    """
+
+    def __init__(self, network, card: ModelCard, device="auto", precision: str = "auto"):
+        import torch
+
+        if precision not in PRECISIONS:
+            raise ModelError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+        self.card = card
+        self.device = resolve_device(device) if not hasattr(device, "type") else device
+        self.network = network.to(self.device).eval()
+        self.autocast = None
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            self.network = self.network.to(memory_format=torch.channels_last)
+            if precision in ("auto", "bf16"):
+                self.autocast = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            elif precision == "fp16":
+                self.autocast = torch.float16
+        self._mean = torch.tensor(card.mean, device=self.device).view(1, -1, 1, 1) * 255
+        self._std = torch.tensor(card.std, device=self.device).view(1, -1, 1, 1) * 255
+
+    def predict(self, tiles: np.ndarray, tta: bool = False, with_std: bool = False):
+        """``tiles`` (N, H, W, 3) uint8 -> probabilities (N, C, H, W) float32.
+
+        With ``tta`` the mean over flips and a 90° rotation; ``with_std`` also returns the
+        standard deviation over those views (model uncertainty), ``(N, C, H, W)``.
+        """
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(tiles))
+        cuda = self.device.type == "cuda"
+        x = x.pin_memory().to(self.device, non_blocking=True) if cuda else x.to(self.device)
+        x = (x.permute(0, 3, 1, 2).float() - self._mean) / self._std
+        views = TTA_VIEWS if tta else TTA_VIEWS[:1]
+        batch = torch.cat([forward(x) for forward, _ in views])
+        if cuda:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast,
+                                                    enabled=self.autocast is not None):
+            logits = self.network(batch).float()
+        prob = torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, 1)
+        n = x.shape[0]
+        stack = torch.stack([inverse(prob[i * n : (i + 1) * n]) for i, (_, inverse) in enumerate(views)])
+        mean = stack.mean(0).cpu().numpy()
+        if with_std:
+            return mean, stack.std(0, unbiased=False).cpu().numpy()
+        return mean
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device out-of-memory error (CUDA raises ``torch.OutOfMemoryError``, others a RuntimeError)."""
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def default_model_path() -> Path:
+    """The model trained by this project on synthetic slides, shipped in ``sample_data``."""
+    return Path(__file__).resolve().parents[1] / "sample_data" / "default_model"
+
+
+CARD_NAMES = (CARD_NAME, "model_card.yaml", "model_card.yml")
+SMP_CONFIG = "config.json"  # written by smp's ``save_pretrained``
+
+
+def load_model(path: str | Path | None = None, device="auto", card: ModelCard | None = None,
+               precision: str = "auto") -> FTUModel:
+    """Load a model: a folder (card + safetensors or state dict), an smp ``save_pretrained``
+    folder (``config.json`` + safetensors, with or without a card), a state-dict checkpoint or a
+    TorchScript file with a card beside it."""
+    path = default_model_path() if path is None else Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such model folder or checkpoint")
+    folder = path if path.is_dir() else path.parent
+    config = _smp_config(folder / SMP_CONFIG) if (folder / SMP_CONFIG).is_file() else None
+    if card is None:
+        card = _read_card(folder, path, config)
+    if path.is_dir():
+        candidates = ([folder / WEIGHTS_NAME] + sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.pt"))
+                      + sorted(folder.glob("*.pth")) + sorted(folder.glob("*.ts")))
+        weights = next((p for p in candidates if p.is_file()), None)
+        if weights is None:
+            raise ModelError(f"{path}: no weights file (model.safetensors, *.pt, *.pth or *.ts) in the folder")
+    else:
+        weights = path
+    if _is_torchscript(weights):
+        network = _load_torchscript(weights)
+    else:
+        state = read_state_dict(weights)
+        network = build_network(card)
+        load_state(network, state, str(weights))
+    return FTUModel(network, card, device, precision)
+
+
+def _read_card(folder: Path, path: Path, config: dict | None) -> ModelCard:
+    card_path = next((folder / n for n in CARD_NAMES if (folder / n).is_file()), None)
+    overrides = _card_from_config(config) if config else {}
+    if card_path is not None:
+        n_classes = len(overrides.pop("classes", []))
+        card = ModelCard.read(card_path, **overrides)
+        if n_classes and n_classes != len(card.classes):
+            raise ModelError(f"{card_path}: names {len(card.classes)} classes but {SMP_CONFIG} has {n_classes}")
+        return card
+    if config is None:
+        raise ModelError(f"{path}: no {CARD_NAME} (or .yaml) beside the weights; a model needs its card")
+    import warnings
+
+    card = ModelCard.from_dict({**overrides, "notes": {"card": "defaults: no model card beside config.json"}},
+                               str(folder / SMP_CONFIG))
+    warnings.warn(f"{folder}: no model card; assuming {card.um_per_px} µm/px and threshold {card.threshold}",
+                  stacklevel=3)
+    return card
+
+
+def _smp_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: cannot read smp config ({exc})") from None
+    if not isinstance(config, dict) or "_model_class" not in config:
+        raise ModelError(f"{path}: not an smp save_pretrained config (no '_model_class')")
+    return config
+
+
+def _card_from_config(config: dict) -> dict:
+    """Card fields implied by an smp config: architecture, encoder, channels, class count."""
+    skip = {"_model_class", "encoder_name", "encoder_weights", "in_channels", "classes"}
+    n = int(config.get("classes", 1))
+    return {
+        "architecture": config["_model_class"],
+        "encoder": config.get("encoder_name", "resnet34"),
+        "in_channels": int(config.get("in_channels", 3)),
+        "arch_kwargs": {k: v for k, v in config.items() if k not in skip and not k.startswith("_")},
+        "classes": [f"class {i}" for i in range(n)] if n > 1 else ["object"],
+    }
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files holding compiled ``code/``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _load_torchscript(path: Path):
+    """TorchScript runs in torch's own interpreter from a restricted archive (no Python pickle
+    of arbitrary objects), so it is as safe as weights-only loading."""
+    import warnings
+
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch marks TorchScript as deprecated
+            return torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise ModelError(f"{path}: not a loadable TorchScript model ({type(exc).__name__}: {exc})") from None
+
+
+def read_state_dict(path: Path) -> dict:
+    """Tensors from safetensors or a weights-only torch checkpoint; nothing is unpickled."""
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{path}: expected a state dict of tensors")
+    return obj
+
+
+def load_state(network, state: dict, source: str) -> None:
+    """Load tensors into the network, tolerating ``module.``/``model.`` prefixes, naming mismatches."""
+    expected = set(network.state_dict())
+    for prefix in ("module.", "model."):
+        if state and not (set(state) & expected) and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ModelError(
+            f"{source}: weights do not fit the card's network; "
+            f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''} ({len(missing)}), "
+            f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+        )
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{source}: weights do not fit the card's network ({exc})") from None
+
+
+def save_model(network, card: ModelCard, folder: str | Path) -> Path:
+    """Write a model folder (card + safetensors), each file atomically."""
+    from safetensors.torch import save_file
+
+    from napari_ftu.atomic import atomic_path, write_text
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp))
+    write_text(folder / CARD_NAME, card.to_json())
+    return folder

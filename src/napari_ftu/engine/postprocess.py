@@ -1,0 +1,110 @@
+"""From probability to instances: threshold, fill holes, drop small objects, label, and
+optionally split touching objects; plus the per-object table (area, confidence, centroid, box)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_ftu.engine.components import Instances, label_instances
+
+
+def instances(prob: np.ndarray, threshold: float, min_area_px: int = 0) -> np.ndarray:
+    """Instance labels (int32, 0 = background) of an in-memory 2-D probability map."""
+    out = np.zeros(prob.shape, np.int32)
+    label_instances(prob, threshold, min_area_px, out, strip=max(1, prob.shape[0]))
+    return out
+
+
+def relabel_sequential(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels 1..n in order of their current ids."""
+    if labels.size == 0:
+        return labels.astype(np.int32)
+    top = int(labels.max())
+    if top > 4 * labels.size + 1024:  # sparse huge ids: a lookup table would not fit
+        ids, inverse = np.unique(labels, return_inverse=True)
+        return (inverse.reshape(labels.shape) + (0 if ids[0] == 0 else 1)).astype(np.int32)
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    lut = np.zeros(top + 1, np.int32)
+    lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def label_areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Pixel count of each id (without a full-size float image)."""
+    values, counts = np.unique(labels, return_counts=True)
+    lookup = dict(zip(values.tolist(), counts.tolist()))
+    return np.array([lookup.get(int(i), 0) for i in ids], dtype=np.int64)
+
+
+def _row(i, area, conf, cy, cx, box, um_per_px):
+    return {
+        "id": int(i),
+        "area_px": int(area),
+        "area_um2": float(area * um_per_px**2) if um_per_px else None,
+        "centroid_y": float(cy),
+        "centroid_x": float(cx),
+        "confidence": float(conf),
+        "bbox": [int(v) for v in box],  # row0, row1, col0, col1 (stop exclusive)
+    }
+
+
+def objects_from(inst: Instances, um_per_px: float | None = None) -> list[dict]:
+    """The object table from the sums gathered while labelling."""
+    return [
+        _row(i, inst.area[i], inst.prob_sum[i] / inst.area[i], inst.y_sum[i] / inst.area[i],
+             inst.x_sum[i] / inst.area[i], inst.boxes[i], um_per_px)
+        for i in range(1, inst.count + 1)
+    ]
+
+
+def object_table(labels: np.ndarray, prob: np.ndarray | None = None, um_per_px: float | None = None) -> list[dict]:
+    """Per object of an in-memory label image: id, area, centroid, confidence (mean probability), box."""
+    ids = np.unique(labels)
+    ids = ids[ids > 0]
+    if ids.size == 0:
+        return []
+    area = label_areas(labels, ids)
+    cy, cx = np.asarray(ndi.center_of_mass(labels > 0, labels, ids)).T
+    conf = ndi.mean(prob, labels, ids) if prob is not None else np.full(ids.size, np.nan)
+    slices = ndi.find_objects(labels)
+    boxes = [(s[0].start, s[0].stop, s[1].start, s[1].stop) for s in (slices[i - 1] for i in ids)]
+    return [_row(*row, um_per_px) for row in zip(ids, area, conf, cy, cx, boxes)]
+
+
+def split_touching(labels, prob, objects: list[dict], min_distance_px: float, scale: float = 1.0,
+                   um_per_px: float | None = None) -> list[dict]:
+    """Split objects that are several touching blobs, by a watershed of the distance transform
+    seeded at its peaks. Works object by object on its box, so ``labels`` and ``prob`` may be
+    zarr arrays; new pieces get ids after the largest. Returns the updated object table."""
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    next_id = max((o["id"] for o in objects), default=0) + 1
+    table = []
+    for obj in objects:
+        y0, y1, x0, x1 = obj["bbox"]
+        crop = np.asarray(labels[y0:y1, x0:x1])
+        mask = crop == obj["id"]
+        dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        peaks = peak_local_max(dist, min_distance=max(1, int(min_distance_px)), labels=mask.astype(np.int32),
+                               exclude_border=False)
+        if len(peaks) < 2:
+            table.append(obj)
+            continue
+        markers = np.zeros(mask.shape, np.int32)
+        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+        pieces = watershed(-dist, markers, mask=mask)
+        ids = np.array([obj["id"]] + list(range(next_id, next_id + len(peaks) - 1)), np.int32)
+        next_id += len(peaks) - 1
+        crop = np.where(mask, ids[np.maximum(pieces - 1, 0)], crop)
+        labels[y0:y1, x0:x1] = crop
+        p = np.asarray(prob[y0:y1, x0:x1], np.float64) / scale
+        for row in object_table(np.where(np.isin(crop, ids), crop, 0), p, um_per_px):
+            b = row["bbox"]
+            row["bbox"] = [b[0] + y0, b[1] + y0, b[2] + x0, b[3] + x0]
+            row["centroid_y"] += y0
+            row["centroid_x"] += x0
+            table.append(row)
+    return table

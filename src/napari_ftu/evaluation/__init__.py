@@ -1,0 +1,1 @@
+"""Metrics against ground truth, reports and plots."""

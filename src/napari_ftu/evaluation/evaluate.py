@@ -1,0 +1,303 @@
+"""Evaluate predictions against ground truth image by image: per-image rows, summaries per
+class and per organ, CSV/JSON reports. Serves ``napari-ftu evaluate`` and the Debug dock."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_ftu.formats.annotations import Annotations, ExportError
+from napari_ftu.atomic import write_text
+from napari_ftu.evaluation.metrics import Matching, Overlap, average_precision, match, overlap_table
+
+COLUMNS = ["image", "group", "class", "images", "n_pred", "n_truth", "dice", "iou", "tp", "fp", "fn",
+           "precision", "recall", "f1", "ap"]
+
+
+@dataclass
+class ClassResult:
+    table: Overlap
+    counts: Matching  # at the F1 IoU threshold
+    ranked: Matching  # at the AP IoU threshold, with confidences
+
+    def row(self, image: str = "", group: str = "", name: str = "all") -> dict:
+        return _row(image, group, name, 1, [self.table], [self.counts], [self.ranked])
+
+
+@dataclass
+class ImageResult:
+    image_id: str
+    group: str = ""
+    classes: dict = field(default_factory=dict)  # "all" and each truth class -> ClassResult
+
+    def rows(self) -> list[dict]:
+        return [r.row(self.image_id, self.group, name) for name, r in self.classes.items()]
+
+
+def _row(image, group, cls, n_images, tables, counts, ranked) -> dict:
+    tp, fp, fn = (sum(getattr(m, k) for m in counts) for k in ("tp", "fp", "fn"))
+    ap = average_precision(ranked)
+    return {"image": image, "group": group, "class": cls, "images": n_images,
+            "n_pred": sum(len(t.pred_ids) for t in tables), "n_truth": sum(len(t.truth_ids) for t in tables),
+            "dice": float(np.mean([t.dice() for t in tables])), "iou": float(np.mean([t.iou() for t in tables])),
+            "tp": tp, "fp": fp, "fn": fn, "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn), "ap": None if math.isnan(ap) else ap}
+
+
+def _ratio(a, b) -> float:
+    return 1.0 if b == 0 else a / b
+
+
+def evaluate_image(pred: Annotations, truth: Annotations, iou_threshold: float = 0.5, ap_iou: float = 0.6,
+                   group: str = "") -> ImageResult:
+    """Pixel and object metrics of one image, class-agnostic ("all") and per truth class when
+    the prediction names classes too. Confidences come from ``pred.scores`` (default 1)."""
+    if pred.shape != truth.shape:
+        raise ExportError(f"{truth.image_id}: prediction is {pred.shape[0]} x {pred.shape[1]}, "
+                          f"ground truth {truth.shape[0]} x {truth.shape[1]}")
+    table = overlap_table(pred.labels, truth.labels)
+    scores = np.array([pred.score(i) for i in table.pred_ids], dtype=float)
+    result = ImageResult(truth.image_id, group or str(truth.meta.get("organ", "")))
+    result.classes["all"] = _class_result(table, scores, iou_threshold, ap_iou)
+    if pred.classes:
+        pred_cls = [set(pred.class_names(i)) for i in table.pred_ids]
+        truth_cls = [set(truth.class_names(i)) for i in table.truth_ids]
+        for name in sorted({n for s in truth_cls for n in s}, key=str):
+            keep_p = np.array([name in s for s in pred_cls], bool)
+            keep_t = np.array([name in s for s in truth_cls], bool)
+            result.classes[str(name)] = _class_result(table.subset(keep_p, keep_t), scores[keep_p],
+                                                      iou_threshold, ap_iou)
+    return result
+
+
+def _class_result(table, scores, iou_threshold, ap_iou) -> ClassResult:
+    # Counting matches by IoU order, AP in COCO's confidence order.
+    return ClassResult(table, match(table, iou_threshold), match(table, ap_iou, scores))
+
+
+def summarize(results: list[ImageResult]) -> list[dict]:
+    """Summary rows: over all images, then per group (organ) when there are several, for
+    ``all`` and each class. Dice/IoU are means of the per-image values (the competition's
+    score); TP/FP/FN are summed; AP ranks the detections of all images together (COCO)."""
+    out = []
+    groups = sorted({r.group for r in results if r.group})
+    for group in ["all"] + (groups if len(groups) > 1 else []):
+        chosen = [r for r in results if group == "all" or r.group == group]
+        names = list(dict.fromkeys(n for r in chosen for n in r.classes))
+        for name in names:
+            parts = [r.classes[name] for r in chosen if name in r.classes]
+            out.append(_row("(summary)", group, name, len(parts), [p.table for p in parts],
+                            [p.counts for p in parts], [p.ranked for p in parts]))
+    return out
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+
+def report_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else round(v, 6) if isinstance(v, float) else v)
+                         for k, v in row.items()})
+    return buf.getvalue()
+
+
+def write_report(path, image_rows: list[dict], summary_rows: list[dict]) -> Path:
+    """CSV (image rows, then summary rows) or JSON (``{"images": ..., "summary": ...}``) by suffix, atomically."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return write_text(path, json.dumps({"images": image_rows, "summary": summary_rows}, indent=1))
+    return write_text(path, report_csv(image_rows + summary_rows))
+
+
+# --- reading predictions and truth ---------------------------------------------------------------
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+SEMANTIC_FORMATS = ("hubmap", "hubmap-train")  # one mask per image: objects are its components
+
+
+def instances_of(mask: np.ndarray) -> np.ndarray:
+    """Binary masks become one instance per connected component; instance labels stay."""
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if np.unique(mask).size <= 2:
+        return ndi.label(mask != 0)[0].astype(np.int32)
+    return mask.astype(np.int32)
+
+
+def guess_format(path: Path) -> str | None:
+    """The annotation format of a file, or ``None`` for a label image or a folder."""
+    name = path.name.lower()
+    if path.is_dir() or name.endswith(IMAGE_SUFFIXES):
+        return None
+    if name.endswith(".geojson"):
+        return "geojson"
+    if name.endswith(".json"):
+        try:
+            head = path.read_text(encoding="utf-8")[:4096]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ExportError(f"{path}: cannot read ({exc})") from None
+        return "coco" if '"images"' in head else "geojson"
+    if name.endswith(".csv"):
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh), [])
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise ExportError(f"{path}: cannot read CSV ({exc})") from None
+        if "PredictionString" in header:
+            return "hpa"
+        if "prediction_string" in header:
+            return "vasculature"
+        if "rle" in header:
+            return "hubmap-train" if "img_height" in header else "hubmap"
+        raise ExportError(f"{path}: a CSV without rle, prediction_string or PredictionString column")
+    raise ExportError(f"{path}: cannot tell its format (label image, folder, .csv, .json or .geojson)")
+
+
+def needs_shape(path: Path, fmt: str | None) -> bool:
+    return (fmt or guess_format(path)) in ("geojson", "hubmap")
+
+
+def load_annotations(path, fmt: str | None = None, shapes: dict | None = None) -> list[Annotations]:
+    """Annotations from a label image, a folder of label images, a dataset folder or an
+    annotation file in any format we read. ``shapes`` (id -> (h, w)) sizes GeoJSON and RLE."""
+    from napari_ftu.formats.export import import_annotations
+
+    path = Path(path)
+    if not path.exists():
+        raise ExportError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return _load_folder(path)
+    fmt = fmt or guess_format(path)
+    if fmt is None:
+        return [_load_label_image(path)]
+    shape = None
+    if fmt in ("geojson", "hubmap"):
+        if not shapes:
+            raise ExportError(f"{path}: {fmt} needs the image size; give the other side as images or a sized format")
+        shape = shapes if fmt == "hubmap" else next(iter(shapes.values()))
+    items = import_annotations(path, fmt, shape)
+    if fmt in SEMANTIC_FORMATS:
+        for a in items:
+            a.labels = instances_of(a.labels)
+    return items
+
+
+def _load_label_image(path: Path) -> Annotations:
+    from napari_ftu.formats.annotations import safe_id
+    from napari_ftu.io.images import read_image
+
+    loaded = read_image(path)
+    return Annotations(safe_id(loaded.name), instances_of(loaded.data), um_per_px=loaded.um_per_px)
+
+
+def _load_folder(path: Path) -> list[Annotations]:
+    files = sorted(p for p in path.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
+    from napari_ftu.formats.datasets import open_dataset
+
+    try:
+        ds = open_dataset(path)
+    except ExportError:
+        if not files:
+            raise ExportError(f"{path}: neither a dataset layout nor a folder of label images") from None
+        return [_load_label_image(p) for p in files]
+    out = []
+    for k in range(len(ds)):
+        a = ds.load(k).annotations
+        if a is not None:
+            out.append(a)
+    return out
+
+
+def evaluate_paths(pred, truth, pred_format=None, truth_format=None, iou_threshold=0.5, ap_iou=0.6):
+    """Read both sides, pair images by id (or the single image of each), evaluate.
+    Returns ``(per-image rows, summary rows, ids without a prediction)``; a missing
+    prediction counts as an empty one, as in the competitions."""
+    pred, truth = Path(pred), Path(truth)
+    if needs_shape(truth, truth_format) and not needs_shape(pred, pred_format):
+        preds = load_annotations(pred, pred_format)
+        truths = load_annotations(truth, truth_format, {a.image_id: a.shape for a in preds})
+    else:
+        truths = load_annotations(truth, truth_format)
+        preds = load_annotations(pred, pred_format, {a.image_id: a.shape for a in truths})
+    if not truths:
+        raise ExportError(f"{truth}: no ground-truth images")
+    by_id = {a.image_id: a for a in preds}
+    if len(truths) == 1 and len(preds) == 1:
+        by_id = {truths[0].image_id: preds[0]}
+    results, missing = [], []
+    for t in truths:
+        p = by_id.get(t.image_id)
+        if p is None:
+            missing.append(t.image_id)
+            p = Annotations(t.image_id, np.zeros(t.shape, np.int32))
+        results.append(evaluate_image(p, t, iou_threshold, ap_iou))
+    if len(missing) == len(truths) and preds:
+        raise ExportError(f"no prediction matches a ground-truth id (e.g. {preds[0].image_id!r} vs "
+                          f"{truths[0].image_id!r})")
+    image_rows = [row for r in results for row in r.rows()]
+    return image_rows, summarize(results), missing
+
+
+# --- error views (for the Debug dock) ----------------------------------------------------------
+
+TP, FP, FN = 1, 2, 3  # values of the error map
+
+
+def error_map(pred: np.ndarray, truth: np.ndarray, matching: Matching | None = None) -> np.ndarray:
+    """uint8 map of TP / FP / FN: per pixel without ``matching``; per object with it
+    (matched predictions TP, unmatched predictions FP, unmatched truths FN, drawn on top)."""
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    out = np.zeros(pred.shape, np.uint8)
+    if matching is None:
+        p, t = pred != 0, truth != 0
+        out[p & t], out[p & ~t], out[t & ~p] = TP, FP, FN
+        return out
+    p = pred != 0
+    out[p] = np.where(matching.pred_tp[np.searchsorted(matching.pred_ids, pred[p])], TP, FP)
+    t = truth != 0
+    missed = np.zeros(truth.shape, bool)
+    missed[t] = ~matching.truth_tp[np.searchsorted(matching.truth_ids, truth[t])]
+    out[missed] = FN
+    return out
+
+
+def centroids(labels: np.ndarray, ids) -> np.ndarray:
+    """(n, 2) row/column centroids of the given ids (NaN for absent ones)."""
+    from scipy import ndimage as ndi
+
+    ids = np.asarray(ids)
+    if ids.size == 0:
+        return np.zeros((0, 2))
+    return np.asarray(ndi.center_of_mass(np.ones(labels.shape, np.uint8), labels, ids), float).reshape(-1, 2)
+
+
+def object_rows(pred: np.ndarray, truth: np.ndarray, table: Overlap, matching: Matching) -> list[dict]:
+    """One row per FN, FP and TP object (``matching`` made from ``table``): kind, id, best IoU
+    with any object of the other side, area, centroid (pixels)."""
+    ious = table.pair_iou()
+    best_p = np.zeros(len(table.pred_ids))
+    best_t = np.zeros(len(table.truth_ids))
+    np.maximum.at(best_p, table.pair_pred, ious)
+    np.maximum.at(best_t, table.pair_truth, ious)
+    rows = []
+    for kind, labels, ids, areas, best, keep in (
+            ("FN", truth, table.truth_ids, table.truth_areas, best_t, ~matching.truth_tp),
+            ("FP", pred, table.pred_ids, table.pred_areas, best_p, ~matching.pred_tp),
+            ("TP", pred, table.pred_ids, table.pred_areas, best_p, matching.pred_tp)):
+        chosen = np.flatnonzero(keep)
+        for k, (cy, cx) in zip(chosen, centroids(labels, ids[chosen])):
+            rows.append({"kind": kind, "id": int(ids[k]), "iou": float(best[k]), "area_px": int(areas[k]),
+                         "centroid_y": float(cy), "centroid_x": float(cx)})
+    return rows

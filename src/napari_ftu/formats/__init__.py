@@ -1,0 +1,1 @@
+"""Label formats: RLE, COCO, GeoJSON, competition CSVs, dataset layouts and the format table."""

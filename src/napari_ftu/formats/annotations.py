@@ -1,0 +1,114 @@
+"""The in-memory form every writer takes and every reader returns: one image's instances."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_ID_LENGTH = 200  # ids become file names with suffixes; most file systems stop at 255 bytes
+MAX_OBJECT_ID = 2**31 - 1  # labels are int32
+
+
+class ExportError(ValueError):
+    """An export or import that cannot be done as asked, with the reason."""
+
+
+def safe_id(image_id) -> str:
+    """Refuse ids that could leave an output folder or break a CSV (``../x``, ``a/b``, ``,``,
+    a trailing newline, NUL) or be too long for a file name."""
+    image_id = str(image_id)
+    if not _SAFE_ID.fullmatch(image_id) or ".." in image_id:
+        raise ExportError(f"image id {image_id[:80]!r} is not a safe file name (letters, digits, . _ - only)")
+    if len(image_id) > MAX_ID_LENGTH:
+        raise ExportError(f"image id {image_id[:40]!r}... is {len(image_id)} characters long (at most {MAX_ID_LENGTH})")
+    return image_id
+
+
+def object_id(value, where: str) -> int:
+    """An object id from a file: an integer in 1 .. 2**31 - 1 (labels are int32)."""
+    try:
+        number = float(value)
+        obj = int(value) if not isinstance(value, float) else int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise ExportError(f"{where}: object id {str(value)[:40]!r} is not an integer") from None
+    if number != obj or not 1 <= obj <= MAX_OBJECT_ID:
+        raise ExportError(f"{where}: object id {str(value)[:40]!r} must be an integer from 1 to {MAX_OBJECT_ID}")
+    return obj
+
+
+def label_canvas(shape, where: str) -> np.ndarray:
+    """An empty int32 label image of ``shape``, refused before allocating when the size is
+    impossible or does not fit in memory (a tiny file can claim any size)."""
+    from napari_ftu.formats.rle import RLEError, check_size
+
+    try:
+        return np.zeros(check_size(shape, 4, "image"), np.int32)
+    except RLEError as exc:
+        raise ExportError(f"{where}: {exc}") from None
+    except MemoryError:
+        raise ExportError(f"{where}: an image of {shape[0]} x {shape[1]} does not fit in memory") from None
+
+
+@dataclass
+class Annotations:
+    """Instances of one image: a label array (0 = background) with per-object class and score.
+
+    ``classes`` maps an object id to its class names (HPA cells may carry several);
+    ``meta`` holds per-image fields such as HuBMAP's organ or data source.
+    """
+
+    image_id: str
+    labels: np.ndarray
+    classes: dict = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)
+    um_per_px: float | None = None
+    meta: dict = field(default_factory=dict)
+    default_class: str = "FTU"
+
+    def __post_init__(self):
+        self.image_id = safe_id(self.image_id)
+        self.labels = np.asarray(self.labels)
+        if self.labels.ndim != 2:
+            raise ExportError(f"{self.image_id}: labels must be 2-D, got shape {self.labels.shape}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(int(v) for v in self.labels.shape)
+
+    def ids(self) -> np.ndarray:
+        ids = np.unique(self.labels)
+        return ids[ids > 0]
+
+    def class_names(self, object_id: int) -> list:
+        names = self.classes.get(int(object_id), self.default_class)
+        return list(names) if isinstance(names, (list, tuple)) else [names]
+
+    def score(self, object_id: int) -> float:
+        return float(self.scores.get(int(object_id), 1.0))
+
+    def objects(self):
+        """``(id, bounding-box slices, mask within the box)`` per object, cheaply."""
+        from scipy import ndimage as ndi
+
+        lab = self.labels
+        boxes = ndi.find_objects(lab.astype(np.int64, copy=False)) if lab.size else []
+        for i, box in enumerate(boxes, start=1):
+            if box is not None:
+                yield i, box, lab[box] == i
+
+    @classmethod
+    def from_layer(cls, image_id: str, data, features=None, metadata=None, default_class: str = "FTU"):
+        """From a napari Labels layer's data, features table (``index``, ``class``, ``confidence``)
+        and metadata (``um_per_px``)."""
+        classes, scores = {}, {}
+        if features is not None and len(features) and "index" in features:
+            idx = [int(i) for i in features["index"]]
+            if "class" in features:  # several classes are shown joined with ", "
+                classes = {i: [c.strip() for c in str(v).split(",")] for i, v in zip(idx, features["class"])}
+            if "confidence" in features:
+                scores = {i: float(s) for i, s in zip(idx, features["confidence"]) if s == s}
+        meta = metadata or {}
+        return cls(image_id, np.asarray(data), classes, scores, meta.get("um_per_px"), default_class=default_class)

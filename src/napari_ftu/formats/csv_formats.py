@@ -1,0 +1,214 @@
+"""Competition CSV formats: HuBMAP RLE (submission and train.csv), HPA/OID instance CSV and the
+vasculature submission. Each writer has the matching reader; all writes are atomic.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from napari_ftu.formats import rle
+from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
+from napari_ftu.atomic import write_text
+from napari_ftu.formats.coco_rle import oid_decode, oid_encode
+
+# Real RLE fields run to megabytes, far past the csv module's default 128 KiB limit.
+csv.field_size_limit(2**31 - 1)
+
+HUBMAP_TRAIN_COLUMNS = ["id", "organ", "data_source", "img_height", "img_width", "pixel_size",
+                        "tissue_thickness", "rle", "age", "sex"]
+HPA_COLUMNS = ["ImageID", "ImageWidth", "ImageHeight", "PredictionString"]
+VASCULATURE_COLUMNS = ["id", "height", "width", "prediction_string"]
+
+
+def _write_rows(path, columns, rows) -> Path:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
+def read_csv_rows(path, required) -> list[dict]:
+    """Rows as dicts; a missing column, bad encoding or bad quoting is an ExportError naming the
+    file. A UTF-8 byte-order mark (spreadsheets write one) is not part of the first column name."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise ExportError(f"{path}: missing columns {missing} (has {columns})")
+            return list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+        raise ExportError(f"{path}: cannot read CSV ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _size(row, path, n, hkey, wkey) -> tuple[int, int]:
+    """A row's image size, refused before any allocation when impossible or too large."""
+    try:
+        h, w = int(row[hkey]), int(row[wkey])
+    except (TypeError, ValueError):
+        raise ExportError(f"{path}, line {n}: image size {str(row.get(hkey))[:40]!r} x "
+                          f"{str(row.get(wkey))[:40]!r} is not a number") from None
+    if h <= 0 or w <= 0:
+        raise ExportError(f"{path}, line {n}: image size must be positive, got {h} x {w}")
+    try:
+        return rle.check_size((h, w), 4, "image")
+    except rle.RLEError as exc:
+        raise ExportError(f"{path}, line {n}: {exc}") from None
+
+
+def _pixel_size(text, where: str) -> float | None:
+    if text is None or not str(text).strip():
+        return None
+    try:
+        um = float(text)
+    except ValueError:
+        um = float("nan")
+    if not (np.isfinite(um) and um > 0):
+        raise ExportError(f"{where}: pixel_size {str(text)[:40]!r} is not a positive number")
+    return um
+
+
+# --- HuBMAP ---------------------------------------------------------------------------------
+
+
+def write_hubmap(path, items: list[Annotations], full: bool = False) -> Path:
+    """``id,rle`` (submission) or, with ``full``, the competition's ``train.csv`` columns."""
+    if not full:
+        return _write_rows(path, ["id", "rle"], [[a.image_id, rle.encode(a.labels)] for a in items])
+    rows = []
+    for a in items:
+        meta = {"pixel_size": a.um_per_px or "", **a.meta}
+        rows.append([a.image_id, meta.get("organ", ""), meta.get("data_source", ""), a.shape[0], a.shape[1],
+                     meta.get("pixel_size", ""), meta.get("tissue_thickness", ""), rle.encode(a.labels),
+                     meta.get("age", ""), meta.get("sex", "")])
+    return _write_rows(path, HUBMAP_TRAIN_COLUMNS, rows)
+
+
+def read_hubmap(path, shapes=None) -> list[Annotations]:
+    """Masks (one object each, label 1) from ``id,rle`` or ``train.csv``; the sizes come from
+    ``img_height``/``img_width`` columns, else from ``shapes``: one ``(height, width)`` for
+    every row or a dict id -> ``(height, width)``."""
+    rows = read_csv_rows(path, ["id", "rle"])
+    if shapes is not None and not isinstance(shapes, dict):
+        shapes = {row["id"]: tuple(shapes) for row in rows}
+    out = []
+    for n, row in enumerate(rows, start=2):
+        image_id = row["id"]
+        if "img_height" in row and "img_width" in row:
+            shape = _size(row, path, n, "img_height", "img_width")
+        elif shapes and image_id in shapes:
+            shape = shapes[image_id]
+        else:
+            raise ExportError(f"{path}, line {n}: no image size for id {image_id!r} (no img_height/img_width)")
+        try:
+            mask = rle.decode(row["rle"], shape)
+        except rle.RLEError as exc:
+            raise ExportError(f"{path}, line {n}: {exc}") from None
+        meta = {k: v for k, v in row.items() if k not in ("id", "rle", "img_height", "img_width") and k is not None}
+        um = _pixel_size(meta.get("pixel_size"), f"{path}, line {n}")
+        out.append(Annotations(image_id, mask.astype(np.int32), um_per_px=um, meta=meta,
+                               default_class=meta.get("organ") or "FTU"))
+    return out
+
+
+# --- HPA / Open Images instance CSV --------------------------------------------------------
+
+
+def _prediction_string(a: Annotations, class_ids) -> str:
+    parts = []
+    for obj_id, box, sub in a.objects():
+        full = np.zeros(a.shape, dtype=np.uint8)
+        full[box] = sub
+        encoded = oid_encode(full)
+        for name in a.class_names(obj_id):
+            parts += [str(class_ids(name)), f"{a.score(obj_id):.6g}", encoded]
+    return " ".join(parts)
+
+
+def _class_index(name) -> int:
+    try:
+        return int(name)
+    except (TypeError, ValueError):
+        raise ExportError(f"OID/HPA class labels must be integers, got {name!r}") from None
+
+
+def write_hpa(path, items: list[Annotations]) -> Path:
+    """``ImageID,ImageWidth,ImageHeight,PredictionString``: ``label confidence mask`` triples,
+    repeated per class for a mask with several classes."""
+    rows = [[a.image_id, a.shape[1], a.shape[0], _prediction_string(a, _class_index)] for a in items]
+    return _write_rows(path, HPA_COLUMNS, rows)
+
+
+def _parse_triples(text: str, shape, where: str):
+    """Yield ``(label, score, mask)`` one at a time: a row of many masks never holds them all."""
+    tokens = (text or "").split()
+    if len(tokens) % 3:
+        raise ExportError(f"{where}: prediction string has {len(tokens)} fields, not triples of label score mask")
+    for k in range(0, len(tokens), 3):
+        label, score, mask = tokens[k : k + 3]
+        try:
+            score = float(score)
+        except ValueError:
+            raise ExportError(f"{where}: score {score!r} is not a number") from None
+        try:
+            decoded = oid_decode(mask, *shape)
+        except MemoryError:
+            raise ExportError(f"{where}: a {shape[0]} x {shape[1]} mask does not fit in memory") from None
+        except rle.RLEError as exc:
+            raise ExportError(f"{where}: {exc}") from None
+        yield label, score, decoded
+
+
+def _instances(image_id, shape, triples, um=None) -> Annotations:
+    """Merge triples into instances: the same mask listed under several labels is one object."""
+    labels = np.zeros(shape, np.int32)
+    classes, scores, seen = {}, {}, {}
+    for label, score, mask in triples:
+        key = rle.encode(mask)
+        if key not in seen:
+            seen[key] = len(seen) + 1
+            labels[mask.astype(bool)] = seen[key]
+            classes[seen[key]] = []
+            scores[seen[key]] = score
+        classes[seen[key]].append(label)
+    return Annotations(image_id, labels, classes, scores, um)
+
+
+def _read_instance_csv(path, columns, id_col, h_col, w_col, pred_col) -> list[Annotations]:
+    out = []
+    for n, row in enumerate(read_csv_rows(path, columns), start=2):
+        shape = _size(row, path, n, h_col, w_col)
+        triples = _parse_triples(row[pred_col], shape, f"{path}, line {n}")
+        out.append(_instances(row[id_col], shape, triples))
+    return out
+
+
+def read_hpa(path) -> list[Annotations]:
+    return _read_instance_csv(path, HPA_COLUMNS, "ImageID", "ImageHeight", "ImageWidth", "PredictionString")
+
+
+# --- HuBMAP vasculature 2023 submission ---------------------------------------------------
+
+
+def write_vasculature(path, items: list[Annotations]) -> Path:
+    """``id,height,width,prediction_string`` with ``0 score mask`` per blood-vessel instance."""
+    rows = [[a.image_id, a.shape[0], a.shape[1], _prediction_string(a, lambda name: 0)] for a in items]
+    return _write_rows(path, VASCULATURE_COLUMNS, rows)
+
+
+def read_vasculature(path) -> list[Annotations]:
+    out = _read_instance_csv(path, VASCULATURE_COLUMNS, "id", "height", "width", "prediction_string")
+    for a in out:
+        a.classes = {i: ["blood_vessel"] for i in a.classes}
+    return out
+
+
+__all__ = ["write_hubmap", "read_hubmap", "write_hpa", "read_hpa", "write_vasculature", "read_vasculature",
+           "safe_id"]

@@ -1,0 +1,429 @@
+"""Competition and folder datasets: a list of images, each loaded with its instance labels.
+
+:func:`open_dataset` recognises a folder's layout (HuBMAP 2022 and 2021, vasculature 2023
+jsonl or COCO, HPA single-cell channels, image/mask pairs) and returns a :class:`Dataset`
+whose :meth:`~Dataset.load` gives the slide, the :class:`Annotations` and per-image facts.
+Every problem is an :class:`ExportError` or :class:`SlideError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_ftu.formats import rle
+from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
+from napari_ftu.formats.csv_formats import read_csv_rows
+from napari_ftu.engine.postprocess import label_areas
+from napari_ftu.io.images import SlideError
+from napari_ftu.io.slides import Slide, open_slide
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+HPA_CHANNELS = ("red", "green", "blue", "yellow")
+
+
+@dataclass
+class Item:
+    slide: Slide
+    annotations: Annotations | None
+    info: dict = field(default_factory=dict)  # organ, data source, pixel size, ... for display
+
+
+class Dataset:
+    """A named list of image ids and a loader; subclasses know one layout each."""
+
+    layout = "dataset"
+
+    def __init__(self, root: Path, ids: list[str]):
+        self.root = Path(root)
+        self.ids = ids
+        if not ids:
+            raise ExportError(f"{root}: the {self.layout} layout lists no images")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, index: int) -> Item:
+        raise NotImplementedError
+
+
+def _find_image(folder: Path, stem: str) -> Path:
+    """The image of an id from a CSV or JSON file; ids that are not plain file names
+    (``../x``, ``/abs``, NUL) are refused, so a dataset file cannot point outside its folder."""
+    try:
+        safe_id(stem)
+    except ExportError as exc:
+        raise ExportError(f"{folder}: {exc}") from None
+    for suffix in IMAGE_SUFFIXES:
+        p = folder / f"{stem}{suffix}"
+        if p.is_file():
+            return p
+    raise SlideError(f"{folder}: no image file for id {stem!r}")
+
+
+def _instances_from_mask(mask: np.ndarray) -> np.ndarray:
+    """Binary masks become one instance per connected object; instance masks stay as they are."""
+    values = np.unique(mask)
+    if values.size <= 2:
+        return ndi.label(mask > 0)[0].astype(np.int32)
+    return mask.astype(np.int32)
+
+
+def _check_size(slide: Slide, shape, what: str):
+    if tuple(slide.size) != tuple(shape):
+        raise ExportError(f"{what}: mask size {tuple(shape)} differs from image {slide.path.name} {slide.size}")
+
+
+class Hubmap2022(Dataset):
+    """``train.csv`` (id, organ, data_source, img_height, img_width, pixel_size, rle, ...) with
+    ``train_images/<id>.tiff``; also ``test.csv`` + ``test_images`` (no masks)."""
+
+    layout = "HuBMAP + HPA 2022"
+
+    def __init__(self, root: Path, split: str = "train"):
+        self.csv = Path(root) / f"{split}.csv"
+        self.images = Path(root) / f"{split}_images"
+        needed = ["id", "organ", "img_height", "img_width", "pixel_size"] + (["rle"] if split == "train" else [])
+        self.rows = read_csv_rows(self.csv, needed)
+        super().__init__(root, [r["id"] for r in self.rows])
+
+    @staticmethod
+    def detect(root: Path) -> str | None:
+        """The split found: ``train`` (with masks) or ``test`` (images only)."""
+        for split in ("train", "test"):
+            if (root / f"{split}_images").is_dir() and (root / f"{split}.csv").is_file():
+                return split
+        return None
+
+    def load(self, index: int) -> Item:
+        row = self.rows[index]
+        where = f"{self.csv}, line {index + 2} (id {row['id']})"
+        if None in row.values():
+            raise ExportError(f"{where}: the row has fewer fields than the header")
+        slide = open_slide(_find_image(self.images, row["id"]))
+        try:
+            shape = int(row["img_height"]), int(row["img_width"])
+            um = float(row["pixel_size"])
+        except ValueError:
+            raise ExportError(f"{where}: img_height, img_width and pixel_size must be numbers") from None
+        if not (np.isfinite(um) and um > 0):
+            raise ExportError(f"{where}: pixel_size must be a positive number, got {row['pixel_size']!r}")
+        _check_size(slide, shape, where)
+        slide.um_per_px = um
+        info = {k: row.get(k) for k in ("organ", "data_source", "pixel_size", "tissue_thickness", "age", "sex")}
+        annotations = None
+        if "rle" in row:
+            try:
+                mask = rle.decode(row["rle"], shape)
+            except rle.RLEError as exc:
+                raise ExportError(f"{where}: {exc}") from None
+            annotations = Annotations(row["id"], _instances_from_mask(mask), um_per_px=um, meta=info,
+                                      default_class=f"{row['organ']} FTU")
+        return Item(slide, annotations, info)
+
+
+class Hubmap2021(Dataset):
+    """The 2021 kidney layout: ``train.csv`` (id, encoding) with ``train/<id>.tiff``."""
+
+    layout = "HuBMAP 2021 kidney"
+
+    def __init__(self, root: Path):
+        self.csv = Path(root) / "train.csv"
+        self.rows = read_csv_rows(self.csv, ["id", "encoding"])
+        super().__init__(root, [r["id"] for r in self.rows])
+
+    @staticmethod
+    def detect(root: Path) -> bool:
+        if not ((root / "train").is_dir() and (root / "train.csv").is_file()):
+            return False
+        with open(root / "train.csv", encoding="utf-8", errors="replace") as fh:
+            return "encoding" in fh.readline()
+
+    def load(self, index: int) -> Item:
+        row = self.rows[index]
+        slide = open_slide(_find_image(self.root / "train", row["id"]))
+        try:
+            mask = rle.decode(row["encoding"], slide.size)
+        except rle.RLEError as exc:
+            raise ExportError(f"{self.csv}, line {index + 2} (id {row['id']}): {exc}") from None
+        return Item(slide, Annotations(row["id"], _instances_from_mask(mask), um_per_px=slide.um_per_px,
+                                       default_class="glomerulus"), {"organ": "kidney"})
+
+
+class Vasculature2023(Dataset):
+    """``polygons.jsonl`` (one tile per line: id, annotations of type blood_vessel /
+    glomerulus / unsure with [x, y] rings) with ``train/<id>.tif`` and ``tile_meta.csv``."""
+
+    layout = "HuBMAP vasculature 2023"
+
+    def __init__(self, root: Path):
+        self.jsonl = Path(root) / "polygons.jsonl"
+        self.tiles = {}
+        try:
+            lines = self.jsonl.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ExportError(f"{self.jsonl}: cannot read ({exc})") from None
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                tile = json.loads(line)
+                annotations = tile.get("annotations", [])
+                self.tiles[str(tile["id"])] = annotations
+            except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
+                raise ExportError(f"{self.jsonl}, line {n}: not a JSON object with an id") from None
+            if not isinstance(annotations, list):
+                raise ExportError(f"{self.jsonl}, line {n}: 'annotations' must be a list")
+        meta = Path(root) / "tile_meta.csv"
+        self.meta = {r["id"]: r for r in read_csv_rows(meta, ["id"])} if meta.is_file() else {}
+        super().__init__(root, list(self.tiles))
+
+    @staticmethod
+    def detect(root: Path) -> bool:
+        return (root / "polygons.jsonl").is_file()
+
+    def load(self, index: int) -> Item:
+        from napari_ftu.formats.polygons import rasterize
+
+        tile_id = self.ids[index]
+        slide = open_slide(_find_image(self.root / "train", tile_id))
+        h, w = slide.size
+        labels = np.zeros((h, w), np.int32)
+        classes = {}
+        for k, ann in enumerate(self.tiles[tile_id], start=1):
+            where = f"{self.jsonl}, tile {tile_id}, annotation {k}"
+            try:
+                rings = [np.asarray(r, dtype=float).reshape(-1, 2) for r in ann["coordinates"]]
+                kind = str(ann["type"])
+            except (KeyError, TypeError, ValueError, OverflowError):
+                raise ExportError(f"{where}: needs a type and [[x, y], ...] coordinates") from None
+            _check_inside(rings, (h, w), where)
+            try:
+                labels[rasterize([rings], (h, w))] = k
+            except ValueError as exc:
+                raise ExportError(f"{where}: {exc}") from None
+            classes[k] = [kind]
+        info = {k: v for k, v in self.meta.get(tile_id, {}).items() if k != "id"}
+        return Item(slide, Annotations(tile_id, labels, classes), info)
+
+
+def _check_inside(rings, shape, where: str):
+    h, w = shape
+    for ring in rings:
+        if not np.isfinite(ring).all():
+            raise ExportError(f"{where}: polygon coordinates must be finite numbers")
+        if ring.size and ((ring[:, 0] < -1) | (ring[:, 0] > w + 1) | (ring[:, 1] < -1) | (ring[:, 1] > h + 1)).any():
+            raise ExportError(f"{where}: polygon reaches outside the {w} x {h} image")
+
+
+class CocoFolder(Dataset):
+    """A COCO instance JSON beside its images (in the folder or a ``tiles``/``images`` folder)."""
+
+    layout = "COCO instances"
+
+    def __init__(self, root: Path, json_path: Path):
+        from napari_ftu.formats.json_formats import read_coco
+
+        self.json = json_path
+        try:
+            doc = json.loads(json_path.read_text(encoding="utf-8-sig"))
+            self.files = {Path(im["file_name"]).stem: _relative_name(im["file_name"], json_path)
+                          for im in doc.get("images", [])}
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
+            raise ExportError(f"{json_path}: not a COCO file with image file names ({exc})") from None
+        self.items = {a.image_id: a for a in read_coco(json_path)}
+        super().__init__(root, sorted(self.items))
+
+    @staticmethod
+    def find(root: Path) -> Path | None:
+        for p in sorted(root.glob("*.json")):
+            try:
+                head = p.read_text(encoding="utf-8")[:4096]
+            except (OSError, UnicodeDecodeError):
+                continue
+            if '"images"' in head:
+                return p
+        return None
+
+    def load(self, index: int) -> Item:
+        a = self.items[self.ids[index]]
+        name = self.files.get(a.image_id, a.image_id)
+        for folder in (self.root, self.root / "tiles", self.root / "images"):
+            if (folder / name).is_file():
+                slide = open_slide(folder / name)
+                break
+        else:
+            raise SlideError(f"{self.root}: image {name!r} of {self.json.name} not found")
+        _check_size(slide, a.shape, f"{self.json}, image {name}")
+        return Item(slide, a, {})
+
+
+def _relative_name(name, json_path: Path) -> str:
+    """A COCO ``file_name`` that stays inside the dataset folder (no absolute path, ``..`` or NUL)."""
+    if not isinstance(name, str):
+        raise ExportError(f"{json_path}: file_name {name!r} is not text")
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or ".." in parts or "\x00" in name:
+        raise ExportError(f"{json_path}: file_name {name[:80]!r} points outside the dataset folder")
+    return name
+
+
+class HpaCells(Dataset):
+    """HPA single-cell: ``<id>_{red,green,blue,yellow}.png`` as one 4-channel image, with
+    instance masks from an Open Images CSV (``ImageID, ..., PredictionString``) if present."""
+
+    layout = "HPA single-cell"
+
+    def __init__(self, root: Path):
+        from napari_ftu.formats.csv_formats import read_hpa
+
+        root = Path(root)
+        ids = sorted(p.name[: -len("_red.png")] for p in root.glob("*_red.png"))
+        self.ids_complete = [i for i in ids if all((root / f"{i}_{c}.png").is_file() for c in HPA_CHANNELS)]
+        self.masks = {}
+        for p in sorted(root.glob("*.csv")):
+            with open(p, encoding="utf-8", errors="replace") as fh:
+                if "PredictionString" in fh.readline():
+                    self.masks.update({a.image_id: a for a in read_hpa(p)})
+        super().__init__(root, self.ids_complete)
+
+    @staticmethod
+    def detect(root: Path) -> bool:
+        return any(root.glob("*_yellow.png"))
+
+    def load(self, index: int) -> Item:
+        import imageio.v3 as iio
+
+        image_id = self.ids[index]
+        planes = []
+        for c in HPA_CHANNELS:
+            path = self.root / f"{image_id}_{c}.png"
+            try:
+                plane = np.asarray(iio.imread(path))
+            except Exception as exc:
+                raise SlideError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+            planes.append(plane if plane.ndim == 2 else plane[..., 0])
+        if len({p.shape for p in planes}) != 1:
+            raise SlideError(f"{self.root}: the channels of {image_id} differ in size {[p.shape for p in planes]}")
+        data = np.stack(planes)
+        slide = Slide([data], None, image_id, self.root / f"{image_id}_red.png", "channels", 0,
+                      channel_names=list(HPA_CHANNELS))
+        a = self.masks.get(image_id)
+        if a is not None:
+            _check_size(slide, a.shape, f"{self.root}, masks of {image_id}")
+        return Item(slide, a, {})
+
+
+_PREFIX = re.compile(r"^(slide|image|img|mask|label|labels)[_-]", re.IGNORECASE)
+_SUFFIX = re.compile(r"[_-](mask|masks|label|labels|gt)$", re.IGNORECASE)
+
+
+def _pair_key(stem: str) -> str:
+    return _SUFFIX.sub("", _PREFIX.sub("", stem))
+
+
+class ImageMaskFolder(Dataset):
+    """Images with mask files beside them: ``images/`` + ``masks/`` (names matched after
+    dropping ``slide_``/``mask_``-style prefixes and ``_mask`` suffixes), binary or instance."""
+
+    layout = "image/mask pairs"
+
+    def __init__(self, root: Path):
+        root = Path(root)
+        images = {_pair_key(p.stem): p for p in sorted((root / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        masks = {_pair_key(p.stem): p for p in sorted((root / "masks").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        self.pairs = {k: (images[k], masks[k]) for k in sorted(images) if k in masks}
+        self.um = {}  # our tile export records each tile's µm/px in manifest.csv
+        if (root / "manifest.csv").is_file():
+            for row in read_csv_rows(root / "manifest.csv", ["image", "um_per_px"]):
+                if row["um_per_px"]:
+                    try:
+                        um = float(row["um_per_px"])
+                    except ValueError:
+                        um = float("nan")
+                    if not (np.isfinite(um) and um > 0):
+                        raise ExportError(f"{root / 'manifest.csv'}: um_per_px {row['um_per_px']!r} of "
+                                          f"{row['image']} is not a positive number")
+                    self.um[_pair_key(Path(str(row["image"])).stem)] = um
+        super().__init__(root, list(self.pairs))
+
+    @staticmethod
+    def detect(root: Path) -> bool:
+        return (root / "images").is_dir() and (root / "masks").is_dir()
+
+    def load(self, index: int) -> Item:
+        image_path, mask_path = self.pairs[self.ids[index]]
+        slide = open_slide(image_path)
+        mask_slide = open_slide(mask_path)
+        mask = mask_slide.read()
+        mask_slide.close()
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        _check_size(slide, mask.shape, str(mask_path))
+        slide.um_per_px = slide.um_per_px or self.um.get(self.ids[index])
+        return Item(slide, Annotations(self.ids[index], _instances_from_mask(mask), um_per_px=slide.um_per_px), {})
+
+
+def open_dataset(path: str | Path) -> Dataset:
+    """Recognise the layout of a dataset folder (or its CSV/JSON/JSONL file)."""
+    if "\x00" in str(path):
+        raise ExportError(f"{str(path)!r}: a path cannot hold a NUL character")
+    root = Path(path)
+    if root.is_file():
+        if root.suffix == ".json":
+            return CocoFolder(root.parent, root)
+        root = root.parent
+    if not root.is_dir():
+        raise ExportError(f"{path}: no such folder")
+    split = Hubmap2022.detect(root)
+    if split:
+        return Hubmap2022(root, split)
+    if Hubmap2021.detect(root):
+        return Hubmap2021(root)
+    if Vasculature2023.detect(root):
+        return Vasculature2023(root)
+    coco = CocoFolder.find(root)
+    if coco is not None:
+        return CocoFolder(root, coco)
+    if HpaCells.detect(root):
+        return HpaCells(root)
+    if ImageMaskFolder.detect(root):
+        return ImageMaskFolder(root)
+    raise ExportError(f"{root}: not a dataset layout we know (HuBMAP 2022/2021 train.csv, polygons.jsonl, "
+                      "COCO JSON, HPA *_red.png ... *_yellow.png, or images/ + masks/)")
+
+
+def split_ids(path, pattern: str | None) -> tuple[list, list]:
+    """A dataset's ids for training and for validation (those matching the regular expression)."""
+    ids = open_dataset(path).ids
+    if not pattern:
+        return ids, []
+    try:
+        val = [i for i in ids if re.search(pattern, i)]
+    except re.error as exc:
+        raise ExportError(f"validation pattern {pattern!r} is not a regular expression ({exc})") from None
+    return [i for i in ids if i not in val], val
+
+
+def labels_layer_data(a: Annotations, slide: Slide, info: dict | None = None) -> tuple:
+    """``(labels, kwargs, "labels")`` with per-object class/score/area in the layer's features."""
+    ids = a.ids()
+    areas = label_areas(a.labels, ids)
+    um = slide.um_per_px
+    features = {
+        "index": [int(i) for i in ids],
+        "class": [", ".join(map(str, a.class_names(i))) for i in ids],
+        "confidence": [a.scores.get(int(i), np.nan) for i in ids],
+        "area_um2": [float(x * um * um) if um else np.nan for x in areas],
+    }
+    kwargs = {"name": f"{slide.name} labels", "features": features, "opacity": 0.5,
+              "metadata": {"um_per_px": um, "source": slide.name, **(info or {})}}
+    if um:
+        kwargs["scale"] = (um, um)
+        kwargs["units"] = ("µm", "µm")
+    return (a.labels, kwargs, "labels")

@@ -1,0 +1,93 @@
+"""One table of the label formats we write and read, used by the CLI, the Export dock and the
+npe2 writers. Every format has a writer and the matching reader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
+from napari_ftu.formats.csv_formats import read_hpa, read_hubmap, read_vasculature, write_hpa, write_hubmap, write_vasculature
+from napari_ftu.formats.json_formats import read_coco, read_geojson, write_coco, write_geojson
+from napari_ftu.training.tiles import export_tiles
+
+
+@dataclass(frozen=True)
+class LabelFormat:
+    title: str
+    suffix: str
+    write: Callable  # (path, [Annotations]) -> Path
+    read: Callable  # (path, shape) -> [Annotations]
+    multi_image: bool = True  # one file holds many images
+
+
+def _write_single(writer):
+    def write(path, items):
+        if len(items) != 1:
+            raise ExportError(f"{Path(path).name}: this format holds one image, got {len(items)}")
+        return writer(path, items[0])
+
+    return write
+
+
+def _write_ome(path, a: Annotations):
+    from napari_ftu.io.images import write_labels_ome_tiff
+
+    return write_labels_ome_tiff(path, a.labels, a.um_per_px)
+
+
+def _read_ome(path, shape=None):
+    from napari_ftu.io.images import SlideError, read_image
+
+    try:
+        img = read_image(path)
+    except SlideError as exc:
+        raise ExportError(str(exc)) from None
+    return [Annotations(img.name, img.data, um_per_px=img.um_per_px)]
+
+
+FORMATS: dict[str, LabelFormat] = {
+    "hubmap": LabelFormat("HuBMAP RLE CSV (id,rle)", ".csv", write_hubmap, lambda p, s=None: read_hubmap(p, s)),
+    "hubmap-train": LabelFormat("HuBMAP train.csv (organ, pixel size, rle, ...)", ".csv",
+                                lambda p, items: write_hubmap(p, items, full=True), lambda p, s=None: read_hubmap(p)),
+    "hpa": LabelFormat("HPA / Open Images instance CSV", ".csv", write_hpa, lambda p, s=None: read_hpa(p)),
+    "vasculature": LabelFormat("HuBMAP vasculature submission CSV", ".csv", write_vasculature,
+                               lambda p, s=None: read_vasculature(p)),
+    "coco": LabelFormat("COCO instance JSON", ".json", write_coco, lambda p, s=None: read_coco(p)),
+    "geojson": LabelFormat("QuPath GeoJSON", ".geojson", _write_single(write_geojson),
+                           lambda p, s=None: [read_geojson(p, s)], multi_image=False),
+    "ome-tiff": LabelFormat("Label image OME-TIFF", ".ome.tif", _write_single(_write_ome), _read_ome,
+                            multi_image=False),
+}
+
+
+def export_annotations(items, path, fmt: str, overwrite: bool = False) -> Path:
+    """Write ``items`` (Annotations or a list of them) in format ``fmt``, atomically.
+
+    Refuses to replace an existing file unless ``overwrite``.
+    """
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    items = [items] if isinstance(items, Annotations) else list(items)
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite to replace it")
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder, not a file")
+    return FORMATS[fmt].write(path, items)
+
+
+def import_annotations(path, fmt: str, shape=None) -> list[Annotations]:
+    """Read a file written in ``fmt`` (GeoJSON needs the image ``shape``)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if not Path(path).is_file():
+        raise ExportError(f"{path}: no such file")
+    if fmt == "geojson" and shape is None:
+        raise ExportError("reading GeoJSON needs the image size")
+    return FORMATS[fmt].read(path, shape)
+
+
+__all__ = ["FORMATS", "Annotations", "ExportError", "export_annotations", "import_annotations", "export_tiles",
+           "safe_id"]

@@ -1,0 +1,241 @@
+"""COCO instance JSON and QuPath-compatible GeoJSON, with their readers.
+
+Polygons are exact pixel-edge outlines (see :mod:`polygons`) in full-resolution pixel
+coordinates, x = column. COCO polygons cannot express holes, so an object with a hole is
+written as a compressed COCO RLE instead.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from napari_ftu.formats.annotations import Annotations, ExportError, label_canvas, object_id
+from napari_ftu.atomic import write_text
+from napari_ftu.formats.coco_rle import coco_to_mask, mask_to_coco
+from napari_ftu.formats.polygons import mask_to_polygons, rasterize
+from napari_ftu.formats.rle import RLEError
+
+
+def class_colour(name: str) -> list[int]:
+    """A stable, distinct RGB colour per class name (QuPath shows it)."""
+    hue = (zlib.crc32(str(name).encode()) % 360) / 360
+    return [int(round(255 * v)) for v in colorsys.hsv_to_rgb(hue, 0.75, 0.9)]
+
+
+def _object_polygons(box, sub) -> list[list[np.ndarray]]:
+    offset = np.array([box[1].start, box[0].start])
+    return [[ring + offset for ring in poly] for poly in mask_to_polygons(sub)]
+
+
+def _read_json(path):
+    """The parsed document; every failure (unreadable, not UTF-8, bad syntax, an integer of
+    thousands of digits, nesting deeper than Python's recursion limit) is an ExportError."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError covers JSONDecodeError and Unicode
+        raise ExportError(f"{path}: cannot read JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _list(value, where: str, what: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ExportError(f"{where}: {what} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _dict(value, where: str, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ExportError(f"{where}: {what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _key(value, where: str, what: str):
+    """An id used to join images, annotations and categories: a number or text."""
+    if isinstance(value, (dict, list)):
+        raise ExportError(f"{where}: {what} must be a number or text, got {type(value).__name__}")
+    return value
+
+
+def _score(value, where: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ExportError(f"{where}: score {str(value)[:40]!r} is not a number") from None
+
+
+def _pixel_size(value, where: str):
+    if value is None:
+        return None
+    try:
+        um = float(value)
+    except (TypeError, ValueError, OverflowError):
+        um = float("nan")
+    if not (np.isfinite(um) and um > 0):
+        raise ExportError(f"{where}: um_per_px {str(value)[:40]!r} is not a positive number")
+    return um
+
+
+# --- COCO -----------------------------------------------------------------------------------
+
+
+def write_coco(path, items: list[Annotations]) -> Path:
+    names = sorted({n for a in items for i in a.ids() for n in a.class_names(i)}, key=str)
+    cat_id = {n: k for k, n in enumerate(names, start=1)}
+    images, anns = [], []
+    for img_id, a in enumerate(items, start=1):
+        images.append({"id": img_id, "file_name": a.image_id, "height": a.shape[0], "width": a.shape[1],
+                       **({"um_per_px": a.um_per_px} if a.um_per_px else {})})
+        for obj_id, box, sub in a.objects():
+            polys = _object_polygons(box, sub)
+            if any(len(p) > 1 for p in polys):
+                full = np.zeros(a.shape, np.uint8)
+                full[box] = sub
+                seg = mask_to_coco(full)
+            else:
+                seg = [p[0].astype(float).ravel().tolist() for p in polys]
+            ys, xs = box
+            for name in a.class_names(obj_id):
+                anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat_id[name],
+                             "segmentation": seg, "area": int(sub.sum()), "iscrowd": 0,
+                             "bbox": [xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start],
+                             "score": a.score(obj_id), "object_id": int(obj_id)})
+    doc = {"images": images, "annotations": anns,
+           "categories": [{"id": k, "name": str(n)} for n, k in cat_id.items()]}
+    return write_text(path, json.dumps(doc))
+
+
+def read_coco(path) -> list[Annotations]:
+    """Instances per image; polygons are united (COCO semantics), RLE decoded exactly."""
+    doc = _read_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+        raise ExportError(f"{path}: not a COCO file (needs 'images' with ids)")
+    cats = {}
+    for c in _list(doc.get("categories"), str(path), "'categories'"):
+        c = _dict(c, str(path), "a category")
+        if "id" not in c or "name" not in c:
+            raise ExportError(f"{path}: a category needs 'id' and 'name'")
+        cats[_key(c["id"], str(path), "a category id")] = str(c["name"])
+    out, top = {}, {}  # top: the largest object id per image, so ids without object_id are new ones
+    for im in doc["images"]:
+        im = _dict(im, str(path), "an image entry")
+        if "id" not in im:
+            raise ExportError(f"{path}: an image entry has no 'id'")
+        where = f"{path}, image {str(im['id'])[:40]!r}"
+        img_id = _key(im["id"], where, "the image id")
+        try:
+            h, w = int(im["height"]), int(im["width"])
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise ExportError(f"{where}: needs integer height and width") from None
+        name = Path(str(im.get("file_name", img_id))).name
+        if Path(name).suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".svs"):
+            name = Path(name).stem
+        out[img_id] = Annotations(name, label_canvas((h, w), where),
+                                  um_per_px=_pixel_size(im.get("um_per_px"), where))
+    for k, ann in enumerate(_list(doc.get("annotations"), str(path), "'annotations'")):
+        ann = _dict(ann, f"{path}, annotation {k}", "an annotation")
+        where = f"{path}, annotation {str(ann.get('id', k))[:40]}"
+        image_key = _key(ann.get("image_id"), where, "image_id")
+        a = out.get(image_key)
+        if a is None:
+            raise ExportError(f"{where}: refers to unknown image {str(ann.get('image_id'))[:40]!r}")
+        mask = _coco_segmentation(ann.get("segmentation"), a.shape, where)
+        obj = object_id(ann.get("object_id") or top.get(image_key, 0) + 1, where)
+        top[image_key] = max(top.get(image_key, 0), obj)
+        a.scores[obj] = _score(ann.get("score", 1.0), where)
+        a.labels[mask] = obj
+        category = _key(ann.get("category_id"), where, "category_id")
+        a.classes.setdefault(obj, []).append(cats.get(category, str(category)))
+    return list(out.values())
+
+
+def _coco_segmentation(seg, shape, where) -> np.ndarray:
+    try:
+        if isinstance(seg, dict):
+            return coco_to_mask(seg, shape).astype(bool)
+        if isinstance(seg, list) and seg:
+            rings = []
+            for p in seg:
+                ring = np.asarray(p, dtype=float)
+                if ring.size % 2 or not (ring.ndim == 1 or (ring.ndim == 2 and ring.shape[1] == 2)):
+                    raise ValueError("a COCO polygon is a list [x1, y1, x2, y2, ...]")
+                rings.append(ring.reshape(-1, 2))
+            return rasterize([[r] for r in rings], shape)
+    except (RLEError, ValueError, TypeError, OverflowError) as exc:
+        raise ExportError(f"{where}: {exc}") from None
+    raise ExportError(f"{where}: segmentation must be a polygon list or an RLE dict")
+
+
+# --- QuPath GeoJSON -------------------------------------------------------------------------
+
+
+def write_geojson(path, a: Annotations) -> Path:
+    """A FeatureCollection of annotation objects (Polygon or MultiPolygon with holes) with
+    classification name and colour, as QuPath imports and exports them."""
+    features = []
+    for obj_id, box, sub in a.objects():
+        polys = [[ring.astype(float).tolist() + [ring[0].astype(float).tolist()] for ring in p]
+                 for p in _object_polygons(box, sub)]
+        geometry = ({"type": "Polygon", "coordinates": polys[0]} if len(polys) == 1
+                    else {"type": "MultiPolygon", "coordinates": polys})
+        name = a.class_names(obj_id)[0]
+        props = {"objectType": "annotation", "classification": {"name": str(name), "color": class_colour(name)},
+                 "name": f"{name} {obj_id}", "ftu_id": int(obj_id)}
+        measurements = {"Area px": int(sub.sum())}
+        if a.um_per_px:
+            measurements["Area µm^2"] = float(sub.sum() * a.um_per_px**2)
+        if obj_id in a.scores:
+            measurements["Confidence"] = a.score(obj_id)
+        props["measurements"] = measurements
+        features.append({"type": "Feature", "geometry": geometry, "properties": props})
+    return write_text(path, json.dumps({"type": "FeatureCollection", "features": features}))
+
+
+def read_geojson(path, shape, image_id: str | None = None, um_per_px: float | None = None) -> Annotations:
+    """Rasterise annotations (FeatureCollection, list of Features or one Feature) onto an image
+    of ``shape``; objects keep ``ftu_id`` when present, else are numbered in file order."""
+    doc = _read_json(path)
+    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
+        feats = _list(doc.get("features"), str(path), "'features'")
+    elif isinstance(doc, dict) and doc.get("type") == "Feature":
+        feats = [doc]
+    elif isinstance(doc, list):
+        feats = doc
+    else:
+        raise ExportError(f"{path}: not GeoJSON (expected a FeatureCollection or Features)")
+    labels = label_canvas(shape, str(path))
+    classes, scores = {}, {}
+    for k, feat in enumerate(feats):
+        where = f"{path}, feature {k}"
+        try:
+            geom, props = feat["geometry"], feat.get("properties") or {}
+            kind, coords = geom["type"], geom["coordinates"]
+        except (KeyError, TypeError, AttributeError):
+            raise ExportError(f"{where}: needs a geometry with type and coordinates") from None
+        props = _dict(props, where, "'properties'")
+        if kind == "Polygon":
+            polys = [coords]
+        elif kind == "MultiPolygon":
+            polys = _list(coords, where, "MultiPolygon coordinates")
+        else:
+            continue  # points and lines are not regions
+        try:
+            rings = [[np.asarray(r, dtype=float)[:, :2] for r in p] for p in polys]
+            mask = rasterize(rings, labels.shape)
+        except (ValueError, IndexError, TypeError, OverflowError) as exc:
+            raise ExportError(f"{where}: bad polygon coordinates ({exc})") from None
+        obj = object_id(props.get("ftu_id") or k + 1, where)
+        measurements = props.get("measurements")
+        conf = measurements.get("Confidence") if isinstance(measurements, dict) else None
+        if conf is not None:
+            scores[obj] = _score(conf, where)
+        labels[mask] = obj
+        cls = props.get("classification") or {}
+        classes[obj] = [str(cls.get("name", "FTU")) if isinstance(cls, dict) else str(cls)]
+    return Annotations(image_id or Path(path).name.split(".")[0], labels, classes, scores, um_per_px)

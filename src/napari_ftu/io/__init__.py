@@ -1,0 +1,1 @@
+"""Reading and writing slides and images, resampling, synthetic slides."""

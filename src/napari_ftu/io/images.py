@@ -1,0 +1,194 @@
+"""Read images with their physical pixel size, and write TIFFs atomically.
+
+Pixel size matters because the model expects a fixed µm/px: HuBMAP sources range from 0.23 to
+6.3 µm/px and a model run at the wrong scale fails. We read it from OME metadata, Aperio's MPP
+or the TIFF resolution tags, in that order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_ftu.atomic import atomic_path
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8", ".scn")
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+class SlideError(ValueError):
+    """An image file that cannot be read, with the file and the reason in the message."""
+
+
+@dataclass
+class LoadedImage:
+    data: np.ndarray
+    um_per_px: float | None
+    name: str
+    path: Path
+
+
+def read_image(path: str | Path) -> LoadedImage:
+    """Read the full-resolution image of a TIFF/SVS/PNG/JPEG file and its pixel size (µm)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlideError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in TIFF_SUFFIXES:
+            data, um = _read_tiff(path)
+        elif suffix in RASTER_SUFFIXES:
+            import imageio.v3 as iio
+
+            data, um = np.asarray(iio.imread(path)), None
+        else:
+            raise SlideError(f"{path}: unsupported file type {suffix!r}")
+    except SlideError:
+        raise
+    except Exception as exc:  # tifffile/imageio raise many types for corrupt files
+        raise SlideError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    if data.size == 0 or data.ndim < 2:
+        raise SlideError(f"{path}: image has no pixels (shape {data.shape})")
+    return LoadedImage(data, um, path.name.split(".")[0], path)
+
+
+def _read_tiff(path: Path):
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]  # SVS label/macro/thumbnail images are later series
+        data = series.asarray()
+        return data, _pixel_size(tif)
+
+
+def _pixel_size(tif) -> float | None:
+    if tif.is_ome:
+        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata or "")
+        if m:
+            unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata or "")
+            return float(m.group(1)) * _unit_to_um(unit.group(1) if unit else "µm")
+    page = tif.pages[0]
+    m = re.search(r"MPP\s*=\s*([0-9.]+)", page.description or "")
+    if m:
+        return float(m.group(1))
+    tags = page.tags
+    if "XResolution" in tags and "ResolutionUnit" in tags:
+        num, den = tags["XResolution"].value
+        unit = int(tags["ResolutionUnit"].value)
+        per_um = {2: 25400.0, 3: 10000.0}.get(unit)
+        if per_um and num and den:
+            return per_um * den / num
+    return None
+
+
+def _unit_to_um(unit: str) -> float:
+    return {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(unit, 1.0)
+
+
+def write_tiff(path: str | Path, data: np.ndarray, um_per_px: float | None = None) -> Path:
+    """Write an image or label array as a compressed TIFF carrying its pixel size, atomically."""
+    import tifffile
+
+    path = Path(path)
+    kwargs = {"compression": "zlib"}
+    if um_per_px:
+        kwargs.update(resolution=(1e4 / um_per_px, 1e4 / um_per_px), resolutionunit="CENTIMETER")
+    if data.ndim == 3 and data.shape[-1] in (3, 4):
+        kwargs["photometric"] = "rgb"
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, data, **kwargs)
+    return path
+
+
+PYRAMID_TILE = 512
+
+
+def pyramid_downsamples(shape, tile: int = PYRAMID_TILE) -> list[int]:
+    """1, 2, 4, ... until the smallest level fits in about one tile."""
+    levels = [1]
+    while max(shape[:2]) // (levels[-1] * 2) >= tile:
+        levels.append(levels[-1] * 2)
+    return levels
+
+
+def write_pyramid(path, level_tiles, shape, dtype, um_per_px: float | None, downsamples: list[int]) -> Path:
+    """Write a tiled pyramidal OME-TIFF, atomically, from ``level_tiles(downsample)``: an
+    iterator of full ``512 x 512`` tiles of that level in row-major order. Nothing else of the
+    image is held in memory. RGB images are JPEG-compressed, labels deflate (lossless)."""
+    import tifffile
+
+    path = Path(path)
+    rgb = len(shape) == 3
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+        for n, d in enumerate(downsamples):
+            level_shape = (-(-shape[0] // d), -(-shape[1] // d)) + tuple(shape[2:])
+            opts = dict(tile=(PYRAMID_TILE, PYRAMID_TILE), subfiletype=0 if n == 0 else 1)
+            if um_per_px:
+                opts.update(resolution=(1e4 / (um_per_px * d),) * 2, resolutionunit="CENTIMETER")
+            if rgb:
+                opts.update(photometric="rgb", compression="jpeg", compressionargs={"level": 90})
+            else:
+                opts.update(photometric="minisblack", compression="zlib")
+            if n == 0:
+                meta = {"axes": "YXS" if rgb else "YX"}
+                if um_per_px:
+                    meta.update(PhysicalSizeX=um_per_px, PhysicalSizeXUnit="µm",
+                                PhysicalSizeY=um_per_px, PhysicalSizeYUnit="µm")
+                opts.update(metadata=meta, subifds=len(downsamples) - 1)
+            else:
+                opts["metadata"] = None
+            tif.write(level_tiles(d), shape=level_shape, dtype=dtype, **opts)
+    return path
+
+
+def write_labels_ome_tiff(path, labels, um_per_px: float | None = None, pyramid: bool | None = None) -> Path:
+    """Label image as OME-TIFF with the physical pixel size; pyramidal (nearest-neighbour
+    levels) when ``pyramid`` or when larger than 8192 px a side. ``labels`` may be any
+    array-like (numpy, zarr, dask): it is read one tile at a time."""
+    shape = tuple(labels.shape)
+    if len(shape) != 2:
+        raise SlideError(f"{path}: labels must be 2-D, got shape {shape}")
+    if pyramid is None:
+        pyramid = max(shape) > 8192
+    downsamples = pyramid_downsamples(shape) if pyramid else [1]
+    t = PYRAMID_TILE
+    dtype = np.dtype(labels.dtype)
+    if dtype.kind not in "iub":
+        raise SlideError(f"{path}: labels must be integers, got {dtype}")
+    dtype = np.dtype(np.uint8) if dtype.kind == "b" else dtype
+
+    def tiles(d):
+        h, w = -(-shape[0] // d), -(-shape[1] // d)
+        for y in range(0, h, t):
+            for x in range(0, w, t):
+                block = np.asarray(labels[y * d : (y + t) * d : d, x * d : (x + t) * d : d]).astype(dtype)
+                out = np.zeros((t, t), dtype)
+                out[: block.shape[0], : block.shape[1]] = block
+                yield out
+
+    return write_pyramid(path, tiles, shape, dtype, um_per_px, downsamples)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """A (H, W, 3) uint8 view of common image layouts (gray, RGBA, 16-bit) for RGB models."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3:
+        raise SlideError(f"expected a 2-D colour or gray image, got shape {image.shape}")
+    if image.shape[-1] not in (1, 3, 4) and image.shape[0] in (3, 4):
+        image = np.moveaxis(image, 0, -1)  # channels-first
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    if image.shape[-1] == 4:
+        image = image[..., :3]
+    if image.shape[-1] != 3:
+        raise SlideError(f"expected 1, 3 or 4 channels, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        image = image.astype(np.float32)
+        lo, hi = float(image.min()), float(image.max())
+        image = ((image - lo) / max(hi - lo, 1e-9) * 255).astype(np.uint8)
+    return image

@@ -1,0 +1,299 @@
+"""Open slides lazily: pyramid levels as zarr arrays read tile by tile, never the whole image.
+
+A multi-level TIFF (OME, SVS, NDPI, ...) becomes napari multiscale data. A large flat TIFF
+gets lazy strided levels so that it still opens without decoding everything, and
+:func:`pyramid_steps` can write a real pyramid next to it for smooth viewing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES, SlideError, _pixel_size
+
+FLAT_PYRAMID_MIN = 8192  # a flat image larger than this (either side) gets lazy levels
+COLOURS = ["red", "green", "blue", "yellow", "magenta", "cyan", "gray", "gray"]  # HPA order first
+
+
+@dataclass
+class Slide:
+    """Levels (full resolution first) as array-likes, the pixel size and how to show it."""
+
+    levels: list
+    um_per_px: float | None
+    name: str
+    path: Path
+    kind: str  # "rgb", "gray" or "channels"
+    channel_axis: int | None = None
+    channel_names: list | None = None
+    flat: bool = False  # a large image without a stored pyramid
+    handle: object = field(default=None, repr=False)  # keeps the TIFF open while levels are used
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.levels[0].shape)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the full-resolution level."""
+        shape = self.shape
+        if self.kind == "channels" and self.channel_axis == 0:
+            return shape[1], shape[2]
+        return shape[0], shape[1]
+
+    @property
+    def downsamples(self) -> list[float]:
+        h = self.size[0]
+        return [h / (lvl.shape[1] if self.kind == "channels" and self.channel_axis == 0 else lvl.shape[0])
+                for lvl in self.levels]
+
+    def read(self, level: int = 0) -> np.ndarray:
+        """One whole level in memory (choose a level that fits)."""
+        return np.asarray(self.levels[level][...])
+
+    def close(self):
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def open_slide(path: str | Path) -> Slide:
+    """Open a TIFF/SVS/NDPI/OME-TIFF lazily, or a PNG/JPEG in memory; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SlideError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in TIFF_SUFFIXES + RASTER_SUFFIXES:
+        raise SlideError(f"{path}: unsupported file type {suffix!r}")
+    try:
+        slide = _open_tiff(path) if suffix in TIFF_SUFFIXES else _open_raster(path)
+    except SlideError:
+        raise
+    except Exception as exc:  # tifffile, zarr and imageio raise many types for corrupt files
+        raise SlideError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    if any(int(n) == 0 for n in slide.shape):
+        slide.close()
+        raise SlideError(f"{path}: image has no pixels (shape {slide.shape})")
+    return slide
+
+
+def _open_raster(path: Path) -> Slide:
+    import imageio.v3 as iio
+
+    data = np.asarray(iio.imread(path))
+    kind, axis = _kind(data.shape, None)
+    names = [f"channel {i}" for i in range(data.shape[axis])] if kind == "channels" else None
+    return Slide([data], None, _stem(path), path, kind, axis, channel_names=names)
+
+
+def _open_tiff(path: Path) -> Slide:
+    import tifffile
+    import zarr
+
+    tif = tifffile.TiffFile(path)
+    try:
+        series = tif.series[0]  # SVS label/macro/thumbnail images are later series
+        if any(int(n) == 0 for n in series.shape):
+            raise SlideError(f"{path}: image has no pixels (shape {series.shape})")
+        _check_complete(series, path)
+        store = series.aszarr()
+        root = zarr.open(store, mode="r")
+        levels = [root[str(i)] for i in range(len(series.levels))] if hasattr(root, "keys") else [root]
+        levels[0][(0,) * len(levels[0].shape)]  # decode one chunk now: a corrupt file fails here
+        um = _pixel_size(tif)
+        kind, axis = _kind(levels[0].shape, series.axes)
+        slide = Slide(levels, um, _stem(path), path, kind, axis, handle=tif)
+        if kind == "channels":
+            slide.channel_names = [f"channel {i}" for i in range(levels[0].shape[axis])]
+        if len(levels) == 1 and max(slide.size) > FLAT_PYRAMID_MIN:
+            slide.levels = _strided_levels(levels[0], axis)
+            slide.flat = True
+        return slide
+    except Exception:
+        tif.close()
+        raise
+
+
+def _check_complete(series, path: Path):
+    """Refuse a truncated file up front: lazy reading would otherwise fail later, mid-pan."""
+    size = path.stat().st_size
+    for level in series.levels:
+        for page in level.pages:
+            if page is None:
+                continue
+            if not page.dataoffsets or len(page.dataoffsets) != len(page.databytecounts):
+                raise SlideError(f"{path}: file is damaged or truncated (its image data offsets are missing)")
+            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
+            if ends and max(ends) > size:
+                raise SlideError(f"{path}: file is truncated (image data runs past its end, {size} bytes)")
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _kind(shape, axes: str | None):
+    """(kind, channel axis) from a shape and, for TIFF, its axes string."""
+    if len(shape) == 2:
+        return "gray", None
+    if len(shape) == 3:
+        if (axes and axes.endswith("S") and shape[-1] in (3, 4)) or (axes is None and shape[-1] in (3, 4)):
+            return "rgb", None
+        if shape[0] <= 8 and shape[0] < shape[-1]:
+            return "channels", 0
+        if shape[-1] <= 8:
+            return "channels", 2
+    raise SlideError(f"images of shape {shape} (axes {axes}) are not supported: expected 2-D gray, RGB(A) "
+                     "or up to 8 channels")
+
+
+def _strided_levels(level0, axis: int | None) -> list:
+    """Lazy 1/2, 1/4, ... views of a flat image (dask; each reads only what it shows)."""
+    import dask.array as da
+
+    base = da.from_zarr(level0)
+    levels = [level0]
+    step = 2
+    while max(base.shape[:2] if axis != 0 else base.shape[1:]) // step >= 512:
+        sl = (slice(None, None, step), slice(None, None, step))
+        levels.append(base[(slice(None),) + sl] if axis == 0 else base[sl])
+        step *= 2
+    return levels
+
+
+def slide_layer_data(slide: Slide, um_per_px: float | None = None) -> tuple:
+    """``(data, kwargs, "image")`` for napari: multiscale when there are levels, µm scale,
+    RGB shown as colour, channels split into additive layers with their own colormaps."""
+    um = um_per_px or slide.um_per_px
+    data = slide.levels if len(slide.levels) > 1 else slide.levels[0]
+    kwargs = {
+        "name": slide.name,
+        "metadata": {"um_per_px": um, "path": str(slide.path), "flat": slide.flat},
+        "multiscale": len(slide.levels) > 1,
+    }
+    if slide.kind == "rgb":
+        kwargs["rgb"] = True
+    elif slide.kind == "channels":
+        n = slide.shape[slide.channel_axis]
+        names = slide.channel_names or [f"channel {i}" for i in range(n)]
+        kwargs["channel_axis"] = slide.channel_axis
+        kwargs["name"] = [f"{slide.name} {c}" for c in names]
+        kwargs["colormap"] = [c if c in COLOURS else COLOURS[i] for i, c in enumerate(names)]
+        kwargs["blending"] = "additive"
+    if um:
+        kwargs["scale"] = (um, um)
+        kwargs["units"] = ("µm", "µm")
+    return (data, kwargs, "image")
+
+
+def pyramid_steps(slide: Slide, out: str | Path):
+    """Write a tiled pyramidal OME-TIFF of a flat slide, yielding ``("tile", done, total)``.
+
+    Each level is built from full-resolution tiles by block means, one tile at a time.
+    Closing the generator (Cancel) stops the writing and leaves no partial file.
+    """
+    from napari_ftu.io.images import PYRAMID_TILE, pyramid_downsamples, write_pyramid
+
+    if slide.kind == "channels":
+        raise SlideError(f"{slide.path}: writing pyramids of multichannel images is not supported")
+    level0 = slide.levels[0]
+    h, w = slide.size
+    samples = tuple(slide.shape[2:3])
+    if samples == (4,):
+        samples = (3,)  # RGBA: JPEG keeps the colour, the alpha of a slide is not needed
+    downsamples = pyramid_downsamples((h, w))
+    t = PYRAMID_TILE
+    total = sum(-(-(-(-h // d)) // t) * -(-(-(-w // d)) // t) for d in downsamples)
+
+    def run(tick):
+        def tiles(d):
+            lh, lw = -(-h // d), -(-w // d)
+            for y in range(0, lh, t):
+                for x in range(0, lw, t):
+                    tile = np.zeros((t, t) + samples, level0.dtype)
+                    # One output row at a time: a coarse tile never needs its whole source area.
+                    for r in range(min(t, lh - y)):
+                        src = np.asarray(level0[(y + r) * d : (y + r + 1) * d, x * d : (x + t) * d])
+                        row = _block_mean(src, d)[0] if d > 1 else src[0]
+                        tile[r, : row.shape[0]] = row[..., : samples[0]] if samples else row
+                    tick()
+                    yield tile
+
+        return write_pyramid(out, tiles, (h, w) + samples, np.dtype(level0.dtype), slide.um_per_px, downsamples)
+
+    done = 0
+    yield ("tile", 0, total)
+    for _ in _paced(run):
+        done += 1
+        yield ("tile", done, total)
+    return Path(out)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _paced(run):
+    """Run ``run(tick)`` in a helper thread and yield after each ``tick()`` it makes, so that
+    blocking library code (tifffile's writer) reports progress; closing this generator
+    makes the next ``tick()`` raise, which stops the work."""
+    import threading
+    from queue import Empty, Queue
+
+    ticks: Queue = Queue(maxsize=1)
+    stop = threading.Event()
+    box: dict = {}
+
+    def tick():
+        if stop.is_set():
+            raise _Cancelled()
+        ticks.put(True)
+
+    def work():
+        try:
+            box["value"] = run(tick)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+        finally:
+            ticks.put(None)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    try:
+        while ticks.get() is not None:
+            yield
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                ticks.get(timeout=0.05)
+            except Empty:
+                pass
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _block_mean(block: np.ndarray, d: int) -> np.ndarray:
+    """Means of ``d x d`` blocks (partial blocks at the edges average what they have)."""
+    h, w = block.shape[:2]
+    ph, pw = -h % d, -w % d
+    data = block.astype(np.float64)
+    if ph or pw:
+        pad = [(0, ph), (0, pw)] + [(0, 0)] * (block.ndim - 2)
+        weight = np.pad(np.ones((h, w)), pad[:2])
+        data = np.pad(data, pad)
+    else:
+        weight = np.ones((h, w))
+    shape = ((h + ph) // d, d, (w + pw) // d, d)
+    total = data.reshape(shape + block.shape[2:]).sum(axis=(1, 3))
+    count = weight.reshape(shape).sum(axis=(1, 3))
+    mean = total / (count[..., None] if block.ndim > 2 else count)
+    return np.rint(mean).astype(block.dtype) if block.dtype.kind in "iub" else mean.astype(block.dtype)

@@ -1,0 +1,1 @@
+"""napari contributions: reader, writers, sample data."""

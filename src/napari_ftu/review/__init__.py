@@ -1,0 +1,1 @@
+"""Review and correction: object table, editing, undo, sessions, autosave, label stores."""

@@ -1,0 +1,119 @@
+"""A review session: one label image, its review table and one undo history, kept consistent.
+
+Every change goes through here (our operations, napari's painting, accept/reject/class), so
+the statuses follow the pixels and Ctrl+Z undoes pixels and statuses together. The Review
+dock is a thin view on this object; the autosave writes it out (see :mod:`napari_ftu.review.autosave`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_ftu.review import editing
+from napari_ftu.review.editing import Box, Edit, EditError
+from napari_ftu.review.table import Review
+from napari_ftu.review.undo import History, Step
+
+
+class ReviewSession:
+    """``labels`` is edited in place (share it with the napari layer); ``offset`` places a
+    window of a large slide in full-resolution pixels."""
+
+    def __init__(self, labels: np.ndarray, review: Review | None = None, history: History | None = None,
+                 offset: tuple[int, int] = (0, 0), um_per_px: float | None = None):
+        if labels.ndim != 2 or labels.dtype.kind not in "iu":
+            raise EditError(f"a review needs a 2-D integer label image, got {labels.dtype} {labels.shape}")
+        self.labels = labels
+        self.review = review if review is not None else Review.from_labels(labels, um_per_px)
+        self.history = history or History()
+        self.offset = tuple(int(v) for v in offset)
+        self.generation = 0  # bumped by every change; the autosave compares it
+
+    # --- pixel edits -------------------------------------------------------------------------
+    def apply(self, edit: Edit, status: str | None = "edited") -> Step | None:
+        """Apply an :class:`~napari_ftu.review.editing.Edit`, re-measure what it touched, record it."""
+        if edit.empty:
+            return None
+        ids = set(edit.created) | set(edit.removed) | set(edit.mapping) | set(edit.mapping.values())
+        for patch in edit.patches:
+            ids |= _ids(self.labels[patch.box]) | _ids(patch.after)
+        before = self.review.snapshot(ids)
+        step = self.history.apply(self.labels, edit)
+        self.review.update(self.labels, ids, step.region, status)
+        if edit.name == "relabel":  # renumbered objects keep class, confidence and status
+            for old, new in edit.mapping.items():
+                if before.get(old) is not None and new in self.review.rows:
+                    row = self.review.rows[new]
+                    row.cls, row.confidence, row.status = before[old].cls, before[old].confidence, before[old].status
+        step.state_before, step.state_after = before, self.review.snapshot(ids)
+        self.generation += 1
+        return step
+
+    def record_paint(self, box: Box, before: np.ndarray, after: np.ndarray, name: str = "paint") -> Step:
+        """Record napari's painting of ``box`` (``before`` → ``after``, see :func:`undo.paint_delta`)."""
+        ids = _ids(before) | _ids(after)
+        state_before = self.review.snapshot(ids)
+        step = self.history.record(name, self.labels, box, before, after)
+        self.review.update(self.labels, ids, box, "edited")
+        step.state_before, step.state_after = state_before, self.review.snapshot(ids)
+        self.generation += 1
+        return step
+
+    # --- review decisions ----------------------------------------------------------------------
+    def _state_change(self, name, ids, change) -> Step:
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise EditError(f"{name}: select an object first")
+        before = self.review.snapshot(ids)
+        change(ids)
+        step = self.history.push_state(name, before, self.review.snapshot(ids))
+        self.generation += 1
+        return step
+
+    def accept(self, ids) -> Step:
+        return self._state_change("accept", ids, lambda i: self.review.set_status(i, "accepted"))
+
+    def set_class(self, ids, cls: str) -> Step:
+        return self._state_change("set class", ids, lambda i: self.review.set_class(i, cls))
+
+    def reject(self, ids) -> Step:
+        """Remove the objects from the labels and keep their rows as "rejected"."""
+        ids = sorted({int(i) for i in ids})
+        if not ids:
+            raise EditError("reject: select an object first")
+        edit = editing.delete(self.labels, ids)
+        before = self.review.snapshot(ids)
+        step = self.history.apply(self.labels, edit)
+        for i in ids:
+            if i in self.review.rows:
+                self.review.rows[i].status = "rejected"
+        step.state_before, step.state_after = before, self.review.snapshot(ids)
+        self.generation += 1
+        return step
+
+    # --- history ---------------------------------------------------------------------------------
+    def undo(self) -> Step | None:
+        step = self.history.undo(self.labels)
+        if step is not None:
+            self.review.restore(step.state_before or {})
+            self.generation += 1
+        return step
+
+    def redo(self) -> Step | None:
+        step = self.history.redo(self.labels)
+        if step is not None:
+            self.review.restore(step.state_after or {})
+            self.generation += 1
+        return step
+
+    # --- helpers -----------------------------------------------------------------------------------
+    def next_free_id(self) -> int:
+        """Above every id in the image and every id in the table (rejected ones too)."""
+        return editing.next_free_id(self.labels, [self.review.max_id])
+
+    def reserved(self) -> list[int]:
+        return [self.review.max_id]
+
+
+def _ids(a) -> set[int]:
+    return {int(i) for i in np.unique(np.asarray(a)) if i}
