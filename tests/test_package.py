@@ -12,7 +12,7 @@ def _core_modules():
     mods = []
     for f in sorted(root.rglob("*.py")):
         rel = f.relative_to(root).with_suffix("")
-        if rel.parts[0] == "_qt":
+        if rel.parts[0] == "_qt" or rel.name == "__main__":
             continue
         parts = [p for p in rel.parts if p != "__init__"]
         mods.append(".".join(["napari_ftu", *parts]))

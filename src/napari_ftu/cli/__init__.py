@@ -412,6 +412,3 @@ def _format_from_suffix(path: Path) -> str:
             return fmt
     raise ExportError(f"cannot tell the format of {path.name}: give --format")
 
-
-if __name__ == "__main__":
-    sys.exit(main())
