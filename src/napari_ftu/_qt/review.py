@@ -17,12 +17,13 @@ import napari
 import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox,
                               create_widget)
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QItemSelectionModel, QTimer
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from napari_ftu.review import editing
-from napari_ftu.review.autosave import DEFAULT_INTERVAL_S, Autosaver, SessionStore, default_project_folder, session_folder
+from napari_ftu.review.autosave import (DEFAULT_INTERVAL_S, Autosaver, SessionError, SessionStore, default_project_folder,
+                                        session_folder)
 from napari_ftu.review.editing import EditError
 from napari_ftu.review.label_store import LabelStore, LabelStoreError
 from napari_ftu.review.table import SORTS, STATUSES
@@ -134,7 +135,7 @@ class ReviewWidget(Container):
         self.timer.setInterval(1000)
         self.timer.timeout.connect(self.autosave_tick)
         self.timer.start()
-        self.native.destroyed.connect(self.timer.stop)
+        self.native.destroyed.connect(self._on_destroyed)
         self.bind(self.labels.value)
 
     # --- binding a labels layer -----------------------------------------------------------------
@@ -148,9 +149,7 @@ class ReviewWidget(Container):
         """Review ``layer``: save the previous layer's session, restore this one's if saved."""
         if layer is self.layer and self.session is not None:
             return
-        self.save_now()
-        self._unhook()
-        self.session = self.autosaver = None
+        self._close_session()
         self.layer = layer
         if layer is None or layer.multiscale:
             self.counts.value = ("multiscale labels: open a full-resolution window to edit" if layer is not None
@@ -161,13 +160,15 @@ class ReviewWidget(Container):
             layer.data = np.asarray(layer.data)
         um = layer.metadata.get("um_per_px")
         store = self._store_for(layer)
+        offset = tuple(int(v) for v in layer.metadata.get("window_offset", (0, 0)))
         saved = None
         try:
-            saved = store.load()
-        except ValueError as exc:
-            show_error(f"{exc}; starting from the layer as it is")
-        offset = tuple(int(v) for v in layer.metadata.get("window_offset", (0, 0)))
-        if saved is not None and saved.labels.shape == layer.data.shape and saved.offset == offset:
+            saved = store.restore(layer.data.shape, offset)
+        except (SessionError, OSError) as exc:  # damaged or of another size: kept aside, a fresh session starts
+            self.save_label.value = f"Error: {exc}"
+            show_error(str(exc))
+        self._notify(store)
+        if saved is not None:
             layer.data[...] = saved.labels
             layer.refresh()
             self.session = ReviewSession(layer.data, saved.review, offset=offset)
@@ -184,10 +185,30 @@ class ReviewWidget(Container):
         self.refresh()
 
     def _store_for(self, layer) -> SessionStore:
+        """The layer's session file; each full-resolution window of a large slide has its own."""
         image = self._image_of(layer)
         name = image.name if image is not None else layer.name
         path = image.metadata.get("path") if image is not None else None
-        return SessionStore(session_folder(name, path, project=self.project.value), layer.name)
+        window = None
+        if "window_offset" in layer.metadata:
+            window = (*(int(v) for v in layer.metadata["window_offset"]), *layer.data.shape[-2:])
+        return SessionStore(session_folder(name, path, project=self.project.value), layer.name, window)
+
+    def _close_session(self):
+        """Save the bound layer's session, give its lock back and unbind it."""
+        if self.autosaver is not None:
+            self._save(self.autosaver.close)
+        self._unhook()
+        self.layer = self.session = self.autosaver = None
+
+    def _on_destroyed(self, *_):
+        """The dock is gone (viewer closed): save and unlock without touching Qt any more."""
+        self.timer.stop()
+        if self.autosaver is not None:
+            try:
+                self.autosaver.close()
+            except Exception:  # nothing left to show it in; the last autosave stays on disk
+                pass
 
     def _hook(self, layer):
         layer.events.paint.connect(self._on_paint)
@@ -215,9 +236,7 @@ class ReviewWidget(Container):
         if layer is None:
             layer = self._viewer.layers[event.index]
         if layer is self.layer:
-            self.save_now()
-            self._unhook()
-            self.layer = self.session = self.autosaver = None
+            self._close_session()
 
     # --- table ----------------------------------------------------------------------------
     def refresh(self, region=None):
@@ -602,12 +621,20 @@ class ReviewWidget(Container):
 
     def _save(self, save):
         """Run an autosave step; say when it wrote, and show a failure instead of raising."""
+        saver = self.autosaver
         try:
             if save():
                 self.save_label.value = (f"autosaved {time.strftime('%H:%M:%S')} in "
-                                         f"{self.autosaver.last_seconds * 1000:.0f} ms → {self.autosaver.store.path}")
-        except OSError as exc:
-            self._fail(f"autosave failed: {exc}")
+                                         f"{saver.last_seconds * 1000:.0f} ms → {saver.store.save_path}")
+        except (OSError, ValueError, MemoryError) as exc:
+            self._fail(f"autosave failed (retried in {saver.interval:.0f} s): {exc}")
+        self._notify(saver.store)
+
+    def _notify(self, store):
+        """Show what the session store has to tell (another viewer, a file kept aside)."""
+        for message in store.take_notices():
+            self.save_label.value = message
+            show_warning(message)
 
     def retrain(self):
         """Open the Train dock on "layers in the viewer" with this image and corrected labels."""

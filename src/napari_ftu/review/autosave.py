@@ -2,29 +2,52 @@
 
 Each image gets a session folder: ``<slide>.ftu/`` beside the slide file when that folder can
 be written, else ``<project>/<image name>.ftu/`` (images without a file, read-only datasets).
-Inside, ``<labels layer>.session.npz`` holds the label image (or the edited window of a large
-slide and its offset), the review table as JSON and a little metadata. It is written to a
-temporary file and renamed, so an abrupt kill leaves the previous save intact: at most the
-time since the last autosave is lost.
+Inside, ``<labels layer>.session.npz`` holds the label image, the review table as JSON and a
+little metadata; a full-resolution window of a large slide has a file of its own,
+``<layer>@<y>_<x>_<h>x<w>.session.npz``, so editing one window never touches another's edits.
+
+Nothing saved is ever lost or overwritten without a copy:
+
+* writes go through :mod:`napari_ftu.atomic` (temporary file, fsync, rename): a kill leaves the
+  previous save intact, at most the time since the last autosave is lost; temporaries of killed
+  writers are removed at the next open or save of the folder;
+* a damaged file, or one of another shape or offset, is renamed aside
+  (``<file>.damaged-<time>`` / ``.mismatch-<time>``) and reported as a :class:`SessionError`;
+  the layer starts a fresh session that saves as usual;
+* one writer per session: ``<file minus .npz>.lock`` names the process (pid, host) that holds it.
+  A second viewer, in this process or another, saves to a file of its own and is told so; a
+  lock whose process has died is taken over;
+* a file that changed on disk since this store last read or wrote it (a writer that ignored the
+  lock) is renamed aside (``.conflict-<time>``) before the next save.
+
+The save runs on the caller's thread (the dock's UI thread): the labels cannot change while they
+are written, so the file is always exactly one state the session went through.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
+import socket
 import time
+import weakref
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.atomic import atomic_path
+from napari_ftu.atomic import atomic_path, clean_leftovers, pid_alive
 from napari_ftu.review.table import Review
 from napari_ftu.review.session import ReviewSession
 
 DEFAULT_INTERVAL_S = 15.0  # the dock saves at least this often while there are unsaved changes
 SUFFIX = ".session.npz"
+LOCK_SUFFIX = ".session.lock"
+MAX_TEXT_BYTES = 256 * 2**20  # the review table and metadata of a session file (JSON)
 
 
 def default_project_folder() -> Path:
@@ -55,6 +78,20 @@ def session_folder(image_name: str, path: str | Path | None = None, item: str | 
     return folder / safe_name(item) if item else folder
 
 
+class SessionError(ValueError):
+    """A saved session that cannot be restored (damaged, or of another shape or offset).
+
+    ``aside`` is where the file was kept (renamed), or None when it was left in place."""
+
+    def __init__(self, message: str, aside: Path | None = None):
+        super().__init__(message)
+        self.aside = aside
+
+
+class _Mismatch(SessionError):
+    pass
+
+
 @dataclass
 class Saved:
     """What a session file restores."""
@@ -65,42 +102,284 @@ class Saved:
     meta: dict
 
 
+_HELD: dict[str, weakref.ref] = {}  # lock file -> the live store of this process that holds it
+_HOST = socket.gethostname()
+
+
+def _signature(path: Path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _read_lock(path: Path) -> dict | None:
+    """The lock's holder, ``{}`` if unreadable, None if there is no lock."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def _release_lock(path: str, token: str):
+    holder = _read_lock(Path(path))
+    if holder and holder.get("token") == token:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    ref = _HELD.get(path)
+    if ref is not None and (ref() is None or getattr(ref(), "_token", None) in (None, token)):
+        _HELD.pop(path, None)
+
+
 class SessionStore:
-    """Save and restore one labels layer's session in ``folder``."""
+    """Save and restore one labels layer's session in ``folder``; ``window`` ``(y, x, h, w)``
+    gives a full-resolution window of a large slide its own file."""
 
-    def __init__(self, folder: str | Path, name: str = "labels"):
+    def __init__(self, folder: str | Path, name: str = "labels", window: tuple[int, int, int, int] | None = None):
         self.folder = Path(folder)
-        self.path = self.folder / (safe_name(name) + SUFFIX)
+        self.key = safe_name(name)
+        if window is not None:
+            y, x, h, w = (int(v) for v in window)
+            self.key += f"@{y}_{x}_{h}x{w}"
+        self.path = self.folder / (self.key + SUFFIX)
+        self.lock_path = self.folder / (self.key + LOCK_SUFFIX)
+        self.save_path = self.path  # where this store writes: its own file when another viewer holds the lock
+        self.notices: list[str] = []  # what the user should be told (the dock shows and clears them)
+        self._token: str | None = None
+        self._claimed = False
+        self._seen = None  # save_path's (inode, size, mtime) when this store last read or wrote it
+        self._finalizer = None
 
-    def save(self, session: ReviewSession, meta: dict | None = None) -> float:
-        """Write the session atomically; returns the seconds it took."""
-        start = time.perf_counter()
-        info = {**(meta or {}), "offset": list(session.offset), "saved_at": time.time(),
-                "generation": session.generation}
-        with atomic_path(self.path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, labels=session.labels,
-                                    review=np.frombuffer(json.dumps(session.review.to_dict()).encode(), np.uint8),
-                                    meta=np.frombuffer(json.dumps(info).encode(), np.uint8))
-                fh.flush()
-                os.fsync(fh.fileno())
-        return time.perf_counter() - start
+    # --- one writer per session ----------------------------------------------------------------------
+    @property
+    def owner(self) -> bool:
+        """Whether this store holds the session's lock (and so writes the session file)."""
+        return self._token is not None
 
+    def claim(self) -> str | None:
+        """Take the session's lock. Returns None when this store now writes the session file, or
+        a warning when another viewer holds it: this store then writes a file of its own
+        (:attr:`save_path`) so that neither overwrites the other."""
+        if self._claimed:
+            return None
+        self._claimed = True
+        token = secrets.token_hex(8)
+        info = json.dumps({"pid": os.getpid(), "host": _HOST, "token": token, "since": time.time()})
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for _ in range(5):
+                if self._create_lock(info):
+                    self._token = token
+                    _HELD[str(self.lock_path)] = weakref.ref(self)
+                    self._finalizer = weakref.finalize(self, _release_lock, str(self.lock_path), token)
+                    return None
+                holder = _read_lock(self.lock_path)
+                if holder is None:
+                    continue  # released meanwhile: try again
+                if not self._stale(holder):
+                    return self._second_writer(holder, token)
+                self._remove_stale(holder)
+        except OSError as exc:
+            return self._second_writer({}, token, f"cannot lock {self.lock_path} ({exc})")
+        return self._second_writer(_read_lock(self.lock_path) or {}, token)
+
+    def _create_lock(self, info: str) -> bool:
+        """Create the lock file with its content in one step (hard link); False if it exists."""
+        tmp = self.folder / f".ftu-lock-{secrets.token_hex(6)}"
+        tmp.write_text(info, encoding="utf-8")
+        try:
+            os.link(tmp, self.lock_path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: exclusive create, then write
+            try:
+                fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(info)
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def _stale(self, holder: dict) -> bool:
+        """A lock whose writer is gone: its process died (this host), or its store was dropped
+        (this process). Locks of other hosts are never taken over."""
+        if not holder:  # unreadable: written whole by a link, so damaged, unless very new
+            sig = _signature(self.lock_path)
+            return sig is not None and time.time() - sig[2] / 1e9 > 10
+        if holder.get("host") != _HOST:
+            return False
+        try:
+            pid = int(holder.get("pid"))
+        except (TypeError, ValueError):
+            return True
+        if pid != os.getpid():
+            return not pid_alive(pid)
+        ref = _HELD.get(str(self.lock_path))
+        live = ref() if ref is not None else None
+        return live is None or live._token != holder.get("token")
+
+    def _remove_stale(self, holder: dict):
+        """Move the stale lock away; if another viewer replaced it meanwhile, put theirs back."""
+        moved = self.folder / f".ftu-lock-{secrets.token_hex(6)}"
+        try:
+            os.rename(self.lock_path, moved)
+        except FileNotFoundError:
+            return
+        if (_read_lock(moved) or {}).get("token") != holder.get("token"):
+            with contextlib.suppress(OSError):
+                os.link(moved, self.lock_path)
+        with contextlib.suppress(OSError):
+            os.unlink(moved)
+
+    def _second_writer(self, holder: dict, token: str, why: str | None = None) -> str:
+        self.save_path = self.folder / f"{self.key}.viewer-{os.getpid()}-{token[:6]}{SUFFIX}"
+        self._seen = None
+        if why is None:
+            since = holder.get("since")
+            when = time.strftime(" since %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else ""
+            why = (f"another viewer is saving this review (process {holder.get('pid', '?')} on "
+                   f"{holder.get('host', '?')}{when})")
+        return (f"{self.path.name}: {why}; this viewer saves its edits to {self.save_path} instead, "
+                f"so neither overwrites the other")
+
+    def release(self):
+        """Give the lock back (the session file stays)."""
+        if self._finalizer is not None:
+            self._finalizer()  # runs _release_lock once
+        self._token = None
+
+    # --- reading ---------------------------------------------------------------------------------
     def exists(self) -> bool:
         return self.path.is_file()
 
-    def load(self) -> Saved | None:
-        """The saved session, or None if there is none; a damaged file raises ValueError."""
+    def load(self, shape: tuple[int, int] | None = None) -> Saved | None:
+        """The saved session, or None if there is none. A damaged file (or, with ``shape``, one
+        of another shape) raises :class:`SessionError`; nothing is allocated before the label
+        image's size is checked."""
         if not self.path.is_file():
             return None
+        from napari_ftu.formats.rle import check_size
+
         try:
+            with zipfile.ZipFile(self.path) as zf:
+                with zf.open("labels.npy") as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    saved_shape, _, dtype = read_header(fh)
+                if len(saved_shape) != 2 or dtype.kind not in "iu":
+                    raise ValueError(f"the labels are {dtype} {saved_shape}, not a 2-D integer image")
+                if shape is not None and tuple(saved_shape) != tuple(shape):
+                    raise _Mismatch(f"{self.path}: the saved session is {saved_shape[0]} × {saved_shape[1]}, "
+                                    f"the layer {shape[0]} × {shape[1]}")
+                check_size(saved_shape, dtype.itemsize, "saved label image")
+                for name in ("review.npy", "meta.npy"):
+                    if zf.getinfo(name).file_size > MAX_TEXT_BYTES:
+                        raise ValueError(f"{name} is over {MAX_TEXT_BYTES >> 20} MB")
             with np.load(self.path, allow_pickle=False) as data:
                 labels = data["labels"]
                 review = Review.from_dict(json.loads(bytes(data["review"]).decode()))
                 meta = json.loads(bytes(data["meta"]).decode())
-        except (OSError, KeyError, ValueError, EOFError) as exc:
-            raise ValueError(f"{self.path}: cannot read the saved session ({exc})") from exc
-        return Saved(labels, review, tuple(int(v) for v in meta.get("offset", (0, 0))), meta)
+            if not isinstance(meta, dict):
+                raise ValueError("the metadata is not a JSON object")
+            offset = tuple(int(v) for v in meta.get("offset", (0, 0)))
+            if len(offset) != 2:
+                raise ValueError(f"offset {offset} is not two numbers")
+            if not isinstance(meta.get("saved_at"), (int, float)) or not np.isfinite(meta["saved_at"]):
+                meta["saved_at"] = os.stat(self.path).st_mtime
+        except _Mismatch:
+            raise
+        except Exception as exc:  # an untrusted file: zip, zlib, npy, JSON and table errors of every kind
+            raise SessionError(f"{self.path}: cannot read the saved session ({type(exc).__name__}: {exc})") from exc
+        return Saved(labels, review, offset, meta)
+
+    def restore(self, shape: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> Saved | None:
+        """The saved session of a layer of ``shape`` at ``offset``, or None if there is none.
+
+        A file that cannot be used (damaged, another shape or offset) is renamed aside, never
+        overwritten, and reported as :class:`SessionError`; the caller starts a fresh session,
+        which saves under the usual name."""
+        self.clean()
+        self._note(self.claim())
+        try:
+            saved = self.load(shape)
+            if saved is not None and saved.offset != tuple(int(v) for v in offset):
+                raise _Mismatch(f"{self.path}: the saved session is at offset {saved.offset}, "
+                                f"the layer at {tuple(offset)}")
+        except SessionError as exc:
+            kind = "mismatch" if isinstance(exc, _Mismatch) else "damaged"
+            if not self.owner:
+                raise SessionError(f"{exc}; left in place (another viewer has it open)") from exc
+            try:
+                aside = self._set_aside(kind)
+            except OSError as err:
+                self._second_writer({}, secrets.token_hex(8), f"cannot rename it aside ({err})")
+                raise SessionError(f"{exc}; cannot rename it aside ({err.strerror}), so this viewer saves to "
+                                   f"{self.save_path}") from exc
+            raise SessionError(f"{exc}; kept it as {aside.name} and started a fresh session", aside) from exc
+        if self.save_path == self.path:
+            self._seen = _signature(self.path)
+        return saved
+
+    def _set_aside(self, kind: str) -> Path:
+        """Rename the session file to ``<name>.<kind>-<time>`` (never over another file)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for n in range(1000):
+            aside = self.path.with_name(f"{self.path.name}.{kind}-{stamp}" + (f"-{n}" if n else ""))
+            try:
+                os.link(self.path, aside)  # fails if ``aside`` exists
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links here: check, then rename
+                if aside.exists():
+                    continue
+                os.rename(self.path, aside)
+                return aside
+            os.unlink(self.path)
+            return aside
+        raise FileExistsError(f"too many copies of {self.path.name} set aside")
+
+    def clean(self) -> list[Path]:
+        """Remove temporaries that killed saves left in the folder (never a live save's)."""
+        return clean_leftovers(self.folder, legacy=True)
+
+    # --- writing ---------------------------------------------------------------------------------
+    def save(self, session: ReviewSession, meta: dict | None = None) -> float:
+        """Write the session atomically; returns the seconds it took."""
+        start = time.perf_counter()
+        self.clean()
+        if not self._claimed:
+            self._note(self.claim())
+        current = _signature(self.save_path)
+        if self.save_path == self.path and current is not None and current != self._seen:
+            aside = self._set_aside("conflict")  # written by someone else since this store looked
+            self._note(f"{self.path.name} was changed by another program since this viewer read it; "
+                       f"kept that version as {aside.name}")
+        info = {**(meta or {}), "offset": list(session.offset), "saved_at": time.time(),
+                "generation": session.generation, "pid": os.getpid(), "host": _HOST}
+        with atomic_path(self.save_path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, labels=session.labels,
+                                    review=np.frombuffer(json.dumps(session.review.to_dict()).encode(), np.uint8),
+                                    meta=np.frombuffer(json.dumps(info).encode(), np.uint8))
+        self._seen = _signature(self.save_path)
+        return time.perf_counter() - start
+
+    def _note(self, message: str | None):
+        if message:
+            self.notices.append(message)
+
+    def take_notices(self) -> list[str]:
+        notices, self.notices = self.notices, []
+        return notices
 
 
 class Autosaver:
@@ -129,10 +408,21 @@ class Autosaver:
         return False
 
     def save_now(self) -> bool:
-        """Save now if anything changed since the last save."""
+        """Save now if anything changed since the last save. A failure is raised and retried
+        after the interval (not at every tick)."""
         if not self.dirty:
             return False
         generation = self.session.generation
-        self.last_seconds = self.store.save(self.session, self.meta)
-        self.saved_generation, self.last_save = generation, self._clock()
+        try:
+            self.last_seconds = self.store.save(self.session, self.meta)
+        finally:
+            self.last_save = self._clock()
+        self.saved_generation = generation
         return True
+
+    def close(self) -> bool:
+        """Save what is unsaved and give the session's lock back."""
+        try:
+            return self.save_now()
+        finally:
+            self.store.release()
