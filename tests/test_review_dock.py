@@ -279,3 +279,119 @@ def test_image_series_keeps_each_image_s_review(make_napari_viewer, tmp_path, mo
     w.step_image(-1)
     assert load.index == 0 and w.session.review.counts()["rejected"] == 1
     assert obj not in np.unique(w.layer.data)
+
+
+# --- autosave: nothing saved is ever lost --------------------------------------------------------
+
+def _slide_viewer(make_napari_viewer, slide, interval=30):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.full((300, 300, 3), 200, np.uint8), name="slide", metadata={"path": str(slide)})
+    viewer.add_labels(_scene(), name="slide FTUs", metadata={"source": "slide"})
+    _, w = viewer.window.add_plugin_dock_widget("napari-ftu", "Review")
+    w.interval.value = interval
+    return viewer, w
+
+
+def _slide(tmp_path, monkeypatch):
+    from napari_ftu.io.images import write_tiff
+
+    monkeypatch.setenv("NAPARI_FTU_SESSIONS", str(tmp_path / "unused"))
+    slide = tmp_path / "slide.tif"
+    write_tiff(slide, np.full((300, 300, 3), 200, np.uint8))
+    return slide, tmp_path / "slide.tif.ftu" / "slide_FTUs.session.npz"
+
+
+def test_closing_the_viewer_saves_the_last_edits_and_frees_the_session(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_ftu.review.autosave import SessionStore
+
+    slide, session_file = _slide(tmp_path, monkeypatch)
+    viewer, w = _slide_viewer(make_napari_viewer, slide, interval=30)
+    w.select([2]); w.accept()
+    assert not session_file.exists()  # the 30 s interval has not passed
+    assert session_file.with_name("slide_FTUs.session.lock").exists()  # this viewer writes the session
+    viewer.close()
+    saved = SessionStore(session_file.parent, "slide FTUs").load()
+    assert saved.review.rows[2].status == "accepted"
+    assert not session_file.with_name("slide_FTUs.session.lock").exists()
+
+
+def test_a_damaged_session_is_kept_aside_reported_and_edits_still_autosave(make_napari_viewer, tmp_path,
+                                                                          monkeypatch):
+    import napari_ftu._qt.review as dock_module
+    from napari_ftu.review.autosave import SessionStore
+
+    slide, session_file = _slide(tmp_path, monkeypatch)
+    viewer, w = _slide_viewer(make_napari_viewer, slide)
+    w.select([2]); w.accept()
+    viewer.close()
+    damaged = session_file.read_bytes()[:-200]  # truncated: zipfile.BadZipFile
+    session_file.write_bytes(damaged)
+    errors = []
+    monkeypatch.setattr(dock_module, "show_error", errors.append)
+    viewer, w = _slide_viewer(make_napari_viewer, slide)
+    assert len(errors) == 1 and "cannot read the saved session" in errors[0] and "kept it as" in errors[0]
+    assert w.save_label.value.startswith("Error:") and str(session_file) in w.save_label.value
+    [aside] = [p for p in session_file.parent.iterdir() if ".damaged-" in p.name]
+    assert aside.read_bytes() == damaged
+    assert w.session is not None and w.autosaver is not None  # a fresh session ...
+    w.select([3]); w.reject()  # ... records the edits ...
+    w.save_now()  # ... and saves them
+    saved = SessionStore(session_file.parent, "slide FTUs").load()
+    assert saved.review.rows[3].status == "rejected" and 3 not in saved.labels
+    assert aside.read_bytes() == damaged
+
+
+def test_a_second_viewer_on_the_same_slide_is_warned_and_overwrites_nothing(make_napari_viewer, tmp_path,
+                                                                            monkeypatch):
+    import napari_ftu._qt.review as dock_module
+    from napari_ftu.review.autosave import SessionStore
+
+    slide, session_file = _slide(tmp_path, monkeypatch)
+    warnings = []
+    monkeypatch.setattr(dock_module, "show_warning", warnings.append)
+    first_viewer, first = _slide_viewer(make_napari_viewer, slide)
+    first.select([2]); first.accept()
+    first.save_now()
+    before = session_file.read_bytes()
+    assert not warnings
+    second_viewer, second = _slide_viewer(make_napari_viewer, slide)
+    assert len(warnings) == 1 and "another viewer is saving this review" in warnings[0]
+    assert second.session.review.rows[2].status == "accepted"  # it starts from the first viewer's save
+    assert second.save_label.value == warnings[0]
+    second.select([1]); second.reject()
+    second.save_now()
+    assert session_file.read_bytes() == before  # the first viewer's session is untouched
+    assert "viewer-" in second.save_label.value
+    mine = second.autosaver.store.save_path
+    assert mine != session_file and 1 not in np.load(mine)["labels"]
+    first.select([3]); first.accept()
+    first.save_now()
+    saved = SessionStore(session_file.parent, "slide FTUs").load()
+    assert saved.review.rows[3].status == "accepted" and 1 in saved.labels  # the first viewer goes on as before
+
+
+def test_each_full_resolution_window_keeps_its_unsaved_edits(dock, tmp_path):
+    """Window A edited but not written to the label store; window B edited; back to A: A's edits."""
+    from napari_ftu.review.label_store import LabelStore
+
+    viewer, w = dock
+    store = LabelStore.create(tmp_path / "big.zarr", (20_000, 20_000))
+    win = store.read_window(1000, 1000, 300, 300)
+    win[100:200, 100:200] = 7
+    win[20:60, 20:60] = 8
+    store.write_window(1000, 1000, win)
+    w.open_store(tmp_path / "big.zarr")
+    a = w.edit_window((1000, 1000, 300, 300))
+    w.select([7]); w.grow(1)
+    w.select([8]); w.accept()
+    edited_a = a.data.copy()
+    b = w.edit_window((1100, 1100, 256, 256))  # overlaps A; A's layer is replaced
+    assert a not in viewer.layers and b.data.shape == (256, 256)
+    w.select([7]); w.delete()
+    w.edit_window((900, 900, 128, 128))  # B's edits are saved in B's session
+    a2 = w.edit_window((1000, 1000, 300, 300))
+    assert (a2.data == edited_a).all()  # A's unsaved edits came back, not the store's pixels
+    assert w.session.review.rows[8].status == "accepted"
+    assert (store.read_window(1000, 1000, 300, 300) == win).all()  # nothing was written into the store
+    b2 = w.edit_window((1100, 1100, 256, 256))
+    assert 7 not in b2.data  # and B's came back too

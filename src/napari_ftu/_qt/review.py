@@ -9,8 +9,10 @@ Shift+D delete, Shift+H fill holes, Alt+= / Alt+- dilate / erode, Ctrl+Z / Ctrl+
 
 from __future__ import annotations
 
+import atexit
 import math
 import time
+import weakref
 from pathlib import Path
 
 import napari
@@ -136,6 +138,7 @@ class ReviewWidget(Container):
         self.timer.timeout.connect(self.autosave_tick)
         self.timer.start()
         self.native.destroyed.connect(self._on_destroyed)
+        atexit.register(_close_at_exit, weakref.ref(self))  # napari quit without closing its windows
         self.bind(self.labels.value)
 
     # --- binding a labels layer -----------------------------------------------------------------
@@ -204,9 +207,13 @@ class ReviewWidget(Container):
     def _on_destroyed(self, *_):
         """The dock is gone (viewer closed): save and unlock without touching Qt any more."""
         self.timer.stop()
-        if self.autosaver is not None:
+        self._close_quietly()
+
+    def _close_quietly(self):
+        saver, self.autosaver = self.autosaver, None
+        if saver is not None:
             try:
-                self.autosaver.close()
+                saver.close()
             except Exception:  # nothing left to show it in; the last autosave stays on disk
                 pass
 
@@ -658,3 +665,9 @@ class ReviewWidget(Container):
         self.counts.value = f"Error: {exc}"
         show_error(str(exc))
         return None
+
+
+def _close_at_exit(ref):
+    widget = ref()
+    if widget is not None:
+        widget._close_quietly()
