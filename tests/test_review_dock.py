@@ -395,3 +395,32 @@ def test_each_full_resolution_window_keeps_its_unsaved_edits(dock, tmp_path):
     assert (store.read_window(1000, 1000, 300, 300) == win).all()  # nothing was written into the store
     b2 = w.edit_window((1100, 1100, 256, 256))
     assert 7 not in b2.data  # and B's came back too
+
+
+def test_a_window_saved_into_the_store_shows_later_store_changes(dock, tmp_path):
+    """A's edits went into the store; B (overlapping) then changed the store: reopening A shows
+    the store, not A's older session, and keeps A's review of the objects B did not touch."""
+    from napari_ftu.review.label_store import LabelStore
+
+    viewer, w = dock
+    store = LabelStore.create(tmp_path / "big.zarr", (4000, 4000))
+    win = store.read_window(1000, 1000, 300, 300)
+    win[100:200, 100:200] = 7
+    win[20:60, 20:60] = 8
+    store.write_window(1000, 1000, win)
+    w.open_store(tmp_path / "big.zarr")
+    w.edit_window((1000, 1000, 300, 300))
+    w.select([8]); w.accept()
+    w.select([7]); w.set_class()
+    w.save_window()
+    w.edit_window((1100, 1100, 256, 256))
+    w.select([7]); w.delete()
+    w.save_window()
+    a = w.edit_window((1000, 1000, 300, 300))
+    assert 7 not in a.data and (a.data == store.read_window(1000, 1000, 300, 300)).all()
+    assert w.session.review.rows[8].status == "accepted" and 7 not in w.session.review.rows
+    w.edit_window((0, 0, 64, 64))
+    a = w.edit_window((1000, 1000, 300, 300))  # and unsaved edits of a window still win over the store
+    w.select([8]); w.delete()
+    w.edit_window((0, 0, 64, 64))
+    assert 8 not in w.edit_window((1000, 1000, 300, 300)).data and 8 in store.read_window(1000, 1000, 300, 300)

@@ -24,8 +24,8 @@ from qtpy.QtCore import QItemSelectionModel, QTimer
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from napari_ftu.review import editing
-from napari_ftu.review.autosave import (DEFAULT_INTERVAL_S, Autosaver, SessionError, SessionStore, default_project_folder,
-                                        session_folder)
+from napari_ftu.review.autosave import (DEFAULT_INTERVAL_S, Autosaver, SessionError, SessionStore, carry_statuses,
+                                        default_project_folder, session_folder)
 from napari_ftu.review.editing import EditError
 from napari_ftu.review.label_store import LabelStore, LabelStoreError
 from napari_ftu.review.table import SORTS, STATUSES
@@ -171,7 +171,17 @@ class ReviewWidget(Container):
             self.save_label.value = f"Error: {exc}"
             show_error(str(exc))
         self._notify(store)
-        if saved is not None:
+        if saved is not None and saved.in_store and not np.array_equal(saved.labels, layer.data):
+            # Everything here went into the label store, which has changed since (an overlapping
+            # window was saved): the store wins; statuses of unchanged objects are kept.
+            from napari_ftu.review.table import Review
+
+            review = Review.from_labels(layer.data, saved.review.um_per_px, None, saved.review.default_class)
+            kept = carry_statuses(saved.review, review)
+            show_info(f"{layer.name}: the label store changed since this window was saved into it; showing the "
+                      f"store, with the review of the {kept} unchanged objects")
+            self.session = ReviewSession(layer.data, review, offset=offset)
+        elif saved is not None:
             layer.data[...] = saved.labels
             layer.refresh()
             self.session = ReviewSession(layer.data, saved.review, offset=offset)
@@ -604,7 +614,11 @@ class ReviewWidget(Container):
         for lyr in self._viewer.layers:
             if lyr.metadata.get("label_store"):
                 lyr.refresh()
-        self.save_now()
+        if self.autosaver is not None and self.layer is layer:  # the session records what the store holds
+            self.autosaver.meta["in_store_generation"] = self.session.generation
+            self._save(lambda: self.autosaver.save_now(force=True))
+        else:
+            self.save_now()
         show_info(f"saved the {layer.data.shape[0]} × {layer.data.shape[1]} window into the label store")
         return regions
 

@@ -101,6 +101,24 @@ class Saved:
     offset: tuple[int, int]
     meta: dict
 
+    @property
+    def in_store(self) -> bool:
+        """Every edit of this (window) session was written into the label store when it was saved."""
+        generation = self.meta.get("generation")
+        return generation is not None and self.meta.get("in_store_generation") == generation
+
+
+def carry_statuses(saved: Review, fresh: Review) -> int:
+    """Copy class, confidence and status from ``saved`` to the objects of ``fresh`` that are
+    unchanged (same id, area and box); returns how many were carried over."""
+    n = 0
+    for obj, row in fresh.rows.items():
+        old = saved.rows.get(obj)
+        if old is not None and old.area_px == row.area_px and tuple(old.box) == tuple(row.box):
+            row.cls, row.confidence, row.status = old.cls, old.confidence, old.status
+            n += 1
+    return n
+
 
 _HELD: dict[str, weakref.ref] = {}  # lock file -> the live store of this process that holds it
 _HOST = socket.gethostname()
@@ -407,10 +425,10 @@ class Autosaver:
             return True
         return False
 
-    def save_now(self) -> bool:
-        """Save now if anything changed since the last save. A failure is raised and retried
-        after the interval (not at every tick)."""
-        if not self.dirty:
+    def save_now(self, force: bool = False) -> bool:
+        """Save now if anything changed since the last save (or ``force``). A failure is raised
+        and retried after the interval (not at every tick)."""
+        if not (self.dirty or force):
             return False
         generation = self.session.generation
         try:
