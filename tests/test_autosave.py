@@ -302,6 +302,7 @@ def test_a_second_process_on_the_same_slide_is_warned_and_a_dead_holder_is_taken
 SLOW_SAVER = r"""
 import sys, time
 import numpy as np
+from napari_ftu.review import autosave
 from napari_ftu.review.autosave import SessionStore
 from napari_ftu.review.session import ReviewSession
 
@@ -311,7 +312,7 @@ def stuck(fh, **arrays):
     print("writing", flush=True)
     time.sleep(600)
 
-np.savez_compressed = stuck
+autosave._write_npz = stuck
 SessionStore(sys.argv[1], sys.argv[2]).save(ReviewSession(np.zeros((50, 50), np.int32)))
 """
 
