@@ -235,6 +235,14 @@ def test_a_second_writer_in_this_process_saves_beside_the_first(tmp_path):
     assert json.loads(third.lock_path.read_text())["token"] == third._token
 
 
+def test_the_same_folder_spelt_differently_is_the_same_session(tmp_path, monkeypatch):
+    (tmp_path / "s").mkdir()
+    monkeypatch.chdir(tmp_path)
+    first = SessionStore(Path("s"), "FTUs")
+    assert first.claim() is None
+    assert SessionStore(tmp_path / "s" / ".." / "s", "FTUs").claim()  # held: not taken for a dropped lock
+
+
 def test_a_store_that_saves_without_claiming_still_never_overwrites_the_holder(tmp_path):
     holder = SessionStore(tmp_path, "FTUs")
     holder.save(s := _edited_session())

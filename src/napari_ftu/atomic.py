@@ -40,7 +40,8 @@ def _naming(exc: OSError, path: Path) -> OSError:
     return type(exc)(exc.errno, f"cannot write {path.name}: {exc.strerror}", str(path))
 
 
-def _temp_name(path: Path) -> str:
+def temp_name(path: Path) -> str:
+    """A short temporary name for ``path``'s folder that says who wrote it (see :func:`clean_leftovers`)."""
     suffix = path.suffix if len(path.suffix) <= 16 else ""  # writers pick the format from the suffix
     return f".ftu-{HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}.part{suffix}"
 
@@ -71,7 +72,7 @@ def atomic_path(path: str | Path):
         except FileNotFoundError:
             mode = 0o666 & ~_UMASK  # a new file gets the usual mode
         for _ in range(10):
-            tmp = path.parent / _temp_name(path)
+            tmp = path.parent / temp_name(path)
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 break

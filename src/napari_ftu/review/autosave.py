@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.atomic import atomic_path, clean_leftovers, pid_alive
+from napari_ftu.atomic import temp_name, atomic_path, clean_leftovers, pid_alive
 from napari_ftu.review.table import Review
 from napari_ftu.review.session import ReviewSession
 
@@ -165,6 +165,7 @@ class SessionStore:
             self.key += f"@{y}_{x}_{h}x{w}"
         self.path = self.folder / (self.key + SUFFIX)
         self.lock_path = self.folder / (self.key + LOCK_SUFFIX)
+        self._lock_id = os.path.realpath(self.lock_path)  # this process's registry key, however the path is spelt
         self.save_path = self.path  # where this store writes: its own file when another viewer holds the lock
         self.notices: list[str] = []  # what the user should be told (the dock shows and clears them)
         self._token: str | None = None
@@ -192,8 +193,8 @@ class SessionStore:
             for _ in range(5):
                 if self._create_lock(info):
                     self._token = token
-                    _HELD[str(self.lock_path)] = weakref.ref(self)
-                    self._finalizer = weakref.finalize(self, _release_lock, str(self.lock_path), token)
+                    _HELD[self._lock_id] = weakref.ref(self)
+                    self._finalizer = weakref.finalize(self, _release_lock, self._lock_id, token)
                     return None
                 holder = _read_lock(self.lock_path)
                 if holder is None:
@@ -207,7 +208,7 @@ class SessionStore:
 
     def _create_lock(self, info: str) -> bool:
         """Create the lock file with its content in one step (hard link); False if it exists."""
-        tmp = self.folder / f".ftu-lock-{secrets.token_hex(6)}"
+        tmp = self.folder / temp_name(self.lock_path)  # removed by clean() if we are killed here
         tmp.write_text(info, encoding="utf-8")
         try:
             os.link(tmp, self.lock_path)
@@ -240,13 +241,13 @@ class SessionStore:
             return True
         if pid != os.getpid():
             return not pid_alive(pid)
-        ref = _HELD.get(str(self.lock_path))
+        ref = _HELD.get(self._lock_id)
         live = ref() if ref is not None else None
         return live is None or live._token != holder.get("token")
 
     def _remove_stale(self, holder: dict):
         """Move the stale lock away; if another viewer replaced it meanwhile, put theirs back."""
-        moved = self.folder / f".ftu-lock-{secrets.token_hex(6)}"
+        moved = self.folder / temp_name(self.lock_path)
         try:
             os.rename(self.lock_path, moved)
         except FileNotFoundError:
@@ -282,6 +283,7 @@ class SessionStore:
         """The saved session, or None if there is none. A damaged file (or, with ``shape``, one
         of another shape) raises :class:`SessionError`; nothing is allocated before the label
         image's size is checked."""
+        self.clean()
         if not self.path.is_file():
             return None
         from napari_ftu.formats.rle import check_size
@@ -325,7 +327,6 @@ class SessionStore:
         A file that cannot be used (damaged, another shape or offset) is renamed aside, never
         overwritten, and reported as :class:`SessionError`; the caller starts a fresh session,
         which saves under the usual name."""
-        self.clean()
         self._note(self.claim())
         try:
             saved = self.load(shape)
