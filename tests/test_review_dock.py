@@ -424,3 +424,29 @@ def test_a_window_saved_into_the_store_shows_later_store_changes(dock, tmp_path)
     w.select([8]); w.delete()
     w.edit_window((0, 0, 64, 64))
     assert 8 not in w.edit_window((1000, 1000, 300, 300)).data and 8 in store.read_window(1000, 1000, 300, 300)
+
+
+def test_a_view_over_a_window_with_unsaved_edits_reopens_that_window(dock, tmp_path):
+    """Opening a window from the view (never the same box twice) finds the overlapping window whose
+    edits are not in the store yet, instead of starting a second, conflicting edit of its pixels."""
+    from napari_ftu.review.autosave import pending_windows
+    from napari_ftu.review.label_store import LabelStore
+
+    viewer, w = dock
+    store = LabelStore.create(tmp_path / "big.zarr", (4000, 4000))
+    win = store.read_window(1000, 1000, 300, 300)
+    win[100:200, 100:200] = 7
+    store.write_window(1000, 1000, win)
+    shown = w.open_store(tmp_path / "big.zarr")
+    a = w.edit_window((1000, 1000, 300, 300))
+    w.select([7]); w.grow(1)
+    edited = a.data.copy()
+    viewer.scene.camera.center = tuple(shown.data_to_world((1150, 1200)))
+    viewer.scene.camera.zoom = 2 / abs(shown.scale[-1])
+    again = w.edit_window()
+    assert again.metadata["window_offset"] == (1000, 1000) and (again.data == edited).all()
+    assert pending_windows(w._session_folder(shown), f"{shown.name} window") == [(1000, 1000, 300, 300)]
+    w.save_window()
+    assert pending_windows(w._session_folder(shown), f"{shown.name} window") == []
+    view = w.edit_window()  # now the view itself
+    assert view.metadata["window_offset"] != (1000, 1000) and (view.data == 7).sum() == (edited == 7).sum()

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from napari_ftu.review import editing
 from napari_ftu.review.autosave import (DEFAULT_INTERVAL_S, Autosaver, SessionError, SessionStore, carry_statuses,
-                                        default_project_folder, session_folder)
+                                        default_project_folder, pending_windows, session_folder)
 from napari_ftu.review.editing import EditError
 from napari_ftu.review.label_store import LabelStore, LabelStoreError
 from napari_ftu.review.table import SORTS, STATUSES
@@ -197,15 +197,18 @@ class ReviewWidget(Container):
         self._hook(layer)
         self.refresh()
 
-    def _store_for(self, layer) -> SessionStore:
-        """The layer's session file; each full-resolution window of a large slide has its own."""
+    def _session_folder(self, layer):
         image = self._image_of(layer)
         name = image.name if image is not None else layer.name
         path = image.metadata.get("path") if image is not None else None
+        return session_folder(name, path, project=self.project.value)
+
+    def _store_for(self, layer) -> SessionStore:
+        """The layer's session file; each full-resolution window of a large slide has its own."""
         window = None
         if "window_offset" in layer.metadata:
             window = (*(int(v) for v in layer.metadata["window_offset"]), *layer.data.shape[-2:])
-        return SessionStore(session_folder(name, path, project=self.project.value), layer.name, window)
+        return SessionStore(self._session_folder(layer), layer.name, window)
 
     def _close_session(self):
         """Save the bound layer's session, give its lock back and unbind it."""
@@ -563,8 +566,9 @@ class ReviewWidget(Container):
         store_layer = next((lyr for lyr in self._viewer.layers if lyr.metadata.get("label_store")), None)
         if store_layer is None or self.store is None:
             return self._fail("open a label store first (multiscale labels of a large slide)")
+        self.save_now()  # the open window's edits count as pending below
         try:
-            y, x, h, w = box if box is not None else self._window_box(store_layer)
+            y, x, h, w = box if box is not None else self._pending_or(self._window_box(store_layer), store_layer)
             if h > MAX_WINDOW or w > MAX_WINDOW:
                 raise ValueError(f"the window is {h} × {w} px; zoom in or draw a box of at most "
                                  f"{MAX_WINDOW} × {MAX_WINDOW} full-resolution pixels")
@@ -583,6 +587,17 @@ class ReviewWidget(Container):
         self.labels.value = layer
         self.bind(layer)
         return layer
+
+    def _pending_or(self, box, store_layer):
+        """``box``, or the window overlapping it whose edits are not in the label store yet: two
+        overlapping windows edited apart would each undo the other's pixels when saved."""
+        y, x, h, w = box
+        for py, px, ph, pw in pending_windows(self._session_folder(store_layer), f"{store_layer.name} window"):
+            if (py, px, ph, pw) != tuple(box) and py < y + h and y < py + ph and px < x + w and x < px + pw:
+                show_info(f"reopened the window at ({py}, {px}), {ph} × {pw}: its edits are not in the label store "
+                          f"yet (Save window to label store, then edit elsewhere)")
+                return py, px, ph, pw
+        return box
 
     def _window_box(self, store_layer):
         H, W = self.store.shape

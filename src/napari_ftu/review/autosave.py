@@ -78,6 +78,32 @@ def session_folder(image_name: str, path: str | Path | None = None, item: str | 
     return folder / safe_name(item) if item else folder
 
 
+WINDOW_RE = re.compile(r"@(\d+)_(\d+)_(\d+)x(\d+)" + re.escape(SUFFIX) + "$")
+
+
+def pending_windows(folder: str | Path, name: str) -> list[tuple[int, int, int, int]]:
+    """``(y, x, h, w)`` of the windows of layer ``name`` whose saved session holds edits not yet
+    written into the label store (the dock reopens such a window rather than an overlapping one)."""
+    prefix = safe_name(name) + "@"
+    found = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return found
+    for entry in names:
+        match = WINDOW_RE.search(entry)
+        if not entry.startswith(prefix) or match is None or match.start() != len(prefix) - 1:
+            continue
+        try:
+            with zipfile.ZipFile(Path(folder) / entry) as zf, zf.open("meta.npy") as fh:
+                meta = json.loads(bytes(np.lib.format.read_array(fh, allow_pickle=False)).decode())
+        except Exception:  # a damaged file is set aside when its window is opened
+            continue
+        if isinstance(meta, dict) and meta.get("in_store_generation") != meta.get("generation"):
+            found.append(tuple(int(v) for v in match.groups()))
+    return found
+
+
 class SessionError(ValueError):
     """A saved session that cannot be restored (damaged, or of another shape or offset).
 
