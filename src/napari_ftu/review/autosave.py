@@ -299,7 +299,8 @@ class SessionStore:
         """Give the lock back (the session file stays)."""
         if self._finalizer is not None:
             self._finalizer()  # runs _release_lock once
-        self._token = None
+        if self._token is not None:
+            self._token, self._claimed = None, False  # a later save claims it again
 
     # --- reading ---------------------------------------------------------------------------------
     def exists(self) -> bool:
