@@ -126,12 +126,14 @@ def test_torchscript_model_with_card(tmp_path, tiny_card):
     scripted = torch.jit.trace(net, torch.zeros(1, 3, 64, 64))
     scripted.save(str(tmp_path / "model.pt"))
     (tmp_path / "model_card.json").write_text(tiny_card.to_json())
-    model = load_model(tmp_path / "model.pt", device="cpu")
+    with pytest.raises(ModelError, match=r"model.pt: a TorchScript model carries its own code.*--trust-model"):
+        load_model(tmp_path / "model.pt", device="cpu")  # code runs only with the user's consent
+    model = load_model(tmp_path / "model.pt", device="cpu", trust_code=True)
     plain = load_model(save_model(net, tiny_card, tmp_path / "plain"), device="cpu")
     np.testing.assert_allclose(model.predict(_tiles()), plain.predict(_tiles()), atol=1e-5)
     (tmp_path / "broken.pt").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(ModelError, match="broken.pt"):
-        load_model(tmp_path / "broken.pt", device="cpu")
+        load_model(tmp_path / "broken.pt", device="cpu", trust_code=True)
 
 
 def test_per_class_thresholds(tmp_path):

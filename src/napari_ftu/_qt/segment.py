@@ -43,6 +43,9 @@ class SegmentWidget(Container):
         self.model = ComboBox(label="model", choices=[DEFAULT_MODEL], value=DEFAULT_MODEL)
         self.browse = PushButton(text="Add model folder…")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.trust = CheckBox(text="Trust model code (TorchScript runs its own code)", value=False,
+                              tooltip="a TorchScript model can read and write your files; tick only for "
+                                      "models from a source you trust")
         self.tile = SpinBox(label="tile size", value=0, min=0, max=4096, step=32,
                             tooltip="0 = the model card's default")
         self.overlap = SpinBox(label="overlap", value=-1, min=-1, max=2048, step=8,
@@ -58,11 +61,12 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.bar = ProgressBar(label="tiles", value=0, min=0, max=1)
         self.status = Label(value="device: not loaded yet")
-        self.extend([self.image, self.model, self.browse, self.device, self.tile, self.overlap, self.batch,
-                     self.skip_glass, self.tta, self.split, self.threshold, self.run_button, self.cancel_button,
-                     self.bar, self.status])
+        self.extend([self.image, self.model, self.browse, self.device, self.trust, self.tile, self.overlap,
+                     self.batch, self.skip_glass, self.tta, self.split, self.threshold, self.run_button,
+                     self.cancel_button, self.bar, self.status])
         self.browse.changed.connect(self._browse)
         self.model.changed.connect(self._model_changed)
+        self.trust.changed.connect(lambda: self._models.clear())  # untrusting forgets loaded TorchScript
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.threshold.changed.connect(self._threshold_moved)
@@ -91,7 +95,8 @@ class SegmentWidget(Container):
     def _load(self):
         key = (self.model.value, self.device.value)
         if key not in self._models:
-            self._models[key] = load_model(self._paths[self.model.value], device=self.device.value)
+            self._models[key] = load_model(self._paths[self.model.value], device=self.device.value,
+                                           trust_code=self.trust.value)
         return self._models[key]
 
     # --- running --------------------------------------------------------------------------

@@ -8,8 +8,12 @@ row bands of the model grid, one task each, whose tiles coincide with the whole-
 run), then one task per slide derives the instances over the assembled probability.
 
 Per slide, ``<out>/<id>/`` receives the chosen outputs, each written atomically, and
-``done.json`` last: a rerun skips slides whose marker matches the run's settings (resume).
-The combined ``predictions.csv`` (``id,rle``) and ``summary.csv`` are written at the end. A slide
+``done.json`` last: a rerun skips slides whose marker matches the run's settings, the model's
+files (sha256) and the slide file (size and modification time), and whose per-slide CSV is
+well formed (resume); any other marker, malformed or planted, means "not done". The combined
+``predictions.csv`` (``id,rle``) and ``summary.csv`` are written at the end; ``batch.json``
+records the settings and the hashes of those two files, so a rerun replaces them only when they
+are its own (same settings, unchanged since written), else only with ``overwrite``. A slide
 that fails is retried (``retries``), then reported in the summary; it never stops the batch.
 """
 
@@ -18,13 +22,14 @@ from __future__ import annotations
 import contextlib
 import csv
 import fnmatch
+import hashlib
 import io
 import json
 import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +40,7 @@ from napari_ftu.formats.datasets import Dataset, Item
 from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES, SlideError
 
 DONE = "done.json"
+RUN = "batch.json"  # the settings of the batch that wrote this folder and hashes of its combined outputs
 COMBINED = "predictions.csv"
 SUMMARY = "summary.csv"
 OUTPUTS = ("rle", "labels", "geojson")
@@ -58,6 +64,7 @@ class SlideJob:
     path: str
     um_per_px: float | None = None  # from a competition CSV or an override; else the file's
     meta: dict = field(default_factory=dict, hash=False, compare=False)
+    stamp: dict | None = field(default=None, hash=False, compare=False)  # the file when planned (slide_stamp)
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,8 @@ class BatchOptions:
     band_above_px: float = BAND_ABOVE_PX
     band_pixels: float = BAND_PIXELS
     threads: int = 1  # torch threads per slide task: float results are identical only for equal counts
+    trust_model: bool = False  # the user consents to running a TorchScript model's code
+    model_sha256: str | None = None  # of the model's files; filled once per run by batch_steps
 
     def __post_init__(self):
         bad = [o for o in self.outputs if o not in OUTPUTS]
@@ -88,7 +97,7 @@ class BatchOptions:
     def signature(self) -> dict:
         """What decides a slide's result: a marker written under other settings is not reused."""
         sig = asdict(self)
-        for key in ("device", "batch_size", "band_above_px", "band_pixels"):  # change speed, not results
+        for key in ("device", "batch_size", "band_above_px", "band_pixels", "trust_model"):  # not results
             sig.pop(key)
         sig["outputs"] = list(self.outputs)
         sig["model"] = str(Path(self.model).resolve()) if self.model else None
@@ -139,9 +148,9 @@ def plan_inputs(inputs, images: str | Path | None = None, exclude=DEFAULT_EXCLUD
     for item in [inputs] if isinstance(inputs, (str, Path)) else list(inputs):
         text = str(item)
         if any(c in text for c in "*?["):
-            import glob
+            from napari_ftu.io.paths import expand_glob
 
-            paths = sorted(Path(p) for p in glob.glob(text, recursive=True))
+            paths = expand_glob(text)  # terminates over symlink cycles
             jobs += [_file_job(p) for p in paths if _is_slide(p, exclude)]
         elif text.lower().endswith(".csv"):
             jobs += _csv_jobs(Path(text), images)
@@ -199,23 +208,62 @@ def _csv_jobs(path: Path, images) -> list[SlideJob]:
 
 
 def pending(jobs, out, options: BatchOptions) -> tuple[list, list]:
-    """``(to_do, done_rows)``: slides without a matching ``done.json`` and the rows of the others."""
+    """``(to_do, done_rows)``: slides without a matching ``done.json`` and the rows of the others.
+    The slides to do carry their stamp, which their markers will record."""
     todo, done = [], []
     for job in jobs:
+        job = replace(job, stamp=slide_stamp(job.path))
         row = read_marker(Path(out) / job.id, job, options)
         (todo.append(job) if row is None else done.append(row))
     return todo, done
 
 
-def read_marker(folder: Path, job: SlideJob, options: BatchOptions) -> dict | None:
+def slide_stamp(path) -> dict | None:
+    """Size and modification time of a slide file: a replaced slide no longer matches its marker."""
     try:
-        marker = json.loads((folder / DONE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        st = os.stat(path)
+    except OSError:
         return None
-    if marker.get("source") != job.path or marker.get("settings") != options.signature():
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _sha256(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
         return None
-    if not all((folder / name).is_file() for name in marker.get("files", [])):
+    return digest.hexdigest()
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return None
+
+
+def read_marker(folder: Path, job: SlideJob, options: BatchOptions) -> dict | None:
+    """The summary row of a finished slide, or ``None`` ("redo it") for a missing, malformed,
+    stale (other settings, model files or slide) or tampered marker."""
+    marker = _read_json(folder / DONE)
+    if not isinstance(marker, dict) or not isinstance(marker.get("row"), dict):
+        return None
+    stamp = job.stamp if job.stamp is not None else slide_stamp(job.path)
+    if (marker.get("source") != job.path or marker.get("settings") != options.signature()
+            or stamp is None or marker.get("slide") != stamp or marker["row"].get("id") != job.id):
+        return None
+    files, hashes = marker.get("files"), marker.get("sha256")
+    if (not isinstance(files, list) or not isinstance(hashes, dict)
+            or not all(isinstance(n, str) and n == Path(n).name and n not in ("", ".", "..") for n in files)
+            or not all((folder / name).is_file() for name in files)):
+        return None
+    if "rle" in options.outputs:
+        name = f"{job.id}.csv"
+        if name not in files or hashes.get(name) != _sha256(folder / name):
+            return None
     return marker["row"]
 
 
@@ -241,9 +289,10 @@ def _torch_threads(n: int):
 def _model(options: BatchOptions):
     from napari_ftu.engine.models import load_model
 
-    key = (options.model, options.device, options.precision)
-    if key not in _MODELS:
-        _MODELS[key] = load_model(options.model, device=options.device, precision=options.precision)
+    key = (options.model, options.device, options.precision, options.trust_model, options.model_sha256)
+    if key not in _MODELS:  # the hash in the key: a long-lived worker reloads a model retrained in place
+        _MODELS[key] = load_model(options.model, device=options.device, precision=options.precision,
+                                  trust_code=options.trust_model)
     return _MODELS[key]
 
 
@@ -306,7 +355,11 @@ def _write_outputs(job, out: Path, options, labels, objects, out_um, info: dict,
            "um_per_px": info["um_per_px"], "downsample": info["downsample"], "bands": info["bands"],
            "tiles": info["tiles"], "seconds": round(time.perf_counter() - start, 3), "attempts": None,
            "worker": _worker_name(), "error": "", "source": job.path, "labels_um_per_px": out_um}
-    marker = {"source": job.path, "settings": options.signature(), "files": files, "row": row}
+    csv_name = f"{job.id}.csv"
+    hashes = {csv_name: _sha256(folder / csv_name)} if csv_name in files else {}
+    stamp = job.stamp if job.stamp is not None else slide_stamp(job.path)
+    marker = {"source": job.path, "slide": stamp, "settings": options.signature(), "files": files,
+              "sha256": hashes, "row": row}
     write_text(folder / DONE, json.dumps(marker, indent=1))
     return row
 
@@ -418,9 +471,10 @@ _CARDS: dict = {}
 
 
 def _card(options: BatchOptions):
-    if options.model not in _CARDS:
-        _CARDS[options.model] = _model(BatchOptions(model=options.model, device="cpu")).card
-    return _CARDS[options.model]
+    key = (options.model, options.model_sha256)
+    if key not in _CARDS:
+        _CARDS[key] = _model(replace(options, device="cpu", precision="auto")).card
+    return _CARDS[key]
 
 
 def segment_band(job: SlideJob, options: BatchOptions, plan: BandPlan, index: int) -> dict:
@@ -521,27 +575,102 @@ def gpu_worker_spec(devices, host: str = "127.0.0.1") -> dict:
             for d in devices}
 
 
+def _temporary_security():
+    """Fresh self-signed TLS credentials held by this process only: the scheduler and workers
+    accept no connection without them, so another local user cannot submit tasks (which would
+    run as the user who started the batch)."""
+    try:
+        from distributed.security import Security
+
+        return Security.temporary()
+    except ImportError as exc:  # Security.temporary needs the 'cryptography' package
+        raise BatchError(f"a local Dask cluster needs TLS credentials, which need the 'cryptography' "
+                         f"package ({exc})") from None
+
+
 def local_cluster(n_workers: int | None = None, devices=None, host: str = "127.0.0.1"):
-    """A cluster on this machine: one worker per GPU (device pinned), else one single-threaded
-    worker process per core (torch then uses one thread in each)."""
+    """A cluster on this machine, secured with temporary TLS credentials (``cluster.security``):
+    one worker per GPU (device pinned), else one single-threaded worker process per core (torch
+    then uses one thread in each)."""
     from distributed import LocalCluster, Scheduler, SpecCluster
 
+    security = _temporary_security()
     devices = visible_gpus() if devices is None else list(devices)
     if devices:
-        return SpecCluster(workers=gpu_worker_spec(devices, host), silence_logs=40,
-                           scheduler={"cls": Scheduler, "options": {"host": host, "dashboard": False}})
+        workers = gpu_worker_spec(devices, host)
+        for spec in workers.values():
+            spec["options"]["security"] = security
+        return SpecCluster(workers=workers, silence_logs=40, security=security,
+                           scheduler={"cls": Scheduler, "options": {"host": host, "dashboard": False,
+                                                                    "protocol": "tls://", "security": security}})
     n = n_workers or os.cpu_count() or 1
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host, dashboard_address=None,
-                        silence_logs=40)
+                        silence_logs=40, security=security, protocol="tls://")
+
+
+@dataclass(frozen=True)
+class SchedulerAccess:
+    """How to reach an existing Dask scheduler: a ``tls://`` address and this client's
+    credentials (CA, certificate, key files), or a plain ``tcp://`` address when the user says
+    so explicitly (``insecure``): anyone who can reach such a scheduler runs code on its workers."""
+
+    address: str
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    insecure: bool = False
+
+    def security(self):
+        """The client's ``distributed.Security``; :class:`BatchError` for an address or set of
+        credentials that cannot be used."""
+        from distributed.security import Security
+
+        address = self.address.strip()
+        scheme = address.split("://", 1)[0].lower() if "://" in address else "tcp"
+        creds = {"--tls-ca": self.tls_ca, "--tls-cert": self.tls_cert, "--tls-key": self.tls_key}
+        if scheme == "tls":
+            missing = [flag for flag, value in creds.items() if not value]
+            if missing:
+                raise BatchError(f"--scheduler {address}: a tls:// scheduler needs this client's credentials: "
+                                 f"give {', '.join(missing)}")
+            for flag, value in creds.items():
+                if not Path(value).is_file():
+                    raise BatchError(f"{value}: no such file (given as {flag})")
+            return Security(tls_ca_file=str(self.tls_ca), tls_client_cert=str(self.tls_cert),
+                            tls_client_key=str(self.tls_key), require_encryption=True)
+        if scheme == "tcp":
+            if not self.insecure:
+                raise BatchError(f"--scheduler {address}: a plain tcp:// scheduler has no authentication (anyone "
+                                 f"who reaches it runs code as its workers' user); use tls:// with --tls-ca, "
+                                 f"--tls-cert and --tls-key, or pass --insecure-scheduler if the network is yours")
+            if any(creds.values()):
+                raise BatchError(f"--scheduler {address}: --tls-ca/--tls-cert/--tls-key need a tls:// address")
+            return Security()
+        raise BatchError(f"--scheduler {address}: unsupported address; give tls://HOST:PORT "
+                         f"(or tcp://HOST:PORT with --insecure-scheduler)")
+
+
+def connect(access: SchedulerAccess, timeout: float = 30):
+    """A client on an existing scheduler, or a :class:`BatchError` saying why not (one line)."""
+    from distributed import Client
+
+    security = access.security()
+    try:
+        return Client(access.address.strip(), timeout=timeout, security=security)
+    except (OSError, ValueError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise BatchError(f"--scheduler {access.address}: cannot connect ({reason})") from None
 
 
 @contextlib.contextmanager
-def batch_client(scheduler: str | None = None, n_workers: int | None = None):
-    """A client on ``scheduler`` (an existing cluster), else on a new local cluster closed afterwards."""
+def batch_client(scheduler: str | SchedulerAccess | None = None, n_workers: int | None = None):
+    """A client on ``scheduler`` (an existing cluster: an address or a :class:`SchedulerAccess`),
+    else on a new local cluster, secured with temporary TLS credentials and closed afterwards."""
     from distributed import Client
 
     if scheduler:
-        client = Client(scheduler, timeout=30)
+        access = scheduler if isinstance(scheduler, SchedulerAccess) else SchedulerAccess(scheduler)
+        client = connect(access)
         try:
             yield client
         finally:
@@ -558,19 +687,27 @@ def batch_client(scheduler: str | None = None, n_workers: int | None = None):
 # --- the batch ---------------------------------------------------------------------------------
 
 
-def batch_steps(jobs, out, options: BatchOptions | None = None, client=None, scheduler: str | None = None,
-                workers: int | None = 0, retries: int = 2):
+def batch_steps(jobs, out, options: BatchOptions | None = None, client=None,
+                scheduler: str | SchedulerAccess | None = None,
+                workers: int | None = 0, retries: int = 2, overwrite: bool = False):
     """Segment ``jobs`` into ``out``, yielding ``("step", finished, total, row)`` per slide and
     returning a :class:`BatchResult`.
 
     ``client`` (a ``distributed.Client``) runs the slides there; else ``scheduler`` attaches to a
     cluster, ``workers`` N > 0 starts a local cluster of N workers and ``None`` one sized to the
     machine (:func:`local_cluster`); ``workers=0`` (the default) runs the slides in this process.
-    Closing the generator cancels what is still queued.
+    Without ``overwrite``, results of another batch in ``out`` are never replaced (see
+    :func:`check_outputs`). Closing the generator cancels what is still queued.
     """
     options = options or BatchOptions()
+    if options.model_sha256 is None:  # hashed once per run; the markers and workers' caches use it
+        from napari_ftu.engine.models import model_fingerprint
+
+        options = replace(options, model_sha256=model_fingerprint(options.model))
     out = Path(out)
+    check_outputs(out, jobs, options, overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    _write_run(out, options)
     start = time.perf_counter()
     todo, done_rows = pending(jobs, out, options)
     rows = {r["id"]: {**r, "status": "skipped"} for r in done_rows}
@@ -656,8 +793,44 @@ def _failed(job: SlideJob, error: str, attempts: int) -> dict:
             "attempts": attempts}
 
 
+def check_outputs(out: Path, jobs, options: BatchOptions, overwrite: bool = False) -> None:
+    """Refuse, before any work, a batch that would write onto one of its input slides (even
+    through a link), and, without ``overwrite``, one that would replace results it did not write:
+    a ``predictions.csv`` or ``summary.csv`` not recorded in ``batch.json`` (or changed since),
+    or a folder a batch with other settings or another model wrote. Resuming (same settings)
+    rewrites its own combined outputs."""
+    from napari_ftu.io.paths import refuse_onto_inputs
+
+    names = [COMBINED, SUMMARY, RUN]
+    for job in jobs:
+        names += [f"{job.id}/{n}" for n in (DONE, f"{job.id}.csv", f"{job.id}_labels.ome.tif", f"{job.id}.geojson")]
+    refuse_onto_inputs([out / n for n in names], [j.path for j in jobs])
+    if overwrite:
+        return
+    record = _read_json(out / RUN)
+    record = record if isinstance(record, dict) else None
+    if record is not None and record.get("settings") != options.signature():
+        raise BatchError(f"{out}: holds the results of a batch with other settings or another model (see {RUN}); "
+                         f"pass --overwrite to replace them, or choose another --out")
+    for name in (COMBINED, SUMMARY):
+        path = out / name
+        if path.exists() or path.is_symlink():
+            recorded = (record or {}).get("outputs")
+            if not isinstance(recorded, dict) or recorded.get(name) != _sha256(path):
+                raise BatchError(f"{path} exists and was not written by a batch into this folder, or was changed "
+                                 f"since; pass --overwrite to replace it")
+
+
+def _write_run(out: Path, options: BatchOptions, outputs: dict | None = None) -> None:
+    record = _read_json(out / RUN)
+    kept = record.get("outputs") if isinstance(record, dict) and record.get("settings") == options.signature() else None
+    write_text(out / RUN, json.dumps({"settings": options.signature(),
+                                      "outputs": outputs if outputs is not None else (kept or {})}, indent=1))
+
+
 def write_combined(out: Path, jobs, rows, options: BatchOptions) -> list:
-    """``predictions.csv`` (the per-slide ``id,rle`` rows in input order) and ``summary.csv``."""
+    """``predictions.csv`` (the per-slide ``id,rle`` rows in input order) and ``summary.csv``,
+    then their hashes in ``batch.json`` (what lets a resumed run replace them)."""
     written = []
     if "rle" in options.outputs:
         lines = ["id,rle\n"]
@@ -671,6 +844,7 @@ def write_combined(out: Path, jobs, rows, options: BatchOptions) -> list:
     writer.writeheader()
     writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
     written.append(write_text(out / SUMMARY, buf.getvalue()))
+    _write_run(out, options, {Path(p).name: _sha256(Path(p)) for p in written})
     return written
 
 

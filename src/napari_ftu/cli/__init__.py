@@ -1,12 +1,13 @@
 """``napari-ftu``: demo, segment, train and export from the command line (the same core as the docks).
 
 Errors the user can fix (bad files, bad models, bad ids) print one ``napari-ftu: error: ...``
-line and exit with status 2.
+line and exit with status 2. Library warnings and log lines are hidden unless ``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -16,28 +17,66 @@ from napari_ftu.formats.export import FORMATS, ExportError
 from napari_ftu.engine.models import ModelError
 from napari_ftu.formats.rle import RLEError
 from napari_ftu.io.images import SlideError
+from napari_ftu.io.paths import OutputOntoInputError, refuse_onto_inputs
 
-USER_ERRORS = (SlideError, ModelError, ExportError, RLEError, OSError, BatchError)
+USER_ERRORS = (SlideError, ModelError, ExportError, RLEError, OSError, BatchError, OutputOntoInputError)
+QUIET_LOGGERS = ("tifffile", "imageio", "distributed", "PIL")
 
 
 def main(argv=None) -> int:
+    import warnings
+
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    with contextlib.ExitStack() as stack:
+        if not getattr(args, "verbose", False):
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+            stack.enter_context(_quiet_logs())
+        try:
+            return args.func(args) or 0
+        except USER_ERRORS as exc:
+            print(f"napari-ftu: error: {one_line(exc)}", file=sys.stderr)
+            return 2
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line: the first line of its text (libraries append install hints and
+    advice on further lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+    """Silence the log lines libraries print while reading files (tifffile's "corrupted" notes)."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    before = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL + 1)
     try:
-        return args.func(args) or 0
-    except USER_ERRORS as exc:
-        print(f"napari-ftu: error: {exc}", file=sys.stderr)
-        return 2
+        yield
+    finally:
+        for log, level in zip(loggers, before):
+            log.setLevel(level)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="napari-ftu", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show library warnings and log lines (hidden by default)")
+    p = argparse.ArgumentParser(prog="napari-ftu", description=__doc__.splitlines()[0], parents=[common])
     sub = p.add_subparsers(title="commands")
+    trust_help = ("run a TorchScript model (it carries its own code, which can read and write your files); "
+                  "only for models from a source you trust")
 
-    d = sub.add_parser("demo", help="segment the synthetic sample slide with the default model")
+    d = sub.add_parser("demo", parents=[common],
+                       help="segment the synthetic sample slide with the default model")
     d.add_argument("--headless", action="store_true", help="no window; print the results")
     d.add_argument("--json", action="store_true", help="print one JSON object (with --headless)")
     d.add_argument("--size", type=int, default=None, help="slide side in pixels (default 2048)")
@@ -47,10 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--screenshot", type=Path, default=None, help="save the window as PNG when done, then close")
     d.set_defaults(func=_demo)
 
-    s = sub.add_parser("segment", help="segment an image, or a batch of slides on Dask, and write HuBMAP RLE (and labels)")
+    s = sub.add_parser("segment", parents=[common],
+                       help="segment an image, or a batch of slides on Dask, and write HuBMAP RLE (and labels)")
     s.add_argument("image", nargs="+",
                    help="an image; or many: files, folders, globs ('slides/*.svs') or a competition CSV (batch)")
     s.add_argument("--model", type=Path, default=None, help="model folder or checkpoint (default: built-in)")
+    s.add_argument("--trust-model", action="store_true", help=trust_help)
     s.add_argument("--out", type=Path, required=True, help="CSV to write (id,rle); for a batch, the output folder")
     s.add_argument("--labels", type=Path, default=None, help="also write the instance labels as TIFF")
     s.add_argument("--id", default=None, help="image id in the CSV (default: file name stem)")
@@ -69,7 +110,14 @@ def _parser() -> argparse.ArgumentParser:
     b = s.add_argument_group("batch (many slides)")
     b.add_argument("--workers", type=int, default=None,
                    help="local Dask workers (default: one per GPU, else one per core; 0: in this process)")
-    b.add_argument("--scheduler", default=None, help="attach to the Dask scheduler at ADDRESS (tcp://host:8786)")
+    b.add_argument("--scheduler", default=None,
+                   help="attach to the Dask scheduler at ADDRESS: tls://host:8786 with --tls-ca/--tls-cert/--tls-key "
+                        "(plain tcp:// only with --insecure-scheduler)")
+    b.add_argument("--tls-ca", default=None, help="CA certificate (PEM) of a tls:// scheduler")
+    b.add_argument("--tls-cert", default=None, help="this client's certificate (PEM) for a tls:// scheduler")
+    b.add_argument("--tls-key", default=None, help="this client's private key (PEM) for a tls:// scheduler")
+    b.add_argument("--insecure-scheduler", action="store_true",
+                   help="allow a plain tcp:// scheduler: anyone who can reach it can run code on its workers")
     b.add_argument("--formats", default="rle,labels",
                    help="per-slide outputs, comma-separated: rle, labels (OME-TIFF), geojson (default rle,labels)")
     b.add_argument("--retries", type=int, default=2, help="retries of a failing slide (default 2)")
@@ -81,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="split slides above this many megapixels into row-band tasks (default 400)")
     s.set_defaults(func=_segment)
 
-    t = sub.add_parser("train", help="train a model folder from image/mask tiles or synthetic slides")
+    t = sub.add_parser("train", parents=[common],
+                       help="train a model folder from image/mask tiles or synthetic slides")
     t.add_argument("--out", type=Path, required=True, help="model folder to write")
     t.add_argument("--tiles", type=Path, action="append", default=[],
                    help="training data: exported tiles, images/ + masks/, or a competition dataset folder")
@@ -92,6 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--val-synthetic", type=int, default=0, help="number of synthetic validation slides")
     t.add_argument("--synthetic-size", type=int, default=768)
     t.add_argument("--init", type=Path, default=None, help="fine-tune from this model folder")
+    t.add_argument("--trust-model", action="store_true", help=trust_help)
     t.add_argument("--steps", type=int, default=500)
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--crop", type=int, default=256)
@@ -104,13 +154,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--name", default="napari-ftu model")
     t.set_defaults(func=_train)
 
-    i = sub.add_parser("info", help="describe a slide or a dataset folder (and check that it loads)")
+    i = sub.add_parser("info", parents=[common],
+                       help="describe a slide or a dataset folder (and check that it loads)")
     i.add_argument("path", type=Path)
     i.add_argument("--item", type=int, default=None, help="also load this dataset image (0-based)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_info)
 
-    e = sub.add_parser("export", help="convert labels or annotations to any supported format, or training tiles")
+    e = sub.add_parser("export", parents=[common],
+                       help="convert labels or annotations to any supported format, or training tiles")
     e.add_argument("labels", type=Path, help="label/mask image (TIFF/PNG), or an annotation file with --from")
     e.add_argument("--from", dest="source_format", choices=sorted(FORMATS), default=None,
                    help="read LABELS as this annotation format instead of as an image")
@@ -132,7 +184,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_export)
 
-    v = sub.add_parser("evaluate", help="score predictions against ground truth (Dice, IoU, F1, AP@0.6)")
+    v = sub.add_parser("evaluate", parents=[common],
+                       help="score predictions against ground truth (Dice, IoU, F1, AP@0.6)")
     v.add_argument("pred", type=Path, help="prediction: label image, folder of them, or an annotation file")
     v.add_argument("truth", type=Path, help="ground truth: label image, folder, dataset folder or annotation file")
     v.add_argument("--pred-format", choices=sorted(FORMATS), default=None, help="read PRED as this format")
@@ -203,13 +256,16 @@ def _segment(args) -> int:
     if len(args.image) > 1 or is_batch_input(args.image[0]):
         return _segment_batch(args)
     args.image = Path(args.image[0])
+    refuse_onto_inputs([args.out, args.labels], [args.image])  # even with --overwrite
+    if args.labels is not None and args.out.resolve() == args.labels.resolve():
+        raise ExportError(f"{args.out}: --out and --labels name the same file")
     for out in (args.out, args.labels):
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     loaded = read_image(args.image)
     image_id = safe_id(args.id or loaded.name)
     um = args.um_per_px or loaded.um_per_px
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, trust_code=args.trust_model)
 
     def progress(done, total):
         if not args.json:
@@ -241,7 +297,7 @@ def _segment_batch(args) -> int:
     ``--out``, a progress bar, a summary; exit status 1 when some slide failed."""
     import time
 
-    from napari_ftu.batch.runner import BatchOptions, plan_inputs, run_batch
+    from napari_ftu.batch.runner import BatchOptions, SchedulerAccess, plan_inputs, run_batch
 
     if args.labels or args.id:
         raise BatchError("--labels and --id are for one image; a batch writes <out>/<id>/ (see --formats)")
@@ -258,7 +314,13 @@ def _segment_batch(args) -> int:
                            overlap=args.overlap, threshold=args.threshold, batch_size=args.batch, tta=args.tta,
                            blend=args.blend, skip_background=not args.keep_glass, watershed=args.split,
                            outputs=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-                           band_above_px=args.band_above * 1e6, threads=args.threads)
+                           band_above_px=args.band_above * 1e6, threads=args.threads, trust_model=args.trust_model)
+    scheduler = None
+    if args.scheduler:
+        scheduler = SchedulerAccess(args.scheduler, args.tls_ca, args.tls_cert, args.tls_key, args.insecure_scheduler)
+        scheduler.security()  # a bad address or missing credentials: one error line before any work
+    elif any((args.tls_ca, args.tls_cert, args.tls_key, args.insecure_scheduler)):
+        raise BatchError("--tls-ca, --tls-cert, --tls-key and --insecure-scheduler go with --scheduler")
     start = time.perf_counter()
     failed = []
 
@@ -272,8 +334,8 @@ def _segment_batch(args) -> int:
                   + (f", {len(failed)} failed" if failed else "") + f", {time.perf_counter() - start:.0f} s",
                   end="", file=sys.stderr, flush=True)
 
-    result = run_batch(jobs, args.out, options, progress=progress, scheduler=args.scheduler,
-                       workers=args.workers, retries=args.retries)
+    result = run_batch(jobs, args.out, options, progress=progress, scheduler=scheduler,
+                       workers=args.workers, retries=args.retries, overwrite=args.overwrite)
     summary = result.summary()
     if args.json:
         print(json.dumps(summary))
@@ -297,7 +359,7 @@ def _train(args) -> int:
 
     init_state = None
     if args.init:
-        base = load_model(args.init, device="cpu")
+        base = load_model(args.init, device="cpu", trust_code=args.trust_model)
         card = base.card
         init_state = base.network.state_dict()
     else:
@@ -358,6 +420,7 @@ def _export(args) -> int:
         if args.id and len(items) == 1:
             a.image_id = safe_id(args.id)
     if args.out:
+        refuse_onto_inputs([args.out], [args.labels, args.image])  # even with --overwrite
         if args.out.exists() and not args.overwrite:
             raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
         fmt = args.format or _format_from_suffix(args.out)
@@ -379,6 +442,7 @@ def _export(args) -> int:
 def _evaluate(args) -> int:
     from napari_ftu.evaluation.evaluate import evaluate_paths, write_report
 
+    refuse_onto_inputs([args.out], [args.pred, args.truth])  # even with --overwrite
     if args.out and args.out.exists() and not args.overwrite:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
     for name in ("iou", "ap_iou"):

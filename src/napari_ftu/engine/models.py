@@ -3,7 +3,9 @@
 A model is only usable with the facts that travel with its weights: architecture, the µm/px it
 was trained at, how its input was normalised and where to threshold. Those live in a JSON model
 card beside the weights. Weights are untrusted data: we read safetensors, or a state dict with
-``torch.load(weights_only=True)``, and never unpickle arbitrary objects.
+``torch.load(weights_only=True)``, and never unpickle arbitrary objects. A TorchScript archive
+carries code that runs when it is loaded and when it is called, so it is refused unless the
+caller says the user trusts it (``trust_code=True``: ``--trust-model``, the Segment dock's box).
 """
 
 from __future__ import annotations
@@ -310,33 +312,67 @@ CARD_NAMES = (CARD_NAME, "model_card.yaml", "model_card.yml")
 SMP_CONFIG = "config.json"  # written by smp's ``save_pretrained``
 
 
+TRUST_HINT = ("If you trust whoever made it, pass --trust-model (command line) or tick "
+              "'Trust model code' (Segment dock)")
+
+
 def load_model(path: str | Path | None = None, device="auto", card: ModelCard | None = None,
-               precision: str = "auto") -> FTUModel:
+               precision: str = "auto", trust_code: bool = False) -> FTUModel:
     """Load a model: a folder (card + safetensors or state dict), an smp ``save_pretrained``
-    folder (``config.json`` + safetensors, with or without a card), a state-dict checkpoint or a
-    TorchScript file with a card beside it."""
+    folder (``config.json`` + safetensors, with or without a card), a state-dict checkpoint or,
+    only with ``trust_code``, a TorchScript file with a card beside it (its code runs)."""
     path = default_model_path() if path is None else Path(path)
-    if not path.exists():
-        raise ModelError(f"{path}: no such model folder or checkpoint")
-    folder = path if path.is_dir() else path.parent
+    folder, weights = model_files(path)
     config = _smp_config(folder / SMP_CONFIG) if (folder / SMP_CONFIG).is_file() else None
     if card is None:
         card = _read_card(folder, path, config)
-    if path.is_dir():
-        candidates = ([folder / WEIGHTS_NAME] + sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.pt"))
-                      + sorted(folder.glob("*.pth")) + sorted(folder.glob("*.ts")))
-        weights = next((p for p in candidates if p.is_file()), None)
-        if weights is None:
-            raise ModelError(f"{path}: no weights file (model.safetensors, *.pt, *.pth or *.ts) in the folder")
-    else:
-        weights = path
     if _is_torchscript(weights):
+        if not trust_code:
+            raise ModelError(f"{weights}: a TorchScript model carries its own code, which runs with your "
+                             f"permissions when it is loaded; refused. {TRUST_HINT}")
         network = _load_torchscript(weights)
     else:
         state = read_state_dict(weights)
         network = build_network(card)
         load_state(network, state, str(weights))
     return FTUModel(network, card, device, precision)
+
+
+def model_files(path: str | Path) -> tuple[Path, Path]:
+    """``(folder, weights file)`` that :func:`load_model` reads for ``path``."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such model folder or checkpoint")
+    if not path.is_dir():
+        return path.parent, path
+    candidates = ([path / WEIGHTS_NAME] + sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pt"))
+                  + sorted(path.glob("*.pth")) + sorted(path.glob("*.ts")))
+    weights = next((p for p in candidates if p.is_file()), None)
+    if weights is None:
+        raise ModelError(f"{path}: no weights file (model.safetensors, *.pt, *.pth or *.ts) in the folder")
+    return path, weights
+
+
+def model_fingerprint(path: str | Path | None = None) -> str:
+    """sha256 over the files that decide a model's results (weights, card, smp config), so a
+    model retrained into the same folder is told apart from the old one."""
+    import hashlib
+
+    path = default_model_path() if path is None else Path(path)
+    folder, weights = model_files(path)
+    digest = hashlib.sha256()
+    for file in [weights] + [folder / n for n in CARD_NAMES + (SMP_CONFIG,)]:
+        if not file.is_file():
+            continue
+        digest.update(file.name.encode() + b"\0")
+        try:
+            with open(file, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise ModelError(f"{file}: cannot read ({exc.strerror or exc})") from None
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def _read_card(folder: Path, path: Path, config: dict | None) -> ModelCard:
@@ -394,8 +430,8 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _load_torchscript(path: Path):
-    """TorchScript runs in torch's own interpreter from a restricted archive (no Python pickle
-    of arbitrary objects), so it is as safe as weights-only loading."""
+    """Only with the user's consent: a scripted module's ``__setstate__`` runs at load and its
+    ``forward`` at every call, and TorchScript can read and write files (``torch.from_file``)."""
     import warnings
 
     import torch
@@ -419,7 +455,14 @@ def read_state_dict(path: Path) -> dict:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(f"{path}: not a readable weights file ({type(exc).__name__}: {exc})") from None
+        import pickle
+
+        if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in str(exc).lower():
+            # torch's own text advises weights_only=False, i.e. running the file's code: never say that
+            raise ModelError(f"{path}: holds Python objects, not only tensors; refused, as loading them "
+                             "could run code (save a state dict or safetensors instead)") from None
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise ModelError(f"{path}: not a readable weights file ({type(exc).__name__}: {reason})") from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
