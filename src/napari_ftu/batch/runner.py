@@ -700,9 +700,10 @@ def batch_steps(jobs, out, options: BatchOptions | None = None, client=None,
     :func:`check_outputs`). Closing the generator cancels what is still queued.
     """
     options = options or BatchOptions()
-    if options.model_sha256 is None:  # hashed once per run; the markers and workers' caches use it
-        from napari_ftu.engine.models import model_fingerprint
+    from napari_ftu.engine.models import check_trust, model_fingerprint
 
+    check_trust(options.model, options.trust_model)  # refused up front, not once per slide
+    if options.model_sha256 is None:  # hashed once per run; the markers and workers' caches use it
         options = replace(options, model_sha256=model_fingerprint(options.model))
     out = Path(out)
     check_outputs(out, jobs, options, overwrite)

@@ -118,7 +118,10 @@ class ModelCard:
 MAX_CARD_NODES = 10_000  # a card is a few dozen values; YAML aliases can make a tiny file a huge tree
 MAX_CARD_BYTES = 256 * 1024
 MAX_CARD_DEPTH = 64
-MAX_TILE_SIZE = 16384
+MAX_TILE_SIZE = 4096  # the engine holds (batch, classes, tile, tile) float32 per model call
+MAX_CLASSES = 256
+MAX_ARCH_INT = 4096  # channel counts, depths, ... in arch_kwargs
+MAX_DECODER_STAGES = 16
 
 
 def _check_card_text(text: str, source: str) -> None:
@@ -171,12 +174,46 @@ def _check_card_values(card: ModelCard, source: str) -> None:
         raise ModelError(f"{source}: 'min_object_um2' must be a finite number >= 0, got {card.min_object_um2!r}")
     if card.tile_size > MAX_TILE_SIZE:
         raise ModelError(f"{source}: 'tile_size' must be at most {MAX_TILE_SIZE}, got {card.tile_size}")
+    if len(card.classes) > MAX_CLASSES:
+        raise ModelError(f"{source}: 'classes' names {len(card.classes)} classes; at most {MAX_CLASSES}")
+    _check_network_fields(card, source)
     for name in ("mean", "std"):
         value = getattr(card, name)
         if not isinstance(value, list) or not value or not all(_finite(v) for v in value):
             raise ModelError(f"{source}: {name!r} must be a list of finite numbers, got {str(value)[:60]}")
     if len(card.mean) != len(card.std) or not all(v > 0 for v in card.std):
         raise ModelError(f"{source}: 'mean' and 'std' need one value per channel, and std > 0")
+
+
+def _check_network_fields(card: ModelCard, source: str) -> None:
+    """Nothing in a card may make smp download (hub encoders, pretrained encoder weights) or
+    build a network far larger than any segmentation model (a decoder of 100 000 channels)."""
+    encoder = card.encoder
+    if any(c in encoder for c in ":/\\") or "hf-hub" in encoder.lower() or "hf_hub" in encoder.lower():
+        raise ModelError(f"{source}: 'encoder' {encoder[:80]!r} names a hub or a location to download from; "
+                         f"a card names a local encoder (e.g. resnet34, tu-mobilenetv3_small_100)")
+    if "encoder_weights" in card.arch_kwargs:
+        raise ModelError(f"{source}: 'arch_kwargs' may not set 'encoder_weights' (the weights come with the model; "
+                         f"nothing is downloaded)")
+    channels = card.arch_kwargs.get("decoder_channels")
+    if channels is not None and (not isinstance(channels, list) or not 0 < len(channels) <= MAX_DECODER_STAGES):
+        raise ModelError(f"{source}: 'decoder_channels' must be a list of 1 to {MAX_DECODER_STAGES} numbers")
+    stack = [(f"arch_kwargs.{k}", v) for k, v in card.arch_kwargs.items()]
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{name}.{k}", v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(name, v) for v in value]
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, (int, float)):
+            if not (_finite(value) and abs(value) <= MAX_ARCH_INT):
+                raise ModelError(f"{source}: {name.split('.', 1)[1]!r} holds {value!r}; numbers in arch_kwargs "
+                                 f"must be finite and at most {MAX_ARCH_INT}")
+        elif isinstance(value, str):
+            if "://" in value or "hf-hub" in value.lower() or "hf_hub" in value.lower():
+                raise ModelError(f"{source}: {name.split('.', 1)[1]!r} names a location to download from")
 
 
 def import_smp():
@@ -327,9 +364,7 @@ def load_model(path: str | Path | None = None, device="auto", card: ModelCard | 
     if card is None:
         card = _read_card(folder, path, config)
     if _is_torchscript(weights):
-        if not trust_code:
-            raise ModelError(f"{weights}: a TorchScript model carries its own code, which runs with your "
-                             f"permissions when it is loaded; refused. {TRUST_HINT}")
+        check_trust(weights, trust_code)
         network = _load_torchscript(weights)
     else:
         state = read_state_dict(weights)
@@ -351,6 +386,14 @@ def model_files(path: str | Path) -> tuple[Path, Path]:
     if weights is None:
         raise ModelError(f"{path}: no weights file (model.safetensors, *.pt, *.pth or *.ts) in the folder")
     return path, weights
+
+
+def check_trust(path: str | Path | None, trust_code: bool) -> None:
+    """A :class:`ModelError` for a TorchScript model the user has not said they trust."""
+    weights = model_files(default_model_path() if path is None else path)[1]
+    if not trust_code and _is_torchscript(weights):
+        raise ModelError(f"{weights}: a TorchScript model carries its own code, which runs with your "
+                         f"permissions when it is loaded; refused. {TRUST_HINT}")
 
 
 def model_fingerprint(path: str | Path | None = None) -> str:
