@@ -45,13 +45,38 @@ def reference(slides, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
+    """The batch's own local cluster (2 workers), secured with temporary TLS credentials."""
+    from distributed import Client
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                           dashboard_address=None, silence_logs=40)
+    cluster = batch.local_cluster(n_workers=2)
     with Client(cluster) as c:
         yield c
     cluster.close()
+
+
+def test_local_cluster_refuses_clients_without_its_credentials(client):
+    """Another local user can reach the loopback port, but not submit tasks: TLS with this
+    process's temporary certificates is required (issue 15)."""
+    import socket
+
+    from distributed import Client
+    from distributed.security import Security
+
+    address = client.scheduler.address
+    assert address.startswith("tls://127.0.0.1:")
+    assert client.submit(lambda: 41 + 1).result() == 42  # with the credentials: fine
+    with pytest.raises(TypeError, match="TLS expects a `ssl_context`"):
+        Client(address, timeout=5)  # no credentials at all
+    with pytest.raises(OSError, match="certificate"):
+        Client(address, timeout=5, security=Security.temporary())  # someone else's certificates
+    with pytest.raises(OSError):
+        Client(address.replace("tls://", "tcp://"), timeout=5)  # plain TCP to the TLS port
+    host, port = address[len("tls://"):].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:  # raw bytes: the TLS handshake fails
+        raw.sendall(b"\x00" * 64)
+        raw.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            assert raw.recv(64) == b""  # closed without an answer
 
 
 def _assert_same_results(a: Path, b: Path, ids):
@@ -225,15 +250,28 @@ def test_cli_batch_over_a_glob(slides, tmp_path, capsys):
 
 
 def test_cli_attaches_to_a_running_cluster_by_address(reference, slides, client, tmp_path, capsys):
-    """``--scheduler ADDRESS`` runs the slides on that cluster's workers, with the same results."""
+    """``--scheduler tls://ADDRESS`` with this client's credentials runs the slides on that
+    cluster's workers, with the same results; without them it is one error line."""
     from napari_ftu.cli import main
 
     ref_out, _ = reference
     address = client.scheduler.address
-    assert address.startswith("tcp://127.0.0.1:")
+    assert address.startswith("tls://127.0.0.1:")
+    creds = []
+    for flag, pem in (("--tls-ca", client.security.tls_ca_file), ("--tls-cert", client.security.tls_client_cert),
+                      ("--tls-key", client.security.tls_client_key)):
+        (tmp_path / flag[2:]).write_text(pem)  # Security.temporary() holds the PEM text itself
+        creds += [flag, str(tmp_path / flag[2:])]
     out = tmp_path / "out"
-    assert main(["segment", str(slides / "kidney_[23].tif"), "--out", str(out), "--scheduler", address,
-                 "--device", "cpu", "--formats", "rle", "--json"]) == 0
+    args = ["segment", str(slides / "kidney_[23].tif"), "--out", str(out), "--scheduler", address,
+            "--device", "cpu", "--formats", "rle", "--json"]
+    assert main(args) == 2
+    assert "--tls-ca, --tls-cert, --tls-key" in capsys.readouterr().err
+    (tmp_path / "other.pem").write_text(__import__("distributed").security.Security.temporary().tls_ca_file)
+    assert main(args + creds[:1] + [str(tmp_path / "other.pem")] + creds[2:]) == 2  # the wrong CA
+    err = capsys.readouterr().err
+    assert "cannot connect" in err and err.count("\n") == 1
+    assert main(args + creds) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["done"], summary["failed"], summary["workers"]) == (2, 0, 2)
     rows = list(csv.DictReader(open(out / batch.SUMMARY, newline="")))

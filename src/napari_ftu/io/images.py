@@ -49,17 +49,35 @@ def read_image(path: str | Path) -> LoadedImage:
     except SlideError:
         raise
     except Exception as exc:  # tifffile/imageio raise many types for corrupt files
-        raise SlideError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        raise SlideError(f"{path}: cannot read image ({reason(exc)})") from exc
     if data.size == 0 or data.ndim < 2:
         raise SlideError(f"{path}: image has no pixels (shape {data.shape})")
     return LoadedImage(data, um, path.name.split(".")[0], path)
+
+
+def reason(exc: BaseException) -> str:
+    """A library's error as one short line: its type and first line (imageio appends install
+    hints on the following lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Could not find a backend"):  # imageio: no plugin decodes it
+        return "no decoder recognises its contents: damaged, or not the type its name says"
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+def first_series(tif, path: Path):
+    """The main image of a TIFF (SVS label/macro/thumbnail images are later series); a
+    :class:`SlideError` when there is none, as in a truncated file (tifffile then only logs)."""
+    if not len(tif.pages) or not tif.series:
+        size = path.stat().st_size if path.exists() else 0
+        raise SlideError(f"{path}: no readable image in this TIFF of {size} bytes (truncated or damaged)")
+    return tif.series[0]
 
 
 def _read_tiff(path: Path):
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]  # SVS label/macro/thumbnail images are later series
+        series = first_series(tif, path)
         data = series.asarray()
         return data, _pixel_size(tif)
 

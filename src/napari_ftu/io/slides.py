@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES, SlideError, _pixel_size
+from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES, SlideError, _pixel_size, first_series, reason
 
 FLAT_PYRAMID_MIN = 8192  # a flat image larger than this (either side) gets lazy levels
 COLOURS = ["red", "green", "blue", "yellow", "magenta", "cyan", "gray", "gray"]  # HPA order first
@@ -73,7 +73,7 @@ def open_slide(path: str | Path) -> Slide:
     except SlideError:
         raise
     except Exception as exc:  # tifffile, zarr and imageio raise many types for corrupt files
-        raise SlideError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        raise SlideError(f"{path}: cannot read image ({reason(exc)})") from exc
     if any(int(n) == 0 for n in slide.shape):
         slide.close()
         raise SlideError(f"{path}: image has no pixels (shape {slide.shape})")
@@ -95,7 +95,7 @@ def _open_tiff(path: Path) -> Slide:
 
     tif = tifffile.TiffFile(path)
     try:
-        series = tif.series[0]  # SVS label/macro/thumbnail images are later series
+        series = first_series(tif, path)
         if any(int(n) == 0 for n in series.shape):
             raise SlideError(f"{path}: image has no pixels (shape {series.shape})")
         _check_complete(series, path)
