@@ -89,6 +89,26 @@ def test_bad_model_is_reported(viewer_with_slide, tmp_path):
     assert widget.status.value.startswith("Error:") and "model_card.json" in widget.status.value
 
 
+def test_segment_dock_runs_torchscript_only_when_trusted(viewer_with_slide, tmp_path):
+    """The "Trust model code" box is off by default; a TorchScript model is refused (its code
+    never runs) until the user ticks it (issue 15)."""
+    from test_security import _evil_model
+
+    viewer, _ = viewer_with_slide
+    widget = _segment_dock(viewer)
+    assert widget.trust.value is False and "TorchScript runs its own code" in widget.trust.text
+    folder, victim = _evil_model(tmp_path)
+    widget.add_model(folder)
+    assert widget.run() is None
+    assert widget.status.value.startswith("Error:") and "Trust model code" in widget.status.value
+    assert victim.read_bytes() == b"precious"
+    widget.trust.value = True
+    assert widget._load().card.name == "evil" and victim.read_bytes() == b"!!!!!!!!"
+    widget.trust.value = False  # unticking forgets the loaded model: refused again
+    with pytest.raises(Exception, match="--trust-model"):
+        widget._load()
+
+
 def test_load_dock_applies_pixel_size_and_reports_bad_files(make_napari_viewer, tmp_path, small_slide):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Load")

@@ -359,10 +359,13 @@ def load_model(path: str | Path | None = None, device="auto", card: ModelCard | 
     folder (``config.json`` + safetensors, with or without a card), a state-dict checkpoint or,
     only with ``trust_code``, a TorchScript file with a card beside it (its code runs)."""
     path = default_model_path() if path is None else Path(path)
-    folder, weights = model_files(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such model folder or checkpoint")
+    folder = path if path.is_dir() else path.parent
     config = _smp_config(folder / SMP_CONFIG) if (folder / SMP_CONFIG).is_file() else None
     if card is None:
         card = _read_card(folder, path, config)
+    weights = model_files(path)[1]
     if _is_torchscript(weights):
         check_trust(weights, trust_code)
         network = _load_torchscript(weights)
