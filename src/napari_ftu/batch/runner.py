@@ -594,18 +594,18 @@ def local_cluster(n_workers: int | None = None, devices=None, host: str = "127.0
     then uses one thread in each)."""
     from distributed import LocalCluster, Scheduler, SpecCluster
 
-    security = _temporary_security()
+    security = _temporary_security()  # silence_logs=50: workers' log lines (heartbeats lost at close) stay hidden
     devices = visible_gpus() if devices is None else list(devices)
     if devices:
         workers = gpu_worker_spec(devices, host)
         for spec in workers.values():
             spec["options"]["security"] = security
-        return SpecCluster(workers=workers, silence_logs=40, security=security,
+        return SpecCluster(workers=workers, silence_logs=50, security=security,
                            scheduler={"cls": Scheduler, "options": {"host": host, "dashboard": False,
                                                                     "protocol": "tls://", "security": security}})
     n = n_workers or os.cpu_count() or 1
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host, dashboard_address=None,
-                        silence_logs=40, security=security, protocol="tls://")
+                        silence_logs=50, security=security, protocol="tls://")
 
 
 @dataclass(frozen=True)
@@ -867,11 +867,11 @@ class BatchResults(Dataset):
         root = Path(root)
         self.markers = {}
         for marker in sorted(root.glob(f"*/{DONE}")):
-            try:
-                data = json.loads(marker.read_text(encoding="utf-8"))
-                self.markers[marker.parent.name] = data
-            except (OSError, ValueError) as exc:
-                raise ExportError(f"{marker}: unreadable marker ({exc})") from None
+            data = _read_json(marker)
+            if isinstance(data, dict) and isinstance(data.get("row"), dict) and isinstance(data.get("source"), str):
+                self.markers[marker.parent.name] = data  # a malformed marker is a slide not done: not listed
+        if not self.markers:
+            raise ExportError(f"{root}: no readable {DONE} marker in its slide folders")
         super().__init__(root, list(self.markers))
 
     def load(self, index: int) -> Item:

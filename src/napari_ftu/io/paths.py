@@ -12,27 +12,37 @@ class OutputOntoInputError(ValueError):
     """An output path that is (or resolves to) one of the inputs."""
 
 
-def _same(a: Path, b: Path) -> bool:
+def _identity(path: Path):
     try:
-        if os.path.samefile(a, b):  # hard links, symlinks, relative paths, bind mounts
-            return True
+        st = os.stat(path)  # follows links
+        return (st.st_dev, st.st_ino)
     except OSError:
-        pass
-    return os.path.realpath(a) == os.path.realpath(b)
+        return None
 
 
 def refuse_onto_inputs(outputs, inputs) -> None:
     """Raise :class:`OutputOntoInputError` if any output names an input file, however spelled
-    (relative, through a symlink, a hard link): ``--overwrite`` never reaches an input."""
-    inputs = [Path(p) for p in inputs if p is not None]
+    (relative, through a symlink, a hard link): ``--overwrite`` never reaches an input. Linear in
+    the number of paths (a batch checks every per-slide output against every slide)."""
+    by_id, by_real = {}, {}
+    for src in inputs:
+        if src is None:
+            continue
+        src = Path(src)
+        by_real.setdefault(os.path.realpath(src), src)
+        ident = _identity(src)
+        if ident is not None:
+            by_id.setdefault(ident, src)
     for out in outputs:
         if out is None:
             continue
         out = Path(out)
-        for src in inputs:
-            if _same(out, src):
-                raise OutputOntoInputError(f"{out}: is the input {src}; refusing to write onto an input "
-                                           f"(choose another output)")
+        src = by_real.get(os.path.realpath(out))
+        if src is None and (out.exists() or out.is_symlink()):
+            src = by_id.get(_identity(out))
+        if src is not None:
+            raise OutputOntoInputError(f"{out}: is the input {src}; refusing to write onto an input "
+                                       f"(choose another output)")
 
 
 def expand_glob(pattern: str) -> list[Path]:
