@@ -11,6 +11,8 @@ import re
 
 import numpy as np
 
+from napari_ftu.io.budget import check_memory
+
 # ASCII only: numpy's parser knows ASCII whitespace, and Unicode spaces or digits must be refused,
 # not half-parsed.
 _DIGITS = re.compile(r"[0-9\s]*", re.ASCII)
@@ -23,18 +25,9 @@ class RLEError(ValueError):
     """A run-length string that does not describe a mask of the stated size."""
 
 
-def _available_bytes() -> int | None:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except Exception:  # psutil missing or unsupported platform: only MAX_PIXELS guards
-        return None
-
-
 def check_size(shape, bytes_per_pixel: int = 1, what: str = "mask") -> tuple[int, int]:
     """``(height, width)`` as ints, refused before allocating when not positive, above
-    :data:`MAX_PIXELS` or larger than the memory available (a tiny file must not claim
+    :data:`MAX_PIXELS` or larger than the memory budget (a tiny file must not claim
     terabytes)."""
     try:
         height, width = (int(v) for v in shape)
@@ -44,11 +37,7 @@ def check_size(shape, bytes_per_pixel: int = 1, what: str = "mask") -> tuple[int
         raise RLEError(f"{what} size must be positive, got {height} x {width}")
     if height * width > MAX_PIXELS:
         raise RLEError(f"{what} size {height} x {width} is too large to decode (over {MAX_PIXELS} pixels)")
-    need = height * width * bytes_per_pixel
-    available = _available_bytes() if need > 2**26 else None  # small masks: skip the query
-    if available is not None and need > available:
-        raise RLEError(f"{what} size {height} x {width} needs {need / 2**30:.1f} GiB, "
-                       f"more than the {available / 2**30:.1f} GiB of memory available")
+    check_memory(height * width * bytes_per_pixel, f"{what} of {height} x {width}", "decoding", RLEError)
     return height, width
 
 

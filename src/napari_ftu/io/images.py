@@ -7,13 +7,21 @@ or the TIFF resolution tags, in that order.
 
 from __future__ import annotations
 
+import logging
 import re
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from napari_ftu.atomic import atomic_path
+from napari_ftu.io.budget import check_memory
+
+# tifffile logs what it repairs or skips in damaged files; without this its lines would print
+# around our one-line errors. An application that configures logging still receives them.
+logging.getLogger("tifffile").addHandler(logging.NullHandler())
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8", ".scn")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -32,24 +40,19 @@ class LoadedImage:
 
 
 def read_image(path: str | Path) -> LoadedImage:
-    """Read the full-resolution image of a TIFF/SVS/PNG/JPEG file and its pixel size (µm)."""
+    """Read the full-resolution image of a TIFF/SVS/PNG/JPEG file and its pixel size (µm).
+
+    The whole image is decoded, so what that needs is checked against the memory budget
+    first (from the header: a 9 kB file can claim 40 000 x 40 000 pixels); damaged files
+    (missing strips or tiles, PNG data cut short) are refused, never read as zeros."""
     path = Path(path)
     if not path.is_file():
         raise SlideError(f"{path}: no such file")
     suffix = path.suffix.lower()
-    try:
-        if suffix in TIFF_SUFFIXES:
-            data, um = _read_tiff(path)
-        elif suffix in RASTER_SUFFIXES:
-            import imageio.v3 as iio
-
-            data, um = np.asarray(iio.imread(path)), None
-        else:
-            raise SlideError(f"{path}: unsupported file type {suffix!r}")
-    except SlideError:
-        raise
-    except Exception as exc:  # tifffile/imageio raise many types for corrupt files
-        raise SlideError(f"{path}: cannot read image ({reason(exc)})") from exc
+    if suffix not in TIFF_SUFFIXES + RASTER_SUFFIXES:
+        raise SlideError(f"{path}: unsupported file type {suffix!r}")
+    with reading(path):
+        data, um = _read_tiff(path) if suffix in TIFF_SUFFIXES else (read_raster(path), None)
     if data.size == 0 or data.ndim < 2:
         raise SlideError(f"{path}: image has no pixels (shape {data.shape})")
     return LoadedImage(data, um, path.name.split(".")[0], path)
@@ -73,13 +76,123 @@ def first_series(tif, path: Path):
     return tif.series[0]
 
 
+@contextmanager
+def reading(path: Path):
+    """Turn what tifffile, imageio and Pillow raise for a bad file into one line naming it."""
+    try:
+        yield
+    except SlideError:
+        raise
+    except MemoryError:
+        raise SlideError(f"{path}: the image does not fit in memory") from None
+    except Exception as exc:  # the libraries raise many types for corrupt files
+        raise SlideError(f"{path}: cannot read image ({reason(exc)})") from exc
+
+
 def _read_tiff(path: Path):
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         series = first_series(tif, path)
+        check_tiff_data(series, path)
+        page = series.keyframe
+        largest = max(page.databytecounts, default=0)  # the compressed segment read in one go
+        decoded = page.nbytes // max(1, len(page.databytecounts))  # and decoded before copying
+        check_memory(series.nbytes + largest + decoded, path, "decoding", SlideError)
         data = series.asarray()
         return data, _pixel_size(tif)
+
+
+def check_tiff_data(series, path: Path):
+    """Refuse a damaged or truncated TIFF up front: strips or tiles that are missing (offset
+    or byte count 0) would read as zeros, and data past the end would fail later, mid-pan."""
+    size = path.stat().st_size
+    for level in series.levels:
+        for page in level.pages:
+            if page is None:
+                continue
+            offsets, counts = page.dataoffsets, page.databytecounts
+            if not offsets or len(offsets) != len(counts):
+                raise SlideError(f"{path}: file is damaged or truncated (its image data offsets are missing)")
+            empty = sum(1 for o, n in zip(offsets, counts) if not n or not o)
+            if empty:
+                raise SlideError(f"{path}: file is damaged ({empty} of {len(counts)} strips or tiles of page "
+                                 f"{page.index} have no data)")
+            if max(o + n for o, n in zip(offsets, counts)) > size:
+                raise SlideError(f"{path}: file is truncated (image data runs past its end, {size} bytes)")
+
+
+# Pillow keeps 1, 2 or 4 bytes per pixel and band ("RGB" as 4) while numpy gets its own copy.
+_PIL_BYTES = {"1": 1, "L": 1, "P": 4, "LA": 4, "RGB": 4, "RGBA": 4, "CMYK": 4, "YCbCr": 4, "I;16": 2, "I;16B": 2,
+              "I": 4, "F": 4}
+_NUMPY_BYTES = {"1": 1, "L": 1, "P": 4, "LA": 2, "RGB": 3, "RGBA": 4, "CMYK": 4, "YCbCr": 3, "I;16": 2, "I;16B": 2,
+                "I": 4, "F": 4}
+
+
+def raster_shape(path: Path) -> tuple[tuple[int, int], int]:
+    """``((height, width), bytes)``: a PNG/JPEG/BMP's size from its header and the bytes a
+    whole decode needs, without decoding."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        (w, h), mode = im.size, im.mode
+    return (h, w), h * w * (_PIL_BYTES.get(mode, 8) + _NUMPY_BYTES.get(mode, 8))
+
+
+def read_raster(path: Path) -> np.ndarray:
+    """A whole PNG/JPEG/BMP, checked against the memory budget and for truncated data first."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    with reading(path):
+        _, need = raster_shape(path)
+        check_memory(need, path, "decoding", SlideError)
+        if path.suffix.lower() == ".png":
+            _check_png_data(path)
+        return np.asarray(iio.imread(path))
+
+
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _check_png_data(path: Path):
+    """Refuse a PNG whose image data inflates to fewer bytes than its size needs: Pillow
+    fills the missing rows with zeros without a word. Inflated in 1 MB pieces, counted only."""
+    import struct
+
+    with open(path, "rb") as fh:
+        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+            return  # not a PNG inside: Pillow says what it is
+        inflater, got, expected = zlib.decompressobj(), 0, None
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                break
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IHDR":
+                w, h, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", fh.read(13))
+                bits = depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4)
+                passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+                expected = 0
+                for x0, y0, dx, dy in passes:
+                    pw, ph = -(-(w - x0) // dx), -(-(h - y0) // dy)
+                    if pw > 0 and ph > 0:
+                        expected += ph * (1 + (pw * bits + 7) // 8)
+                fh.seek(length - 13 + 4, 1)
+            elif kind == b"IDAT":
+                data = fh.read(length)
+                while data and got <= (expected or 0):
+                    got += len(inflater.decompress(data, 2**20))
+                    data = inflater.unconsumed_tail
+                fh.seek(4, 1)
+            elif kind == b"IEND":
+                break
+            else:
+                fh.seek(length + 4, 1)
+    if expected is not None and got < expected and not inflater.unconsumed_tail:
+        got += len(inflater.flush())  # output zlib still held back
+    if expected is not None and got < expected:
+        raise SlideError(f"{path}: image data is truncated ({got} of the {expected} bytes its size needs)")
 
 
 def _pixel_size(tif) -> float | None:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES, SlideError, _pixel_size, first_series, reason
+from napari_ftu.io.budget import check_memory
+from napari_ftu.io.images import (RASTER_SUFFIXES, TIFF_SUFFIXES, SlideError, _pixel_size, check_tiff_data,
+                                  first_series, read_raster, reason)
 
 FLAT_PYRAMID_MIN = 8192  # a flat image larger than this (either side) gets lazy levels
 COLOURS = ["red", "green", "blue", "yellow", "magenta", "cyan", "gray", "gray"]  # HPA order first
@@ -51,8 +53,11 @@ class Slide:
                 for lvl in self.levels]
 
     def read(self, level: int = 0) -> np.ndarray:
-        """One whole level in memory (choose a level that fits)."""
-        return np.asarray(self.levels[level][...])
+        """One whole level in memory, refused before decoding when over the memory budget."""
+        array = self.levels[level]
+        need = int(np.prod(array.shape, dtype=np.float64)) * np.dtype(array.dtype).itemsize
+        check_memory(need, self.path, f"reading level {level} whole" if level else "reading it whole", SlideError)
+        return np.asarray(array[...])
 
     def close(self):
         if self.handle is not None:
@@ -81,9 +86,7 @@ def open_slide(path: str | Path) -> Slide:
 
 
 def _open_raster(path: Path) -> Slide:
-    import imageio.v3 as iio
-
-    data = np.asarray(iio.imread(path))
+    data = read_raster(path)
     kind, axis = _kind(data.shape, None)
     names = [f"channel {i}" for i in range(data.shape[axis])] if kind == "channels" else None
     return Slide([data], None, _stem(path), path, kind, axis, channel_names=names)
@@ -98,7 +101,7 @@ def _open_tiff(path: Path) -> Slide:
         series = first_series(tif, path)
         if any(int(n) == 0 for n in series.shape):
             raise SlideError(f"{path}: image has no pixels (shape {series.shape})")
-        _check_complete(series, path)
+        check_tiff_data(series, path)
         store = series.aszarr()
         root = zarr.open(store, mode="r")
         levels = [root[str(i)] for i in range(len(series.levels))] if hasattr(root, "keys") else [root]
@@ -115,20 +118,6 @@ def _open_tiff(path: Path) -> Slide:
     except Exception:
         tif.close()
         raise
-
-
-def _check_complete(series, path: Path):
-    """Refuse a truncated file up front: lazy reading would otherwise fail later, mid-pan."""
-    size = path.stat().st_size
-    for level in series.levels:
-        for page in level.pages:
-            if page is None:
-                continue
-            if not page.dataoffsets or len(page.dataoffsets) != len(page.databytecounts):
-                raise SlideError(f"{path}: file is damaged or truncated (its image data offsets are missing)")
-            ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts) if n]
-            if ends and max(ends) > size:
-                raise SlideError(f"{path}: file is truncated (image data runs past its end, {size} bytes)")
 
 
 def _stem(path: Path) -> str:
