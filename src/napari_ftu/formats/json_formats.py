@@ -10,15 +10,17 @@ from __future__ import annotations
 import colorsys
 import json
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.formats.annotations import Annotations, ExportError, label_canvas, object_id
+from napari_ftu.formats.annotations import Annotations, ExportError, label_canvas, object_id, safe_id
 from napari_ftu.atomic import write_text
 from napari_ftu.formats.coco_rle import coco_to_mask, mask_to_coco
-from napari_ftu.formats.polygons import mask_to_polygons, rasterize
-from napari_ftu.formats.rle import RLEError
+from napari_ftu.formats.polygons import mask_to_polygons, paint, paint_cost
+from napari_ftu.formats.rle import RLEError, check_size
+from napari_ftu.io.budget import check_memory
 
 
 def class_colour(name: str) -> list[int]:
@@ -64,10 +66,22 @@ def _key(value, where: str, what: str):
 
 
 def _score(value, where: str) -> float:
+    """A finite score: NaN or infinity would sort first or last and distort AP."""
     try:
-        return float(value)
+        score = float(value)
     except (TypeError, ValueError, OverflowError):
         raise ExportError(f"{where}: score {str(value)[:40]!r} is not a number") from None
+    if not np.isfinite(score):
+        raise ExportError(f"{where}: score {str(value)[:40]!r} is not a finite number")
+    return score
+
+
+def _shape(shape, where: str) -> tuple[int, int]:
+    """An image size checked (positive, not absurd, within the memory budget) without allocating."""
+    try:
+        return check_size(shape, 4, "image")
+    except RLEError as exc:
+        raise ExportError(f"{where}: {exc}") from None
 
 
 def _pixel_size(value, where: str):
@@ -111,8 +125,32 @@ def write_coco(path, items: list[Annotations]) -> Path:
     return write_text(path, json.dumps(doc))
 
 
-def read_coco(path) -> list[Annotations]:
-    """Instances per image; polygons are united (COCO semantics), RLE decoded exactly."""
+@dataclass
+class CocoImage:
+    """One image of a COCO file, checked but not yet drawn: ``anns`` holds
+    ``(where, segmentation, object id, score, class name, bytes to draw it)``."""
+
+    name: str
+    shape: tuple[int, int]
+    um_per_px: float | None
+    where: str
+    anns: list = field(default_factory=list)
+
+    def cost(self) -> int:
+        """Peak bytes of :meth:`build`: the int32 label image and the largest object's decode."""
+        return 4 * self.shape[0] * self.shape[1] + max((a[-1] for a in self.anns), default=0)
+
+    def build(self) -> Annotations:
+        a = Annotations(self.name, label_canvas(self.shape, self.where), um_per_px=self.um_per_px)
+        for where, seg, obj, score, category, _ in self.anns:
+            _paint_segmentation(a.labels, seg, obj, where)
+            a.scores[obj] = score
+            a.classes.setdefault(obj, []).append(category)
+        return a
+
+
+def parse_coco(path) -> list[CocoImage]:
+    """Every image and annotation of a COCO file validated and costed, no pixel drawn yet."""
     doc = _read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise ExportError(f"{path}: not a COCO file (needs 'images' with ids)")
@@ -136,40 +174,69 @@ def read_coco(path) -> list[Annotations]:
         name = Path(str(im.get("file_name", img_id))).name
         if Path(name).suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".svs"):
             name = Path(name).stem
-        out[img_id] = Annotations(name, label_canvas((h, w), where),
-                                  um_per_px=_pixel_size(im.get("um_per_px"), where))
+        try:
+            safe_id(name)
+        except ExportError as exc:
+            raise ExportError(f"{where}: {exc}") from None
+        out[img_id] = CocoImage(name, _shape((h, w), where), _pixel_size(im.get("um_per_px"), where), where)
     for k, ann in enumerate(_list(doc.get("annotations"), str(path), "'annotations'")):
         ann = _dict(ann, f"{path}, annotation {k}", "an annotation")
         where = f"{path}, annotation {str(ann.get('id', k))[:40]}"
         image_key = _key(ann.get("image_id"), where, "image_id")
-        a = out.get(image_key)
-        if a is None:
+        image = out.get(image_key)
+        if image is None:
             raise ExportError(f"{where}: refers to unknown image {str(ann.get('image_id'))[:40]!r}")
-        mask = _coco_segmentation(ann.get("segmentation"), a.shape, where)
+        seg = ann.get("segmentation")
+        cost = _segmentation_cost(seg, image.shape, where)
         obj = object_id(ann.get("object_id") or top.get(image_key, 0) + 1, where)
         top[image_key] = max(top.get(image_key, 0), obj)
-        a.scores[obj] = _score(ann.get("score", 1.0), where)
-        a.labels[mask] = obj
+        score = _score(ann.get("score", 1.0), where)
         category = _key(ann.get("category_id"), where, "category_id")
-        a.classes.setdefault(obj, []).append(cats.get(category, str(category)))
+        image.anns.append((where, seg, obj, score, cats.get(category, str(category)), cost))
     return list(out.values())
 
 
-def _coco_segmentation(seg, shape, where) -> np.ndarray:
+def read_coco(path) -> list[Annotations]:
+    """Instances per image; polygons are united (COCO semantics), RLE decoded exactly. What
+    the whole file needs (every label image, the largest object) is checked first."""
+    images = parse_coco(path)
+    need = sum(4 * i.shape[0] * i.shape[1] for i in images) + max((i.cost() for i in images), default=0)
+    check_memory(need, path, "reading its labels", ExportError)
+    return [i.build() for i in images]
+
+
+def _coco_polygons(seg) -> list:
+    rings = []
+    for p in seg:
+        ring = np.asarray(p, dtype=float)
+        if ring.size % 2 or not (ring.ndim == 1 or (ring.ndim == 2 and ring.shape[1] == 2)):
+            raise ValueError("a COCO polygon is a list [x1, y1, x2, y2, ...]")
+        rings.append([ring.reshape(-1, 2)])
+    return rings
+
+
+def _segmentation_cost(seg, shape, where) -> int:
+    """Bytes that drawing one segmentation takes (polygons: their boxes and row crossings; RLE:
+    a full mask and the counts), refusing malformed polygons before anything is drawn."""
     try:
         if isinstance(seg, dict):
-            return coco_to_mask(seg, shape).astype(bool)
+            counts = seg.get("counts")
+            return shape[0] * shape[1] + 64 * (len(counts) if isinstance(counts, (str, bytes, list)) else 0)
         if isinstance(seg, list) and seg:
-            rings = []
-            for p in seg:
-                ring = np.asarray(p, dtype=float)
-                if ring.size % 2 or not (ring.ndim == 1 or (ring.ndim == 2 and ring.shape[1] == 2)):
-                    raise ValueError("a COCO polygon is a list [x1, y1, x2, y2, ...]")
-                rings.append(ring.reshape(-1, 2))
-            return rasterize([[r] for r in rings], shape)
-    except (RLEError, ValueError, TypeError, OverflowError) as exc:
+            return paint_cost(_coco_polygons(seg), shape)
+    except (ValueError, TypeError, OverflowError) as exc:
         raise ExportError(f"{where}: {exc}") from None
     raise ExportError(f"{where}: segmentation must be a polygon list or an RLE dict")
+
+
+def _paint_segmentation(labels, seg, obj, where) -> None:
+    try:
+        if isinstance(seg, dict):
+            labels[coco_to_mask(seg, labels.shape).view(bool)] = obj
+        else:
+            paint(labels, _coco_polygons(seg), obj)
+    except (RLEError, ValueError, TypeError, OverflowError) as exc:
+        raise ExportError(f"{where}: {exc}") from None
 
 
 # --- QuPath GeoJSON -------------------------------------------------------------------------
@@ -199,7 +266,8 @@ def write_geojson(path, a: Annotations) -> Path:
 
 def read_geojson(path, shape, image_id: str | None = None, um_per_px: float | None = None) -> Annotations:
     """Rasterise annotations (FeatureCollection, list of Features or one Feature) onto an image
-    of ``shape``; objects keep ``ftu_id`` when present, else are numbered in file order."""
+    of ``shape``; objects keep ``ftu_id`` when present, else are numbered in file order. The
+    label image and the largest feature's drawing are checked against the memory budget first."""
     doc = _read_json(path)
     if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
         feats = _list(doc.get("features"), str(path), "'features'")
@@ -209,8 +277,8 @@ def read_geojson(path, shape, image_id: str | None = None, um_per_px: float | No
         feats = doc
     else:
         raise ExportError(f"{path}: not GeoJSON (expected a FeatureCollection or Features)")
-    labels = label_canvas(shape, str(path))
-    classes, scores = {}, {}
+    shape = _shape(shape, str(path))
+    objects, largest = [], 0
     for k, feat in enumerate(feats):
         where = f"{path}, feature {k}"
         try:
@@ -227,15 +295,22 @@ def read_geojson(path, shape, image_id: str | None = None, um_per_px: float | No
             continue  # points and lines are not regions
         try:
             rings = [[np.asarray(r, dtype=float)[:, :2] for r in p] for p in polys]
-            mask = rasterize(rings, labels.shape)
+            largest = max(largest, paint_cost(rings, shape))
         except (ValueError, IndexError, TypeError, OverflowError) as exc:
             raise ExportError(f"{where}: bad polygon coordinates ({exc})") from None
         obj = object_id(props.get("ftu_id") or k + 1, where)
         measurements = props.get("measurements")
         conf = measurements.get("Confidence") if isinstance(measurements, dict) else None
-        if conf is not None:
-            scores[obj] = _score(conf, where)
-        labels[mask] = obj
+        score = None if conf is None else _score(conf, where)
         cls = props.get("classification") or {}
-        classes[obj] = [str(cls.get("name", "FTU")) if isinstance(cls, dict) else str(cls)]
+        name = str(cls.get("name", "FTU")) if isinstance(cls, dict) else str(cls)
+        objects.append((rings, obj, score, name))
+    check_memory(4 * shape[0] * shape[1] + largest, path, "reading its labels", ExportError)
+    labels = label_canvas(shape, str(path))
+    classes, scores = {}, {}
+    for rings, obj, score, name in objects:
+        paint(labels, rings, obj)
+        if score is not None:
+            scores[obj] = score
+        classes[obj] = [name]
     return Annotations(image_id or Path(path).name.split(".")[0], labels, classes, scores, um_per_px)
