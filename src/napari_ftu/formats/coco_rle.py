@@ -14,9 +14,19 @@ import zlib
 import numpy as np
 
 from napari_ftu.formats.rle import RLEError, check_size, encode_pairs, paint_runs
+from napari_ftu.io.budget import check_memory
 
 MAX_COUNTS_BYTES = 256 * 2**20  # refuse a zlib stream that inflates past this
 MAX_CHUNKS = 8  # 5-bit groups per compressed count: 40 bits, past any delta of MAX_PIXELS
+# Bytes decoding takes per character of compressed counts (tracemalloc: 58 to parse them into
+# Python ints, 42 more per count to paint the runs), besides the mask itself.
+COST_PER_COUNT = 100
+
+
+def check_decode(shape, counts_length: int) -> None:
+    """Refuse a mask whose decode (the mask and its counts) exceeds the memory budget."""
+    h, w = shape
+    check_memory(h * w + COST_PER_COUNT * counts_length, f"mask of {h} x {w}", "decoding", RLEError)
 
 
 def counts_from_mask(mask: np.ndarray) -> list[int]:
@@ -134,6 +144,8 @@ def coco_to_mask(rle: dict, shape=None) -> np.ndarray:
     h, w = check_size((h, w))
     if shape is not None and (h, w) != tuple(int(v) for v in shape):
         raise RLEError(f"COCO RLE size {h} x {w} differs from the image's {shape[0]} x {shape[1]}")
+    if isinstance(counts, (str, bytes, list)):
+        check_decode((h, w), len(counts))
     if isinstance(counts, (str, bytes)):
         if len(counts) > 8 * (h * w + 1):
             raise RLEError(f"COCO counts string is longer than any {h} x {w} mask needs")
@@ -166,4 +178,5 @@ def oid_decode(text: str, height: int, width: int) -> np.ndarray:
         raise RLEError(f"mask is not valid zlib data ({exc})") from None
     if inflater.unconsumed_tail:
         raise RLEError(f"mask inflates to more than the {limit} bytes a {height} x {width} mask can need")
+    check_decode((height, width), len(counts))
     return mask_from_counts(decompress_counts(counts), (height, width))

@@ -5,6 +5,7 @@ vasculature submission. Each writer has the matching reader; all writes are atom
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from napari_ftu.formats import rle
 from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
 from napari_ftu.atomic import write_text
 from napari_ftu.formats.coco_rle import oid_decode, oid_encode
+from napari_ftu.io.budget import check_memory
 
 # Real RLE fields run to megabytes, far past the csv module's default 128 KiB limit.
 csv.field_size_limit(2**31 - 1)
@@ -94,28 +96,48 @@ def write_hubmap(path, items: list[Annotations], full: bool = False) -> Path:
 def read_hubmap(path, shapes=None) -> list[Annotations]:
     """Masks (one object each, label 1) from ``id,rle`` or ``train.csv``; the sizes come from
     ``img_height``/``img_width`` columns, else from ``shapes``: one ``(height, width)`` for
-    every row or a dict id -> ``(height, width)``."""
+    every row or a dict id -> ``(height, width)``. Every row's size is checked, and what the
+    whole file needs against the memory budget, before the first mask is decoded."""
     rows = read_csv_rows(path, ["id", "rle"])
     if shapes is not None and not isinstance(shapes, dict):
         shapes = {row["id"]: tuple(shapes) for row in rows}
-    out = []
+    sized = []
     for n, row in enumerate(rows, start=2):
         image_id = row["id"]
         if "img_height" in row and "img_width" in row:
             shape = _size(row, path, n, "img_height", "img_width")
         elif shapes and image_id in shapes:
-            shape = shapes[image_id]
+            try:
+                shape = rle.check_size(shapes[image_id], 4, "image")
+            except rle.RLEError as exc:
+                raise ExportError(f"{path}, line {n}: {exc}") from None
         else:
             raise ExportError(f"{path}, line {n}: no image size for id {image_id!r} (no img_height/img_width)")
+        sized.append((n, row, shape))
+    # each row keeps an int32 label image; the largest row's uint8 decode and its parsed runs come on top
+    _check_file(path, [(shape, RLE_COST_PER_CHAR * len(row["rle"] or "")) for _, row, shape in sized])
+    out = []
+    for n, row, shape in sized:
         try:
             mask = rle.decode(row["rle"], shape)
         except rle.RLEError as exc:
             raise ExportError(f"{path}, line {n}: {exc}") from None
         meta = {k: v for k, v in row.items() if k not in ("id", "rle", "img_height", "img_width") and k is not None}
         um = _pixel_size(meta.get("pixel_size"), f"{path}, line {n}")
-        out.append(Annotations(image_id, mask.astype(np.int32), um_per_px=um, meta=meta,
+        out.append(Annotations(row["id"], mask.astype(np.int32), um_per_px=um, meta=meta,
                                default_class=meta.get("organ") or "FTU"))
     return out
+
+
+RLE_COST_PER_CHAR = 24  # int64 starts, lengths, ends and run counts: at most one number per 2 characters
+
+
+def _check_file(path, items) -> None:
+    """Refuse a file whose rows, each an int32 label image of ``shape``, need more than the
+    memory budget, together with the largest row's decode (a uint8 mask and ``extra`` bytes)."""
+    kept = sum(4 * h * w for (h, w), _ in items)
+    largest = max((h * w + extra for (h, w), extra in items), default=0)
+    check_memory(kept + largest, path, "reading its labels", ExportError)
 
 
 # --- HPA / Open Images instance CSV --------------------------------------------------------
@@ -154,9 +176,12 @@ def _parse_triples(text: str, shape, where: str):
     for k in range(0, len(tokens), 3):
         label, score, mask = tokens[k : k + 3]
         try:
-            score = float(score)
+            value = float(score)
         except ValueError:
-            raise ExportError(f"{where}: score {score!r} is not a number") from None
+            raise ExportError(f"{where}: score {score[:40]!r} is not a number") from None
+        if not np.isfinite(value):  # NaN or infinity would sort first or last and distort AP
+            raise ExportError(f"{where}: score {score[:40]!r} is not a finite number")
+        score = value
         try:
             decoded = oid_decode(mask, *shape)
         except MemoryError:
@@ -167,14 +192,15 @@ def _parse_triples(text: str, shape, where: str):
 
 
 def _instances(image_id, shape, triples, um=None) -> Annotations:
-    """Merge triples into instances: the same mask listed under several labels is one object."""
+    """Merge triples into instances: the same mask listed under several labels is one object
+    (recognised by a digest: keeping each mask's RLE text could cost megabytes per mask)."""
     labels = np.zeros(shape, np.int32)
     classes, scores, seen = {}, {}, {}
     for label, score, mask in triples:
-        key = rle.encode(mask)
+        key = hashlib.blake2b(np.ascontiguousarray(mask.T).data, digest_size=20).digest()  # decoded F-order: no copy
         if key not in seen:
             seen[key] = len(seen) + 1
-            labels[mask.astype(bool)] = seen[key]
+            labels[mask.view(bool)] = seen[key]
             classes[seen[key]] = []
             scores[seen[key]] = score
         classes[seen[key]].append(label)
@@ -182,9 +208,12 @@ def _instances(image_id, shape, triples, um=None) -> Annotations:
 
 
 def _read_instance_csv(path, columns, id_col, h_col, w_col, pred_col) -> list[Annotations]:
+    """Every row's size is checked, and the whole file's label images against the memory
+    budget, before the first mask is decoded (each mask checks its own decode)."""
+    rows = [(n, row, _size(row, path, n, h_col, w_col)) for n, row in enumerate(read_csv_rows(path, columns), start=2)]
+    _check_file(path, [(shape, 0) for _, _, shape in rows])
     out = []
-    for n, row in enumerate(read_csv_rows(path, columns), start=2):
-        shape = _size(row, path, n, h_col, w_col)
+    for n, row, shape in rows:
         triples = _parse_triples(row[pred_col], shape, f"{path}, line {n}")
         out.append(_instances(row[id_col], shape, triples))
     return out

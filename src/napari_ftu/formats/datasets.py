@@ -20,7 +20,9 @@ from napari_ftu.formats import rle
 from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
 from napari_ftu.formats.csv_formats import read_csv_rows
 from napari_ftu.engine.postprocess import label_areas
-from napari_ftu.io.images import SlideError
+from napari_ftu.formats.csv_formats import RLE_COST_PER_CHAR
+from napari_ftu.io.budget import check_memory
+from napari_ftu.io.images import SlideError, raster_shape, read_raster, reading
 from napari_ftu.io.slides import Slide, open_slide
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -70,8 +72,15 @@ def _instances_from_mask(mask: np.ndarray) -> np.ndarray:
     """Binary masks become one instance per connected object; instance masks stay as they are."""
     values = np.unique(mask)
     if values.size <= 2:
-        return ndi.label(mask > 0)[0].astype(np.int32)
+        return ndi.label(mask > 0)[0].astype(np.int32, copy=False)
     return mask.astype(np.int32)
+
+
+def _check_mask_memory(shape, rle_text, where: str):
+    """A whole-image RLE mask is decoded (1 byte per pixel), sorted for its values (1), made
+    boolean (1) and labelled (4): refused before decoding when over the memory budget."""
+    h, w = shape
+    check_memory(7 * h * w + RLE_COST_PER_CHAR * len(rle_text or ""), where, "reading its mask", ExportError)
 
 
 def _check_size(slide: Slide, shape, what: str):
@@ -118,6 +127,7 @@ class Hubmap2022(Dataset):
         info = {k: row.get(k) for k in ("organ", "data_source", "pixel_size", "tissue_thickness", "age", "sex")}
         annotations = None
         if "rle" in row:
+            _check_mask_memory(shape, row["rle"], where)
             try:
                 mask = rle.decode(row["rle"], shape)
             except rle.RLEError as exc:
@@ -147,6 +157,7 @@ class Hubmap2021(Dataset):
     def load(self, index: int) -> Item:
         row = self.rows[index]
         slide = open_slide(_find_image(self.root / "train", row["id"]))
+        _check_mask_memory(slide.size, row["encoding"], f"{self.csv}, line {index + 2} (id {row['id']})")
         try:
             mask = rle.decode(row["encoding"], slide.size)
         except rle.RLEError as exc:
@@ -188,13 +199,12 @@ class Vasculature2023(Dataset):
         return (root / "polygons.jsonl").is_file()
 
     def load(self, index: int) -> Item:
-        from napari_ftu.formats.polygons import rasterize
+        from napari_ftu.formats.polygons import paint, paint_cost
 
         tile_id = self.ids[index]
         slide = open_slide(_find_image(self.root / "train", tile_id))
         h, w = slide.size
-        labels = np.zeros((h, w), np.int32)
-        classes = {}
+        objects, largest = [], 0
         for k, ann in enumerate(self.tiles[tile_id], start=1):
             where = f"{self.jsonl}, tile {tile_id}, annotation {k}"
             try:
@@ -204,9 +214,15 @@ class Vasculature2023(Dataset):
                 raise ExportError(f"{where}: needs a type and [[x, y], ...] coordinates") from None
             _check_inside(rings, (h, w), where)
             try:
-                labels[rasterize([rings], (h, w))] = k
+                largest = max(largest, paint_cost([rings], (h, w)))
             except ValueError as exc:
                 raise ExportError(f"{where}: {exc}") from None
+            objects.append((rings, kind))
+        check_memory(4 * h * w + largest, f"{self.jsonl}, tile {tile_id}", "reading its labels", ExportError)
+        labels = np.zeros((h, w), np.int32)
+        classes = {}
+        for k, (rings, kind) in enumerate(objects, start=1):
+            paint(labels, [rings], k)
             classes[k] = [kind]
         info = {k: v for k, v in self.meta.get(tile_id, {}).items() if k != "id"}
         return Item(slide, Annotations(tile_id, labels, classes), info)
@@ -227,7 +243,7 @@ class CocoFolder(Dataset):
     layout = "COCO instances"
 
     def __init__(self, root: Path, json_path: Path):
-        from napari_ftu.formats.json_formats import read_coco
+        from napari_ftu.formats.json_formats import parse_coco
 
         self.json = json_path
         try:
@@ -236,7 +252,7 @@ class CocoFolder(Dataset):
                           for im in doc.get("images", [])}
         except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
             raise ExportError(f"{json_path}: not a COCO file with image file names ({exc})") from None
-        self.items = {a.image_id: a for a in read_coco(json_path)}
+        self.items = {image.name: image for image in parse_coco(json_path)}  # drawn one at a time in load
         super().__init__(root, sorted(self.items))
 
     @staticmethod
@@ -251,7 +267,9 @@ class CocoFolder(Dataset):
         return None
 
     def load(self, index: int) -> Item:
-        a = self.items[self.ids[index]]
+        image = self.items[self.ids[index]]
+        check_memory(image.cost(), image.where, "reading its labels", ExportError)
+        a = image.build()
         name = self.files.get(a.image_id, a.image_id)
         for folder in (self.root, self.root / "tiles", self.root / "images"):
             if (folder / name).is_file():
@@ -297,16 +315,18 @@ class HpaCells(Dataset):
         return any(root.glob("*_yellow.png"))
 
     def load(self, index: int) -> Item:
-        import imageio.v3 as iio
-
         image_id = self.ids[index]
+        paths = [self.root / f"{image_id}_{c}.png" for c in HPA_CHANNELS]
+        sizes = []
+        for path in paths:
+            with reading(path):
+                sizes.append(raster_shape(path))
+        # the planes decoded one after another and kept, then stacked (up to 2 bytes a pixel)
+        need = sum(n for _, n in sizes) + sum(2 * h * w for (h, w), _ in sizes)
+        check_memory(need, f"{self.root}, image {image_id}", "reading its 4 channels", SlideError)
         planes = []
-        for c in HPA_CHANNELS:
-            path = self.root / f"{image_id}_{c}.png"
-            try:
-                plane = np.asarray(iio.imread(path))
-            except Exception as exc:
-                raise SlideError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+        for path in paths:
+            plane = read_raster(path)
             planes.append(plane if plane.ndim == 2 else plane[..., 0])
         if len({p.shape for p in planes}) != 1:
             raise SlideError(f"{self.root}: the channels of {image_id} differ in size {[p.shape for p in planes]}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from napari_ftu.formats.annotations import Annotations, ExportError, label_canvas, object_id, safe_id
 from napari_ftu.atomic import write_text
-from napari_ftu.formats.coco_rle import coco_to_mask, mask_to_coco
+from napari_ftu.formats.coco_rle import COST_PER_COUNT, coco_to_mask, mask_to_coco
 from napari_ftu.formats.polygons import mask_to_polygons, paint, paint_cost
 from napari_ftu.formats.rle import RLEError, check_size
 from napari_ftu.io.budget import check_memory
@@ -221,7 +221,7 @@ def _segmentation_cost(seg, shape, where) -> int:
     try:
         if isinstance(seg, dict):
             counts = seg.get("counts")
-            return shape[0] * shape[1] + 64 * (len(counts) if isinstance(counts, (str, bytes, list)) else 0)
+            return shape[0] * shape[1] + COST_PER_COUNT * (len(counts) if isinstance(counts, (str, bytes, list)) else 0)
         if isinstance(seg, list) and seg:
             return paint_cost(_coco_polygons(seg), shape)
     except (ValueError, TypeError, OverflowError) as exc:
