@@ -329,8 +329,8 @@ def test_vasculature_tile_with_a_zigzag_polygon_is_refused(tmp_path, monkeypatch
     message, peak = _peak(ds.load, 0)
     assert "polygons.jsonl, tile t0: reading its labels needs 320." in message and peak < 2 * MB
     monkeypatch.setenv(budget.ENV, "1G")
-    item = ds.load(0)
-    assert item.annotations.labels.any()
+    item = ds.load(0)  # within a larger budget the same tile loads
+    assert item.annotations.shape == (4000, 8) and item.annotations.classes == {1: ["blood_vessel"]}
 
 
 def test_oid_mask_whose_counts_need_more_than_the_budget(monkeypatch):
