@@ -12,7 +12,14 @@ reader that allocates before checking would show up as a MemoryError or a huge p
 
 prints per target the number of cases run, the outcomes seen (ok or error type), the slowest
 case and the largest traced allocation. ``tests/test_fuzz.py`` runs the same targets with
-fewer examples.
+fewer examples. The ``many-items`` and ``bad-polygons`` targets read whole files under a fixed
+memory budget and fail when a case's traced peak goes past it.
+
+    OMP_NUM_THREADS=1 python bench/fuzz.py --cases [--src OTHER/src]
+
+reads fixed adversarial files (a TIFF header claiming 40 000 x 40 000, COCO files of 100 large
+images, a polygon whose edges span every row, ...) each in a fresh process and prints the
+outcome and the peak RSS per case; ``--src`` runs the same files against another checkout.
 """
 
 from __future__ import annotations
@@ -418,6 +425,109 @@ card_cases = st.one_of(
     st.tuples(st.sampled_from([".json", ".yaml"]), json_texts(card_docs)),
     st.tuples(st.just(".yaml"), st.sampled_from(YAML_PAYLOADS) | st.text(max_size=60)))
 
+
+# Whole files of many items, adversarial polygons: the memory budget ------------------------------
+FUZZ_BUDGET = 200 * 10**6  # bytes; set for these targets so that outcomes do not depend on the machine
+# Either small, or large enough that a few items (or one) exceed FUZZ_BUDGET
+item_dim = st.integers(1, 40) | st.sampled_from([3000, 7000, 20_000, 10**5])
+
+
+def _square(x, y, size):
+    return [[x, y], [x + size, y], [x + size, y + size], [x, y + size], [x, y]]
+
+
+@st.composite
+def many_items(draw):
+    """A whole file of many items: COCO images or annotations, GeoJSON features, HuBMAP or HPA rows."""
+    fmt = draw(st.sampled_from(["coco-images", "coco-annotations", "geojson", "hubmap", "hpa"]))
+    n = draw(st.integers(1, 300 if fmt in ("geojson", "coco-annotations") else 2000))  # drawing costs ~1 ms each
+    h, w = draw(item_dim), draw(item_dim)
+    size = draw(st.sampled_from([1, 4, 100]))
+    rle_text = draw(st.sampled_from(["", "1 2", f"1 {min(h * w, 10**6)}"]))
+    if fmt == "coco-images":
+        doc = {"images": [{"id": i, "height": h, "width": w} for i in range(n)],
+               "annotations": [{"image_id": i, "segmentation": [sum(_square(0, 0, size)[:4], [])]} for i in range(n)]}
+        return fmt, json.dumps(doc), None
+    if fmt == "coco-annotations":
+        seg = (lambda i: {"size": [h, w], "counts": [0, h * w]}) if draw(st.booleans()) else (
+            lambda i: [sum(_square(i % max(1, w - size), i % max(1, h - size), size)[:4], [])])
+        doc = {"images": [{"id": 1, "height": h, "width": w}],
+               "annotations": [{"image_id": 1, "segmentation": seg(i)} for i in range(n)]}
+        return fmt, json.dumps(doc), None
+    if fmt == "geojson":
+        feats = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
+            _square(i % max(1, w - size), (i * 7) % max(1, h - size), size)]}} for i in range(n)]
+        return fmt, json.dumps({"type": "FeatureCollection", "features": feats}), (h, w)
+    if fmt == "hubmap":
+        return fmt, "id,rle,img_height,img_width\n" + "".join(f"a{i},{rle_text},{h},{w}\n" for i in range(n)), None
+    mask = coco_rle.oid_encode(np.ones((2, 2), bool)) if (h, w) == (2, 2) else ""
+    rows = "".join(f"a{i},{w},{h},{'0 0.5 ' + mask if mask else ''}\n" for i in range(n))
+    return fmt, "ImageID,ImageWidth,ImageHeight,PredictionString\n" + rows, None
+
+
+def _adversarial_ring(draw):
+    kind = draw(st.sampled_from(["zigzag", "huge", "star", "spiral"]))
+    n = draw(st.integers(3, 5000))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if kind == "zigzag":  # every edge spans every row
+        top, bottom = draw(st.sampled_from([-1e6, -5.0, 0.0])), draw(st.sampled_from([40.0, 3000.0, 1e6]))
+        return [[float(i % 7), bottom if i % 2 else top] for i in range(n)]
+    if kind == "huge":
+        big = draw(st.sampled_from([1e9, 1e15, 1e300, 1.7e308]))
+        return (rng.choice([-1.0, 1.0], (n, 2)) * big * rng.random((n, 2))).tolist()
+    if kind == "star":  # random vertices: edges cross each other everywhere
+        return (rng.random((n, 2)) * draw(st.sampled_from([40.0, 3000.0, 20_000.0]))).tolist()
+    t = np.linspace(0, 40 * np.pi, n)  # a spiral crossing itself when closed
+    r = 1 + t * draw(st.sampled_from([1.0, 30.0]))
+    return np.c_[r * np.cos(t), r * np.sin(t)].tolist()
+
+
+@st.composite
+def adversarial_polygons(draw):
+    """One GeoJSON feature or COCO annotation of rings that span every row, reach +-1e308,
+    intersect themselves or spiral, on an image small or large."""
+    rings = [_adversarial_ring(draw) for _ in range(draw(st.integers(1, 3)))]
+    h, w = draw(item_dim), draw(item_dim)
+    if draw(st.booleans()):
+        feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings}}
+        return "geojson", json.dumps(feature), (h, w)
+    doc = {"images": [{"id": 1, "height": h, "width": w}],
+           "annotations": [{"image_id": 1, "segmentation": [sum(r, []) for r in rings]}]}
+    return "coco", json.dumps(doc), None
+
+
+def run_budgeted(case, folder):
+    """Read a whole file under FUZZ_BUDGET; the traced peak must stay within it (plus what
+    parsing the text itself takes, which is bounded by the file's size)."""
+    import os
+
+    fmt, text, shape = case
+    path = folder / ("x.json" if fmt.startswith("coco") else "x.geojson" if fmt == "geojson" else "x.csv")
+    path.write_text(text, encoding="utf-8")
+    reader = {"coco-images": "coco", "coco-annotations": "coco", "coco": "coco"}.get(fmt, fmt)
+    from napari_ftu.formats.export import import_annotations
+
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    before, old = tracemalloc.get_traced_memory()[0], os.environ.get("NAPARI_FTU_MEMORY_BUDGET")
+    os.environ["NAPARI_FTU_MEMORY_BUDGET"] = str(FUZZ_BUDGET)
+    try:
+        items = import_annotations(path, reader, shape)
+        _check_annotations(items)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1] - before
+        if started:
+            tracemalloc.stop()
+        if old is None:
+            del os.environ["NAPARI_FTU_MEMORY_BUDGET"]
+        else:
+            os.environ["NAPARI_FTU_MEMORY_BUDGET"] = old
+        limit = FUZZ_BUDGET + 40 * len(text) + 2**24
+        assert peak <= limit, f"peak {peak / 1e6:.0f} MB over the {FUZZ_BUDGET / 1e6:.0f} MB budget"
+
+
 TARGETS = {t.name: t for t in [
     Target("rle", "HuBMAP RLE decode", st.tuples(rle_texts, shapes), run_rle),
     Target("oid", "OID/HPA mask decode", st.tuples(oid_texts, claimed_dim, claimed_dim) | matching_oid, run_oid),
@@ -433,6 +543,10 @@ TARGETS = {t.name: t for t in [
     Target("csv", "HuBMAP / HPA / vasculature CSV readers", csv_cases, run_csv),
     Target("train-csv", "HuBMAP 2022 train.csv dataset", train_csv() | st.binary(max_size=80), run_train_csv),
     Target("model-card", "model card parser (JSON, YAML)", card_cases, run_card),
+    Target("many-items", "whole files of many items (COCO, GeoJSON, HuBMAP, HPA) under a budget", many_items(),
+           run_budgeted),
+    Target("bad-polygons", "adversarial polygons (GeoJSON, COCO) under a budget", adversarial_polygons(),
+           run_budgeted),
 ]}
 
 
@@ -487,11 +601,171 @@ def fuzz(target: Target, examples: int) -> dict:
             "failures": failures}
 
 
+# --- per-file budget cases, each read in a fresh process: outcome and peak RSS -------------------
+
+CASE_BUDGET = "1G"  # NAPARI_FTU_MEMORY_BUDGET for these cases, so that outcomes do not depend on the machine
+CASE_LIMIT = 6 * 2**30  # address-space limit of the child: old code fails with MemoryError, not the machine
+
+_CHILD = """
+import json, os, resource, sys, time
+kind, path, shape = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[4]), int(sys.argv[4])))
+from napari_ftu.formats.datasets import open_dataset
+from napari_ftu.formats.export import import_annotations
+from napari_ftu.io.images import read_image
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+try:
+    if kind == "image":
+        result = read_image(path).data.shape
+    elif kind == "dataset":
+        result = open_dataset(path).load(0).annotations.shape
+    else:
+        result = [a.shape for a in import_annotations(path, kind, shape)][:1]
+    outcome, message = "ok", str(result)
+except BaseException as exc:
+    outcome, message = type(exc).__name__, str(exc).splitlines()[0] if str(exc) else ""
+print(json.dumps({"outcome": outcome, "message": message, "seconds": time.perf_counter() - start,
+                  "base_mb": base / 1024, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _claiming_tiff(path: Path, h: int, w: int, bytecount=None) -> Path:
+    """A 64 x 64 zlib TIFF whose header is edited to claim h x w pixels in one strip."""
+    import struct
+
+    import tifffile
+
+    tifffile.imwrite(path, np.full((64, 64), 7, np.uint8), compression="zlib", rowsperstrip=64)
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        edits = {"ImageWidth": w, "ImageLength": h, "RowsPerStrip": h}
+        if bytecount is not None:
+            edits["StripByteCounts"] = bytecount
+        for name, value in edits.items():
+            struct.pack_into("<H" if tags[name].dtype == 3 else "<I", data, tags[name].valueoffset, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _png(h, w, rows):
+    import struct
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"".join(b"\x00" + bytes([7]) * w for _ in range(rows))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _zigzag(n, height, width=8.0):
+    return [[i % 2 * width + i * 1e-3, 0.0 if i % 2 else float(height)] for i in range(n)]
+
+
+def _case_files(folder: Path) -> list:
+    """``(name, kind, path, shape)`` of each adversarial file."""
+    import tifffile
+
+    def text(name, content):
+        (folder / name).write_text(content)
+        return folder / name
+
+    cases = [("TIFF header claiming 40 000 x 40 000", "image", _claiming_tiff(folder / "claim.tif", 40_000, 40_000), None),
+             ("TIFF strip with 0 byte count", "image", _claiming_tiff(folder / "zero.tif", 64, 64, bytecount=0), None)]
+    tiles = (np.zeros((4096, 4096), np.uint8) for _ in range(100))
+    tifffile.imwrite(folder / "zeros.tif", tiles, shape=(40_000, 40_000), dtype=np.uint8, tile=(4096, 4096),
+                     compression="zlib")
+    cases.append(("valid zlib TIFF of 40 000 x 40 000 zeros", "image", folder / "zeros.tif", None))
+    (folder / "short.png").write_bytes(_png(12_000, 12_000, rows=1))
+    cases.append(("PNG claiming 12 000 x 12 000, one row of data", "image", folder / "short.png", None))
+    images = [{"id": i, "height": 5000, "width": 5000} for i in range(100)]
+    cases.append(("COCO: 100 images of 5000 x 5000", "coco",
+                  text("images.json", json.dumps({"images": images, "annotations": []})), None))
+    rles = [{"image_id": 1, "segmentation": {"size": [4000, 4000], "counts": [0, 16_000_000]}} for _ in range(100)]
+    cases.append(("COCO: 100 full-image RLE masks on 4000 x 4000", "coco",
+                  text("rles.json", json.dumps({"images": [{"id": 1, "height": 4000, "width": 4000}],
+                                                "annotations": rles})), None))
+    ring = _zigzag(2000, 10_000)
+    feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}}
+    cases.append(("GeoJSON: 2000 edges spanning 10 000 rows", "geojson", text("zigzag.geojson", json.dumps(feature)),
+                  (10_000, 10)))
+    squares = [[[x, y], [x + 4, y], [x + 4, y + 4], [x, y + 4], [x, y]] for x in range(0, 8000, 200)
+               for y in range(0, 8000, 200)]
+    feats = [{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [sq]}} for sq in squares]
+    cases.append(("GeoJSON: 1600 small squares on 8000 x 8000", "geojson",
+                  text("squares.geojson", json.dumps({"type": "FeatureCollection", "features": feats})), (8000, 8000)))
+    huge = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [
+        [[-1.7e308, -1.7e308], [1.7e308, -1e308], [1e308, 1.7e308], [-1.7e308, -1.7e308]]]}}
+    cases.append(("GeoJSON: vertices at +-1.7e308 on 8000 x 8000", "geojson", text("huge.geojson", json.dumps(huge)),
+                  (8000, 8000)))
+    star = (np.random.default_rng(0).random((20_000, 2)) * 4000).tolist()
+    star_feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [star]}}
+    cases.append(("GeoJSON: self-intersecting 20 000-vertex star on 4000 x 4000", "geojson",
+                  text("star.geojson", json.dumps(star_feature)), (4000, 4000)))
+    cases.append(("HuBMAP CSV: 100 rows of 5000 x 5000", "hubmap",
+                  text("hubmap.csv", "id,rle,img_height,img_width\n" + "".join(
+                      f"a{i},1 2,5000,5000\n" for i in range(100))), None))
+    cases.append(("HPA CSV: 100 rows of 5000 x 5000", "hpa",
+                  text("hpa.csv", "ImageID,ImageWidth,ImageHeight,PredictionString\n" + "".join(
+                      f"a{i},5000,5000,\n" for i in range(100))), None))
+    one = coco_rle.oid_encode(np.ones((3000, 3000), bool))
+    cases.append(("HPA CSV: one row of 300 full masks, 3000 x 3000", "hpa",
+                  text("hpa-masks.csv", "ImageID,ImageWidth,ImageHeight,PredictionString\na,3000,3000,"
+                       + " ".join(f"{k % 19} 0.5 {one}" for k in range(300)) + "\n"), None))
+    vasc = folder / "vasc"
+    (vasc / "train").mkdir(parents=True)
+    from napari_ftu.io.images import write_tiff
+
+    write_tiff(vasc / "train" / "t0.tif", np.zeros((8000, 16), np.uint8))
+    (vasc / "polygons.jsonl").write_text(json.dumps({"id": "t0", "annotations": [
+        {"type": "blood_vessel", "coordinates": [_zigzag(4000, 8000)]}]}))
+    cases.append(("vasculature jsonl: 4000 edges spanning 8000 rows", "dataset", vasc, None))
+    return cases
+
+
+def run_cases(src: str | None = None) -> list[dict]:
+    """Each case in a fresh process (so ru_maxrss is its own): file size, outcome, peak RSS."""
+    import os
+    import subprocess
+    import sys
+
+    folder = Path(tempfile.mkdtemp(prefix="napari-ftu-budget-"))
+    atexit.register(shutil.rmtree, folder, True)
+    env = {**os.environ, "NAPARI_FTU_MEMORY_BUDGET": CASE_BUDGET, "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    if src:
+        env["PYTHONPATH"] = src
+    rows = []
+    for name, kind, path, shape in _case_files(folder):
+        size = sum(p.stat().st_size for p in Path(path).rglob("*")) if Path(path).is_dir() else path.stat().st_size
+        run = subprocess.run([sys.executable, "-c", _CHILD, kind, str(path), json.dumps(shape), str(CASE_LIMIT)],
+                             capture_output=True, text=True, env=env)
+        try:
+            row = json.loads(run.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            row = {"outcome": f"exit {run.returncode}", "message": run.stderr.strip().splitlines()[-1:],
+                   "seconds": float("nan"), "base_mb": float("nan"), "peak_mb": float("nan")}
+        rows.append({"case": name, "bytes": size, **row})
+        print(f"{name:<58} {size:>9} B  {row['outcome']:<12} peak RSS {row['peak_mb']:7.0f} MB "
+              f"(+{row['peak_mb'] - row['base_mb']:.0f})  {row['seconds']:6.2f} s  {str(row['message'])[:110]}",
+              flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=1000)
     parser.add_argument("--only", default="", help="comma-separated target names")
+    parser.add_argument("--cases", action="store_true",
+                        help=f"instead: adversarial files, each read in a fresh process (budget {CASE_BUDGET}): "
+                             "outcome and peak RSS")
+    parser.add_argument("--src", default=None, help="with --cases: the package source to test (PYTHONPATH)")
     args = parser.parse_args(argv)
+    if args.cases:
+        run_cases(args.src)
+        return 0
     names = [n for n in args.only.split(",") if n] or list(TARGETS)
     MARKER.unlink(missing_ok=True)
     tracemalloc.start()

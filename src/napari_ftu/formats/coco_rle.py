@@ -50,6 +50,16 @@ def counts_from_mask(mask: np.ndarray) -> list[int]:
 def mask_from_counts(counts, shape) -> np.ndarray:
     """The ``(height, width)`` uint8 mask of COCO uncompressed counts (validated)."""
     h, w = check_size(shape)
+    starts, lengths = runs_from_counts(counts, (h, w))
+    try:
+        return paint_runs(starts, lengths, (h, w))
+    except MemoryError:
+        raise RLEError(f"a {h} x {w} mask does not fit in memory") from None
+
+
+def runs_from_counts(counts, shape) -> tuple[np.ndarray, np.ndarray]:
+    """0-indexed column-major run starts and lengths (non-empty) of validated COCO counts."""
+    h, w = shape
     try:
         counts = np.asarray(counts)
     except (TypeError, ValueError, OverflowError):  # ragged, nested or beyond 64 bits
@@ -65,10 +75,20 @@ def mask_from_counts(counts, shape) -> np.ndarray:
     starts = ends[0::2][: counts[1::2].size]
     lengths = counts[1::2]
     keep = lengths > 0
-    try:
-        return paint_runs(starts[keep], lengths[keep], (h, w))
-    except MemoryError:
-        raise RLEError(f"a {h} x {w} mask does not fit in memory") from None
+    return starts[keep], lengths[keep]
+
+
+def paint_coco(labels: np.ndarray, rle: dict, value) -> None:
+    """Set the pixels of a COCO RLE dict in ``labels`` to ``value``, decoding only the band of
+    columns its runs touch: a small object on a large image costs its columns, not the image."""
+    h, w = labels.shape
+    counts = _counts(rle, (h, w))
+    starts, lengths = runs_from_counts(counts, (h, w))
+    if not starts.size:
+        return
+    c0, c1 = int(starts[0]) // h, (int(starts[-1] + lengths[-1]) - 1) // h + 1
+    band = paint_runs(starts - c0 * h, lengths, (h, c1 - c0))
+    np.copyto(labels[:, c0:c1], value, where=band.view(bool))
 
 
 def compress_counts(counts) -> bytes:
@@ -136,21 +156,33 @@ def coco_to_mask(rle: dict, shape=None) -> np.ndarray:
 
     With ``shape``, the RLE's ``size`` must equal it (checked before anything is decoded).
     """
+    h, w = _rle_size(rle, shape)
+    return mask_from_counts(_counts(rle, (h, w)), (h, w))
+
+
+def _rle_size(rle, shape=None) -> tuple[int, int]:
     try:
-        h, w = rle["size"]
-        counts = rle["counts"]
+        (h, w), _ = rle["size"], rle["counts"]
     except (KeyError, TypeError, ValueError):
         raise RLEError("a COCO RLE needs 'size': [height, width] and 'counts'") from None
     h, w = check_size((h, w))
     if shape is not None and (h, w) != tuple(int(v) for v in shape):
         raise RLEError(f"COCO RLE size {h} x {w} differs from the image's {shape[0]} x {shape[1]}")
+    return h, w
+
+
+def _counts(rle: dict, shape):
+    """The counts of an RLE dict of ``shape``, decompressed; refused when decoding them and a
+    mask of ``shape`` would exceed the memory budget."""
+    h, w = _rle_size(rle, shape)
+    counts = rle["counts"]
     if isinstance(counts, (str, bytes, list)):
         check_decode((h, w), len(counts))
     if isinstance(counts, (str, bytes)):
         if len(counts) > 8 * (h * w + 1):
             raise RLEError(f"COCO counts string is longer than any {h} x {w} mask needs")
         counts = decompress_counts(counts)
-    return mask_from_counts(counts, (h, w))
+    return counts
 
 
 def oid_encode(mask: np.ndarray) -> str:

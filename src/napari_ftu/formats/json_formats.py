@@ -17,7 +17,7 @@ import numpy as np
 
 from napari_ftu.formats.annotations import Annotations, ExportError, label_canvas, object_id, safe_id
 from napari_ftu.atomic import write_text
-from napari_ftu.formats.coco_rle import COST_PER_COUNT, coco_to_mask, mask_to_coco
+from napari_ftu.formats.coco_rle import COST_PER_COUNT, mask_to_coco, paint_coco
 from napari_ftu.formats.polygons import mask_to_polygons, paint, paint_cost
 from napari_ftu.formats.rle import RLEError, check_size
 from napari_ftu.io.budget import check_memory
@@ -232,7 +232,7 @@ def _segmentation_cost(seg, shape, where) -> int:
 def _paint_segmentation(labels, seg, obj, where) -> None:
     try:
         if isinstance(seg, dict):
-            labels[coco_to_mask(seg, labels.shape).view(bool)] = obj
+            paint_coco(labels, seg, obj)
         else:
             paint(labels, _coco_polygons(seg), obj)
     except (RLEError, ValueError, TypeError, OverflowError) as exc:
