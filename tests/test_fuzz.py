@@ -83,12 +83,10 @@ def test_huge_claims_are_refused_before_allocating(tmp_path, case, monkeypatch):
     elif case == "hubmap-csv":
         exc, peak = _peak(import_annotations, _write(tmp_path / "t.csv", "id,rle,img_height,img_width\n"
                                                      f"a,1 2,{tera},{tera}\n"), "hubmap")
-    else:  # below MAX_PIXELS but more than the memory available
-        import psutil
-
-        monkeypatch.setattr(psutil, "virtual_memory", lambda: type("vm", (), {"available": 2**30})())
-        exc, peak = _peak(rle.decode, "1 2", (2**16, 2**16))  # 4 GiB of uint8 against 1 GiB free
-        assert "memory available" in str(exc)
+    else:  # below MAX_PIXELS but more than the memory budget
+        monkeypatch.setenv("NAPARI_FTU_MEMORY_BUDGET", "1G")
+        exc, peak = _peak(rle.decode, "1 2", (2**16, 2**16))  # 4.3 GB of uint8 against a 1 GB budget
+        assert "decoding needs 4.3 GB, more than the 1.0 GB memory budget" in str(exc)
     assert "too large" in str(exc) or "memory" in str(exc)
     assert peak < 2**20, f"{peak} bytes allocated before refusing"
 

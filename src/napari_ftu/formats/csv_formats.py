@@ -193,11 +193,11 @@ def _parse_triples(text: str, shape, where: str):
 
 def _instances(image_id, shape, triples, um=None) -> Annotations:
     """Merge triples into instances: the same mask listed under several labels is one object
-    (recognised by a digest: keeping each mask's RLE text could cost megabytes per mask)."""
+    (recognised by a digest of its runs: keeping each mask's RLE text could cost megabytes per mask)."""
     labels = np.zeros(shape, np.int32)
     classes, scores, seen = {}, {}, {}
     for label, score, mask in triples:
-        key = hashlib.blake2b(np.ascontiguousarray(mask.T).data, digest_size=20).digest()  # decoded F-order: no copy
+        key = hashlib.blake2b(rle.encode_pairs(mask).data, digest_size=20).digest()
         if key not in seen:
             seen[key] = len(seen) + 1
             labels[mask.view(bool)] = seen[key]
