@@ -18,9 +18,8 @@ from scipy import ndimage as ndi
 
 from napari_ftu.formats import rle
 from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
-from napari_ftu.formats.csv_formats import read_csv_rows
+from napari_ftu.formats.csv_formats import RLE_COST_PER_CHAR, read_csv_rows
 from napari_ftu.engine.postprocess import label_areas
-from napari_ftu.formats.csv_formats import RLE_COST_PER_CHAR
 from napari_ftu.io.budget import check_memory
 from napari_ftu.io.images import SlideError, raster_shape, read_raster, reading
 from napari_ftu.io.slides import Slide, open_slide
