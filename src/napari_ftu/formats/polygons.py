@@ -139,10 +139,15 @@ def _boxes(polygons, shape):
             yield rings, (y0, y1, x0, x1)
 
 
+def _next(v: np.ndarray) -> np.ndarray:
+    """Each vertex's successor around the ring (np.roll(v, -1), without its overhead per call)."""
+    return np.concatenate((v[1:], v[:1]))
+
+
 def _spans(y: np.ndarray, h: int):
     """First row and number of rows whose centre each edge (vertex i to i + 1) crosses,
     within rows ``0 .. h``; 0 rows for horizontal edges."""
-    y2 = np.roll(y, -1)
+    y2 = _next(y)
     r0 = np.clip(np.ceil(np.minimum(y, y2) - 0.5), 0, h).astype(np.int64)
     r1 = np.clip(np.ceil(np.maximum(y, y2) - 0.5), 0, h).astype(np.int64)
     return r1 - r0, r0
@@ -170,7 +175,7 @@ def _ring_pixels(ring: np.ndarray, shape) -> np.ndarray:
     """
     h, w = (int(v) for v in shape)
     xa, ya = ring[:, 0], ring[:, 1]
-    xb, yb = np.roll(xa, -1), np.roll(ya, -1)
+    xb, yb = _next(xa), _next(ya)
     spans, r0 = _spans(ya, h)
     edge = np.repeat(np.arange(spans.size), spans)
     first = np.repeat(np.cumsum(spans) - spans, spans)
