@@ -159,7 +159,8 @@ def test_tiff_strips_without_data_are_refused_not_read_as_zeros(tmp_path, capfd)
 
 def test_tifffile_log_lines_do_not_print(tmp_path):
     """In a fresh process (pytest's own log handler would hide them here): tifffile logs that
-    the series shape does not match the page, then fails; the user sees our one line only."""
+    the series shape does not match the page, then fails; the CLI user sees our one line only
+    (the CLI quiets library loggers unless --verbose)."""
     import os
     import subprocess
     import sys

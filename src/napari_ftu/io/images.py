@@ -7,7 +7,6 @@ or the TIFF resolution tags, in that order.
 
 from __future__ import annotations
 
-import logging
 import re
 import zlib
 from contextlib import contextmanager
@@ -18,10 +17,6 @@ import numpy as np
 
 from napari_ftu.atomic import atomic_path
 from napari_ftu.io.budget import check_memory
-
-# tifffile logs what it repairs or skips in damaged files; without this its lines would print
-# around our one-line errors. An application that configures logging still receives them.
-logging.getLogger("tifffile").addHandler(logging.NullHandler())
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8", ".scn")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -62,7 +57,8 @@ def reason(exc: BaseException) -> str:
     """A library's error as one short line: its type and first line (imageio appends install
     hints on the following lines)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if lines and lines[0].startswith("Could not find a backend"):  # imageio: no plugin decodes it
+    if (lines and lines[0].startswith("Could not find a backend")  # imageio: no plugin decodes it
+            or type(exc).__name__ == "UnidentifiedImageError"):  # Pillow, reading the header
         return "no decoder recognises its contents: damaged, or not the type its name says"
     return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
