@@ -40,8 +40,8 @@ def main(argv=None) -> int:
 
     from napari_ftu.engine.inference import segment
     from napari_ftu.engine.models import load_model
-    from napari_ftu.plugin.sample import SAMPLE_SEED, SAMPLE_SIZE, SAMPLE_UM_PER_PX
     from napari_ftu.io.synthetic import make_slide
+    from napari_ftu.plugin.sample import SAMPLE_SEED, SAMPLE_SIZE, SAMPLE_UM_PER_PX
 
     size = args.size or SAMPLE_SIZE
     rgb, _, _ = make_slide(size, size, seed=SAMPLE_SEED, um_per_px=SAMPLE_UM_PER_PX)

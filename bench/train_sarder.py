@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_ftu.engine.inference import segment
-from napari_ftu.evaluation.metrics import dice
 from napari_ftu.engine.models import ModelCard, default_model_path, load_model
+from napari_ftu.evaluation.metrics import dice
 from napari_ftu.training.train import dataset_samples, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sarder_frozen_kidney_glomeruli"

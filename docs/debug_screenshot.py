@@ -7,10 +7,11 @@ import sys
 import napari
 import numpy as np
 from qtpy.QtWidgets import QApplication
-from napari_ftu.io.synthetic import make_slide
-from napari_ftu.engine.models import load_model
-from napari_ftu.engine.inference import segment
+
 from napari_ftu._qt.debug import DebugWidget
+from napari_ftu.engine.inference import segment
+from napari_ftu.engine.models import load_model
+from napari_ftu.io.synthetic import make_slide
 
 UM = 2.0
 rgb, truth, _ = make_slide(768, 768, seed=777, um_per_px=UM)
@@ -39,6 +40,7 @@ w.objects_table.selectRow(0)
 for _ in range(20):
     app.processEvents()
 from napari._qt.dialogs.qt_notification import NapariQtNotification
+
 for wd in app.allWidgets():
     if isinstance(wd, NapariQtNotification):
         wd.close()

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from napari_ftu.review import editing as E
-from napari_ftu.review import autosave as A
 from napari_ftu.review.autosave import Autosaver, SessionError, SessionStore
 from napari_ftu.review.session import ReviewSession
 

@@ -15,6 +15,7 @@ import pytest
 
 from napari_ftu.batch import runner as batch
 from napari_ftu.batch.runner import BatchOptions, plan_inputs, run_batch
+from napari_ftu.errors import InputError
 from napari_ftu.io.images import read_image
 
 SIZES = [(512, 640), (576, 512), (640, 640), (512, 704), (600, 560), (1280, 896)]
@@ -94,9 +95,9 @@ def test_plan_lists_slides_not_their_label_files(slides):
     jobs = plan_inputs([slides])
     assert [j.id for j in jobs] == [f"kidney_{i}" for i in range(6)]
     assert plan_inputs([str(slides / "kidney_[12].tif")]) == jobs[1:3]
-    with pytest.raises(batch.BatchError, match="share the id"):
+    with pytest.raises(InputError, match="share the id"):
         plan_inputs([slides, slides / "kidney_0.tif"])
-    with pytest.raises(batch.BatchError, match="nowhere.tif"):
+    with pytest.raises(InputError, match="nowhere.tif"):
         plan_inputs([slides / "nowhere.tif"])
 
 

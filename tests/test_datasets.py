@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_ftu.formats import rle
-from napari_ftu.formats.annotations import Annotations, ExportError
 from napari_ftu.cli import main
+from napari_ftu.errors import FormatError
+from napari_ftu.formats import rle
+from napari_ftu.formats.annotations import Annotations
 from napari_ftu.formats.coco_rle import oid_encode
 from napari_ftu.formats.datasets import labels_layer_data, open_dataset
 from napari_ftu.formats.polygons import mask_to_polygons
@@ -67,7 +68,7 @@ def test_hubmap2022_bad_rows_name_the_problem(tmp_path, slides, change, problem)
     rows[0].update(change)
     _hubmap2022(tmp_path / "bad", slides, rows)
     ds = open_dataset(tmp_path / "bad")
-    with pytest.raises(ExportError, match=problem):
+    with pytest.raises(FormatError, match=problem):
         ds.load(0)
     ds.load(1)  # the other images still load
 
@@ -75,7 +76,7 @@ def test_hubmap2022_bad_rows_name_the_problem(tmp_path, slides, change, problem)
 def test_csv_missing_columns(tmp_path, slides):
     rows = [{k: v for k, v in r.items() if k != "pixel_size"} for r in _hubmap2022(tmp_path, slides)]
     _hubmap2022(tmp_path / "bad", slides, rows)
-    with pytest.raises(ExportError, match=r"train.csv: missing columns \['pixel_size'\]"):
+    with pytest.raises(FormatError, match=r"train.csv: missing columns \['pixel_size'\]"):
         open_dataset(tmp_path / "bad")
 
 
@@ -118,7 +119,7 @@ def test_vasculature_jsonl_layout(tmp_path, slides):
 
 def test_polygons_outside_the_image(tmp_path, slides):
     _vasculature(tmp_path, slides, shift=1000)
-    with pytest.raises(ExportError, match="polygons.jsonl, tile tile0, annotation 1: polygon reaches outside"):
+    with pytest.raises(FormatError, match="polygons.jsonl, tile tile0, annotation 1: polygon reaches outside"):
         open_dataset(tmp_path).load(0)
 
 
@@ -163,12 +164,12 @@ def test_mismatched_image_and_mask(tmp_path):
     (tmp_path / "masks").mkdir()
     iio.imwrite(tmp_path / "images" / "slide_a.png", np.zeros((50, 40, 3), np.uint8))
     iio.imwrite(tmp_path / "masks" / "mask_a.png", np.zeros((50, 41), np.uint8))
-    with pytest.raises(ExportError, match="mask_a.png: mask size .50, 41. differs from image slide_a.png"):
+    with pytest.raises(FormatError, match="mask_a.png: mask size .50, 41. differs from image slide_a.png"):
         open_dataset(tmp_path).load(0)
 
 
 def test_unknown_folder_and_cli_errors(tmp_path, capsys):
-    with pytest.raises(ExportError, match="not a dataset layout"):
+    with pytest.raises(FormatError, match="not a dataset layout"):
         open_dataset(tmp_path)
     assert main(["info", str(tmp_path)]) == 2
     assert "not a dataset layout" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
+from napari_ftu.errors import EditError
 from napari_ftu.review import editing as E
 from napari_ftu.review.undo import History, paint_delta
 
@@ -37,7 +38,7 @@ def test_operations_change_only_what_they_say():
     assert (grown == 1).sum() > (lab == 1).sum() and (grown[lab == 2] == 2).all()  # never over others
     shrunk = _apply(lab, E.erode(lab, 1, 2))
     assert (shrunk == 1).sum() == 36 * 36
-    with pytest.raises(E.EditError, match="disappear"):
+    with pytest.raises(EditError, match="disappear"):
         E.erode(lab, 3, 2)
     holed = lab.copy()
     holed[30:40, 30:40] = 0
@@ -56,9 +57,9 @@ def test_splits_give_new_ids_and_keep_pixels():
     left = out[130, 40:125]
     assert set(np.unique(out)) == {0, 1, 2, 3, 4}
     assert len(set(left[left > 0])) == 2  # one boundary between the two discs along the row
-    with pytest.raises(E.EditError, match="inside one object"):
+    with pytest.raises(EditError, match="inside one object"):
         E.split_watershed(lab, [(130, 50), (30, 30)])
-    with pytest.raises(E.EditError, match="not cut"):
+    with pytest.raises(EditError, match="not cut"):
         E.split_by_line(lab, 1, [(0, 0), (10, 10)])
 
 
@@ -76,11 +77,11 @@ def test_draw_and_relabel():
 
 
 def test_bad_input_is_refused():
-    with pytest.raises(E.EditError, match="2-D"):
+    with pytest.raises(EditError, match="2-D"):
         E.merge(np.zeros((2, 2, 2), np.int32), [1, 2])
-    with pytest.raises(E.EditError, match="not in the label image"):
+    with pytest.raises(EditError, match="not in the label image"):
         E.delete(_scene(), [42])
-    with pytest.raises(E.EditError, match="at least two"):
+    with pytest.raises(EditError, match="at least two"):
         E.merge(_scene(), [1])
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from napari_ftu.engine.inference import relabel, segment, segment_steps
-from napari_ftu.evaluation.metrics import dice
 from napari_ftu.engine.models import FTUModel, ModelCard
 from napari_ftu.engine.postprocess import instances
 from napari_ftu.engine.tile_source import TileSource
+from napari_ftu.evaluation.metrics import dice
 
 
 def small_cnn(seed=0):

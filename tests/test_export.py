@@ -6,16 +6,17 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
+from napari_ftu.errors import FormatError
+from napari_ftu.formats.annotations import Annotations, safe_id
 from napari_ftu.formats.export import FORMATS, export_annotations, import_annotations
 from napari_ftu.training.tiles import export_tiles
 
 
 @pytest.mark.parametrize("bad", ["../x", "/etc/passwd", "a/b", "a\\b", "", "a,b", "..", "x/../../y"])
 def test_unsafe_ids_are_refused(bad):
-    with pytest.raises(ExportError):
+    with pytest.raises(FormatError):
         safe_id(bad)
-    with pytest.raises(ExportError):
+    with pytest.raises(FormatError):
         Annotations(bad, np.zeros((2, 2)))
 
 
@@ -123,14 +124,14 @@ def test_tiles_from_a_pyramidal_slide_without_loading_it(tmp_path):
 def test_readers_name_the_problem(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("id,something\nx,1\n")
-    with pytest.raises(ExportError, match="missing columns"):
+    with pytest.raises(FormatError, match="missing columns"):
         import_annotations(bad, "hubmap")
     bad.write_text("id,rle,img_height,img_width\nx,5 9,3,3\n")
-    with pytest.raises(ExportError, match="line 2.*ends at pixel"):
+    with pytest.raises(FormatError, match="line 2.*ends at pixel"):
         import_annotations(bad, "hubmap")
     bad.write_text("ImageID,ImageWidth,ImageHeight,PredictionString\nx,4,4,0 0.5 notbase64!\n")
-    with pytest.raises(ExportError, match="base64"):
+    with pytest.raises(FormatError, match="base64"):
         import_annotations(bad, "hpa")
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ExportError, match="bad.json"):
+    with pytest.raises(FormatError, match="bad.json"):
         import_annotations(tmp_path / "bad.json", "coco")

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ftu.formats.annotations import Annotations, ExportError
+from napari_ftu.engine.models import ModelCard, load_model
+from napari_ftu.errors import FormatError, InputError, ModelError
+from napari_ftu.formats.annotations import Annotations
 from napari_ftu.formats.export import export_annotations, export_tiles, import_annotations
-from napari_ftu.engine.models import ModelCard, ModelError, load_model
 from napari_ftu.io.images import write_tiff
 
 TINY = ModelCard(encoder="resnet18", arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 4]},
@@ -94,13 +95,13 @@ def test_hostile_ids_in_csvs_are_refused_and_coco_keeps_only_a_plain_name(tmp_pa
                       "hpa": f'ImageID,ImageWidth,ImageHeight,PredictionString\n"{bad}",3,3,\n'}.items():
         path = tmp_path / f"{fmt}.csv"
         path.write_text(text)
-        with pytest.raises(ExportError):
+        with pytest.raises(FormatError):
             import_annotations(path, fmt)
     path = tmp_path / "c.json"  # COCO file names may hold folders: the id is the bare name, or refused
     path.write_text(json.dumps({"images": [{"id": 1, "file_name": bad, "height": 3, "width": 3}]}))
     try:
         (a,) = import_annotations(path, "coco")
-    except ExportError:
+    except FormatError:
         return
     assert safe_id(a.image_id) == Path(bad).stem and "/" not in a.image_id
 
@@ -112,9 +113,9 @@ def test_hostile_ids_never_write_outside_the_output_folder(tmp_path, bad):
     before = _tree(tmp_path)
     labels = np.zeros((64, 64), np.int32)
     labels[10:20, 10:20] = 1
-    with pytest.raises(ExportError):
+    with pytest.raises(FormatError):
         export_tiles(np.zeros((64, 64, 3), np.uint8), labels, out, bad, tile=32)
-    with pytest.raises(ExportError):
+    with pytest.raises(FormatError):
         export_annotations(Annotations(bad, labels), out / "sub.csv", "hubmap")
     assert _tree(tmp_path) == before
 
@@ -129,21 +130,21 @@ def test_dataset_files_cannot_point_outside_their_folder(tmp_path):
     (root / "train_images").mkdir(parents=True)
     (root / "train.csv").write_text("id,organ,data_source,img_height,img_width,pixel_size,tissue_thickness,rle\n"
                                     "../../secret,kidney,HPA,3,3,0.4,4,1 2\n")
-    with pytest.raises(ExportError, match="not a safe file name"):
+    with pytest.raises(FormatError, match="not a safe file name"):
         open_dataset(root).load(0)
     root = tmp_path / "vasc"
     (root / "train").mkdir(parents=True)
     (root / "polygons.jsonl").write_text(json.dumps({"id": "../../secret", "annotations": []}) + "\n")
-    with pytest.raises(ExportError, match="not a safe file name"):
+    with pytest.raises(FormatError, match="not a safe file name"):
         open_dataset(root).load(0)
     root = tmp_path / "coco"
     root.mkdir()
     for name in ("../secret.tiff", str(secret), "a\x00.tif"):
         doc = {"images": [{"id": 1, "file_name": name, "height": 3, "width": 3}], "annotations": []}
         (root / "c.json").write_text(json.dumps(doc))
-        with pytest.raises(ExportError):
+        with pytest.raises(FormatError):
             open_dataset(root).load(0)
-    with pytest.raises(ExportError, match="NUL"):
+    with pytest.raises(InputError, match="NUL"):
         open_dataset(str(tmp_path) + "\x00x")
 
 

@@ -5,8 +5,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from napari_ftu.errors import EditError, InputError, OptionError
 from napari_ftu.review import editing as E
-from napari_ftu.review.label_store import LabelStore, LabelStoreError
+from napari_ftu.review.label_store import LabelStore
 from napari_ftu.review.session import ReviewSession
 
 
@@ -59,13 +60,13 @@ def test_window_edit_on_a_20000_px_store_changes_only_its_region(tmp_path):
 
 def test_bad_windows_and_stores_are_refused(tmp_path):
     store = LabelStore.create(tmp_path / "l.zarr", (1000, 800))
-    with pytest.raises(LabelStoreError, match="does not fit"):
+    with pytest.raises(EditError, match="does not fit"):
         store.read_window(900, 0, 200, 100)
-    with pytest.raises(LabelStoreError, match="2-D"):
+    with pytest.raises(EditError, match="2-D"):
         store.write_window(0, 0, np.zeros((2, 2, 2), np.uint32))
-    with pytest.raises(LabelStoreError, match="already exists"):
+    with pytest.raises(InputError, match="already exists"):
         LabelStore.create(tmp_path / "l.zarr", (10, 10))
-    with pytest.raises(LabelStoreError, match="no such label store"):
+    with pytest.raises(InputError, match="no such label store"):
         LabelStore.open(tmp_path / "missing.zarr")
-    with pytest.raises(LabelStoreError, match="integers"):
+    with pytest.raises(OptionError, match="integers"):
         LabelStore.create(tmp_path / "f.zarr", (10, 10), dtype="float32")

@@ -14,9 +14,17 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from napari_ftu.evaluation.metrics import (
+    average_precision,
+    best_threshold,
+    dice,
+    dice_curve,
+    iou,
+    match,
+    match_objects,
+    overlap_table,
+)
 from napari_ftu.formats.annotations import Annotations
-from napari_ftu.evaluation.metrics import (average_precision, best_threshold, dice, dice_curve, iou, match, match_objects,
-                                overlap_table)
 
 
 def _square(shape, y, x, size, value=1, out=None):

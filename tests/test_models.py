@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ftu.engine.models import FTUModel, ModelCard, ModelError, build_network, load_model, save_model
+from napari_ftu.engine.models import FTUModel, ModelCard, build_network, load_model, save_model
+from napari_ftu.errors import ModelError
 
 
 @pytest.fixture(scope="module")

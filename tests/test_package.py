@@ -5,7 +5,6 @@ from pathlib import Path
 import napari_ftu
 
 
-
 def _core_modules():
     """Every module of the package outside the Qt views, found on disk so new rooms are covered."""
     root = Path(napari_ftu.__file__).parent

@@ -14,8 +14,8 @@ import pytest
 
 from napari_ftu.review import editing as E
 from napari_ftu.review.autosave import DEFAULT_INTERVAL_S, Autosaver, SessionStore, session_folder
-from napari_ftu.review.table import Review
 from napari_ftu.review.session import ReviewSession
+from napari_ftu.review.table import Review
 
 
 def _scene():

@@ -155,8 +155,8 @@ def test_review_keys_accept_reject_next(dock):
 
 
 def test_autosave_restores_edits_and_statuses_on_reopen(make_napari_viewer, tmp_path, qtbot, monkeypatch):
-    from napari_ftu.review.autosave import DEFAULT_INTERVAL_S
     from napari_ftu.io.images import write_tiff
+    from napari_ftu.review.autosave import DEFAULT_INTERVAL_S
 
     monkeypatch.setenv("NAPARI_FTU_SESSIONS", str(tmp_path / "unused"))
     slide = tmp_path / "slide.tif"

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from napari_ftu.errors import FormatError
 from napari_ftu.formats import rle
 
 csv.field_size_limit(2**31 - 1)  # real RLE rows are megabytes long
@@ -57,12 +58,12 @@ def test_any_layout_and_dtype_encodes_the_foreground(labels, order, dtype):
      ("5 2 1 2", "sorted"), ("1 3 2 2", "overlap"), ("10 5", "ends at pixel 14")],
 )
 def test_malformed_rle_is_refused_with_reason(text, problem):
-    with pytest.raises(rle.RLEError, match=problem):
+    with pytest.raises(FormatError, match=problem):
         rle.decode(text, (3, 4))
 
 
 def test_huge_claim_is_refused_before_allocating():
-    with pytest.raises(rle.RLEError, match="too large"):
+    with pytest.raises(FormatError, match="too large"):
         rle.decode("1 2", (10**6, 10**6))
 
 

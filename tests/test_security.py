@@ -19,9 +19,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from napari_ftu.batch import runner as batch  # noqa: E402
-from napari_ftu.batch.runner import BatchError, BatchOptions, plan_inputs, run_batch  # noqa: E402
+from napari_ftu.batch.runner import BatchOptions, plan_inputs, run_batch  # noqa: E402
 from napari_ftu.cli import main  # noqa: E402
-from napari_ftu.engine.models import ModelCard, ModelError, load_model  # noqa: E402
+from napari_ftu.engine.models import ModelCard, load_model  # noqa: E402
+from napari_ftu.errors import InputError, ModelError
 
 # --- TorchScript carries code -------------------------------------------------------------------
 
@@ -240,7 +241,7 @@ def test_a_model_retrained_into_the_same_folder_is_not_mistaken_for_the_old_one(
         for p in old.network.parameters():
             p.mul_(0.5)
     save_model(old.network, old.card, model_dir)
-    with pytest.raises(BatchError, match="other settings or another model.*--overwrite"):
+    with pytest.raises(InputError, match="other settings or another model.*--overwrite"):
         run_batch(jobs, out, options)  # without --overwrite the old results stay
     assert _status(run_batch(jobs, out, options, overwrite=True)) == {"kidney_0": "done", "kidney_1": "done"}
 
@@ -278,7 +279,7 @@ def test_combined_outputs_are_replaced_only_by_their_own_batch_or_with_overwrite
     out = copy / "out"
     summary = (out / batch.SUMMARY).read_text()
     (out / batch.SUMMARY).write_text(summary + "my notes\n")  # the user's edit
-    with pytest.raises(BatchError, match="summary.csv exists and was not written by a batch"):
+    with pytest.raises(InputError, match="summary.csv exists and was not written by a batch"):
         run_batch(jobs, out, OPTIONS)
     assert (out / batch.SUMMARY).read_text().endswith("my notes\n")
     fresh = copy / "fresh"
@@ -294,7 +295,7 @@ def test_combined_outputs_are_replaced_only_by_their_own_batch_or_with_overwrite
     assert "mine" not in (fresh / batch.COMBINED).read_text()
     assert main(args) == 0  # now they are this batch's own: a rerun resumes and rewrites them
     assert "kidney_0" in (fresh / batch.COMBINED).read_text()
-    with pytest.raises(BatchError, match="other settings"):
+    with pytest.raises(InputError, match="other settings"):
         run_batch(jobs, fresh, BatchOptions(device="cpu", outputs=("rle",), threshold=0.3))
     os.symlink(copy / "slides" / "kidney_0.tif", copy / "linked")
     (fresh / batch.SUMMARY).unlink()

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_ftu.io.images import SlideError
+from napari_ftu.errors import InputError
 from napari_ftu.io.slides import open_slide, pyramid_steps, slide_layer_data
 from napari_ftu.io.synthetic import make_slide, write_slide
 
@@ -99,13 +99,13 @@ def test_bad_slides_name_file_and_problem(tmp_path):
     tifffile.imwrite(tmp_path / "whole.tif", rgb + 100, photometric="rgb", tile=(256, 256), compression="zlib")
     data = (tmp_path / "whole.tif").read_bytes()
     (tmp_path / "truncated.tif").write_bytes(data[: len(data) // 3])
-    with pytest.raises(SlideError, match="truncated.tif.*truncated"):
+    with pytest.raises(InputError, match="truncated.tif.*truncated"):
         open_slide(tmp_path / "truncated.tif")
     tifffile.imwrite(tmp_path / "empty.tif", np.zeros((0, 5), np.uint8))
-    with pytest.raises(SlideError, match="empty.tif.*no pixels"):
+    with pytest.raises(InputError, match="empty.tif.*no pixels"):
         open_slide(tmp_path / "empty.tif")
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(SlideError, match="unsupported file type"):
+    with pytest.raises(InputError, match="unsupported file type"):
         open_slide(tmp_path / "notes.txt")
-    with pytest.raises(SlideError, match="no such file"):
+    with pytest.raises(InputError, match="no such file"):
         open_slide(tmp_path / "missing.svs")

@@ -143,9 +143,9 @@ def test_export_dock_writes_rle_and_asks_before_overwrite(viewer_with_slide, tmp
 
 def test_user_edits_are_exported(viewer_with_slide, tmp_path):
     """The path a user walks: segment, paint a correction, export the corrected mask."""
-    from napari_ftu.formats import rle
     from napari_ftu.engine.inference import segment
     from napari_ftu.engine.models import load_model
+    from napari_ftu.formats import rle
 
     viewer, truth = viewer_with_slide
     seg = segment(viewer.layers["kidney"].data, load_model(None, "cpu"), um_per_px=1.0)

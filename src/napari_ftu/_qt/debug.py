@@ -14,21 +14,41 @@ from typing import Optional
 
 import napari
 import numpy as np
-from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, ProgressBar,
-                              PushButton, SpinBox, create_widget)
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSlider,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
-from napari_ftu.formats.annotations import Annotations, ExportError
+from napari_ftu._qt.jobs import start_job
 from napari_ftu.atomic import write_text
-from napari_ftu.evaluation.evaluate import (FN, FP, TP, error_map, evaluate_image, evaluate_paths, object_rows, report_csv,
-                          write_report)
+from napari_ftu.errors import FormatError, ModelError
+from napari_ftu.evaluation.evaluate import (
+    FN,
+    FP,
+    TP,
+    error_map,
+    evaluate_image,
+    evaluate_paths,
+    object_rows,
+    report_csv,
+    write_report,
+)
 from napari_ftu.evaluation.metrics import best_threshold, dice_curve
 from napari_ftu.evaluation.plots import draw_histogram, draw_threshold_curve, save_png
-from napari_ftu._qt.jobs import start_job
+from napari_ftu.formats.annotations import Annotations
 
 ERROR_COLOURS = {TP: (0.15, 0.8, 0.25, 1.0), FP: (0.95, 0.15, 0.15, 1.0), FN: (0.2, 0.45, 1.0, 1.0)}
 DIFF_COLOURS = {1: (1.0, 0.6, 0.0, 1.0), 2: (0.0, 0.85, 0.9, 1.0)}  # only in A, only in B
@@ -195,8 +215,8 @@ class DebugWidget(Container):
             prob = None if prob_layer is None else _probability(prob_layer)
             for name, arr in (("ground truth", truth), ("B", other), ("probability", prob)):
                 if arr is not None and arr.shape != pred.shape:
-                    raise ExportError(f"{name} is {arr.shape}, the prediction {pred.shape}: they must match")
-        except ExportError as exc:
+                    raise FormatError(f"{name} is {arr.shape}, the prediction {pred.shape}: they must match")
+        except FormatError as exc:
             return self._fail(exc)
         scores = _scores(pred_layer, (pred, prob))
         other_scores = _scores(other_layer, (other, prob)) if other_layer is not None else {}
@@ -299,7 +319,7 @@ class DebugWidget(Container):
     def uncertainty(self):
         """Run the model with test-time augmentation in a worker; add the views' disagreement."""
         from napari_ftu.engine.inference import segment_steps
-        from napari_ftu.engine.models import ModelError, load_model
+        from napari_ftu.engine.models import load_model
 
         layer = self.image.value
         if layer is None:
@@ -438,7 +458,7 @@ def _probability(layer) -> np.ndarray:
     if prob.ndim == 3 and prob.shape[0] <= 8:  # several classes: the first
         prob = prob[0]
     if prob.ndim != 2:
-        raise ExportError(f"{layer.name}: a probability map must be 2-D, got {prob.shape}")
+        raise FormatError(f"{layer.name}: a probability map must be 2-D, got {prob.shape}")
     return prob.astype(np.float32) / 255.0 if prob.dtype == np.uint8 else prob
 
 

@@ -6,11 +6,21 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton, SpinBox,
-                              create_widget)
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
 from napari.utils.notifications import show_error, show_info
 
-from napari_ftu.formats.annotations import Annotations, ExportError
+from napari_ftu.errors import FTUError
+from napari_ftu.formats.annotations import Annotations
 from napari_ftu.formats.export import FORMATS, export_annotations, export_tiles
 
 
@@ -79,7 +89,7 @@ class ExportWidget(Container):
             return None
         try:
             written = export_annotations(self._annotations(layer), path, self.format.value, overwrite=True)
-        except (ExportError, OSError) as exc:
+        except (FTUError, OSError) as exc:
             return self._fail(exc)
         self._ok(f"wrote {written}")
         return written
@@ -97,7 +107,7 @@ class ExportWidget(Container):
                                 negative_fraction=self.negatives.value,
                                 classes={i: a.class_names(i)[0] for i in a.ids()},
                                 max_per_class=self.max_per_class.value or None, fmt=self.tile_format.value)
-        except (ExportError, OSError) as exc:
+        except (FTUError, OSError) as exc:
             return self._fail(exc)
         self._ok(f"wrote {len(rows)} tiles to {self.tiles_dir.value}")
         return rows

@@ -9,15 +9,14 @@ import napari
 from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info
 
-from napari_ftu.formats.annotations import ExportError
-from napari_ftu.batch.runner import BatchOptions, BatchResults, batch_steps, is_batch_output, plan_inputs
-from napari_ftu.formats.datasets import labels_layer_data, open_dataset
-from napari_ftu.io.images import SlideError
-from napari_ftu.io.slides import open_slide, pyramid_steps, slide_layer_data
 from napari_ftu._qt.jobs import start_job
+from napari_ftu.batch.runner import BatchOptions, BatchResults, batch_steps, is_batch_output, plan_inputs
+from napari_ftu.errors import FormatError, InputError
+from napari_ftu.formats.datasets import labels_layer_data, open_dataset
+from napari_ftu.io.slides import open_slide, pyramid_steps, slide_layer_data
 
 FILTER = "Images (*.tif *.tiff *.svs *.ndpi *.png *.jpg *.jpeg)"
-ERRORS = (SlideError, ExportError, OSError, ValueError)
+ERRORS = (InputError, FormatError, OSError, ValueError)
 
 
 class LoadWidget(Container):
@@ -156,7 +155,7 @@ class LoadWidget(Container):
         try:
             jobs = plan_inputs([folder])
             if not jobs:
-                raise SlideError(f"{folder}: no slides to segment")
+                raise InputError(f"{folder}: no slides to segment")
         except ERRORS as exc:
             return self._fail(exc)
         steps = batch_steps(jobs, out, BatchOptions(), workers=self.batch_workers.value)
@@ -200,9 +199,9 @@ class LoadWidget(Container):
             items = import_annotations(path, fmt, self.slide.size)
             a = next((x for x in items if x.image_id == self.slide.name), items[0] if len(items) == 1 else None)
             if a is None:
-                raise ExportError(f"{path}: no annotations for image {self.slide.name!r}")
+                raise FormatError(f"{path}: no annotations for image {self.slide.name!r}")
             if a.shape != tuple(self.slide.size):
-                raise ExportError(f"{path}: annotations are {a.shape}, the image is {self.slide.size}")
+                raise FormatError(f"{path}: annotations are {a.shape}, the image is {self.slide.size}")
         except ERRORS as exc:
             return self._fail(exc)
         labels, kwargs, _ = labels_layer_data(a, self.slide)

@@ -17,28 +17,44 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox,
-                              create_widget)
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QItemSelectionModel, QTimer
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
-from napari_ftu.review import editing
-from napari_ftu.review.autosave import (DEFAULT_INTERVAL_S, Autosaver, SessionError, SessionStore, carry_statuses,
-                                        default_project_folder, pending_windows, session_folder)
-from napari_ftu.review.editing import EditError
-from napari_ftu.review.label_store import LabelStore, LabelStoreError
-from napari_ftu.review.table import SORTS, STATUSES
-from napari_ftu.review.session import ReviewSession
-from napari_ftu.review.undo import paint_delta
 from napari_ftu._qt.segment import EDITED
+from napari_ftu.errors import EditError, InputError, SessionError
+from napari_ftu.review import editing
+from napari_ftu.review.autosave import (
+    DEFAULT_INTERVAL_S,
+    Autosaver,
+    SessionStore,
+    carry_statuses,
+    default_project_folder,
+    pending_windows,
+    session_folder,
+)
+from napari_ftu.review.label_store import LabelStore
+from napari_ftu.review.session import ReviewSession
+from napari_ftu.review.table import SORTS, STATUSES
+from napari_ftu.review.undo import paint_delta
 
 COLUMNS = ["id", "class", "area µm²", "confidence", "status"]
 HEADER_SORTS = {0: "id", 1: "class", 2: "large first", 3: "low confidence first", 4: "status"}
 STATUS_COLOURS = {"unreviewed": "#f6d32d", "accepted": "#33d17a", "edited": "#62a0ea", "rejected": "#e01b24"}
 CLASSES = ["glomerulus", "crypt", "alveolus", "gland", "white pulp", "vessel", "FTU"]
 MAX_WINDOW = 4096  # full-resolution pixels per side of an editable window
-ERRORS = (EditError, LabelStoreError, KeyError, ValueError, OSError)
+ERRORS = (EditError, InputError, KeyError, ValueError, OSError)
 
 
 class ReviewWidget(Container):
@@ -550,7 +566,7 @@ class ReviewWidget(Container):
         """Show a pyramidal label store (zarr) as multiscale labels over ``image`` (read-only view)."""
         try:
             self.store = LabelStore.open(path)
-        except LabelStoreError as exc:
+        except InputError as exc:
             return self._fail(exc)
         image = image or next((lyr for lyr in self._viewer.layers if isinstance(lyr, napari.layers.Image)), None)
         kw = {"scale": image.scale[-2:], "translate": image.translate[-2:]} if image is not None else {}

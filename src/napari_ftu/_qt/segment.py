@@ -11,13 +11,23 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSlider, Label, ProgressBar, PushButton, SpinBox,
-                              create_widget)
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSlider,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
 from napari.utils.notifications import show_error, show_info
 
-from napari_ftu.engine.inference import relabel_steps, segment_steps
-from napari_ftu.engine.models import ModelError, load_model
 from napari_ftu._qt.jobs import start_job
+from napari_ftu.engine.inference import relabel_steps, segment_steps
+from napari_ftu.engine.models import load_model
+from napari_ftu.errors import ModelError
 
 DEFAULT_MODEL = "built-in: synthetic kidney glomeruli"
 STORE_ABOVE_PIXELS = 64e6  # model-grid outputs larger than this stream into a zarr store on disk

@@ -11,15 +11,25 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar,
-                              PushButton, SpinBox, create_widget)
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
 from napari.utils.notifications import show_error, show_info
 
-from napari_ftu.formats.annotations import ExportError
-from napari_ftu.engine.models import ModelCard, ModelError, default_model_path, load_model
-from napari_ftu.io.images import SlideError, to_rgb
-from napari_ftu.training.train import dataset_samples, train_steps
 from napari_ftu._qt.jobs import start_job
+from napari_ftu.engine.models import ModelCard, default_model_path, load_model
+from napari_ftu.errors import FormatError, InputError, ModelError
+from napari_ftu.io.images import to_rgb
+from napari_ftu.training.train import dataset_samples, train_steps
 
 SOURCES = ["dataset folder", "layers in the viewer"]
 ARCHITECTURES = ["Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Segformer"]
@@ -98,11 +108,11 @@ class TrainWidget(Container):
             return dataset_samples(folder, card, set(train_ids)), dataset_samples(folder, card, set(val_ids))
         image, labels = self.image.value, self.labels.value
         if image is None or labels is None:
-            raise ExportError("choose the image and its corrected Labels layer")
+            raise FormatError("choose the image and its corrected Labels layer")
         rgb = to_rgb(np.asarray(image.data[0] if image.multiscale else image.data))
         mask = (np.asarray(labels.data[0] if labels.multiscale else labels.data) > 0).astype(np.uint8)
         if rgb.shape[:2] != mask.shape:
-            raise ExportError(f"{labels.name} {mask.shape} and {image.name} {rgb.shape[:2]} differ in size")
+            raise InputError(f"{labels.name} {mask.shape} and {image.name} {rgb.shape[:2]} differ in size")
         um = image.metadata.get("um_per_px")
         if um and abs(um / card.um_per_px - 1) > 0.01:
             from napari_ftu.io.resample import resample_pair
@@ -117,7 +127,7 @@ class TrainWidget(Container):
         try:
             card, weights = self._card_and_weights()
             train_set, val_set = self._data(card)
-        except (ModelError, ExportError, SlideError, FileNotFoundError, OSError, ValueError) as exc:
+        except (ModelError, FormatError, InputError, FileNotFoundError, OSError, ValueError) as exc:
             return self._fail(exc)
         self.history = {"loss": [], "val": []}
         out = Path(self.out.value)

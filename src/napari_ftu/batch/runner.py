@@ -34,10 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
 from napari_ftu.atomic import write_text
+from napari_ftu.errors import FormatError, InputError, OptionError
+from napari_ftu.formats.annotations import Annotations, safe_id
 from napari_ftu.formats.datasets import Dataset, Item
-from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES, SlideError
+from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES
 
 DONE = "done.json"
 RUN = "batch.json"  # the settings of the batch that wrote this folder and hashes of its combined outputs
@@ -50,10 +51,6 @@ SUMMARY_COLUMNS = ["id", "status", "n_objects", "height", "width", "megapixels",
                    "bands", "tiles", "seconds", "attempts", "worker", "error", "source"]
 BAND_ABOVE_PX = 400e6  # slides with more pixels than this are split into row bands (the engine's in-memory limit)
 BAND_PIXELS = 64e6  # model-grid pixels per band
-
-
-class BatchError(ValueError):
-    """Inputs or settings a batch cannot run with, naming the file or option."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +89,7 @@ class BatchOptions:
     def __post_init__(self):
         bad = [o for o in self.outputs if o not in OUTPUTS]
         if bad or not self.outputs:
-            raise BatchError(f"unknown outputs {bad}; choose from {', '.join(OUTPUTS)}")
+            raise OptionError(f"unknown outputs {bad}; choose from {', '.join(OUTPUTS)}")
 
     def signature(self) -> dict:
         """What decides a slide's result: a marker written under other settings is not reused."""
@@ -159,11 +156,11 @@ def plan_inputs(inputs, images: str | Path | None = None, exclude=DEFAULT_EXCLUD
         elif Path(text).is_file():
             jobs.append(_file_job(Path(text)))
         else:
-            raise BatchError(f"{text}: no such file or folder")
+            raise InputError(f"{text}: no such file or folder")
     seen: dict = {}
     for job in jobs:
         if job.id in seen:
-            raise BatchError(f"two slides share the id {job.id!r}: {seen[job.id]} and {job.path}")
+            raise InputError(f"two slides share the id {job.id!r}: {seen[job.id]} and {job.path}")
         seen[job.id] = job.path
     return jobs
 
@@ -179,14 +176,14 @@ def _file_job(path: Path) -> SlideJob:
 
     try:
         image_id = safe_id(_stem(path))
-    except ExportError as exc:
-        raise BatchError(f"{path}: {exc}") from None
+    except FormatError as exc:
+        raise InputError(f"{path}: {exc}") from None
     return SlideJob(image_id, str(path.resolve()))
 
 
 def _csv_jobs(path: Path, images) -> list[SlideJob]:
-    from napari_ftu.formats.datasets import _find_image
     from napari_ftu.formats.csv_formats import read_csv_rows
+    from napari_ftu.formats.datasets import _find_image
 
     rows = read_csv_rows(path, ["id"])
     split = path.stem
@@ -194,14 +191,14 @@ def _csv_jobs(path: Path, images) -> list[SlideJob]:
                                              path.parent / "images", path.parent]
     folder = next((f for f in folders if f.is_dir()), None)
     if folder is None:
-        raise BatchError(f"{path}: no image folder (looked for {', '.join(str(f) for f in folders)})")
+        raise InputError(f"{path}: no image folder (looked for {', '.join(str(f) for f in folders)})")
     jobs = []
     for n, row in enumerate(rows, start=2):
         try:
             image_id = safe_id(row["id"])
             um = float(row["pixel_size"]) if row.get("pixel_size") else None
-        except (ExportError, ValueError) as exc:
-            raise BatchError(f"{path}, line {n}: {exc}") from None
+        except (FormatError, ValueError) as exc:
+            raise InputError(f"{path}, line {n}: {exc}") from None
         meta = {k: row[k] for k in ("organ", "data_source", "pixel_size") if row.get(k)}
         jobs.append(SlideJob(image_id, str(_find_image(folder, image_id).resolve()), um, meta))
     return jobs
@@ -439,8 +436,8 @@ class _RowCrop:
 def band_plan(job: SlideJob, out, options: BatchOptions, create: bool = True) -> BandPlan | None:
     """The bands of a slide with more than ``band_above_px`` pixels (``None`` for smaller ones);
     ``create`` makes the shared zarr store the bands write their rows into."""
-    from napari_ftu.io.slides import open_slide
     from napari_ftu.engine.tile_source import TileSource
+    from napari_ftu.io.slides import open_slide
 
     slide = open_slide(job.path)
     try:
@@ -482,8 +479,8 @@ def segment_band(job: SlideJob, options: BatchOptions, plan: BandPlan, index: in
     import zarr
 
     from napari_ftu.engine.inference import segment
-    from napari_ftu.io.slides import open_slide
     from napari_ftu.engine.tile_source import TileSource
+    from napari_ftu.io.slides import open_slide
 
     start = time.perf_counter()
     model = _model(options)
@@ -584,7 +581,7 @@ def _temporary_security():
 
         return Security.temporary()
     except ImportError as exc:  # Security.temporary needs the 'cryptography' package
-        raise BatchError(f"a local Dask cluster needs TLS credentials, which need the 'cryptography' "
+        raise InputError(f"a local Dask cluster needs TLS credentials, which need the 'cryptography' "
                          f"package ({exc})") from None
 
 
@@ -621,7 +618,7 @@ class SchedulerAccess:
     insecure: bool = False
 
     def security(self):
-        """The client's ``distributed.Security``; :class:`BatchError` for an address or set of
+        """The client's ``distributed.Security``; :class:`InputError` for an address or set of
         credentials that cannot be used."""
         from distributed.security import Security
 
@@ -631,27 +628,27 @@ class SchedulerAccess:
         if scheme == "tls":
             missing = [flag for flag, value in creds.items() if not value]
             if missing:
-                raise BatchError(f"--scheduler {address}: a tls:// scheduler needs this client's credentials: "
+                raise InputError(f"--scheduler {address}: a tls:// scheduler needs this client's credentials: "
                                  f"give {', '.join(missing)}")
             for flag, value in creds.items():
                 if not Path(value).is_file():
-                    raise BatchError(f"{value}: no such file (given as {flag})")
+                    raise InputError(f"{value}: no such file (given as {flag})")
             return Security(tls_ca_file=str(self.tls_ca), tls_client_cert=str(self.tls_cert),
                             tls_client_key=str(self.tls_key), require_encryption=True)
         if scheme == "tcp":
             if not self.insecure:
-                raise BatchError(f"--scheduler {address}: a plain tcp:// scheduler has no authentication (anyone "
+                raise InputError(f"--scheduler {address}: a plain tcp:// scheduler has no authentication (anyone "
                                  f"who reaches it runs code as its workers' user); use tls:// with --tls-ca, "
                                  f"--tls-cert and --tls-key, or pass --insecure-scheduler if the network is yours")
             if any(creds.values()):
-                raise BatchError(f"--scheduler {address}: --tls-ca/--tls-cert/--tls-key need a tls:// address")
+                raise InputError(f"--scheduler {address}: --tls-ca/--tls-cert/--tls-key need a tls:// address")
             return Security()
-        raise BatchError(f"--scheduler {address}: unsupported address; give tls://HOST:PORT "
+        raise InputError(f"--scheduler {address}: unsupported address; give tls://HOST:PORT "
                          f"(or tcp://HOST:PORT with --insecure-scheduler)")
 
 
 def connect(access: SchedulerAccess, timeout: float = 30):
-    """A client on an existing scheduler, or a :class:`BatchError` saying why not (one line)."""
+    """A client on an existing scheduler, or a :class:`InputError` saying why not (one line)."""
     from distributed import Client
 
     security = access.security()
@@ -659,7 +656,7 @@ def connect(access: SchedulerAccess, timeout: float = 30):
         return Client(access.address.strip(), timeout=timeout, security=security)
     except (OSError, ValueError, TypeError) as exc:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise BatchError(f"--scheduler {access.address}: cannot connect ({reason})") from None
+        raise InputError(f"--scheduler {access.address}: cannot connect ({reason})") from None
 
 
 @contextlib.contextmanager
@@ -811,14 +808,14 @@ def check_outputs(out: Path, jobs, options: BatchOptions, overwrite: bool = Fals
     record = _read_json(out / RUN)
     record = record if isinstance(record, dict) else None
     if record is not None and record.get("settings") != options.signature():
-        raise BatchError(f"{out}: holds the results of a batch with other settings or another model (see {RUN}); "
+        raise InputError(f"{out}: holds the results of a batch with other settings or another model (see {RUN}); "
                          f"pass --overwrite to replace them, or choose another --out")
     for name in (COMBINED, SUMMARY):
         path = out / name
         if path.exists() or path.is_symlink():
             recorded = (record or {}).get("outputs")
             if not isinstance(recorded, dict) or recorded.get(name) != _sha256(path):
-                raise BatchError(f"{path} exists and was not written by a batch into this folder, or was changed "
+                raise InputError(f"{path} exists and was not written by a batch into this folder, or was changed "
                                  f"since; pass --overwrite to replace it")
 
 
@@ -871,7 +868,7 @@ class BatchResults(Dataset):
             if isinstance(data, dict) and isinstance(data.get("row"), dict) and isinstance(data.get("source"), str):
                 self.markers[marker.parent.name] = data  # a malformed marker is a slide not done: not listed
         if not self.markers:
-            raise ExportError(f"{root}: no readable {DONE} marker in its slide folders")
+            raise FormatError(f"{root}: no readable {DONE} marker in its slide folders")
         super().__init__(root, list(self.markers))
 
     def load(self, index: int) -> Item:
@@ -885,7 +882,7 @@ class BatchResults(Dataset):
         slide.um_per_px = row.get("um_per_px") or slide.um_per_px
         labels_file = self.root / image_id / f"{image_id}_labels.ome.tif"
         if not labels_file.is_file():
-            raise SlideError(f"{labels_file}: no label image (run the batch with the labels output)")
+            raise InputError(f"{labels_file}: no label image (run the batch with the labels output)")
         labels = read_image(labels_file).data
         info = {"objects": row.get("n_objects"), "seconds": row.get("seconds"),
                 "labels_um_per_px": row.get("labels_um_per_px")}

@@ -12,14 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-from napari_ftu.batch.runner import BatchError
-from napari_ftu.formats.export import FORMATS, ExportError
-from napari_ftu.engine.models import ModelError
-from napari_ftu.formats.rle import RLEError
-from napari_ftu.io.images import SlideError
-from napari_ftu.io.paths import OutputOntoInputError, refuse_onto_inputs
+from napari_ftu.errors import FTUError, OptionError
+from napari_ftu.formats.export import FORMATS
+from napari_ftu.io.paths import refuse_onto_inputs
 
-USER_ERRORS = (SlideError, ModelError, ExportError, RLEError, OSError, BatchError, OutputOntoInputError)
+USER_ERRORS = (FTUError, OSError)
 QUIET_LOGGERS = ("tifffile", "imageio", "distributed", "PIL")
 
 
@@ -246,11 +243,11 @@ def _info(args) -> int:
 
 
 def _segment(args) -> int:
-    from napari_ftu.formats.annotations import Annotations
     from napari_ftu.batch.runner import is_batch_input
-    from napari_ftu.formats.export import export_annotations, safe_id
     from napari_ftu.engine.inference import segment
     from napari_ftu.engine.models import load_model
+    from napari_ftu.formats.annotations import Annotations
+    from napari_ftu.formats.export import export_annotations, safe_id
     from napari_ftu.io.images import read_image, write_tiff
 
     if len(args.image) > 1 or is_batch_input(args.image[0]):
@@ -258,7 +255,7 @@ def _segment(args) -> int:
     args.image = Path(args.image[0])
     refuse_onto_inputs([args.out, args.labels], [args.image])  # even with --overwrite
     if args.labels is not None and args.out.resolve() == args.labels.resolve():
-        raise ExportError(f"{args.out}: --out and --labels name the same file")
+        raise OptionError(f"{args.out}: --out and --labels name the same file")
     for out in (args.out, args.labels):
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -300,12 +297,12 @@ def _segment_batch(args) -> int:
     from napari_ftu.batch.runner import BatchOptions, SchedulerAccess, plan_inputs, run_batch
 
     if args.labels or args.id:
-        raise BatchError("--labels and --id are for one image; a batch writes <out>/<id>/ (see --formats)")
+        raise OptionError("--labels and --id are for one image; a batch writes <out>/<id>/ (see --formats)")
     if args.out.suffix.lower() == ".csv" or args.out.is_file():
-        raise BatchError(f"{args.out}: a batch writes a folder; give --out FOLDER")
+        raise OptionError(f"{args.out}: a batch writes a folder; give --out FOLDER")
     jobs = plan_inputs(args.image, images=args.images)
     if not jobs:
-        raise BatchError(f"no slides found in {' '.join(map(str, args.image))}")
+        raise OptionError(f"no slides found in {' '.join(map(str, args.image))}")
     if args.um_per_px:
         from dataclasses import replace
 
@@ -320,7 +317,7 @@ def _segment_batch(args) -> int:
         scheduler = SchedulerAccess(args.scheduler, args.tls_ca, args.tls_cert, args.tls_key, args.insecure_scheduler)
         scheduler.security()  # a bad address or missing credentials: one error line before any work
     elif any((args.tls_ca, args.tls_cert, args.tls_key, args.insecure_scheduler)):
-        raise BatchError("--tls-ca, --tls-cert, --tls-key and --insecure-scheduler go with --scheduler")
+        raise OptionError("--tls-ca, --tls-cert, --tls-key and --insecure-scheduler go with --scheduler")
     start = time.perf_counter()
     failed = []
 
@@ -406,7 +403,7 @@ def _export(args) -> int:
     from napari_ftu.io.slides import open_slide
 
     if not args.out and not args.tiles:
-        raise ExportError("nothing to do: give --out FILE and/or --tiles FOLDER")
+        raise OptionError("nothing to do: give --out FILE and/or --tiles FOLDER")
     image = read_image(args.image) if args.image else None
     if args.source_format:
         items = import_annotations(args.labels, args.source_format, image.data.shape[:2] if image else None)
@@ -427,7 +424,7 @@ def _export(args) -> int:
         print(f"wrote {export_annotations(items, args.out, fmt, overwrite=args.overwrite)} ({FORMATS[fmt].title})")
     if args.tiles:
         if image is None or len(items) != 1:
-            raise ExportError("--tiles needs --image and labels of that one image")
+            raise OptionError("--tiles needs --image and labels of that one image")
         a = items[0]
         slide = open_slide(args.image)  # read window by window, never whole
         rows = export_tiles(slide.levels[0], a.labels, args.tiles, a.image_id, tile=args.tile, overlap=args.overlap,
@@ -447,7 +444,7 @@ def _evaluate(args) -> int:
         raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
     for name in ("iou", "ap_iou"):
         if not 0 < getattr(args, name) <= 1:
-            raise ExportError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
+            raise OptionError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
     rows, summary, missing = evaluate_paths(args.pred, args.truth, args.pred_format, args.truth_format,
                                             args.iou, args.ap_iou)
     if args.out:
@@ -474,5 +471,5 @@ def _format_from_suffix(path: Path) -> str:
                         ("coco", ".json"), ("hubmap", ".csv")):
         if name.endswith(suffix):
             return fmt
-    raise ExportError(f"cannot tell the format of {path.name}: give --format")
+    raise OptionError(f"cannot tell the format of {path.name}: give --format")
 

@@ -28,13 +28,14 @@ from pathlib import Path
 import numpy as np
 
 from napari_ftu.engine.components import label_steps
-from napari_ftu.engine.models import FTUModel, ModelError, is_out_of_memory
+from napari_ftu.engine.models import FTUModel, is_out_of_memory
 from napari_ftu.engine.postprocess import objects_from, split_touching
-from napari_ftu.io.resample import resample_image
-from napari_ftu.steps import drain
 from napari_ftu.engine.tile_source import TileSource
 from napari_ftu.engine.tiling import Stitcher, tile_grid
 from napari_ftu.engine.tissue import tiles_with_tissue, tissue_mask
+from napari_ftu.errors import ModelError
+from napari_ftu.io.resample import resample_image
+from napari_ftu.steps import drain
 
 MAX_FULL_RES_PIXELS = 400e6  # above this, outputs stay on the model grid
 PROB_DTYPES = ("uint8", "float16")

@@ -17,14 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_ftu.errors import ModelError
+
 CARD_NAME = "model_card.json"
 WEIGHTS_NAME = "model.safetensors"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class ModelError(ValueError):
-    """A model folder, card or checkpoint that cannot be used, with the reason."""
 
 
 @dataclass

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_ftu.io.resample import resample_matrix
-from napari_ftu.io.images import SlideError, to_rgb
 from napari_ftu.engine.tiling import pad_tile
+from napari_ftu.errors import InputError
+from napari_ftu.io.images import to_rgb
+from napari_ftu.io.resample import resample_matrix
 
 THUMB_MAX = 1024  # longest side of the overview used for tissue detection (0.1 s at this size)
 
@@ -24,10 +25,10 @@ class TileSource:
     def __init__(self, levels, um_per_px: float | None, model_um: float):
         levels = list(levels) if isinstance(levels, (list, tuple)) else [levels]
         if not levels:
-            raise SlideError("no image data to segment")
+            raise InputError("no image data to segment")
         for lvl in levels:
             if len(lvl.shape) not in (2, 3) or (len(lvl.shape) == 3 and lvl.shape[-1] > 4):
-                raise SlideError(f"expected (H, W) or (H, W, channels) image levels, got shape {tuple(lvl.shape)}")
+                raise InputError(f"expected (H, W) or (H, W, channels) image levels, got shape {tuple(lvl.shape)}")
         self.levels = levels
         h0, w0 = (int(n) for n in levels[0].shape[:2])
         self.full_shape = (h0, w0)

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.formats.annotations import Annotations, ExportError
 from napari_ftu.atomic import write_text
+from napari_ftu.errors import FormatError, InputError
 from napari_ftu.evaluation.metrics import Matching, Overlap, average_precision, match, overlap_table
+from napari_ftu.formats.annotations import Annotations
 
 COLUMNS = ["image", "group", "class", "images", "n_pred", "n_truth", "dice", "iou", "tp", "fp", "fn",
            "precision", "recall", "f1", "ap"]
@@ -59,7 +60,7 @@ def evaluate_image(pred: Annotations, truth: Annotations, iou_threshold: float =
     """Pixel and object metrics of one image, class-agnostic ("all") and per truth class when
     the prediction names classes too. Confidences come from ``pred.scores`` (default 1)."""
     if pred.shape != truth.shape:
-        raise ExportError(f"{truth.image_id}: prediction is {pred.shape[0]} x {pred.shape[1]}, "
+        raise InputError(f"{truth.image_id}: prediction is {pred.shape[0]} x {pred.shape[1]}, "
                           f"ground truth {truth.shape[0]} x {truth.shape[1]}")
     table = overlap_table(pred.labels, truth.labels)
     scores = np.array([pred.score(i) for i in table.pred_ids], dtype=float)
@@ -147,22 +148,22 @@ def guess_format(path: Path) -> str | None:
         try:
             head = path.read_text(encoding="utf-8")[:4096]
         except (OSError, UnicodeDecodeError) as exc:
-            raise ExportError(f"{path}: cannot read ({exc})") from None
+            raise InputError(f"{path}: cannot read ({exc})") from None
         return "coco" if '"images"' in head else "geojson"
     if name.endswith(".csv"):
         try:
             with open(path, newline="", encoding="utf-8") as fh:
                 header = next(csv.reader(fh), [])
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise ExportError(f"{path}: cannot read CSV ({exc})") from None
+            raise FormatError(f"{path}: cannot read CSV ({exc})") from None
         if "PredictionString" in header:
             return "hpa"
         if "prediction_string" in header:
             return "vasculature"
         if "rle" in header:
             return "hubmap-train" if "img_height" in header else "hubmap"
-        raise ExportError(f"{path}: a CSV without rle, prediction_string or PredictionString column")
-    raise ExportError(f"{path}: cannot tell its format (label image, folder, .csv, .json or .geojson)")
+        raise FormatError(f"{path}: a CSV without rle, prediction_string or PredictionString column")
+    raise FormatError(f"{path}: cannot tell its format (label image, folder, .csv, .json or .geojson)")
 
 
 def needs_shape(path: Path, fmt: str | None) -> bool:
@@ -176,7 +177,7 @@ def load_annotations(path, fmt: str | None = None, shapes: dict | None = None) -
 
     path = Path(path)
     if not path.exists():
-        raise ExportError(f"{path}: no such file or folder")
+        raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
         return _load_folder(path)
     fmt = fmt or guess_format(path)
@@ -185,7 +186,7 @@ def load_annotations(path, fmt: str | None = None, shapes: dict | None = None) -
     shape = None
     if fmt in ("geojson", "hubmap"):
         if not shapes:
-            raise ExportError(f"{path}: {fmt} needs the image size; give the other side as images or a sized format")
+            raise FormatError(f"{path}: {fmt} needs the image size; give the other side as images or a sized format")
         shape = shapes if fmt == "hubmap" else next(iter(shapes.values()))
     items = import_annotations(path, fmt, shape)
     if fmt in SEMANTIC_FORMATS:
@@ -208,9 +209,9 @@ def _load_folder(path: Path) -> list[Annotations]:
 
     try:
         ds = open_dataset(path)
-    except ExportError:
+    except (InputError, FormatError):
         if not files:
-            raise ExportError(f"{path}: neither a dataset layout nor a folder of label images") from None
+            raise FormatError(f"{path}: neither a dataset layout nor a folder of label images") from None
         return [_load_label_image(p) for p in files]
     out = []
     for k in range(len(ds)):
@@ -232,7 +233,7 @@ def evaluate_paths(pred, truth, pred_format=None, truth_format=None, iou_thresho
         truths = load_annotations(truth, truth_format)
         preds = load_annotations(pred, pred_format, {a.image_id: a.shape for a in truths})
     if not truths:
-        raise ExportError(f"{truth}: no ground-truth images")
+        raise InputError(f"{truth}: no ground-truth images")
     by_id = {a.image_id: a for a in preds}
     if len(truths) == 1 and len(preds) == 1:
         by_id = {truths[0].image_id: preds[0]}
@@ -244,7 +245,7 @@ def evaluate_paths(pred, truth, pred_format=None, truth_format=None, iou_thresho
             p = Annotations(t.image_id, np.zeros(t.shape, np.int32))
         results.append(evaluate_image(p, t, iou_threshold, ap_iou))
     if len(missing) == len(truths) and preds:
-        raise ExportError(f"no prediction matches a ground-truth id (e.g. {preds[0].image_id!r} vs "
+        raise InputError(f"no prediction matches a ground-truth id (e.g. {preds[0].image_id!r} vs "
                           f"{truths[0].image_id!r})")
     image_rows = [row for r in results for row in r.rows()]
     return image_rows, summarize(results), missing

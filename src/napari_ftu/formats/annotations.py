@@ -7,13 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from napari_ftu.errors import FormatError
+
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_ID_LENGTH = 200  # ids become file names with suffixes; most file systems stop at 255 bytes
 MAX_OBJECT_ID = 2**31 - 1  # labels are int32
-
-
-class ExportError(ValueError):
-    """An export or import that cannot be done as asked, with the reason."""
 
 
 def safe_id(image_id) -> str:
@@ -21,9 +19,9 @@ def safe_id(image_id) -> str:
     a trailing newline, NUL) or be too long for a file name."""
     image_id = str(image_id)
     if not _SAFE_ID.fullmatch(image_id) or ".." in image_id:
-        raise ExportError(f"image id {image_id[:80]!r} is not a safe file name (letters, digits, . _ - only)")
+        raise FormatError(f"image id {image_id[:80]!r} is not a safe file name (letters, digits, . _ - only)")
     if len(image_id) > MAX_ID_LENGTH:
-        raise ExportError(f"image id {image_id[:40]!r}... is {len(image_id)} characters long (at most {MAX_ID_LENGTH})")
+        raise FormatError(f"image id {image_id[:40]!r}... is {len(image_id)} characters long (at most {MAX_ID_LENGTH})")
     return image_id
 
 
@@ -33,23 +31,23 @@ def object_id(value, where: str) -> int:
         number = float(value)
         obj = int(value) if not isinstance(value, float) else int(number)
     except (TypeError, ValueError, OverflowError):
-        raise ExportError(f"{where}: object id {str(value)[:40]!r} is not an integer") from None
+        raise FormatError(f"{where}: object id {str(value)[:40]!r} is not an integer") from None
     if number != obj or not 1 <= obj <= MAX_OBJECT_ID:
-        raise ExportError(f"{where}: object id {str(value)[:40]!r} must be an integer from 1 to {MAX_OBJECT_ID}")
+        raise FormatError(f"{where}: object id {str(value)[:40]!r} must be an integer from 1 to {MAX_OBJECT_ID}")
     return obj
 
 
 def label_canvas(shape, where: str) -> np.ndarray:
     """An empty int32 label image of ``shape``, refused before allocating when the size is
     impossible or does not fit in memory (a tiny file can claim any size)."""
-    from napari_ftu.formats.rle import RLEError, check_size
+    from napari_ftu.formats.rle import check_size
 
     try:
         return np.zeros(check_size(shape, 4, "image"), np.int32)
-    except RLEError as exc:
-        raise ExportError(f"{where}: {exc}") from None
+    except FormatError as exc:
+        raise FormatError(f"{where}: {exc}") from None
     except MemoryError:
-        raise ExportError(f"{where}: an image of {shape[0]} x {shape[1]} does not fit in memory") from None
+        raise FormatError(f"{where}: an image of {shape[0]} x {shape[1]} does not fit in memory") from None
 
 
 @dataclass
@@ -72,7 +70,7 @@ class Annotations:
         self.image_id = safe_id(self.image_id)
         self.labels = np.asarray(self.labels)
         if self.labels.ndim != 2:
-            raise ExportError(f"{self.image_id}: labels must be 2-D, got shape {self.labels.shape}")
+            raise FormatError(f"{self.image_id}: labels must be 2-D, got shape {self.labels.shape}")
 
     @property
     def shape(self) -> tuple[int, int]:

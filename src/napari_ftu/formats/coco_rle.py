@@ -13,7 +13,8 @@ import zlib
 
 import numpy as np
 
-from napari_ftu.formats.rle import RLEError, check_size, encode_pairs, paint_runs
+from napari_ftu.errors import FormatError
+from napari_ftu.formats.rle import check_size, encode_pairs, paint_runs
 from napari_ftu.io.budget import check_memory
 
 MAX_COUNTS_BYTES = 256 * 2**20  # refuse a zlib stream that inflates past this
@@ -26,7 +27,7 @@ COST_PER_COUNT = 100
 def check_decode(shape, counts_length: int) -> None:
     """Refuse a mask whose decode (the mask and its counts) exceeds the memory budget."""
     h, w = shape
-    check_memory(h * w + COST_PER_COUNT * counts_length, f"mask of {h} x {w}", "decoding", RLEError)
+    check_memory(h * w + COST_PER_COUNT * counts_length, f"mask of {h} x {w}", "decoding", FormatError)
 
 
 def counts_from_mask(mask: np.ndarray) -> list[int]:
@@ -54,7 +55,7 @@ def mask_from_counts(counts, shape) -> np.ndarray:
     try:
         return paint_runs(starts, lengths, (h, w))
     except MemoryError:
-        raise RLEError(f"a {h} x {w} mask does not fit in memory") from None
+        raise FormatError(f"a {h} x {w} mask does not fit in memory") from None
 
 
 def runs_from_counts(counts, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -63,14 +64,14 @@ def runs_from_counts(counts, shape) -> tuple[np.ndarray, np.ndarray]:
     try:
         counts = np.asarray(counts)
     except (TypeError, ValueError, OverflowError):  # ragged, nested or beyond 64 bits
-        raise RLEError("COCO counts must be a flat list of non-negative integers") from None
+        raise FormatError("COCO counts must be a flat list of non-negative integers") from None
     if counts.ndim != 1 or (counts.size and counts.dtype.kind not in "iu") or (counts < 0).any():
-        raise RLEError("COCO counts must be a flat list of non-negative integers")
+        raise FormatError("COCO counts must be a flat list of non-negative integers")
     counts = counts.astype(np.int64)
     if counts.size and int(counts.max()) > h * w:  # also keeps the sum below overflow
-        raise RLEError(f"COCO count {int(counts.max())} is larger than a {h} x {w} mask")
+        raise FormatError(f"COCO count {int(counts.max())} is larger than a {h} x {w} mask")
     if int(counts.sum()) != h * w:
-        raise RLEError(f"COCO counts cover {int(counts.sum())} pixels, a {h} x {w} mask has {h * w}")
+        raise FormatError(f"COCO counts cover {int(counts.sum())} pixels, a {h} x {w} mask has {h * w}")
     ends = np.cumsum(counts)
     starts = ends[0::2][: counts[1::2].size]
     lengths = counts[1::2]
@@ -108,7 +109,7 @@ def compress_counts(counts) -> bytes:
 
 
 def decompress_counts(data: bytes | str) -> list[int]:
-    """Inverse of :func:`compress_counts`; raises :class:`RLEError` on a malformed string.
+    """Inverse of :func:`compress_counts`; raises :class:`FormatError` on a malformed string.
 
     Vectorised (a zlib-inflated string can be megabytes). A number may use at most
     :data:`MAX_CHUNKS` 5-bit groups, enough for any mask of :data:`MAX_PIXELS`, so values
@@ -118,24 +119,24 @@ def decompress_counts(data: bytes | str) -> list[int]:
         try:
             data = data.encode("ascii")
         except UnicodeEncodeError:
-            raise RLEError("COCO counts string has a non-ASCII character") from None
+            raise FormatError("COCO counts string has a non-ASCII character") from None
     try:
         c = np.frombuffer(data, np.uint8).astype(np.int64) - 48
     except TypeError:
-        raise RLEError("COCO counts must be a string or a list of integers") from None
+        raise FormatError("COCO counts must be a string or a list of integers") from None
     if c.size == 0:
         return []
     bad = np.flatnonzero((c < 0) | (c >= 64))
     if bad.size:
-        raise RLEError(f"COCO counts string has an invalid character {chr(c[bad[0]] + 48)!r}")
+        raise FormatError(f"COCO counts string has an invalid character {chr(c[bad[0]] + 48)!r}")
     more = (c & 0x20) != 0
     if more[-1]:
-        raise RLEError("COCO counts string ends inside a number")
+        raise FormatError("COCO counts string ends inside a number")
     ends = np.flatnonzero(~more)
     starts = np.concatenate([[0], ends[:-1] + 1])
     chunks = ends - starts + 1
     if chunks.max() > MAX_CHUNKS:
-        raise RLEError(f"COCO counts string has a number of {int(chunks.max())} digits (at most {MAX_CHUNKS})")
+        raise FormatError(f"COCO counts string has a number of {int(chunks.max())} digits (at most {MAX_CHUNKS})")
     k = np.arange(c.size) - np.repeat(starts, chunks)  # position of each 5-bit group in its number
     x = np.add.reduceat((c & 0x1F) << (5 * k), starts)
     negative = (c[ends] & 0x10) != 0
@@ -164,10 +165,10 @@ def _rle_size(rle, shape=None) -> tuple[int, int]:
     try:
         (h, w), _ = rle["size"], rle["counts"]
     except (KeyError, TypeError, ValueError):
-        raise RLEError("a COCO RLE needs 'size': [height, width] and 'counts'") from None
+        raise FormatError("a COCO RLE needs 'size': [height, width] and 'counts'") from None
     h, w = check_size((h, w))
     if shape is not None and (h, w) != tuple(int(v) for v in shape):
-        raise RLEError(f"COCO RLE size {h} x {w} differs from the image's {shape[0]} x {shape[1]}")
+        raise FormatError(f"COCO RLE size {h} x {w} differs from the image's {shape[0]} x {shape[1]}")
     return h, w
 
 
@@ -180,7 +181,7 @@ def _counts(rle: dict, shape):
         check_decode((h, w), len(counts))
     if isinstance(counts, (str, bytes)):
         if len(counts) > 8 * (h * w + 1):
-            raise RLEError(f"COCO counts string is longer than any {h} x {w} mask needs")
+            raise FormatError(f"COCO counts string is longer than any {h} x {w} mask needs")
         counts = decompress_counts(counts)
     return counts
 
@@ -201,14 +202,14 @@ def oid_decode(text: str, height: int, width: int) -> np.ndarray:
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError, TypeError):
-        raise RLEError("mask is not valid base64") from None
+        raise FormatError("mask is not valid base64") from None
     limit = min(MAX_COUNTS_BYTES, MAX_CHUNKS * (height * width + 1))
     inflater = zlib.decompressobj()
     try:
         counts = inflater.decompress(raw, limit)
     except zlib.error as exc:
-        raise RLEError(f"mask is not valid zlib data ({exc})") from None
+        raise FormatError(f"mask is not valid zlib data ({exc})") from None
     if inflater.unconsumed_tail:
-        raise RLEError(f"mask inflates to more than the {limit} bytes a {height} x {width} mask can need")
+        raise FormatError(f"mask inflates to more than the {limit} bytes a {height} x {width} mask can need")
     check_decode((height, width), len(counts))
     return mask_from_counts(decompress_counts(counts), (height, width))

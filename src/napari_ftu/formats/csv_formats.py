@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.formats import rle
-from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
 from napari_ftu.atomic import write_text
+from napari_ftu.errors import FormatError
+from napari_ftu.formats import rle
+from napari_ftu.formats.annotations import Annotations, safe_id
 from napari_ftu.formats.coco_rle import oid_decode, oid_encode
 from napari_ftu.io.budget import check_memory
 
@@ -35,7 +36,7 @@ def _write_rows(path, columns, rows) -> Path:
 
 
 def read_csv_rows(path, required) -> list[dict]:
-    """Rows as dicts; a missing column, bad encoding or bad quoting is an ExportError naming the
+    """Rows as dicts; a missing column, bad encoding or bad quoting is an FormatError naming the
     file. A UTF-8 byte-order mark (spreadsheets write one) is not part of the first column name."""
     path = Path(path)
     try:
@@ -44,10 +45,10 @@ def read_csv_rows(path, required) -> list[dict]:
             columns = reader.fieldnames or []
             missing = [c for c in required if c not in columns]
             if missing:
-                raise ExportError(f"{path}: missing columns {missing} (has {columns})")
+                raise FormatError(f"{path}: missing columns {missing} (has {columns})")
             return list(reader)
     except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
-        raise ExportError(f"{path}: cannot read CSV ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise FormatError(f"{path}: cannot read CSV ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def _size(row, path, n, hkey, wkey) -> tuple[int, int]:
@@ -55,14 +56,14 @@ def _size(row, path, n, hkey, wkey) -> tuple[int, int]:
     try:
         h, w = int(row[hkey]), int(row[wkey])
     except (TypeError, ValueError):
-        raise ExportError(f"{path}, line {n}: image size {str(row.get(hkey))[:40]!r} x "
+        raise FormatError(f"{path}, line {n}: image size {str(row.get(hkey))[:40]!r} x "
                           f"{str(row.get(wkey))[:40]!r} is not a number") from None
     if h <= 0 or w <= 0:
-        raise ExportError(f"{path}, line {n}: image size must be positive, got {h} x {w}")
+        raise FormatError(f"{path}, line {n}: image size must be positive, got {h} x {w}")
     try:
         return rle.check_size((h, w), 4, "image")
-    except rle.RLEError as exc:
-        raise ExportError(f"{path}, line {n}: {exc}") from None
+    except FormatError as exc:
+        raise FormatError(f"{path}, line {n}: {exc}") from None
 
 
 def _pixel_size(text, where: str) -> float | None:
@@ -73,7 +74,7 @@ def _pixel_size(text, where: str) -> float | None:
     except ValueError:
         um = float("nan")
     if not (np.isfinite(um) and um > 0):
-        raise ExportError(f"{where}: pixel_size {str(text)[:40]!r} is not a positive number")
+        raise FormatError(f"{where}: pixel_size {str(text)[:40]!r} is not a positive number")
     return um
 
 
@@ -109,10 +110,10 @@ def read_hubmap(path, shapes=None) -> list[Annotations]:
         elif shapes and image_id in shapes:
             try:
                 shape = rle.check_size(shapes[image_id], 4, "image")
-            except rle.RLEError as exc:
-                raise ExportError(f"{path}, line {n}: {exc}") from None
+            except FormatError as exc:
+                raise FormatError(f"{path}, line {n}: {exc}") from None
         else:
-            raise ExportError(f"{path}, line {n}: no image size for id {image_id!r} (no img_height/img_width)")
+            raise FormatError(f"{path}, line {n}: no image size for id {image_id!r} (no img_height/img_width)")
         sized.append((n, row, shape))
     # each row keeps an int32 label image; the largest row's uint8 decode and its parsed runs come on top
     _check_file(path, [(shape, RLE_COST_PER_CHAR * len(row["rle"] or "")) for _, row, shape in sized])
@@ -120,8 +121,8 @@ def read_hubmap(path, shapes=None) -> list[Annotations]:
     for n, row, shape in sized:
         try:
             mask = rle.decode(row["rle"], shape)
-        except rle.RLEError as exc:
-            raise ExportError(f"{path}, line {n}: {exc}") from None
+        except FormatError as exc:
+            raise FormatError(f"{path}, line {n}: {exc}") from None
         meta = {k: v for k, v in row.items() if k not in ("id", "rle", "img_height", "img_width") and k is not None}
         um = _pixel_size(meta.get("pixel_size"), f"{path}, line {n}")
         out.append(Annotations(row["id"], mask.astype(np.int32), um_per_px=um, meta=meta,
@@ -137,7 +138,7 @@ def _check_file(path, items) -> None:
     memory budget, together with the largest row's decode (a uint8 mask and ``extra`` bytes)."""
     kept = sum(4 * h * w for (h, w), _ in items)
     largest = max((h * w + extra for (h, w), extra in items), default=0)
-    check_memory(kept + largest, path, "reading its labels", ExportError)
+    check_memory(kept + largest, path, "reading its labels", FormatError)
 
 
 # --- HPA / Open Images instance CSV --------------------------------------------------------
@@ -158,7 +159,7 @@ def _class_index(name) -> int:
     try:
         return int(name)
     except (TypeError, ValueError):
-        raise ExportError(f"OID/HPA class labels must be integers, got {name!r}") from None
+        raise FormatError(f"OID/HPA class labels must be integers, got {name!r}") from None
 
 
 def write_hpa(path, items: list[Annotations]) -> Path:
@@ -172,22 +173,22 @@ def _parse_triples(text: str, shape, where: str):
     """Yield ``(label, score, mask)`` one at a time: a row of many masks never holds them all."""
     tokens = (text or "").split()
     if len(tokens) % 3:
-        raise ExportError(f"{where}: prediction string has {len(tokens)} fields, not triples of label score mask")
+        raise FormatError(f"{where}: prediction string has {len(tokens)} fields, not triples of label score mask")
     for k in range(0, len(tokens), 3):
         label, score, mask = tokens[k : k + 3]
         try:
             value = float(score)
         except ValueError:
-            raise ExportError(f"{where}: score {score[:40]!r} is not a number") from None
+            raise FormatError(f"{where}: score {score[:40]!r} is not a number") from None
         if not np.isfinite(value):  # NaN or infinity would sort first or last and distort AP
-            raise ExportError(f"{where}: score {score[:40]!r} is not a finite number")
+            raise FormatError(f"{where}: score {score[:40]!r} is not a finite number")
         score = value
         try:
             decoded = oid_decode(mask, *shape)
         except MemoryError:
-            raise ExportError(f"{where}: a {shape[0]} x {shape[1]} mask does not fit in memory") from None
-        except rle.RLEError as exc:
-            raise ExportError(f"{where}: {exc}") from None
+            raise FormatError(f"{where}: a {shape[0]} x {shape[1]} mask does not fit in memory") from None
+        except FormatError as exc:
+            raise FormatError(f"{where}: {exc}") from None
         yield label, score, decoded
 
 

@@ -3,7 +3,7 @@
 :func:`open_dataset` recognises a folder's layout (HuBMAP 2022 and 2021, vasculature 2023
 jsonl or COCO, HPA single-cell channels, image/mask pairs) and returns a :class:`Dataset`
 whose :meth:`~Dataset.load` gives the slide, the :class:`Annotations` and per-image facts.
-Every problem is an :class:`ExportError` or :class:`SlideError` naming the file.
+Every problem is an :class:`FormatError` or :class:`InputError` naming the file.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_ftu.formats import rle
-from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
-from napari_ftu.formats.csv_formats import RLE_COST_PER_CHAR, read_csv_rows
 from napari_ftu.engine.postprocess import label_areas
+from napari_ftu.errors import FormatError, InputError, OptionError
+from napari_ftu.formats import rle
+from napari_ftu.formats.annotations import Annotations, safe_id
+from napari_ftu.formats.csv_formats import RLE_COST_PER_CHAR, read_csv_rows
 from napari_ftu.io.budget import check_memory
-from napari_ftu.io.images import SlideError, raster_shape, read_raster, reading
+from napari_ftu.io.images import raster_shape, read_raster, reading
 from napari_ftu.io.slides import Slide, open_slide
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
@@ -44,7 +45,7 @@ class Dataset:
         self.root = Path(root)
         self.ids = ids
         if not ids:
-            raise ExportError(f"{root}: the {self.layout} layout lists no images")
+            raise FormatError(f"{root}: the {self.layout} layout lists no images")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -58,13 +59,13 @@ def _find_image(folder: Path, stem: str) -> Path:
     (``../x``, ``/abs``, NUL) are refused, so a dataset file cannot point outside its folder."""
     try:
         safe_id(stem)
-    except ExportError as exc:
-        raise ExportError(f"{folder}: {exc}") from None
+    except FormatError as exc:
+        raise FormatError(f"{folder}: {exc}") from None
     for suffix in IMAGE_SUFFIXES:
         p = folder / f"{stem}{suffix}"
         if p.is_file():
             return p
-    raise SlideError(f"{folder}: no image file for id {stem!r}")
+    raise InputError(f"{folder}: no image file for id {stem!r}")
 
 
 def _instances_from_mask(mask: np.ndarray) -> np.ndarray:
@@ -79,12 +80,12 @@ def _check_mask_memory(shape, rle_text, where: str):
     """A whole-image RLE mask is decoded (1 byte per pixel), sorted for its values (1), made
     boolean (1) and labelled (4): refused before decoding when over the memory budget."""
     h, w = shape
-    check_memory(7 * h * w + RLE_COST_PER_CHAR * len(rle_text or ""), where, "reading its mask", ExportError)
+    check_memory(7 * h * w + RLE_COST_PER_CHAR * len(rle_text or ""), where, "reading its mask", FormatError)
 
 
 def _check_size(slide: Slide, shape, what: str):
     if tuple(slide.size) != tuple(shape):
-        raise ExportError(f"{what}: mask size {tuple(shape)} differs from image {slide.path.name} {slide.size}")
+        raise FormatError(f"{what}: mask size {tuple(shape)} differs from image {slide.path.name} {slide.size}")
 
 
 class Hubmap2022(Dataset):
@@ -112,15 +113,15 @@ class Hubmap2022(Dataset):
         row = self.rows[index]
         where = f"{self.csv}, line {index + 2} (id {row['id']})"
         if None in row.values():
-            raise ExportError(f"{where}: the row has fewer fields than the header")
+            raise FormatError(f"{where}: the row has fewer fields than the header")
         slide = open_slide(_find_image(self.images, row["id"]))
         try:
             shape = int(row["img_height"]), int(row["img_width"])
             um = float(row["pixel_size"])
         except ValueError:
-            raise ExportError(f"{where}: img_height, img_width and pixel_size must be numbers") from None
+            raise FormatError(f"{where}: img_height, img_width and pixel_size must be numbers") from None
         if not (np.isfinite(um) and um > 0):
-            raise ExportError(f"{where}: pixel_size must be a positive number, got {row['pixel_size']!r}")
+            raise FormatError(f"{where}: pixel_size must be a positive number, got {row['pixel_size']!r}")
         _check_size(slide, shape, where)
         slide.um_per_px = um
         info = {k: row.get(k) for k in ("organ", "data_source", "pixel_size", "tissue_thickness", "age", "sex")}
@@ -129,8 +130,8 @@ class Hubmap2022(Dataset):
             _check_mask_memory(shape, row["rle"], where)
             try:
                 mask = rle.decode(row["rle"], shape)
-            except rle.RLEError as exc:
-                raise ExportError(f"{where}: {exc}") from None
+            except FormatError as exc:
+                raise FormatError(f"{where}: {exc}") from None
             annotations = Annotations(row["id"], _instances_from_mask(mask), um_per_px=um, meta=info,
                                       default_class=f"{row['organ']} FTU")
         return Item(slide, annotations, info)
@@ -159,8 +160,8 @@ class Hubmap2021(Dataset):
         _check_mask_memory(slide.size, row["encoding"], f"{self.csv}, line {index + 2} (id {row['id']})")
         try:
             mask = rle.decode(row["encoding"], slide.size)
-        except rle.RLEError as exc:
-            raise ExportError(f"{self.csv}, line {index + 2} (id {row['id']}): {exc}") from None
+        except FormatError as exc:
+            raise FormatError(f"{self.csv}, line {index + 2} (id {row['id']}): {exc}") from None
         return Item(slide, Annotations(row["id"], _instances_from_mask(mask), um_per_px=slide.um_per_px,
                                        default_class="glomerulus"), {"organ": "kidney"})
 
@@ -177,7 +178,7 @@ class Vasculature2023(Dataset):
         try:
             lines = self.jsonl.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ExportError(f"{self.jsonl}: cannot read ({exc})") from None
+            raise InputError(f"{self.jsonl}: cannot read ({exc})") from None
         for n, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -186,9 +187,9 @@ class Vasculature2023(Dataset):
                 annotations = tile.get("annotations", [])
                 self.tiles[str(tile["id"])] = annotations
             except (ValueError, RecursionError, KeyError, TypeError, AttributeError):
-                raise ExportError(f"{self.jsonl}, line {n}: not a JSON object with an id") from None
+                raise FormatError(f"{self.jsonl}, line {n}: not a JSON object with an id") from None
             if not isinstance(annotations, list):
-                raise ExportError(f"{self.jsonl}, line {n}: 'annotations' must be a list")
+                raise FormatError(f"{self.jsonl}, line {n}: 'annotations' must be a list")
         meta = Path(root) / "tile_meta.csv"
         self.meta = {r["id"]: r for r in read_csv_rows(meta, ["id"])} if meta.is_file() else {}
         super().__init__(root, list(self.tiles))
@@ -210,14 +211,14 @@ class Vasculature2023(Dataset):
                 rings = [np.asarray(r, dtype=float).reshape(-1, 2) for r in ann["coordinates"]]
                 kind = str(ann["type"])
             except (KeyError, TypeError, ValueError, OverflowError):
-                raise ExportError(f"{where}: needs a type and [[x, y], ...] coordinates") from None
+                raise FormatError(f"{where}: needs a type and [[x, y], ...] coordinates") from None
             _check_inside(rings, (h, w), where)
             try:
                 largest = max(largest, paint_cost([rings], (h, w)))
             except ValueError as exc:
-                raise ExportError(f"{where}: {exc}") from None
+                raise FormatError(f"{where}: {exc}") from None
             objects.append((rings, kind))
-        check_memory(4 * h * w + largest, f"{self.jsonl}, tile {tile_id}", "reading its labels", ExportError)
+        check_memory(4 * h * w + largest, f"{self.jsonl}, tile {tile_id}", "reading its labels", FormatError)
         labels = np.zeros((h, w), np.int32)
         classes = {}
         for k, (rings, kind) in enumerate(objects, start=1):
@@ -231,9 +232,9 @@ def _check_inside(rings, shape, where: str):
     h, w = shape
     for ring in rings:
         if not np.isfinite(ring).all():
-            raise ExportError(f"{where}: polygon coordinates must be finite numbers")
+            raise FormatError(f"{where}: polygon coordinates must be finite numbers")
         if ring.size and ((ring[:, 0] < -1) | (ring[:, 0] > w + 1) | (ring[:, 1] < -1) | (ring[:, 1] > h + 1)).any():
-            raise ExportError(f"{where}: polygon reaches outside the {w} x {h} image")
+            raise FormatError(f"{where}: polygon reaches outside the {w} x {h} image")
 
 
 class CocoFolder(Dataset):
@@ -250,7 +251,7 @@ class CocoFolder(Dataset):
             self.files = {Path(im["file_name"]).stem: _relative_name(im["file_name"], json_path)
                           for im in doc.get("images", [])}
         except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as exc:
-            raise ExportError(f"{json_path}: not a COCO file with image file names ({exc})") from None
+            raise FormatError(f"{json_path}: not a COCO file with image file names ({exc})") from None
         self.items = {image.name: image for image in parse_coco(json_path)}  # drawn one at a time in load
         super().__init__(root, sorted(self.items))
 
@@ -267,7 +268,7 @@ class CocoFolder(Dataset):
 
     def load(self, index: int) -> Item:
         image = self.items[self.ids[index]]
-        check_memory(image.cost(), image.where, "reading its labels", ExportError)
+        check_memory(image.cost(), image.where, "reading its labels", FormatError)
         a = image.build()
         name = self.files.get(a.image_id, a.image_id)
         for folder in (self.root, self.root / "tiles", self.root / "images"):
@@ -275,7 +276,7 @@ class CocoFolder(Dataset):
                 slide = open_slide(folder / name)
                 break
         else:
-            raise SlideError(f"{self.root}: image {name!r} of {self.json.name} not found")
+            raise InputError(f"{self.root}: image {name!r} of {self.json.name} not found")
         _check_size(slide, a.shape, f"{self.json}, image {name}")
         return Item(slide, a, {})
 
@@ -283,10 +284,10 @@ class CocoFolder(Dataset):
 def _relative_name(name, json_path: Path) -> str:
     """A COCO ``file_name`` that stays inside the dataset folder (no absolute path, ``..`` or NUL)."""
     if not isinstance(name, str):
-        raise ExportError(f"{json_path}: file_name {name!r} is not text")
+        raise FormatError(f"{json_path}: file_name {name!r} is not text")
     parts = Path(name).parts
     if not parts or Path(name).is_absolute() or ".." in parts or "\x00" in name:
-        raise ExportError(f"{json_path}: file_name {name[:80]!r} points outside the dataset folder")
+        raise FormatError(f"{json_path}: file_name {name[:80]!r} points outside the dataset folder")
     return name
 
 
@@ -322,13 +323,13 @@ class HpaCells(Dataset):
                 sizes.append(raster_shape(path))
         # the planes decoded one after another and kept, then stacked (up to 2 bytes a pixel)
         need = sum(n for _, n in sizes) + sum(2 * h * w for (h, w), _ in sizes)
-        check_memory(need, f"{self.root}, image {image_id}", "reading its 4 channels", SlideError)
+        check_memory(need, f"{self.root}, image {image_id}", "reading its 4 channels", InputError)
         planes = []
         for path in paths:
             plane = read_raster(path)
             planes.append(plane if plane.ndim == 2 else plane[..., 0])
         if len({p.shape for p in planes}) != 1:
-            raise SlideError(f"{self.root}: the channels of {image_id} differ in size {[p.shape for p in planes]}")
+            raise InputError(f"{self.root}: the channels of {image_id} differ in size {[p.shape for p in planes]}")
         data = np.stack(planes)
         slide = Slide([data], None, image_id, self.root / f"{image_id}_red.png", "channels", 0,
                       channel_names=list(HPA_CHANNELS))
@@ -366,7 +367,7 @@ class ImageMaskFolder(Dataset):
                     except ValueError:
                         um = float("nan")
                     if not (np.isfinite(um) and um > 0):
-                        raise ExportError(f"{root / 'manifest.csv'}: um_per_px {row['um_per_px']!r} of "
+                        raise FormatError(f"{root / 'manifest.csv'}: um_per_px {row['um_per_px']!r} of "
                                           f"{row['image']} is not a positive number")
                     self.um[_pair_key(Path(str(row["image"])).stem)] = um
         super().__init__(root, list(self.pairs))
@@ -391,14 +392,14 @@ class ImageMaskFolder(Dataset):
 def open_dataset(path: str | Path) -> Dataset:
     """Recognise the layout of a dataset folder (or its CSV/JSON/JSONL file)."""
     if "\x00" in str(path):
-        raise ExportError(f"{str(path)!r}: a path cannot hold a NUL character")
+        raise InputError(f"{str(path)!r}: a path cannot hold a NUL character")
     root = Path(path)
     if root.is_file():
         if root.suffix == ".json":
             return CocoFolder(root.parent, root)
         root = root.parent
     if not root.is_dir():
-        raise ExportError(f"{path}: no such folder")
+        raise InputError(f"{path}: no such folder")
     split = Hubmap2022.detect(root)
     if split:
         return Hubmap2022(root, split)
@@ -413,7 +414,7 @@ def open_dataset(path: str | Path) -> Dataset:
         return HpaCells(root)
     if ImageMaskFolder.detect(root):
         return ImageMaskFolder(root)
-    raise ExportError(f"{root}: not a dataset layout we know (HuBMAP 2022/2021 train.csv, polygons.jsonl, "
+    raise FormatError(f"{root}: not a dataset layout we know (HuBMAP 2022/2021 train.csv, polygons.jsonl, "
                       "COCO JSON, HPA *_red.png ... *_yellow.png, or images/ + masks/)")
 
 
@@ -425,7 +426,7 @@ def split_ids(path, pattern: str | None) -> tuple[list, list]:
     try:
         val = [i for i in ids if re.search(pattern, i)]
     except re.error as exc:
-        raise ExportError(f"validation pattern {pattern!r} is not a regular expression ({exc})") from None
+        raise OptionError(f"validation pattern {pattern!r} is not a regular expression ({exc})") from None
     return [i for i in ids if i not in val], val
 
 

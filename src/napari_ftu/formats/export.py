@@ -7,8 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
-from napari_ftu.formats.csv_formats import read_hpa, read_hubmap, read_vasculature, write_hpa, write_hubmap, write_vasculature
+from napari_ftu.errors import FormatError, InputError, OptionError
+from napari_ftu.formats.annotations import Annotations, safe_id
+from napari_ftu.formats.csv_formats import (
+    read_hpa,
+    read_hubmap,
+    read_vasculature,
+    write_hpa,
+    write_hubmap,
+    write_vasculature,
+)
 from napari_ftu.formats.json_formats import read_coco, read_geojson, write_coco, write_geojson
 from napari_ftu.training.tiles import export_tiles
 
@@ -25,7 +33,7 @@ class LabelFormat:
 def _write_single(writer):
     def write(path, items):
         if len(items) != 1:
-            raise ExportError(f"{Path(path).name}: this format holds one image, got {len(items)}")
+            raise FormatError(f"{Path(path).name}: this format holds one image, got {len(items)}")
         return writer(path, items[0])
 
     return write
@@ -38,12 +46,9 @@ def _write_ome(path, a: Annotations):
 
 
 def _read_ome(path, shape=None):
-    from napari_ftu.io.images import SlideError, read_image
+    from napari_ftu.io.images import read_image
 
-    try:
-        img = read_image(path)
-    except SlideError as exc:
-        raise ExportError(str(exc)) from None
+    img = read_image(path)
     return [Annotations(img.name, img.data, um_per_px=img.um_per_px)]
 
 
@@ -68,26 +73,26 @@ def export_annotations(items, path, fmt: str, overwrite: bool = False) -> Path:
     Refuses to replace an existing file unless ``overwrite``.
     """
     if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise OptionError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     items = [items] if isinstance(items, Annotations) else list(items)
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite to replace it")
     if path.is_dir():
-        raise ExportError(f"{path} is a folder, not a file")
+        raise InputError(f"{path} is a folder, not a file")
     return FORMATS[fmt].write(path, items)
 
 
 def import_annotations(path, fmt: str, shape=None) -> list[Annotations]:
     """Read a file written in ``fmt`` (GeoJSON needs the image ``shape``)."""
     if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise OptionError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if not Path(path).is_file():
-        raise ExportError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file")
     if fmt == "geojson" and shape is None:
-        raise ExportError("reading GeoJSON needs the image size")
+        raise FormatError("reading GeoJSON needs the image size")
     return FORMATS[fmt].read(path, shape)
 
 
-__all__ = ["FORMATS", "Annotations", "ExportError", "export_annotations", "import_annotations", "export_tiles",
+__all__ = ["FORMATS", "Annotations", "export_annotations", "import_annotations", "export_tiles",
            "safe_id"]

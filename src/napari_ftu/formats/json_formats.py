@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.formats.annotations import Annotations, ExportError, label_canvas, object_id, safe_id
 from napari_ftu.atomic import write_text
+from napari_ftu.errors import FormatError
+from napari_ftu.formats.annotations import Annotations, label_canvas, object_id, safe_id
 from napari_ftu.formats.coco_rle import COST_PER_COUNT, mask_to_coco, paint_coco
 from napari_ftu.formats.polygons import mask_to_polygons, paint, paint_cost
-from napari_ftu.formats.rle import RLEError, check_size
+from napari_ftu.formats.rle import check_size
 from napari_ftu.io.budget import check_memory
 
 
@@ -36,32 +37,32 @@ def _object_polygons(box, sub) -> list[list[np.ndarray]]:
 
 def _read_json(path):
     """The parsed document; every failure (unreadable, not UTF-8, bad syntax, an integer of
-    thousands of digits, nesting deeper than Python's recursion limit) is an ExportError."""
+    thousands of digits, nesting deeper than Python's recursion limit) is an FormatError."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError, RecursionError) as exc:  # ValueError covers JSONDecodeError and Unicode
-        raise ExportError(f"{path}: cannot read JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise FormatError(f"{path}: cannot read JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 def _list(value, where: str, what: str) -> list:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise ExportError(f"{where}: {what} must be a list, got {type(value).__name__}")
+        raise FormatError(f"{where}: {what} must be a list, got {type(value).__name__}")
     return value
 
 
 def _dict(value, where: str, what: str) -> dict:
     if not isinstance(value, dict):
-        raise ExportError(f"{where}: {what} must be a JSON object, got {type(value).__name__}")
+        raise FormatError(f"{where}: {what} must be a JSON object, got {type(value).__name__}")
     return value
 
 
 def _key(value, where: str, what: str):
     """An id used to join images, annotations and categories: a number or text."""
     if isinstance(value, (dict, list)):
-        raise ExportError(f"{where}: {what} must be a number or text, got {type(value).__name__}")
+        raise FormatError(f"{where}: {what} must be a number or text, got {type(value).__name__}")
     return value
 
 
@@ -70,9 +71,9 @@ def _score(value, where: str) -> float:
     try:
         score = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise ExportError(f"{where}: score {str(value)[:40]!r} is not a number") from None
+        raise FormatError(f"{where}: score {str(value)[:40]!r} is not a number") from None
     if not np.isfinite(score):
-        raise ExportError(f"{where}: score {str(value)[:40]!r} is not a finite number")
+        raise FormatError(f"{where}: score {str(value)[:40]!r} is not a finite number")
     return score
 
 
@@ -80,8 +81,8 @@ def _shape(shape, where: str) -> tuple[int, int]:
     """An image size checked (positive, not absurd, within the memory budget) without allocating."""
     try:
         return check_size(shape, 4, "image")
-    except RLEError as exc:
-        raise ExportError(f"{where}: {exc}") from None
+    except FormatError as exc:
+        raise FormatError(f"{where}: {exc}") from None
 
 
 def _pixel_size(value, where: str):
@@ -92,7 +93,7 @@ def _pixel_size(value, where: str):
     except (TypeError, ValueError, OverflowError):
         um = float("nan")
     if not (np.isfinite(um) and um > 0):
-        raise ExportError(f"{where}: um_per_px {str(value)[:40]!r} is not a positive number")
+        raise FormatError(f"{where}: um_per_px {str(value)[:40]!r} is not a positive number")
     return um
 
 
@@ -153,31 +154,31 @@ def parse_coco(path) -> list[CocoImage]:
     """Every image and annotation of a COCO file validated and costed, no pixel drawn yet."""
     doc = _read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-        raise ExportError(f"{path}: not a COCO file (needs 'images' with ids)")
+        raise FormatError(f"{path}: not a COCO file (needs 'images' with ids)")
     cats = {}
     for c in _list(doc.get("categories"), str(path), "'categories'"):
         c = _dict(c, str(path), "a category")
         if "id" not in c or "name" not in c:
-            raise ExportError(f"{path}: a category needs 'id' and 'name'")
+            raise FormatError(f"{path}: a category needs 'id' and 'name'")
         cats[_key(c["id"], str(path), "a category id")] = str(c["name"])
     out, top = {}, {}  # top: the largest object id per image, so ids without object_id are new ones
     for im in doc["images"]:
         im = _dict(im, str(path), "an image entry")
         if "id" not in im:
-            raise ExportError(f"{path}: an image entry has no 'id'")
+            raise FormatError(f"{path}: an image entry has no 'id'")
         where = f"{path}, image {str(im['id'])[:40]!r}"
         img_id = _key(im["id"], where, "the image id")
         try:
             h, w = int(im["height"]), int(im["width"])
         except (KeyError, TypeError, ValueError, OverflowError):
-            raise ExportError(f"{where}: needs integer height and width") from None
+            raise FormatError(f"{where}: needs integer height and width") from None
         name = Path(str(im.get("file_name", img_id))).name
         if Path(name).suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".svs"):
             name = Path(name).stem
         try:
             safe_id(name)
-        except ExportError as exc:
-            raise ExportError(f"{where}: {exc}") from None
+        except FormatError as exc:
+            raise FormatError(f"{where}: {exc}") from None
         out[img_id] = CocoImage(name, _shape((h, w), where), _pixel_size(im.get("um_per_px"), where), where)
     for k, ann in enumerate(_list(doc.get("annotations"), str(path), "'annotations'")):
         ann = _dict(ann, f"{path}, annotation {k}", "an annotation")
@@ -185,7 +186,7 @@ def parse_coco(path) -> list[CocoImage]:
         image_key = _key(ann.get("image_id"), where, "image_id")
         image = out.get(image_key)
         if image is None:
-            raise ExportError(f"{where}: refers to unknown image {str(ann.get('image_id'))[:40]!r}")
+            raise FormatError(f"{where}: refers to unknown image {str(ann.get('image_id'))[:40]!r}")
         seg = ann.get("segmentation")
         cost = _segmentation_cost(seg, image.shape, where)
         obj = object_id(ann.get("object_id") or top.get(image_key, 0) + 1, where)
@@ -201,7 +202,7 @@ def read_coco(path) -> list[Annotations]:
     the whole file needs (every label image, the largest object) is checked first."""
     images = parse_coco(path)
     need = sum(4 * i.shape[0] * i.shape[1] for i in images) + max((i.cost() for i in images), default=0)
-    check_memory(need, path, "reading its labels", ExportError)
+    check_memory(need, path, "reading its labels", FormatError)
     return [i.build() for i in images]
 
 
@@ -225,8 +226,8 @@ def _segmentation_cost(seg, shape, where) -> int:
         if isinstance(seg, list) and seg:
             return paint_cost(_coco_polygons(seg), shape)
     except (ValueError, TypeError, OverflowError) as exc:
-        raise ExportError(f"{where}: {exc}") from None
-    raise ExportError(f"{where}: segmentation must be a polygon list or an RLE dict")
+        raise FormatError(f"{where}: {exc}") from None
+    raise FormatError(f"{where}: segmentation must be a polygon list or an RLE dict")
 
 
 def _paint_segmentation(labels, seg, obj, where) -> None:
@@ -235,8 +236,8 @@ def _paint_segmentation(labels, seg, obj, where) -> None:
             paint_coco(labels, seg, obj)
         else:
             paint(labels, _coco_polygons(seg), obj)
-    except (RLEError, ValueError, TypeError, OverflowError) as exc:
-        raise ExportError(f"{where}: {exc}") from None
+    except (FormatError, ValueError, TypeError, OverflowError) as exc:
+        raise FormatError(f"{where}: {exc}") from None
 
 
 # --- QuPath GeoJSON -------------------------------------------------------------------------
@@ -276,7 +277,7 @@ def read_geojson(path, shape, image_id: str | None = None, um_per_px: float | No
     elif isinstance(doc, list):
         feats = doc
     else:
-        raise ExportError(f"{path}: not GeoJSON (expected a FeatureCollection or Features)")
+        raise FormatError(f"{path}: not GeoJSON (expected a FeatureCollection or Features)")
     shape = _shape(shape, str(path))
     objects, largest = [], 0
     for k, feat in enumerate(feats):
@@ -285,7 +286,7 @@ def read_geojson(path, shape, image_id: str | None = None, um_per_px: float | No
             geom, props = feat["geometry"], feat.get("properties") or {}
             kind, coords = geom["type"], geom["coordinates"]
         except (KeyError, TypeError, AttributeError):
-            raise ExportError(f"{where}: needs a geometry with type and coordinates") from None
+            raise FormatError(f"{where}: needs a geometry with type and coordinates") from None
         props = _dict(props, where, "'properties'")
         if kind == "Polygon":
             polys = [coords]
@@ -297,7 +298,7 @@ def read_geojson(path, shape, image_id: str | None = None, um_per_px: float | No
             rings = [[np.asarray(r, dtype=float)[:, :2] for r in p] for p in polys]
             largest = max(largest, paint_cost(rings, shape))
         except (ValueError, IndexError, TypeError, OverflowError) as exc:
-            raise ExportError(f"{where}: bad polygon coordinates ({exc})") from None
+            raise FormatError(f"{where}: bad polygon coordinates ({exc})") from None
         obj = object_id(props.get("ftu_id") or k + 1, where)
         measurements = props.get("measurements")
         conf = measurements.get("Confidence") if isinstance(measurements, dict) else None
@@ -305,7 +306,7 @@ def read_geojson(path, shape, image_id: str | None = None, um_per_px: float | No
         cls = props.get("classification") or {}
         name = str(cls.get("name", "FTU")) if isinstance(cls, dict) else str(cls)
         objects.append((rings, obj, score, name))
-    check_memory(4 * shape[0] * shape[1] + largest, path, "reading its labels", ExportError)
+    check_memory(4 * shape[0] * shape[1] + largest, path, "reading its labels", FormatError)
     labels = label_canvas(shape, str(path))
     classes, scores = {}, {}
     for rings, obj, score, name in objects:

@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 
+from napari_ftu.errors import FormatError
 from napari_ftu.io.budget import check_memory
 
 # ASCII only: numpy's parser knows ASCII whitespace, and Unicode spaces or digits must be refused,
@@ -21,10 +22,6 @@ _DIGITS = re.compile(r"[0-9\s]*", re.ASCII)
 MAX_PIXELS = 2**34
 
 
-class RLEError(ValueError):
-    """A run-length string that does not describe a mask of the stated size."""
-
-
 def check_size(shape, bytes_per_pixel: int = 1, what: str = "mask") -> tuple[int, int]:
     """``(height, width)`` as ints, refused before allocating when not positive, above
     :data:`MAX_PIXELS` or larger than the memory budget (a tiny file must not claim
@@ -32,12 +29,12 @@ def check_size(shape, bytes_per_pixel: int = 1, what: str = "mask") -> tuple[int
     try:
         height, width = (int(v) for v in shape)
     except (TypeError, ValueError, OverflowError):
-        raise RLEError(f"{what} size {shape!r} is not two integers") from None
+        raise FormatError(f"{what} size {shape!r} is not two integers") from None
     if height <= 0 or width <= 0:
-        raise RLEError(f"{what} size must be positive, got {height} x {width}")
+        raise FormatError(f"{what} size must be positive, got {height} x {width}")
     if height * width > MAX_PIXELS:
-        raise RLEError(f"{what} size {height} x {width} is too large to decode (over {MAX_PIXELS} pixels)")
-    check_memory(height * width * bytes_per_pixel, f"{what} of {height} x {width}", "decoding", RLEError)
+        raise FormatError(f"{what} size {height} x {width} is too large to decode (over {MAX_PIXELS} pixels)")
+    check_memory(height * width * bytes_per_pixel, f"{what} of {height} x {width}", "decoding", FormatError)
     return height, width
 
 
@@ -61,7 +58,7 @@ def encode_pairs(mask: np.ndarray) -> np.ndarray:
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise RLEError(f"RLE encodes 2-D masks, got shape {mask.shape}")
+        raise FormatError(f"RLE encodes 2-D masks, got shape {mask.shape}")
     h, w = mask.shape
     if mask.size == 0:
         return np.empty(0, np.int64)
@@ -105,7 +102,7 @@ def _changed(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def decode(rle: str, shape: tuple[int, int], dtype=np.uint8) -> np.ndarray:
     """Decode a HuBMAP RLE string into an ``(height, width)`` mask of 0/1.
 
-    Raises :class:`RLEError` naming the problem for odd token counts, non-integers,
+    Raises :class:`FormatError` naming the problem for odd token counts, non-integers,
     non-positive lengths, overlapping or unsorted runs and runs past the image end.
     """
     height, width = check_size(shape, np.dtype(dtype).itemsize)
@@ -114,32 +111,32 @@ def decode(rle: str, shape: tuple[int, int], dtype=np.uint8) -> np.ndarray:
     if text in ("", "nan"):
         return np.zeros((height, width), dtype=dtype)
     if not _DIGITS.fullmatch(text):
-        raise RLEError("RLE must contain only non-negative integers separated by spaces")
+        raise FormatError("RLE must contain only non-negative integers separated by spaces")
     try:
         values = np.fromstring(text, dtype=np.int64, sep=" ")
     except ValueError:  # numpy refuses what it cannot read to the end
-        raise RLEError("RLE must contain only non-negative integers separated by spaces") from None
+        raise FormatError("RLE must contain only non-negative integers separated by spaces") from None
     if (values > total).any():
-        raise RLEError(f"RLE value {int(values.max())} is larger than the {height} x {width} mask")
+        raise FormatError(f"RLE value {int(values.max())} is larger than the {height} x {width} mask")
     if values.size % 2:
-        raise RLEError(f"RLE has an odd number of values ({values.size}): start/length pairs expected")
+        raise FormatError(f"RLE has an odd number of values ({values.size}): start/length pairs expected")
     starts = values[0::2] - 1
     lengths = values[1::2]
     if (starts < 0).any():
-        raise RLEError("RLE starts are 1-indexed and must be >= 1")
+        raise FormatError("RLE starts are 1-indexed and must be >= 1")
     if (lengths <= 0).any():
-        raise RLEError("RLE run lengths must be positive")
+        raise FormatError("RLE run lengths must be positive")
     ends = starts + lengths
     if (starts[1:] < ends[:-1]).any():
-        raise RLEError("RLE runs must be sorted and must not overlap")
+        raise FormatError("RLE runs must be sorted and must not overlap")
     if ends[-1] > total:
-        raise RLEError(
+        raise FormatError(
             f"RLE run ends at pixel {int(ends[-1])} but a {height} x {width} mask has {total} pixels"
         )
     try:
         return paint_runs(starts, lengths, (height, width), dtype)
     except MemoryError:
-        raise RLEError(f"a {height} x {width} mask does not fit in memory") from None
+        raise FormatError(f"a {height} x {width} mask does not fit in memory") from None
 
 
 def paint_runs(starts: np.ndarray, lengths: np.ndarray, shape, dtype=np.uint8) -> np.ndarray:

@@ -16,14 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from napari_ftu.atomic import atomic_path
+from napari_ftu.errors import InputError
 from napari_ftu.io.budget import check_memory
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8", ".scn")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-
-
-class SlideError(ValueError):
-    """An image file that cannot be read, with the file and the reason in the message."""
 
 
 @dataclass
@@ -42,14 +39,14 @@ def read_image(path: str | Path) -> LoadedImage:
     (missing strips or tiles, PNG data cut short) are refused, never read as zeros."""
     path = Path(path)
     if not path.is_file():
-        raise SlideError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix not in TIFF_SUFFIXES + RASTER_SUFFIXES:
-        raise SlideError(f"{path}: unsupported file type {suffix!r}")
+        raise InputError(f"{path}: unsupported file type {suffix!r}")
     with reading(path):
         data, um = _read_tiff(path) if suffix in TIFF_SUFFIXES else (read_raster(path), None)
     if data.size == 0 or data.ndim < 2:
-        raise SlideError(f"{path}: image has no pixels (shape {data.shape})")
+        raise InputError(f"{path}: image has no pixels (shape {data.shape})")
     return LoadedImage(data, um, path.name.split(".")[0], path)
 
 
@@ -65,10 +62,10 @@ def reason(exc: BaseException) -> str:
 
 def first_series(tif, path: Path):
     """The main image of a TIFF (SVS label/macro/thumbnail images are later series); a
-    :class:`SlideError` when there is none, as in a truncated file (tifffile then only logs)."""
+    :class:`InputError` when there is none, as in a truncated file (tifffile then only logs)."""
     if not len(tif.pages) or not tif.series:
         size = path.stat().st_size if path.exists() else 0
-        raise SlideError(f"{path}: no readable image in this TIFF of {size} bytes (truncated or damaged)")
+        raise InputError(f"{path}: no readable image in this TIFF of {size} bytes (truncated or damaged)")
     return tif.series[0]
 
 
@@ -77,12 +74,12 @@ def reading(path: Path):
     """Turn what tifffile, imageio and Pillow raise for a bad file into one line naming it."""
     try:
         yield
-    except SlideError:
+    except InputError:
         raise
     except MemoryError:
-        raise SlideError(f"{path}: the image does not fit in memory") from None
+        raise InputError(f"{path}: the image does not fit in memory") from None
     except Exception as exc:  # the libraries raise many types for corrupt files
-        raise SlideError(f"{path}: cannot read image ({reason(exc)})") from exc
+        raise InputError(f"{path}: cannot read image ({reason(exc)})") from exc
 
 
 def _read_tiff(path: Path):
@@ -94,7 +91,7 @@ def _read_tiff(path: Path):
         page = series.keyframe
         largest = max(page.databytecounts, default=0)  # the compressed segment read in one go
         decoded = page.nbytes // max(1, len(page.databytecounts))  # and decoded before copying
-        check_memory(series.nbytes + largest + decoded, path, "decoding", SlideError)
+        check_memory(series.nbytes + largest + decoded, path, "decoding", InputError)
         data = series.asarray()
         return data, _pixel_size(tif)
 
@@ -109,13 +106,13 @@ def check_tiff_data(series, path: Path):
                 continue
             offsets, counts = page.dataoffsets, page.databytecounts
             if not offsets or len(offsets) != len(counts):
-                raise SlideError(f"{path}: file is damaged or truncated (its image data offsets are missing)")
+                raise InputError(f"{path}: file is damaged or truncated (its image data offsets are missing)")
             empty = sum(1 for o, n in zip(offsets, counts) if not n or not o)
             if empty:
-                raise SlideError(f"{path}: file is damaged ({empty} of {len(counts)} strips or tiles of page "
+                raise InputError(f"{path}: file is damaged ({empty} of {len(counts)} strips or tiles of page "
                                  f"{page.index} have no data)")
             if max(o + n for o, n in zip(offsets, counts)) > size:
-                raise SlideError(f"{path}: file is truncated (image data runs past its end, {size} bytes)")
+                raise InputError(f"{path}: file is truncated (image data runs past its end, {size} bytes)")
 
 
 # Pillow keeps 1, 2 or 4 bytes per pixel and band ("RGB" as 4) while numpy gets its own copy.
@@ -142,7 +139,7 @@ def read_raster(path: Path) -> np.ndarray:
     path = Path(path)
     with reading(path):
         _, need = raster_shape(path)
-        check_memory(need, path, "decoding", SlideError)
+        check_memory(need, path, "decoding", InputError)
         if path.suffix.lower() == ".png":
             _check_png_data(path)
         return np.asarray(iio.imread(path))
@@ -188,7 +185,7 @@ def _check_png_data(path: Path):
     if expected is not None and got < expected and not inflater.unconsumed_tail:
         got += len(inflater.flush())  # output zlib still held back
     if expected is not None and got < expected:
-        raise SlideError(f"{path}: image data is truncated ({got} of the {expected} bytes its size needs)")
+        raise InputError(f"{path}: image data is truncated ({got} of the {expected} bytes its size needs)")
 
 
 def _pixel_size(tif) -> float | None:
@@ -277,14 +274,14 @@ def write_labels_ome_tiff(path, labels, um_per_px: float | None = None, pyramid:
     array-like (numpy, zarr, dask): it is read one tile at a time."""
     shape = tuple(labels.shape)
     if len(shape) != 2:
-        raise SlideError(f"{path}: labels must be 2-D, got shape {shape}")
+        raise InputError(f"{path}: labels must be 2-D, got shape {shape}")
     if pyramid is None:
         pyramid = max(shape) > 8192
     downsamples = pyramid_downsamples(shape) if pyramid else [1]
     t = PYRAMID_TILE
     dtype = np.dtype(labels.dtype)
     if dtype.kind not in "iub":
-        raise SlideError(f"{path}: labels must be integers, got {dtype}")
+        raise InputError(f"{path}: labels must be integers, got {dtype}")
     dtype = np.dtype(np.uint8) if dtype.kind == "b" else dtype
 
     def tiles(d):
@@ -305,7 +302,7 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=-1)
     if image.ndim != 3:
-        raise SlideError(f"expected a 2-D colour or gray image, got shape {image.shape}")
+        raise InputError(f"expected a 2-D colour or gray image, got shape {image.shape}")
     if image.shape[-1] not in (1, 3, 4) and image.shape[0] in (3, 4):
         image = np.moveaxis(image, 0, -1)  # channels-first
     if image.shape[-1] == 1:
@@ -313,7 +310,7 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     if image.shape[-1] == 4:
         image = image[..., :3]
     if image.shape[-1] != 3:
-        raise SlideError(f"expected 1, 3 or 4 channels, got shape {image.shape}")
+        raise InputError(f"expected 1, 3 or 4 channels, got shape {image.shape}")
     if image.dtype != np.uint8:
         image = image.astype(np.float32)
         lo, hi = float(image.min()), float(image.max())

@@ -7,9 +7,7 @@ import glob
 import os
 from pathlib import Path
 
-
-class OutputOntoInputError(ValueError):
-    """An output path that is (or resolves to) one of the inputs."""
+from napari_ftu.errors import OutputOntoInputError
 
 
 def _identity(path: Path):

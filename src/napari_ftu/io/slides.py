@@ -12,9 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_ftu.errors import InputError
 from napari_ftu.io.budget import check_memory
-from napari_ftu.io.images import (RASTER_SUFFIXES, TIFF_SUFFIXES, SlideError, _pixel_size, check_tiff_data,
-                                  first_series, read_raster, reason)
+from napari_ftu.io.images import (
+    RASTER_SUFFIXES,
+    TIFF_SUFFIXES,
+    _pixel_size,
+    check_tiff_data,
+    first_series,
+    read_raster,
+    reason,
+)
 
 FLAT_PYRAMID_MIN = 8192  # a flat image larger than this (either side) gets lazy levels
 COLOURS = ["red", "green", "blue", "yellow", "magenta", "cyan", "gray", "gray"]  # HPA order first
@@ -56,7 +64,7 @@ class Slide:
         """One whole level in memory, refused before decoding when over the memory budget."""
         array = self.levels[level]
         need = int(np.prod(array.shape, dtype=np.float64)) * np.dtype(array.dtype).itemsize
-        check_memory(need, self.path, f"reading level {level} whole" if level else "reading it whole", SlideError)
+        check_memory(need, self.path, f"reading level {level} whole" if level else "reading it whole", InputError)
         return np.asarray(array[...])
 
     def close(self):
@@ -69,19 +77,19 @@ def open_slide(path: str | Path) -> Slide:
     """Open a TIFF/SVS/NDPI/OME-TIFF lazily, or a PNG/JPEG in memory; errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise SlideError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix not in TIFF_SUFFIXES + RASTER_SUFFIXES:
-        raise SlideError(f"{path}: unsupported file type {suffix!r}")
+        raise InputError(f"{path}: unsupported file type {suffix!r}")
     try:
         slide = _open_tiff(path) if suffix in TIFF_SUFFIXES else _open_raster(path)
-    except SlideError:
+    except InputError:
         raise
     except Exception as exc:  # tifffile, zarr and imageio raise many types for corrupt files
-        raise SlideError(f"{path}: cannot read image ({reason(exc)})") from exc
+        raise InputError(f"{path}: cannot read image ({reason(exc)})") from exc
     if any(int(n) == 0 for n in slide.shape):
         slide.close()
-        raise SlideError(f"{path}: image has no pixels (shape {slide.shape})")
+        raise InputError(f"{path}: image has no pixels (shape {slide.shape})")
     return slide
 
 
@@ -100,7 +108,7 @@ def _open_tiff(path: Path) -> Slide:
     try:
         series = first_series(tif, path)
         if any(int(n) == 0 for n in series.shape):
-            raise SlideError(f"{path}: image has no pixels (shape {series.shape})")
+            raise InputError(f"{path}: image has no pixels (shape {series.shape})")
         check_tiff_data(series, path)
         store = series.aszarr()
         root = zarr.open(store, mode="r")
@@ -139,7 +147,7 @@ def _kind(shape, axes: str | None):
             return "channels", 0
         if shape[-1] <= 8:
             return "channels", 2
-    raise SlideError(f"images of shape {shape} (axes {axes}) are not supported: expected 2-D gray, RGB(A) "
+    raise InputError(f"images of shape {shape} (axes {axes}) are not supported: expected 2-D gray, RGB(A) "
                      "or up to 8 channels")
 
 
@@ -191,7 +199,7 @@ def pyramid_steps(slide: Slide, out: str | Path):
     from napari_ftu.io.images import PYRAMID_TILE, pyramid_downsamples, write_pyramid
 
     if slide.kind == "channels":
-        raise SlideError(f"{slide.path}: writing pyramids of multichannel images is not supported")
+        raise InputError(f"{slide.path}: writing pyramids of multichannel images is not supported")
     level0 = slide.levels[0]
     h, w = slide.size
     samples = tuple(slide.shape[2:3])

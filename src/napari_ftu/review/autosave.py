@@ -40,9 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.atomic import temp_name, atomic_path, clean_leftovers, pid_alive
-from napari_ftu.review.table import Review
+from napari_ftu.atomic import atomic_path, clean_leftovers, pid_alive, temp_name
+from napari_ftu.errors import SessionError
 from napari_ftu.review.session import ReviewSession
+from napari_ftu.review.table import Review
 
 DEFAULT_INTERVAL_S = 15.0  # the dock saves at least this often while there are unsaved changes
 SUFFIX = ".session.npz"
@@ -102,16 +103,6 @@ def pending_windows(folder: str | Path, name: str) -> list[tuple[int, int, int, 
         if isinstance(meta, dict) and meta.get("in_store_generation") != meta.get("generation"):
             found.append(tuple(int(v) for v in match.groups()))
     return found
-
-
-class SessionError(ValueError):
-    """A saved session that cannot be restored (damaged, or of another shape or offset).
-
-    ``aside`` is where the file was kept (renamed), or None when it was left in place."""
-
-    def __init__(self, message: str, aside: Path | None = None):
-        super().__init__(message)
-        self.aside = aside
 
 
 class _Mismatch(SessionError):

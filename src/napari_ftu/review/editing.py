@@ -13,10 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-
-class EditError(ValueError):
-    """An edit that cannot be done as asked (no object there, a line that does not cut, ...)."""
-
+from napari_ftu.errors import EditError
 
 Box = tuple[slice, slice]
 

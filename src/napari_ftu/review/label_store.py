@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_ftu.errors import EditError, InputError, OptionError
+
 MIN_LEVEL = 256  # the pyramid stops when a level's longer side would drop below this
-
-
-class LabelStoreError(ValueError):
-    pass
 
 
 class LabelStore:
@@ -28,7 +26,7 @@ class LabelStore:
         self.group = group
         keys = sorted((k for k in group.array_keys() if k.isdigit()), key=int)
         if not keys or keys[0] != "0":
-            raise LabelStoreError(f"{group.store}: not a label store (no level 0)")
+            raise InputError(f"{group.store}: not a label store (no level 0)")
         self.levels = [group[k] for k in keys]
 
     @classmethod
@@ -37,12 +35,12 @@ class LabelStore:
 
         h, w = (int(v) for v in shape)
         if h < 1 or w < 1:
-            raise LabelStoreError(f"a label store needs a positive size, got {shape}")
+            raise OptionError(f"a label store needs a positive size, got {shape}")
         if np.dtype(dtype).kind not in "iu":
-            raise LabelStoreError(f"labels must be integers, got {dtype}")
+            raise OptionError(f"labels must be integers, got {dtype}")
         path = Path(path)
         if path.exists() and not overwrite:
-            raise LabelStoreError(f"{path} already exists")
+            raise InputError(f"{path} already exists")
         group = zarr.open_group(str(path), mode="w" if overwrite else "w-")
         group.attrs["napari_ftu"] = {"kind": "label pyramid", "downsample": 2}
         k = 0
@@ -61,11 +59,11 @@ class LabelStore:
 
         path = Path(path)
         if not path.exists():
-            raise LabelStoreError(f"{path}: no such label store")
+            raise InputError(f"{path}: no such label store")
         try:
             group = zarr.open_group(str(path), mode=mode)
         except Exception as exc:  # zarr raises several types for a folder that is not a group
-            raise LabelStoreError(f"{path}: not a zarr label store ({exc})") from exc
+            raise InputError(f"{path}: not a zarr label store ({exc})") from exc
         return cls(group)
 
     @property
@@ -75,7 +73,7 @@ class LabelStore:
     def _check_window(self, y: int, x: int, h: int, w: int):
         H, W = self.shape
         if h < 1 or w < 1 or y < 0 or x < 0 or y + h > H or x + w > W:
-            raise LabelStoreError(f"window {h} × {w} at ({y}, {x}) does not fit in the {H} × {W} label store")
+            raise EditError(f"window {h} × {w} at ({y}, {x}) does not fit in the {H} × {W} label store")
 
     def read_window(self, y: int, x: int, h: int, w: int) -> np.ndarray:
         """Full-resolution labels of the window (an ordinary array to edit)."""
@@ -88,7 +86,7 @@ class LabelStore:
         Returns, per level, the ``(y0, x0, y1, x1)`` region rewritten."""
         window = np.asarray(window)
         if window.ndim != 2:
-            raise LabelStoreError(f"a label window must be 2-D, got shape {window.shape}")
+            raise EditError(f"a label window must be 2-D, got shape {window.shape}")
         h, w = window.shape
         self._check_window(y, x, h, w)
         self.levels[0][y : y + h, x : x + w] = window.astype(self.levels[0].dtype, copy=False)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.formats.annotations import ExportError, safe_id
 from napari_ftu.atomic import atomic_path, write_text
-from napari_ftu.io.resample import resample_pair
 from napari_ftu.engine.tiling import tile_grid
+from napari_ftu.errors import InputError, OptionError
+from napari_ftu.formats.annotations import safe_id
+from napari_ftu.io.resample import resample_pair
 
 MANIFEST_COLUMNS = ["image", "mask", "source", "y", "x", "height", "width", "um_per_px", "source_um_per_px",
                     "n_objects", "classes"]
@@ -56,16 +57,16 @@ def export_tiles(
     class name), rarest class first. Positions in the manifest are full-resolution pixels.
     """
     if fmt not in ("png", "tif"):
-        raise ExportError(f"tile format must be png or tif, got {fmt!r}")
+        raise OptionError(f"tile format must be png or tif, got {fmt!r}")
     if keep not in ("objects", "tissue"):
-        raise ExportError(f"keep must be 'objects' or 'tissue', got {keep!r}")
+        raise OptionError(f"keep must be 'objects' or 'tissue', got {keep!r}")
     if tuple(image.shape[:2]) != tuple(labels.shape):
-        raise ExportError(f"image {tuple(image.shape[:2])} and labels {tuple(labels.shape)} differ in size")
+        raise InputError(f"image {tuple(image.shape[:2])} and labels {tuple(labels.shape)} differ in size")
     name = safe_id(name)
     factor = 1.0
     if target_um_per_px:
         if not um_per_px:
-            raise ExportError("a target µm/px needs the image's own pixel size")
+            raise InputError("a target µm/px needs the image's own pixel size")
         factor = target_um_per_px / um_per_px
     window = max(1, round(tile * factor))
     step_overlap = min(window - 1, round(overlap * factor))

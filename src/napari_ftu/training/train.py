@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.evaluation.metrics import dice
 from napari_ftu.engine.models import FTUModel, ModelCard, build_network, is_out_of_memory, resolve_device, save_model
-from napari_ftu.io.resample import resample_pair
+from napari_ftu.evaluation.metrics import dice
 from napari_ftu.io.images import to_rgb
+from napari_ftu.io.resample import resample_pair
 from napari_ftu.steps import drain
 
 
