@@ -29,9 +29,10 @@ from magicgui.widgets import (
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.colormaps import DirectLabelColormap
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
+from napari_ftu._qt.common import Dock, level0, level0_array, plot_canvas
 from napari_ftu._qt.jobs import start_job
 from napari_ftu.atomic import write_text
 from napari_ftu.errors import FormatError, ModelError
@@ -60,10 +61,6 @@ OBJECT_COLUMNS = ["kind", "id", "IoU", "area px", "y", "x"]
 
 def _colormap(colours: dict) -> DirectLabelColormap:
     return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), **colours})
-
-
-def _data(layer) -> np.ndarray:
-    return np.asarray(layer.data[0] if layer.multiscale else layer.data)
 
 
 def _scores(layer, ids_prob) -> dict:
@@ -111,7 +108,7 @@ def compute(pred, truth, other, prob, iou_threshold, scores, other_scores, pixel
     return out
 
 
-class DebugWidget(Container):
+class DebugWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
@@ -142,7 +139,7 @@ class DebugWidget(Container):
         self.min_area = SpinBox(label="min area px", value=0, min=0, max=10**9, step=10)
         self.apply_best = PushButton(text="Apply best threshold", enabled=False)
         thresholds = Container(widgets=[self.threshold, self.min_area, self.apply_best])
-        self._curve_fig, self._curve_canvas = _plot_canvas()
+        self._curve_fig, self._curve_canvas = plot_canvas()
 
         # --- model views
         self.image = create_widget(annotation=Optional[napari.layers.Image], label="image")
@@ -160,7 +157,7 @@ class DebugWidget(Container):
         self.data_truth = FileEdit(label="dataset truth", mode="r")
         self.dataset_button = PushButton(text="Evaluate dataset")
         dataset = Container(widgets=[self.data_pred, self.data_truth, self.dataset_button])
-        self._hist_fig, self._hist_canvas = _plot_canvas()
+        self._hist_fig, self._hist_canvas = plot_canvas()
         self._hist_canvas.setVisible(False)
         self.out = FileEdit(label="save to", mode="d", value="napari-ftu-debug")
         self.export_button = PushButton(text="Export plots (PNG) + report (CSV)")
@@ -209,9 +206,9 @@ class DebugWidget(Container):
         if pred_layer is None or (truth_layer is None and other_layer is None):
             return self._fail("choose a prediction and its ground truth (or a second prediction to compare)")
         try:
-            pred = _data(pred_layer)
-            truth = None if truth_layer is None else _data(truth_layer)
-            other = None if other_layer is None else _data(other_layer)
+            pred = level0_array(pred_layer)
+            truth = None if truth_layer is None else level0_array(truth_layer)
+            other = None if other_layer is None else level0_array(other_layer)
             prob = None if prob_layer is None else _probability(prob_layer)
             for name, arr in (("ground truth", truth), ("B", other), ("probability", prob)):
                 if arr is not None and arr.shape != pred.shape:
@@ -328,7 +325,7 @@ class DebugWidget(Container):
             model = load_model(None, device="auto")
         except ModelError as exc:
             return self._fail(exc)
-        steps = segment_steps(_data(layer), model, um_per_px=layer.metadata.get("um_per_px"), tta=True)
+        steps = segment_steps(level0_array(layer), model, um_per_px=layer.metadata.get("um_per_px"), tta=True)
         self.bar.visible = True
         self.uncertainty_button.enabled = False
         self.status.value = f"running the model with TTA on {model.device} …"
@@ -367,7 +364,7 @@ class DebugWidget(Container):
             model_um = None
         um = layer.metadata.get("um_per_px")
         factor = um / model_um if um and model_um else 1.0  # model pixels per layer pixel
-        h, w = (layer.data[0] if layer.multiscale else layer.data).shape[:2]
+        h, w = level0(layer).shape[:2]
         work = (max(1, round(h * factor)), max(1, round(w * factor)))
         try:
             grid = tile_grid(work, self.tile.value, self.overlap.value)
@@ -441,11 +438,6 @@ class DebugWidget(Container):
         show_info(self.status.value)
         return written
 
-    def _fail(self, exc):
-        self.status.value = f"Error: {exc}"
-        show_error(str(exc))
-        return None
-
 
 def camera(viewer):
     """The viewer's camera (``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before)."""
@@ -454,7 +446,7 @@ def camera(viewer):
 
 
 def _probability(layer) -> np.ndarray:
-    prob = _data(layer)
+    prob = level0_array(layer)
     if prob.ndim == 3 and prob.shape[0] <= 8:  # several classes: the first
         prob = prob[0]
     if prob.ndim != 2:
@@ -499,12 +491,3 @@ def _fit_height(table: QTableWidget):
     rows = sum(table.rowHeight(r) for r in range(table.rowCount()))
     table.setFixedHeight(rows + table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth() + 2)
 
-
-def _plot_canvas():
-    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(3.6, 2.4), tight_layout=True)
-    canvas = FigureCanvasQTAgg(figure)
-    canvas.setMinimumHeight(200)
-    return figure, canvas

@@ -8,7 +8,6 @@ import napari
 import numpy as np
 from magicgui.widgets import (
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     Label,
@@ -17,14 +16,15 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 
+from napari_ftu._qt.common import Dock, level0, special
 from napari_ftu.errors import FTUError
 from napari_ftu.formats.annotations import Annotations
 from napari_ftu.formats.export import FORMATS, export_annotations, export_tiles
 
 
-class ExportWidget(Container):
+class ExportWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
@@ -38,12 +38,14 @@ class ExportWidget(Container):
         self.tile = SpinBox(label="tile size", value=512, min=32, max=8192, step=32)
         self.overlap = SpinBox(label="overlap", value=0, min=0, max=4096, step=16)
         self.target_um = FloatSpinBox(label="target µm/px", value=0.0, min=0.0, max=100.0, step=0.05,
-                                      tooltip="0 = keep the image's pixel size")
+                                      tooltip="lowest value = keep the image's pixel size")
+        special(self.target_um, "the image's own")
         self.keep = ComboBox(label="keep tiles with", choices=["objects", "tissue"], value="objects")
         self.negatives = FloatSpinBox(label="other tiles", value=0.1, min=0.0, max=1.0, step=0.05,
                                       tooltip="fraction of the remaining tiles that are kept too")
         self.max_per_class = SpinBox(label="max per class", value=0, min=0, max=100000,
-                                     tooltip="0 = no cap; else at most this many tiles per class")
+                                     tooltip="at most this many tiles per class")
+        special(self.max_per_class, "no cap")
         self.tile_format = ComboBox(label="tile files", choices=["png", "tif"], value="png")
         self.tiles_button = PushButton(text="Export training tiles")
         self.status = Label(value="")
@@ -69,7 +71,7 @@ class ExportWidget(Container):
 
     def _annotations(self, layer) -> Annotations:
         image_id = self.image_id.value or str(layer.metadata.get("source") or layer.name).split(" ")[0]
-        data = layer.data[0] if layer.multiscale else layer.data
+        data = level0(layer)
         return Annotations.from_layer(image_id, np.asarray(data), layer.features, layer.metadata,
                                       default_class=layer.metadata.get("class", "FTU"))
 
@@ -100,7 +102,7 @@ class ExportWidget(Container):
             return self._fail("Choose an image and a Labels layer to export tiles.")
         try:
             a = self._annotations(layer)
-            data = image.data[0] if image.multiscale else image.data
+            data = level0(image)
             rows = export_tiles(data, a.labels, Path(self.tiles_dir.value), a.image_id, tile=self.tile.value,
                                 overlap=self.overlap.value, um_per_px=image.metadata.get("um_per_px"),
                                 target_um_per_px=self.target_um.value or None, keep=self.keep.value,
@@ -115,8 +117,3 @@ class ExportWidget(Container):
     def _ok(self, text):
         self.status.value = text
         show_info(text)
-
-    def _fail(self, exc):
-        self.status.value = f"Error: {exc}"
-        show_error(str(exc))
-        return None

@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import napari
-from magicgui.widgets import Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
-from napari.utils.notifications import show_error, show_info
+from magicgui.widgets import FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from napari.utils.notifications import show_info
 
+from napari_ftu._qt.common import Dock, special
 from napari_ftu._qt.jobs import start_job
+from napari_ftu._qt.state import state_of
 from napari_ftu.batch.runner import BatchOptions, BatchResults, batch_steps, is_batch_output, plan_inputs
 from napari_ftu.errors import FormatError, InputError
 from napari_ftu.formats.datasets import labels_layer_data, open_dataset
@@ -19,18 +21,18 @@ FILTER = "Images (*.tif *.tiff *.svs *.ndpi *.png *.jpg *.jpeg)"
 ERRORS = (InputError, FormatError, OSError, ValueError)
 
 
-class LoadWidget(Container):
+class LoadWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
         self.slide = None
         self.dataset_slide = False
-        self.dataset = None
-        self.index = 0
+        self.state = state_of(viewer)  # the open dataset and image index, shared with the Review dock
         self.worker = None
         self.path = FileEdit(label="file", mode="r", filter=FILTER)
         self.um_per_px = FloatSpinBox(label="µm/px", value=0.0, min=0.0, max=100.0, step=0.05,
-                                      tooltip="0 = read from the file's metadata")
+                                      tooltip="lowest value = read from the file's metadata")
+        special(self.um_per_px, "from the file")
         self.open_button = PushButton(text="Open")
         self.pyramid_button = PushButton(text="Write pyramid next to it", enabled=False,
                                          tooltip="a flat slide opens lazily but pans slowly; a pyramid fixes that")
@@ -46,7 +48,8 @@ class LoadWidget(Container):
         self.batch_out = FileEdit(label="batch output", mode="d",
                                   tooltip="empty: <batch folder>/napari-ftu-batch; a rerun skips finished slides")
         self.batch_workers = SpinBox(label="Dask workers", value=0, min=0, max=256,
-                                     tooltip="0: in napari's process; N: a local Dask cluster of N worker processes")
+                                     tooltip="none: in napari's process; N: a local Dask cluster of N processes")
+        special(self.batch_workers, "none (in napari)")
         self.batch_button = PushButton(text="Batch segment folder…")
         self.batch_bar = ProgressBar(label="batch", value=0, min=0, max=1, visible=False)
         self.status = Label(value="")
@@ -62,6 +65,15 @@ class LoadWidget(Container):
         self.next_button.changed.connect(lambda: self.show_item(self.index + 1))
         self.annotations_button.changed.connect(self.add_annotations)
         self.batch_button.changed.connect(self.batch_segment)
+        self.state.events.index.connect(self.show_item)  # another dock asked for another image
+
+    @property
+    def dataset(self):
+        return self.state.dataset
+
+    @property
+    def index(self) -> int:
+        return self.state.index
 
     # --- single slides ----------------------------------------------------------------------
     def open(self, path: str | Path | None = None):
@@ -109,7 +121,7 @@ class LoadWidget(Container):
         """Recognise a dataset folder's layout and show its first image."""
         path = Path(path or self.folder.value)
         try:
-            self.dataset = BatchResults(path) if is_batch_output(path) else open_dataset(path)
+            self.state.dataset = BatchResults(path) if is_batch_output(path) else open_dataset(path)
         except ERRORS as exc:
             return self._fail(exc)
         return self.show_item(0)
@@ -126,7 +138,9 @@ class LoadWidget(Container):
             self._viewer.layers.remove(layer)
         if self.slide is not None and self.slide.path != item.slide.path and self.dataset_slide:
             self.slide.close()
-        self.index, self.slide, self.dataset_slide = index, item.slide, True
+        with self.state.events.index.blocked():  # this dock is the one showing it
+            self.state.index = index
+        self.slide, self.dataset_slide = item.slide, True
         data, kwargs, _ = slide_layer_data(item.slide)
         kwargs["metadata"] = {**kwargs["metadata"], **item.info, "dataset_item": True}
         self._viewer.add_image(data, **kwargs)
@@ -209,8 +223,3 @@ class LoadWidget(Container):
         layer = self._viewer.add_labels(labels, **kwargs)
         self.status.value = f"{len(a.ids())} annotations from {path.name}"
         return layer
-
-    def _fail(self, exc):
-        self.status.value = f"Error: {exc}"
-        show_error(str(exc))
-        return None

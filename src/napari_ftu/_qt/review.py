@@ -32,7 +32,8 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QItemSelectionModel, QTimer
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
-from napari_ftu._qt.segment import EDITED
+from napari_ftu._qt.common import Dock
+from napari_ftu._qt.state import mark_edited, state_of
 from napari_ftu.errors import EditError, InputError, SessionError
 from napari_ftu.review import editing
 from napari_ftu.review.autosave import (
@@ -57,10 +58,11 @@ MAX_WINDOW = 4096  # full-resolution pixels per side of an editable window
 ERRORS = (EditError, InputError, KeyError, ValueError, OSError)
 
 
-class ReviewWidget(Container):
+class ReviewWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
+        self.state = state_of(viewer)
         self.session: ReviewSession | None = None
         self.autosaver: Autosaver | None = None
         self.layer = None
@@ -73,6 +75,7 @@ class ReviewWidget(Container):
         self.status_filter = ComboBox(label="show", choices=["all", *STATUSES], value="all")
         self.max_conf = FloatSpinBox(label="confidence ≤", value=1.0, min=0.0, max=1.0, step=0.05)
         self.counts = Label(value="no labels layer")
+        self.status = self.counts  # the status line Dock._fail writes to
         self.prev_button = PushButton(text="◀ Previous unreviewed (Shift+N)")
         self.next_button = PushButton(text="Next unreviewed ▶ (N)")
         self.accept_button = PushButton(text="Accept (A)")
@@ -425,7 +428,7 @@ class ReviewWidget(Container):
             return self._fail(exc)
         step = result if hasattr(result, "boxes") else None
         if self.layer is not None:
-            self.layer.metadata[EDITED] = True  # the Segment dock will not overwrite this layer
+            mark_edited(self.layer)  # the Segment dock will not overwrite this layer
         if self.layer is not None and step is not None and step.boxes:
             self.layer.events.data(value=self.layer.data, action="changed", data_indices=(), value_indices=())
         self.refresh()
@@ -550,7 +553,7 @@ class ReviewWidget(Container):
         if delta is None:
             return
         self.session.record_paint(*delta, name=f"napari {self.layer.mode}")
-        self.layer.metadata[EDITED] = True
+        mark_edited(self.layer)
         if hasattr(self.layer, "_reset_history"):
             self.layer._reset_history()  # our history holds it now; napari's copy would only cost memory
         self.refresh()
@@ -656,11 +659,14 @@ class ReviewWidget(Container):
     # --- images, autosave, retraining -------------------------------------------------------------------
     def step_image(self, step: int):
         """Previous / next image of the dataset open in the Load dock (this image's state is saved)."""
-        load = next((w for w in self._viewer.window.dock_widgets.values() if hasattr(w, "show_item")), None)
-        if load is None or load.dataset is None:
+        dataset, index = self.state.dataset, self.state.index + step
+        if dataset is None:
             return self._fail("open a dataset folder in the Load dock first")
+        if not 0 <= index < len(dataset):
+            return None
         self.save_now()
-        return load.show_item(load.index + step)
+        self.state.index = index  # the Load dock shows it
+        return index
 
     def autosave_tick(self):
         if self.autosaver is not None:
@@ -693,23 +699,9 @@ class ReviewWidget(Container):
         if self.layer is None:
             return self._fail("choose the corrected Labels layer first")
         self.save_now()
-        train = next((w for w in self._viewer.window.dock_widgets.values() if hasattr(w, "history")
-                      and hasattr(w, "source")), None)
-        if train is None:
-            _, train = self._viewer.window.add_plugin_dock_widget("napari-ftu", "Train")
-        train.source.value = "layers in the viewer"
-        train.labels.reset_choices()
-        train.image.reset_choices()
-        train.labels.value = self.layer
-        image = self._image_of(self.layer)
-        if image is not None:
-            train.image.value = image
+        _, train = self._viewer.window.add_plugin_dock_widget("napari-ftu", "Train")  # the open one, if any
+        self.state.retrain = (self._image_of(self.layer), self.layer)
         return train
-
-    def _fail(self, exc):
-        self.counts.value = f"Error: {exc}"
-        show_error(str(exc))
-        return None
 
 
 def _close_at_exit(ref):

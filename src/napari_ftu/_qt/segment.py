@@ -14,7 +14,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
     FloatSlider,
     Label,
     ProgressBar,
@@ -22,20 +21,21 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 
+from napari_ftu._qt.common import Dock, special
 from napari_ftu._qt.jobs import start_job
+from napari_ftu._qt.state import is_edited, mark_edited, state_of
 from napari_ftu.engine.inference import relabel_steps, segment_steps
-from napari_ftu.engine.models import load_model
+from napari_ftu.engine.models import CARD_NAME, ModelCard, default_model_path, load_model
 from napari_ftu.errors import ModelError
 
 DEFAULT_MODEL = "built-in: synthetic kidney glomeruli"
 STORE_ABOVE_PIXELS = 64e6  # model-grid outputs larger than this stream into a zarr store on disk
 REFRESH_EVERY_S = 0.25  # progressive display: redraw at most this often
-EDITED = "edited"  # layer metadata: the user painted or reviewed these objects, so no run overwrites them
 
 
-class SegmentWidget(Container):
+class SegmentWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
@@ -57,9 +57,10 @@ class SegmentWidget(Container):
                               tooltip="a TorchScript model can read and write your files; tick only for "
                                       "models from a source you trust")
         self.tile = SpinBox(label="tile size", value=0, min=0, max=4096, step=32,
-                            tooltip="0 = the model card's default")
+                            tooltip="lowest value = the model card's tile size")
         self.overlap = SpinBox(label="overlap", value=-1, min=-1, max=2048, step=8,
-                               tooltip="-1 = the model card's default")
+                               tooltip="lowest value = the model card's overlap")
+        self._show_card_defaults(ModelCard.read(default_model_path() / CARD_NAME))
         self.batch = SpinBox(label="batch size", value=4, min=1, max=256,
                              tooltip="tiles per model call; halved automatically if the GPU runs out of memory")
         self.skip_glass = CheckBox(text="skip glass (background) tiles", value=True)
@@ -80,6 +81,14 @@ class SegmentWidget(Container):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.threshold.changed.connect(self._threshold_moved)
+        self.state = state_of(viewer)
+        self.state.events.models.connect(self._models_saved)
+
+    def _models_saved(self, models):
+        """Offer the models another dock saved (the Train dock's)."""
+        for path in models:
+            if str(path) not in self._paths:
+                self.add_model(path)
 
     # --- model choice -------------------------------------------------------------------
     def add_model(self, path: str | Path) -> None:
@@ -98,9 +107,16 @@ class SegmentWidget(Container):
 
     def _model_changed(self):
         try:
-            self.threshold.value = self._load().card.threshold
+            card = self._load().card
         except ModelError as exc:
-            self._fail(exc)
+            return self._fail(exc)
+        self.threshold.value = card.threshold
+        self._show_card_defaults(card)
+
+    def _show_card_defaults(self, card):
+        """The tile and overlap boxes' lowest value means "the model's": say which it is."""
+        special(self.tile, f"auto (model: {card.tile_size})")
+        special(self.overlap, f"auto (model: {card.overlap})")
 
     def _load(self):
         key = (self.model.value, self.device.value)
@@ -242,7 +258,7 @@ class SegmentWidget(Container):
         place = _placement(layer, seg.downsample)
         old = self._viewer.layers[name] if name in self._viewer.layers else None
         kind = napari.layers.Labels if class_name is not None else napari.layers.Image
-        reusable = isinstance(old, kind) and not old.multiscale and not old.metadata.get(EDITED)
+        reusable = isinstance(old, kind) and not old.multiscale and not is_edited(old)
         if not reusable:
             return add(name=name, metadata=meta, **place)
         old.data = data
@@ -264,7 +280,7 @@ class SegmentWidget(Container):
         if seg is None or self.worker is not None or abs(value - seg.threshold) < 1e-9:
             return
         source, labels = self._result_layers
-        if labels.metadata.get(EDITED) or labels not in self._viewer.layers:
+        if is_edited(labels) or labels not in self._viewer.layers:
             self.status.value = "The objects layer has your edits: run again to segment with the new threshold."
             return
         if isinstance(seg.labels, np.ndarray):
@@ -281,10 +297,6 @@ class SegmentWidget(Container):
 
         self._start_worker(relabel_steps(seg, float(value), watershed=self.split.value),
                            f"Objects at threshold {value:.2f}", done, lambda event: self._on_event(source, event))
-
-    def _fail(self, exc):
-        self.status.value = f"Error: {exc}"
-        show_error(str(exc))
 
     def _on_finished(self):
         live, self._live = getattr(self, "_live", None), None
@@ -319,7 +331,7 @@ def _placement(layer, downsample: float) -> dict:
 
 
 def _mark_edited(event) -> None:
-    event.source.metadata[EDITED] = True
+    mark_edited(event.source)
 
 
 def _text(path) -> str | None:

@@ -13,7 +13,6 @@ import napari
 import numpy as np
 from magicgui.widgets import (
     ComboBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     Label,
@@ -23,9 +22,11 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 
+from napari_ftu._qt.common import Dock, level0_array, plot_canvas, special
 from napari_ftu._qt.jobs import start_job
+from napari_ftu._qt.state import state_of
 from napari_ftu.engine.models import ModelCard, default_model_path, load_model
 from napari_ftu.errors import FormatError, InputError, ModelError
 from napari_ftu.io.images import to_rgb
@@ -37,7 +38,7 @@ ENCODERS = ["tu-mobilenetv3_small_100", "resnet18", "resnet34", "efficientnet-b0
 START = ["fine-tune the built-in model", "fine-tune a model folder", "new model"]
 
 
-class TrainWidget(Container):
+class TrainWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
@@ -59,7 +60,8 @@ class TrainWidget(Container):
         self.crop = SpinBox(label="crop", value=256, min=32, max=2048, step=32)
         self.lr = FloatSpinBox(label="learning rate", value=2e-3, min=1e-6, max=1.0, step=1e-4)
         self.patience = SpinBox(label="early stop after", value=0, min=0, max=1000,
-                                tooltip="validations without gain; 0 = never")
+                                tooltip="validations without gain")
+        special(self.patience, "never")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.out = FileEdit(label="save to", mode="d", value="my_model")
         self.train_button = PushButton(text="Train")
@@ -70,13 +72,28 @@ class TrainWidget(Container):
                      self.architecture, self.encoder, self.um_per_px, self.steps, self.batch, self.crop, self.lr,
                      self.patience, self.device, self.out, self.train_button, self.cancel_button, self.bar,
                      self.status])
-        self._figure, self._canvas = _plot_canvas()
+        self._figure, self._canvas = plot_canvas()
         self.native.layout().addWidget(self._canvas)
         self.source.changed.connect(self._show_fields)
         self.start.changed.connect(self._show_fields)
         self.train_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self._show_fields()
+        self.state = state_of(viewer)
+        self.state.events.retrain.connect(self._retrain_on)
+
+    def _retrain_on(self, pair):
+        """Another dock asked to retrain on an image and its corrected labels."""
+        if pair is None:
+            return
+        image, labels = pair
+        self.source.value = SOURCES[1]
+        self.labels.reset_choices()
+        self.image.reset_choices()
+        self.labels.value = labels
+        if image is not None:
+            self.image.value = image
+        self.state.retrain = None  # handled
 
     def _show_fields(self):
         from_folder = self.source.value == SOURCES[0]
@@ -109,8 +126,8 @@ class TrainWidget(Container):
         image, labels = self.image.value, self.labels.value
         if image is None or labels is None:
             raise FormatError("choose the image and its corrected Labels layer")
-        rgb = to_rgb(np.asarray(image.data[0] if image.multiscale else image.data))
-        mask = (np.asarray(labels.data[0] if labels.multiscale else labels.data) > 0).astype(np.uint8)
+        rgb = to_rgb(level0_array(image))
+        mask = (level0_array(labels) > 0).astype(np.uint8)
         if rgb.shape[:2] != mask.shape:
             raise InputError(f"{labels.name} {mask.shape} and {image.name} {rgb.shape[:2]} differ in size")
         um = image.metadata.get("um_per_px")
@@ -162,27 +179,11 @@ class TrainWidget(Container):
         self.status.value = (f"best validation Dice {history['best_dice']:.3f} (step {history['best_step']}), "
                              f"{history['seconds']:.0f} s on {model.device}; saved {out}")
         show_info(self.status.value)
-        for widget in self._viewer.window.dock_widgets.values():  # offer it to the Segment dock
-            if hasattr(widget, "add_model"):
-                widget.add_model(out)
-
-    def _fail(self, exc):
-        self.status.value = f"Error: {exc}"
-        show_error(str(exc))
-        return None
+        self.state.models = (*self.state.models, str(out))  # the Segment dock offers it
 
     def _on_finished(self):
         self.train_button.enabled, self.cancel_button.enabled = True, False
 
-
-def _plot_canvas():
-    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(3.5, 2.4), tight_layout=True)
-    canvas = FigureCanvasQTAgg(figure)
-    canvas.setMinimumHeight(180)
-    return figure, canvas
 
 
 def _draw(figure, canvas, history):

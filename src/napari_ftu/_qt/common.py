@@ -1,0 +1,44 @@
+"""What every dock shares: a status line for failures, level 0 of a layer, a plot canvas, and
+spin boxes whose "automatic" value reads as words instead of a sentinel number."""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import Container
+from napari.utils.notifications import show_error
+
+
+class Dock(Container):
+    """A dock with a ``status`` Label where it reports failures."""
+
+    def _fail(self, exc):
+        """Show a failure in the status line and as a napari notice; handlers return its None."""
+        self.status.value = f"Error: {exc}"
+        show_error(str(exc))
+        return None
+
+
+def level0(layer):
+    """The full-resolution data of a layer (the first level of a multiscale one), not loaded."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def level0_array(layer) -> np.ndarray:
+    return np.asarray(level0(layer))
+
+
+def plot_canvas(height: int = 190):
+    """A matplotlib figure in a Qt canvas, sized for a dock."""
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.6, 2.4), tight_layout=True)
+    canvas = FigureCanvasQTAgg(figure)
+    canvas.setMinimumHeight(height)
+    return figure, canvas
+
+
+def special(spin, text: str):
+    """Show ``text`` instead of the spin box's minimum, the value that means "automatic"."""
+    spin.native.setSpecialValueText(text)
+    return spin
