@@ -12,7 +12,7 @@ from napari.utils.notifications import show_info
 from napari_ftu._qt.common import Dock, special
 from napari_ftu._qt.jobs import start_job
 from napari_ftu._qt.state import state_of
-from napari_ftu.batch.runner import BatchOptions, BatchResults, batch_steps, is_batch_output, plan_inputs
+from napari_ftu.batch.runner import BatchOptions, batch_steps, plan_inputs
 from napari_ftu.errors import FormatError, InputError
 from napari_ftu.formats.datasets import labels_layer_data, open_dataset
 from napari_ftu.io.slides import open_slide, pyramid_steps, slide_layer_data
@@ -121,7 +121,7 @@ class LoadWidget(Dock):
         """Recognise a dataset folder's layout and show its first image."""
         path = Path(path or self.folder.value)
         try:
-            self.state.dataset = BatchResults(path) if is_batch_output(path) else open_dataset(path)
+            self.state.dataset = open_dataset(path)
         except ERRORS as exc:
             return self._fail(exc)
         return self.show_item(0)
@@ -147,9 +147,6 @@ class LoadWidget(Dock):
         if item.annotations is not None:
             labels, lkw, _ = labels_layer_data(item.annotations, item.slide, item.info)
             lkw["metadata"]["dataset_item"] = True
-            labels_um = item.info.get("labels_um_per_px")
-            if labels_um and item.slide.um_per_px and labels_um != item.slide.um_per_px:  # batch labels of a
-                lkw["scale"] = (labels_um, labels_um)  # banded slide lie on the model grid
             self._viewer.add_labels(labels, **lkw)
         facts = ", ".join(f"{k} {v}" for k, v in item.info.items() if v not in (None, ""))
         n = len(item.annotations.ids()) if item.annotations is not None else 0

@@ -37,13 +37,11 @@ import numpy as np
 from napari_ftu.atomic import write_text
 from napari_ftu.errors import FormatError, InputError, OptionError
 from napari_ftu.formats.annotations import Annotations, safe_id
-from napari_ftu.formats.datasets import Dataset, Item
+from napari_ftu.formats.datasets import DONE, SUMMARY
 from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES
 
-DONE = "done.json"
 RUN = "batch.json"  # the settings of the batch that wrote this folder and hashes of its combined outputs
 COMBINED = "predictions.csv"
-SUMMARY = "summary.csv"
 OUTPUTS = ("rle", "labels", "geojson")
 DEFAULT_OUTPUTS = ("rle", "labels")
 DEFAULT_EXCLUDE = ("*_labels.*", "*_mask.*", "*_masks.*", ".*")
@@ -844,46 +842,3 @@ def write_combined(out: Path, jobs, rows, options: BatchOptions) -> list:
     written.append(write_text(out / SUMMARY, buf.getvalue()))
     _write_run(out, options, {Path(p).name: _sha256(Path(p)) for p in written})
     return written
-
-
-# --- browsing the results ---------------------------------------------------------------------
-
-
-def is_batch_output(path) -> bool:
-    path = Path(path)
-    return path.is_dir() and (path / SUMMARY).is_file() and any(path.glob(f"*/{DONE}"))
-
-
-class BatchResults(Dataset):
-    """A batch output folder as a dataset: each segmented slide with its predicted labels, so the
-    Load dock can page through them for review."""
-
-    layout = "napari-ftu batch results"
-
-    def __init__(self, root):
-        root = Path(root)
-        self.markers = {}
-        for marker in sorted(root.glob(f"*/{DONE}")):
-            data = _read_json(marker)
-            if isinstance(data, dict) and isinstance(data.get("row"), dict) and isinstance(data.get("source"), str):
-                self.markers[marker.parent.name] = data  # a malformed marker is a slide not done: not listed
-        if not self.markers:
-            raise FormatError(f"{root}: no readable {DONE} marker in its slide folders")
-        super().__init__(root, list(self.markers))
-
-    def load(self, index: int) -> Item:
-        from napari_ftu.io.images import read_image
-        from napari_ftu.io.slides import open_slide
-
-        image_id = self.ids[index]
-        marker = self.markers[image_id]
-        row = marker["row"]
-        slide = open_slide(marker["source"])
-        slide.um_per_px = row.get("um_per_px") or slide.um_per_px
-        labels_file = self.root / image_id / f"{image_id}_labels.ome.tif"
-        if not labels_file.is_file():
-            raise InputError(f"{labels_file}: no label image (run the batch with the labels output)")
-        labels = read_image(labels_file).data
-        info = {"objects": row.get("n_objects"), "seconds": row.get("seconds"),
-                "labels_um_per_px": row.get("labels_um_per_px")}
-        return Item(slide, Annotations(image_id, labels, um_per_px=row.get("labels_um_per_px")), info)

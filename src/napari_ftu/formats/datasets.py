@@ -1,7 +1,8 @@
 """Competition and folder datasets: a list of images, each loaded with its instance labels.
 
 :func:`open_dataset` recognises a folder's layout (HuBMAP 2022 and 2021, vasculature 2023
-jsonl or COCO, HPA single-cell channels, image/mask pairs) and returns a :class:`Dataset`
+jsonl or COCO, HPA single-cell channels, image/mask pairs, and the output folder of a
+``napari-ftu segment`` batch: its predictions, paged like a dataset) and returns a :class:`Dataset`
 whose :meth:`~Dataset.load` gives the slide, the :class:`Annotations` and per-image facts.
 Every problem is an :class:`FormatError` or :class:`InputError` naming the file.
 """
@@ -27,6 +28,8 @@ from napari_ftu.io.slides import Slide, open_slide
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 HPA_CHANNELS = ("red", "green", "blue", "yellow")
+DONE = "done.json"  # a batch output's per-slide marker (written last, so a rerun trusts it)
+SUMMARY = "summary.csv"  # a batch output's table of slides
 
 
 @dataclass
@@ -389,6 +392,45 @@ class ImageMaskFolder(Dataset):
         return Item(slide, Annotations(self.ids[index], _instances_from_mask(mask), um_per_px=slide.um_per_px), {})
 
 
+class BatchOutput(Dataset):
+    """A batch output folder (``<out>/<id>/done.json`` + ``summary.csv``) as a dataset: each
+    segmented slide with its predicted labels, to page through, review or evaluate."""
+
+    layout = "napari-ftu batch output"
+
+    @staticmethod
+    def detect(root: Path) -> bool:
+        return (root / SUMMARY).is_file() and any(root.glob(f"*/{DONE}"))
+
+    def __init__(self, root):
+        root = Path(root)
+        self.markers = {}
+        for marker in sorted(root.glob(f"*/{DONE}")):
+            try:
+                data = json.loads(marker.read_text(encoding="utf-8"))
+            except (OSError, ValueError, RecursionError):
+                continue  # a malformed marker is a slide not done: not listed
+            if isinstance(data, dict) and isinstance(data.get("row"), dict) and isinstance(data.get("source"), str):
+                self.markers[marker.parent.name] = data
+        if not self.markers:
+            raise FormatError(f"{root}: no readable {DONE} marker in its slide folders")
+        super().__init__(root, list(self.markers))
+
+    def load(self, index: int) -> Item:
+        from napari_ftu.io.images import read_image
+
+        image_id = self.ids[index]
+        row, source = self.markers[image_id]["row"], self.markers[image_id]["source"]
+        slide = open_slide(source)
+        slide.um_per_px = row.get("um_per_px") or slide.um_per_px
+        labels_file = self.root / image_id / f"{image_id}_labels.ome.tif"
+        if not labels_file.is_file():
+            raise InputError(f"{labels_file}: no label image (run the batch with the labels output)")
+        labels_um = row.get("labels_um_per_px")
+        info = {"objects": row.get("n_objects"), "seconds": row.get("seconds"), "labels_um_per_px": labels_um}
+        return Item(slide, Annotations(image_id, read_image(labels_file).data, um_per_px=labels_um), info)
+
+
 def open_dataset(path: str | Path) -> Dataset:
     """Recognise the layout of a dataset folder (or its CSV/JSON/JSONL file)."""
     if "\x00" in str(path):
@@ -400,6 +442,8 @@ def open_dataset(path: str | Path) -> Dataset:
         root = root.parent
     if not root.is_dir():
         raise InputError(f"{path}: no such folder")
+    if BatchOutput.detect(root):
+        return BatchOutput(root)
     split = Hubmap2022.detect(root)
     if split:
         return Hubmap2022(root, split)
@@ -415,7 +459,7 @@ def open_dataset(path: str | Path) -> Dataset:
     if ImageMaskFolder.detect(root):
         return ImageMaskFolder(root)
     raise FormatError(f"{root}: not a dataset layout we know (HuBMAP 2022/2021 train.csv, polygons.jsonl, "
-                      "COCO JSON, HPA *_red.png ... *_yellow.png, or images/ + masks/)")
+                      "COCO JSON, HPA *_red.png ... *_yellow.png, images/ + masks/, or a batch output)")
 
 
 def split_ids(path, pattern: str | None) -> tuple[list, list]:
@@ -434,7 +478,7 @@ def labels_layer_data(a: Annotations, slide: Slide, info: dict | None = None) ->
     """``(labels, kwargs, "labels")`` with per-object class/score/area in the layer's features."""
     ids = a.ids()
     areas = label_areas(a.labels, ids)
-    um = slide.um_per_px
+    um = a.um_per_px or slide.um_per_px  # batch labels of a banded slide lie on the model's coarser grid
     features = {
         "index": [int(i) for i in ids],
         "class": [", ".join(map(str, a.class_names(i))) for i in ids],
