@@ -34,25 +34,19 @@ from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableW
 
 from napari_ftu._qt.common import Dock, level0, level0_array, plot_canvas
 from napari_ftu._qt.jobs import start_job
-from napari_ftu.atomic import write_text
 from napari_ftu.errors import FormatError, ModelError
+from napari_ftu.evaluation.compare import ONLY_A, ONLY_B, compare, object_scores, write_comparison
 from napari_ftu.evaluation.evaluate import (
     FN,
     FP,
     TP,
-    error_map,
-    evaluate_image,
     evaluate_paths,
-    object_rows,
-    report_csv,
     write_report,
 )
-from napari_ftu.evaluation.metrics import best_threshold, dice_curve
 from napari_ftu.evaluation.plots import draw_histogram, draw_threshold_curve, save_png
-from napari_ftu.formats.annotations import Annotations
 
 ERROR_COLOURS = {TP: (0.15, 0.8, 0.25, 1.0), FP: (0.95, 0.15, 0.15, 1.0), FN: (0.2, 0.45, 1.0, 1.0)}
-DIFF_COLOURS = {1: (1.0, 0.6, 0.0, 1.0), 2: (0.0, 0.85, 0.9, 1.0)}  # only in A, only in B
+DIFF_COLOURS = {ONLY_A: (1.0, 0.6, 0.0, 1.0), ONLY_B: (0.0, 0.85, 0.9, 1.0)}
 METRICS = [("dice", "Dice"), ("iou", "IoU"), ("n_pred", "objects"), ("n_truth", "true objects"), ("tp", "TP"),
            ("fp", "FP"), ("fn", "FN"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
            ("ap", "AP@0.6")]
@@ -61,51 +55,6 @@ OBJECT_COLUMNS = ["kind", "id", "IoU", "area px", "y", "x"]
 
 def _colormap(colours: dict) -> DirectLabelColormap:
     return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), **colours})
-
-
-def _scores(layer, ids_prob) -> dict:
-    """Confidences for AP: the layer's ``confidence`` feature, else the mean probability."""
-    features = layer.features
-    if len(features) and "index" in features and "confidence" in features:
-        return {int(i): float(c) for i, c in zip(features["index"], features["confidence"]) if c == c}
-    labels, prob = ids_prob
-    if prob is None:
-        return {}
-    from scipy import ndimage as ndi
-
-    ids = np.unique(labels)
-    ids = ids[ids > 0]
-    return dict(zip(ids.tolist(), np.atleast_1d(ndi.mean(prob, labels, ids)).tolist())) if ids.size else {}
-
-
-def compute(pred, truth, other, prob, iou_threshold, scores, other_scores, pixels: bool) -> dict:
-    """Everything the dock shows, from arrays (runs in the worker)."""
-    out = {"columns": [], "rows": [], "objects": [], "errors": None, "diff": None, "curve": None}
-    if truth is not None:
-        res = evaluate_image(Annotations("prediction", pred, scores=scores),
-                             Annotations("truth", truth), iou_threshold).classes["all"]
-        out["columns"].append("A vs truth")
-        out["rows"].append(res.row())
-        out["objects"] = object_rows(pred, truth, res.table, res.counts)
-        out["errors"] = error_map(pred, truth, None if pixels else res.counts)
-        if prob is not None:
-            thresholds, curve = dice_curve(prob, truth)
-            out["curve"] = (thresholds, curve, best_threshold(thresholds, curve))
-    if other is not None:
-        if truth is not None:
-            res_b = evaluate_image(Annotations("other", other, scores=other_scores),
-                                   Annotations("truth", truth), iou_threshold).classes["all"]
-            out["columns"].append("B vs truth")
-            out["rows"].append(res_b.row())
-        agree = evaluate_image(Annotations("prediction", pred, scores=scores),
-                               Annotations("other", other), iou_threshold).classes["all"]
-        out["columns"].append("A vs B")
-        out["rows"].append(agree.row())
-        a, b = pred != 0, other != 0
-        diff = np.zeros(pred.shape, np.uint8)
-        diff[a & ~b], diff[b & ~a] = 1, 2
-        out["diff"] = diff
-    return out
 
 
 class DebugWidget(Dock):
@@ -215,10 +164,10 @@ class DebugWidget(Dock):
                     raise FormatError(f"{name} is {arr.shape}, the prediction {pred.shape}: they must match")
         except FormatError as exc:
             return self._fail(exc)
-        scores = _scores(pred_layer, (pred, prob))
-        other_scores = _scores(other_layer, (other, prob)) if other_layer is not None else {}
+        scores = object_scores(pred, prob, pred_layer.features)
+        other_scores = object_scores(other, prob, other_layer.features) if other_layer is not None else {}
         self.status.value = "evaluating …"
-        self.worker = create_worker(compute, pred, truth, other, prob, self.iou.value, scores, other_scores,
+        self.worker = create_worker(compare, pred, truth, other, prob, self.iou.value, scores, other_scores,
                                     self.mode.value == "pixels", _start_thread=False)
         self.worker.returned.connect(lambda out: self._show(out, pred_layer, truth_layer))
         self.worker.errored.connect(self._fail)
@@ -416,15 +365,9 @@ class DebugWidget(Dock):
         written = []
         try:
             if self.result is not None:
-                cols = self.result["columns"]
-                rows = [{**row, "image": col, "class": "all"} for col, row in zip(cols, self.result["rows"])]
-                written.append(write_text(folder / "metrics.csv", report_csv(rows)))
-                written.append(write_text(folder / "objects.csv", _objects_csv(self.result["objects"])))
+                written += write_comparison(folder, self.result)
                 if self.result["curve"] is not None:
-                    thresholds, curve, _ = self.result["curve"]
                     written.append(Path(save_png(self._curve_fig, folder / "dice_vs_threshold.png")))
-                    written.append(write_text(folder / "dice_vs_threshold.csv", "threshold,dice\n" + "".join(
-                        f"{t:.4f},{d:.6f}\n" for t, d in zip(thresholds, curve))))
             if self.dataset_rows is not None:
                 written.append(write_report(folder / "dataset_report.csv", *self.dataset_rows))
                 written.append(Path(save_png(self._hist_fig, folder / "dice_histogram.png")))
@@ -453,10 +396,6 @@ def _probability(layer) -> np.ndarray:
         raise FormatError(f"{layer.name}: a probability map must be 2-D, got {prob.shape}")
     return prob.astype(np.float32) / 255.0 if prob.dtype == np.uint8 else prob
 
-
-def _objects_csv(objects) -> str:
-    keys = ["kind", "id", "iou", "area_px", "centroid_y", "centroid_x"]
-    return ",".join(keys) + "\n" + "".join(",".join(str(o[k]) for k in keys) + "\n" for o in objects)
 
 
 def _fmt(value) -> str:

@@ -24,17 +24,14 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_info
 
-from napari_ftu._qt.common import Dock, level0_array, plot_canvas, special
+from napari_ftu._qt.common import Dock, level0, plot_canvas, special
 from napari_ftu._qt.jobs import start_job
 from napari_ftu._qt.state import state_of
-from napari_ftu.engine.models import ModelCard, default_model_path, load_model
-from napari_ftu.errors import FormatError, InputError, ModelError
-from napari_ftu.io.images import to_rgb
-from napari_ftu.training.train import dataset_samples, train_steps
+from napari_ftu.errors import FTUError, OptionError
+from napari_ftu.training.data import ARCHITECTURES, ENCODERS, folder_split, new_card, pair_split, start_from
+from napari_ftu.training.train import train_steps
 
 SOURCES = ["dataset folder", "layers in the viewer"]
-ARCHITECTURES = ["Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Segformer"]
-ENCODERS = ["tu-mobilenetv3_small_100", "resnet18", "resnet34", "efficientnet-b0", "mobilenet_v2"]
 START = ["fine-tune the built-in model", "fine-tune a model folder", "new model"]
 
 
@@ -52,8 +49,8 @@ class TrainWidget(Dock):
         self.labels = create_widget(annotation=napari.layers.Labels, label="labels")
         self.start = ComboBox(label="start from", choices=START, value=START[0])
         self.base = FileEdit(label="model folder", mode="d")
-        self.architecture = ComboBox(label="architecture", choices=ARCHITECTURES, value="Unet")
-        self.encoder = ComboBox(label="encoder", choices=ENCODERS, value=ENCODERS[0])
+        self.architecture = ComboBox(label="architecture", choices=list(ARCHITECTURES), value="Unet")
+        self.encoder = ComboBox(label="encoder", choices=list(ENCODERS), value=ENCODERS[0])
         self.um_per_px = FloatSpinBox(label="model µm/px", value=2.0, min=0.05, max=50.0, step=0.05)
         self.steps = SpinBox(label="steps", value=300, min=1, max=100000, step=50)
         self.batch = SpinBox(label="batch size", value=8, min=1, max=256)
@@ -104,47 +101,25 @@ class TrainWidget(Dock):
         self.architecture.visible = self.encoder.visible = self.um_per_px.visible = new
 
     def _card_and_weights(self):
+        name = Path(self.out.value).name
         if self.start.value == "new model":
-            card = ModelCard(architecture=self.architecture.value, encoder=self.encoder.value,
-                             arch_kwargs={}, um_per_px=self.um_per_px.value, name=Path(self.out.value).name)
-            return card, None
-        path = default_model_path() if self.start.value == START[0] else Path(self.base.value)
-        base = load_model(path, device="cpu")
-        card = ModelCard.from_dict({**base.card.__dict__, "notes": {}}, str(path))
-        card.name = Path(self.out.value).name
-        return card, base.network.state_dict()
+            return new_card(self.architecture.value, self.encoder.value, self.um_per_px.value, name, {}), None
+        return start_from(None if self.start.value == START[0] else Path(self.base.value), name)
 
     def _data(self, card):
         if self.source.value == SOURCES[0]:
-            from napari_ftu.formats.datasets import split_ids
-
-            folder = Path(self.folder.value)
-            train_ids, val_ids = split_ids(folder, self.val_match.value or None)
-            if not val_ids:
-                val_ids, train_ids = train_ids[::5], [i for k, i in enumerate(train_ids) if k % 5]
-            return dataset_samples(folder, card, set(train_ids)), dataset_samples(folder, card, set(val_ids))
+            return folder_split(Path(self.folder.value), card, self.val_match.value or None)
         image, labels = self.image.value, self.labels.value
         if image is None or labels is None:
-            raise FormatError("choose the image and its corrected Labels layer")
-        rgb = to_rgb(level0_array(image))
-        mask = (level0_array(labels) > 0).astype(np.uint8)
-        if rgb.shape[:2] != mask.shape:
-            raise InputError(f"{labels.name} {mask.shape} and {image.name} {rgb.shape[:2]} differ in size")
-        um = image.metadata.get("um_per_px")
-        if um and abs(um / card.um_per_px - 1) > 0.01:
-            from napari_ftu.io.resample import resample_pair
-
-            rgb, mask = resample_pair(rgb, mask, um / card.um_per_px)
-        # Hold out the right fifth of the image for validation.
-        cut = max(1, mask.shape[1] * 4 // 5)
-        return [(rgb[:, :cut], mask[:, :cut])], [(rgb[:, cut:], mask[:, cut:])]
+            raise OptionError("choose the image and its corrected Labels layer")
+        return pair_split(level0(image), level0(labels), image.metadata.get("um_per_px"), card, name=labels.name)
 
     def run(self):
         """Start training in a worker thread."""
         try:
             card, weights = self._card_and_weights()
             train_set, val_set = self._data(card)
-        except (ModelError, FormatError, InputError, FileNotFoundError, OSError, ValueError) as exc:
+        except (FTUError, OSError) as exc:
             return self._fail(exc)
         self.history = {"loss": [], "val": []}
         out = Path(self.out.value)

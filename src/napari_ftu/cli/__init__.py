@@ -15,6 +15,7 @@ from pathlib import Path
 from napari_ftu.errors import FTUError, OptionError
 from napari_ftu.formats.export import FORMATS
 from napari_ftu.io.paths import refuse_onto_inputs
+from napari_ftu.training.data import ARCHITECTURES, ENCODERS
 
 USER_ERRORS = (FTUError, OSError)
 QUIET_LOGGERS = ("tifffile", "imageio", "distributed", "PIL")
@@ -134,6 +135,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--val-tiles", type=Path, action="append", default=[], help="validation data folder")
     t.add_argument("--val-match", default=None,
                    help="regular expression: images of --tiles whose id matches go to validation instead")
+    t.add_argument("--hold-out-every", type=int, default=0, metavar="N",
+                   help="validate on every N-th image of --tiles when --val-match picks none (the Train dock: 5)")
+    t.add_argument("--image", type=Path, default=None, help="train on one image and ...")
+    t.add_argument("--labels", type=Path, default=None,
+                   help="... its label image; the right fifth is held out for validation (the Train dock's layers)")
     t.add_argument("--synthetic", type=int, default=0, help="number of synthetic training slides")
     t.add_argument("--val-synthetic", type=int, default=0, help="number of synthetic validation slides")
     t.add_argument("--synthetic-size", type=int, default=768)
@@ -148,6 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
     t.add_argument("--um-per-px", type=float, default=None, help="model pixel size (new models)")
+    t.add_argument("--architecture", choices=ARCHITECTURES, default="Unet", help="new models: smp architecture")
+    t.add_argument("--encoder", default=ENCODERS[0], help=f"new models: encoder (e.g. {', '.join(ENCODERS)})")
     t.add_argument("--name", default="napari-ftu model")
     t.set_defaults(func=_train)
 
@@ -183,10 +191,15 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("evaluate", parents=[common],
                        help="score predictions against ground truth (Dice, IoU, F1, AP@0.6)")
-    v.add_argument("pred", type=Path, help="prediction: label image, folder of them, or an annotation file")
+    v.add_argument("pred", type=Path,
+                   help="prediction: label image, folder of them, a batch output folder, or an annotation file")
     v.add_argument("truth", type=Path, help="ground truth: label image, folder, dataset folder or annotation file")
     v.add_argument("--pred-format", choices=sorted(FORMATS), default=None, help="read PRED as this format")
     v.add_argument("--truth-format", choices=sorted(FORMATS), default=None, help="read TRUTH as this format")
+    v.add_argument("--compare", type=Path, default=None, metavar="B",
+                   help="a second prediction: A and B against the truth and against each other (the Debug dock's "
+                        "A-vs-B numbers)")
+    v.add_argument("--compare-format", choices=sorted(FORMATS), default=None, help="read B as this format")
     v.add_argument("--iou", type=float, default=0.5, help="IoU for a match when counting TP/FP/FN (default 0.5)")
     v.add_argument("--ap-iou", type=float, default=0.6, help="IoU of the average precision (default 0.6)")
     v.add_argument("--out", type=Path, default=None, help="write the report: .csv (rows) or .json")
@@ -350,8 +363,9 @@ def _segment_batch(args) -> int:
 
 
 def _train(args) -> int:
-    from napari_ftu.engine.models import ModelCard, load_model
-    from napari_ftu.formats.datasets import split_ids
+    from napari_ftu.engine.models import load_model
+    from napari_ftu.io.images import read_image
+    from napari_ftu.training.data import folder_split, new_card, pair_split
     from napari_ftu.training.train import dataset_samples, synthetic_samples, train
 
     init_state = None
@@ -360,15 +374,17 @@ def _train(args) -> int:
         card = base.card
         init_state = base.network.state_dict()
     else:
-        card = ModelCard(name=args.name)
-        if args.um_per_px:
-            card.um_per_px = args.um_per_px
+        card = new_card(args.architecture, args.encoder, args.um_per_px, args.name)
     train_set, val_set = [], [pair for folder in args.val_tiles for pair in dataset_samples(folder, card)]
     for folder in args.tiles:
-        train_ids, val_ids = split_ids(folder, args.val_match)
-        train_set += dataset_samples(folder, card, train_ids)
-        if val_ids:
-            val_set += dataset_samples(folder, card, val_ids)
+        more, val = folder_split(folder, card, args.val_match, args.hold_out_every)
+        train_set, val_set = train_set + more, val_set + val
+    if args.image or args.labels:
+        if not (args.image and args.labels):
+            raise OptionError("--image and --labels go together (an image and its label image)")
+        image, labels = read_image(args.image), read_image(args.labels)
+        more, val = pair_split(image.data, labels.data, image.um_per_px, card, name=str(args.labels))
+        train_set, val_set = train_set + more, val_set + val
     if args.synthetic:
         train_set += synthetic_samples(args.synthetic, args.synthetic_size, args.seed + 1, card)
     if args.val_synthetic:
@@ -445,8 +461,14 @@ def _evaluate(args) -> int:
     for name in ("iou", "ap_iou"):
         if not 0 < getattr(args, name) <= 1:
             raise OptionError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
-    rows, summary, missing = evaluate_paths(args.pred, args.truth, args.pred_format, args.truth_format,
-                                            args.iou, args.ap_iou)
+    if args.compare is not None:
+        from napari_ftu.evaluation.compare import compare_paths
+
+        rows, summary, missing = compare_paths(args.pred, args.truth, args.compare, args.pred_format,
+                                               args.truth_format, args.compare_format, args.iou, args.ap_iou)
+    else:
+        rows, summary, missing = evaluate_paths(args.pred, args.truth, args.pred_format, args.truth_format,
+                                                args.iou, args.ap_iou)
     if args.out:
         write_report(args.out, rows, summary)
     if args.json:

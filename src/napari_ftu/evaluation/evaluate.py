@@ -234,21 +234,31 @@ def evaluate_paths(pred, truth, pred_format=None, truth_format=None, iou_thresho
         preds = load_annotations(pred, pred_format, {a.image_id: a.shape for a in truths})
     if not truths:
         raise InputError(f"{truth}: no ground-truth images")
+    pairs, missing = pair_by_id(truths, preds, pred)
+    results = [evaluate_image(p, t, iou_threshold, ap_iou) for t, p in pairs]
+    image_rows = [row for r in results for row in r.rows()]
+    return image_rows, summarize(results), missing
+
+
+def pair_by_id(truths: list[Annotations], preds: list[Annotations], where="prediction") -> tuple[list, list]:
+    """``([(truth, prediction), ...], ids without a prediction)``: pairs by image id, or the
+    single image of each side; a missing prediction is an empty one, as in the competitions."""
+    if not truths:
+        raise InputError("no ground-truth images")
     by_id = {a.image_id: a for a in preds}
     if len(truths) == 1 and len(preds) == 1:
         by_id = {truths[0].image_id: preds[0]}
-    results, missing = [], []
+    pairs, missing = [], []
     for t in truths:
         p = by_id.get(t.image_id)
         if p is None:
             missing.append(t.image_id)
             p = Annotations(t.image_id, np.zeros(t.shape, np.int32))
-        results.append(evaluate_image(p, t, iou_threshold, ap_iou))
+        pairs.append((t, p))
     if len(missing) == len(truths) and preds:
-        raise InputError(f"no prediction matches a ground-truth id (e.g. {preds[0].image_id!r} vs "
-                          f"{truths[0].image_id!r})")
-    image_rows = [row for r in results for row in r.rows()]
-    return image_rows, summarize(results), missing
+        raise InputError(f"{where}: no prediction matches a ground-truth id (e.g. {preds[0].image_id!r} vs "
+                         f"{truths[0].image_id!r})")
+    return pairs, missing
 
 
 # --- error views (for the Debug dock) ----------------------------------------------------------

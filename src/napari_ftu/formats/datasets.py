@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from napari_ftu.engine.postprocess import label_areas
-from napari_ftu.errors import FormatError, InputError, OptionError
+from napari_ftu.errors import FormatError, InputError
 from napari_ftu.formats import rle
 from napari_ftu.formats.annotations import Annotations, safe_id
 from napari_ftu.formats.csv_formats import RLE_COST_PER_CHAR, read_csv_rows
@@ -461,17 +461,6 @@ def open_dataset(path: str | Path) -> Dataset:
     raise FormatError(f"{root}: not a dataset layout we know (HuBMAP 2022/2021 train.csv, polygons.jsonl, "
                       "COCO JSON, HPA *_red.png ... *_yellow.png, images/ + masks/, or a batch output)")
 
-
-def split_ids(path, pattern: str | None) -> tuple[list, list]:
-    """A dataset's ids for training and for validation (those matching the regular expression)."""
-    ids = open_dataset(path).ids
-    if not pattern:
-        return ids, []
-    try:
-        val = [i for i in ids if re.search(pattern, i)]
-    except re.error as exc:
-        raise OptionError(f"validation pattern {pattern!r} is not a regular expression ({exc})") from None
-    return [i for i in ids if i not in val], val
 
 
 def labels_layer_data(a: Annotations, slide: Slide, info: dict | None = None) -> tuple:

@@ -1,0 +1,84 @@
+"""What to train and on what: the architectures offered, the card and weights to start from,
+and how a dataset or one image is split into training and validation samples.
+Shared by the Train dock and ``napari-ftu train``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from napari_ftu.engine.models import ModelCard, default_model_path, load_model
+from napari_ftu.errors import InputError, OptionError
+from napari_ftu.io.images import to_rgb
+from napari_ftu.io.resample import resample_pair
+
+ARCHITECTURES = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Segformer")
+ENCODERS = ("tu-mobilenetv3_small_100", "resnet18", "resnet34", "efficientnet-b0", "mobilenet_v2")
+VAL_EVERY = 5  # without a validation pattern, every fifth image of a dataset is held out
+HOLD_OUT = 0.2  # of one image pair, the right fifth is held out
+
+
+def new_card(architecture: str = "Unet", encoder: str = ENCODERS[0], um_per_px: float | None = None,
+             name: str = "ftu-model", arch_kwargs: dict | None = None) -> ModelCard:
+    """The card of a new (untrained) model of one of :data:`ARCHITECTURES`; ``arch_kwargs``
+    ``None`` keeps the card's light decoder for a Unet and smp's defaults for the others."""
+    if architecture not in ARCHITECTURES:
+        raise OptionError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    card = ModelCard(architecture=architecture, encoder=encoder, name=name)
+    if arch_kwargs is not None or architecture != "Unet":
+        card.arch_kwargs = dict(arch_kwargs or {})
+    if um_per_px:
+        card.um_per_px = um_per_px
+    return card
+
+
+def start_from(path: str | Path | None, name: str) -> tuple[ModelCard, dict]:
+    """Card and weights to fine-tune a model folder (``None``: the built-in model); the copy
+    gets its own name and no training notes of the original."""
+    base = load_model(path or default_model_path(), device="cpu")
+    card = ModelCard.from_dict({**base.card.__dict__, "notes": {}}, str(path))
+    card.name = name
+    return card, base.network.state_dict()
+
+
+def split_ids(ids: list[str], pattern: str | None = None, every: int = VAL_EVERY) -> tuple[list, list]:
+    """``(training ids, validation ids)``: those matching ``pattern`` (a regular expression)
+    validate; with no pattern or no match, every ``every``-th image does (0: none)."""
+    val = []
+    if pattern:
+        try:
+            val = [i for i in ids if re.search(pattern, i)]
+        except re.error as exc:
+            raise OptionError(f"validation pattern {pattern!r} is not a regular expression ({exc})") from None
+    if not val and every:
+        val = ids[::every]
+    chosen = set(val)
+    return [i for i in ids if i not in chosen], val
+
+
+def folder_split(folder, card: ModelCard | None, pattern: str | None = None,
+                 every: int = VAL_EVERY) -> tuple[list, list]:
+    """Training and validation samples of a dataset folder (see :func:`split_ids`)."""
+    from napari_ftu.formats.datasets import open_dataset
+    from napari_ftu.training.train import dataset_samples
+
+    train_ids, val_ids = split_ids(open_dataset(folder).ids, pattern, every)
+    train = dataset_samples(folder, card, set(train_ids)) if train_ids else []
+    val = dataset_samples(folder, card, set(val_ids)) if val_ids else []
+    return train, val
+
+
+def pair_split(image: np.ndarray, labels: np.ndarray, um_per_px: float | None, card: ModelCard,
+               hold_out: float = HOLD_OUT, name: str = "labels") -> tuple[list, list]:
+    """One image and its (corrected) labels as training samples, resampled to the card's
+    µm/px, with the right ``hold_out`` fraction of columns kept for validation."""
+    rgb = to_rgb(np.asarray(image))
+    mask = (np.asarray(labels) > 0).astype(np.uint8)
+    if rgb.shape[:2] != mask.shape:
+        raise InputError(f"{name} {mask.shape} and its image {rgb.shape[:2]} differ in size")
+    if um_per_px and abs(um_per_px / card.um_per_px - 1) > 0.01:
+        rgb, mask = resample_pair(rgb, mask, um_per_px / card.um_per_px)
+    cut = max(1, round(mask.shape[1] * (1 - hold_out)))
+    return [(rgb[:, :cut], mask[:, :cut])], [(rgb[:, cut:], mask[:, cut:])]
