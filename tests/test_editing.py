@@ -70,7 +70,7 @@ def test_draw_and_relabel():
     assert drawn.created == [4] and (out == 4).sum() > 300
     assert (out[180:182, 180:182] == 3).all()  # existing objects are kept
     gappy = np.where(lab == 2, 7, lab).astype(np.int32)
-    rel = E.relabel_sequential(gappy)
+    rel = E.renumber(gappy)
     out = _apply(gappy, rel)
     assert rel.mapping == {3: 2, 7: 3}  # ids 1, 3, 7 become 1, 2, 3 in order
     assert ((out == 2) == (gappy == 3)).all() and ((out == 3) == (gappy == 7)).all()

@@ -72,7 +72,7 @@ def test_relabel_keeps_each_object_s_review():
     lab = np.where(_scene() == 3, 9, _scene()).astype(np.int32)
     s = ReviewSession(lab)
     s.accept([9])
-    s.apply(E.relabel_sequential(lab))
+    s.apply(E.renumber(lab))
     assert s.review.rows[3].status == "accepted" and 9 not in s.review.rows
 
 

@@ -429,7 +429,7 @@ def test_threshold_re_derives_objects_without_running_the_model(viewer_with_slid
     np.testing.assert_array_equal(labels.data, before)
 
 
-def test_worker_error_reaches_the_user_and_the_next_run_works(viewer_with_slide, qtbot):
+def test_worker_error_reaches_the_user_and_the_next_run_works(viewer_with_slide, qtbot, monkeypatch):
     import torch
 
     from napari_ftu.engine.models import FTUModel, ModelCard
@@ -441,7 +441,7 @@ def test_worker_error_reaches_the_user_and_the_next_run_works(viewer_with_slide,
     viewer, _ = viewer_with_slide
     widget = _segment_dock(viewer)
     good = widget._load()
-    widget._models[(widget.model.value, "cpu")] = FTUModel(Broken(), ModelCard(), "cpu")
+    monkeypatch.setattr(widget, "_load", lambda: FTUModel(Broken(), ModelCard(), "cpu"))
     with qtbot.capture_exceptions() as raised:  # napari re-raises worker errors in tests
         widget.run()
         qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
@@ -449,6 +449,6 @@ def test_worker_error_reaches_the_user_and_the_next_run_works(viewer_with_slide,
     assert all("weights are NaN" in str(exc[1]) for exc in raised)
     assert widget.worker is None and not widget.cancel_button.enabled
     assert not [t for t in threading.enumerate() if t.name == "napari-ftu tile reader"]
-    widget._models[(widget.model.value, "cpu")] = good
+    monkeypatch.setattr(widget, "_load", lambda: good)
     widget.run()
     qtbot.waitUntil(lambda: widget.run_button.enabled and "kidney FTUs" in viewer.layers, timeout=120_000)

@@ -137,9 +137,9 @@ class DebugWidget(Dock):
 
     def _load_card_defaults(self):
         try:
-            from napari_ftu.engine.models import load_model
+            from napari_ftu.engine.models import cached_model
 
-            card = load_model(None, device="cpu").card
+            card = cached_model(None, device="cpu").card
             self.tile.value, self.overlap.value = card.tile_size, card.overlap
         except Exception:  # the defaults above stand
             pass
@@ -265,13 +265,13 @@ class DebugWidget(Dock):
     def uncertainty(self):
         """Run the model with test-time augmentation in a worker; add the views' disagreement."""
         from napari_ftu.engine.inference import segment_steps
-        from napari_ftu.engine.models import load_model
+        from napari_ftu.engine.models import cached_model
 
         layer = self.image.value
         if layer is None:
             return self._fail("choose the image to run the model on")
         try:
-            model = load_model(None, device="auto")
+            model = cached_model(None, device="auto")
         except ModelError as exc:
             return self._fail(exc)
         steps = segment_steps(level0_array(layer), model, um_per_px=layer.metadata.get("um_per_px"), tta=True)
@@ -306,9 +306,9 @@ class DebugWidget(Dock):
         if layer is None:
             return self._fail("choose a prediction or an image layer for the tile grid")
         try:
-            from napari_ftu.engine.models import load_model
+            from napari_ftu.engine.models import cached_model
 
-            model_um = load_model(None, device="cpu").card.um_per_px
+            model_um = cached_model(None, device="cpu").card.um_per_px
         except Exception:
             model_um = None
         um = layer.metadata.get("um_per_px")

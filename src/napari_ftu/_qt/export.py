@@ -22,6 +22,7 @@ from napari_ftu._qt.common import Dock, level0, special
 from napari_ftu.errors import FTUError
 from napari_ftu.formats.annotations import Annotations
 from napari_ftu.formats.export import FORMATS, export_annotations, export_tiles
+from napari_ftu.io.images import file_stem
 
 
 class ExportWidget(Dock):
@@ -66,7 +67,7 @@ class ExportWidget(Dock):
 
     def _suffix(self):
         path = Path(self.path.value)
-        name = path.name.split(".")[0] or "labels"
+        name = file_stem(path) or "labels"
         self.path.value = path.with_name(name + FORMATS[self.format.value].suffix)
 
     def _annotations(self, layer) -> Annotations:

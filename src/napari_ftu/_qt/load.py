@@ -200,13 +200,13 @@ class LoadWidget(Dock):
     # --- annotations --------------------------------------------------------------------------
     def add_annotations(self, path: str | Path | None = None):
         """Rasterise a QuPath GeoJSON or COCO file onto the current image as a Labels layer."""
-        from napari_ftu.formats.export import import_annotations
+        from napari_ftu.formats.export import format_of, import_annotations
 
         if self.slide is None:
             return self._fail("Open the slide the annotations belong to first.")
         path = Path(path or self.annotations.value)
-        fmt = "geojson" if path.suffix.lower() == ".geojson" else "coco"
         try:
+            fmt = format_of(path)
             items = import_annotations(path, fmt, self.slide.size)
             a = next((x for x in items if x.image_id == self.slide.name), items[0] if len(items) == 1 else None)
             if a is None:

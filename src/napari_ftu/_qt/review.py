@@ -490,7 +490,7 @@ class ReviewWidget(Dock):
         return self._edit(lambda lab: op(lab, self._need()[0], self.grow_px.value))
 
     def relabel(self):
-        return self._edit(editing.relabel_sequential)
+        return self._edit(editing.renumber)
 
     def _helper(self, kind: str, name: str, mode: str):
         """The helper Shapes/Points layer drawn on for splits, aligned with the labels layer."""

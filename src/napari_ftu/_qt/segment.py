@@ -27,7 +27,7 @@ from napari_ftu._qt.common import Dock, special
 from napari_ftu._qt.jobs import start_job
 from napari_ftu._qt.state import is_edited, mark_edited, state_of
 from napari_ftu.engine.inference import relabel_steps, segment_steps
-from napari_ftu.engine.models import CARD_NAME, ModelCard, default_model_path, load_model
+from napari_ftu.engine.models import CARD_NAME, ModelCard, cached_model, default_model_path
 from napari_ftu.errors import ModelError
 
 DEFAULT_MODEL = "built-in: synthetic kidney glomeruli"
@@ -39,7 +39,6 @@ class SegmentWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__()
         self._viewer = viewer
-        self._models: dict = {}  # (path, device) -> FTUModel, so a re-run does not reload
         self._paths = {DEFAULT_MODEL: None}
         self.worker = None
         self.last_result = None
@@ -77,7 +76,6 @@ class SegmentWidget(Dock):
                      self.cancel_button, self.bar, self.status])
         self.browse.changed.connect(self._browse)
         self.model.changed.connect(self._model_changed)
-        self.trust.changed.connect(lambda: self._models.clear())  # untrusting forgets loaded TorchScript
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.threshold.changed.connect(self._threshold_moved)
@@ -119,11 +117,7 @@ class SegmentWidget(Dock):
         special(self.overlap, f"auto (model: {card.overlap})")
 
     def _load(self):
-        key = (self.model.value, self.device.value)
-        if key not in self._models:
-            self._models[key] = load_model(self._paths[self.model.value], device=self.device.value,
-                                           trust_code=self.trust.value)
-        return self._models[key]
+        return cached_model(self._paths[self.model.value], device=self.device.value, trust_code=self.trust.value)
 
     # --- running --------------------------------------------------------------------------
     def run(self):

@@ -38,7 +38,7 @@ from napari_ftu.atomic import write_text
 from napari_ftu.errors import FormatError, InputError, OptionError
 from napari_ftu.formats.annotations import Annotations, safe_id
 from napari_ftu.formats.datasets import DONE, SUMMARY
-from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES
+from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES, file_stem
 
 RUN = "batch.json"  # the settings of the batch that wrote this folder and hashes of its combined outputs
 COMBINED = "predictions.csv"
@@ -170,10 +170,8 @@ def _is_slide(path: Path, exclude) -> bool:
 
 
 def _file_job(path: Path) -> SlideJob:
-    from napari_ftu.io.slides import _stem
-
     try:
-        image_id = safe_id(_stem(path))
+        image_id = safe_id(file_stem(path))
     except FormatError as exc:
         raise InputError(f"{path}: {exc}") from None
     return SlideJob(image_id, str(path.resolve()))
@@ -264,7 +262,6 @@ def read_marker(folder: Path, job: SlideJob, options: BatchOptions) -> dict | No
 
 # --- the per-slide work (runs in a worker) -----------------------------------------------------
 
-_MODELS: dict = {}  # (model, device, precision) -> FTUModel: loaded once per worker process
 
 
 @contextlib.contextmanager
@@ -282,13 +279,10 @@ def _torch_threads(n: int):
 
 
 def _model(options: BatchOptions):
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.engine.models import cached_model
 
-    key = (options.model, options.device, options.precision, options.trust_model, options.model_sha256)
-    if key not in _MODELS:  # the hash in the key: a long-lived worker reloads a model retrained in place
-        _MODELS[key] = load_model(options.model, device=options.device, precision=options.precision,
-                                  trust_code=options.trust_model)
-    return _MODELS[key]
+    return cached_model(options.model, device=options.device, precision=options.precision,
+                        trust_code=options.trust_model)
 
 
 def _engine_kwargs(options: BatchOptions) -> dict:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from napari_ftu.errors import FTUError, OptionError
-from napari_ftu.formats.export import FORMATS
+from napari_ftu.formats.export import FORMATS, format_of
 from napari_ftu.io.paths import refuse_onto_inputs
 from napari_ftu.training.data import ARCHITECTURES, ENCODERS
 
@@ -436,7 +436,7 @@ def _export(args) -> int:
         refuse_onto_inputs([args.out], [args.labels, args.image])  # even with --overwrite
         if args.out.exists() and not args.overwrite:
             raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
-        fmt = args.format or _format_from_suffix(args.out)
+        fmt = args.format or format_of(args.out)
         print(f"wrote {export_annotations(items, args.out, fmt, overwrite=args.overwrite)} ({FORMATS[fmt].title})")
     if args.tiles:
         if image is None or len(items) != 1:
@@ -487,11 +487,5 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _format_from_suffix(path: Path) -> str:
-    name = path.name.lower()
-    for fmt, suffix in (("ome-tiff", ".ome.tif"), ("ome-tiff", ".ome.tiff"), ("geojson", ".geojson"),
-                        ("coco", ".json"), ("hubmap", ".csv")):
-        if name.endswith(suffix):
-            return fmt
-    raise OptionError(f"cannot tell the format of {path.name}: give --format")
-
+if __name__ == "__main__":
+    sys.exit(main())

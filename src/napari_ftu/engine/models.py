@@ -419,6 +419,25 @@ def model_fingerprint(path: str | Path | None = None) -> str:
     return digest.hexdigest()
 
 
+_LOADED: dict = {}  # (path, modified, device, precision, trusted) -> FTUModel: untrusting never reuses one
+
+
+def cached_model(path: str | Path | None = None, device="auto", precision: str = "auto",
+                 trust_code: bool = False) -> FTUModel:
+    """:func:`load_model`, once per process for a given file, device and precision: docks re-run
+    and batch workers take slide after slide without reloading. A model folder written again
+    (retrained in place) is loaded anew."""
+    path = default_model_path() if path is None else Path(path)
+    try:
+        modified = max((p.stat().st_mtime_ns for p in ([path, *path.iterdir()] if path.is_dir() else [path])))
+    except OSError:
+        modified = None  # load_model says what is wrong
+    key = (str(path.resolve()), modified, str(device), precision, trust_code)
+    if key not in _LOADED:
+        _LOADED[key] = load_model(path, device=device, precision=precision, trust_code=trust_code)
+    return _LOADED[key]
+
+
 def _read_card(folder: Path, path: Path, config: dict | None) -> ModelCard:
     card_path = next((folder / n for n in CARD_NAMES if (folder / n).is_file()), None)
     overrides = _card_from_config(config) if config else {}

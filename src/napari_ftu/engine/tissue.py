@@ -16,13 +16,21 @@ MAX_GLASS_GRAY = 200
 
 
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
-    """Boolean mask of tissue in an RGB uint8 overview."""
+    """Boolean mask of tissue in an RGB (or grey) uint8 overview."""
     rgb = np.asarray(rgb)
+    if rgb.ndim == 2:
+        rgb = rgb[..., None]
+    rgb = rgb[..., :3]
     sat = rgb.max(-1).astype(np.int16) - rgb.min(-1)
     gray = rgb.mean(-1)
     mask = (sat >= MIN_SATURATION) | (gray <= MAX_GLASS_GRAY)
     mask = ndi.binary_opening(mask, iterations=1)  # dust and noise
     return ndi.binary_fill_holes(mask)
+
+
+def tissue_fraction(rgb: np.ndarray) -> float:
+    """Share of an image (a tile, a window) that is tissue by :func:`tissue_mask`."""
+    return float(tissue_mask(rgb).mean()) if np.asarray(rgb).size else 0.0
 
 
 def tiles_with_tissue(mask: np.ndarray, scale: float, grid, tile: int, margin_px: int = 16) -> np.ndarray:

@@ -15,7 +15,8 @@ import numpy as np
 from napari_ftu.atomic import write_text
 from napari_ftu.errors import FormatError, InputError
 from napari_ftu.evaluation.metrics import Matching, Overlap, average_precision, match, overlap_table
-from napari_ftu.formats.annotations import Annotations
+from napari_ftu.formats.annotations import Annotations, instances_of
+from napari_ftu.formats.export import LABEL_IMAGE_SUFFIXES, format_of, import_annotations
 
 COLUMNS = ["image", "group", "class", "images", "n_pred", "n_truth", "dice", "iou", "tp", "fp", "fn",
            "precision", "recall", "f1", "ap"]
@@ -121,67 +122,24 @@ def write_report(path, image_rows: list[dict], summary_rows: list[dict]) -> Path
 
 # --- reading predictions and truth ---------------------------------------------------------------
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 SEMANTIC_FORMATS = ("hubmap", "hubmap-train")  # one mask per image: objects are its components
 
 
-def instances_of(mask: np.ndarray) -> np.ndarray:
-    """Binary masks become one instance per connected component; instance labels stay."""
-    from scipy import ndimage as ndi
-
-    mask = np.asarray(mask)
-    if mask.ndim == 3:
-        mask = mask[..., 0]
-    if np.unique(mask).size <= 2:
-        return ndi.label(mask != 0)[0].astype(np.int32)
-    return mask.astype(np.int32)
-
-
-def guess_format(path: Path) -> str | None:
-    """The annotation format of a file, or ``None`` for a label image or a folder."""
-    name = path.name.lower()
-    if path.is_dir() or name.endswith(IMAGE_SUFFIXES):
-        return None
-    if name.endswith(".geojson"):
-        return "geojson"
-    if name.endswith(".json"):
-        try:
-            head = path.read_text(encoding="utf-8")[:4096]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: cannot read ({exc})") from None
-        return "coco" if '"images"' in head else "geojson"
-    if name.endswith(".csv"):
-        try:
-            with open(path, newline="", encoding="utf-8") as fh:
-                header = next(csv.reader(fh), [])
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise FormatError(f"{path}: cannot read CSV ({exc})") from None
-        if "PredictionString" in header:
-            return "hpa"
-        if "prediction_string" in header:
-            return "vasculature"
-        if "rle" in header:
-            return "hubmap-train" if "img_height" in header else "hubmap"
-        raise FormatError(f"{path}: a CSV without rle, prediction_string or PredictionString column")
-    raise FormatError(f"{path}: cannot tell its format (label image, folder, .csv, .json or .geojson)")
-
-
 def needs_shape(path: Path, fmt: str | None) -> bool:
-    return (fmt or guess_format(path)) in ("geojson", "hubmap")
+    return (fmt or format_of(path)) in ("geojson", "hubmap")
 
 
 def load_annotations(path, fmt: str | None = None, shapes: dict | None = None) -> list[Annotations]:
     """Annotations from a label image, a folder of label images, a dataset folder or an
     annotation file in any format we read. ``shapes`` (id -> (h, w)) sizes GeoJSON and RLE."""
-    from napari_ftu.formats.export import import_annotations
 
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
         return _load_folder(path)
-    fmt = fmt or guess_format(path)
-    if fmt is None:
+    fmt = fmt or format_of(path)
+    if fmt in (None, "ome-tiff"):
         return [_load_label_image(path)]
     shape = None
     if fmt in ("geojson", "hubmap"):
@@ -204,7 +162,7 @@ def _load_label_image(path: Path) -> Annotations:
 
 
 def _load_folder(path: Path) -> list[Annotations]:
-    files = sorted(p for p in path.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES))
+    files = sorted(p for p in path.iterdir() if p.name.lower().endswith(LABEL_IMAGE_SUFFIXES))
     from napari_ftu.formats.datasets import open_dataset
 
     try:

@@ -110,3 +110,15 @@ class Annotations:
                 scores = {i: float(s) for i, s in zip(idx, features["confidence"]) if s == s}
         meta = metadata or {}
         return cls(image_id, np.asarray(data), classes, scores, meta.get("um_per_px"), default_class=default_class)
+
+
+def instances_of(mask: np.ndarray) -> np.ndarray:
+    """Binary masks become one instance per connected component; instance labels stay."""
+    from scipy import ndimage as ndi
+
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if np.unique(mask).size <= 2:
+        return ndi.label(mask != 0)[0].astype(np.int32)
+    return mask.astype(np.int32)

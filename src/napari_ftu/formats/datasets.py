@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from napari_ftu.engine.postprocess import label_areas
 from napari_ftu.errors import FormatError, InputError
 from napari_ftu.formats import rle
-from napari_ftu.formats.annotations import Annotations, safe_id
+from napari_ftu.formats.annotations import Annotations, instances_of, safe_id
 from napari_ftu.formats.csv_formats import RLE_COST_PER_CHAR, read_csv_rows
 from napari_ftu.io.budget import check_memory
 from napari_ftu.io.images import raster_shape, read_raster, reading
@@ -70,13 +69,6 @@ def _find_image(folder: Path, stem: str) -> Path:
             return p
     raise InputError(f"{folder}: no image file for id {stem!r}")
 
-
-def _instances_from_mask(mask: np.ndarray) -> np.ndarray:
-    """Binary masks become one instance per connected object; instance masks stay as they are."""
-    values = np.unique(mask)
-    if values.size <= 2:
-        return ndi.label(mask > 0)[0].astype(np.int32, copy=False)
-    return mask.astype(np.int32)
 
 
 def _check_mask_memory(shape, rle_text, where: str):
@@ -135,7 +127,7 @@ class Hubmap2022(Dataset):
                 mask = rle.decode(row["rle"], shape)
             except FormatError as exc:
                 raise FormatError(f"{where}: {exc}") from None
-            annotations = Annotations(row["id"], _instances_from_mask(mask), um_per_px=um, meta=info,
+            annotations = Annotations(row["id"], instances_of(mask), um_per_px=um, meta=info,
                                       default_class=f"{row['organ']} FTU")
         return Item(slide, annotations, info)
 
@@ -165,7 +157,7 @@ class Hubmap2021(Dataset):
             mask = rle.decode(row["encoding"], slide.size)
         except FormatError as exc:
             raise FormatError(f"{self.csv}, line {index + 2} (id {row['id']}): {exc}") from None
-        return Item(slide, Annotations(row["id"], _instances_from_mask(mask), um_per_px=slide.um_per_px,
+        return Item(slide, Annotations(row["id"], instances_of(mask), um_per_px=slide.um_per_px,
                                        default_class="glomerulus"), {"organ": "kidney"})
 
 
@@ -389,7 +381,7 @@ class ImageMaskFolder(Dataset):
             mask = mask[..., 0]
         _check_size(slide, mask.shape, str(mask_path))
         slide.um_per_px = slide.um_per_px or self.um.get(self.ids[index])
-        return Item(slide, Annotations(self.ids[index], _instances_from_mask(mask), um_per_px=slide.um_per_px), {})
+        return Item(slide, Annotations(self.ids[index], instances_of(mask), um_per_px=slide.um_per_px), {})
 
 
 class BatchOutput(Dataset):

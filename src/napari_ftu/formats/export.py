@@ -96,3 +96,48 @@ def import_annotations(path, fmt: str, shape=None) -> list[Annotations]:
 
 __all__ = ["FORMATS", "Annotations", "export_annotations", "import_annotations", "export_tiles",
            "safe_id"]
+
+
+LABEL_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+
+def format_of(path, default: str | None = None) -> str | None:
+    """The label format of a file, from its name and, for an existing ``.json`` or ``.csv``, its
+    first bytes; ``None`` for a folder or a plain label image. A new file (nothing to sniff) gets
+    the suffix's usual format (COCO for ``.json``, HuBMAP for ``.csv``)."""
+    import csv
+
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".ome.tif", ".ome.tiff")):
+        return "ome-tiff"
+    if path.is_dir() or name.endswith(LABEL_IMAGE_SUFFIXES):
+        return None
+    if name.endswith(".geojson"):
+        return "geojson"
+    if name.endswith(".json"):
+        if not path.exists():
+            return "coco"
+        try:
+            head = path.read_text(encoding="utf-8")[:4096]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot read ({exc})") from None
+        return "coco" if '"images"' in head else "geojson"
+    if name.endswith(".csv"):
+        if not path.exists():
+            return "hubmap"
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh), [])
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise FormatError(f"{path}: cannot read CSV ({exc})") from None
+        if "PredictionString" in header:
+            return "hpa"
+        if "prediction_string" in header:
+            return "vasculature"
+        if "rle" in header:
+            return "hubmap-train" if "img_height" in header else "hubmap"
+        raise FormatError(f"{path}: a CSV without rle, prediction_string or PredictionString column")
+    if default:
+        return default
+    raise FormatError(f"{path}: cannot tell its format (label image, folder, .csv, .json, .geojson or .ome.tif)")

@@ -22,6 +22,7 @@ from napari_ftu.formats.coco_rle import COST_PER_COUNT, mask_to_coco, paint_coco
 from napari_ftu.formats.polygons import mask_to_polygons, paint, paint_cost
 from napari_ftu.formats.rle import check_size
 from napari_ftu.io.budget import check_memory
+from napari_ftu.io.images import file_stem
 
 
 def class_colour(name: str) -> list[int]:
@@ -314,4 +315,4 @@ def read_geojson(path, shape, image_id: str | None = None, um_per_px: float | No
         if score is not None:
             scores[obj] = score
         classes[obj] = [name]
-    return Annotations(image_id or Path(path).name.split(".")[0], labels, classes, scores, um_per_px)
+    return Annotations(image_id or file_stem(path), labels, classes, scores, um_per_px)

@@ -23,6 +23,15 @@ TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8", ".scn")
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
+def file_stem(path) -> str:
+    """A file's name without its format suffix (``.ome.tif`` counts as one): the image id."""
+    name = Path(path).name
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
+
+
 @dataclass
 class LoadedImage:
     data: np.ndarray
@@ -47,7 +56,7 @@ def read_image(path: str | Path) -> LoadedImage:
         data, um = _read_tiff(path) if suffix in TIFF_SUFFIXES else (read_raster(path), None)
     if data.size == 0 or data.ndim < 2:
         raise InputError(f"{path}: image has no pixels (shape {data.shape})")
-    return LoadedImage(data, um, path.name.split(".")[0], path)
+    return LoadedImage(data, um, file_stem(path), path)
 
 
 def reason(exc: BaseException) -> str:

@@ -19,6 +19,7 @@ from napari_ftu.io.images import (
     TIFF_SUFFIXES,
     _pixel_size,
     check_tiff_data,
+    file_stem,
     first_series,
     read_raster,
     reason,
@@ -97,7 +98,7 @@ def _open_raster(path: Path) -> Slide:
     data = read_raster(path)
     kind, axis = _kind(data.shape, None)
     names = [f"channel {i}" for i in range(data.shape[axis])] if kind == "channels" else None
-    return Slide([data], None, _stem(path), path, kind, axis, channel_names=names)
+    return Slide([data], None, file_stem(path), path, kind, axis, channel_names=names)
 
 
 def _open_tiff(path: Path) -> Slide:
@@ -116,7 +117,7 @@ def _open_tiff(path: Path) -> Slide:
         levels[0][(0,) * len(levels[0].shape)]  # decode one chunk now: a corrupt file fails here
         um = _pixel_size(tif)
         kind, axis = _kind(levels[0].shape, series.axes)
-        slide = Slide(levels, um, _stem(path), path, kind, axis, handle=tif)
+        slide = Slide(levels, um, file_stem(path), path, kind, axis, handle=tif)
         if kind == "channels":
             slide.channel_names = [f"channel {i}" for i in range(levels[0].shape[axis])]
         if len(levels) == 1 and max(slide.size) > FLAT_PYRAMID_MIN:
@@ -127,13 +128,6 @@ def _open_tiff(path: Path) -> Slide:
         tif.close()
         raise
 
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def _kind(shape, axes: str | None):

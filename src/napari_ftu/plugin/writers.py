@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from napari_ftu.formats.annotations import Annotations
 from napari_ftu.formats.export import export_annotations
+from napari_ftu.io.images import file_stem
 
 
 def _write(fmt: str, path: str, data, meta: dict) -> list[str]:
-    name = Path(path).name.split(".")[0]
+    name = file_stem(path)
     image_id = str((meta.get("metadata") or {}).get("source") or name).split(" ")[0]
     if meta.get("multiscale"):
         data = data[0]

@@ -288,8 +288,9 @@ def draw_polygon(labels, vertices, value: int | None = None, overwrite: bool = F
     return Edit("draw", [Patch(box, crop)], created=[value])
 
 
-def relabel_sequential(labels) -> Edit:
-    """Renumber objects 1..n in order of their ids (one patch per renumbered object)."""
+def renumber(labels) -> Edit:
+    """Renumber objects 1..n in order of their ids, as an undoable edit (one patch per renumbered
+    object); :func:`napari_ftu.engine.postprocess.relabel_sequential` renumbers a whole array."""
     labels = _check(labels)
     ids = [int(i) for i in np.unique(labels) if i]
     mapping = {old: new for new, old in enumerate(ids, start=1) if old != new}

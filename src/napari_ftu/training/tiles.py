@@ -17,6 +17,7 @@ import numpy as np
 
 from napari_ftu.atomic import atomic_path, write_text
 from napari_ftu.engine.tiling import tile_grid
+from napari_ftu.engine.tissue import tissue_fraction
 from napari_ftu.errors import InputError, OptionError
 from napari_ftu.formats.annotations import safe_id
 from napari_ftu.io.resample import resample_pair
@@ -24,13 +25,6 @@ from napari_ftu.io.resample import resample_pair
 MANIFEST_COLUMNS = ["image", "mask", "source", "y", "x", "height", "width", "um_per_px", "source_um_per_px",
                     "n_objects", "classes"]
 
-
-def tissue_fraction(rgb: np.ndarray) -> float:
-    """Share of pixels that are not bright glass (any channel below 215 of 255)."""
-    rgb = np.asarray(rgb)
-    if rgb.ndim == 2:
-        return float((rgb < 215).mean())
-    return float((rgb[..., :3].min(axis=-1) < 215).mean())
 
 
 def export_tiles(
