@@ -98,7 +98,8 @@ def main():
         peak = max(peak, rss_mb())
     level = layer.data_level
     times.sort()
-    print(f"panned {args.steps} views at full resolution (level {level}): median {times[len(times) // 2] * 1000:.0f} ms,"
+    median = times[len(times) // 2] * 1000
+    print(f"panned {args.steps} views at full resolution (level {level}): median {median:.0f} ms,"
           f" slowest {times[-1] * 1000:.0f} ms per view")
     print(f"resident memory: {base_rss:.0f} MB before opening, peak {peak:.0f} MB while panning")
     viewer.close()

@@ -29,7 +29,8 @@ viewer.add_labels(pred, name="prediction", visible=False, **kw)
 viewer.add_image(np.asarray(seg.probability, np.float32), name="probability", visible=False, colormap="magma", **kw)
 w = DebugWidget(viewer)
 viewer.window.add_dock_widget(w, name="Debug", area="right")
-w.pred.value, w.truth.value, w.prob.value = viewer.layers["prediction"], viewer.layers["ground truth"], viewer.layers["probability"]
+w.pred.value, w.truth.value = viewer.layers["prediction"], viewer.layers["ground truth"]
+w.prob.value = viewer.layers["probability"]
 app = QApplication.instance()
 viewer.window._qt_window.resize(1700, 1150)
 w.evaluate()
@@ -39,7 +40,7 @@ w.tile_grid()
 w.objects_table.selectRow(0)
 for _ in range(20):
     app.processEvents()
-from napari._qt.dialogs.qt_notification import NapariQtNotification
+from napari._qt.dialogs.qt_notification import NapariQtNotification  # noqa: E402 (imported after the viewer exists)
 
 for wd in app.allWidgets():
     if isinstance(wd, NapariQtNotification):

@@ -32,10 +32,13 @@ def main(out: Path):
     _, dock = viewer.window.add_plugin_dock_widget("napari-ftu", "Review")
     dock.sort.value = "low confidence first"
     order = list(dock._order)
-    dock.select(order[:1]); dock.reject()                       # reject the least confident object
+    dock.select(order[:1])
+    dock.reject()  # reject the least confident object
     for obj in order[1:6]:
-        dock.select([obj]); dock.accept()
-    dock.select([order[6]]); dock.grow(1)                      # an edit
+        dock.select([obj])
+        dock.accept()
+    dock.select([order[6]])
+    dock.grow(1)  # an edit
     dock.session.apply(editing.fill_holes(dock.session.labels))
     dock.refresh()
     rows = dock.session.review.rows

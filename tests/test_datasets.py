@@ -136,7 +136,8 @@ def test_hpa_channels_with_oid_masks(tmp_path, slides):
     for k, c in enumerate(["red", "green", "blue", "yellow"]):
         iio.imwrite(tmp_path / f"{image_id}_{c}.png", rgb[..., k % 3])
     masks = " ".join(f"0 0.9 {oid_encode(lab == i)}" for i in range(1, lab.max() + 1))
-    (tmp_path / "cells.csv").write_text(f"ImageID,ImageWidth,ImageHeight,PredictionString\n{image_id},400,500,{masks}\n")
+    (tmp_path / "cells.csv").write_text(f"ImageID,ImageWidth,ImageHeight,PredictionString\n"
+                                         f"{image_id},400,500,{masks}\n")
     ds = open_dataset(tmp_path)
     assert ds.layout == "HPA single-cell"
     item = ds.load(0)
@@ -200,7 +201,8 @@ def test_hubmap2022_test_split_has_images_only(tmp_path, slides):
 def test_dropping_a_dataset_folder(shared_data):
     from napari_ftu.plugin.reader import get_reader
 
-    layers = get_reader(str(shared_data / "sarder_frozen_kidney_glomeruli"))(str(shared_data / "sarder_frozen_kidney_glomeruli"))
+    folder = str(shared_data / "sarder_frozen_kidney_glomeruli")
+    layers = get_reader(folder)(folder)
     assert [kind for _, _, kind in layers] == ["image", "labels"]
 
 

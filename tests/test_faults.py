@@ -18,8 +18,9 @@ import pytest
 from napari_ftu.engine.models import ModelCard, load_model
 from napari_ftu.errors import FormatError, InputError, ModelError
 from napari_ftu.formats.annotations import Annotations
-from napari_ftu.formats.export import export_annotations, export_tiles, import_annotations
+from napari_ftu.formats.export import export_annotations, import_annotations
 from napari_ftu.io.images import write_tiff
+from napari_ftu.training.tiles import export_tiles
 
 TINY = ModelCard(encoder="resnet18", arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 4]},
                  tile_size=64, overlap=16, name="tiny")

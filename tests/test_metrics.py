@@ -202,7 +202,8 @@ def _coco_eval_ap(truths, preds, scores, image_ids=None):
 def test_ap_at_iou_06_equals_pycocotools_on_the_vasculature_truth(shared_data):
     from napari_ftu.formats.json_formats import read_coco
 
-    truths = [a.labels for a in read_coco(shared_data / "hubmap2023_vasculature" / "annotations_blood_vessel_coco.json")]
+    coco = shared_data / "hubmap2023_vasculature" / "annotations_blood_vessel_coco.json"
+    truths = [a.labels for a in read_coco(coco)]
     assert len(truths) == 8 and sum(len(np.unique(t)) - 1 for t in truths) >= 70
     rng = np.random.default_rng(20230601)
     preds, scores = zip(*(_perturbed(t, rng) for t in truths))

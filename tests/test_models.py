@@ -30,7 +30,8 @@ def test_save_and_load_round_trip(tmp_path, tiny_card):
     save_model(net, tiny_card, tmp_path / "m")
     model = load_model(tmp_path / "m", device="cpu")
     x = np.random.default_rng(0).integers(0, 255, (1, 64, 64, 3)).astype(np.uint8)
-    ref = torch.sigmoid(net((torch.from_numpy(x).permute(0, 3, 1, 2).float() - model_mean(tiny_card)) / model_std(tiny_card)))
+    x_t = torch.from_numpy(x).permute(0, 3, 1, 2).float()
+    ref = torch.sigmoid(net((x_t - model_mean(tiny_card)) / model_std(tiny_card)))
     np.testing.assert_allclose(model.predict(x), ref.detach().numpy(), atol=1e-6)
 
 

@@ -56,3 +56,51 @@ def test_sample_data_layers():
     assert img_kw["metadata"]["um_per_px"] == img_kw["scale"][0]
     (ihc, _, _), = skimage_ihc()
     assert ihc.shape == (512, 512, 3)
+
+
+# The house: each room imports only from the rooms listed before it (and from itself). Shared
+# helpers first; the CLI last, since it launches everything (the GUI demo included).
+LAYERS = [{"__init__", "atomic", "steps", "errors"}, {"io"}, {"engine"}, {"formats"}, {"evaluation", "review"},
+          {"training"}, {"batch"}, {"plugin"}, {"_qt"}, {"cli"}]
+ROOT_MODULES = {"__init__", "atomic", "steps", "errors"}  # everything else lives in a room
+
+
+def _imports(path: Path):
+    """Every ``napari_ftu.X`` a module imports, at the top or inside functions."""
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else (
+            [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+        for name in names:
+            if name.startswith("napari_ftu."):
+                yield node.lineno, name.split(".")[1]
+
+
+def test_rooms_import_only_the_rooms_below_them():
+    root = Path(napari_ftu.__file__).parent
+    level = {room: k for k, rooms in enumerate(LAYERS) for room in rooms}
+    bad = []
+    for f in sorted(root.rglob("*.py")):
+        room = f.relative_to(root).parts[0].removesuffix(".py")
+        assert room in level, f"{f}: a room not in the layering ({room}); add it to LAYERS"
+        for line, target in _imports(f):
+            if target != room and level[target] >= level[room]:
+                bad.append(f"{f.relative_to(root)}:{line} ({room}) imports {target}")
+    assert not bad, "\n".join(bad)
+
+
+def test_package_root_holds_only_the_shared_helpers():
+    root = Path(napari_ftu.__file__).parent
+    modules = {f.stem for f in root.glob("*.py")}
+    assert modules == ROOT_MODULES, modules ^ ROOT_MODULES
+
+
+def test_ruff_is_clean():
+    """Style and import order (pyproject's [tool.ruff]); part of the README's test command."""
+    import shutil
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([ruff, "check", "src", "tests", "bench", "docs"], cwd=repo, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -71,13 +71,17 @@ def test_every_operation_and_its_undo_through_the_widget(dock):
         assert check(layer.data), "operation did not do what it should"
         states.append(layer.data.copy())
 
-    w.select([1]); w.fill_holes()
+    w.select([1])
+    w.fill_holes()
     did(lambda d: (d[40:44, 40:44] == 1).all())
-    w.select([3]); w.grow(1)
+    w.select([3])
+    w.grow(1)
     did(lambda d: (d == 3).sum() > 1600)
-    w.select([3]); w.grow(-1)
+    w.select([3])
+    w.grow(-1)
     did(lambda d: (d == 3).sum() == 1600)
-    w.select([1, 3]); w.merge()
+    w.select([1, 3])
+    w.merge()
     did(lambda d: not (d == 3).any() and (d[250, 220] == 1))
     w.min_area.value = 5.0  # µm² = 20 px at 0.5 µm/px: removes the 16 px speck, keeps the 36 px one
     w.remove_small()
@@ -88,9 +92,11 @@ def test_every_operation_and_its_undo_through_the_widget(dock):
     nxt = w.session.next_free_id()
     cut = w._helper("shapes", "FTU cut", "add_line")
     cut.add_lines(np.array([[10, 40], [70, 40]]))
-    w.select([1]); w.split_by_line()
+    w.select([1])
+    w.split_by_line()
     did(lambda d: (d == nxt).sum() > 100)
-    w.select([2]); w.delete()
+    w.select([2])
+    w.delete()
     did(lambda d: not (d == 2).any())
     w.relabel()
     did(lambda d: set(np.unique(d)) == set(range(int(d.max()) + 1)))
@@ -117,7 +123,8 @@ def test_ctrl_z_undoes_our_edits_and_napari_painting_in_order(dock, qtbot):
     layer = viewer.layers["kidney FTUs"]
     viewer.layers.selection.active = layer
     original = layer.data.copy()
-    w.select([3]); w.delete()
+    w.select([3])
+    w.delete()
     after_delete = layer.data.copy()
     layer.selected_label = 9
     layer.brush_size = 10
@@ -172,8 +179,10 @@ def test_autosave_restores_edits_and_statuses_on_reopen(make_napari_viewer, tmp_
     viewer, w = open_viewer()
     assert w.interval.value == DEFAULT_INTERVAL_S <= 30
     w.interval.value = 1
-    w.select([2]); w.accept()
-    w.select([3]); w.delete()
+    w.select([2])
+    w.accept()
+    w.select([3])
+    w.delete()
     edited = viewer.layers["slide FTUs"].data.copy()
     store = tmp_path / "slide.tif.ftu" / "slide_FTUs.session.npz"  # the sidecar beside the slide
     qtbot.waitUntil(store.exists, timeout=5000)  # the timer saved it, nobody asked
@@ -197,7 +206,8 @@ def test_large_slide_window_edit_and_save(dock, tmp_path):
     layer = w.edit_window((14_900, 14_900, 512, 512))
     assert layer.data.shape == (512, 512) and set(w.session.review.rows) == {7}
     assert np.allclose(layer.translate, np.asarray(shown.translate) + 14_900 * np.asarray(shown.scale))
-    w.select([7]); w.grow(1)
+    w.select([7])
+    w.grow(1)
     assert (layer.data == 7).sum() > 100 * 100
     w.save_window()
     assert (store.read_window(14_900, 14_900, 512, 512) == layer.data).all()

@@ -24,7 +24,7 @@ def test_tiny_training_lowers_loss_and_saves_a_loadable_model(tmp_path):
 
 
 def test_exported_tiles_are_training_input(tmp_path, small_slide):
-    from napari_ftu.formats.export import export_tiles
+    from napari_ftu.training.tiles import export_tiles
 
     rgb, labels, _ = small_slide
     export_tiles(rgb, labels, tmp_path, "s", tile=256, negative_fraction=0.5)
@@ -46,7 +46,7 @@ def test_training_is_seeded_and_reproducible():
 
 def test_exported_tiles_keep_their_pixel_size(tmp_path, small_slide):
     from napari_ftu.formats.datasets import open_dataset
-    from napari_ftu.formats.export import export_tiles
+    from napari_ftu.training.tiles import export_tiles
 
     rgb, labels, _ = small_slide
     export_tiles(rgb, labels, tmp_path, "s", tile=128, um_per_px=1.0, target_um_per_px=2.0)

@@ -12,7 +12,7 @@ def run_gui(size: int | None = None, seed: int | None = None, device: str = "aut
     import napari
     from qtpy.QtCore import QTimer
 
-    from napari_ftu.cli.demo import DEMO_SEED
+    from napari_ftu.plugin.demo import DEMO_SEED
     from napari_ftu.plugin.sample import SAMPLE_SIZE, synthetic_layers
 
     viewer = napari.Viewer(title="napari-ftu demo")

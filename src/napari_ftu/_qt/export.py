@@ -21,8 +21,9 @@ from napari.utils.notifications import show_info
 from napari_ftu._qt.common import Dock, level0, special
 from napari_ftu.errors import FTUError
 from napari_ftu.formats.annotations import Annotations
-from napari_ftu.formats.export import FORMATS, export_annotations, export_tiles
+from napari_ftu.formats.export import FORMATS, export_annotations
 from napari_ftu.io.images import file_stem
+from napari_ftu.training.tiles import export_tiles
 
 
 class ExportWidget(Dock):

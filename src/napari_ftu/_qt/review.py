@@ -415,8 +415,9 @@ class ReviewWidget(Dock):
     def current(self) -> list[int]:
         """The objects an action applies to: the selected rows, else the layer's selected label."""
         ids = self.selected_ids()
-        if not ids and self.layer is not None and self.session and self.layer.selected_label in self.session.review.rows:
-            ids = [int(self.layer.selected_label)]
+        picked = self.layer.selected_label if self.layer is not None else None
+        if not ids and self.session and picked in self.session.review.rows:
+            ids = [int(picked)]
         return ids
 
     def _run(self, action, then_next: bool = False):

@@ -494,7 +494,8 @@ def segment_band(job: SlideJob, options: BatchOptions, plan: BandPlan, index: in
         slide.close()
     prob = seg.probability if seg.probability.ndim == 3 else seg.probability[None]
     core = prob[:, c0 - s0 : c1 - s0]
-    zarr.open_group(plan.store, mode="r+")["probability"][:, c0:c1] = np.clip(np.rint(core * 255), 0, 255).astype(np.uint8)
+    quantised = np.clip(np.rint(core * 255), 0, 255).astype(np.uint8)
+    zarr.open_group(plan.store, mode="r+")["probability"][:, c0:c1] = quantised
     return {"band": index, "tiles": seg.n_tiles, "skipped": seg.n_skipped, "seconds": time.perf_counter() - start}
 
 

@@ -210,7 +210,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args) -> int:
-    from napari_ftu.cli.demo import run_headless
+    from napari_ftu.plugin.demo import run_headless
 
     if not args.headless:
         from napari_ftu._qt.demo import run_gui
@@ -414,9 +414,10 @@ def _train(args) -> int:
 
 def _export(args) -> int:
     from napari_ftu.formats.annotations import Annotations, safe_id
-    from napari_ftu.formats.export import export_annotations, export_tiles, import_annotations
+    from napari_ftu.formats.export import export_annotations, import_annotations
     from napari_ftu.io.images import read_image
     from napari_ftu.io.slides import open_slide
+    from napari_ftu.training.tiles import export_tiles
 
     if not args.out and not args.tiles:
         raise OptionError("nothing to do: give --out FILE and/or --tiles FOLDER")

@@ -53,7 +53,8 @@ class ModelCard:
             raise ModelError(f"{source}: expected a JSON object")
         _check_card_size(data, source)
         if not all(isinstance(k, str) for k in data):
-            raise ModelError(f"{source}: field names must be text, got {[k for k in data if not isinstance(k, str)][:5]}")
+            odd = [k for k in data if not isinstance(k, str)][:5]
+            raise ModelError(f"{source}: field names must be text, got {odd}")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:

@@ -350,8 +350,8 @@ class ImageMaskFolder(Dataset):
 
     def __init__(self, root: Path):
         root = Path(root)
-        images = {_pair_key(p.stem): p for p in sorted((root / "images").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-        masks = {_pair_key(p.stem): p for p in sorted((root / "masks").iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+        images, masks = ({_pair_key(p.stem): p for p in sorted((root / sub).iterdir())
+                          if p.suffix.lower() in IMAGE_SUFFIXES} for sub in ("images", "masks"))
         self.pairs = {k: (images[k], masks[k]) for k in sorted(images) if k in masks}
         self.um = {}  # our tile export records each tile's µm/px in manifest.csv
         if (root / "manifest.csv").is_file():

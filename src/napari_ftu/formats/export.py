@@ -18,7 +18,6 @@ from napari_ftu.formats.csv_formats import (
     write_vasculature,
 )
 from napari_ftu.formats.json_formats import read_coco, read_geojson, write_coco, write_geojson
-from napari_ftu.training.tiles import export_tiles
 
 
 @dataclass(frozen=True)
@@ -94,8 +93,7 @@ def import_annotations(path, fmt: str, shape=None) -> list[Annotations]:
     return FORMATS[fmt].read(path, shape)
 
 
-__all__ = ["FORMATS", "Annotations", "export_annotations", "import_annotations", "export_tiles",
-           "safe_id"]
+__all__ = ["FORMATS", "Annotations", "export_annotations", "import_annotations", "format_of", "safe_id"]
 
 
 LABEL_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")

@@ -15,8 +15,10 @@ def synthetic_layers(size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED, um_per_px
     scale = (um_per_px, um_per_px)
     meta = {"um_per_px": um_per_px, "synthetic_seed": seed}
     return [
-        (rgb, {"name": "synthetic kidney", "scale": scale, "units": ("µm", "µm"), "metadata": meta, "rgb": True}, "image"),
-        (labels, {"name": "ground truth", "scale": scale, "units": ("µm", "µm"), "metadata": meta, "opacity": 0.4}, "labels"),
+        (rgb, {"name": "synthetic kidney", "scale": scale, "units": ("µm", "µm"), "metadata": meta, "rgb": True},
+         "image"),
+        (labels, {"name": "ground truth", "scale": scale, "units": ("µm", "µm"), "metadata": meta, "opacity": 0.4},
+         "labels"),
     ]
 
 
