@@ -356,7 +356,31 @@ def load_model(path: str | Path | None = None, device="auto", card: ModelCard | 
                precision: str = "auto", trust_code: bool = False) -> FTUModel:
     """Load a model: a folder (card + safetensors or state dict), an smp ``save_pretrained``
     folder (``config.json`` + safetensors, with or without a card), a state-dict checkpoint or,
-    only with ``trust_code``, a TorchScript file with a card beside it (its code runs)."""
+    only with ``trust_code``, a TorchScript file with a card beside it (its code runs).
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        Model folder or checkpoint; ``None`` is the built-in default model.
+    device : str
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    card : ModelCard, optional
+        Use this card instead of the one beside the weights.
+    precision : str
+        ``"auto"``, ``"fp32"`` or ``"fp16"`` (GPU only).
+    trust_code : bool
+        Allow a TorchScript model (it carries code that runs when loaded).
+
+    Returns
+    -------
+    FTUModel
+        The network on its device with its card.
+
+    Raises
+    ------
+    ModelError
+        A missing, unreadable, unsafe or mismatching model, naming the file.
+    """
     path = default_model_path() if path is None else Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such model folder or checkpoint")

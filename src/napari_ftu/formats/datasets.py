@@ -424,7 +424,24 @@ class BatchOutput(Dataset):
 
 
 def open_dataset(path: str | Path) -> Dataset:
-    """Recognise the layout of a dataset folder (or its CSV/JSON/JSONL file)."""
+    """Recognise the layout of a dataset folder (or its CSV/JSON/JSONL file).
+
+    Parameters
+    ----------
+    path : str or Path
+        A dataset folder (HuBMAP 2022/2021, vasculature 2023, COCO, HPA, ``images/`` + ``masks/``,
+        a batch output folder) or its annotation file.
+
+    Returns
+    -------
+    Dataset
+        Its ``ids``, ``layout`` and ``load(index)`` giving the lazily opened slide and its labels.
+
+    Raises
+    ------
+    InputError, FormatError
+        No such folder, or not a layout we know; a malformed file of the layout, named.
+    """
     if "\x00" in str(path):
         raise InputError(f"{str(path)!r}: a path cannot hold a NUL character")
     root = Path(path)

@@ -67,9 +67,23 @@ FORMATS: dict[str, LabelFormat] = {
 
 
 def export_annotations(items, path, fmt: str, overwrite: bool = False) -> Path:
-    """Write ``items`` (Annotations or a list of them) in format ``fmt``, atomically.
+    """Write ``items`` in format ``fmt``, atomically; an existing file is replaced only with ``overwrite``.
 
-    Refuses to replace an existing file unless ``overwrite``.
+    Parameters
+    ----------
+    items : Annotations or list of Annotations
+        Labels of one or several images (single-image formats take one).
+    path : str or Path
+        File to write.
+    fmt : str
+        A key of :data:`FORMATS` (``hubmap``, ``coco``, ``geojson``, ``ome-tiff``, ...).
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    Path
+        The file written.
     """
     if fmt not in FORMATS:
         raise OptionError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -83,7 +97,22 @@ def export_annotations(items, path, fmt: str, overwrite: bool = False) -> Path:
 
 
 def import_annotations(path, fmt: str, shape=None) -> list[Annotations]:
-    """Read a file written in ``fmt`` (GeoJSON needs the image ``shape``)."""
+    """Read a file written in ``fmt``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The annotation file.
+    fmt : str
+        A key of :data:`FORMATS`; :func:`format_of` guesses it from the file.
+    shape : tuple or dict, optional
+        ``(height, width)`` of the image (GeoJSON needs it), or id -> shape for id/RLE CSVs.
+
+    Returns
+    -------
+    list of Annotations
+        One per image in the file.
+    """
     if fmt not in FORMATS:
         raise OptionError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if not Path(path).is_file():

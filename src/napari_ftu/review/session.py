@@ -17,8 +17,21 @@ from napari_ftu.review.undo import History, Step
 
 
 class ReviewSession:
-    """``labels`` is edited in place (share it with the napari layer); ``offset`` places a
-    window of a large slide in full-resolution pixels."""
+    """One image under review: its labels, the per-object table and one undo history.
+
+    Parameters
+    ----------
+    labels : ndarray
+        2-D integer labels, edited in place (share it with the napari layer).
+    review : Review, optional
+        The per-object table (status, class, confidence, area); measured from ``labels`` if absent.
+    history : History, optional
+        Undo history to continue (a restored session's).
+    offset : tuple of int
+        Where this window of a large slide starts, in full-resolution pixels.
+    um_per_px : float, optional
+        Pixel size, for areas in µm².
+    """
 
     def __init__(self, labels: np.ndarray, review: Review | None = None, history: History | None = None,
                  offset: tuple[int, int] = (0, 0), um_per_px: float | None = None):
@@ -32,7 +45,20 @@ class ReviewSession:
 
     # --- pixel edits -------------------------------------------------------------------------
     def apply(self, edit: Edit, status: str | None = "edited") -> Step | None:
-        """Apply an :class:`~napari_ftu.review.editing.Edit`, re-measure what it touched, record it."""
+        """Apply an edit, re-measure the objects it touched and record it for undo.
+
+        Parameters
+        ----------
+        edit : Edit
+            From :mod:`napari_ftu.review.editing` (merge, split, delete, fill, grow, draw, renumber).
+        status : str or None
+            Review status of the touched objects (``None`` keeps theirs).
+
+        Returns
+        -------
+        Step or None
+            The recorded step (``None`` when the edit changed nothing).
+        """
         if edit.empty:
             return None
         ids = set(edit.created) | set(edit.removed) | set(edit.mapping) | set(edit.mapping.values())
