@@ -149,3 +149,22 @@ def test_ome_tiff_labels_carry_pixel_size_and_pyramid(tmp_path):
     (back,) = import_annotations(path, "ome-tiff")
     np.testing.assert_array_equal(back.labels, labels)
     assert back.um_per_px == pytest.approx(0.25)
+
+
+def test_layer_features_written_once_read_back_by_every_reader():
+    import math
+
+    from napari_ftu.evaluation.compare import object_scores
+    from napari_ftu.formats.annotations import Annotations, features_by_id, layer_features
+    from napari_ftu.review.table import Review
+
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:6, 2:6], labels[10:15, 10:15] = 3, 7
+    features = layer_features([3, 7], [["glomerulus", "crypt"], "vessel"], [0.9, None], area_px=[16, 25])
+    assert features["class"] == ["glomerulus, crypt", "vessel"] and math.isnan(features["confidence"][1])
+    assert features_by_id(features)[3] == (["glomerulus", "crypt"], 0.9)
+    a = Annotations.from_layer("x", labels, features)
+    assert a.class_names(3) == ["glomerulus", "crypt"] and a.scores == {3: 0.9}
+    review = Review.from_labels(labels, features=features)
+    assert review.rows[7].cls == "vessel" and math.isnan(review.rows[7].confidence)
+    assert object_scores(labels, None, features) == {3: 0.9}

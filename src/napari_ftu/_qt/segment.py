@@ -29,6 +29,7 @@ from napari_ftu._qt.state import is_edited, mark_edited, state_of
 from napari_ftu.engine.inference import relabel_steps, segment_steps
 from napari_ftu.engine.models import CARD_NAME, ModelCard, cached_model, default_model_path
 from napari_ftu.errors import ModelError
+from napari_ftu.formats.annotations import layer_features
 
 DEFAULT_MODEL = "built-in: synthetic kidney glomeruli"
 STORE_ABOVE_PIXELS = 64e6  # model-grid outputs larger than this stream into a zarr store on disk
@@ -263,10 +264,11 @@ class SegmentWidget(Dock):
     @staticmethod
     def _set_features(labels, seg, class_name):
         if seg.objects:
-            features = {key: [o[key] for o in seg.objects] for key in ("id", "area_px", "area_um2", "confidence")}
-            features["index"] = features.pop("id")
-            features["class"] = [class_name] * len(seg.objects)
-            labels.features = features
+            objects = seg.objects
+            labels.features = layer_features([o["id"] for o in objects], [class_name] * len(objects),
+                                             [o["confidence"] for o in objects],
+                                             area_px=[o["area_px"] for o in objects],
+                                             area_um2=[o["area_um2"] for o in objects])
 
     # --- threshold without re-running ------------------------------------------------------
     def _threshold_moved(self, value):

@@ -19,7 +19,7 @@ from napari_ftu.evaluation.evaluate import (
     summarize,
 )
 from napari_ftu.evaluation.metrics import best_threshold, dice_curve
-from napari_ftu.formats.annotations import Annotations
+from napari_ftu.formats.annotations import Annotations, features_by_id
 
 A_TRUTH, B_TRUTH, A_B = "A vs truth", "B vs truth", "A vs B"
 ONLY_A, ONLY_B = 1, 2  # values of the difference map
@@ -44,8 +44,9 @@ def object_scores(labels: np.ndarray, prob: np.ndarray | None = None, features=N
     dict
         Object id -> confidence.
     """
-    if features is not None and len(features) and "index" in features and "confidence" in features:
-        return {int(i): float(c) for i, c in zip(features["index"], features["confidence"]) if c == c}
+    known = features_by_id(features)
+    if known and all(s is not None for _, s in known.values()):  # the objects carry a confidence column
+        return {i: s for i, (_, s) in known.items() if s == s}
     if prob is None:
         return {}
     from scipy import ndimage as ndi

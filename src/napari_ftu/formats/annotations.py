@@ -101,13 +101,9 @@ class Annotations:
     def from_layer(cls, image_id: str, data, features=None, metadata=None, default_class: str = "FTU"):
         """From a napari Labels layer's data, features table (``index``, ``class``, ``confidence``)
         and metadata (``um_per_px``)."""
-        classes, scores = {}, {}
-        if features is not None and len(features) and "index" in features:
-            idx = [int(i) for i in features["index"]]
-            if "class" in features:  # several classes are shown joined with ", "
-                classes = {i: [c.strip() for c in str(v).split(",")] for i, v in zip(idx, features["class"])}
-            if "confidence" in features:
-                scores = {i: float(s) for i, s in zip(idx, features["confidence"]) if s == s}
+        known = features_by_id(features)
+        classes = {i: c for i, (c, _) in known.items() if c is not None}
+        scores = {i: s for i, (_, s) in known.items() if s is not None and s == s}
         meta = metadata or {}
         return cls(image_id, np.asarray(data), classes, scores, meta.get("um_per_px"), default_class=default_class)
 
@@ -122,3 +118,25 @@ def instances_of(mask: np.ndarray) -> np.ndarray:
     if np.unique(mask).size <= 2:
         return ndi.label(mask != 0)[0].astype(np.int32)
     return mask.astype(np.int32)
+
+
+def layer_features(ids, classes, confidences, **extra) -> dict:
+    """The per-object table a napari Labels layer carries (its ``features``), one convention for
+    every writer (the reader, the Load and Segment docks): ``index``, ``class`` (several names
+    joined by ", "), ``confidence`` (NaN when unknown) and ``extra`` columns such as areas."""
+    names = [c if isinstance(c, str) else ", ".join(map(str, c)) for c in classes]
+    return {"index": [int(i) for i in ids], "class": names,
+            "confidence": [float("nan") if c is None else float(c) for c in confidences],
+            **{k: list(v) for k, v in extra.items()}}
+
+
+def features_by_id(features) -> dict:
+    """``{id: (class names or None, confidence or None)}`` from a layer's features (a pandas
+    table or a dict of columns, see :func:`layer_features`); ``None`` where a column is absent."""
+    if features is None or len(features) == 0 or "index" not in features:
+        return {}
+    ids = [int(i) for i in features["index"]]
+    classes = ([[c.strip() for c in str(v).split(",")] for v in features["class"]] if "class" in features
+               else [None] * len(ids))
+    confs = [float(c) for c in features["confidence"]] if "confidence" in features else [None] * len(ids)
+    return {i: (c, s) for i, c, s in zip(ids, classes, confs)}

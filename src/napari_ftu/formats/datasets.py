@@ -19,7 +19,7 @@ import numpy as np
 from napari_ftu.engine.postprocess import label_areas
 from napari_ftu.errors import FormatError, InputError
 from napari_ftu.formats import rle
-from napari_ftu.formats.annotations import Annotations, instances_of, safe_id
+from napari_ftu.formats.annotations import Annotations, instances_of, layer_features, safe_id
 from napari_ftu.formats.csv_formats import RLE_COST_PER_CHAR, read_csv_rows
 from napari_ftu.io.budget import check_memory
 from napari_ftu.io.images import raster_shape, read_raster, reading
@@ -477,12 +477,8 @@ def labels_layer_data(a: Annotations, slide: Slide, info: dict | None = None) ->
     ids = a.ids()
     areas = label_areas(a.labels, ids)
     um = a.um_per_px or slide.um_per_px  # batch labels of a banded slide lie on the model's coarser grid
-    features = {
-        "index": [int(i) for i in ids],
-        "class": [", ".join(map(str, a.class_names(i))) for i in ids],
-        "confidence": [a.scores.get(int(i), np.nan) for i in ids],
-        "area_um2": [float(x * um * um) if um else np.nan for x in areas],
-    }
+    features = layer_features(ids, [a.class_names(i) for i in ids], [a.scores.get(int(i)) for i in ids],
+                              area_um2=[float(x * um * um) if um else np.nan for x in areas])
     kwargs = {"name": f"{slide.name} labels", "features": features, "opacity": 0.5,
               "metadata": {"um_per_px": um, "source": slide.name, **(info or {})}}
     if um:

@@ -194,13 +194,7 @@ class Review:
 
 def _features_by_id(features, default_class: str) -> dict:
     """{id: (class, confidence)} from a napari features table (pandas) or a dict of columns."""
-    if features is None or len(features) == 0:
-        return {}
-    cols = {k: list(features[k]) for k in ("index", "class", "confidence") if k in features}
-    if "index" not in cols:
-        return {}
-    n = len(cols["index"])
-    classes = cols.get("class", [None] * n)
-    confs = cols.get("confidence", [math.nan] * n)
-    return {int(i): (str(c) if c is not None else default_class, float(p) if p is not None else math.nan)
-            for i, c, p in zip(cols["index"], classes, confs)}
+    from napari_ftu.formats.annotations import features_by_id
+
+    return {i: (", ".join(c) if c is not None else default_class, s if s is not None else math.nan)
+            for i, (c, s) in features_by_id(features).items()}
