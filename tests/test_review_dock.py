@@ -316,7 +316,8 @@ def test_closing_the_viewer_saves_the_last_edits_and_frees_the_session(make_napa
 
     slide, session_file = _slide(tmp_path, monkeypatch)
     viewer, w = _slide_viewer(make_napari_viewer, slide, interval=30)
-    w.select([2]); w.accept()
+    w.select([2])
+    w.accept()
     assert not session_file.exists()  # the 30 s interval has not passed
     assert session_file.with_name("slide_FTUs.session.lock").exists()  # this viewer writes the session
     viewer.close()
@@ -332,7 +333,8 @@ def test_a_damaged_session_is_kept_aside_reported_and_edits_still_autosave(make_
 
     slide, session_file = _slide(tmp_path, monkeypatch)
     viewer, w = _slide_viewer(make_napari_viewer, slide)
-    w.select([2]); w.accept()
+    w.select([2])
+    w.accept()
     viewer.close()
     damaged = session_file.read_bytes()[:-200]  # truncated: zipfile.BadZipFile
     session_file.write_bytes(damaged)
@@ -344,7 +346,8 @@ def test_a_damaged_session_is_kept_aside_reported_and_edits_still_autosave(make_
     [aside] = [p for p in session_file.parent.iterdir() if ".damaged-" in p.name]
     assert aside.read_bytes() == damaged
     assert w.session is not None and w.autosaver is not None  # a fresh session ...
-    w.select([3]); w.reject()  # ... records the edits ...
+    w.select([3])
+    w.reject()  # ... records the edits ...
     w.save_now()  # ... and saves them
     saved = SessionStore(session_file.parent, "slide FTUs").load()
     assert saved.review.rows[3].status == "rejected" and 3 not in saved.labels
@@ -360,7 +363,8 @@ def test_a_second_viewer_on_the_same_slide_is_warned_and_overwrites_nothing(make
     warnings = []
     monkeypatch.setattr(dock_module, "show_warning", warnings.append)
     first_viewer, first = _slide_viewer(make_napari_viewer, slide)
-    first.select([2]); first.accept()
+    first.select([2])
+    first.accept()
     first.save_now()
     before = session_file.read_bytes()
     assert not warnings
@@ -368,13 +372,15 @@ def test_a_second_viewer_on_the_same_slide_is_warned_and_overwrites_nothing(make
     assert len(warnings) == 1 and "another viewer is saving this review" in warnings[0]
     assert second.session.review.rows[2].status == "accepted"  # it starts from the first viewer's save
     assert second.save_label.value == warnings[0]
-    second.select([1]); second.reject()
+    second.select([1])
+    second.reject()
     second.save_now()
     assert session_file.read_bytes() == before  # the first viewer's session is untouched
     assert "viewer-" in second.save_label.value
     mine = second.autosaver.store.save_path
     assert mine != session_file and 1 not in np.load(mine)["labels"]
-    first.select([3]); first.accept()
+    first.select([3])
+    first.accept()
     first.save_now()
     saved = SessionStore(session_file.parent, "slide FTUs").load()
     assert saved.review.rows[3].status == "accepted" and 1 in saved.labels  # the first viewer goes on as before
@@ -392,12 +398,15 @@ def test_each_full_resolution_window_keeps_its_unsaved_edits(dock, tmp_path):
     store.write_window(1000, 1000, win)
     w.open_store(tmp_path / "big.zarr")
     a = w.edit_window((1000, 1000, 300, 300))
-    w.select([7]); w.grow(1)
-    w.select([8]); w.accept()
+    w.select([7])
+    w.grow(1)
+    w.select([8])
+    w.accept()
     edited_a = a.data.copy()
     b = w.edit_window((1100, 1100, 256, 256))  # overlaps A; A's layer is replaced
     assert a not in viewer.layers and b.data.shape == (256, 256)
-    w.select([7]); w.delete()
+    w.select([7])
+    w.delete()
     w.edit_window((900, 900, 128, 128))  # B's edits are saved in B's session
     a2 = w.edit_window((1000, 1000, 300, 300))
     assert (a2.data == edited_a).all()  # A's unsaved edits came back, not the store's pixels
@@ -420,18 +429,22 @@ def test_a_window_saved_into_the_store_shows_later_store_changes(dock, tmp_path)
     store.write_window(1000, 1000, win)
     w.open_store(tmp_path / "big.zarr")
     w.edit_window((1000, 1000, 300, 300))
-    w.select([8]); w.accept()
-    w.select([7]); w.set_class()
+    w.select([8])
+    w.accept()
+    w.select([7])
+    w.set_class()
     w.save_window()
     w.edit_window((1100, 1100, 256, 256))
-    w.select([7]); w.delete()
+    w.select([7])
+    w.delete()
     w.save_window()
     a = w.edit_window((1000, 1000, 300, 300))
     assert 7 not in a.data and (a.data == store.read_window(1000, 1000, 300, 300)).all()
     assert w.session.review.rows[8].status == "accepted" and 7 not in w.session.review.rows
     w.edit_window((0, 0, 64, 64))
     a = w.edit_window((1000, 1000, 300, 300))  # and unsaved edits of a window still win over the store
-    w.select([8]); w.delete()
+    w.select([8])
+    w.delete()
     w.edit_window((0, 0, 64, 64))
     assert 8 not in w.edit_window((1000, 1000, 300, 300)).data and 8 in store.read_window(1000, 1000, 300, 300)
 
@@ -449,7 +462,8 @@ def test_a_view_over_a_window_with_unsaved_edits_reopens_that_window(dock, tmp_p
     store.write_window(1000, 1000, win)
     shown = w.open_store(tmp_path / "big.zarr")
     a = w.edit_window((1000, 1000, 300, 300))
-    w.select([7]); w.grow(1)
+    w.select([7])
+    w.grow(1)
     edited = a.data.copy()
     viewer.scene.camera.center = tuple(shown.data_to_world((1150, 1200)))
     viewer.scene.camera.zoom = 2 / abs(shown.scale[-1])
