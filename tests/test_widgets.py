@@ -441,7 +441,8 @@ def test_worker_error_reaches_the_user_and_the_next_run_works(viewer_with_slide,
     viewer, _ = viewer_with_slide
     widget = _segment_dock(viewer)
     good = widget._load()
-    monkeypatch.setattr(widget, "_load", lambda: FTUModel(Broken(), ModelCard(), "cpu"))
+    broken = FTUModel(Broken(), ModelCard(), "cpu")
+    monkeypatch.setattr("napari_ftu._qt.segment.cached_model", lambda *args, **kwargs: broken)
     with qtbot.capture_exceptions() as raised:  # napari re-raises worker errors in tests
         widget.run()
         qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
@@ -449,6 +450,6 @@ def test_worker_error_reaches_the_user_and_the_next_run_works(viewer_with_slide,
     assert all("weights are NaN" in str(exc[1]) for exc in raised)
     assert widget.worker is None and not widget.cancel_button.enabled
     assert not [t for t in threading.enumerate() if t.name == "napari-ftu tile reader"]
-    monkeypatch.setattr(widget, "_load", lambda: good)
+    monkeypatch.setattr("napari_ftu._qt.segment.cached_model", lambda *args, **kwargs: good)
     widget.run()
     qtbot.waitUntil(lambda: widget.run_button.enabled and "kidney FTUs" in viewer.layers, timeout=120_000)
