@@ -22,7 +22,7 @@ from napari_ftu.batch import runner as batch  # noqa: E402
 from napari_ftu.batch.runner import BatchOptions, plan_inputs, run_batch  # noqa: E402
 from napari_ftu.cli import main  # noqa: E402
 from napari_ftu.engine.models import ModelCard, load_model  # noqa: E402
-from napari_ftu.errors import InputError, ModelError
+from napari_ftu.errors import InputError, ModelError  # noqa: E402
 
 # --- TorchScript carries code -------------------------------------------------------------------
 

@@ -45,4 +45,5 @@ class OutputOntoInputError(OptionError):
     """An output path that is (or resolves to) one of the inputs: writing it would lose the input."""
 
 
-__all__ = ["FTUError", "InputError", "FormatError", "ModelError", "EditError", "SessionError", "OptionError", "OutputOntoInputError"]
+__all__ = ["FTUError", "InputError", "FormatError", "ModelError", "EditError", "SessionError", "OptionError",
+           "OutputOntoInputError"]
