@@ -670,7 +670,8 @@ def _case_files(folder: Path) -> list:
         (folder / name).write_text(content)
         return folder / name
 
-    cases = [("TIFF header claiming 40 000 x 40 000", "image", _claiming_tiff(folder / "claim.tif", 40_000, 40_000), None),
+    cases = [("TIFF header claiming 40 000 x 40 000", "image",
+              _claiming_tiff(folder / "claim.tif", 40_000, 40_000), None),
              ("TIFF strip with 0 byte count", "image", _claiming_tiff(folder / "zero.tif", 64, 64, bytecount=0), None)]
     tiles = (np.zeros((4096, 4096), np.uint8) for _ in range(100))
     tifffile.imwrite(folder / "zeros.tif", tiles, shape=(40_000, 40_000), dtype=np.uint8, tile=(4096, 4096),

@@ -75,7 +75,8 @@ def test_the_message_names_the_file_the_need_and_the_budget(monkeypatch):
     monkeypatch.setenv(budget.ENV, "3.1G")
     with pytest.raises(InputError) as info:
         budget.check_memory(4.8e9, "x.tif", error=InputError)
-    assert str(info.value) == "x.tif: decoding needs 4.8 GB, more than the 3.1 GB memory budget (NAPARI_FTU_MEMORY_BUDGET)"
+    assert str(info.value) == ("x.tif: decoding needs 4.8 GB, more than the 3.1 GB memory budget "
+                               "(NAPARI_FTU_MEMORY_BUDGET)")
     budget.check_memory(3.0e9, "x.tif")  # within it
 
 
@@ -143,7 +144,8 @@ def test_tiff_strips_without_data_are_refused_not_read_as_zeros(tmp_path, capfd)
     with tifffile.TiffFile(path) as tif:  # what tifffile alone does: zeros, no error
         assert not tif.asarray().any()
     for reader in (read_image, open_slide):
-        with pytest.raises(InputError, match=r"zero.tif: file is damaged \(1 of 1 strips or tiles of page 0 have no data"):
+        with pytest.raises(InputError,
+                           match=r"zero.tif: file is damaged \(1 of 1 strips or tiles of page 0 have no data"):
             reader(path)
     tiled = tmp_path / "tiled.tif"
     tifffile.imwrite(tiled, np.ones((512, 512), np.uint8), tile=(256, 256), compression="zlib")
