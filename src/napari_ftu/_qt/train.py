@@ -11,20 +11,21 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar,
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar,
                               PushButton, SpinBox, create_widget)
 from napari.utils.notifications import show_error, show_info
 
 from napari_ftu.formats.annotations import ExportError
 from napari_ftu.engine.models import ModelCard, ModelError, default_model_path, load_model
 from napari_ftu.io.images import SlideError, to_rgb
-from napari_ftu.training.train import dataset_samples, train_steps
+from napari_ftu.training.train import dataset_samples, new_model, train_steps
 from napari_ftu._qt.jobs import start_job
 
 SOURCES = ["dataset folder", "layers in the viewer"]
 ARCHITECTURES = ["Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Segformer"]
-ENCODERS = ["tu-mobilenetv3_small_100", "resnet18", "resnet34", "efficientnet-b0", "mobilenet_v2"]
-START = ["fine-tune the built-in model", "fine-tune a model folder", "new model"]
+ENCODERS = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "tu-mobilenetv3_small_100", "resnet18",
+            "resnet34"]
+START = ["new model", "fine-tune the built-in model", "fine-tune a model folder"]
 
 
 class TrainWidget(Container):
@@ -43,7 +44,11 @@ class TrainWidget(Container):
         self.base = FileEdit(label="model folder", mode="d")
         self.architecture = ComboBox(label="architecture", choices=ARCHITECTURES, value="Unet")
         self.encoder = ComboBox(label="encoder", choices=ENCODERS, value=ENCODERS[0])
+        self.pretrained = CheckBox(label="ImageNet encoder", value=True,
+                                   tooltip="start from offline ImageNet weights (EfficientNet-Lite encoders)")
         self.um_per_px = FloatSpinBox(label="model µm/px", value=2.0, min=0.05, max=50.0, step=0.05)
+        self.minutes = FloatSpinBox(label="minutes", value=0.0, min=0.0, max=10000.0, step=1.0,
+                                    tooltip="wall-clock budget (the schedule fits it); 0 = train for the steps below")
         self.steps = SpinBox(label="steps", value=300, min=1, max=100000, step=50)
         self.batch = SpinBox(label="batch size", value=8, min=1, max=256)
         self.crop = SpinBox(label="crop", value=256, min=32, max=2048, step=32)
@@ -57,7 +62,7 @@ class TrainWidget(Container):
         self.bar = ProgressBar(label="steps", value=0, min=0, max=1)
         self.status = Label(value="")
         self.extend([self.source, self.folder, self.val_match, self.image, self.labels, self.start, self.base,
-                     self.architecture, self.encoder, self.um_per_px, self.steps, self.batch, self.crop, self.lr,
+                     self.architecture, self.encoder, self.pretrained, self.um_per_px, self.minutes, self.steps, self.batch, self.crop, self.lr,
                      self.patience, self.device, self.out, self.train_button, self.cancel_button, self.bar,
                      self.status])
         self._figure, self._canvas = _plot_canvas()
@@ -74,13 +79,12 @@ class TrainWidget(Container):
         self.image.visible = self.labels.visible = not from_folder
         new = self.start.value == "new model"
         self.base.visible = self.start.value == "fine-tune a model folder"
-        self.architecture.visible = self.encoder.visible = self.um_per_px.visible = new
+        self.architecture.visible = self.encoder.visible = self.pretrained.visible = self.um_per_px.visible = new
 
     def _card_and_weights(self):
         if self.start.value == "new model":
-            card = ModelCard(architecture=self.architecture.value, encoder=self.encoder.value,
-                             arch_kwargs={}, um_per_px=self.um_per_px.value, name=Path(self.out.value).name)
-            return card, None
+            return new_model(self.architecture.value, self.encoder.value, um_per_px=self.um_per_px.value,
+                             pretrained=None if self.pretrained.value else False, name=Path(self.out.value).name)
         path = default_model_path() if self.start.value == START[0] else Path(self.base.value)
         base = load_model(path, device="cpu")
         card = ModelCard.from_dict({**base.card.__dict__, "notes": {}}, str(path))
@@ -121,9 +125,11 @@ class TrainWidget(Container):
             return self._fail(exc)
         self.history = {"loss": [], "val": []}
         out = Path(self.out.value)
+        minutes = self.minutes.value or None
         steps = train_steps(train_set, val_set, card, steps=self.steps.value, batch_size=self.batch.value,
                             crop=self.crop.value, lr=self.lr.value, device=self.device.value, init_state=weights,
-                            val_every=max(1, min(50, self.steps.value // 4)), patience=self.patience.value, out=out)
+                            val_every=None if minutes else max(1, min(50, self.steps.value // 4)),
+                            patience=self.patience.value, out=out, minutes=minutes)
         self.train_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = f"training on {len(train_set)} images, validating on {len(val_set)} …"
         self.worker = start_job(
@@ -138,8 +144,13 @@ class TrainWidget(Container):
 
     def _on_event(self, event):
         if event[0] == "step":
-            _, step, total, loss = event
-            self.history["loss"].append(loss)
+            self.history["loss"].append(event[3])
+            stats = event[4] if len(event) > 4 else {}
+            if stats.get("eta") == stats.get("eta"):  # not NaN
+                last = stats.get("val_dice")
+                self.status.value = (f"step {event[1]}/~{event[2]}, {stats['steps_per_s']:.2f} steps/s, "
+                                     f"ETA {stats['eta'] / 60:.1f} min"
+                                     + (f", validation Dice {last:.3f}" if last is not None else ""))
         else:
             self.history["val"].append((event[1], event[2]))
             self.status.value = f"step {event[1]}: validation Dice {event[2]:.3f}"

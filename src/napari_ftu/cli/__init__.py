@@ -136,21 +136,36 @@ def _parser() -> argparse.ArgumentParser:
                    help="training data: exported tiles, images/ + masks/, or a competition dataset folder")
     t.add_argument("--val-tiles", type=Path, action="append", default=[], help="validation data folder")
     t.add_argument("--val-match", default=None,
-                   help="regular expression: images of --tiles whose id matches go to validation instead")
+                   help="regular expression: images of --tiles whose id matches go to validation instead "
+                        "(default: every fifth image, unless --val-tiles)")
+    t.add_argument("--data-um-per-px", type=float, default=None,
+                   help="pixel size of training images whose files do not say (they are resampled to the model's)")
     t.add_argument("--synthetic", type=int, default=0, help="number of synthetic training slides")
     t.add_argument("--val-synthetic", type=int, default=0, help="number of synthetic validation slides")
     t.add_argument("--synthetic-size", type=int, default=768)
     t.add_argument("--init", type=Path, default=None, help="fine-tune from this model folder")
     t.add_argument("--trust-model", action="store_true", help=trust_help)
-    t.add_argument("--steps", type=int, default=500)
+    t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (its checkpoint.pt)")
+    t.add_argument("--arch", default="Unet", help="smp architecture of a new model: Unet, UnetPlusPlus, FPN, ...")
+    t.add_argument("--encoder", default="efficientnet-lite0",
+                   help="encoder of a new model: efficientnet-lite0/1/2 (ImageNet weights offline) or any smp encoder")
+    t.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="start the encoder from ImageNet weights (default: when the encoder has offline ones)")
+    t.add_argument("--classes", default="FTU", help="name of the class the masks mark")
+    t.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock budget: the schedule fits it (instead of --steps)")
+    t.add_argument("--steps", type=int, default=500, help="optimiser steps (without --minutes)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--crop", type=int, default=256)
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--val-every", type=int, default=100)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--val-every", type=int, default=None, help="validate every N steps (default: ten times in all)")
     t.add_argument("--patience", type=int, default=0, help="stop after this many validations without gain")
+    t.add_argument("--workers", type=int, default=2, help="threads preparing batches (0: in the training loop)")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch threads on CPU (default: the cores the load average leaves idle)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
-    t.add_argument("--um-per-px", type=float, default=None, help="model pixel size (new models)")
+    t.add_argument("--um-per-px", type=float, default=None, help="model pixel size of a new model (default 2.0)")
     t.add_argument("--name", default="napari-ftu model")
     t.set_defaults(func=_train)
 
@@ -355,47 +370,69 @@ def _segment_batch(args) -> int:
 def _train(args) -> int:
     from napari_ftu.engine.models import ModelCard, load_model
     from napari_ftu.formats.datasets import split_ids
-    from napari_ftu.training.train import dataset_samples, synthetic_samples, train
+    from napari_ftu.training.progress import ProgressPrinter
+    from napari_ftu.training.train import dataset_samples, new_model, read_checkpoint, synthetic_samples, train
 
-    init_state = None
-    if args.init:
+    if args.minutes is not None and args.minutes <= 0:
+        raise ExportError(f"--minutes must be positive, got {args.minutes}")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if len(classes) != 1:
+        raise ExportError(f"--classes: training learns one class from binary masks, got {classes}")
+    init_state, resume = None, None
+    if args.resume:
+        import json
+
+        resume = read_checkpoint(args.out)
+        card = ModelCard.from_dict(json.loads(resume["card"]), str(args.out / "checkpoint.pt"))
+    elif args.init:
         base = load_model(args.init, device="cpu", trust_code=args.trust_model)
         card = base.card
         init_state = base.network.state_dict()
     else:
-        card = ModelCard(name=args.name)
-        if args.um_per_px:
-            card.um_per_px = args.um_per_px
-    train_set, val_set = [], [pair for folder in args.val_tiles for pair in dataset_samples(folder, card)]
+        card, init_state = new_model(args.arch, args.encoder, classes, args.um_per_px or 2.0, args.pretrained,
+                                     args.name, args.seed)
+    train_set, val_set = [], [pair for folder in args.val_tiles for pair in
+                              dataset_samples(folder, card, um_per_px=args.data_um_per_px)]
     for folder in args.tiles:
         train_ids, val_ids = split_ids(folder, args.val_match)
-        train_set += dataset_samples(folder, card, train_ids)
+        if not args.val_match and not args.val_tiles:  # hold out every fifth image
+            val_ids, train_ids = train_ids[::5], [i for k, i in enumerate(train_ids) if k % 5]
+        train_set += dataset_samples(folder, card, set(train_ids), um_per_px=args.data_um_per_px)
         if val_ids:
-            val_set += dataset_samples(folder, card, val_ids)
+            val_set += dataset_samples(folder, card, set(val_ids), um_per_px=args.data_um_per_px)
     if args.synthetic:
         train_set += synthetic_samples(args.synthetic, args.synthetic_size, args.seed + 1, card)
     if args.val_synthetic:
         val_set += synthetic_samples(args.val_synthetic, args.synthetic_size, args.seed + 2, card)
     if not train_set:
         raise FileNotFoundError("no training data: give --tiles FOLDER and/or --synthetic N")
-    card.notes = {**card.notes, "training": {
-        "tiles": [str(p) for p in args.tiles], "synthetic": args.synthetic, "synthetic_size": args.synthetic_size,
-        "val_match": args.val_match, "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop,
-        "lr": args.lr, "seed": args.seed, "init": str(args.init) if args.init else None}}
-
-    def log(event):
-        if event[0] == "val":
-            print(f"step {event[1]}: validation Dice {event[2]:.4f}", flush=True)
-        elif event[1] % 25 == 0:
-            print(f"step {event[1]}/{event[2]}: loss {event[3]:.4f}", flush=True)
-
-    _, history = train(train_set, val_set, card, out=args.out, log=log, steps=args.steps,
-                       batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
-                       device=args.device, val_every=args.val_every, init_state=init_state,
-                       patience=args.patience)
-    best = (f"best validation Dice {history['best_dice']:.4f} at step {history['best_step']}"
-            if history["val_dice"] else "no validation set (last weights saved)")
-    print(f"{best}; {history['seconds']:.0f} s; wrote {args.out}")
+    if not resume:
+        card.notes = {**card.notes, "training": {
+            "tiles": [str(p) for p in args.tiles], "data_um_per_px": args.data_um_per_px,
+            "synthetic": args.synthetic, "synthetic_size": args.synthetic_size, "val_match": args.val_match,
+            "n_train": len(train_set), "n_val": len(val_set), "minutes": args.minutes,
+            "steps": None if args.minutes else args.steps, "batch_size": args.batch_size, "crop": args.crop,
+            "lr": args.lr, "seed": args.seed, "init": str(args.init) if args.init else None}}
+    weights = card.notes.get("encoder_weights")
+    print(f"{card.architecture} / {card.encoder}" + (f" (ImageNet weights: {weights['source']})" if weights else "")
+          + f"; {len(train_set)} training and {len(val_set)} validation images at {card.um_per_px} µm/px", flush=True)
+    printer = ProgressPrinter(sys.stderr)
+    try:
+        _, history = train(train_set, val_set, card, out=args.out, log=printer, steps=args.steps,
+                           batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
+                           device=args.device, val_every=args.val_every, init_state=init_state,
+                           patience=args.patience, minutes=args.minutes, workers=args.workers,
+                           checkpoint=True, resume=resume, threads=args.threads)
+    except KeyboardInterrupt:
+        printer.close()
+        print(f"interrupted; continue with --resume (from the last validation in {args.out})", file=sys.stderr)
+        return 130
+    printer.close()
+    best = (f"best validation Dice {history['best_dice']:.4f} at step {history['best_step']} "
+            f"(threshold {history['best_threshold']:.2f})" if history["val_dice"]
+            else "no validation set (last weights saved)")
+    print(f"{best}; {history['steps']} steps in {history['seconds']:.0f} s, "
+          f"waiting for data {100 * history.get('data_wait', 0):.0f} % of the time; wrote {args.out}")
     return 0
 
 

