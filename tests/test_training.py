@@ -145,8 +145,8 @@ def test_augmentation_keeps_image_and_mask_aligned():
         inner = ndi.binary_erosion(m, iterations=2) | ndi.binary_erosion(1 - m, iterations=2)  # away from edges
         assert (dark == (m > 0))[inner].mean() > 0.99
     crops = [balanced_crop(rng, rgb, mask, 32, positive=k % 2 == 0)[1] for k in range(40)]
-    centre = [c[16, 16] for c in crops]
-    assert np.mean(centre[::2]) > 0.7 and np.mean(centre[1::2]) < 0.3  # FTU and background crops
+    ftu, background = [c.mean() for c in crops[::2]], [c.mean() for c in crops[1::2]]
+    assert min(ftu) > 0 and np.mean(ftu) > np.mean(background) + 0.2  # crops near FTUs and near background
 
 
 def test_the_threshold_that_maximises_validation_dice_goes_into_the_card(tmp_path):

@@ -155,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--minutes", type=float, default=None,
                    help="wall-clock budget: the schedule fits it (instead of --steps)")
     t.add_argument("--steps", type=int, default=500, help="optimiser steps (without --minutes)")
-    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--crop", type=int, default=256)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--val-every", type=int, default=None, help="validate every N steps (default: ten times in all)")
