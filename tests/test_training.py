@@ -159,7 +159,8 @@ def test_the_threshold_that_maximises_validation_dice_goes_into_the_card(tmp_pat
                        lr=1e-2, val_every=6, device="cpu", workers=0)
     loaded = load_model(tmp_path / "m", device="cpu")
     scores = threshold_sweep(loaded, samples[:1])
-    assert loaded.card.threshold == THRESHOLDS[int(np.argmax(scores))] == history["best_threshold"]
+    near = [t for t, d in zip(THRESHOLDS, scores) if d >= scores.max() - 0.01]
+    assert loaded.card.threshold == history["best_threshold"] == near[len(near) // 2]  # the plateau's middle
     assert scores.max() == pytest.approx(history["best_dice"], abs=1e-6)
 
 
