@@ -235,7 +235,15 @@ def import_smp():
 
 
 def build_network(card: ModelCard):
-    """An untrained smp network of the card's architecture (no weight download)."""
+    """An untrained network of the card's architecture (no weight download): an smp model, or
+    the scribble classifier of :mod:`napari_ftu.annotate.pixels`."""
+    if card.architecture == "FeatureClassifier":
+        from napari_ftu.annotate.pixels import build_from_card
+
+        try:
+            return build_from_card(card)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"cannot build a FeatureClassifier from the card: {exc}") from None
     smp = import_smp()
     try:
         return smp.create_model(
