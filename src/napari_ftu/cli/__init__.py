@@ -211,6 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--overwrite", action="store_true", help="replace an existing report")
     v.set_defaults(func=_evaluate)
+    _add_annotate(sub)
     return p
 
 
@@ -513,3 +514,50 @@ def _format_from_suffix(path: Path) -> str:
             return fmt
     raise ExportError(f"cannot tell the format of {path.name}: give --format")
 
+
+# --- annotate (issue 18): scribbles or clicks -> labels, without a model ---------------------------
+def _add_annotate(sub) -> None:
+    a = sub.add_parser("annotate", help="label FTUs without a model: from scribbles (pixel classifier) or clicks")
+    a.add_argument("image", type=Path)
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--scribbles", type=Path, help="label TIFF of the image's size: 1 = background, 2.. = FTU classes")
+    src.add_argument("--clicks", type=Path, help="CSV with columns y,x (full-resolution pixels), one object per row")
+    a.add_argument("--out", type=Path, required=True, help="instance labels TIFF to write")
+    a.add_argument("--save-model", type=Path, default=None, help="save the scribble classifier as a model folder")
+    a.add_argument("--um-per-px", type=float, default=None, help="pixel size (default: from the file, else 1)")
+    a.add_argument("--diameter-um", type=float, default=None, help="expected FTU diameter for clicks (default 200)")
+    a.add_argument("--min-object-um2", type=float, default=0.0, help="drop smaller objects (scribbles)")
+    a.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    a.set_defaults(func=_annotate)
+
+
+def _annotate(args) -> int:
+    import numpy as np
+
+    from napari_ftu.annotate import headless
+    from napari_ftu.annotate.pixels import AnnotateError
+    from napari_ftu.io.images import read_image, write_tiff
+
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    if args.out.resolve() in {p.resolve() for p in (args.image, args.scribbles, args.clicks) if p}:
+        raise FileExistsError(f"{args.out}: would overwrite an input")
+    loaded = read_image(args.image)
+    um = args.um_per_px or loaded.um_per_px or 1.0
+    try:
+        if args.scribbles is not None:
+            scribbles = read_image(args.scribbles).data
+            labels, table, clf = headless.labels_from_scribbles(loaded.data, scribbles, um, args.min_object_um2,
+                                                                source=str(args.scribbles))
+            if args.save_model:
+                clf.save(args.save_model, min_object_um2=args.min_object_um2)
+        else:
+            points = headless.read_clicks(args.clicks)
+            labels = headless.labels_from_clicks(loaded.data, points, um, args.diameter_um, source=str(args.clicks))
+    except AnnotateError as exc:
+        print(f"napari-ftu: error: {exc}", file=sys.stderr)
+        return 2
+    write_tiff(args.out, labels, um)
+    print(f"{args.image.name}: {int(len(np.unique(labels)) - 1)} objects; wrote {args.out}"
+          + (f" and model {args.save_model}" if args.save_model else ""))
+    return 0
