@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from napari_ftu.engine.models import import_torch
+
 # skimage.color.hed_from_rgb (Ruifrok & Johnston), rows = R, G, B optical density -> H, E, D
 HED_FROM_RGB = np.array([[1.87798274, -1.00767869, -0.55611582],
                          [-0.06590806, 1.13473037, -0.1355218],
@@ -31,7 +33,7 @@ def n_features(in_channels: int, sigmas=DEFAULT_SIGMAS) -> int:
 
 
 def _gauss_kernel(sigma: float):
-    import torch
+    torch = import_torch()
 
     radius = max(1, int(math.ceil(3 * sigma)))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32)
@@ -41,7 +43,7 @@ def _gauss_kernel(sigma: float):
 
 def filter_bank_module(in_channels: int = 3, sigmas=DEFAULT_SIGMAS, stains: str = "hed"):
     """The filter bank: (N, C, H, W) in [0, 1] -> (N, F, H, W) float32 features."""
-    import torch
+    torch = import_torch()
     import torch.nn.functional as F
     from torch import nn
 
@@ -93,7 +95,7 @@ def filter_bank_module(in_channels: int = 3, sigmas=DEFAULT_SIGMAS, stains: str 
 
 def features(image: np.ndarray, sigmas=DEFAULT_SIGMAS, stains: str = "hed") -> np.ndarray:
     """Features of an (H, W, C) image (uint8, or float in [0, 1]) as (F, H, W) float32."""
-    import torch
+    torch = import_torch()
 
     x = _to_unit(image)
     bank = filter_bank_module(x.shape[-1], sigmas, stains)

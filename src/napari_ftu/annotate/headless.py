@@ -62,3 +62,45 @@ def labels_from_clicks(image: np.ndarray, points, um_per_px: float = 1.0, diamet
                                 source=f"{source}: row {n}")
         labels[mask & (labels == 0)] = n
     return labels
+
+
+def scribble_steps(image: np.ndarray, scribbles: np.ndarray, um_per_px: float = 1.0, classes: list | None = None,
+                   min_object_um2: float = 0.0, source: str = "scribbles"):
+    """:func:`labels_from_scribbles` as a generator for the dock's worker: yields ``("step", i, 3)``
+    and returns ``(labels, table, classifier)``; scribbles are checked before any work."""
+    from napari_ftu.annotate import pixels
+    from napari_ftu.annotate.objects import objects_from_probability
+
+    pixels.check_scribbles(np.shape(image), scribbles, source)
+    yield ("step", 0, 3)
+    clf = pixels.train(image, scribbles, um_per_px, classes=classes, source=source)
+    yield ("step", 1, 3)
+    prob = clf.probability(image)
+    yield ("step", 2, 3)
+    labels, table = objects_from_probability(prob, 0.5, int(min_object_um2 / um_per_px**2), um_per_px=um_per_px,
+                                             class_names=clf.classes)
+    yield ("step", 3, 3)
+    return labels, table, clf
+
+
+def click_edit(labels: np.ndarray, mask: np.ndarray, mode: str = "new", selected: int = 0):
+    """The review :class:`~napari_ftu.review.editing.Edit` of a click: ``new`` paints the mask as a
+    new object on free pixels, ``add`` grows object ``selected`` by it, ``remove`` takes it away."""
+    from napari_ftu.review import editing
+
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        raise AnnotateError("the click outlined no pixels")
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    crop, m = labels[box].copy(), mask[box]
+    if mode == "new":
+        new_id = editing.next_free_id(labels)
+        crop[m & (crop == 0)] = new_id
+        return editing.Edit("click: new object", [editing.Patch(box, crop)], created=[new_id])
+    if not selected:
+        raise AnnotateError("select an object first (Shift+click adds to it, Alt+click removes from it)")
+    if mode == "add":
+        crop[m & (crop == 0)] = selected
+    else:
+        crop[m & (crop == selected)] = 0
+    return editing.Edit(f"click: {mode}", [editing.Patch(box, crop)])

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_ftu.engine.models import import_torch
+
 from napari_ftu.annotate.features import _gauss_kernel, _to_unit, n_features
 
 ARCHITECTURE = "FeatureClassifier"
@@ -35,7 +37,7 @@ def feature_classifier(in_channels: int = 3, n_classes: int = 1, sigmas=SIGMAS, 
     units) -> Gaussian smoothing of the logits (``smooth`` px: a pixel's class follows its
     neighbourhood, which removes speckle before thresholding). ``n_classes`` FTU classes give one
     logit (FTU vs background) for one class, else ``n_classes + 1`` logits (background first)."""
-    import torch
+    torch = import_torch()
     from torch import nn
 
     from napari_ftu.annotate.features import filter_bank_module
@@ -82,7 +84,7 @@ class PixelClassifier:
 
     def probability(self, image: np.ndarray) -> np.ndarray:
         """(H, W, C) image -> (K, H, W) float32: per FTU class its probability, tile by tile."""
-        import torch
+        torch = import_torch()
 
         x = _to_unit(image)
         h, w = x.shape[:2]
@@ -153,7 +155,7 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
     per image join the background at a lower weight: FTUs are a minority of the tissue, and this
     prior lifts the mean Dice on the Sarder patches from about 0.3 to 0.6 (bench/annotate.py).
     ``features`` (F, H, W) of a single image may be passed to reuse them between retrains."""
-    import torch
+    torch = import_torch()
 
     images = list(image) if isinstance(image, (list, tuple)) else [image]
     scribbles = list(scribbles) if isinstance(scribbles, (list, tuple)) else [scribbles]
@@ -202,7 +204,7 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
 
 def compute_features(net, x: np.ndarray) -> np.ndarray:
     """The filter bank of an (H, W, C) [0, 1] image, (F, H, W) float32 (for training)."""
-    import torch
+    torch = import_torch()
 
     with torch.inference_mode():
         return net.bank(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None])[0].numpy()
@@ -211,7 +213,7 @@ def compute_features(net, x: np.ndarray) -> np.ndarray:
 def _fit_head(head, X, y, w, n_ftu: int, steps: int) -> None:
     """Full-batch Adam on a weighted loss (each class weighs the same whatever its pixel count);
     the head is tiny, so a few hundred steps take well under a second."""
-    import torch
+    torch = import_torch()
     import torch.nn.functional as F
 
     opt = torch.optim.Adam(head.parameters(), lr=0.01, weight_decay=1e-3)

@@ -216,6 +216,15 @@ def _check_network_fields(card: ModelCard, source: str) -> None:
                 raise ModelError(f"{source}: {name.split('.', 1)[1]!r} names a location to download from")
 
 
+def import_torch():
+    """``import torch`` with triton kept out of CPU-only processes (see :func:`import_smp`)."""
+    import torch
+
+    if not torch.cuda.is_available() and "triton" not in sys.modules:
+        sys.modules["triton"] = None
+    return torch
+
+
 def import_smp():
     """Import segmentation-models-pytorch, keeping triton out of CPU-only processes.
 
@@ -225,10 +234,7 @@ def import_smp():
     viewer and then the Segment dock. Triton only compiles GPU kernels, so without CUDA we
     mark it unavailable (``import triton`` then raises ImportError, which torch handles).
     """
-    import torch
-
-    if not torch.cuda.is_available() and "triton" not in sys.modules:
-        sys.modules["triton"] = None
+    import_torch()
     import segmentation_models_pytorch as smp
 
     return smp
