@@ -94,7 +94,7 @@ def cross_dice(pairs, n_train=5, n=3, brush=5):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="scribbles,cross,vessels,synthetic,clicks,curve,cells")
+    ap.add_argument("--only", default="scribbles,cross,vessels,synthetic,clicks,speed,curve")
     ap.add_argument("--brush", type=int, default=5)
     ap.add_argument("--skip-brush", type=int, nargs="*", default=[])
     ap.add_argument("--plot", default="docs/annotate_strokes.png")
@@ -142,6 +142,19 @@ def main():
             ious = np.asarray(ious)
             print(f"clicks {name}: mean IoU {ious.mean():.3f}, IoU >= 0.5 for {np.mean(ious >= 0.5):.0%} "
                   f"of {len(ious)} objects", flush=True)
+    if "speed" in only:
+        from napari_ftu.annotate import pixels, simulate
+        from napari_ftu.io.synthetic import make_slide
+
+        im, gt = make_slide(2048, 2048, seed=4242)[:2]
+        sc = simulate.strokes(gt, 3, 3, seed=0, brush=5)
+        t = time.perf_counter()
+        clf = pixels.train(im, sc)
+        t_train = time.perf_counter() - t
+        t = time.perf_counter()
+        clf.probability(im)
+        t_pred = time.perf_counter() - t
+        print(f"speed 2048² view (1 torch thread): retrain {t_train:.2f} s + predict {t_pred:.2f} s", flush=True)
     if "curve" in only:
         import matplotlib
 

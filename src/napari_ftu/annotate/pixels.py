@@ -168,16 +168,22 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
     rng = np.random.default_rng(seed)
     parts = [[] for _ in range(len(ftu) + 2)]  # background, FTU classes, unlabelled
     for im, sc in zip(images, scribbles):
-        f = features if features is not None and len(images) == 1 else compute_features(net, _to_unit(im))
-        flat, s = f.reshape(f.shape[0], -1), np.asarray(sc).ravel()
-        for target, value in enumerate([BACKGROUND, *ftu]):
+        s = np.asarray(sc).ravel()
+        picks = []
+        for value in [BACKGROUND, *ftu]:
             idx = np.flatnonzero(s == value)
-            if idx.size > MAX_TRAIN_PIXELS:
-                idx = rng.choice(idx, MAX_TRAIN_PIXELS, replace=False)
-            parts[target].append(flat[:, idx].T)
+            picks.append(rng.choice(idx, MAX_TRAIN_PIXELS, replace=False) if idx.size > MAX_TRAIN_PIXELS else idx)
         free = np.flatnonzero(s == 0)
-        if unlabelled and free.size:
-            parts[-1].append(flat[:, rng.choice(free, min(unlabelled, free.size), replace=False)].T)
+        picks.append(rng.choice(free, min(unlabelled, free.size), replace=False) if unlabelled and free.size
+                     else np.zeros(0, np.int64))
+        if features is not None and len(images) == 1:
+            flat = features.reshape(features.shape[0], -1)
+            rows = [flat[:, idx].T for idx in picks]
+        else:
+            rows = sample_features(net, _to_unit(im), picks)
+        for target, r in enumerate(rows):
+            if len(r):
+                parts[target].append(r)
     xs, ys, ws = [], [], []
     for target, chunks in enumerate(parts):
         a = np.concatenate(chunks) if chunks else np.zeros((0, n_features(net.bank.n_in, sigmas)), np.float32)
@@ -200,6 +206,29 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
     _fit_head(net.head, (X - mean) / std, y, w / w.sum(), len(ftu), steps)
     names = list(classes) if classes and len(classes) == len(ftu) else [f"class {v}" for v in ftu]
     return PixelClassifier(net.eval(), names, net.bank.n_in, float(um_per_px), tuple(sigmas), hidden=hidden)
+
+
+def sample_features(net, x: np.ndarray, picks: list) -> list:
+    """Features (n, F) at the flat pixel indices of each array in ``picks``, computed tile by tile
+    (with the bank's margin) so memory stays bounded by a tile whatever the image size."""
+    torch = import_torch()
+
+    h, w = x.shape[:2]
+    m = net.bank.margin
+    out = [np.zeros((len(idx), n_features(net.bank.n_in, net.bank.sigmas)), np.float32) for idx in picks]
+    coords = [np.unravel_index(idx, (h, w)) for idx in picks]
+    for y0 in range(0, h, TILE):
+        for x0 in range(0, w, TILE):
+            inside = [(yy >= y0) & (yy < y0 + TILE) & (xx >= x0) & (xx < x0 + TILE) for yy, xx in coords]
+            if not any(i.any() for i in inside):
+                continue
+            ya, xa = max(0, y0 - m), max(0, x0 - m)
+            tile = x[ya:min(h, y0 + TILE + m), xa:min(w, x0 + TILE + m)]
+            with torch.inference_mode():
+                f = net.bank(torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1)))[None])[0].numpy()
+            for k, ((yy, xx), sel) in enumerate(zip(coords, inside)):
+                out[k][sel] = f[:, yy[sel] - ya, xx[sel] - xa].T
+    return out
 
 
 def compute_features(net, x: np.ndarray) -> np.ndarray:
