@@ -16,8 +16,6 @@ import napari
 import numpy as np
 from magicgui.widgets import (ComboBox, Container, FileEdit, FloatSlider, FloatSpinBox, Label, ProgressBar,
                               PushButton, SpinBox, create_widget)
-from napari.qt.threading import create_worker
-from napari.utils import progress
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
@@ -28,7 +26,7 @@ from napari_ftu.evaluation.evaluate import (FN, FP, TP, error_map, evaluate_imag
                           write_report)
 from napari_ftu.evaluation.metrics import best_threshold, dice_curve
 from napari_ftu.evaluation.plots import draw_histogram, draw_threshold_curve, save_png
-from napari_ftu._qt.jobs import start_job
+from napari_ftu._qt.jobs import call_steps, start_job
 
 ERROR_COLOURS = {TP: (0.15, 0.8, 0.25, 1.0), FP: (0.95, 0.15, 0.15, 1.0), FN: (0.2, 0.45, 1.0, 1.0)}
 DIFF_COLOURS = {1: (1.0, 0.6, 0.0, 1.0), 2: (0.0, 0.85, 0.9, 1.0)}  # only in A, only in B
@@ -201,13 +199,11 @@ class DebugWidget(Container):
         scores = _scores(pred_layer, (pred, prob))
         other_scores = _scores(other_layer, (other, prob)) if other_layer is not None else {}
         self.status.value = "evaluating …"
-        self.worker = create_worker(compute, pred, truth, other, prob, self.iou.value, scores, other_scores,
-                                    self.mode.value == "pixels", _start_thread=False)
-        self.worker.returned.connect(lambda out: self._show(out, pred_layer, truth_layer))
-        self.worker.errored.connect(self._fail)
-        self.worker.finished.connect(self._evaluated)
         self.evaluate_button.enabled = False
-        self.worker.start()
+        self.worker = start_job(call_steps(compute, pred, truth, other, prob, self.iou.value, scores, other_scores,
+                                           self.mode.value == "pixels"), "Evaluating",
+                                on_done=lambda out: self._show(out, pred_layer, truth_layer), on_error=self._fail,
+                                on_finished=self._evaluated)
         return self.worker
 
     def _evaluated(self):
@@ -298,17 +294,22 @@ class DebugWidget(Container):
     # --- uncertainty and tiles ---------------------------------------------------------------------
     def uncertainty(self):
         """Run the model with test-time augmentation in a worker; add the views' disagreement."""
-        from napari_ftu.engine.inference import segment_steps
         from napari_ftu.engine.models import ModelError, load_model
+        from napari_ftu.engine.options import OptionsError, SegmentOptions, check_pixel_size
+        from napari_ftu.engine.run import segment_slide_steps
 
         layer = self.image.value
         if layer is None:
             return self._fail("choose the image to run the model on")
         try:
             model = load_model(None, device="auto")
-        except ModelError as exc:
+            options = SegmentOptions(tta=True)
+            options.resolve(model.card)  # bad options or pixel size: refused here, not in the worker
+            um = check_pixel_size(layer.metadata.get("um_per_px"), f"{layer.name}: µm/px")
+        except (ModelError, OptionsError) as exc:
             return self._fail(exc)
-        steps = segment_steps(_data(layer), model, um_per_px=layer.metadata.get("um_per_px"), tta=True)
+        data = list(layer.data) if layer.multiscale else layer.data
+        steps = segment_slide_steps(data, model, options, um_per_px=um, pyramid_view=layer.multiscale)
         self.bar.visible = True
         self.uncertainty_button.enabled = False
         self.status.value = f"running the model with TTA on {model.device} …"
@@ -327,6 +328,10 @@ class DebugWidget(Container):
                                scale=[s * factor for s in layer.scale[-2:]], translate=layer.translate[-2:])
         self.status.value = f"TTA uncertainty: mean {unc.mean():.4f}, max {unc.max():.3f}"
         show_info(self.status.value)
+        if seg.store is not None:  # a temporary store: the layer holds the numbers now
+            import shutil
+
+            shutil.rmtree(Path(seg.store).parent, ignore_errors=True)
 
     def _tta_finished(self):
         self.bar.visible = False
@@ -372,13 +377,8 @@ class DebugWidget(Container):
         if str(pred) in ("", ".") or str(truth) in ("", "."):
             return self._fail("choose the dataset's predictions and ground truth")
         self.status.value = "evaluating the dataset …"
-        self.worker_data = create_worker(evaluate_paths, pred, truth, iou_threshold=self.iou.value,
-                                         _start_thread=False)
-        self._data_pbar = progress(total=0, desc="Evaluating dataset")
-        self.worker_data.returned.connect(self._dataset_done)
-        self.worker_data.errored.connect(self._fail)
-        self.worker_data.finished.connect(lambda: self._data_pbar.close())
-        self.worker_data.start()
+        self.worker_data = start_job(call_steps(evaluate_paths, pred, truth, iou_threshold=self.iou.value),
+                                     "Evaluating dataset", on_done=self._dataset_done, on_error=self._fail)
         return self.worker_data
 
     def _dataset_done(self, result):

@@ -20,6 +20,7 @@ from napari_ftu.engine.models import ModelCard, ModelError, default_model_path, 
 from napari_ftu.io.images import SlideError, to_rgb
 from napari_ftu.training.train import dataset_samples, new_model, train_steps
 from napari_ftu._qt.jobs import start_job
+from napari_ftu.steps import TrainStep, Validation
 
 SOURCES = ["dataset folder", "layers in the viewer"]
 ARCHITECTURES = ["Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Segformer"]
@@ -143,18 +144,18 @@ class TrainWidget(Container):
             self.worker.quit()
 
     def _on_event(self, event):
-        if event[0] == "step":
-            self.history["loss"].append(event[3])
-            stats = event[4] if len(event) > 4 else {}
+        if isinstance(event, TrainStep):
+            self.history["loss"].append(event.loss)
+            stats = event.stats
             if stats.get("eta") == stats.get("eta"):  # not NaN
                 last = stats.get("val_dice")
-                self.status.value = (f"step {event[1]}/~{event[2]}, {stats['steps_per_s']:.2f} steps/s, "
+                self.status.value = (f"step {event.step}/~{event.total}, {stats['steps_per_s']:.2f} steps/s, "
                                      f"ETA {stats['eta'] / 60:.1f} min"
                                      + (f", validation Dice {last:.3f}" if last is not None else ""))
-        else:
-            self.history["val"].append((event[1], event[2]))
-            self.status.value = f"step {event[1]}: validation Dice {event[2]:.3f}"
-        if event[0] == "val" or event[1] % 10 == 0:
+        elif isinstance(event, Validation):
+            self.history["val"].append((event.step, event.dice))
+            self.status.value = f"step {event.step}: validation Dice {event.dice:.3f}"
+        if isinstance(event, Validation) or (isinstance(event, TrainStep) and event.step % 10 == 0):
             _draw(self._figure, self._canvas, self.history)
 
     def _on_done(self, out: Path, result):

@@ -15,11 +15,12 @@ from pathlib import Path
 from napari_ftu.batch.runner import BatchError
 from napari_ftu.formats.export import FORMATS, ExportError
 from napari_ftu.engine.models import ModelError
+from napari_ftu.engine.options import OptionsError
 from napari_ftu.formats.rle import RLEError
 from napari_ftu.io.images import SlideError
 from napari_ftu.io.paths import OutputOntoInputError, refuse_onto_inputs
 
-USER_ERRORS = (SlideError, ModelError, ExportError, RLEError, OSError, BatchError, OutputOntoInputError)
+USER_ERRORS = (SlideError, ModelError, ExportError, RLEError, OSError, BatchError, OutputOntoInputError, OptionsError)
 QUIET_LOGGERS = ("tifffile", "imageio", "distributed", "PIL")
 
 
@@ -261,16 +262,35 @@ def _info(args) -> int:
     return 0
 
 
-def _segment(args) -> int:
-    from napari_ftu.formats.annotations import Annotations
-    from napari_ftu.batch.runner import is_batch_input
-    from napari_ftu.formats.export import export_annotations, safe_id
-    from napari_ftu.engine.inference import segment
-    from napari_ftu.engine.models import load_model
-    from napari_ftu.io.images import read_image, write_tiff
+def _segment_options(args):
+    """The run options from the flags, validated before anything slow starts."""
+    from napari_ftu.engine.options import SegmentOptions, check_pixel_size
 
+    args.um_per_px = check_pixel_size(args.um_per_px, "--um-per-px")
+    return SegmentOptions(tile_size=args.tile, overlap=args.overlap, threshold=args.threshold, batch_size=args.batch,
+                          tta=args.tta, blend=args.blend, skip_background=not args.keep_glass, watershed=args.split)
+
+
+def _segment(args) -> int:
+    """One image, through the same core function as the batch and the Segment dock: the slide
+    is opened lazily and its outputs stream into a temporary zarr store when it is large."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+
+    from napari_ftu.batch.runner import is_batch_input
+    from napari_ftu.engine.models import load_model
+    from napari_ftu.engine.run import STORE_NAME, segment_slide_steps
+    from napari_ftu.formats.annotations import Annotations
+    from napari_ftu.formats.export import export_annotations, safe_id
+    from napari_ftu.io.images import write_tiff
+    from napari_ftu.io.slides import _stem
+    from napari_ftu.steps import TileProgress, drain
+
+    options = _segment_options(args)
     if len(args.image) > 1 or is_batch_input(args.image[0]):
-        return _segment_batch(args)
+        return _segment_batch(args, options)
     args.image = Path(args.image[0])
     refuse_onto_inputs([args.out, args.labels], [args.image])  # even with --overwrite
     if args.labels is not None and args.out.resolve() == args.labels.resolve():
@@ -278,47 +298,57 @@ def _segment(args) -> int:
     for out in (args.out, args.labels):
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    loaded = read_image(args.image)
-    image_id = safe_id(args.id or loaded.name)
-    um = args.um_per_px or loaded.um_per_px
+    image_id = safe_id(args.id or _stem(args.image))
     model = load_model(args.model, device=args.device, trust_code=args.trust_model)
 
-    def progress(done, total):
-        if not args.json:
-            print(f"\rtiles {done}/{total}", end="", file=sys.stderr, flush=True)
+    def progress(event):
+        if isinstance(event, TileProgress) and not args.json:
+            print(f"\rtiles {event.done}/{event.total}", end="", file=sys.stderr, flush=True)
 
-    seg = segment(loaded.data, model, progress=progress, um_per_px=um, tile_size=args.tile,
-                  overlap=args.overlap, threshold=args.threshold, batch_size=args.batch, tta=args.tta,
-                  blend=args.blend, skip_background=not args.keep_glass, watershed=args.split)
-    if not args.json:
-        print(file=sys.stderr)
-    outputs = [str(export_annotations(Annotations(image_id, seg.labels, um_per_px=um), args.out, "hubmap",
-                                      overwrite=True))]
-    if args.labels:
-        outputs.append(str(write_tiff(args.labels, seg.labels, um)))
+    tmp = Path(tempfile.mkdtemp(prefix="napari-ftu-"))
+    try:
+        seg = drain(segment_slide_steps(args.image, model, options, um_per_px=args.um_per_px, store=tmp / STORE_NAME),
+                    progress)
+        if not args.json:
+            print(file=sys.stderr)
+        um = seg.um_per_px  # of the labels: the image's, or the model grid's for a large slide
+        labels = np.asarray(seg.labels)
+        outputs = [str(export_annotations(Annotations(image_id, labels, um_per_px=um), args.out, "hubmap",
+                                          overwrite=True))]
+        if args.labels:
+            outputs.append(str(write_tiff(args.labels, labels, um)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     summary = {"id": image_id, "n_objects": len(seg.objects), "seconds": round(seg.seconds, 3),
                "device": seg.device, "um_per_px": um, "tiles": seg.n_tiles, "glass_tiles_skipped": seg.n_skipped,
                "outputs": outputs}
+    if seg.downsample != 1.0:
+        summary["labels_downsample"] = seg.downsample
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{image_id}: {summary['n_objects']} FTUs in {seg.seconds:.1f} s on {seg.device}")
+        print(f"{image_id}: {summary['n_objects']} FTUs in {seg.seconds:.1f} s on {seg.device}"
+              + (f" (labels on the model grid, {um:g} µm/px)" if seg.downsample != 1.0 and um else ""))
         for path in outputs:
             print(f"wrote {path}")
     return 0
 
 
-def _segment_batch(args) -> int:
+def _segment_batch(args, segment_options) -> int:
     """Many slides on Dask (or in this process with ``--workers 0``): per-slide outputs under
     ``--out``, a progress bar, a summary; exit status 1 when some slide failed."""
     import time
 
     from napari_ftu.batch.runner import BatchOptions, SchedulerAccess, plan_inputs, run_batch
+    from napari_ftu.engine.options import check_int
 
     if args.labels or args.id:
         raise BatchError("--labels and --id are for one image; a batch writes <out>/<id>/ (see --formats)")
     if args.out.suffix.lower() == ".csv" or args.out.is_file():
         raise BatchError(f"{args.out}: a batch writes a folder; give --out FOLDER")
+    check_int(args.retries, "--retries", 0, 100)
+    if args.workers is not None:
+        check_int(args.workers, "--workers", 0, 4096)
     jobs = plan_inputs(args.image, images=args.images)
     if not jobs:
         raise BatchError(f"no slides found in {' '.join(map(str, args.image))}")
@@ -326,9 +356,8 @@ def _segment_batch(args) -> int:
         from dataclasses import replace
 
         jobs = [replace(j, um_per_px=args.um_per_px) for j in jobs]
-    options = BatchOptions(model=str(args.model) if args.model else None, device=args.device, tile_size=args.tile,
-                           overlap=args.overlap, threshold=args.threshold, batch_size=args.batch, tta=args.tta,
-                           blend=args.blend, skip_background=not args.keep_glass, watershed=args.split,
+    options = BatchOptions(model=str(args.model) if args.model else None, device=args.device,
+                           segment=segment_options,
                            outputs=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
                            band_above_px=args.band_above * 1e6, threads=args.threads, trust_model=args.trust_model)
     scheduler = None

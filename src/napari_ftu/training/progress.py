@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+from napari_ftu.steps import TrainStep, Validation
+
 
 def _clock(seconds: float) -> str:
     if seconds != seconds:  # NaN: not known yet
@@ -32,8 +34,8 @@ class ProgressPrinter:
         self._last, self._line = None, ""
 
     def __call__(self, event) -> None:
-        if event[0] == "step" and len(event) >= 5:
-            self._line = progress_line(event[1], event[2], event[3], event[4])
+        if isinstance(event, TrainStep):
+            self._line = progress_line(event.step, event.total, event.loss, event.stats)
             now = self.clock()
             if self.tty:
                 self.stream.write("\r" + self._line.ljust(110))
@@ -41,10 +43,10 @@ class ProgressPrinter:
             elif self._last is None or now - self._last >= self.every:
                 self._last = now
                 print(self._line, file=self.stream, flush=True)
-        elif event[0] == "val":
+        elif isinstance(event, Validation):
             if self.tty:
                 self.stream.write("\n")
-            print(f"step {event[1]}: validation Dice {event[2]:.4f}", file=self.stream, flush=True)
+            print(f"step {event.step}: validation Dice {event.dice:.4f}", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.tty and self._line:

@@ -1,7 +1,8 @@
 """Train an smp segmentation model from image/mask pairs; the result is a loadable model folder.
 
-Like inference, training is a generator (``train_steps``) yielding ``("step", i, n, loss, stats)``
-and ``("val", i, dice)`` so that a dock can plot and cancel it; :func:`train` drains it.
+Like inference, training is a generator (``train_steps``) yielding :class:`~napari_ftu.steps.TrainStep`
+and :class:`~napari_ftu.steps.Validation` events so that a dock can plot and cancel it;
+:func:`train` drains it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from napari_ftu.engine.models import (FTUModel, ModelCard, ModelError, build_net
                                       save_model)
 from napari_ftu.io.resample import resample_pair
 from napari_ftu.io.images import to_rgb
-from napari_ftu.steps import drain
+from napari_ftu.steps import TrainStep, Validation, drain
 from napari_ftu.training.augment import augment, balanced_crop
 
 
@@ -261,7 +262,7 @@ def train_steps(
     that many validations without gain. With ``out``, the best model is saved there as a model
     folder (card + safetensors + history.csv); with ``checkpoint`` also ``checkpoint.pt``
     (weights, optimiser, step, clock) at each validation, which ``resume`` continues from.
-    Yields ``("step", step, expected_steps, loss, stats)`` and ``("val", step, dice)``.
+    Yields :class:`~napari_ftu.steps.TrainStep` (with ``stats``) and :class:`~napari_ftu.steps.Validation`.
     On CUDA: bf16 autocast, channels_last, pinned host memory. On CPU, torch uses ``threads``
     threads (default: the cores the load average leaves idle, see :func:`cpu_threads`).
     """
@@ -338,7 +339,7 @@ def train_steps(
             stats = {"elapsed": schedule.elapsed(), "eta": schedule.eta(step), "loss_avg": loss_avg,
                      "val_dice": last, "data_wait": history["data_wait"], "lr": opt.param_groups[0]["lr"],
                      "steps_per_s": (step - first + 1) / busy if busy > 0 else 0.0}
-            yield ("step", step, schedule.total(step), history["loss"][-1], stats)
+            yield TrainStep(step, schedule.total(step), history["loss"][-1], stats)
             finishing = schedule.done(step, reserve=val_seconds)
             due = step % val_every == 0 if val_every else schedule.progress(step) >= next_val / val_rounds
             if val and (due or finishing):
@@ -352,7 +353,7 @@ def train_steps(
                     history.update(best_dice=score, best_step=step, best_threshold=threshold)
                     best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
                 val_seconds = time.perf_counter() - t
-                yield ("val", step, score)
+                yield Validation(step, score)
                 if checkpoint and out is not None:
                     _write_checkpoint(out, net, opt, step, schedule.elapsed(), best_state, history, card)
                 if patience and len(history["val_dice"]) - 1 - _index_of_best(history) >= patience:
