@@ -12,6 +12,7 @@ from napari_ftu.evaluation.metrics import dice
 from napari_ftu.engine.models import FTUModel, ModelCard
 from napari_ftu.engine.postprocess import instances
 from napari_ftu.engine.tile_source import TileSource
+from napari_ftu.steps import Band, LabelProgress, Outputs, TileProgress
 
 
 def small_cnn(seed=0):
@@ -132,9 +133,9 @@ def _readers():
 def test_cancel_stops_within_a_batch_and_ends_the_reader(rng):
     image = rng.integers(0, 256, (400, 400, 3)).astype(np.uint8)
     steps = segment_steps(image, cnn_model(), batch_size=1, skip_background=False)
-    assert next(steps) == ("tile", 0, 64)
-    assert next(steps)[0] == "outputs"
-    assert next(steps) == ("tile", 1, 64)
+    assert next(steps) == TileProgress(0, 64)
+    assert isinstance(next(steps), Outputs)
+    assert next(steps) == TileProgress(1, 64)
     assert _readers()
     steps.close()
     assert not _readers()
@@ -165,12 +166,12 @@ def test_rows_are_handed_over_while_the_run_goes_on(default_model, small_slide):
             events.append(next(steps))
         except StopIteration:
             break
-    bands = [e for e in events if e[0] == "band"]
-    tiles = [e for e in events if e[0] == "tile"]
+    bands = [e for e in events if isinstance(e, Band)]
+    tiles = [e for e in events if isinstance(e, TileProgress)]
     first_band = events.index(bands[0])
     assert first_band < events.index(tiles[-1])  # before the last tile
-    assert bands[0][1] == 0 and all(a[2] == b[1] for a, b in zip(bands, bands[1:]))
-    assert any(e[0] == "label" for e in events)
+    assert bands[0].y0 == 0 and all(a.y1 == b.y0 for a, b in zip(bands, bands[1:]))
+    assert any(isinstance(e, LabelProgress) for e in events)
 
 
 def test_threshold_is_re_derived_from_the_cached_probability(default_model, small_slide):

@@ -7,6 +7,7 @@ import pytest
 
 from napari_ftu.evaluation.metrics import dice
 from napari_ftu.io.images import write_tiff
+from napari_ftu.steps import TileProgress, TrainStep
 
 napari = pytest.importorskip("napari")
 
@@ -33,7 +34,7 @@ def test_segment_dock_runs_in_worker(viewer_with_slide, qtbot):
     worker = widget.run()
     assert worker is not None and not widget.run_button.enabled
     tiles = []
-    worker.yielded.connect(lambda ev: ev[0] == "tile" and tiles.append(time.perf_counter()))
+    worker.yielded.connect(lambda ev: isinstance(ev, TileProgress) and tiles.append(time.perf_counter()))
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
     # First run: napari creates the result layers (its own cost, 75-330 ms on this 2-core machine
     # with software OpenGL); while the tiles are computed the loop stays free.
@@ -71,7 +72,7 @@ def test_cancel_stops_the_run(make_napari_viewer, qtbot):
     viewer.add_image(rgb, name="kidney", metadata={"um_per_px": 2.0})
     widget = _segment_dock(viewer)
     worker = widget.run()
-    worker.yielded.connect(lambda ev: ev[0] == "tile" and ev[1] >= 4 and widget.cancel())
+    worker.yielded.connect(lambda ev: isinstance(ev, TileProgress) and ev.done >= 4 and widget.cancel())
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     assert widget.status.value == "cancelled"
@@ -356,7 +357,7 @@ def test_train_dock_cancel_saves_nothing(make_napari_viewer, qtbot, tmp_path, sh
     widget.out.value = tmp_path / "never"
     worker = widget.run()
     assert "training on 14 images, validating on 6" in widget.status.value
-    worker.yielded.connect(lambda ev: ev[0] == "step" and ev[1] >= 2 and widget.cancel())
+    worker.yielded.connect(lambda ev: isinstance(ev, TrainStep) and ev.step >= 2 and widget.cancel())
     with qtbot.waitSignal(worker.finished, timeout=180_000):
         pass
     assert widget.status.value == "cancelled; nothing saved" and not (tmp_path / "never").exists()
@@ -376,7 +377,7 @@ def test_load_dock_cancelled_pyramid_leaves_no_file(make_napari_viewer, qtbot, t
     load.open(tmp_path / "flat.tif")
     threads = threading.active_count()
     worker = load.write_pyramid()
-    worker.yielded.connect(lambda ev: ev[1] >= 3 and load.cancel())
+    worker.yielded.connect(lambda ev: ev.done >= 3 and load.cancel())
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     qtbot.waitUntil(lambda: threading.active_count() <= threads, timeout=10_000)  # writer thread gone
@@ -392,8 +393,8 @@ def test_segment_dock_shows_rows_as_they_finish(viewer_with_slide, qtbot):
 
     def look(event):
         live = "kidney probability (running)"
-        if event[0] == "tile" and live in viewer.layers:
-            seen.append((event[1], event[2], float(np.asarray(viewer.layers[live].data).max())))
+        if isinstance(event, TileProgress) and live in viewer.layers:
+            seen.append((event.done, event.total, float(np.asarray(viewer.layers[live].data).max())))
 
     worker = widget.run()
     worker.yielded.connect(look)
