@@ -186,18 +186,23 @@ def test_cli_streams_a_large_slide_through_a_temporary_store(tmp_path, capsys, m
 
 
 def test_segment_dock_spin_boxes_hold_only_valid_values(make_napari_viewer):
+    from napari_ftu.engine.models import MAX_TILE_SIZE
+
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Segment")
+    assert (widget.tile.min, widget.tile.max, widget.batch.min, widget.overlap.min) == (0, MAX_TILE_SIZE, 1, -1)
     widget.tile.value = 5
     assert widget.tile.value == 32  # 0 (the card's) or a tile the engine can run
     widget.tile.value = 128
-    widget.overlap.value = 500
-    assert widget.overlap.value == 127
-    widget.tile.value = 50_000
-    assert widget.tile.value <= 4096
-    widget.batch.value = 0
-    assert widget.batch.value == 1
-    assert widget.options().resolved is False and widget.options().resolve(ModelCard()).tile_size == widget.tile.value
+    assert widget.overlap.max == 127  # the overlap stays below the tile
+    with pytest.raises(ValueError):
+        widget.overlap.value = 128
+    widget.tile.value = 0
+    assert widget.overlap.max == MAX_TILE_SIZE - 1
+    widget.overlap.value = 40
+    options = widget.options()
+    assert options.tile_size is None and options.overlap == 40 and options.threshold == widget.threshold.value
+    assert options.resolve(ModelCard(tile_size=256)).tile_size == 256
 
 
 def test_segment_dock_refuses_an_invalid_layer_pixel_size(make_napari_viewer):
