@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 
 from napari_ftu.engine.models import ModelCard, ModelError
-from napari_ftu.engine.options import (MAX_FULL_RES_PIXELS, STORE_ABOVE_PIXELS, OptionsError, SegmentOptions,
-                                       check_pixel_size, plan_outputs)
+from napari_ftu.engine.options import (
+    MAX_FULL_RES_PIXELS,
+    STORE_ABOVE_PIXELS,
+    OptionsError,
+    SegmentOptions,
+    check_positive,
+    plan_outputs,
+)
 from napari_ftu.io.images import SlideError
 
 
@@ -31,8 +37,8 @@ def test_options_refuse_numbers_no_run_can_use(changes, problem):
 @pytest.mark.parametrize("value", [0, -1, math.nan, math.inf, "abc", True])
 def test_pixel_sizes_must_be_finite_and_positive(value):
     with pytest.raises(OptionsError, match="µm/px"):
-        check_pixel_size(value)
-    assert check_pixel_size(None) is None and check_pixel_size("0.5") == 0.5
+        check_positive(value)
+    assert check_positive(None) is None and check_positive("0.5") == 0.5
 
 
 def test_options_are_resolved_once_against_the_card():
@@ -49,7 +55,7 @@ def test_options_are_resolved_once_against_the_card():
         SegmentOptions(tile_size=32).resolve(ModelCard(tile_size=256, overlap=64))
     with pytest.raises(OptionsError, match="class index 2"):
         SegmentOptions(class_index=2).resolve(card)
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(AttributeError):  # frozen
         resolved.threshold = 0.1
 
 
@@ -95,6 +101,24 @@ def test_cli_refuses_bad_numbers_in_one_line(tmp_path, capsys, flags, problem):
         assert not out.exists()
 
 
+@pytest.mark.parametrize("argv, problem", [
+    (["train", "--synthetic", "1", "--steps", "0"], "--steps"), (["train", "--synthetic", "1", "--lr", "nan"], "--lr"),
+    (["train", "--synthetic", "1", "--batch-size", "-2"], "--batch-size"),
+    (["export", "labels.tif", "--out", "x.csv", "--tile", "3"], "--tile"),
+    (["export", "labels.tif", "--out", "x.csv", "--negative-fraction", "2"], "--negative-fraction"),
+])
+def test_cli_refuses_bad_training_and_export_numbers(tmp_path, capsys, monkeypatch, argv, problem):
+    from napari_ftu.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    if argv[0] == "train":
+        argv = [*argv, "--out", str(tmp_path / "model")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("napari-ftu: error:") and problem in err[0], err
+    assert not (tmp_path / "model").exists() and not (tmp_path / "x.csv").exists()
+
+
 def _tiff_with_metadata(path, **kwargs):
     import tifffile
 
@@ -132,10 +156,10 @@ def test_invalid_pixel_size_in_the_file_is_refused_naming_the_file(tmp_path, cap
 
 def test_cli_opens_the_slide_lazily_and_matches_the_engine(tmp_path, capsys, monkeypatch, default_model):
     """``segment IMAGE`` never decodes the slide with ``read_image``; its RLE is the engine's."""
-    import napari_ftu.io.images as images
     from napari_ftu.cli import main
     from napari_ftu.engine.inference import segment
     from napari_ftu.formats.export import import_annotations
+    from napari_ftu.io import images
     from napari_ftu.io.synthetic import make_slide, write_slide
 
     paths = write_slide(tmp_path / "kidney", 700, 600, seed=313, um_per_px=1.0)

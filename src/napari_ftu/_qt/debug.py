@@ -295,7 +295,7 @@ class DebugWidget(Container):
     def uncertainty(self):
         """Run the model with test-time augmentation in a worker; add the views' disagreement."""
         from napari_ftu.engine.models import ModelError, load_model
-        from napari_ftu.engine.options import OptionsError, SegmentOptions, check_pixel_size
+        from napari_ftu.engine.options import OptionsError, SegmentOptions, check_positive
         from napari_ftu.engine.run import segment_slide_steps
 
         layer = self.image.value
@@ -305,7 +305,7 @@ class DebugWidget(Container):
             model = load_model(None, device="auto")
             options = SegmentOptions(tta=True)
             options.resolve(model.card)  # bad options or pixel size: refused here, not in the worker
-            um = check_pixel_size(layer.metadata.get("um_per_px"), f"{layer.name}: µm/px")
+            um = check_positive(layer.metadata.get("um_per_px"), f"{layer.name}: µm/px")
         except (ModelError, OptionsError) as exc:
             return self._fail(exc)
         data = list(layer.data) if layer.multiscale else layer.data

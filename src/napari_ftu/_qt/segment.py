@@ -17,7 +17,7 @@ from napari.utils.notifications import show_error, show_info
 
 from napari_ftu.engine.inference import relabel_steps
 from napari_ftu.engine.models import MAX_TILE_SIZE, ModelError, load_model
-from napari_ftu.engine.options import MAX_BATCH_SIZE, MIN_TILE_SIZE, OptionsError, SegmentOptions, check_pixel_size
+from napari_ftu.engine.options import MAX_BATCH_SIZE, MIN_TILE_SIZE, OptionsError, SegmentOptions, check_positive
 from napari_ftu.engine.run import segment_slide_steps
 from napari_ftu.steps import Band, LabelProgress, Outputs, TileProgress
 from napari_ftu._qt.jobs import start_job
@@ -91,7 +91,7 @@ class SegmentWidget(Container):
 
     def _model_changed(self):
         try:
-            self.threshold.value = self._load().card.threshold
+            self.threshold.value = SegmentOptions().resolve(self._load().card).threshold  # the card's, for its class
         except ModelError as exc:
             self._fail(exc)
 
@@ -130,7 +130,7 @@ class SegmentWidget(Container):
             model = self._load()
             options = self.options()
             options.resolve(model.card)  # refused here, not in the worker
-            um = check_pixel_size(layer.metadata.get("um_per_px"), f"{layer.name}: µm/px")
+            um = check_positive(layer.metadata.get("um_per_px"), f"{layer.name}: µm/px")
         except (ModelError, OptionsError, ValueError) as exc:
             self._fail(exc)
             return None

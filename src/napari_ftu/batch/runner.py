@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.engine.options import (BAND_ABOVE_PIXELS, BAND_PIXELS, OptionsError, SegmentOptions, check_pixel_size,
+from napari_ftu.engine.options import (BAND_ABOVE_PIXELS, BAND_PIXELS, OptionsError, SegmentOptions, check_positive,
                                        plan_outputs)
 from napari_ftu.formats.annotations import Annotations, ExportError, safe_id
 from napari_ftu.atomic import write_text
@@ -207,7 +207,7 @@ def _csv_jobs(path: Path, images) -> list[SlideJob]:
     for n, row in enumerate(rows, start=2):
         try:
             image_id = safe_id(row["id"])
-            um = check_pixel_size(row["pixel_size"], "pixel_size") if row.get("pixel_size") else None
+            um = check_positive(row["pixel_size"], "pixel_size") if row.get("pixel_size") else None
         except (ExportError, ValueError) as exc:
             raise BatchError(f"{path}, line {n}: {exc}") from None
         meta = {k: row[k] for k in ("organ", "data_source", "pixel_size") if row.get(k)}

@@ -30,14 +30,13 @@ import numpy as np
 
 from napari_ftu.engine.components import label_steps
 from napari_ftu.engine.models import FTUModel, is_out_of_memory
-from napari_ftu.engine.options import SegmentOptions, check_pixel_size, plan_outputs
+from napari_ftu.engine.options import SegmentOptions, check_positive, plan_outputs
 from napari_ftu.engine.postprocess import objects_from, split_touching
 from napari_ftu.io.resample import resample_image
 from napari_ftu.steps import Band, Outputs, TileProgress, drain
 from napari_ftu.engine.tile_source import TileSource
 from napari_ftu.engine.tiling import Stitcher, tile_grid
 from napari_ftu.engine.tissue import tiles_with_tissue, tissue_mask
-
 
 
 @dataclass
@@ -95,7 +94,7 @@ def segment_steps(image, model: FTUModel, options: SegmentOptions | None = None,
     start = time.perf_counter()
     card = model.card
     opts = SegmentOptions.of(options, **changes).resolve(card)
-    um_per_px = check_pixel_size(um_per_px, "the image's µm/px")
+    um_per_px = check_positive(um_per_px, "the image's µm/px")
     tile, overlap, threshold, class_index = opts.tile_size, opts.overlap, opts.threshold, opts.class_index
     batch_size, tta = opts.batch_size, opts.tta
     source = TileSource(image, um_per_px, card.um_per_px)

@@ -40,8 +40,9 @@ def max_tile_size() -> int:
     return MAX_TILE_SIZE
 
 
-def check_pixel_size(value, what: str = "µm/px") -> float | None:
-    """A pixel size as a float: ``None`` stays ``None``; anything not finite and > 0 is refused."""
+def check_positive(value, what: str = "µm/px") -> float | None:
+    """A pixel size (or any size or rate) as a float: ``None`` stays ``None``; anything not finite
+    and > 0 is refused."""
     if value is None:
         return None
     number = _number(value, what)

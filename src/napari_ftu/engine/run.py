@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.engine.options import READ_LEVEL_BELOW_BYTES, SegmentOptions, check_pixel_size, plan_outputs
+from napari_ftu.engine.options import READ_LEVEL_BELOW_BYTES, SegmentOptions, check_positive, plan_outputs
 from napari_ftu.io.resample import zoom_shape
 
 STORE_NAME = "segmentation.zarr"
@@ -35,7 +35,7 @@ def segment_slide_steps(source, model, options: SegmentOptions | None = None, *,
     from napari_ftu.io.slides import Slide, open_slide
 
     options = (options or SegmentOptions()).resolve(model.card)
-    um_per_px = check_pixel_size(um_per_px, "the given µm/px")
+    um_per_px = check_positive(um_per_px, "the given µm/px")
     slide = None
     if isinstance(source, (str, Path)):
         slide = open_slide(source, um_per_px=um_per_px)
