@@ -27,7 +27,7 @@ def call_steps(function, *args, **kwargs):
     """A plain call as a job without progress events, so that it runs through :func:`start_job`
     (its error handling and progress bar) like every other job."""
     return function(*args, **kwargs)
-    yield  # noqa: unreachable - makes this a generator
+    yield  # unreachable: makes this function a generator
 
 
 def start_job(steps, description: str, *, on_event=None, on_done=None, on_error=None, on_abort=None,
