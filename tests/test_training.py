@@ -214,6 +214,7 @@ def test_cli_train_refuses_what_it_cannot_do(tmp_path, small_slide, capsys):
 def test_progress_bar_redraws_on_a_terminal():
     import io
 
+    from napari_ftu.steps import TrainStep
     from napari_ftu.training.progress import ProgressPrinter
 
     class Terminal(io.StringIO):
@@ -223,8 +224,8 @@ def test_progress_bar_redraws_on_a_terminal():
     stream = Terminal()
     printer = ProgressPrinter(stream)
     stats = {"eta": 75.0, "steps_per_s": 1.5, "data_wait": 0.04, "val_dice": 0.812, "loss_avg": 0.3}
-    printer(("step", 10, 100, 0.31, stats))
-    printer(("step", 11, 100, 0.29, stats))
+    printer(TrainStep(10, 100, 0.31, stats))
+    printer(TrainStep(11, 100, 0.29, stats))
     printer.close()
     text = stream.getvalue()
     assert text.count("\r") == 2 and "ETA 1:15" in text and "val Dice 0.812" in text and "data wait 4 %" in text
