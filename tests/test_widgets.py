@@ -110,6 +110,32 @@ def test_segment_dock_runs_torchscript_only_when_trusted(viewer_with_slide, tmp_
         widget._load()
 
 
+def test_segment_dock_shows_what_the_model_was_trained_on(viewer_with_slide, tmp_path):
+    import json
+    import shutil
+
+    from napari_ftu.engine.models import CARD_NAME, ModelCard, default_model_path
+
+    viewer, _ = viewer_with_slide
+    widget = _segment_dock(viewer)
+    assert "synthetic" in widget.domain.value and "demo" in widget.domain.value  # the built-in model
+    folder = tmp_path / "pas_kidney"
+    shutil.copytree(default_model_path(), folder)
+    card = ModelCard.read(folder / CARD_NAME)
+    card.trained_on = {"organs": ["kidney"], "stain": "PAS", "source": "HuBMAP 2021", "um_per_px": [0.5, 0.5]}
+    (folder / CARD_NAME).write_text(card.to_json())
+    widget.add_model(folder)
+    assert widget.domain.value == "trained on: kidney; PAS; 0.5 µm/px; HuBMAP 2021"
+    old = json.loads(card.to_json())
+    del old["trained_on"]  # a card written before the field existed still loads
+    shutil.copytree(default_model_path(), tmp_path / "old_card")
+    (tmp_path / "old_card" / CARD_NAME).write_text(json.dumps(old))
+    widget.add_model(tmp_path / "old_card")
+    assert widget.domain.value == "trained on: not stated in the model card"
+    widget.add_model(tmp_path)  # a folder without a card: the error, and no stale domain
+    assert widget.domain.value.startswith("trained on: (model not loaded)")
+
+
 def test_load_dock_applies_pixel_size_and_reports_bad_files(make_napari_viewer, tmp_path, small_slide):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Load")

@@ -16,7 +16,8 @@ from magicgui.widgets import (CheckBox, ComboBox, Container, FloatSlider, Label,
 from napari.utils.notifications import show_error, show_info
 
 from napari_ftu.engine.inference import relabel_steps
-from napari_ftu.engine.models import MAX_TILE_SIZE, ModelError, load_model
+from napari_ftu.engine.models import (CARD_NAME, MAX_TILE_SIZE, ModelCard, ModelError, default_model_path,
+                                     describe_domain, load_model)
 from napari_ftu.engine.options import MAX_BATCH_SIZE, MIN_TILE_SIZE, OptionsError, SegmentOptions, check_positive
 from napari_ftu.engine.run import segment_slide_steps
 from napari_ftu.steps import Band, LabelProgress, Outputs, TileProgress
@@ -43,6 +44,9 @@ class SegmentWidget(Container):
         atexit.register(_delete_stores, self._stores)
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.model = ComboBox(label="model", choices=[DEFAULT_MODEL], value=DEFAULT_MODEL)
+        # what the chosen model was trained on (its card's trained_on), so nobody mistakes the domain
+        self.domain = Label(value=describe_domain(ModelCard.read(default_model_path() / CARD_NAME)))
+        self.domain.native.setWordWrap(True)
         self.browse = PushButton(text="Add model folder…")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.trust = CheckBox(text="Trust model code (TorchScript runs its own code)", value=False,
@@ -63,8 +67,8 @@ class SegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.bar = ProgressBar(label="tiles", value=0, min=0, max=1)
         self.status = Label(value="device: not loaded yet")
-        self.extend([self.image, self.model, self.browse, self.device, self.trust, self.tile, self.overlap,
-                     self.batch, self.skip_glass, self.tta, self.split, self.threshold, self.run_button,
+        self.extend([self.image, self.model, self.domain, self.browse, self.device, self.trust, self.tile,
+                     self.overlap, self.batch, self.skip_glass, self.tta, self.split, self.threshold, self.run_button,
                      self.cancel_button, self.bar, self.status])
         self.browse.changed.connect(self._browse)
         self.model.changed.connect(self._model_changed)
@@ -91,9 +95,13 @@ class SegmentWidget(Container):
 
     def _model_changed(self):
         try:
-            self.threshold.value = SegmentOptions().resolve(self._load().card).threshold  # the card's, for its class
+            card = self._load().card
         except ModelError as exc:
+            self.domain.value = "trained on: (model not loaded)"
             self._fail(exc)
+            return
+        self.threshold.value = SegmentOptions().resolve(card).threshold  # the card's, for its class
+        self.domain.value = describe_domain(card)
 
     def _load(self):
         key = (self.model.value, self.device.value)
