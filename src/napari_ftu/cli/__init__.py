@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--trust-model", action="store_true", help=trust_help)
     s.add_argument("--out", type=Path, required=True, help="CSV to write (id,rle); for a batch, the output folder")
     s.add_argument("--labels", type=Path, default=None, help="also write the instance labels as TIFF")
+    s.add_argument("--probability", type=Path, default=None,
+                   help="also write the probability map as TIFF: the model grid, float32 0-1 (one page per "
+                        "class), its µm/px in the resolution tags")
     s.add_argument("--id", default=None, help="image id in the CSV (default: file name stem)")
     s.add_argument("--um-per-px", type=float, default=None, help="override the image's pixel size")
     s.add_argument("--device", default="auto")
@@ -103,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=None)
     s.add_argument("--batch", type=int, default=4, help="tiles per model call (halved on out-of-memory)")
     s.add_argument("--tta", action="store_true", help="test-time augmentation: average flips and a rotation")
-    s.add_argument("--blend", choices=["gaussian", "taper"], default="gaussian", help="tile blending window")
+    s.add_argument("--blend", choices=["taper", "gaussian"], default="taper",
+                   help="tile blending window: cosine taper over the overlap (default) or Gaussian (sigma tile/8)")
     s.add_argument("--keep-glass", action="store_true", help="also run the model on background (glass) tiles")
     s.add_argument("--split", action="store_true", help="split touching objects with a watershed")
     s.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -284,25 +288,29 @@ def _segment(args) -> int:
     from napari_ftu.engine.run import STORE_NAME, segment_slide_steps
     from napari_ftu.formats.annotations import Annotations
     from napari_ftu.formats.export import export_annotations, safe_id
-    from napari_ftu.io.images import write_labels_ome_tiff, write_tiff
+    from napari_ftu.io.images import write_labels_ome_tiff, write_probability, write_tiff
     from napari_ftu.io.slides import _stem
-    from napari_ftu.steps import TileProgress, drain
+    from napari_ftu.steps import Outputs, TileProgress, drain
 
     options = _segment_options(args)
     if len(args.image) > 1 or is_batch_input(args.image[0]):
         return _segment_batch(args, options)
     args.image = Path(args.image[0])
-    refuse_onto_inputs([args.out, args.labels], [args.image])  # even with --overwrite
+    refuse_onto_inputs([args.out, args.labels, args.probability], [args.image])  # even with --overwrite
     if args.labels is not None and args.out.resolve() == args.labels.resolve():
         raise ExportError(f"{args.out}: --out and --labels name the same file")
-    for out in (args.out, args.labels):
+    for out in (args.out, args.labels, args.probability):
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     image_id = safe_id(args.id or _stem(args.image))
     model = load_model(args.model, device=args.device, trust_code=args.trust_model)
 
+    grid = []  # the probability on the model grid, as the engine fills it
+
     def progress(event):
-        if isinstance(event, TileProgress) and not args.json:
+        if isinstance(event, Outputs):
+            grid.append(event.probability)
+        elif isinstance(event, TileProgress) and not args.json:
             print(f"\rtiles {event.done}/{event.total}", end="", file=sys.stderr, flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="napari-ftu-"))
@@ -318,6 +326,9 @@ def _segment(args) -> int:
             outputs.append(str(write_tiff(args.labels, seg.labels, um)))
         elif args.labels:  # a store: written tile by tile, never whole in memory
             outputs.append(str(write_labels_ome_tiff(args.labels, seg.labels, um)))
+        if args.probability:
+            prob = np.asarray(grid[0][:], np.float32) / seg.prob_scale
+            outputs.append(str(write_probability(args.probability, prob, model.card.um_per_px or um)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     summary = {"id": image_id, "n_objects": len(seg.objects), "seconds": round(seg.seconds, 3),

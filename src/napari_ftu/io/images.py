@@ -232,7 +232,7 @@ def _unit_to_um(unit: str) -> float:
     return {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(unit, 1.0)
 
 
-def write_tiff(path: str | Path, data: np.ndarray, um_per_px: float | None = None) -> Path:
+def write_tiff(path: str | Path, data: np.ndarray, um_per_px: float | None = None, photometric=None) -> Path:
     """Write an image or label array as a compressed TIFF carrying its pixel size, atomically."""
     import tifffile
 
@@ -240,11 +240,22 @@ def write_tiff(path: str | Path, data: np.ndarray, um_per_px: float | None = Non
     kwargs = {"compression": "zlib"}
     if um_per_px:
         kwargs.update(resolution=(1e4 / um_per_px, 1e4 / um_per_px), resolutionunit="CENTIMETER")
-    if data.ndim == 3 and data.shape[-1] in (3, 4):
+    if photometric:
+        kwargs["photometric"] = photometric
+    elif data.ndim == 3 and data.shape[-1] in (3, 4):
         kwargs["photometric"] = "rgb"
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, data, **kwargs)
     return path
+
+
+def write_probability(path: str | Path, prob: np.ndarray, um_per_px: float) -> Path:
+    """A probability map as float32 TIFF (values 0-1; ``(C, H, W)`` is one page per class, a
+    single class one page) with its pixel size, atomically: for debugging a model."""
+    prob = np.asarray(prob, np.float32)
+    if prob.ndim == 3 and prob.shape[0] == 1:
+        prob = prob[0]
+    return write_tiff(path, prob, um_per_px, photometric="minisblack")
 
 
 PYRAMID_TILE = 512
