@@ -83,7 +83,7 @@ class SegmentOptions:
     min_object_um2: float | None = None
     batch_size: int = 4  # tiles per model call (halved on out-of-memory)
     tta: bool = False
-    blend: str = "gaussian"
+    blend: str = "taper"
     skip_background: bool = True
     watershed: bool = False
     class_index: int = 0
