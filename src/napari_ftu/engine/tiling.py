@@ -48,7 +48,7 @@ def window_1d(start: int, tile: int, length: int, overlap: int, blend: str = "ta
     return _window(int(start), int(tile), int(length), int(overlap), blend)[: max(0, min(tile, length - start))]
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def _window(start: int, tile: int, length: int, overlap: int, blend: str) -> np.ndarray:
     pos = np.arange(tile, dtype=np.float64)
     if blend == "gaussian":  # as MONAI: sigma = tile / 8, floored so that no weight is 0
@@ -57,11 +57,13 @@ def _window(start: int, tile: int, length: int, overlap: int, blend: str) -> np.
     else:  # a cosine ramp across the real overlap with each neighbour (the last tile overlaps more)
         starts = tile_starts(length, tile, overlap)
         w = np.ones(tile)
-        i = starts.index(start) if start in starts else None
-        if i is not None and i > 0:
-            w *= _ramp(pos, starts[i - 1] + tile - start)
-        if i is not None and i + 1 < len(starts):
-            w *= _ramp(pos[::-1], start + tile - starts[i + 1])
+        if start in starts:
+            i = starts.index(start)
+            before = starts[i - 1] + tile - start if i > 0 else 0
+            after = start + tile - starts[i + 1] if i + 1 < len(starts) else 0
+        else:  # a tile off this grid: the nominal overlap on each inner side
+            before, after = overlap * (start > 0), overlap * (start + tile < length)
+        w *= _ramp(pos, before) * _ramp(pos[::-1], after)
     w.setflags(write=False)
     return w
 
