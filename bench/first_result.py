@@ -42,7 +42,7 @@ def main():
 
         def seen(event, start=start, marks=marks):
             name = f"{layer.name} probability (running)"
-            if event[0] == "band" and "first" not in marks and name in viewer.layers:
+            if type(event).__name__ == "Band" and "first" not in marks and name in viewer.layers:
                 app.processEvents()  # let the canvas draw the refreshed layer
                 if float(np.asarray(viewer.layers[name].data).max()) > 0:
                     marks["first"] = time.perf_counter() - start

@@ -62,7 +62,7 @@ def main():
         write_repeated_slide(args.slide, args.size)
     from napari_ftu.engine.inference import segment_steps
     from napari_ftu.io.slides import open_slide
-    from napari_ftu.steps import drain
+    from napari_ftu.steps import Progress, drain
 
     slide = open_slide(args.slide)
     model = cheap_model(args.model_um)
@@ -72,9 +72,9 @@ def main():
 
     def report(event):
         now = time.perf_counter()
-        if event[0] in ("tile", "label") and now - last[0] > 30:
+        if isinstance(event, Progress) and now - last[0] > 30:
             last[0] = now
-            print(f"  {now - start:6.0f} s  {event[0]} {event[1]}/{event[2]}  peak RSS {peak_rss_mb():.0f} MB",
+            print(f"  {now - start:6.0f} s  {event.unit} {event.done}/{event.total}  peak RSS {peak_rss_mb():.0f} MB",
                   flush=True)
 
     seg = drain(segment_steps(slide.levels, model, um_per_px=slide.um_per_px, store=args.out, batch_size=4), report)

@@ -15,6 +15,7 @@ import pytest
 
 from napari_ftu.batch import runner as batch
 from napari_ftu.batch.runner import BatchOptions, plan_inputs, run_batch
+from napari_ftu.engine.options import SegmentOptions
 from napari_ftu.errors import InputError
 from napari_ftu.io.images import read_image
 
@@ -165,7 +166,7 @@ def test_worker_killed_mid_run_the_batch_still_completes(reference, slides, clie
             except StopIteration as stop:
                 result = stop.value
                 break
-            if killed is None and event[3] is not None:  # the first slide is done: kill a busy worker
+            if killed is None and event.row is not None:  # the first slide is done: kill a busy worker
                 busy = [w for w, keys in client.processing().items() if keys] or list(client.processing())
                 killed = busy[0]
                 client.run(die, workers=[killed], wait=False)
@@ -207,7 +208,8 @@ def test_rerun_skips_finished_slides(reference, slides, tmp_path):
     assert (result.done, result.skipped) == (6, 5)
     assert [r["status"] for r in result.rows].count("done") == 1
     _assert_same_results(ref_out, out, [j.id for j in jobs])
-    todo, _ = batch.pending(jobs, out, BatchOptions(device="cpu", outputs=OPTIONS.outputs, threshold=0.3))
+    todo, _ = batch.pending(jobs, out, BatchOptions(device="cpu", outputs=OPTIONS.outputs,
+                                                             segment=SegmentOptions(threshold=0.3)))
     assert len(todo) == 6  # another threshold: earlier results are not reused
 
 

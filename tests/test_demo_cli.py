@@ -38,6 +38,32 @@ def test_segment_command(tmp_path, small_slide, capsys):
     assert dice(mask, truth) >= 0.85
 
 
+def test_segment_writes_the_probability_map_on_the_model_grid(tmp_path, small_slide, capsys, default_model):
+    import tifffile
+
+    from napari_ftu.engine.inference import segment
+
+    rgb, truth, spec = small_slide  # 768 px at 1 µm/px: the model grid is 384 px at 2 µm/px
+    image = write_tiff(tmp_path / "kidney_p.tif", rgb, spec.um_per_px)
+    prob_path = tmp_path / "prob.tif"
+    assert main(["segment", str(image), "--out", str(tmp_path / "p.csv"), "--probability", str(prob_path),
+                 "--device", "cpu", "--json"]) == 0
+    assert str(prob_path) in json.loads(capsys.readouterr().out)["outputs"]
+    prob = tifffile.imread(prob_path)
+    assert prob.dtype == np.float32 and prob.shape == (384, 384) and 0 <= prob.min() and prob.max() <= 1
+    assert read_image(prob_path).um_per_px == pytest.approx(2.0)
+    direct = segment(rgb, default_model, um_per_px=1.0, full_resolution=False).probability
+    np.testing.assert_allclose(prob, direct, atol=1e-6)
+    assert not list(tmp_path.glob(".*part*"))  # written atomically: no temporary left
+
+    before = image.read_bytes()  # an output that is the input is refused, even with --overwrite
+    assert main(["segment", str(image), "--out", str(tmp_path / "q.csv"), "--probability", str(image),
+                 "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("napari-ftu: error:") and "is the input" in err
+    assert image.read_bytes() == before and not (tmp_path / "q.csv").exists()
+
+
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"II*\x00garbage")

@@ -20,6 +20,7 @@ from napari_ftu.errors import FormatError, InputError, ModelError
 from napari_ftu.formats.annotations import Annotations
 from napari_ftu.formats.export import export_annotations, import_annotations
 from napari_ftu.io.images import write_tiff
+from napari_ftu.steps import TileProgress, TrainStep
 from napari_ftu.training.tiles import export_tiles
 
 TINY = ModelCard(encoder="resnet18", arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 4]},
@@ -316,7 +317,7 @@ def test_train_dock_cancel_leaves_no_thread_nor_folder_and_the_next_run_works(vi
     widget.steps.value = 500
     widget.out.value = tmp_path / "cancelled"
     worker = widget.run()
-    worker.yielded.connect(lambda ev: ev[0] == "step" and ev[1] >= 2 and widget.cancel())
+    worker.yielded.connect(lambda ev: isinstance(ev, TrainStep) and ev.step >= 2 and widget.cancel())
     with qtbot.waitSignal(worker.finished, timeout=180_000):
         pass
     assert widget.status.value == "cancelled; nothing saved" and not (tmp_path / "cancelled").exists()
@@ -378,7 +379,7 @@ def test_segment_dock_after_cancel_has_no_result_layers_and_the_next_run_works(m
     widget = _segment_dock(viewer)
     widget.batch.value = 1
     worker = widget.run()
-    worker.yielded.connect(lambda ev: ev[0] == "tile" and ev[1] >= 3 and widget.cancel())
+    worker.yielded.connect(lambda ev: isinstance(ev, TileProgress) and ev.done >= 3 and widget.cancel())
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     assert widget.status.value == "cancelled" and _pool_idle(qtbot) and _closed(worker.pbar)
@@ -425,10 +426,10 @@ def test_segment_dock_out_of_memory_reduces_the_batch_and_completes(viewer_with_
 
 def test_segment_dock_rerun_cancel_restores_the_previous_result_and_edits_are_never_overwritten(
         make_napari_viewer, qtbot, monkeypatch):
-    from napari_ftu._qt import segment
+    from napari_ftu.engine import options
     from napari_ftu.io.synthetic import make_slide
 
-    monkeypatch.setattr(segment, "STORE_ABOVE_PIXELS", 0)  # results in temporary zarr stores, as for slides
+    monkeypatch.setattr(options, "STORE_ABOVE_PIXELS", 0)  # results in temporary zarr stores, as for slides
     viewer = make_napari_viewer()
     big, _, _ = make_slide(2048, 2048, seed=1, um_per_px=2.0)
     viewer.add_image(big, name="kidney", metadata={"um_per_px": 2.0})
@@ -443,7 +444,7 @@ def test_segment_dock_rerun_cancel_restores_the_previous_result_and_edits_are_ne
     edited = labels.data.copy()
     # a second run, cancelled: the previous probability layer comes back as it was
     worker = widget.run()
-    worker.yielded.connect(lambda ev: ev[0] == "tile" and ev[1] >= 3 and widget.cancel())
+    worker.yielded.connect(lambda ev: isinstance(ev, TileProgress) and ev.done >= 3 and widget.cancel())
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     assert widget.status.value == "cancelled"

@@ -3,6 +3,7 @@ import pytest
 
 from napari_ftu.engine.inference import segment, segment_steps
 from napari_ftu.evaluation.metrics import dice
+from napari_ftu.steps import Outputs, TileProgress
 
 
 def test_default_model_finds_glomeruli(small_slide, default_model):
@@ -33,7 +34,7 @@ def test_generator_stops_between_batches(small_slide, default_model):
     steps = segment_steps(rgb, default_model, um_per_px=spec.um_per_px, batch_size=1)
     seen = [next(steps), next(steps), next(steps)]
     steps.close()  # what a cancelled worker does: no further tile is computed
-    assert seen[0] == ("tile", 0, 4) and seen[1][0] == "outputs" and seen[2] == ("tile", 1, 4)
+    assert seen[0] == TileProgress(0, 4) and isinstance(seen[1], Outputs) and seen[2] == TileProgress(1, 4)
     with pytest.raises(StopIteration):
         next(steps)
 

@@ -23,6 +23,22 @@ def test_default_model_card_and_size(default_model):
     for key in ("architecture", "encoder", "classes", "um_per_px", "mean", "std", "threshold"):
         assert key in card
     assert default_model.card.classes == ["glomerulus"]
+    # the built-in model says plainly what it knows: synthetic slides, for the demo
+    domain = default_model.card.trained_on
+    assert "synthetic" in domain["source"] and "demo" in domain["note"] and domain["um_per_px"] == [1.6, 2.4]
+
+
+def test_cards_without_trained_on_still_load(tmp_path):
+    from napari_ftu.engine.models import describe_domain
+
+    data = json.loads(ModelCard().to_json())
+    del data["trained_on"]
+    (tmp_path / "model_card.json").write_text(json.dumps(data))
+    card = ModelCard.read(tmp_path / "model_card.json")
+    assert card.trained_on == {} and describe_domain(card) == "trained on: not stated in the model card"
+    card.trained_on = {"organs": ["kidney", "lung"], "stain": "H&E", "um_per_px": [0.25, 0.5], "note": "HuBMAP."}
+    assert describe_domain(ModelCard.from_dict(json.loads(card.to_json()))) == \
+        "trained on: kidney, lung; H&E; 0.25–0.5 µm/px. HuBMAP."
 
 
 def test_save_and_load_round_trip(tmp_path, tiny_card):
@@ -75,7 +91,13 @@ def test_pickled_code_is_refused_and_not_run(tmp_path, tiny_card):
 
 
 @pytest.mark.parametrize("patch, problem", [({"threshold": 2}, "threshold"), ({"um_per_px": -1}, "um_per_px"),
-                                            ({"bogus": 1}, "unknown fields"), ({"classes": []}, "classes")])
+                                            ({"bogus": 1}, "unknown fields"), ({"classes": []}, "classes"),
+                                            ({"trained_on": "kidney"}, "trained_on"),
+                                            ({"trained_on": {"organ": ["kidney"]}}, "unknown 'trained_on' fields"),
+                                            ({"trained_on": {"organs": "kidney"}}, "trained_on.organs"),
+                                            ({"trained_on": {"stain": 3}}, "trained_on.stain"),
+                                            ({"trained_on": {"um_per_px": [2, 0.5]}}, r"trained_on.um_per_px"),
+                                            ({"trained_on": {"um_per_px": [0, 1]}}, r"trained_on.um_per_px")])
 def test_bad_cards_are_refused(tmp_path, patch, problem):
     data = json.loads(ModelCard().to_json()) | patch
     (tmp_path / "model_card.json").write_text(json.dumps(data))

@@ -22,6 +22,7 @@ from napari_ftu.batch import runner as batch  # noqa: E402
 from napari_ftu.batch.runner import BatchOptions, plan_inputs, run_batch  # noqa: E402
 from napari_ftu.cli import main  # noqa: E402
 from napari_ftu.engine.models import ModelCard, load_model  # noqa: E402
+from napari_ftu.engine.options import SegmentOptions  # noqa: E402
 from napari_ftu.errors import InputError, ModelError  # noqa: E402
 
 # --- TorchScript carries code -------------------------------------------------------------------
@@ -296,7 +297,7 @@ def test_combined_outputs_are_replaced_only_by_their_own_batch_or_with_overwrite
     assert main(args) == 0  # now they are this batch's own: a rerun resumes and rewrites them
     assert "kidney_0" in (fresh / batch.COMBINED).read_text()
     with pytest.raises(InputError, match="other settings"):
-        run_batch(jobs, fresh, BatchOptions(device="cpu", outputs=("rle",), threshold=0.3))
+        run_batch(jobs, fresh, BatchOptions(device="cpu", outputs=("rle",), segment=SegmentOptions(threshold=0.3)))
     os.symlink(copy / "slides" / "kidney_0.tif", copy / "linked")
     (fresh / batch.SUMMARY).unlink()
     os.symlink(copy / "linked", fresh / batch.SUMMARY)  # an output that leads to an input slide

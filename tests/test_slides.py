@@ -40,7 +40,7 @@ def test_flat_tiff_opens_lazily_and_gets_a_pyramid(tmp_path, monkeypatch):
     slide = open_slide(tmp_path / "flat.tif")
     assert slide.flat and len(slide.levels) == 2 and slide.levels[1].shape[:2] == (900, 550)
     events = list(_drain(pyramid_steps(slide, tmp_path / "flat.pyramid.ome.tif")))
-    assert events[-1][1] == events[-1][2] and len(events) == events[-1][2] + 1
+    assert events[-1].done == events[-1].total and len(events) == events[-1].total + 1
     pyr = open_slide(tmp_path / "flat.pyramid.ome.tif")
     assert not pyr.flat and len(pyr.levels) == 2 and pyr.um_per_px == pytest.approx(0.5)
     assert np.abs(pyr.read(0).astype(int) - rgb).mean() < 4

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_ftu.engine import tiling
-from napari_ftu.engine.tiling import BLENDS, Stitcher, read_tile, tile_grid, tile_starts, window_1d
+from napari_ftu.engine.tiling import BLENDS, Stitcher, read_tile, seam_ratio, tile_grid, tile_starts, window_1d
 
 
 def _stitch(image, tile, overlap, blend, keep=None):
@@ -47,14 +47,51 @@ def test_skipped_tiles_leave_zeros_and_the_rest_exact(rng):
     np.testing.assert_array_equal(np.rint(out[0, -150:]), image[0, -150:])
 
 
-def test_window_is_zero_near_inner_edges_only():
-    w = window_1d(96, 128, 1000, 32)  # an inner tile
-    assert (w[:16] == 0).all() and (w[-16:] == 0).all() and (w[16:-16] > 0).all()
-    first = window_1d(0, 128, 1000, 32)
-    assert first[0] > 0 and (first[-16:] == 0).all()
-    assert window_1d(0, 128, 100, 32).shape == (100,)  # clipped to a small image
+@pytest.mark.parametrize("blend", BLENDS)
+def test_window_stays_positive_across_the_overlap(blend):
+    """No pixel switches hard from one tile to the next: every weight is positive, and the share
+    of each tile in the blend changes by a small step per pixel."""
+    length, tile, overlap = 1000, 128, 32
+    starts = tile_starts(length, tile, overlap)
+    for s in starts:
+        assert (window_1d(s, tile, length, overlap, blend) > 0).all()
+    total = np.zeros(length)
+    shares = []
+    for s in starts:
+        w = np.zeros(length)
+        w[s : s + tile] = window_1d(s, tile, length, overlap, blend)
+        shares.append(w)
+        total += w
+    step = max(np.abs(np.diff(w / total)).max() for w in shares)
+    # the old window jumped from 1 to 0 between two pixels; the taper changes by at most about
+    # pi / (2 * overlap) per pixel, the Gaussian's thin tails make a steeper (still soft) change
+    assert step < {"taper": 0.06, "gaussian": 0.35}[blend]
+    assert window_1d(0, 128, 100, 32, blend).shape == (100,)  # clipped to a small image
     with pytest.raises(ValueError, match="blend"):
         window_1d(0, 128, 1000, 32, "median")
+
+
+def test_taper_is_a_cosine_ramp_over_the_real_overlap():
+    length, tile, overlap = 1000, 128, 32
+    starts = tile_starts(length, tile, overlap)  # ..., 864, 872: the last tile overlaps by 120
+    # away from the last two tiles, neighbours' ramps sum to 1 (a partition of unity)
+    for a, b in zip(starts[:-3], starts[1:-2]):
+        left, right = window_1d(a, tile, length, overlap), window_1d(b, tile, length, overlap)
+        np.testing.assert_allclose(left[-overlap:] + right[:overlap], 1, atol=1e-12)
+    inner = window_1d(starts[1], tile, length, overlap)
+    assert (inner[overlap:-overlap] == 1).all() and inner[0] < 0.01
+    assert window_1d(0, tile, length, overlap)[0] == 1  # no neighbour at the image border: full weight
+    last = window_1d(starts[-1], tile, length, overlap)
+    assert last[-1] == 1 and last[starts[-2] + tile - starts[-1] - 1] > 0.99  # ramps over all 120 px
+    assert window_1d(0, tile, length, 0).min() == 1  # no overlap, no ramp
+
+
+def test_seam_ratio_sees_steps_at_the_tile_stride_only(rng):
+    smooth = np.cumsum(rng.random((100, 400)), axis=1) / 400  # real structure: changes everywhere
+    assert seam_ratio(smooth, smooth, 50) == pytest.approx(1)
+    seams = smooth + 0.2 * ((np.arange(400) // 50) % 2)  # value jumps every 50 columns
+    assert seam_ratio(seams, smooth, 50, axis=1) > 3
+    assert seam_ratio(seams, smooth, 50, axis=0) == pytest.approx(1, abs=0.2)  # rows: no seams
 
 
 def test_tiles_cover_and_stay_inside():

@@ -118,14 +118,14 @@ def test_one_image_pair_holds_out_its_right_fifth(small_slide):
 def test_new_model_cards_offer_the_docks_architectures():
     from napari_ftu.engine.models import build_network
     from napari_ftu.errors import OptionError
-    from napari_ftu.training.data import new_card
+    from napari_ftu.training.train import new_model
 
-    card = new_card("FPN", "resnet18", 1.0, "fpn")
-    assert (card.architecture, card.encoder, card.um_per_px, card.arch_kwargs) == ("FPN", "resnet18", 1.0, {})
+    card, state = new_model("FPN", "resnet18", um_per_px=1.0, pretrained=False, name="fpn")
+    assert (card.architecture, card.encoder, card.um_per_px, card.arch_kwargs, state) == ("FPN", "resnet18", 1.0, {},
+                                                                                           None)
     assert type(build_network(card)).__name__ == "FPN"
-    assert new_card().arch_kwargs == ModelCard().arch_kwargs  # a Unet keeps the light decoder
     with pytest.raises(OptionError, match="unknown architecture"):
-        new_card("Transformer9000")
+        new_model("Transformer9000", pretrained=False)
 
 
 def test_cli_trains_on_one_image_pair_with_the_docks_hold_out(tmp_path, small_slide, capsys):
@@ -141,3 +141,147 @@ def test_cli_trains_on_one_image_pair_with_the_docks_hold_out(tmp_path, small_sl
                  "--encoder", "resnet18", "--device", "cpu", "--um-per-px", "1.0"]) == 0
     assert "best validation Dice" in capsys.readouterr().out  # the held-out fifth was validated on
     assert load_model(tmp_path / "m", device="cpu").card.encoder == "resnet18"
+# --- the recipe: budget, augmentation, threshold, CLI ---------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, tick=0.0):
+        self.now, self.tick = 1000.0, tick
+
+    def __call__(self):
+        self.now += self.tick
+        return self.now
+
+
+def test_schedule_fits_the_wall_clock_budget():
+    from napari_ftu.training.train import Schedule
+
+    clock = FakeClock()
+    schedule = Schedule(seconds=100.0, clock=clock)
+    factors, step = [], 0
+    while not schedule.done(step, reserve=5.0):
+        factors.append(schedule.lr_factor(schedule.progress(step)))
+        step += 1
+        clock.now += 0.7  # one training step
+    assert 95.0 <= schedule.elapsed() < 95.7 and step == 136
+    assert schedule.total(step) == round(step / 0.952)  # the forecast from the measured rate
+    assert factors[0] == pytest.approx(0.05) and max(factors) > 0.99 and factors[-1] < 0.05
+    assert np.argmax(factors) < 0.1 * len(factors)  # warm-up, then cosine decay
+    resumed = Schedule(seconds=100.0, clock=clock, elapsed=60.0)  # an interrupted run continues its clock
+    assert resumed.progress(0) == pytest.approx(0.6) and resumed.eta(0) == pytest.approx(40.0)
+    with pytest.raises(ValueError):
+        Schedule(seconds=0)
+
+
+def test_training_for_minutes_stops_within_the_budget(tmp_path):
+    card = ModelCard(encoder="resnet18", arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 4]},
+                     um_per_px=2.0, tile_size=64, overlap=8)
+    samples = synthetic_samples(1, 128, seed=8, card=card)
+    clock = FakeClock(tick=0.25)  # each reading of the clock: a quarter second later
+    _, history = train(samples, samples, card, minutes=0.5, batch_size=2, crop=64, device="cpu", clock=clock,
+                       workers=0)
+    assert 15.0 < history["seconds"] <= 30.0 + 3.0, history["seconds"]  # one step (6 clock readings) past at most
+    assert len(history["val_dice"]) >= 5 and history["steps"] == len(history["loss"])
+
+
+def test_augmentation_keeps_image_and_mask_aligned():
+    from scipy import ndimage as ndi
+
+    from napari_ftu.training.augment import augment, balanced_crop
+
+    rng = np.random.default_rng(1)
+    mask = np.zeros((96, 96), np.uint8)
+    mask[20:50, 30:70] = 1
+    mask[60:90, 10:30] = 1
+    rgb = np.where(mask[..., None] > 0, [120, 40, 110], [235, 215, 230]).astype(np.uint8)  # stained FTU on pale tissue
+    for _ in range(20):
+        img, m = augment(rng, rgb, mask, distort=1.0)
+        assert img.shape == rgb.shape and m.shape == mask.shape and set(np.unique(m)) <= {0, 1}
+        dark = img.mean(-1) < img.mean()
+        inner = ndi.binary_erosion(m, iterations=2) | ndi.binary_erosion(1 - m, iterations=2)  # away from edges
+        assert (dark == (m > 0))[inner].mean() > 0.99
+    crops = [balanced_crop(rng, rgb, mask, 32, positive=k % 2 == 0)[1] for k in range(40)]
+    ftu, background = [c.mean() for c in crops[::2]], [c.mean() for c in crops[1::2]]
+    assert min(ftu) > 0 and np.mean(ftu) > np.mean(background) + 0.2  # crops near FTUs and near background
+
+
+def test_the_threshold_that_maximises_validation_dice_goes_into_the_card(tmp_path):
+    from napari_ftu.training.train import THRESHOLDS, threshold_sweep
+
+    card = ModelCard(encoder="resnet18", arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 4]},
+                     um_per_px=2.0, tile_size=128, overlap=16)
+    samples = synthetic_samples(2, 256, seed=5, card=card)
+    _, history = train(samples, samples[:1], card, out=tmp_path / "m", steps=12, batch_size=2, crop=128,
+                       lr=1e-2, val_every=6, device="cpu", workers=0)
+    loaded = load_model(tmp_path / "m", device="cpu")
+    scores = threshold_sweep(loaded, samples[:1])
+    near = [t for t, d in zip(THRESHOLDS, scores) if d >= scores.max() - 0.01]
+    assert loaded.card.threshold == history["best_threshold"] == near[len(near) // 2]  # the plateau's middle
+    assert scores.max() == pytest.approx(history["best_dice"], abs=1e-6)
+
+
+def _tiles(tmp_path, small_slide):
+    from napari_ftu.formats.export import export_tiles
+
+    rgb, labels, _ = small_slide
+    export_tiles(rgb, labels, tmp_path / "tiles", "s", tile=192, negative_fraction=1.0)
+    return tmp_path / "tiles"
+
+
+def test_cli_train_defaults_to_a_pretrained_encoder_prints_progress_and_resumes(tmp_path, small_slide, capsys):
+    import json
+
+    from napari_ftu.cli import main
+    from napari_ftu.training.train import read_checkpoint
+
+    tiles = _tiles(tmp_path, small_slide)
+    out = tmp_path / "m"
+    args = ["train", "--tiles", str(tiles), "--out", str(out), "--data-um-per-px", "1.0", "--arch", "FPN",
+            "--classes", "glomerulus", "--batch-size", "2", "--crop", "64", "--val-every", "2", "--workers", "1"]
+    assert main(args + ["--steps", "4"]) == 0
+    captured = capsys.readouterr()
+    assert "ImageNet weights" in captured.out and "validation images" in captured.out
+    assert "steps/s" in captured.err and "ETA" in captured.err and "data wait" in captured.err
+    assert "\r" not in captured.err  # plain lines when stderr is not a terminal
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["architecture"] == "FPN" and card["encoder"] == "tu-tf_efficientnet_lite0"
+    assert card["classes"] == ["glomerulus"] and card["notes"]["encoder_weights"]["licence"] == "Apache-2.0"
+    assert card["notes"]["training"]["n_val"] >= 1  # every fifth image held out by default
+    assert read_checkpoint(out)["step"] == 4
+    assert main(args + ["--steps", "6", "--resume"]) == 0
+    assert read_checkpoint(out)["step"] == 6
+    rows = (out / "history.csv").read_text().splitlines()
+    assert len(rows) == 1 + 6  # the first four steps' losses kept from the checkpoint
+
+
+def test_cli_train_refuses_what_it_cannot_do(tmp_path, small_slide, capsys):
+    from napari_ftu.cli import main
+
+    tiles = _tiles(tmp_path, small_slide)
+    base = ["train", "--tiles", str(tiles), "--out", str(tmp_path / "m")]
+    assert main(base + ["--encoder", "resnet18", "--pretrained"]) == 2
+    assert "no offline pretrained weights for encoder 'resnet18'" in capsys.readouterr().err
+    assert main(base + ["--resume"]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+    assert main(base + ["--minutes", "0"]) == 2
+    assert main(base + ["--classes", "a,b"]) == 2
+
+
+def test_progress_bar_redraws_on_a_terminal():
+    import io
+
+    from napari_ftu.steps import TrainStep
+    from napari_ftu.training.progress import ProgressPrinter
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    printer = ProgressPrinter(stream)
+    stats = {"eta": 75.0, "steps_per_s": 1.5, "data_wait": 0.04, "val_dice": 0.812, "loss_avg": 0.3}
+    printer(TrainStep(10, 100, 0.31, stats))
+    printer(TrainStep(11, 100, 0.29, stats))
+    printer.close()
+    text = stream.getvalue()
+    assert text.count("\r") == 2 and "ETA 1:15" in text and "val Dice 0.812" in text and "data wait 4 %" in text

@@ -7,6 +7,7 @@ import pytest
 
 from napari_ftu.evaluation.metrics import dice
 from napari_ftu.io.images import write_tiff
+from napari_ftu.steps import TileProgress, TrainStep
 
 napari = pytest.importorskip("napari")
 
@@ -33,7 +34,7 @@ def test_segment_dock_runs_in_worker(viewer_with_slide, qtbot):
     worker = widget.run()
     assert worker is not None and not widget.run_button.enabled
     tiles = []
-    worker.yielded.connect(lambda ev: ev[0] == "tile" and tiles.append(time.perf_counter()))
+    worker.yielded.connect(lambda ev: isinstance(ev, TileProgress) and tiles.append(time.perf_counter()))
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=120_000)
     # First run: napari creates the result layers (its own cost, 75-330 ms on this 2-core machine
     # with software OpenGL); while the tiles are computed the loop stays free.
@@ -71,7 +72,7 @@ def test_cancel_stops_the_run(make_napari_viewer, qtbot):
     viewer.add_image(rgb, name="kidney", metadata={"um_per_px": 2.0})
     widget = _segment_dock(viewer)
     worker = widget.run()
-    worker.yielded.connect(lambda ev: ev[0] == "tile" and ev[1] >= 4 and widget.cancel())
+    worker.yielded.connect(lambda ev: isinstance(ev, TileProgress) and ev.done >= 4 and widget.cancel())
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     assert widget.status.value == "cancelled"
@@ -107,6 +108,32 @@ def test_segment_dock_runs_torchscript_only_when_trusted(viewer_with_slide, tmp_
     widget.trust.value = False  # unticking forgets the loaded model: refused again
     with pytest.raises(Exception, match="--trust-model"):
         widget._load()
+
+
+def test_segment_dock_shows_what_the_model_was_trained_on(viewer_with_slide, tmp_path):
+    import json
+    import shutil
+
+    from napari_ftu.engine.models import CARD_NAME, ModelCard, default_model_path
+
+    viewer, _ = viewer_with_slide
+    widget = _segment_dock(viewer)
+    assert "synthetic" in widget.domain.value and "demo" in widget.domain.value  # the built-in model
+    folder = tmp_path / "pas_kidney"
+    shutil.copytree(default_model_path(), folder)
+    card = ModelCard.read(folder / CARD_NAME)
+    card.trained_on = {"organs": ["kidney"], "stain": "PAS", "source": "HuBMAP 2021", "um_per_px": [0.5, 0.5]}
+    (folder / CARD_NAME).write_text(card.to_json())
+    widget.add_model(folder)
+    assert widget.domain.value == "trained on: kidney; PAS; 0.5 µm/px; HuBMAP 2021"
+    old = json.loads(card.to_json())
+    del old["trained_on"]  # a card written before the field existed still loads
+    shutil.copytree(default_model_path(), tmp_path / "old_card")
+    (tmp_path / "old_card" / CARD_NAME).write_text(json.dumps(old))
+    widget.add_model(tmp_path / "old_card")
+    assert widget.domain.value == "trained on: not stated in the model card"
+    widget.add_model(tmp_path)  # a folder without a card: the error, and no stale domain
+    assert widget.domain.value.startswith("trained on: (model not loaded)")
 
 
 def test_load_dock_applies_pixel_size_and_reports_bad_files(make_napari_viewer, tmp_path, small_slide):
@@ -356,7 +383,7 @@ def test_train_dock_cancel_saves_nothing(make_napari_viewer, qtbot, tmp_path, sh
     widget.out.value = tmp_path / "never"
     worker = widget.run()
     assert "training on 14 images, validating on 6" in widget.status.value
-    worker.yielded.connect(lambda ev: ev[0] == "step" and ev[1] >= 2 and widget.cancel())
+    worker.yielded.connect(lambda ev: isinstance(ev, TrainStep) and ev.step >= 2 and widget.cancel())
     with qtbot.waitSignal(worker.finished, timeout=180_000):
         pass
     assert widget.status.value == "cancelled; nothing saved" and not (tmp_path / "never").exists()
@@ -376,7 +403,7 @@ def test_load_dock_cancelled_pyramid_leaves_no_file(make_napari_viewer, qtbot, t
     load.open(tmp_path / "flat.tif")
     threads = threading.active_count()
     worker = load.write_pyramid()
-    worker.yielded.connect(lambda ev: ev[1] >= 3 and load.cancel())
+    worker.yielded.connect(lambda ev: ev.done >= 3 and load.cancel())
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
     qtbot.waitUntil(lambda: threading.active_count() <= threads, timeout=10_000)  # writer thread gone
@@ -392,8 +419,8 @@ def test_segment_dock_shows_rows_as_they_finish(viewer_with_slide, qtbot):
 
     def look(event):
         live = "kidney probability (running)"
-        if event[0] == "tile" and live in viewer.layers:
-            seen.append((event[1], event[2], float(np.asarray(viewer.layers[live].data).max())))
+        if isinstance(event, TileProgress) and live in viewer.layers:
+            seen.append((event.done, event.total, float(np.asarray(viewer.layers[live].data).max())))
 
     worker = widget.run()
     worker.yielded.connect(look)

@@ -26,15 +26,13 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from napari.qt.threading import create_worker
-from napari.utils import progress
 from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
 from napari_ftu._qt.common import Dock, level0, level0_array, plot_canvas
-from napari_ftu._qt.jobs import start_job
-from napari_ftu.errors import FormatError, ModelError
+from napari_ftu._qt.jobs import call_steps, start_job
+from napari_ftu.errors import FormatError, ModelError, OptionError
 from napari_ftu.evaluation.compare import ONLY_A, ONLY_B, compare, object_scores, write_comparison
 from napari_ftu.evaluation.evaluate import (
     FN,
@@ -167,13 +165,11 @@ class DebugWidget(Dock):
         scores = object_scores(pred, prob, pred_layer.features)
         other_scores = object_scores(other, prob, other_layer.features) if other_layer is not None else {}
         self.status.value = "evaluating …"
-        self.worker = create_worker(compare, pred, truth, other, prob, self.iou.value, scores, other_scores,
-                                    self.mode.value == "pixels", _start_thread=False)
-        self.worker.returned.connect(lambda out: self._show(out, pred_layer, truth_layer))
-        self.worker.errored.connect(self._fail)
-        self.worker.finished.connect(self._evaluated)
         self.evaluate_button.enabled = False
-        self.worker.start()
+        self.worker = start_job(call_steps(compare, pred, truth, other, prob, self.iou.value, scores, other_scores,
+                                           self.mode.value == "pixels"), "Evaluating",
+                                on_done=lambda out: self._show(out, pred_layer, truth_layer), on_error=self._fail,
+                                on_finished=self._evaluated)
         return self.worker
 
     def _evaluated(self):
@@ -264,17 +260,22 @@ class DebugWidget(Dock):
     # --- uncertainty and tiles ---------------------------------------------------------------------
     def uncertainty(self):
         """Run the model with test-time augmentation in a worker; add the views' disagreement."""
-        from napari_ftu.engine.inference import segment_steps
         from napari_ftu.engine.models import cached_model
+        from napari_ftu.engine.options import SegmentOptions, check_positive
+        from napari_ftu.engine.run import segment_slide_steps
 
         layer = self.image.value
         if layer is None:
             return self._fail("choose the image to run the model on")
         try:
             model = cached_model(None, device="auto")
-        except ModelError as exc:
+            options = SegmentOptions(tta=True)
+            options.resolve(model.card)  # bad options or pixel size: refused here, not in the worker
+            um = check_positive(layer.metadata.get("um_per_px"), f"{layer.name}: µm/px")
+        except (ModelError, OptionError) as exc:
             return self._fail(exc)
-        steps = segment_steps(level0_array(layer), model, um_per_px=layer.metadata.get("um_per_px"), tta=True)
+        data = list(layer.data) if layer.multiscale else layer.data
+        steps = segment_slide_steps(data, model, options, um_per_px=um, pyramid_view=layer.multiscale)
         self.bar.visible = True
         self.uncertainty_button.enabled = False
         self.status.value = f"running the model with TTA on {model.device} …"
@@ -293,6 +294,10 @@ class DebugWidget(Dock):
                                scale=[s * factor for s in layer.scale[-2:]], translate=layer.translate[-2:])
         self.status.value = f"TTA uncertainty: mean {unc.mean():.4f}, max {unc.max():.3f}"
         show_info(self.status.value)
+        if seg.store is not None:  # a temporary store: the layer holds the numbers now
+            import shutil
+
+            shutil.rmtree(Path(seg.store).parent, ignore_errors=True)
 
     def _tta_finished(self):
         self.bar.visible = False
@@ -338,13 +343,8 @@ class DebugWidget(Dock):
         if str(pred) in ("", ".") or str(truth) in ("", "."):
             return self._fail("choose the dataset's predictions and ground truth")
         self.status.value = "evaluating the dataset …"
-        self.worker_data = create_worker(evaluate_paths, pred, truth, iou_threshold=self.iou.value,
-                                         _start_thread=False)
-        self._data_pbar = progress(total=0, desc="Evaluating dataset")
-        self.worker_data.returned.connect(self._dataset_done)
-        self.worker_data.errored.connect(self._fail)
-        self.worker_data.finished.connect(lambda: self._data_pbar.close())
-        self.worker_data.start()
+        self.worker_data = start_job(call_steps(evaluate_paths, pred, truth, iou_threshold=self.iou.value),
+                                     "Evaluating dataset", on_done=self._dataset_done, on_error=self._fail)
         return self.worker_data
 
     def _dataset_done(self, result):

@@ -1,7 +1,8 @@
 """Running a core progress generator in napari's worker thread, the same way in every dock.
 
-The generator yields ``(kind, done, total, ...)`` events; those of a progress kind move napari's
-progress bar (and the dock's own bar, if given). Whatever happens, the generator is closed
+The generator yields typed events (:mod:`napari_ftu.steps`); :class:`~napari_ftu.steps.Progress`
+events move napari's progress bar (and the dock's own bar, if given, labelled with the unit).
+Whatever happens, the generator is closed
 (which stops any helper thread it started) and the progress bar closes.
 
 superqt treats a ``RuntimeError`` escaping a generator worker as "the worker object was
@@ -15,11 +16,18 @@ from __future__ import annotations
 from napari.qt.threading import create_worker
 from napari.utils import progress
 
-PROGRESS_KINDS = ("tile", "label", "step")
+from napari_ftu.steps import Progress
 
 
 class JobError(Exception):
     """A RuntimeError from the work, carried past superqt's special case."""
+
+
+def call_steps(function, *args, **kwargs):
+    """A plain call as a job without progress events, so that it runs through :func:`start_job`
+    (its error handling and progress bar) like every other job."""
+    return function(*args, **kwargs)
+    yield  # unreachable: makes this function a generator
 
 
 def start_job(steps, description: str, *, on_event=None, on_done=None, on_error=None, on_abort=None,
@@ -36,11 +44,11 @@ def start_job(steps, description: str, *, on_event=None, on_done=None, on_error=
     pbar = progress(total=total, desc=description)
 
     def event(ev):
-        if isinstance(ev, tuple) and len(ev) >= 3 and ev[0] in PROGRESS_KINDS:
-            pbar.total, pbar.n = ev[2], ev[1]
+        if isinstance(ev, Progress):
+            pbar.total, pbar.n = ev.total, ev.done
             pbar.refresh()
             if bar is not None:
-                bar.max, bar.value = max(ev[2], 1), ev[1]
+                bar.max, bar.value = max(ev.total, 1), ev.done
         if on_event is not None:
             on_event(ev)
 

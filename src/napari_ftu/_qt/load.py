@@ -174,10 +174,10 @@ class LoadWidget(Dock):
         self.batch_button.enabled, self.cancel_button.enabled = False, True
 
         def on_event(event):
-            row = event[3]
+            row = event.row
             if row is not None:
                 what = f"{row['n_objects']} objects" if row["status"] != "failed" else f"failed: {row['error']}"
-                self.status.value = f"batch {event[1]}/{event[2]}: {row['id']} {what}"
+                self.status.value = f"batch {event.done}/{event.total}: {row['id']} {what}"
 
         def on_done(result):
             s = result.summary()

@@ -26,13 +26,22 @@ from napari.utils.notifications import show_info
 from napari_ftu._qt.common import Dock, special
 from napari_ftu._qt.jobs import start_job
 from napari_ftu._qt.state import is_edited, mark_edited, state_of
-from napari_ftu.engine.inference import relabel_steps, segment_steps
-from napari_ftu.engine.models import CARD_NAME, ModelCard, cached_model, default_model_path
-from napari_ftu.errors import ModelError
+from napari_ftu.engine.inference import relabel_steps
+from napari_ftu.engine.models import (
+    CARD_NAME,
+    MAX_TILE_SIZE,
+    ModelCard,
+    cached_model,
+    default_model_path,
+    describe_domain,
+)
+from napari_ftu.engine.options import MAX_BATCH_SIZE, MIN_TILE_SIZE, SegmentOptions, check_positive
+from napari_ftu.engine.run import segment_slide_steps
+from napari_ftu.errors import ModelError, OptionError
 from napari_ftu.formats.annotations import layer_features
+from napari_ftu.steps import Band, LabelProgress, Outputs, TileProgress
 
 DEFAULT_MODEL = "built-in: synthetic kidney glomeruli"
-STORE_ABOVE_PIXELS = 64e6  # model-grid outputs larger than this stream into a zarr store on disk
 REFRESH_EVERY_S = 0.25  # progressive display: redraw at most this often
 
 
@@ -51,17 +60,20 @@ class SegmentWidget(Dock):
         atexit.register(_delete_stores, self._stores)
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.model = ComboBox(label="model", choices=[DEFAULT_MODEL], value=DEFAULT_MODEL)
+        # what the chosen model was trained on (its card's trained_on), so nobody mistakes the domain
+        self.domain = Label(value=describe_domain(ModelCard.read(default_model_path() / CARD_NAME)))
+        self.domain.native.setWordWrap(True)
         self.browse = PushButton(text="Add model folder…")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.trust = CheckBox(text="Trust model code (TorchScript runs its own code)", value=False,
                               tooltip="a TorchScript model can read and write your files; tick only for "
                                       "models from a source you trust")
-        self.tile = SpinBox(label="tile size", value=0, min=0, max=4096, step=32,
-                            tooltip="lowest value = the model card's tile size")
-        self.overlap = SpinBox(label="overlap", value=-1, min=-1, max=2048, step=8,
-                               tooltip="lowest value = the model card's overlap")
+        self.tile = SpinBox(label="tile size", value=0, min=0, max=MAX_TILE_SIZE, step=32,
+                            tooltip=f"auto = the model card's tile size; else {MIN_TILE_SIZE} to {MAX_TILE_SIZE}")
+        self.overlap = SpinBox(label="overlap", value=-1, min=-1, max=MAX_TILE_SIZE - 1, step=8,
+                               tooltip="auto = the model card's overlap; always smaller than the tile size")
         self._show_card_defaults(ModelCard.read(default_model_path() / CARD_NAME))
-        self.batch = SpinBox(label="batch size", value=4, min=1, max=256,
+        self.batch = SpinBox(label="batch size", value=4, min=1, max=MAX_BATCH_SIZE,
                              tooltip="tiles per model call; halved automatically if the GPU runs out of memory")
         self.skip_glass = CheckBox(text="skip glass (background) tiles", value=True)
         self.tta = CheckBox(text="test-time augmentation (4 views, adds an uncertainty layer)", value=False)
@@ -72,14 +84,15 @@ class SegmentWidget(Dock):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.bar = ProgressBar(label="tiles", value=0, min=0, max=1)
         self.status = Label(value="device: not loaded yet")
-        self.extend([self.image, self.model, self.browse, self.device, self.trust, self.tile, self.overlap,
-                     self.batch, self.skip_glass, self.tta, self.split, self.threshold, self.run_button,
+        self.extend([self.image, self.model, self.domain, self.browse, self.device, self.trust, self.tile,
+                     self.overlap, self.batch, self.skip_glass, self.tta, self.split, self.threshold, self.run_button,
                      self.cancel_button, self.bar, self.status])
         self.browse.changed.connect(self._browse)
         self.model.changed.connect(self._model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.threshold.changed.connect(self._threshold_moved)
+        self.tile.changed.connect(self._tile_changed)
         self.state = state_of(viewer)
         self.state.events.models.connect(self._models_saved)
 
@@ -108,8 +121,10 @@ class SegmentWidget(Dock):
         try:
             card = self._load().card
         except ModelError as exc:
+            self.domain.value = "trained on: (model not loaded)"
             return self._fail(exc)
-        self.threshold.value = card.threshold
+        self.threshold.value = SegmentOptions().resolve(card).threshold  # the card's, for its class
+        self.domain.value = describe_domain(card)
         self._show_card_defaults(card)
 
     def _show_card_defaults(self, card):
@@ -119,6 +134,21 @@ class SegmentWidget(Dock):
 
     def _load(self):
         return cached_model(self._paths[self.model.value], device=self.device.value, trust_code=self.trust.value)
+
+    def _tile_changed(self, value):
+        """Keep the spin boxes valid: a tile is 0 (the card's) or at least MIN_TILE_SIZE, and
+        the overlap stays below it."""
+        if 0 < value < MIN_TILE_SIZE:
+            self.tile.value = MIN_TILE_SIZE
+            return
+        self.overlap.max = (value or MAX_TILE_SIZE) - 1
+
+    def options(self) -> SegmentOptions:
+        """The run options the widgets show (``None`` where the card decides)."""
+        return SegmentOptions(tile_size=self.tile.value or None,
+                              overlap=None if self.overlap.value < 0 else self.overlap.value,
+                              threshold=self.threshold.value, batch_size=self.batch.value, tta=self.tta.value,
+                              skip_background=self.skip_glass.value, watershed=self.split.value)
 
     # --- running --------------------------------------------------------------------------
     def run(self):
@@ -131,30 +161,19 @@ class SegmentWidget(Dock):
             return None
         try:
             model = self._load()
-        except (ModelError, ValueError) as exc:
+            options = self.options()
+            options.resolve(model.card)  # refused here, not in the worker
+            um = check_positive(layer.metadata.get("um_per_px"), f"{layer.name}: µm/px")
+        except (ModelError, OptionError, ValueError) as exc:
             self._fail(exc)
             return None
         data = list(layer.data) if layer.multiscale else layer.data
-        um = layer.metadata.get("um_per_px")
-        base = data[0] if layer.multiscale else data
-        grid_px = np.prod(base.shape[:2]) * ((um / model.card.um_per_px) ** 2 if um else 1.0)
-        store = None
-        if layer.multiscale or grid_px > STORE_ABOVE_PIXELS:
-            store = Path(tempfile.mkdtemp(prefix="napari-ftu-")) / f"{layer.name}.zarr"
-            self._stores.append(store)
-        self._store = store
-        steps = segment_steps(
-            data, model,
-            um_per_px=um,
-            tile_size=self.tile.value or None,
-            overlap=None if self.overlap.value < 0 else self.overlap.value,
-            threshold=self.threshold.value,
-            batch_size=self.batch.value,
-            tta=self.tta.value,
-            skip_background=self.skip_glass.value,
-            watershed=self.split.value,
-            store=store,
-        )
+        # where a store goes if the size rules call for one (the core decides; deleted once unused)
+        store = Path(tempfile.mkdtemp(prefix="napari-ftu-")) / f"{layer.name}.zarr"
+        self._stores.append(store)
+        self._store = None  # set when the run's outputs turn out to be in that store
+        self._pending_store = store
+        steps = segment_slide_steps(data, model, options, um_per_px=um, store=store, pyramid_view=layer.multiscale)
         self.status.value = f"running on {model.device} …"
         self._live = None
         self._last_refresh = 0.0
@@ -175,16 +194,17 @@ class SegmentWidget(Dock):
             self.worker.quit()
 
     def _on_event(self, layer, event):
-        kind, a, b = event
-        if kind == "outputs":
-            self._live = self._add_probability(layer, a, b)
-        elif kind == "band":
+        if isinstance(event, Outputs):
+            if not isinstance(event.probability, np.ndarray):
+                self._store = self._pending_store
+            self._live = self._add_probability(layer, event.probability, event.downsample)
+        elif isinstance(event, Band):
             now = time.perf_counter()
             if self._live is not None and now - self._last_refresh > REFRESH_EVERY_S:
                 self._live.refresh()
                 self._last_refresh = now
-        else:  # "tile" or "label" progress; the job moves the bars
-            self.bar.label = "tiles" if kind == "tile" else "objects"
+        elif isinstance(event, (TileProgress, LabelProgress)):  # the job moves the bars
+            self.bar.label = event.unit
 
     def _add_probability(self, layer, prob, downsample):
         """The live layer keeps a temporary name until the run succeeds. A previous result's

@@ -12,6 +12,7 @@ from pathlib import Path
 import napari
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     FileEdit,
     FloatSpinBox,
@@ -28,11 +29,12 @@ from napari_ftu._qt.common import Dock, level0, plot_canvas, special
 from napari_ftu._qt.jobs import start_job
 from napari_ftu._qt.state import state_of
 from napari_ftu.errors import FTUError, OptionError
-from napari_ftu.training.data import ARCHITECTURES, ENCODERS, folder_split, new_card, pair_split, start_from
-from napari_ftu.training.train import train_steps
+from napari_ftu.steps import TrainStep, Validation
+from napari_ftu.training.data import ARCHITECTURES, ENCODERS, folder_split, pair_split, start_from
+from napari_ftu.training.train import new_model, train_steps
 
 SOURCES = ["dataset folder", "layers in the viewer"]
-START = ["fine-tune the built-in model", "fine-tune a model folder", "new model"]
+START = ["new model", "fine-tune the built-in model", "fine-tune a model folder"]
 
 
 class TrainWidget(Dock):
@@ -51,7 +53,11 @@ class TrainWidget(Dock):
         self.base = FileEdit(label="model folder", mode="d")
         self.architecture = ComboBox(label="architecture", choices=list(ARCHITECTURES), value="Unet")
         self.encoder = ComboBox(label="encoder", choices=list(ENCODERS), value=ENCODERS[0])
+        self.pretrained = CheckBox(label="ImageNet encoder", value=True,
+                                   tooltip="start from offline ImageNet weights (EfficientNet-Lite encoders)")
         self.um_per_px = FloatSpinBox(label="model µm/px", value=2.0, min=0.05, max=50.0, step=0.05)
+        self.minutes = FloatSpinBox(label="minutes", value=0.0, min=0.0, max=10000.0, step=1.0,
+                                    tooltip="wall-clock budget (the schedule fits it); 0 = train for the steps below")
         self.steps = SpinBox(label="steps", value=300, min=1, max=100000, step=50)
         self.batch = SpinBox(label="batch size", value=8, min=1, max=256)
         self.crop = SpinBox(label="crop", value=256, min=32, max=2048, step=32)
@@ -66,7 +72,8 @@ class TrainWidget(Dock):
         self.bar = ProgressBar(label="steps", value=0, min=0, max=1)
         self.status = Label(value="")
         self.extend([self.source, self.folder, self.val_match, self.image, self.labels, self.start, self.base,
-                     self.architecture, self.encoder, self.um_per_px, self.steps, self.batch, self.crop, self.lr,
+                     self.architecture, self.encoder, self.pretrained, self.um_per_px, self.minutes, self.steps,
+                     self.batch, self.crop, self.lr,
                      self.patience, self.device, self.out, self.train_button, self.cancel_button, self.bar,
                      self.status])
         self._figure, self._canvas = plot_canvas()
@@ -98,13 +105,14 @@ class TrainWidget(Dock):
         self.image.visible = self.labels.visible = not from_folder
         new = self.start.value == "new model"
         self.base.visible = self.start.value == "fine-tune a model folder"
-        self.architecture.visible = self.encoder.visible = self.um_per_px.visible = new
+        self.architecture.visible = self.encoder.visible = self.pretrained.visible = self.um_per_px.visible = new
 
     def _card_and_weights(self):
         name = Path(self.out.value).name
         if self.start.value == "new model":
-            return new_card(self.architecture.value, self.encoder.value, self.um_per_px.value, name, {}), None
-        return start_from(None if self.start.value == START[0] else Path(self.base.value), name)
+            return new_model(self.architecture.value, self.encoder.value, um_per_px=self.um_per_px.value,
+                             pretrained=None if self.pretrained.value else False, name=name)
+        return start_from(None if self.start.value == "fine-tune the built-in model" else Path(self.base.value), name)
 
     def _data(self, card):
         if self.source.value == SOURCES[0]:
@@ -123,9 +131,11 @@ class TrainWidget(Dock):
             return self._fail(exc)
         self.history = {"loss": [], "val": []}
         out = Path(self.out.value)
+        minutes = self.minutes.value or None
         steps = train_steps(train_set, val_set, card, steps=self.steps.value, batch_size=self.batch.value,
                             crop=self.crop.value, lr=self.lr.value, device=self.device.value, init_state=weights,
-                            val_every=max(1, min(50, self.steps.value // 4)), patience=self.patience.value, out=out)
+                            val_every=None if minutes else max(1, min(50, self.steps.value // 4)),
+                            patience=self.patience.value, out=out, minutes=minutes)
         self.train_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = f"training on {len(train_set)} images, validating on {len(val_set)} …"
         self.worker = start_job(
@@ -139,13 +149,18 @@ class TrainWidget(Dock):
             self.worker.quit()
 
     def _on_event(self, event):
-        if event[0] == "step":
-            _, step, total, loss = event
-            self.history["loss"].append(loss)
-        else:
-            self.history["val"].append((event[1], event[2]))
-            self.status.value = f"step {event[1]}: validation Dice {event[2]:.3f}"
-        if event[0] == "val" or event[1] % 10 == 0:
+        if isinstance(event, TrainStep):
+            self.history["loss"].append(event.loss)
+            stats = event.stats
+            if stats.get("eta") == stats.get("eta"):  # not NaN
+                last = stats.get("val_dice")
+                self.status.value = (f"step {event.step}/~{event.total}, {stats['steps_per_s']:.2f} steps/s, "
+                                     f"ETA {stats['eta'] / 60:.1f} min"
+                                     + (f", validation Dice {last:.3f}" if last is not None else ""))
+        elif isinstance(event, Validation):
+            self.history["val"].append((event.step, event.dice))
+            self.status.value = f"step {event.step}: validation Dice {event.dice:.3f}"
+        if isinstance(event, Validation) or (isinstance(event, TrainStep) and event.step % 10 == 0):
             _draw(self._figure, self._canvas, self.history)
 
     def _on_done(self, out: Path, result):

@@ -35,10 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from napari_ftu.atomic import write_text
+from napari_ftu.engine.options import BAND_ABOVE_PIXELS, BAND_PIXELS, SegmentOptions, check_positive, plan_outputs
 from napari_ftu.errors import FormatError, InputError, OptionError
 from napari_ftu.formats.annotations import Annotations, safe_id
 from napari_ftu.formats.datasets import DONE, SUMMARY
 from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES, file_stem
+from napari_ftu.steps import BatchProgress
 
 RUN = "batch.json"  # the settings of the batch that wrote this folder and hashes of its combined outputs
 COMBINED = "predictions.csv"
@@ -47,8 +49,6 @@ DEFAULT_OUTPUTS = ("rle", "labels")
 DEFAULT_EXCLUDE = ("*_labels.*", "*_mask.*", "*_masks.*", ".*")
 SUMMARY_COLUMNS = ["id", "status", "n_objects", "height", "width", "megapixels", "um_per_px", "downsample",
                    "bands", "tiles", "seconds", "attempts", "worker", "error", "source"]
-BAND_ABOVE_PX = 400e6  # slides with more pixels than this are split into row bands (the engine's in-memory limit)
-BAND_PIXELS = 64e6  # model-grid pixels per band
 
 
 @dataclass(frozen=True)
@@ -69,16 +69,9 @@ class BatchOptions:
     model: str | None = None
     device: str = "auto"
     precision: str = "auto"
-    tile_size: int | None = None
-    overlap: int | None = None
-    threshold: float | None = None
-    batch_size: int = 4
-    tta: bool = False
-    blend: str = "gaussian"
-    skip_background: bool = True
-    watershed: bool = False
+    segment: SegmentOptions = field(default_factory=SegmentOptions)  # the same options as one image's
     outputs: tuple = DEFAULT_OUTPUTS
-    band_above_px: float = BAND_ABOVE_PX
+    band_above_px: float = BAND_ABOVE_PIXELS
     band_pixels: float = BAND_PIXELS
     threads: int = 1  # torch threads per slide task: float results are identical only for equal counts
     trust_model: bool = False  # the user consents to running a TorchScript model's code
@@ -88,12 +81,23 @@ class BatchOptions:
         bad = [o for o in self.outputs if o not in OUTPUTS]
         if bad or not self.outputs:
             raise OptionError(f"unknown outputs {bad}; choose from {', '.join(OUTPUTS)}")
+        if not isinstance(self.segment, SegmentOptions):
+            raise OptionError(f"segment options must be SegmentOptions, got {type(self.segment).__name__}")
+        from napari_ftu.engine.options import check_int
+
+        check_int(self.threads, "threads", 1, 1024)
+        for name in ("band_above_px", "band_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise OptionError(f"{name.replace('_', ' ')} must be a finite number > 0, got {value!r}")
 
     def signature(self) -> dict:
         """What decides a slide's result: a marker written under other settings is not reused."""
         sig = asdict(self)
-        for key in ("device", "batch_size", "band_above_px", "band_pixels", "trust_model"):  # not results
+        for key in ("device", "band_above_px", "band_pixels", "segment", "trust_model"):  # not results
             sig.pop(key)
+        sig.update(self.segment.signature())
         sig["outputs"] = list(self.outputs)
         sig["model"] = str(Path(self.model).resolve()) if self.model else None
         return sig
@@ -192,7 +196,7 @@ def _csv_jobs(path: Path, images) -> list[SlideJob]:
     for n, row in enumerate(rows, start=2):
         try:
             image_id = safe_id(row["id"])
-            um = float(row["pixel_size"]) if row.get("pixel_size") else None
+            um = check_positive(row["pixel_size"], "pixel_size") if row.get("pixel_size") else None
         except (FormatError, ValueError) as exc:
             raise InputError(f"{path}, line {n}: {exc}") from None
         meta = {k: row[k] for k in ("organ", "data_source", "pixel_size") if row.get(k)}
@@ -285,12 +289,6 @@ def _model(options: BatchOptions):
                         trust_code=options.trust_model)
 
 
-def _engine_kwargs(options: BatchOptions) -> dict:
-    return dict(tile_size=options.tile_size, overlap=options.overlap, threshold=options.threshold,
-                batch_size=options.batch_size, tta=options.tta, blend=options.blend,
-                skip_background=options.skip_background)
-
-
 def _worker_name() -> str:
     try:
         from distributed import get_worker
@@ -304,22 +302,22 @@ def segment_slide(job: SlideJob, out: str, options: BatchOptions) -> dict:
     """Segment one slide at full resolution and write its outputs; returns its summary row.
 
     The model is loaded once per worker process. Raises on failure (Dask retries the task)."""
-    from napari_ftu.engine.inference import segment
-    from napari_ftu.io.slides import open_slide
+    from napari_ftu.engine.run import STORE_NAME, segment_slide_steps
+    from napari_ftu.steps import drain
 
     start = time.perf_counter()
     model = _model(options)
-    slide = open_slide(job.path)
+    store = Path(out) / job.id / STORE_NAME  # used only when the size rules call for a store
+    store.parent.mkdir(parents=True, exist_ok=True)
     try:
-        um = job.um_per_px or slide.um_per_px
         with _torch_threads(options.threads):
-            seg = segment(slide.levels, model, um_per_px=um, full_resolution=True, watershed=options.watershed,
-                          **_engine_kwargs(options))
+            seg = drain(segment_slide_steps(job.path, model, options.segment, um_per_px=job.um_per_px, store=store))
+        um = seg.um_per_px / seg.downsample if seg.um_per_px else None  # of the slide
+        info = {"height": seg.image_shape[0], "width": seg.image_shape[1], "um_per_px": um,
+                "downsample": round(seg.downsample, 6), "bands": 1, "tiles": seg.n_tiles}
+        return _write_outputs(job, Path(out), options, seg.labels, seg.objects, seg.um_per_px, info, start)
     finally:
-        slide.close()
-    info = {"height": slide.size[0], "width": slide.size[1], "um_per_px": um, "downsample": 1.0, "bands": 1,
-            "tiles": seg.n_tiles}
-    return _write_outputs(job, Path(out), options, seg.labels, seg.objects, seg.um_per_px, info, start)
+        shutil.rmtree(store, ignore_errors=True)
 
 
 def _write_outputs(job, out: Path, options, labels, objects, out_um, info: dict, start: float) -> dict:
@@ -431,16 +429,16 @@ def band_plan(job: SlideJob, out, options: BatchOptions, create: bool = True) ->
     from napari_ftu.engine.tile_source import TileSource
     from napari_ftu.io.slides import open_slide
 
-    slide = open_slide(job.path)
+    slide = open_slide(job.path, um_per_px=job.um_per_px)
     try:
-        if slide.size[0] * slide.size[1] <= options.band_above_px:
-            return None
+        if not plan_outputs(slide.size, slide.size, band_above=options.band_above_px).banded:
+            return None  # (banding depends on the slide's size only: no model needed to know)
         card = _card(options)
-        source = TileSource(slide.levels, job.um_per_px or slide.um_per_px, card.um_per_px)
+        source = TileSource(slide.levels, slide.um_per_px, card.um_per_px)
     finally:
         slide.close()
-    tile = int(options.tile_size or card.tile_size)
-    overlap = int(card.overlap if options.overlap is None else options.overlap)
+    resolved = options.segment.resolve(card)
+    tile, overlap = resolved.tile_size, resolved.overlap
     band_rows = max(tile, int(options.band_pixels // max(source.shape[1], 1)))
     cores, spans = plan_bands(source.shape, tile, overlap, band_rows)
     store = Path(out) / job.id / "bands.zarr"
@@ -476,20 +474,19 @@ def segment_band(job: SlideJob, options: BatchOptions, plan: BandPlan, index: in
 
     start = time.perf_counter()
     model = _model(options)
-    slide = open_slide(job.path)
+    slide = open_slide(job.path, um_per_px=job.um_per_px)
     try:
-        um = job.um_per_px or slide.um_per_px
-        source = TileSource(slide.levels, um, model.card.um_per_px)
+        source = TileSource(slide.levels, slide.um_per_px, model.card.um_per_px)
         s0, s1 = plan.spans[index]
         c0, c1 = plan.cores[index]
         levels = [_ModelGridRows(source, s0, s1)]
-        if options.skip_background:  # the band's rows of the slide's coarsest level, for tissue detection
+        if options.segment.skip_background:  # the band's rows of the slide's coarsest level, for tissue detection
             coarse = slide.levels[-1]
             per_row = coarse.shape[0] / source.shape[0]  # coarse rows per model row
             r0, r1 = int(math.floor(s0 * per_row)), max(int(math.ceil(s1 * per_row)), int(math.floor(s0 * per_row)) + 1)
             levels.append(_RowCrop(coarse, r0, min(r1, coarse.shape[0]), source._rgb))
         with _torch_threads(options.threads):
-            seg = segment(levels, model, um_per_px=None, full_resolution=False, **_engine_kwargs(options))
+            seg = segment(levels, model, options.segment, um_per_px=None, full_resolution=False)
     finally:
         slide.close()
     prob = seg.probability if seg.probability.ndim == 3 else seg.probability[None]
@@ -511,17 +508,17 @@ def finish_bands(job: SlideJob, out: str, options: BatchOptions, plan: BandPlan,
     group = zarr.open_group(plan.store, mode="r+")
     from napari_ftu.io.slides import open_slide
 
-    slide = open_slide(job.path)
-    size, um = slide.size, job.um_per_px or slide.um_per_px
+    slide = open_slide(job.path, um_per_px=job.um_per_px)
+    size, um = slide.size, slide.um_per_px
     slide.close()
     out_um = um / plan.factor if um else None
-    class_index = 0
-    threshold = card.threshold_for(card.classes[class_index]) if options.threshold is None else options.threshold
+    resolved = options.segment.resolve(card)
     prob = group["probability"]
     seg = Segmentation(probability=prob, labels=group["labels"],
                        prob_scale=255.0, downsample=1.0 / plan.factor, um_per_px=out_um,
-                       min_area_px=int(card.min_object_um2 / (out_um or card.um_per_px) ** 2), class_index=class_index)
-    objects = drain(relabel_steps(seg, threshold, watershed=options.watershed))
+                       min_area_px=int(resolved.min_object_um2 / (out_um or card.um_per_px) ** 2),
+                       class_index=resolved.class_index)
+    objects = drain(relabel_steps(seg, resolved.threshold, watershed=resolved.watershed))
     info = {"height": size[0], "width": size[1], "um_per_px": um, "downsample": round(1.0 / plan.factor, 6),
             "bands": len(bands), "tiles": sum(b["tiles"] for b in bands)}
     row = _write_outputs(job, Path(out), options, group["labels"], objects, out_um, info, start)
@@ -680,7 +677,7 @@ def batch_client(scheduler: str | SchedulerAccess | None = None, n_workers: int 
 def batch_steps(jobs, out, options: BatchOptions | None = None, client=None,
                 scheduler: str | SchedulerAccess | None = None,
                 workers: int | None = 0, retries: int = 2, overwrite: bool = False):
-    """Segment ``jobs`` into ``out``, yielding ``("step", finished, total, row)`` per slide and
+    """Segment ``jobs`` into ``out``, yielding :class:`~napari_ftu.steps.BatchProgress` per slide and
     returning a :class:`BatchResult`.
 
     ``client`` (a ``distributed.Client``) runs the slides there; else ``scheduler`` attaches to a
@@ -703,12 +700,12 @@ def batch_steps(jobs, out, options: BatchOptions | None = None, client=None,
     todo, done_rows = pending(jobs, out, options)
     rows = {r["id"]: {**r, "status": "skipped"} for r in done_rows}
     total = len(jobs)
-    yield ("step", len(rows), total, None)
+    yield BatchProgress(len(rows), total, None)
     n_workers = 0
     if client is None and not scheduler and workers == 0:
         for job in todo:
             rows[job.id] = _in_process(job, out, options, retries)
-            yield ("step", len(rows), total, rows[job.id])
+            yield BatchProgress(len(rows), total, rows[job.id])
     else:
         with contextlib.ExitStack() as stack:
             if client is None:
@@ -730,7 +727,8 @@ def run_batch(jobs, out, options: BatchOptions | None = None, progress=None, **k
     """:func:`batch_steps` to the end; ``progress(finished, total, row)`` after each slide."""
     from napari_ftu.steps import drain
 
-    return drain(batch_steps(jobs, out, options, **kwargs), None if progress is None else lambda e: progress(*e[1:]))
+    return drain(batch_steps(jobs, out, options, **kwargs),
+                 None if progress is None else lambda e: progress(e.done, e.total, e.row))
 
 
 def _in_process(job, out, options, retries) -> dict:
@@ -768,7 +766,7 @@ def _on_cluster(client, todo, out, options, retries, rows, total):
                 rows[job.id] = fut.result()
             except Exception as exc:  # a failed or killed task: reported, the rest goes on
                 rows[job.id] = _failed(job, _describe(exc, job), retries + 1)
-            yield ("step", len(rows), total, rows[job.id])
+            yield BatchProgress(len(rows), total, rows[job.id])
     finally:
         if futures:
             client.cancel(list(futures))

@@ -12,10 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from napari_ftu.errors import FTUError, OptionError
+from napari_ftu.errors import FTUError, InputError, OptionError
 from napari_ftu.formats.export import FORMATS, format_of
 from napari_ftu.io.paths import refuse_onto_inputs
-from napari_ftu.training.data import ARCHITECTURES, ENCODERS
 
 USER_ERRORS = (FTUError, OSError)
 QUIET_LOGGERS = ("tifffile", "imageio", "distributed", "PIL")
@@ -92,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--trust-model", action="store_true", help=trust_help)
     s.add_argument("--out", type=Path, required=True, help="CSV to write (id,rle); for a batch, the output folder")
     s.add_argument("--labels", type=Path, default=None, help="also write the instance labels as TIFF")
+    s.add_argument("--probability", type=Path, default=None,
+                   help="also write the probability map as TIFF: the model grid, float32 0-1 (one page per "
+                        "class), its µm/px in the resolution tags")
     s.add_argument("--id", default=None, help="image id in the CSV (default: file name stem)")
     s.add_argument("--um-per-px", type=float, default=None, help="override the image's pixel size")
     s.add_argument("--device", default="auto")
@@ -100,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, default=None)
     s.add_argument("--batch", type=int, default=4, help="tiles per model call (halved on out-of-memory)")
     s.add_argument("--tta", action="store_true", help="test-time augmentation: average flips and a rotation")
-    s.add_argument("--blend", choices=["gaussian", "taper"], default="gaussian", help="tile blending window")
+    s.add_argument("--blend", choices=["taper", "gaussian"], default="taper",
+                   help="tile blending window: cosine taper over the overlap (default) or Gaussian (sigma tile/8)")
     s.add_argument("--keep-glass", action="store_true", help="also run the model on background (glass) tiles")
     s.add_argument("--split", action="store_true", help="split touching objects with a watershed")
     s.add_argument("--json", action="store_true", help="print a JSON summary")
@@ -134,9 +137,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="training data: exported tiles, images/ + masks/, or a competition dataset folder")
     t.add_argument("--val-tiles", type=Path, action="append", default=[], help="validation data folder")
     t.add_argument("--val-match", default=None,
-                   help="regular expression: images of --tiles whose id matches go to validation instead")
-    t.add_argument("--hold-out-every", type=int, default=0, metavar="N",
-                   help="validate on every N-th image of --tiles when --val-match picks none (the Train dock: 5)")
+                   help="regular expression: images of --tiles whose id matches go to validation instead "
+                        "(default: every fifth image, unless --val-tiles)")
+    t.add_argument("--data-um-per-px", type=float, default=None,
+                   help="pixel size of training images whose files do not say (they are resampled to the model's)")
+    t.add_argument("--hold-out-every", type=int, default=None, metavar="N",
+                   help="validate on every N-th image of --tiles when --val-match picks none "
+                        "(default 5; 0 with --val-tiles)")
     t.add_argument("--image", type=Path, default=None, help="train on one image and ...")
     t.add_argument("--labels", type=Path, default=None,
                    help="... its label image; the right fifth is held out for validation (the Train dock's layers)")
@@ -145,17 +152,27 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--synthetic-size", type=int, default=768)
     t.add_argument("--init", type=Path, default=None, help="fine-tune from this model folder")
     t.add_argument("--trust-model", action="store_true", help=trust_help)
-    t.add_argument("--steps", type=int, default=500)
-    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (its checkpoint.pt)")
+    t.add_argument("--arch", default="Unet", help="smp architecture of a new model: Unet, UnetPlusPlus, FPN, ...")
+    t.add_argument("--encoder", default="efficientnet-lite0",
+                   help="encoder of a new model: efficientnet-lite0/1/2 (ImageNet weights offline) or any smp encoder")
+    t.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="start the encoder from ImageNet weights (default: when the encoder has offline ones)")
+    t.add_argument("--classes", default="FTU", help="name of the class the masks mark")
+    t.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock budget: the schedule fits it (instead of --steps)")
+    t.add_argument("--steps", type=int, default=500, help="optimiser steps (without --minutes)")
+    t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--crop", type=int, default=256)
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--val-every", type=int, default=100)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--val-every", type=int, default=None, help="validate every N steps (default: ten times in all)")
     t.add_argument("--patience", type=int, default=0, help="stop after this many validations without gain")
+    t.add_argument("--workers", type=int, default=2, help="threads preparing batches (0: in the training loop)")
+    t.add_argument("--threads", type=int, default=None,
+                   help="torch threads on CPU (default: the cores the load average leaves idle)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
-    t.add_argument("--um-per-px", type=float, default=None, help="model pixel size (new models)")
-    t.add_argument("--architecture", choices=ARCHITECTURES, default="Unet", help="new models: smp architecture")
-    t.add_argument("--encoder", default=ENCODERS[0], help=f"new models: encoder (e.g. {', '.join(ENCODERS)})")
+    t.add_argument("--um-per-px", type=float, default=None, help="model pixel size of a new model (default 2.0)")
     t.add_argument("--name", default="napari-ftu model")
     t.set_defaults(func=_train)
 
@@ -206,6 +223,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument("--overwrite", action="store_true", help="replace an existing report")
     v.set_defaults(func=_evaluate)
+    _add_annotate(sub)
     return p
 
 
@@ -255,64 +273,115 @@ def _info(args) -> int:
     return 0
 
 
+def _segment_options(args):
+    """The run options from the flags, validated before anything slow starts."""
+    from napari_ftu.engine.options import SegmentOptions, check_positive
+
+    args.um_per_px = check_positive(args.um_per_px, "--um-per-px")
+    return SegmentOptions(tile_size=args.tile, overlap=args.overlap, threshold=args.threshold, batch_size=args.batch,
+                          tta=args.tta, blend=args.blend, skip_background=not args.keep_glass, watershed=args.split)
+
+
 def _segment(args) -> int:
+    """One image, through the same core function as the batch and the Segment dock: the slide
+    is opened lazily and its outputs stream into a temporary zarr store when it is large."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+
     from napari_ftu.batch.runner import is_batch_input
-    from napari_ftu.engine.inference import segment
     from napari_ftu.engine.models import load_model
+    from napari_ftu.engine.run import STORE_NAME, segment_slide_steps
     from napari_ftu.formats.annotations import Annotations
     from napari_ftu.formats.export import export_annotations, safe_id
-    from napari_ftu.io.images import read_image, write_tiff
+    from napari_ftu.io.images import write_labels_ome_tiff, write_probability, write_tiff
+    from napari_ftu.io.slides import _stem
+    from napari_ftu.steps import Outputs, TileProgress, drain
 
+    options = _segment_options(args)
     if len(args.image) > 1 or is_batch_input(args.image[0]):
-        return _segment_batch(args)
+        return _segment_batch(args, options)
     args.image = Path(args.image[0])
-    refuse_onto_inputs([args.out, args.labels], [args.image])  # even with --overwrite
+    refuse_onto_inputs([args.out, args.labels, args.probability], [args.image])  # even with --overwrite
     if args.labels is not None and args.out.resolve() == args.labels.resolve():
         raise OptionError(f"{args.out}: --out and --labels name the same file")
-    for out in (args.out, args.labels):
+    for out in (args.out, args.labels, args.probability):
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    loaded = read_image(args.image)
-    image_id = safe_id(args.id or loaded.name)
-    um = args.um_per_px or loaded.um_per_px
+    image_id = safe_id(args.id or _stem(args.image))
     model = load_model(args.model, device=args.device, trust_code=args.trust_model)
 
-    def progress(done, total):
-        if not args.json:
-            print(f"\rtiles {done}/{total}", end="", file=sys.stderr, flush=True)
+    grid = []  # the probability on the model grid, as the engine fills it
 
-    seg = segment(loaded.data, model, progress=progress, um_per_px=um, tile_size=args.tile,
-                  overlap=args.overlap, threshold=args.threshold, batch_size=args.batch, tta=args.tta,
-                  blend=args.blend, skip_background=not args.keep_glass, watershed=args.split)
-    if not args.json:
-        print(file=sys.stderr)
-    outputs = [str(export_annotations(Annotations(image_id, seg.labels, um_per_px=um), args.out, "hubmap",
-                                      overwrite=True))]
-    if args.labels:
-        outputs.append(str(write_tiff(args.labels, seg.labels, um)))
+    def progress(event):
+        if isinstance(event, Outputs):
+            grid.append(event.probability)
+        elif isinstance(event, TileProgress) and not args.json:
+            print(f"\rtiles {event.done}/{event.total}", end="", file=sys.stderr, flush=True)
+
+    tmp = Path(tempfile.mkdtemp(prefix="napari-ftu-"))
+    try:
+        seg = drain(segment_slide_steps(args.image, model, options, um_per_px=args.um_per_px, store=tmp / STORE_NAME),
+                    progress)
+        if not args.json:
+            print(file=sys.stderr)
+        um = seg.um_per_px  # of the labels: the image's, or the model grid's for a large slide
+        outputs = [str(export_annotations(Annotations(image_id, _foreground(seg.labels), um_per_px=um), args.out,
+                                          "hubmap", overwrite=True))]
+        if args.labels and isinstance(seg.labels, np.ndarray):
+            outputs.append(str(write_tiff(args.labels, seg.labels, um)))
+        elif args.labels:  # a store: written tile by tile, never whole in memory
+            outputs.append(str(write_labels_ome_tiff(args.labels, seg.labels, um)))
+        if args.probability:
+            prob = np.asarray(grid[0][:], np.float32) / seg.prob_scale
+            outputs.append(str(write_probability(args.probability, prob, model.card.um_per_px or um)))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     summary = {"id": image_id, "n_objects": len(seg.objects), "seconds": round(seg.seconds, 3),
                "device": seg.device, "um_per_px": um, "tiles": seg.n_tiles, "glass_tiles_skipped": seg.n_skipped,
                "outputs": outputs}
+    if seg.downsample != 1.0:
+        summary["labels_downsample"] = seg.downsample
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{image_id}: {summary['n_objects']} FTUs in {seg.seconds:.1f} s on {seg.device}")
+        print(f"{image_id}: {summary['n_objects']} FTUs in {seg.seconds:.1f} s on {seg.device}"
+              + (f" (labels on the model grid, {um:g} µm/px)" if seg.downsample != 1.0 and um else ""))
         for path in outputs:
             print(f"wrote {path}")
     return 0
 
 
-def _segment_batch(args) -> int:
+def _foreground(labels):
+    """What the ``id,rle`` row encodes (labels > 0): in-memory labels as they are, a store's as a
+    uint8 mask read strip by strip (156 MB instead of 625 MB for a 12 500² model grid)."""
+    import numpy as np
+
+    if isinstance(labels, np.ndarray):
+        return labels
+    mask = np.empty(labels.shape, np.uint8)
+    rows = max(1, 2**24 // max(labels.shape[1], 1))
+    for y in range(0, labels.shape[0], rows):
+        mask[y : y + rows] = np.asarray(labels[y : y + rows]) != 0
+    return mask
+
+
+def _segment_batch(args, segment_options) -> int:
     """Many slides on Dask (or in this process with ``--workers 0``): per-slide outputs under
     ``--out``, a progress bar, a summary; exit status 1 when some slide failed."""
     import time
 
     from napari_ftu.batch.runner import BatchOptions, SchedulerAccess, plan_inputs, run_batch
+    from napari_ftu.engine.options import check_int
 
     if args.labels or args.id:
         raise OptionError("--labels and --id are for one image; a batch writes <out>/<id>/ (see --formats)")
     if args.out.suffix.lower() == ".csv" or args.out.is_file():
         raise OptionError(f"{args.out}: a batch writes a folder; give --out FOLDER")
+    check_int(args.retries, "--retries", 0, 100)
+    if args.workers is not None:
+        check_int(args.workers, "--workers", 0, 4096)
     jobs = plan_inputs(args.image, images=args.images)
     if not jobs:
         raise OptionError(f"no slides found in {' '.join(map(str, args.image))}")
@@ -320,9 +389,8 @@ def _segment_batch(args) -> int:
         from dataclasses import replace
 
         jobs = [replace(j, um_per_px=args.um_per_px) for j in jobs]
-    options = BatchOptions(model=str(args.model) if args.model else None, device=args.device, tile_size=args.tile,
-                           overlap=args.overlap, threshold=args.threshold, batch_size=args.batch, tta=args.tta,
-                           blend=args.blend, skip_background=not args.keep_glass, watershed=args.split,
+    options = BatchOptions(model=str(args.model) if args.model else None, device=args.device,
+                           segment=segment_options,
                            outputs=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
                            band_above_px=args.band_above * 1e6, threads=args.threads, trust_model=args.trust_model)
     scheduler = None
@@ -363,27 +431,44 @@ def _segment_batch(args) -> int:
 
 
 def _train(args) -> int:
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.engine.models import ModelCard, load_model
     from napari_ftu.io.images import read_image
-    from napari_ftu.training.data import folder_split, new_card, pair_split
-    from napari_ftu.training.train import dataset_samples, synthetic_samples, train
+    from napari_ftu.training.data import folder_split, pair_split
+    from napari_ftu.training.progress import ProgressPrinter
+    from napari_ftu.training.train import dataset_samples, new_model, read_checkpoint, synthetic_samples, train
 
-    init_state = None
-    if args.init:
+    _check_numbers(args, ints={"steps": 1, "batch_size": 1, "crop": 32, "val_every": 0, "patience": 0, "synthetic": 0,
+                               "val_synthetic": 0, "synthetic_size": 32}, positive=("lr", "um_per_px"))
+    if args.minutes is not None and args.minutes <= 0:
+        raise OptionError(f"--minutes must be positive, got {args.minutes}")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if len(classes) != 1:
+        raise OptionError(f"--classes: training learns one class from binary masks, got {classes}")
+    init_state, resume = None, None
+    if args.resume:
+        import json
+
+        resume = read_checkpoint(args.out)
+        card = ModelCard.from_dict(json.loads(resume["card"]), str(args.out / "checkpoint.pt"))
+    elif args.init:
         base = load_model(args.init, device="cpu", trust_code=args.trust_model)
         card = base.card
         init_state = base.network.state_dict()
     else:
-        card = new_card(args.architecture, args.encoder, args.um_per_px, args.name)
-    train_set, val_set = [], [pair for folder in args.val_tiles for pair in dataset_samples(folder, card)]
+        card, init_state = new_model(args.arch, args.encoder, classes, args.um_per_px or 2.0, args.pretrained,
+                                     args.name, args.seed)
+    train_set, val_set = [], [pair for folder in args.val_tiles for pair in
+                              dataset_samples(folder, card, um_per_px=args.data_um_per_px)]
+    every = args.hold_out_every if args.hold_out_every is not None else (0 if args.val_tiles else 5)
     for folder in args.tiles:
-        more, val = folder_split(folder, card, args.val_match, args.hold_out_every)
+        more, val = folder_split(folder, card, args.val_match, every, um_per_px=args.data_um_per_px)
         train_set, val_set = train_set + more, val_set + val
     if args.image or args.labels:
         if not (args.image and args.labels):
             raise OptionError("--image and --labels go together (an image and its label image)")
         image, labels = read_image(args.image), read_image(args.labels)
-        more, val = pair_split(image.data, labels.data, image.um_per_px, card, name=str(args.labels))
+        more, val = pair_split(image.data, labels.data, image.um_per_px or args.data_um_per_px, card,
+                               name=str(args.labels))
         train_set, val_set = train_set + more, val_set + val
     if args.synthetic:
         train_set += synthetic_samples(args.synthetic, args.synthetic_size, args.seed + 1, card)
@@ -391,24 +476,33 @@ def _train(args) -> int:
         val_set += synthetic_samples(args.val_synthetic, args.synthetic_size, args.seed + 2, card)
     if not train_set:
         raise FileNotFoundError("no training data: give --tiles FOLDER and/or --synthetic N")
-    card.notes = {**card.notes, "training": {
-        "tiles": [str(p) for p in args.tiles], "synthetic": args.synthetic, "synthetic_size": args.synthetic_size,
-        "val_match": args.val_match, "steps": args.steps, "batch_size": args.batch_size, "crop": args.crop,
-        "lr": args.lr, "seed": args.seed, "init": str(args.init) if args.init else None}}
-
-    def log(event):
-        if event[0] == "val":
-            print(f"step {event[1]}: validation Dice {event[2]:.4f}", flush=True)
-        elif event[1] % 25 == 0:
-            print(f"step {event[1]}/{event[2]}: loss {event[3]:.4f}", flush=True)
-
-    _, history = train(train_set, val_set, card, out=args.out, log=log, steps=args.steps,
-                       batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
-                       device=args.device, val_every=args.val_every, init_state=init_state,
-                       patience=args.patience)
-    best = (f"best validation Dice {history['best_dice']:.4f} at step {history['best_step']}"
-            if history["val_dice"] else "no validation set (last weights saved)")
-    print(f"{best}; {history['seconds']:.0f} s; wrote {args.out}")
+    if not resume:
+        card.notes = {**card.notes, "training": {
+            "tiles": [str(p) for p in args.tiles], "data_um_per_px": args.data_um_per_px,
+            "synthetic": args.synthetic, "synthetic_size": args.synthetic_size, "val_match": args.val_match,
+            "n_train": len(train_set), "n_val": len(val_set), "minutes": args.minutes,
+            "steps": None if args.minutes else args.steps, "batch_size": args.batch_size, "crop": args.crop,
+            "lr": args.lr, "seed": args.seed, "init": str(args.init) if args.init else None}}
+    weights = card.notes.get("encoder_weights")
+    print(f"{card.architecture} / {card.encoder}" + (f" (ImageNet weights: {weights['source']})" if weights else "")
+          + f"; {len(train_set)} training and {len(val_set)} validation images at {card.um_per_px} µm/px", flush=True)
+    printer = ProgressPrinter(sys.stderr)
+    try:
+        _, history = train(train_set, val_set, card, out=args.out, log=printer, steps=args.steps,
+                           batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
+                           device=args.device, val_every=args.val_every, init_state=init_state,
+                           patience=args.patience, minutes=args.minutes, workers=args.workers,
+                           checkpoint=True, resume=resume, threads=args.threads)
+    except KeyboardInterrupt:
+        printer.close()
+        print(f"interrupted; continue with --resume (from the last validation in {args.out})", file=sys.stderr)
+        return 130
+    printer.close()
+    best = (f"best validation Dice {history['best_dice']:.4f} at step {history['best_step']} "
+            f"(threshold {history['best_threshold']:.2f})" if history["val_dice"]
+            else "no validation set (last weights saved)")
+    print(f"{best}; {history['steps']} steps in {history['seconds']:.0f} s, "
+          f"waiting for data {100 * history.get('data_wait', 0):.0f} % of the time; wrote {args.out}")
     return 0
 
 
@@ -419,6 +513,9 @@ def _export(args) -> int:
     from napari_ftu.io.slides import open_slide
     from napari_ftu.training.tiles import export_tiles
 
+    _check_numbers(args, ints={"tile": 32, "overlap": 0, "max_per_class": 0}, positive=("target_um_per_px",))
+    if not 0 <= args.negative_fraction <= 1:
+        raise OptionError(f"--negative-fraction must be from 0 to 1, got {args.negative_fraction}")
     if not args.out and not args.tiles:
         raise OptionError("nothing to do: give --out FILE and/or --tiles FOLDER")
     image = read_image(args.image) if args.image else None
@@ -488,5 +585,60 @@ def _evaluate(args) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _check_numbers(args, ints: dict, positive=()) -> None:
+    """Whole-number flags at least their minimum, and positive finite numbers, as one error line."""
+    from napari_ftu.engine.options import check_int, check_positive
+
+    for name, low in ints.items():
+        if getattr(args, name) is not None:
+            check_int(getattr(args, name), f"--{name.replace('_', '-')}", low)
+    for name in positive:
+        flag = f"--{name.replace('_', '-')}"
+        check_positive(getattr(args, name), flag)
+
+
+# --- annotate (issue 18): scribbles or clicks -> labels, without a model ---------------------------
+def _add_annotate(sub) -> None:
+    a = sub.add_parser("annotate", help="label FTUs without a model: from scribbles (pixel classifier) or clicks")
+    a.add_argument("image", type=Path)
+    src = a.add_mutually_exclusive_group(required=True)
+    src.add_argument("--scribbles", type=Path, help="label TIFF of the image's size: 1 = background, 2.. = FTU classes")
+    src.add_argument("--clicks", type=Path, help="CSV with columns y,x (full-resolution pixels), one object per row")
+    a.add_argument("--out", type=Path, required=True, help="instance labels TIFF to write")
+    a.add_argument("--save-model", type=Path, default=None, help="save the scribble classifier as a model folder")
+    a.add_argument("--um-per-px", type=float, default=None, help="pixel size (default: from the file, else 1)")
+    a.add_argument("--diameter-um", type=float, default=None, help="expected FTU diameter for clicks (default 200)")
+    a.add_argument("--min-object-um2", type=float, default=0.0, help="drop smaller objects (scribbles)")
+    a.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    a.set_defaults(func=_annotate)
+
+
+def _annotate(args) -> int:
+    import numpy as np
+
+    from napari_ftu.annotate import headless
+    from napari_ftu.io.images import read_image, write_tiff
+
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    if args.out.resolve() in {p.resolve() for p in (args.image, args.scribbles, args.clicks) if p}:
+        raise FileExistsError(f"{args.out}: would overwrite an input")
+    loaded = read_image(args.image)
+    um = args.um_per_px or loaded.um_per_px or 1.0
+    try:
+        if args.scribbles is not None:
+            scribbles = read_image(args.scribbles).data
+            labels, table, clf = headless.labels_from_scribbles(loaded.data, scribbles, um, args.min_object_um2,
+                                                                source=str(args.scribbles))
+            if args.save_model:
+                clf.save(args.save_model, min_object_um2=args.min_object_um2)
+        else:
+            points = headless.read_clicks(args.clicks)
+            labels = headless.labels_from_clicks(loaded.data, points, um, args.diameter_um, source=str(args.clicks))
+    except InputError as exc:
+        print(f"napari-ftu: error: {exc}", file=sys.stderr)
+        return 2
+    write_tiff(args.out, labels, um)
+    print(f"{args.image.name}: {int(len(np.unique(labels)) - 1)} objects; wrote {args.out}"
+          + (f" and model {args.save_model}" if args.save_model else ""))
+    return 0

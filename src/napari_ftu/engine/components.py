@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_ftu.steps import LabelProgress
+
 
 class _UnionFind:
     """Union by smallest id, so a root is always the provisional id seen first. The parent
@@ -108,7 +110,7 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
     into ``out`` (an int32 array-like of the same 2-D shape), strip by strip.
 
     ``scale`` is the value of probability 1 in ``prob`` (255 for uint8 storage). Yields
-    ``("label", done, total)`` after each strip of each pass; returns :class:`Instances`.
+    :class:`~napari_ftu.steps.LabelProgress` after each strip of each pass; returns :class:`Instances`.
     """
     height, width = prob.shape
     cut = threshold * scale
@@ -119,7 +121,7 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
     def tick():
         nonlocal step
         step += 1
-        return ("label", step, total)
+        return LabelProgress(step, total)
 
     def foreground(a, b):
         return np.asarray(prob[a:b]) >= cut

@@ -3,10 +3,11 @@ progress, display finished rows and cancel.
 
 ``segment_steps`` yields events and returns a :class:`Segmentation`:
 
-- ``("tile", done, total)`` after each batch of tiles (total counts tiles with tissue);
-- ``("outputs", probability, downsample)`` once: the array the rows are written into;
-- ``("band", y0, y1)`` when output rows ``y0:y1`` of the probability are final (progressive display);
-- ``("label", done, total)`` while instances are derived.
+- :class:`~napari_ftu.steps.TileProgress` after each batch of tiles (total counts tiles with tissue);
+- :class:`~napari_ftu.steps.Outputs` once: the array the rows are written into;
+- :class:`~napari_ftu.steps.Band` when output rows ``y0:y1`` of the probability are final
+  (progressive display);
+- :class:`~napari_ftu.steps.LabelProgress` while instances are derived.
 
 The slide is read tile by tile at the model's µm/px from the best pyramid level
 (:mod:`.tile_source`); glass tiles are skipped (:mod:`.tissue`); a background thread prefetches
@@ -29,16 +30,13 @@ import numpy as np
 
 from napari_ftu.engine.components import label_steps
 from napari_ftu.engine.models import FTUModel, is_out_of_memory
+from napari_ftu.engine.options import SegmentOptions, check_positive, plan_outputs
 from napari_ftu.engine.postprocess import objects_from, split_touching
 from napari_ftu.engine.tile_source import TileSource
 from napari_ftu.engine.tiling import Stitcher, tile_grid
 from napari_ftu.engine.tissue import tiles_with_tissue, tissue_mask
-from napari_ftu.errors import ModelError
 from napari_ftu.io.resample import resample_image
-from napari_ftu.steps import drain
-
-MAX_FULL_RES_PIXELS = 400e6  # above this, outputs stay on the model grid
-PROB_DTYPES = ("uint8", "float16")
+from napari_ftu.steps import Band, Outputs, TileProgress, drain
 
 
 @dataclass
@@ -50,6 +48,7 @@ class Segmentation:
     prob_scale: float = 1.0  # the stored value of probability 1 (255 for uint8 stores)
     downsample: float = 1.0  # slide pixels per output pixel
     um_per_px: float | None = None  # of the output grid
+    image_shape: tuple = ()  # (H, W) of the image (level 0)
     threshold: float = 0.5
     min_area_px: int = 0
     class_index: int = 0
@@ -79,64 +78,48 @@ class _ClassView:
         return self.array[(self.index,) + (key if isinstance(key, tuple) else (key,))]
 
 
-def segment_steps(
-    image,
-    model: FTUModel,
-    um_per_px: float | None = None,
-    tile_size: int | None = None,
-    overlap: int | None = None,
-    threshold: float | None = None,
-    batch_size: int = 4,
-    tta: bool = False,
-    blend: str = "gaussian",
-    skip_background: bool = True,
-    store: str | Path | None = None,
-    full_resolution: bool | None = None,
-    watershed: bool = False,
-    prob_dtype: str = "uint8",
-    class_index: int = 0,
-    prefetch: int = 2,
-):
-    """Segment ``image`` (an array, or a list of pyramid levels, full resolution first).
+def segment_steps(image, model: FTUModel, options: SegmentOptions | None = None, *, um_per_px: float | None = None,
+                  store: str | Path | None = None, full_resolution: bool | None = None, **changes):
+    """Segment ``image`` (an array, or a list of pyramid levels, full resolution first) as the
+    engine's generator; :func:`napari_ftu.engine.run.segment_slide_steps` decides ``store`` and
+    ``full_resolution`` for slides and files.
 
-    ``um_per_px`` is the pixel size of the image (level 0); ``None`` means it already matches
-    the model. With ``store`` (a folder) probability and labels are written there as zarr
-    (probability as ``prob_dtype``); otherwise they are numpy arrays. ``full_resolution``
-    (default: for in-memory images of at most 400 MP) returns outputs at the image's own size
-    instead of the model grid.
+    ``options`` (:class:`SegmentOptions`, with any ``changes`` applied) are resolved against
+    the model card here. ``um_per_px`` is the pixel size of the image (level 0); ``None`` means
+    it already matches the model. With ``store`` (a folder) probability and labels are written
+    there as zarr (probability as ``options.prob_dtype``); otherwise they are numpy arrays.
+    ``full_resolution`` returns outputs at the image's own size instead of the model grid
+    (default: for one in-memory array, by :func:`plan_outputs`).
     """
     start = time.perf_counter()
     card = model.card
-    tile = int(tile_size or card.tile_size)
-    overlap = int(card.overlap if overlap is None else overlap)
-    if not 0 <= overlap < tile:
-        raise ModelError(f"need 0 <= overlap < tile size, got overlap {overlap} with tile {tile}")
-    if not 0 <= class_index < len(card.classes):
-        raise ModelError(f"class index {class_index} out of range: the model has {len(card.classes)} classes")
-    threshold = card.threshold_for(card.classes[class_index]) if threshold is None else float(threshold)
+    opts = SegmentOptions.of(options, **changes).resolve(card)
+    um_per_px = check_positive(um_per_px, "the image's µm/px")
+    tile, overlap, threshold, class_index = opts.tile_size, opts.overlap, opts.threshold, opts.class_index
+    batch_size, tta = opts.batch_size, opts.tta
     source = TileSource(image, um_per_px, card.um_per_px)
     grid = tile_grid(source.shape, tile, overlap)
     keep = np.ones(len(grid), bool)
-    if skip_background:
+    if opts.skip_background:
         thumb, scale = source.thumbnail()
         keep = tiles_with_tissue(tissue_mask(thumb), scale, grid, tile, margin_px=overlap)
     todo = [g for g, k in zip(grid, keep) if k]
 
     n_classes = len(card.classes)
-    out = _Outputs(source.shape, n_classes, tta, store, prob_dtype, tile - overlap)
+    out = _Outputs(source.shape, n_classes, tta, store, opts.prob_dtype, tile - overlap)
     bands: list = []
 
     def sink(y0, x0, block):
         out.write(y0, x0, block)
         if x0 + block.shape[2] == source.shape[1]:  # the band's last column chunk
-            bands.append(("band", y0, y0 + block.shape[1]))
+            bands.append(Band(y0, y0 + block.shape[1]))
 
-    stitcher = Stitcher(source.shape, n_classes + int(tta), tile, overlap, sink, blend)
-    reader = _Prefetcher(source, todo, tile, batch_size, prefetch)
+    stitcher = Stitcher(source.shape, n_classes + int(tta), tile, overlap, sink, opts.blend)
+    reader = _Prefetcher(source, todo, tile, batch_size, opts.prefetch)
     done = 0
     try:  # from here on, closing the generator (cancel) must end the reader thread
-        yield ("tile", 0, len(todo))
-        yield ("outputs", out.probability, 1.0 / source.factor)  # filled as rows finish
+        yield TileProgress(0, len(todo))
+        yield Outputs(out.probability, 1.0 / source.factor)  # filled as rows finish
         for coords, tiles in reader:
             i = 0
             while i < len(coords):
@@ -152,7 +135,7 @@ def segment_steps(
                     stitcher.add(y, x, p)
                 i += len(pred)
                 done += len(pred)
-                yield ("tile", done, len(todo))
+                yield TileProgress(done, len(todo))
                 yield from _take(bands)
         stitcher.finish()
         yield from _take(bands)
@@ -164,7 +147,7 @@ def segment_steps(
     in_memory = isinstance(image, np.ndarray) or (isinstance(image, (list, tuple)) and len(image) == 1
                                                   and isinstance(image[0], np.ndarray))
     if full_resolution is None:
-        full_resolution = in_memory and store is None and np.prod(source.full_shape) <= MAX_FULL_RES_PIXELS
+        full_resolution = in_memory and store is None and plan_outputs(source.full_shape, source.shape).full_resolution
     prob, unc, downsample = out.probability, out.uncertainty, 1.0 / source.factor
     if full_resolution and source.shape != source.full_shape:
         prob = np.stack([resample_image(np.asarray(p, np.float32), source.full_shape) for p in prob])
@@ -173,7 +156,7 @@ def segment_steps(
         prob, unc, downsample = out.probability, out.uncertainty, 1.0
     out_um = um_per_px * downsample if um_per_px else None
     pixel_um2 = (out_um or card.um_per_px) ** 2
-    min_area = int(card.min_object_um2 / pixel_um2)
+    min_area = int(opts.min_object_um2 / pixel_um2)
     seg = Segmentation(
         probability=prob[0] if n_classes == 1 and isinstance(prob, np.ndarray) else prob,
         labels=out.labels,
@@ -181,6 +164,7 @@ def segment_steps(
         prob_scale=out.scale,
         downsample=downsample,
         um_per_px=out_um,
+        image_shape=tuple(source.full_shape),
         threshold=threshold,
         min_area_px=min_area,
         class_index=class_index,
@@ -190,7 +174,7 @@ def segment_steps(
         batch_size=batch_size,
         store=out.path,
     )
-    seg.objects = yield from relabel_steps(seg, threshold, watershed=watershed)
+    seg.objects = yield from relabel_steps(seg, threshold, watershed=opts.watershed)
     seg.seconds = time.perf_counter() - start
     return seg
 
@@ -209,10 +193,11 @@ def relabel_steps(seg: Segmentation, threshold: float, watershed: bool = False):
     return objects
 
 
-def segment(image, model: FTUModel, progress=None, **kwargs) -> Segmentation:
+def segment(image, model: FTUModel, options: SegmentOptions | None = None, progress=None, **kwargs) -> Segmentation:
     """Run :func:`segment_steps` to the end; ``progress(done, total)`` is called per tile batch."""
-    report = None if progress is None else (lambda e: progress(e[1], e[2]) if e[0] == "tile" else None)
-    return drain(segment_steps(image, model, **kwargs), report)
+    report = None if progress is None else (
+        lambda e: progress(e.done, e.total) if isinstance(e, TileProgress) else None)
+    return drain(segment_steps(image, model, options, **kwargs), report)
 
 
 def relabel(seg: Segmentation, threshold: float, watershed: bool = False) -> Segmentation:
@@ -249,8 +234,6 @@ class _Outputs:
 
     def __init__(self, shape, n_classes: int, tta: bool, store, prob_dtype: str, step: int):
         self.path = None if store is None else Path(store)
-        if prob_dtype not in PROB_DTYPES:
-            raise ModelError(f"unknown probability dtype {prob_dtype!r}; use one of {PROB_DTYPES}")
         self.n_classes = n_classes
         if self.path is None:
             self.scale = 1.0

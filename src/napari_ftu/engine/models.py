@@ -44,6 +44,9 @@ class ModelCard:
     overlap: int = 32
     name: str = "unnamed"
     notes: dict = field(default_factory=dict)
+    # What the model was trained on (its domain), shown beside the model choice; {} = not stated.
+    # Keys: organs (list of text), stain, source, note (text), um_per_px ([min, max] µm/px).
+    trained_on: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "model card") -> ModelCard:
@@ -182,6 +185,44 @@ def _check_card_values(card: ModelCard, source: str) -> None:
             raise ModelError(f"{source}: {name!r} must be a list of finite numbers, got {str(value)[:60]}")
     if len(card.mean) != len(card.std) or not all(v > 0 for v in card.std):
         raise ModelError(f"{source}: 'mean' and 'std' need one value per channel, and std > 0")
+    _check_trained_on(card.trained_on, source)
+
+
+TRAINED_ON_TEXT = ("stain", "source", "note")
+
+
+def _check_trained_on(value, source: str) -> None:
+    if not isinstance(value, dict):
+        raise ModelError(f"{source}: 'trained_on' must be a JSON object (organs, stain, source, um_per_px, note)")
+    unknown = sorted(set(value) - {"organs", "um_per_px", *TRAINED_ON_TEXT})
+    if unknown:
+        raise ModelError(f"{source}: unknown 'trained_on' fields {unknown}; use organs, stain, source, um_per_px, note")
+    organs = value.get("organs", [])
+    if not isinstance(organs, list) or not all(isinstance(o, str) and o for o in organs):
+        raise ModelError(f"{source}: 'trained_on.organs' must be a list of organ names, got {str(organs)[:60]}")
+    for name in TRAINED_ON_TEXT:
+        if not isinstance(value.get(name, ""), str):
+            raise ModelError(f"{source}: 'trained_on.{name}' must be text, got {str(value[name])[:60]}")
+    if "um_per_px" in value:
+        span = value["um_per_px"]
+        if not (isinstance(span, list) and len(span) == 2 and all(_finite(v) and v > 0 for v in span)
+                and span[0] <= span[1]):
+            raise ModelError(f"{source}: 'trained_on.um_per_px' must be [min, max] positive µm/px, "
+                             f"got {str(span)[:60]}")
+
+
+def describe_domain(card: ModelCard) -> str:
+    """One line on what the model was trained on, for the model choice in the Segment dock."""
+    t = card.trained_on
+    if not t:
+        return "trained on: not stated in the model card"
+    parts = [", ".join(t.get("organs", [])), t.get("stain", "")]
+    if "um_per_px" in t:
+        lo, hi = t["um_per_px"]
+        parts.append(f"{lo:g} µm/px" if lo == hi else f"{lo:g}–{hi:g} µm/px")
+    parts.append(t.get("source", ""))
+    line = "trained on: " + "; ".join(p for p in parts if p)
+    return f"{line}. {t['note']}" if t.get("note") else line
 
 
 def _check_network_fields(card: ModelCard, source: str) -> None:
@@ -215,6 +256,15 @@ def _check_network_fields(card: ModelCard, source: str) -> None:
                 raise ModelError(f"{source}: {name.split('.', 1)[1]!r} names a location to download from")
 
 
+def import_torch():
+    """``import torch`` with triton kept out of CPU-only processes (see :func:`import_smp`)."""
+    import torch
+
+    if not torch.cuda.is_available() and "triton" not in sys.modules:
+        sys.modules["triton"] = None
+    return torch
+
+
 def import_smp():
     """Import segmentation-models-pytorch, keeping triton out of CPU-only processes.
 
@@ -224,17 +274,22 @@ def import_smp():
     viewer and then the Segment dock. Triton only compiles GPU kernels, so without CUDA we
     mark it unavailable (``import triton`` then raises ImportError, which torch handles).
     """
-    import torch
-
-    if not torch.cuda.is_available() and "triton" not in sys.modules:
-        sys.modules["triton"] = None
+    import_torch()
     import segmentation_models_pytorch as smp
 
     return smp
 
 
 def build_network(card: ModelCard):
-    """An untrained smp network of the card's architecture (no weight download)."""
+    """An untrained network of the card's architecture (no weight download): an smp model, or
+    the scribble classifier of :mod:`napari_ftu.annotate.pixels`."""
+    if card.architecture == "FeatureClassifier":
+        from napari_ftu.annotate.pixels import build_from_card
+
+        try:
+            return build_from_card(card)
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"cannot build a FeatureClassifier from the card: {exc}") from None
     smp = import_smp()
     try:
         return smp.create_model(

@@ -40,12 +40,13 @@ class LoadedImage:
     path: Path
 
 
-def read_image(path: str | Path) -> LoadedImage:
+def read_image(path: str | Path, um_per_px: float | None = None) -> LoadedImage:
     """Read the full-resolution image of a TIFF/SVS/PNG/JPEG file and its pixel size (µm).
 
     The whole image is decoded, so what that needs is checked against the memory budget
     first (from the header: a 9 kB file can claim 40 000 x 40 000 pixels); damaged files
-    (missing strips or tiles, PNG data cut short) are refused, never read as zeros."""
+    (missing strips or tiles, PNG data cut short) are refused, never read as zeros. ``um_per_px`` overrides the file's
+    pixel size (whose own is then not read)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -53,7 +54,7 @@ def read_image(path: str | Path) -> LoadedImage:
     if suffix not in TIFF_SUFFIXES + RASTER_SUFFIXES:
         raise InputError(f"{path}: unsupported file type {suffix!r}")
     with reading(path):
-        data, um = _read_tiff(path) if suffix in TIFF_SUFFIXES else (read_raster(path), None)
+        data, um = _read_tiff(path, um_per_px) if suffix in TIFF_SUFFIXES else (read_raster(path), um_per_px)
     if data.size == 0 or data.ndim < 2:
         raise InputError(f"{path}: image has no pixels (shape {data.shape})")
     return LoadedImage(data, um, file_stem(path), path)
@@ -91,7 +92,7 @@ def reading(path: Path):
         raise InputError(f"{path}: cannot read image ({reason(exc)})") from exc
 
 
-def _read_tiff(path: Path):
+def _read_tiff(path: Path, um_per_px: float | None = None):
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -101,8 +102,9 @@ def _read_tiff(path: Path):
         largest = max(page.databytecounts, default=0)  # the compressed segment read in one go
         decoded = page.nbytes // max(1, len(page.databytecounts))  # and decoded before copying
         check_memory(series.nbytes + largest + decoded, path, "decoding", InputError)
+        um = um_per_px or _pixel_size(tif, path)
         data = series.asarray()
-        return data, _pixel_size(tif)
+        return data, um
 
 
 def check_tiff_data(series, path: Path):
@@ -197,31 +199,46 @@ def _check_png_data(path: Path):
         raise InputError(f"{path}: image data is truncated ({got} of the {expected} bytes its size needs)")
 
 
-def _pixel_size(tif) -> float | None:
+def _pixel_size(tif, path=None) -> float | None:
+    """The file's µm/px, or ``None`` when it states none. A stated size that is not a finite
+    number > 0 (``PhysicalSizeX="-1"``, ``MPP = 0``, a zero resolution) is refused, naming the
+    file: segmenting at a made-up scale would silently find nothing. ``--um-per-px`` skips it."""
+    where = path or getattr(tif, "filename", "image")
     if tif.is_ome:
-        m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata or "")
+        m = re.search(r'PhysicalSizeX="([^"]*)"', tif.ome_metadata or "")
         if m:
             unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata or "")
-            return float(m.group(1)) * _unit_to_um(unit.group(1) if unit else "µm")
+            return _valid_size(m.group(1), where, "PhysicalSizeX", _unit_to_um(unit.group(1) if unit else "µm"))
     page = tif.pages[0]
-    m = re.search(r"MPP\s*=\s*([0-9.]+)", page.description or "")
+    m = re.search(r"MPP\s*=\s*([^|\s]+)", page.description or "")
     if m:
-        return float(m.group(1))
+        return _valid_size(m.group(1), where, "MPP")
     tags = page.tags
     if "XResolution" in tags and "ResolutionUnit" in tags:
         num, den = tags["XResolution"].value
         unit = int(tags["ResolutionUnit"].value)
         per_um = {2: 25400.0, 3: 10000.0}.get(unit)
-        if per_um and num and den:
-            return per_um * den / num
+        if per_um and (num or den):
+            return _valid_size(per_um * den / num if num else float("inf"), where, "XResolution")
     return None
+
+
+def _valid_size(text, where, field: str, scale: float = 1.0) -> float:
+    try:
+        value = float(text) * scale
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not (value > 0 and np.isfinite(value)):
+        raise InputError(f"{where}: invalid pixel size in the file's metadata ({field} {text!r}); "
+                         "give the real one with --um-per-px (or the layer's µm/px)")
+    return value
 
 
 def _unit_to_um(unit: str) -> float:
     return {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}.get(unit, 1.0)
 
 
-def write_tiff(path: str | Path, data: np.ndarray, um_per_px: float | None = None) -> Path:
+def write_tiff(path: str | Path, data: np.ndarray, um_per_px: float | None = None, photometric=None) -> Path:
     """Write an image or label array as a compressed TIFF carrying its pixel size, atomically."""
     import tifffile
 
@@ -229,11 +246,22 @@ def write_tiff(path: str | Path, data: np.ndarray, um_per_px: float | None = Non
     kwargs = {"compression": "zlib"}
     if um_per_px:
         kwargs.update(resolution=(1e4 / um_per_px, 1e4 / um_per_px), resolutionunit="CENTIMETER")
-    if data.ndim == 3 and data.shape[-1] in (3, 4):
+    if photometric:
+        kwargs["photometric"] = photometric
+    elif data.ndim == 3 and data.shape[-1] in (3, 4):
         kwargs["photometric"] = "rgb"
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, data, **kwargs)
     return path
+
+
+def write_probability(path: str | Path, prob: np.ndarray, um_per_px: float) -> Path:
+    """A probability map as float32 TIFF (values 0-1; ``(C, H, W)`` is one page per class, a
+    single class one page) with its pixel size, atomically: for debugging a model."""
+    prob = np.asarray(prob, np.float32)
+    if prob.ndim == 3 and prob.shape[0] == 1:
+        prob = prob[0]
+    return write_tiff(path, prob, um_per_px, photometric="minisblack")
 
 
 PYRAMID_TILE = 512

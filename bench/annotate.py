@@ -1,0 +1,185 @@
+"""Annotating without a model, measured with simulated users (issue 18).
+
+    python bench/annotate.py [--only scribbles,cross,vessels,synthetic,clicks,curve,cells]
+                             [--plot docs/annotate_strokes.png]
+
+Strokes and clicks come from the ground truth (:mod:`napari_ftu.annotate.simulate`): a stroke
+is a 20-px piece of an object's or the background's medial axis, painted with a ``--brush``-px
+brush kept inside its region; a click is an object's innermost pixel. Prints one line per figure.
+"""
+
+import argparse
+import glob
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def dice(a, b) -> float:
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
+
+
+def iou(a, b) -> float:
+    u = (a | b).sum()
+    return 1.0 if u == 0 else float((a & b).sum() / u)
+
+
+def sarder():
+    from skimage.io import imread
+
+    root = DATA / "sarder_frozen_kidney_glomeruli"
+    out = []
+    for f in sorted(glob.glob(str(root / "images" / "*.png"))):
+        out.append((imread(f)[..., :3], imread(f.replace("images/slide", "masks/mask")) > 0))
+    return out
+
+
+def vessels():
+    """The 8 labelled vasculature tiles with their vessel instance masks from the COCO json."""
+    from skimage.draw import polygon
+    from skimage.io import imread
+
+    root = DATA / "hubmap2023_vasculature"
+    coco = json.loads((root / "annotations_blood_vessel_coco.json").read_text())
+    images = {im["id"]: im for im in coco["images"]}
+    masks = {}
+    for ann in coco["annotations"]:
+        im = images[ann["image_id"]]
+        m = masks.setdefault(ann["image_id"], np.zeros((im["height"], im["width"]), np.int32))
+        for ring in ann["segmentation"]:
+            xy = np.asarray(ring, float).reshape(-1, 2)
+            rr, cc = polygon(xy[:, 1], xy[:, 0], m.shape)
+            m[rr, cc] = len(np.unique(m))  # a new id per vessel
+    out = []
+    for key, m in masks.items():
+        name = Path(images[key]["file_name"]).name
+        path = root / "tiles" / name
+        if path.exists():
+            from napari_ftu.engine.postprocess import relabel_sequential
+
+            out.append((imread(str(path))[..., :3], relabel_sequential(m)))
+    return out
+
+
+def scribble_dice(pairs, n=3, brush=5, seed=0, um_per_px=1.0):
+    from napari_ftu.annotate import pixels, simulate
+    from napari_ftu.annotate.objects import objects_from_probability
+
+    scores = []
+    for im, gt in pairs:
+        sc = simulate.strokes(gt, n, n, seed=seed, brush=brush)
+        clf = pixels.train(im, sc, um_per_px)
+        labels, _ = objects_from_probability(clf.probability(im), 0.5, MIN_AREA)
+        scores.append(dice(labels > 0, gt > 0))
+    return scores
+
+
+MIN_AREA = 100  # px, remove-small of the objects
+
+
+def cross_dice(pairs, n_train=5, n=3, brush=5):
+    from napari_ftu.annotate import pixels, simulate
+    from napari_ftu.annotate.objects import objects_from_probability
+
+    train = pairs[:n_train]
+    scs = [simulate.strokes(gt, n, n, seed=i, brush=brush) for i, (_, gt) in enumerate(train)]
+    clf = pixels.train([im for im, _ in train], scs)
+    return [dice(objects_from_probability(clf.probability(im), 0.5, MIN_AREA)[0] > 0, gt > 0)
+            for im, gt in pairs[n_train:]]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="scribbles,cross,vessels,synthetic,clicks,speed,curve")
+    ap.add_argument("--brush", type=int, default=5)
+    ap.add_argument("--skip-brush", type=int, nargs="*", default=[])
+    ap.add_argument("--plot", default="docs/annotate_strokes.png")
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    import torch
+
+    torch.set_num_threads(1)
+    t0 = time.time()
+    if "scribbles" in only:
+        for brush in sorted({1, args.brush} - set(args.skip_brush)):
+            s = scribble_dice(sarder(), brush=brush)
+            print(f"scribbles Sarder (3+3 strokes, brush {brush} px, trained per image): mean Dice {np.mean(s):.3f} "
+                  f"(min {np.min(s):.2f}, n={len(s)}) [{time.time() - t0:.0f} s]", flush=True)
+    if "cross" in only:
+        s = cross_dice(sarder(), brush=args.brush)
+        print(f"scribbles Sarder (trained on 5 images, applied to 15): mean Dice {np.mean(s):.3f}", flush=True)
+    if "vessels" in only:
+        v = vessels()
+        s = scribble_dice(v, brush=args.brush)
+        print(f"scribbles vasculature (3+3 strokes, per tile): mean Dice {np.mean(s):.3f} (n={len(s)})", flush=True)
+        s = cross_dice(v, n_train=3, brush=args.brush)
+        print(f"scribbles vasculature (trained on 3 tiles, applied to 5): mean Dice {np.mean(s):.3f}", flush=True)
+    if "synthetic" in only:
+        from napari_ftu.io.synthetic import make_slide
+
+        im, gt = make_slide(1024, 1024, seed=4242)[:2]
+        s = scribble_dice([(im, gt)], brush=args.brush)
+        print(f"scribbles synthetic sample slide (3+3 strokes): Dice {s[0]:.3f}", flush=True)
+    if "clicks" in only:
+        from napari_ftu.annotate import clicks, simulate
+
+        # Sarder patches are downscaled (a ~200 µm glomerulus spans ~50 px: about 4 µm/px); the
+        # vasculature tiles are at 0.5 µm/px, their vessels mostly under 60 µm
+        for name, pairs, um, diameter in (("Sarder", sarder(), 4.0, 200.0), ("vasculature", vessels(), 0.5, 60.0)):
+            ious = []
+            for im, gt in pairs:
+                lab = gt if gt.dtype != bool else __import__("scipy.ndimage").ndimage.label(gt)[0]
+                for y, x, i in simulate.clicks(lab):
+                    try:
+                        m = clicks.object_at(im, (y, x), um_per_px=um, diameter_um=diameter)
+                    except clicks.InputError:
+                        m = np.zeros(lab.shape, bool)
+                    ious.append(iou(m, lab == i))
+            ious = np.asarray(ious)
+            print(f"clicks {name}: mean IoU {ious.mean():.3f}, IoU >= 0.5 for {np.mean(ious >= 0.5):.0%} "
+                  f"of {len(ious)} objects", flush=True)
+    if "speed" in only:
+        from napari_ftu.annotate import pixels, simulate
+        from napari_ftu.io.synthetic import make_slide
+
+        im, gt = make_slide(2048, 2048, seed=4242)[:2]
+        sc = simulate.strokes(gt, 3, 3, seed=0, brush=5)
+        t = time.perf_counter()
+        clf = pixels.train(im, sc)
+        t_train = time.perf_counter() - t
+        t = time.perf_counter()
+        clf.probability(im)
+        t_pred = time.perf_counter() - t
+        print(f"speed 2048² view (1 torch thread): retrain {t_train:.2f} s + predict {t_pred:.2f} s", flush=True)
+    if "curve" in only:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        counts, curves = (1, 2, 3, 5), {}
+        for name, pairs in (("Sarder glomeruli (20)", sarder()), ("vasculature vessels (8)", vessels())):
+            curves[name] = [float(np.mean(scribble_dice(pairs, n, brush=args.brush))) for n in counts]
+            print(f"strokes per class {counts} -> mean Dice {[round(v, 3) for v in curves[name]]} ({name})", flush=True)
+        fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
+        for name, ys in curves.items():
+            ax.plot(counts, ys, marker="o", label=name)
+        ax.set_xlabel("strokes per class (20 px each)")
+        ax.set_ylabel("mean Dice, trained per image")
+        ax.set_ylim(0, 1)
+        ax.set_xticks(counts)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.plot)
+        print(f"wrote {args.plot}")
+    print(f"total {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

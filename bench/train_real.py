@@ -1,0 +1,147 @@
+"""Train on real tissue through the CLI defaults and score held-out images through `napari-ftu segment`.
+
+Glomeruli: the Sarder lab's 20 frozen-kidney H&E patches (../shared/data), 14 for training
+(`napari-ftu train` holds out every fifth of them for validation), the 6 named O27_15 ... O27_20
+held out; mean per-image Dice of the saved model run by `napari-ftu segment`. The patches carry no
+pixel size; at 1.6 µm/px their largest glomerular profiles (64 px) are ~100 µm, as glomeruli are.
+Vessels: the 8 HuBMAP 2023 vasculature tiles (PAS, ~0.5 µm/px), 6 for training and 2 held out,
+scored by AP@0.6 (the competition's metric) with the project's evaluation module.
+The load average (the machine is shared) is sampled during training and printed.
+
+    python bench/train_real.py [--minutes 10] [--task glomeruli|vessels|both] [--out /tmp/train_real]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SARDER = DATA / "sarder_frozen_kidney_glomeruli"
+VESSELS = DATA / "hubmap2023_vasculature"
+SARDER_UM = 1.6
+VESSEL_UM = 0.5
+
+
+def cli(*args, quiet=False):
+    cmd = [sys.executable, "-c", "import sys; from napari_ftu.cli import main; sys.exit(main())", *map(str, args)]
+    run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT if not quiet else subprocess.DEVNULL,
+                         text=True)
+    if run.returncode:
+        raise SystemExit(f"{' '.join(map(str, args))} failed:\n{run.stdout[-3000:]}")
+    return run.stdout
+
+
+def load_sampler(stop, out):
+    while not stop.wait(15):
+        out.append(os.getloadavg()[0])
+
+
+def train(folder, out, minutes, um, extra=()):
+    samples, stop = [], threading.Event()
+    sampler = threading.Thread(target=load_sampler, args=(stop, samples), daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    log = cli("train", "--tiles", folder, "--out", out, "--data-um-per-px", um, "--minutes", minutes, *extra)
+    stop.set()
+    print("\n".join(line for line in log.splitlines() if not line.startswith("step ") or "validation" in line))
+    last = [line for line in log.splitlines() if line.startswith('step ') and 'ETA' in line][-1:]
+    print(f"last progress line: {last}")
+    print(f"train wall time {time.perf_counter() - start:.0f} s; load average during training: mean "
+          f"{np.mean(samples) if samples else float('nan'):.1f}, max {max(samples, default=float('nan')):.1f} "
+          f"(2 cores)")
+    return json.loads((Path(out) / "model_card.json").read_text())
+
+
+def glomeruli(args):
+    import imageio.v3 as iio
+
+    from napari_ftu.evaluation.metrics import dice
+
+    work = args.out / "sarder"
+    tiles = work / "train_tiles"
+    for sub in ("images", "masks"):
+        (tiles / sub).mkdir(parents=True, exist_ok=True)
+    held = [f"O27_{k}_" for k in range(15, 21)]
+    test = []
+    for image in sorted((SARDER / "images").glob("*.png")):
+        key = image.name[len("slide_"):]
+        mask = SARDER / "masks" / f"mask_{key}"
+        if any(key.startswith(h) for h in held):
+            test.append((image, mask))
+            continue
+        for src, dst in ((image, tiles / "images" / image.name), (mask, tiles / "masks" / mask.name)):
+            if not dst.exists():
+                dst.symlink_to(src)
+    print(f"glomeruli: {len(list((tiles / 'images').iterdir()))} training patches, {len(test)} held out "
+          f"({', '.join(p.stem for p, _ in test)}), {SARDER_UM} µm/px, {args.minutes} min")
+    card = train(tiles, work / "model", args.minutes, SARDER_UM)
+    print(f"card: threshold {card['threshold']}, encoder {card['encoder']}, "
+          f"weights {card['notes'].get('encoder_weights', {}).get('source')}")
+    scores = []
+    for image, mask in test:
+        labels = work / f"{image.stem}.tif"
+        cli("segment", image, "--model", work / "model", "--out", work / f"{image.stem}.csv", "--labels", labels,
+            "--um-per-px", SARDER_UM, "--overwrite", quiet=True)
+        truth = iio.imread(mask)
+        truth = (truth[..., 0] if truth.ndim == 3 else truth) > 0
+        scores.append(dice(iio.imread(labels) > 0, truth))
+    print("held-out Dice per image: " + ", ".join(f"{s:.3f}" for s in scores))
+    print(f"GLOMERULI held-out mean Dice through `napari-ftu segment`: {np.mean(scores):.4f}")
+
+
+def vessels(args):
+    from napari_ftu.evaluation.evaluate import evaluate_image, summarize
+    from napari_ftu.formats.annotations import Annotations
+    from napari_ftu.formats.datasets import open_dataset
+    from napari_ftu.io.images import read_image, write_tiff
+
+    work = args.out / "vessels"
+    tiles = work / "train_tiles"
+    for sub in ("images", "masks"):
+        (tiles / sub).mkdir(parents=True, exist_ok=True)
+    ds = open_dataset(VESSELS)
+    held = ds.ids[-2:]
+    for k, image_id in enumerate(ds.ids):
+        if image_id in held:
+            continue
+        item = ds.load(k)
+        write_tiff(tiles / "images" / f"{image_id}.tif", np.asarray(item.slide.read()), VESSEL_UM)
+        write_tiff(tiles / "masks" / f"{image_id}.tif", item.annotations.labels.astype(np.uint16), VESSEL_UM)
+    print(f"vessels: {len(ds.ids) - len(held)} training tiles, held out {held}, {VESSEL_UM} µm/px, {args.minutes} min")
+    train(tiles, work / "model", args.minutes, VESSEL_UM, extra=("--um-per-px", "1.0", "--classes", "blood_vessel"))
+    results = []
+    for image_id in held:
+        k = ds.ids.index(image_id)
+        truth = ds.load(k).annotations
+        image = VESSELS / "tiles" / f"{image_id}.tif"
+        labels = work / f"{image_id}.tif"
+        cli("segment", image, "--model", work / "model", "--out", work / f"{image_id}.csv", "--labels", labels,
+            "--um-per-px", VESSEL_UM, "--overwrite", quiet=True)
+        pred = Annotations(image_id, np.asarray(read_image(labels).data))
+        results.append(evaluate_image(pred, truth, ap_iou=0.6))
+    for row in summarize(results):
+        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--task", choices=["glomeruli", "vessels", "both"], default="glomeruli")
+    p.add_argument("--out", type=Path, default=Path("/tmp/train_real"))
+    args = p.parse_args()
+    print(f"load average at start: {os.getloadavg()}")
+    if args.task in ("glomeruli", "both"):
+        glomeruli(args)
+    if args.task in ("vessels", "both"):
+        vessels(args)
+
+
+if __name__ == "__main__":
+    main()

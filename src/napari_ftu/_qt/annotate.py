@@ -1,0 +1,179 @@
+"""Annotate dock: label FTUs without a model, from scribbles or clicks.
+
+A thin view on :mod:`napari_ftu.annotate`: a scribbles Labels layer (1 = background, 2.. = FTU
+classes), *Train* in a worker (``_qt/jobs.start_job``) that fills an "objects" instance Labels
+layer ready for Review, Export and Train, *Save classifier* as a model folder the Segment dock
+loads, and clicks: with *click to add objects* on, a click on an FTU adds its mask as a new object,
+Shift+click adds it to the selected object, Alt+click removes it; each click is one undo step of
+a :class:`~napari_ftu.review.session.ReviewSession` history (Undo button).
+"""
+
+from __future__ import annotations
+
+import napari
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    create_widget,
+)
+from napari.utils.notifications import show_error, show_info
+
+from napari_ftu._qt.jobs import start_job
+from napari_ftu.annotate import clicks, headless
+from napari_ftu.errors import InputError
+from napari_ftu.review.editing import EditError
+from napari_ftu.review.session import ReviewSession
+
+SCRIBBLES = "scribbles"
+OBJECTS = "objects"
+
+
+class AnnotateWidget(Container):
+    def __init__(self, viewer: napari.viewer.Viewer):
+        super().__init__()
+        self._viewer = viewer
+        self.worker = self.classifier = self.session = None
+        self.image = create_widget(annotation=napari.layers.Image, label="image")
+        self.um_per_px = FloatSpinBox(label="µm/px", value=1.0, min=0.01, max=100.0, step=0.05)
+        self.classes = LineEdit(label="FTU classes", value="glomerulus", tooltip="comma separated: labels 2, 3, ...")
+        self.min_um2 = FloatSpinBox(label="min object µm²", value=0.0, min=0.0, max=1e7, step=100.0)
+        self.diameter = FloatSpinBox(label="FTU diameter µm", value=clicks.DIAMETER_UM, min=1.0, max=1e4)
+        self.add_button = PushButton(text="Add scribbles layer")
+        self.train_button = PushButton(text="Train")
+        self.clicking = CheckBox(text="click to add objects (Shift: add to selected, Alt: remove)", value=False)
+        self.undo_button = PushButton(text="Undo click")
+        self.model_dir = FileEdit(label="save to", mode="d", value="scribble_classifier")
+        self.save_button = PushButton(text="Save classifier", enabled=False)
+        self.bar = ProgressBar(label="progress", value=0, min=0, max=1)
+        self.status = Label(value="paint 1 = background, 2.. = FTUs, then Train")
+        self.extend([self.image, self.um_per_px, self.classes, self.min_um2, self.diameter, self.add_button,
+                     self.train_button, self.clicking, self.undo_button, self.model_dir, self.save_button,
+                     self.bar, self.status])
+        self.add_button.changed.connect(self.add_scribbles)
+        self.train_button.changed.connect(self.train)
+        self.save_button.changed.connect(self.save)
+        self.undo_button.changed.connect(self.undo)
+        self.image.changed.connect(self._image_changed)
+        self._image_changed()
+        viewer.mouse_drag_callbacks.append(self._on_click)
+
+    def _image_changed(self, *_):
+        layer = self.image.value
+        if layer is not None and layer.metadata.get("um_per_px"):
+            self.um_per_px.value = float(layer.metadata["um_per_px"])
+
+    def _pixels(self) -> np.ndarray:
+        layer = self.image.value
+        if layer is None:
+            raise InputError("open an image first")
+        data = layer.data[0] if layer.multiscale else layer.data
+        return np.asarray(data)
+
+    def add_scribbles(self, *_) -> napari.layers.Labels:
+        shape = self._pixels().shape[:2]
+        if SCRIBBLES in self._viewer.layers:
+            return self._viewer.layers[SCRIBBLES]
+        layer = self._viewer.add_labels(np.zeros(shape, np.uint8), name=SCRIBBLES, opacity=0.8)
+        layer.brush_size, layer.selected_label = 5, 2
+        layer.mode = "paint"
+        return layer
+
+    def _objects(self) -> napari.layers.Labels:
+        if OBJECTS not in self._viewer.layers:
+            layer = self._viewer.add_labels(np.zeros(self._pixels().shape[:2], np.int32), name=OBJECTS, opacity=0.5,
+                                            metadata={"um_per_px": self.um_per_px.value})
+            self.session = None
+        layer = self._viewer.layers[OBJECTS]
+        if self.session is None or self.session.labels is not layer.data:
+            self.session = ReviewSession(layer.data, um_per_px=self.um_per_px.value)
+        return layer
+
+    def train(self, *_):
+        """Train on the scribbles and replace the objects layer (one clear message on bad input)."""
+        try:
+            image = self._pixels()
+            if SCRIBBLES not in self._viewer.layers:
+                raise InputError("no scribbles layer: press 'Add scribbles layer' and paint")
+            scribbles = np.asarray(self._viewer.layers[SCRIBBLES].data)
+            names = [c.strip() for c in self.classes.value.split(",") if c.strip()]
+            steps = headless.scribble_steps(image, scribbles, self.um_per_px.value, names, self.min_um2.value)
+            next(steps)  # checks the scribbles here, so bad input never starts a worker
+        except InputError as exc:
+            self._error(str(exc))
+            return None
+        self.train_button.enabled = False
+        self.status.value = "training..."
+        self.worker = start_job(steps, "Annotate: train", on_done=self._trained, on_error=self._failed,
+                                on_finished=self._finished, bar=self.bar, total=3)
+        return self.worker
+
+    def _trained(self, result):
+        labels, table, clf = result
+        self.classifier = clf
+        if OBJECTS in self._viewer.layers:
+            self._viewer.layers[OBJECTS].data = labels
+        else:
+            self._viewer.add_labels(labels, name=OBJECTS, opacity=0.5, metadata={"um_per_px": self.um_per_px.value})
+        layer = self._viewer.layers[OBJECTS]
+        layer.metadata["objects"] = table
+        self.session = ReviewSession(layer.data, um_per_px=self.um_per_px.value)
+        self.save_button.enabled = True
+        self.status.value = f"{len(table)} objects from the scribbles"
+
+    def _failed(self, exc):
+        self._error(f"training failed: {exc}")
+
+    def _finished(self):
+        self.train_button.enabled = True
+        self.worker = None
+
+    def save(self, *_):
+        if self.classifier is None:
+            return self._error("train first")
+        try:
+            folder = self.classifier.save(self.model_dir.value, min_object_um2=self.min_um2.value)
+        except OSError as exc:
+            return self._error(f"{self.model_dir.value}: cannot save ({exc})")
+        show_info(f"saved the classifier to {folder} (the Segment dock and napari-ftu segment load it)")
+        self.status.value = f"saved {folder}"
+
+    def click(self, point, mode: str = "new") -> int | None:
+        """Add (``new``), grow (``add``) or cut (``remove``) an object at ``point`` (y, x)."""
+        try:
+            image = self._pixels()
+            prob = self.classifier.probability(image)[0] if self.classifier is not None else None
+            mask = clicks.object_at(image, point, self.um_per_px.value, self.diameter.value, prob=prob)
+            layer = self._objects()
+            edit = headless.click_edit(layer.data, mask, mode, int(layer.selected_label))
+            self.session.apply(edit)
+        except (InputError, EditError) as exc:
+            self._error(str(exc))
+            return None
+        layer.refresh()
+        if edit.created:
+            layer.selected_label = edit.created[0]
+        self.status.value = f"{edit.name} ({len(self.session.review.rows)} objects)"
+        return edit.created[0] if edit.created else int(layer.selected_label)
+
+    def undo(self, *_):
+        if self.session is not None and self.session.undo() is not None:
+            self._viewer.layers[OBJECTS].refresh()
+
+    def _on_click(self, viewer, event):
+        if not self.clicking.value or self.image.value is None:
+            return
+        mods = {str(m).lower() for m in event.modifiers}
+        mode = "add" if "shift" in mods else "remove" if "alt" in mods else "new"
+        point = self.image.value.world_to_data(event.position)[-2:]
+        self.click(point, mode)
+
+    def _error(self, message: str):
+        self.status.value = message
+        show_error(message)

@@ -1,0 +1,34 @@
+"""From a classifier's probability to instance objects, with the engine's own post-processing
+(threshold, fill holes, remove small, optional split), so scribble results look like a model's."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_ftu.engine.postprocess import instances, object_table, relabel_sequential, split_touching
+
+
+def objects_from_probability(prob: np.ndarray, threshold: float = 0.5, min_area_px: int = 0,
+                             split_min_distance_px: float | None = None, um_per_px: float | None = None,
+                             class_names: list | None = None):
+    """``prob`` (K, H, W) per FTU class -> (labels int32, object table with class and confidence).
+    A pixel belongs to the most probable class when that class passes ``threshold``."""
+    prob = np.asarray(prob, np.float32)
+    if prob.ndim == 2:
+        prob = prob[None]
+    best = prob.argmax(0) if len(prob) > 1 else np.zeros(prob.shape[1:], np.intp)
+    top = np.take_along_axis(prob, best[None], 0)[0]
+    labels = np.zeros(top.shape, np.int32)
+    table = []
+    for k in range(len(prob)):
+        p = np.where(best == k, top, 0.0).astype(np.float32)
+        lab = instances(p, threshold, min_area_px)
+        rows = object_table(lab, p, um_per_px)
+        if split_min_distance_px:
+            rows = split_touching(lab, p, rows, split_min_distance_px, um_per_px=um_per_px)
+        offset = int(labels.max())
+        lab = relabel_sequential(lab)
+        labels = np.where(lab > 0, lab + offset, labels)
+        name = class_names[k] if class_names and k < len(class_names) else f"class {k + 2}"
+        table += [dict(r, cls=name) for r in object_table(np.where(lab > 0, lab + offset, 0), p, um_per_px)]
+    return labels, table
