@@ -282,9 +282,9 @@ def import_smp():
 
 def build_network(card: ModelCard):
     """An untrained network of the card's architecture (no weight download): an smp model, or
-    the scribble classifier of :mod:`napari_ftu.annotate.pixels`."""
+    the scribble classifier of :mod:`napari_ftu.engine.features`."""
     if card.architecture == "FeatureClassifier":
-        from napari_ftu.annotate.pixels import build_from_card
+        from napari_ftu.engine.features import build_from_card
 
         try:
             return build_from_card(card)

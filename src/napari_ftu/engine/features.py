@@ -114,3 +114,52 @@ def _to_unit(image: np.ndarray) -> np.ndarray:
     if a.dtype == np.uint16:
         return a.astype(np.float32) / 65535
     return np.clip(a.astype(np.float32), 0, 1)
+
+
+ARCHITECTURE = "FeatureClassifier"  # the card's architecture of a scribble classifier
+SIGMAS = (1.0, 2.0, 4.0, 8.0, 16.0)  # px at the classifier's µm/px; 16 px spans a glomerulus at 2 µm/px
+SMOOTH = 3.0  # px, Gaussian on the logits
+
+
+def feature_classifier(in_channels: int = 3, n_classes: int = 1, sigmas=SIGMAS, stains: str = "hed",
+                       hidden: int = 0, smooth: float = SMOOTH):
+    """Filter bank -> feature standardisation -> 1×1-conv head (linear, or an MLP with ``hidden``
+    units) -> Gaussian smoothing of the logits (``smooth`` px: a pixel's class follows its
+    neighbourhood, which removes speckle before thresholding). ``n_classes`` FTU classes give one
+    logit (FTU vs background) for one class, else ``n_classes + 1`` logits (background first)."""
+    torch = import_torch()
+    from torch import nn
+
+    n_feat = n_features(in_channels, sigmas)
+    n_out = 1 if n_classes == 1 else n_classes + 1
+
+    class FeatureClassifier(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bank = filter_bank_module(in_channels, sigmas, stains)
+            self.register_buffer("feat_mean", torch.zeros(n_feat))
+            self.register_buffer("feat_std", torch.ones(n_feat))
+            self.head = (nn.Sequential(nn.Conv2d(n_feat, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, n_out, 1))
+                         if hidden else nn.Conv2d(n_feat, n_out, 1))
+            self.smooth = float(smooth)
+            if smooth > 0:
+                self.register_buffer("g_out", _gauss_kernel(smooth), persistent=False)
+                self.bank.margin += self.g_out.numel() // 2
+
+        def standardised(self, x):
+            f = self.bank(x)
+            return (f - self.feat_mean.view(1, -1, 1, 1)) / self.feat_std.view(1, -1, 1, 1)
+
+        def forward(self, x):
+            logits = self.head(self.standardised(x))
+            return self.bank.blur(logits, self.g_out) if self.smooth > 0 else logits
+
+    return FeatureClassifier()
+
+
+def build_from_card(card) -> object:
+    """The untrained network a ``FeatureClassifier`` card describes (used by ``build_network``)."""
+    kw = dict(card.arch_kwargs)
+    n_classes = len(card.classes) if len(card.classes) == 1 else len(card.classes) - 1
+    return feature_classifier(card.in_channels, n_classes, tuple(kw.get("sigmas", SIGMAS)),
+                              kw.get("stains", "hed"), int(kw.get("hidden", 0)), float(kw.get("smooth", SMOOTH)))
