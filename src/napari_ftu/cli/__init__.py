@@ -295,8 +295,7 @@ def _segment(args) -> int:
     from napari_ftu.engine.run import STORE_NAME, segment_slide_steps
     from napari_ftu.formats.annotations import Annotations
     from napari_ftu.formats.export import export_annotations, safe_id
-    from napari_ftu.io.images import write_labels_ome_tiff, write_probability, write_tiff
-    from napari_ftu.io.slides import _stem
+    from napari_ftu.io.images import file_stem, write_labels_ome_tiff, write_probability, write_tiff
     from napari_ftu.steps import Outputs, TileProgress, drain
 
     options = _segment_options(args)
@@ -309,7 +308,7 @@ def _segment(args) -> int:
     for out in (args.out, args.labels, args.probability):
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    image_id = safe_id(args.id or _stem(args.image))
+    image_id = safe_id(args.id or file_stem(args.image))
     model = load_model(args.model, device=args.device, trust_code=args.trust_model)
 
     grid = []  # the probability on the model grid, as the engine fills it

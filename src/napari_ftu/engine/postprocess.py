@@ -46,7 +46,7 @@ def _row(i, area, conf, cy, cx, box, um_per_px):
         "centroid_y": float(cy),
         "centroid_x": float(cx),
         "confidence": float(conf),
-        "bbox": [int(v) for v in box],  # row0, row1, col0, col1 (stop exclusive)
+        "bbox": [int(box[0]), int(box[2]), int(box[1]), int(box[3])],  # (y0, x0, y1, x1), stops exclusive
     }
 
 
@@ -84,7 +84,7 @@ def split_touching(labels, prob, objects: list[dict], min_distance_px: float, sc
     next_id = max((o["id"] for o in objects), default=0) + 1
     table = []
     for obj in objects:
-        y0, y1, x0, x1 = obj["bbox"]
+        y0, x0, y1, x1 = obj["bbox"]
         crop = np.asarray(labels[y0:y1, x0:x1])
         mask = crop == obj["id"]
         dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
@@ -103,7 +103,7 @@ def split_touching(labels, prob, objects: list[dict], min_distance_px: float, sc
         p = np.asarray(prob[y0:y1, x0:x1], np.float64) / scale
         for row in object_table(np.where(np.isin(crop, ids), crop, 0), p, um_per_px):
             b = row["bbox"]
-            row["bbox"] = [b[0] + y0, b[1] + y0, b[2] + x0, b[3] + x0]
+            row["bbox"] = [b[0] + y0, b[1] + x0, b[2] + y0, b[3] + x0]
             row["centroid_y"] += y0
             row["centroid_x"] += x0
             table.append(row)

@@ -48,16 +48,23 @@ def read_image(path: str | Path, um_per_px: float | None = None) -> LoadedImage:
     (missing strips or tiles, PNG data cut short) are refused, never read as zeros. ``um_per_px`` overrides the file's
     pixel size (whose own is then not read)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix not in TIFF_SUFFIXES + RASTER_SUFFIXES:
-        raise InputError(f"{path}: unsupported file type {suffix!r}")
+    suffix = image_suffix(path)
     with reading(path):
         data, um = _read_tiff(path, um_per_px) if suffix in TIFF_SUFFIXES else (read_raster(path), um_per_px)
     if data.size == 0 or data.ndim < 2:
         raise InputError(f"{path}: image has no pixels (shape {data.shape})")
     return LoadedImage(data, um, file_stem(path), path)
+
+
+def image_suffix(path: Path) -> str:
+    """The lower-case suffix of an image file we can read; a missing file or another type is
+    refused naming the file (before any library sees it)."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix not in TIFF_SUFFIXES + RASTER_SUFFIXES:
+        raise InputError(f"{path}: unsupported file type {suffix!r}")
+    return suffix
 
 
 def reason(exc: BaseException) -> str:

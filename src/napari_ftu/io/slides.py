@@ -15,12 +15,12 @@ import numpy as np
 from napari_ftu.errors import InputError
 from napari_ftu.io.budget import check_memory
 from napari_ftu.io.images import (
-    RASTER_SUFFIXES,
     TIFF_SUFFIXES,
     _pixel_size,
     check_tiff_data,
     file_stem,
     first_series,
+    image_suffix,
     read_raster,
     reason,
 )
@@ -79,11 +79,7 @@ def open_slide(path: str | Path, um_per_px: float | None = None) -> Slide:
     """Open a TIFF/SVS/NDPI/OME-TIFF lazily, or a PNG/JPEG in memory; errors name the file.
     ``um_per_px`` overrides the file's pixel size (whose own is then not read)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix not in TIFF_SUFFIXES + RASTER_SUFFIXES:
-        raise InputError(f"{path}: unsupported file type {suffix!r}")
+    suffix = image_suffix(path)
     try:
         slide = _open_tiff(path, um_per_px) if suffix in TIFF_SUFFIXES else _open_raster(path)
         slide.um_per_px = um_per_px or slide.um_per_px
