@@ -221,7 +221,7 @@ def test_the_threshold_that_maximises_validation_dice_goes_into_the_card(tmp_pat
 
 
 def _tiles(tmp_path, small_slide):
-    from napari_ftu.formats.export import export_tiles
+    from napari_ftu.training.tiles import export_tiles
 
     rgb, labels, _ = small_slide
     export_tiles(rgb, labels, tmp_path / "tiles", "s", tile=192, negative_fraction=1.0)
