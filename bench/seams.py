@@ -41,17 +41,18 @@ def model_grid(path: Path, model) -> np.ndarray:
 def ours(rgb, model, overlap: int, blend: str, batch: int):
     """Probability of class 0 and the seconds until it was complete (before instance labelling)."""
     from napari_ftu.engine.inference import segment_steps
+    from napari_ftu.steps import LabelProgress, Outputs, TileProgress
 
     start = time.perf_counter()
     steps = segment_steps(rgb, model, overlap=overlap, blend=blend, batch_size=batch, skip_background=False,
                           full_resolution=False)
     prob, n_tiles = None, 0
     for event in steps:
-        if event[0] == "outputs":
-            prob = event[1]
-        elif event[0] == "tile":
-            n_tiles = event[2]
-        elif event[0] == "label":
+        if isinstance(event, Outputs):
+            prob = event.probability
+        elif isinstance(event, TileProgress):
+            n_tiles = event.total
+        elif isinstance(event, LabelProgress):
             break
     seconds = time.perf_counter() - start
     steps.close()

@@ -81,7 +81,7 @@ def glomeruli(args):
                 dst.symlink_to(src)
     print(f"glomeruli: {len(list((tiles / 'images').iterdir()))} training patches, {len(test)} held out "
           f"({', '.join(p.stem for p, _ in test)}), {SARDER_UM} µm/px, {args.minutes} min")
-    card = train(tiles, work / "model", args.minutes, SARDER_UM)
+    card = train(tiles, work / "model", args.minutes, SARDER_UM, extra=args.train_flags)
     print(f"card: threshold {card['threshold']}, encoder {card['encoder']}, "
           f"weights {card['notes'].get('encoder_weights', {}).get('source')}")
     scores = []
@@ -115,7 +115,8 @@ def vessels(args):
         write_tiff(tiles / "images" / f"{image_id}.tif", np.asarray(item.slide.read()), VESSEL_UM)
         write_tiff(tiles / "masks" / f"{image_id}.tif", item.annotations.labels.astype(np.uint16), VESSEL_UM)
     print(f"vessels: {len(ds.ids) - len(held)} training tiles, held out {held}, {VESSEL_UM} µm/px, {args.minutes} min")
-    train(tiles, work / "model", args.minutes, VESSEL_UM, extra=("--um-per-px", "1.0", "--classes", "blood_vessel"))
+    train(tiles, work / "model", args.minutes, VESSEL_UM,
+          extra=("--um-per-px", "1.0", "--classes", "blood_vessel", *args.train_flags))
     results = []
     for image_id in held:
         k = ds.ids.index(image_id)
@@ -135,7 +136,9 @@ def main():
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--task", choices=["glomeruli", "vessels", "both"], default="glomeruli")
     p.add_argument("--out", type=Path, default=Path("/tmp/train_real"))
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the CLI's choice from the load)")
     args = p.parse_args()
+    args.train_flags = ("--threads", str(args.threads)) if args.threads else ()
     print(f"load average at start: {os.getloadavg()}")
     if args.task in ("glomeruli", "both"):
         glomeruli(args)

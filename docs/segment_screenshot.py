@@ -12,6 +12,7 @@ from qtpy.QtWidgets import QApplication
 
 from napari_ftu._qt.demo import hide_notices
 from napari_ftu.io.synthetic import make_slide
+from napari_ftu.steps import TileProgress
 
 OUT = Path(__file__).resolve().parent / "segment_running.png"
 
@@ -31,7 +32,7 @@ taken = []
 
 
 def half_way(event):
-    if event[0] == "tile" and event[1] >= event[2] // 2 and not taken:
+    if isinstance(event, TileProgress) and event.done >= event.total // 2 and not taken:
         hide_notices(viewer)
         app.processEvents()
         taken.append(viewer.screenshot(str(OUT), canvas_only=False))
