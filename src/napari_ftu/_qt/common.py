@@ -40,5 +40,19 @@ def plot_canvas(height: int = 190):
 
 def special(spin, text: str):
     """Show ``text`` instead of the spin box's minimum, the value that means "automatic"."""
-    spin.native.setSpecialValueText(text)
+    box = spin.native
+    box.setSpecialValueText(text)
+    if hasattr(box, "_updateEdit"):  # superqt's large-int spin box ignores the special text: show it ourselves
+
+        def update():
+            shown = text if box.value() == box.minimum() else str(box.value())
+            if box.lineEdit().text() != shown:
+                box.lineEdit().setText(shown)
+
+        def interpret(policy):
+            typed = box.lineEdit().displayText()
+            box._setValue(box.minimum() if typed == text or not typed else int(typed), policy)
+
+        box._updateEdit, box._interpret = update, interpret
+        update()
     return spin
