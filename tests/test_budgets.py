@@ -85,17 +85,21 @@ def test_the_message_names_the_file_the_need_and_the_budget(monkeypatch):
 
 def _claiming_tiff(path, h, w, bytecount=None):
     """A 64 x 64 zlib TIFF (a few hundred bytes) whose header is edited to claim h x w pixels."""
-    tifffile.imwrite(path, np.full((64, 64), 7, np.uint8), compression="zlib", rowsperstrip=64)
-    data = bytearray(path.read_bytes())
-    with tifffile.TiffFile(path) as tif:
-        tags = tif.pages[0].tags
-        edits = {"ImageWidth": w, "ImageLength": h, "RowsPerStrip": h}
-        if bytecount is not None:
-            edits["StripByteCounts"] = bytecount
-        for name, value in edits.items():
-            struct.pack_into("<H" if tags[name].dtype == 3 else "<I", data, tags[name].valueoffset, value)
-    path.write_bytes(bytes(data))
-    return path
+    return _fuzz()._claiming_tiff(path, h, w, bytecount)
+
+
+def _fuzz():
+    """bench/fuzz.py, whose adversarial files these tests share (loaded as tests/test_fuzz.py does)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "napari_ftu_bench_fuzz"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / "fuzz.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 def _zero_tiles(n, tile=4096):
