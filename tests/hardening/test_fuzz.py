@@ -24,7 +24,7 @@ from napari_ftu.formats.annotations import Annotations, safe_id
 from napari_ftu.formats.export import import_annotations
 from napari_ftu.formats.polygons import rasterize
 
-_spec = importlib.util.spec_from_file_location("napari_ftu_bench_fuzz", Path(__file__).parents[1] / "bench" / "fuzz.py")
+_spec = importlib.util.spec_from_file_location("napari_ftu_bench_fuzz", Path(__file__).parents[2] / "bench" / "fuzz.py")
 fuzz = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)  # one definition of the targets
 _spec.loader.exec_module(fuzz)
 
