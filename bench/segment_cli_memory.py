@@ -7,9 +7,8 @@ reading, the zarr store, labelling and the RLE export).
 The slide is written by ``bench/slide_open.py``'s repeated-patch writer when PATH is missing
 (0.5 µm/px, so the model's 2 µm/px grid is 12 500 x 12 500). ``--model cheap`` (the default)
 runs ``bench/slide_memory.py``'s fixed 3-layer CNN, saved as a TorchScript model folder, so the
-figure measures the command's own memory in minutes rather than the network's compute (the
-built-in network needs about 2 s per 4 tiles on a busy 2-core machine: hours for 3136 tiles);
-``--model default`` runs the built-in model.
+figure measures the command's own memory rather than the network's compute; ``--model default``
+runs the built-in model (3136 tiles: about half an hour on a shared 2-core machine).
 """
 
 import argparse
