@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
+from napari_ftu.boxes import box_at
+
 napari = pytest.importorskip("napari")
+WINDOW_A, WINDOW_B = box_at(1000, 1000, 300, 300), box_at(1100, 1100, 256, 256)  # overlapping windows of a store
 
 
 def _scene():
@@ -198,19 +201,20 @@ def test_large_slide_window_edit_and_save(dock, tmp_path):
 
     viewer, w = dock
     store = LabelStore.create(tmp_path / "big.zarr", (20_000, 20_000))
-    win = store.read_window(15_000, 15_000, 200, 200)
+    win = store.read_window(box_at(15_000, 15_000, 200, 200))
     win[50:150, 50:150] = 7
-    store.write_window(15_000, 15_000, win)
+    store.write_window(box_at(15_000, 15_000, 200, 200), win)
     shown = w.open_store(tmp_path / "big.zarr")
     assert shown.multiscale and len(shown.data) == len(store.levels)
-    layer = w.edit_window((14_900, 14_900, 512, 512))
+    box = box_at(14_900, 14_900, 512, 512)
+    layer = w.edit_window(box)
     assert layer.data.shape == (512, 512) and set(w.session.review.rows) == {7}
     assert np.allclose(layer.translate, np.asarray(shown.translate) + 14_900 * np.asarray(shown.scale))
     w.select([7])
     w.grow(1)
     assert (layer.data == 7).sum() > 100 * 100
     w.save_window()
-    assert (store.read_window(14_900, 14_900, 512, 512) == layer.data).all()
+    assert (store.read_window(box) == layer.data).all()
     lvl2 = np.asarray(store.levels[2][3725:3853, 3725:3853])
     assert (lvl2 == np.asarray(layer.data[::4, ::4])).all()  # lower levels follow the edit
     viewer.scene.camera.center = tuple(shown.data_to_world((15_100, 15_100)))  # the view decides the window
@@ -218,11 +222,11 @@ def test_large_slide_window_edit_and_save(dock, tmp_path):
     view = w.edit_window()
     (y, x), (h, wd) = view.metadata["window_offset"], view.data.shape
     assert y < 15_100 < y + h and x < 15_100 < x + wd and 100 < h <= 4096 and 100 < wd <= 4096
-    assert (view.data == np.asarray(store.read_window(y, x, h, wd))).all() and 7 in view.data
+    assert (view.data == np.asarray(store.read_window(box_at(y, x, h, wd)))).all() and 7 in view.data
     layer = view
     viewer.scene.camera.zoom = 0.01 / abs(shown.scale[-1])  # zoomed far out: the view is too big
     assert w.edit_window() is None and "at most 4096" in w.counts.value
-    assert w.edit_window((0, 0, 5000, 5000)) is None  # too big a window is refused, with a message
+    assert w.edit_window(box_at(0, 0, 5000, 5000)) is None  # too big a window is refused, with a message
     assert "at most 4096" in w.counts.value and w.layer is layer
 
 
@@ -392,27 +396,27 @@ def test_each_full_resolution_window_keeps_its_unsaved_edits(dock, tmp_path):
 
     viewer, w = dock
     store = LabelStore.create(tmp_path / "big.zarr", (20_000, 20_000))
-    win = store.read_window(1000, 1000, 300, 300)
+    win = store.read_window(WINDOW_A)
     win[100:200, 100:200] = 7
     win[20:60, 20:60] = 8
-    store.write_window(1000, 1000, win)
+    store.write_window(WINDOW_A, win)
     w.open_store(tmp_path / "big.zarr")
-    a = w.edit_window((1000, 1000, 300, 300))
+    a = w.edit_window(WINDOW_A)
     w.select([7])
     w.grow(1)
     w.select([8])
     w.accept()
     edited_a = a.data.copy()
-    b = w.edit_window((1100, 1100, 256, 256))  # overlaps A; A's layer is replaced
+    b = w.edit_window(WINDOW_B)  # overlaps A; A's layer is replaced
     assert a not in viewer.layers and b.data.shape == (256, 256)
     w.select([7])
     w.delete()
-    w.edit_window((900, 900, 128, 128))  # B's edits are saved in B's session
-    a2 = w.edit_window((1000, 1000, 300, 300))
+    w.edit_window(box_at(900, 900, 128, 128))  # B's edits are saved in B's session
+    a2 = w.edit_window(WINDOW_A)
     assert (a2.data == edited_a).all()  # A's unsaved edits came back, not the store's pixels
     assert w.session.review.rows[8].status == "accepted"
-    assert (store.read_window(1000, 1000, 300, 300) == win).all()  # nothing was written into the store
-    b2 = w.edit_window((1100, 1100, 256, 256))
+    assert (store.read_window(WINDOW_A) == win).all()  # nothing was written into the store
+    b2 = w.edit_window(WINDOW_B)
     assert 7 not in b2.data  # and B's came back too
 
 
@@ -423,30 +427,30 @@ def test_a_window_saved_into_the_store_shows_later_store_changes(dock, tmp_path)
 
     viewer, w = dock
     store = LabelStore.create(tmp_path / "big.zarr", (4000, 4000))
-    win = store.read_window(1000, 1000, 300, 300)
+    win = store.read_window(WINDOW_A)
     win[100:200, 100:200] = 7
     win[20:60, 20:60] = 8
-    store.write_window(1000, 1000, win)
+    store.write_window(WINDOW_A, win)
     w.open_store(tmp_path / "big.zarr")
-    w.edit_window((1000, 1000, 300, 300))
+    w.edit_window(WINDOW_A)
     w.select([8])
     w.accept()
     w.select([7])
     w.set_class()
     w.save_window()
-    w.edit_window((1100, 1100, 256, 256))
+    w.edit_window(WINDOW_B)
     w.select([7])
     w.delete()
     w.save_window()
-    a = w.edit_window((1000, 1000, 300, 300))
-    assert 7 not in a.data and (a.data == store.read_window(1000, 1000, 300, 300)).all()
+    a = w.edit_window(WINDOW_A)
+    assert 7 not in a.data and (a.data == store.read_window(WINDOW_A)).all()
     assert w.session.review.rows[8].status == "accepted" and 7 not in w.session.review.rows
-    w.edit_window((0, 0, 64, 64))
-    a = w.edit_window((1000, 1000, 300, 300))  # and unsaved edits of a window still win over the store
+    w.edit_window(box_at(0, 0, 64, 64))
+    a = w.edit_window(WINDOW_A)  # and unsaved edits of a window still win over the store
     w.select([8])
     w.delete()
-    w.edit_window((0, 0, 64, 64))
-    assert 8 not in w.edit_window((1000, 1000, 300, 300)).data and 8 in store.read_window(1000, 1000, 300, 300)
+    w.edit_window(box_at(0, 0, 64, 64))
+    assert 8 not in w.edit_window(WINDOW_A).data and 8 in store.read_window(WINDOW_A)
 
 
 def test_a_view_over_a_window_with_unsaved_edits_reopens_that_window(dock, tmp_path):
@@ -457,11 +461,11 @@ def test_a_view_over_a_window_with_unsaved_edits_reopens_that_window(dock, tmp_p
 
     viewer, w = dock
     store = LabelStore.create(tmp_path / "big.zarr", (4000, 4000))
-    win = store.read_window(1000, 1000, 300, 300)
+    win = store.read_window(WINDOW_A)
     win[100:200, 100:200] = 7
-    store.write_window(1000, 1000, win)
+    store.write_window(WINDOW_A, win)
     shown = w.open_store(tmp_path / "big.zarr")
-    a = w.edit_window((1000, 1000, 300, 300))
+    a = w.edit_window(WINDOW_A)
     w.select([7])
     w.grow(1)
     edited = a.data.copy()
@@ -469,7 +473,7 @@ def test_a_view_over_a_window_with_unsaved_edits_reopens_that_window(dock, tmp_p
     viewer.scene.camera.zoom = 2 / abs(shown.scale[-1])
     again = w.edit_window()
     assert again.metadata["window_offset"] == (1000, 1000) and (again.data == edited).all()
-    assert pending_windows(w._session_folder(shown), f"{shown.name} window") == [(1000, 1000, 300, 300)]
+    assert pending_windows(w._session_folder(shown), f"{shown.name} window") == [WINDOW_A]
     w.save_window()
     assert pending_windows(w._session_folder(shown), f"{shown.name} window") == []
     view = w.edit_window()  # now the view itself

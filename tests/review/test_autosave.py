@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from napari_ftu.boxes import box_at, from_corners
 from napari_ftu.review import editing as E
-from napari_ftu.review.autosave import Autosaver, SessionError, SessionStore
+from napari_ftu.review.autosave import Autosaver, SessionError, SessionStore, pending_windows
 from napari_ftu.review.session import ReviewSession
 
 
@@ -45,20 +46,60 @@ def _asides(folder, kind):
 def test_each_full_resolution_window_keeps_its_own_session(tmp_path):
     """Editing window B of a label store never destroys window A's unsaved edits."""
     a = _edited_session((512, 512), offset=(14_900, 14_900))
-    store_a = SessionStore(tmp_path, "big (store) window", window=(14_900, 14_900, 512, 512))
+    store_a = SessionStore(tmp_path, "big (store) window", window=box_at(14_900, 14_900, 512, 512))
     store_a.save(a)
     b = _edited_session((300, 400), offset=(0, 1000))
     b.reject([3])
-    store_b = SessionStore(tmp_path, "big (store) window", window=(0, 1000, 300, 400))
+    window_b = box_at(0, 1000, 300, 400)
+    store_b = SessionStore(tmp_path, "big (store) window", window=window_b)
     assert store_b.restore((300, 400), (0, 1000)) is None  # B has no session yet, and A's file is not B's
     store_b.save(b)
     assert store_a.path != store_b.path
-    again = SessionStore(tmp_path, "big (store) window", window=(14_900, 14_900, 512, 512))
+    again = SessionStore(tmp_path, "big (store) window", window=box_at(14_900, 14_900, 512, 512))
     saved = again.restore((512, 512), (14_900, 14_900))
     assert (saved.labels == a.labels).all() and saved.review.rows[1].status == "accepted"
     assert saved.offset == (14_900, 14_900)
-    saved_b = SessionStore(tmp_path, "big (store) window", window=(0, 1000, 300, 400)).restore((300, 400), (0, 1000))
+    saved_b = SessionStore(tmp_path, "big (store) window", window=window_b).restore((300, 400), (0, 1000))
     assert (saved_b.labels == b.labels).all() and saved_b.review.rows[3].status == "rejected"
+
+
+
+def _npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def test_window_sessions_keep_their_file_format(tmp_path):
+    """Boxes are slices in memory, but a window's file is still ``<layer>@<y>_<x>_<h>x<w>`` and
+    the table's boxes are still corners: an autosave written before the change (built here by
+    hand, byte layout as written then) loads, and a new save is read back the same way."""
+    labels = _scene((300, 400))
+    corners = {1: [10, 10, 20, 20], 2: [40, 40, 60, 60], 3: [80, 80, 110, 110]}
+    rows = [{"id": i, "cls": "FTU", "area_px": int((labels == i).sum()), "area_um2": float((labels == i).sum()),
+             "confidence": None, "status": "accepted" if i == 2 else "unreviewed", "box": box,
+             "centroid": [(box[0] + box[2] - 1) / 2, (box[1] + box[3] - 1) / 2]} for i, box in corners.items()]
+    meta = {"offset": [0, 1000], "saved_at": 1.0, "generation": 3, "in_store_generation": 2}
+    old = tmp_path / "big_store_window@0_1000_300x400.session.npz"
+    with zipfile.ZipFile(old, "w") as zf:
+        zf.writestr("labels.npy", _npy(labels))
+        for name, doc in [("review", {"um_per_px": None, "default_class": "FTU", "rows": rows}), ("meta", meta)]:
+            zf.writestr(f"{name}.npy", _npy(np.frombuffer(json.dumps(doc).encode(), np.uint8)))
+    assert pending_windows(tmp_path, "big (store) window") == [box_at(0, 1000, 300, 400)]
+    store = SessionStore(tmp_path, "big (store) window", window=box_at(0, 1000, 300, 400))
+    assert store.path == old
+    saved = store.restore((300, 400), (0, 1000))
+    assert (saved.labels == labels).all() and saved.offset == (0, 1000)
+    assert saved.review.rows[2].box == from_corners(40, 40, 60, 60) == np.s_[40:60, 40:60]
+    assert (labels[saved.review.rows[2].box] == 2).all()
+
+    session = ReviewSession(saved.labels, saved.review, offset=saved.offset)
+    session.accept([1])
+    store.save(session)
+    with np.load(old, allow_pickle=False) as data:
+        written = json.loads(bytes(data["review"]).decode())
+    assert {r["id"]: r["box"] for r in written["rows"]} == corners
+    assert store.restore((300, 400), (0, 1000)).review.rows[1].status == "accepted"
 
 
 @pytest.mark.parametrize("shape, offset", [((100, 120), (0, 0)), ((120, 120), (0, 64))])

@@ -34,6 +34,7 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from napari_ftu._qt.common import Dock
 from napari_ftu._qt.state import mark_edited, state_of
+from napari_ftu.boxes import box_at, corners, from_corners, overlaps, size
 from napari_ftu.errors import EditError, InputError, SessionError
 from napari_ftu.review import editing
 from napari_ftu.review.autosave import (
@@ -67,7 +68,7 @@ class ReviewWidget(Dock):
         self.autosaver: Autosaver | None = None
         self.layer = None
         self.store: LabelStore | None = None
-        self.window = None  # (layer, store, y, x) of an open large-slide window
+        self.window = None  # (layer, box) of an open large-slide window
         self._order: list[int] = []
         self._syncing = False
         self.labels = create_widget(annotation=napari.layers.Labels, label="labels")
@@ -226,7 +227,7 @@ class ReviewWidget(Dock):
         """The layer's session file; each full-resolution window of a large slide has its own."""
         window = None
         if "window_offset" in layer.metadata:
-            window = (*(int(v) for v in layer.metadata["window_offset"]), *layer.data.shape[-2:])
+            window = box_at(*layer.metadata["window_offset"], *layer.data.shape[-2:])
         return SessionStore(self._session_folder(layer), layer.name, window)
 
     def _close_session(self):
@@ -354,13 +355,12 @@ class ReviewWidget(Dock):
         row = self.session.review.rows.get(obj) if self.session else None
         if row is None or self.layer is None:
             return
-        y0, x0, y1, x1 = row.box
+        h, w = size(row.box)
         centre = self.layer.data_to_world(row.centroid)
         self._viewer.scene.camera.center = tuple(centre[-2:])
         scale = np.abs(np.asarray(self.layer.scale[-2:], float))
-        size = self._viewer.canvas.size
-        extent = max((y1 - y0) * scale[0], (x1 - x0) * scale[1], 1e-9)
-        self._viewer.scene.camera.zoom = max(min(size) / 3 / extent, 1e-6)
+        extent = max(h * scale[0], w * scale[1], 1e-9)
+        self._viewer.scene.camera.zoom = max(min(self._viewer.canvas.size) / 3 / extent, 1e-6)
 
     def _on_rows_selected(self):
         if self._syncing:
@@ -582,28 +582,30 @@ class ReviewWidget(Dock):
 
     def edit_window(self, box=None):
         """Copy a full-resolution window of the label store into an editable Labels layer:
-        ``box`` ``(y, x, h, w)``, else the last rectangle of the "FTU box" layer, else the view."""
+        ``box`` (a :data:`~napari_ftu.boxes.Box`), else the last rectangle of the "FTU box" layer, else the view."""
         store_layer = next((lyr for lyr in self._viewer.layers if lyr.metadata.get("label_store")), None)
         if store_layer is None or self.store is None:
             return self._fail("open a label store first (multiscale labels of a large slide)")
         self.save_now()  # the open window's edits count as pending below
         try:
-            y, x, h, w = box if box is not None else self._pending_or(self._window_box(store_layer), store_layer)
+            box = box if box is not None else self._pending_or(self._window_box(store_layer), store_layer)
+            h, w = size(box)
             if h > MAX_WINDOW or w > MAX_WINDOW:
                 raise ValueError(f"the window is {h} × {w} px; zoom in or draw a box of at most "
                                  f"{MAX_WINDOW} × {MAX_WINDOW} full-resolution pixels")
-            window = self.store.read_window(y, x, h, w)
+            window = self.store.read_window(box)
         except ERRORS as exc:
             return self._fail(exc)
         if self.window is not None and self.window[0] in self._viewer.layers:
             self._viewer.layers.remove(self.window[0])
         scale = np.asarray(store_layer.scale[-2:], float)
+        y, x = corners(box)[:2]
         translate = np.asarray(store_layer.translate[-2:], float) + np.array([y, x]) * scale
-        meta = {**store_layer.metadata, "window_offset": (int(y), int(x))}
+        meta = {**store_layer.metadata, "window_offset": (y, x)}
         meta.pop("label_store", None)
         layer = self._viewer.add_labels(window, name=f"{store_layer.name} window", scale=scale, translate=translate,
                                         metadata=meta, opacity=0.6)
-        self.window = (layer, y, x)
+        self.window = (layer, box)
         self.labels.value = layer
         self.bind(layer)
         return layer
@@ -611,12 +613,12 @@ class ReviewWidget(Dock):
     def _pending_or(self, box, store_layer):
         """``box``, or the window overlapping it whose edits are not in the label store yet: two
         overlapping windows edited apart would each undo the other's pixels when saved."""
-        y, x, h, w = box
-        for py, px, ph, pw in pending_windows(self._session_folder(store_layer), f"{store_layer.name} window"):
-            if (py, px, ph, pw) != tuple(box) and py < y + h and y < py + ph and px < x + w and x < px + pw:
+        for pending in pending_windows(self._session_folder(store_layer), f"{store_layer.name} window"):
+            if pending != box and overlaps(pending, box):
+                (py, px), (ph, pw) = corners(pending)[:2], size(pending)
                 show_info(f"reopened the window at ({py}, {px}), {ph} × {pw}: its edits are not in the label store "
                           f"yet (Save window to label store, then edit elsewhere)")
-                return py, px, ph, pw
+                return pending
         return box
 
     def _window_box(self, store_layer):
@@ -635,15 +637,15 @@ class ReviewWidget(Dock):
         y0, x0, y1, x1 = max(0, y0), max(0, x0), min(H, y1), min(W, x1)
         if y1 <= y0 or x1 <= x0:
             raise ValueError("the view or box lies outside the slide")
-        return y0, x0, y1 - y0, x1 - x0
+        return from_corners(y0, x0, y1, x1)
 
     def save_window(self):
         """Write the edited window back into the label store (and its lower levels)."""
         if self.window is None or self.store is None:
             return self._fail("open a full-resolution window first")
-        layer, y, x = self.window
+        layer, box = self.window
         try:
-            regions = self.store.write_window(y, x, layer.data)
+            regions = self.store.write_window(box, layer.data)
         except ERRORS as exc:
             return self._fail(exc)
         for lyr in self._viewer.layers:

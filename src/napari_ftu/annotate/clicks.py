@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_ftu.boxes import Box, box_at, grow
 from napari_ftu.errors import InputError
 
 DIAMETER_UM = 200.0  # a glomerulus; vessels and tubules are smaller, the window only bounds the object
@@ -19,10 +20,9 @@ COMPACTNESS = 1e-3  # compact watershed: a round-ish object rather than a leak a
 GLASS = 0.85  # brightness (0..1) of glass; a window 90 % that bright has no tissue to outline
 
 
-def window(shape, point, radius: int):
-    y, x = point
-    return (slice(max(0, y - radius), min(shape[0], y + radius + 1)),
-            slice(max(0, x - radius), min(shape[1], x + radius + 1)))
+def window(shape, point, radius: int) -> Box:
+    """The box of ``radius`` pixels around ``point``, inside an image of ``shape``."""
+    return grow(box_at(*point, 1, 1), radius, shape)
 
 
 def check_click(image_shape, point, source: str = "click") -> tuple[int, int]:

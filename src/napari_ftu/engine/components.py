@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_ftu.boxes import Box, from_corners
 from napari_ftu.steps import LabelProgress
 
 
@@ -102,7 +103,12 @@ class Instances:
     prob_sum: np.ndarray  # sum of probability (0..1) over the object
     y_sum: np.ndarray
     x_sum: np.ndarray
-    boxes: np.ndarray  # (count + 1, 4): row0, row1, col0, col1 (stop exclusive)
+    boxes: np.ndarray  # (count + 1, 4): row0, row1, col0, col1 (stop exclusive), merged column-wise
+
+    def box(self, i: int) -> Box:
+        """Object ``i``'s box."""
+        r0, r1, c0, c1 = self.boxes[i]
+        return from_corners(r0, c0, r1, c1)
 
 
 def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024, scale: float = 1.0):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_ftu.boxes import corners, from_corners, shift
 from napari_ftu.engine.components import Instances, label_instances
 
 
@@ -46,7 +47,7 @@ def _row(i, area, conf, cy, cx, box, um_per_px):
         "centroid_y": float(cy),
         "centroid_x": float(cx),
         "confidence": float(conf),
-        "bbox": [int(box[0]), int(box[2]), int(box[1]), int(box[3])],  # (y0, x0, y1, x1), stops exclusive
+        "bbox": list(corners(box)),  # written down as (y0, x0, y1, x1), stops exclusive
     }
 
 
@@ -54,7 +55,7 @@ def objects_from(inst: Instances, um_per_px: float | None = None) -> list[dict]:
     """The object table from the sums gathered while labelling."""
     return [
         _row(i, inst.area[i], inst.prob_sum[i] / inst.area[i], inst.y_sum[i] / inst.area[i],
-             inst.x_sum[i] / inst.area[i], inst.boxes[i], um_per_px)
+             inst.x_sum[i] / inst.area[i], inst.box(i), um_per_px)
         for i in range(1, inst.count + 1)
     ]
 
@@ -69,7 +70,7 @@ def object_table(labels: np.ndarray, prob: np.ndarray | None = None, um_per_px: 
     cy, cx = np.asarray(ndi.center_of_mass(labels > 0, labels, ids)).T
     conf = ndi.mean(prob, labels, ids) if prob is not None else np.full(ids.size, np.nan)
     slices = ndi.find_objects(labels)
-    boxes = [(s[0].start, s[0].stop, s[1].start, s[1].stop) for s in (slices[i - 1] for i in ids)]
+    boxes = [slices[i - 1] for i in ids]
     return [_row(*row, um_per_px) for row in zip(ids, area, conf, cy, cx, boxes)]
 
 
@@ -84,8 +85,9 @@ def split_touching(labels, prob, objects: list[dict], min_distance_px: float, sc
     next_id = max((o["id"] for o in objects), default=0) + 1
     table = []
     for obj in objects:
-        y0, x0, y1, x1 = obj["bbox"]
-        crop = np.asarray(labels[y0:y1, x0:x1])
+        box = from_corners(*obj["bbox"])
+        y0, x0 = corners(box)[:2]
+        crop = np.asarray(labels[box])
         mask = crop == obj["id"]
         dist = ndi.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
         peaks = peak_local_max(dist, min_distance=max(1, int(min_distance_px)), labels=mask.astype(np.int32),
@@ -99,11 +101,10 @@ def split_touching(labels, prob, objects: list[dict], min_distance_px: float, sc
         ids = np.array([obj["id"]] + list(range(next_id, next_id + len(peaks) - 1)), np.int32)
         next_id += len(peaks) - 1
         crop = np.where(mask, ids[np.maximum(pieces - 1, 0)], crop)
-        labels[y0:y1, x0:x1] = crop
-        p = np.asarray(prob[y0:y1, x0:x1], np.float64) / scale
+        labels[box] = crop
+        p = np.asarray(prob[box], np.float64) / scale
         for row in object_table(np.where(np.isin(crop, ids), crop, 0), p, um_per_px):
-            b = row["bbox"]
-            row["bbox"] = [b[0] + y0, b[1] + x0, b[2] + y0, b[3] + x0]
+            row["bbox"] = list(corners(shift(from_corners(*row["bbox"]), y0, x0)))
             row["centroid_y"] += y0
             row["centroid_x"] += x0
             table.append(row)

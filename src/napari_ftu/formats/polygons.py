@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_ftu.boxes import from_corners, size
+
 # Edge directions: 0 = +x, 1 = +y, 2 = -x, 3 = -y (screen coordinates, y down).
 _STEP = {0: (1, 0), 1: (0, 1), 2: (-1, 0), 3: (0, -1)}
 
@@ -91,13 +93,13 @@ def paint(out: np.ndarray, polygons, value) -> None:
     """Set the pixels of ``out`` inside the polygons to ``value``. Work and memory stay within
     each polygon's bounding box: many small objects on a large image never cost a full-size
     mask each. :func:`paint_cost` says how much memory it takes, before it is spent."""
-    for rings, (y0, y1, x0, x1) in _boxes(polygons, out.shape):
-        box = (y1 - y0, x1 - x0)
-        offset = np.array([x0, y0])
-        inside = _ring_pixels(rings[0] - offset, box)
+    for rings, box in _boxes(polygons, out.shape):
+        shape = size(box)
+        offset = np.array([box[1].start, box[0].start])  # rings are (x, y)
+        inside = _ring_pixels(rings[0] - offset, shape)
         for hole in rings[1:]:
-            inside &= ~_ring_pixels(hole - offset, box)
-        out[y0:y1, x0:x1][inside] = value
+            inside &= ~_ring_pixels(hole - offset, shape)
+        out[box][inside] = value
 
 
 # Bytes of the scanline fill (tracemalloc peaks: 72 per crossing for a zigzag over 4000 rows,
@@ -113,14 +115,15 @@ def paint_cost(polygons, shape) -> int:
     crossings. Counted from the vertices in O(vertices), so an edge list that spans every row
     of a large image many times over is refused before anything is filled."""
     peak = 0
-    for rings, (y0, y1, x0, x1) in _boxes(polygons, shape):
-        crossings = max(int(_spans(ring[:, 1] - y0, y1 - y0)[0].sum()) for ring in rings)
-        peak = max(peak, crossings * COST_PER_CROSSING + (y1 - y0) * (x1 - x0 + 1) * COST_PER_BOX_PIXEL)
+    for rings, box in _boxes(polygons, shape):
+        h, w = size(box)
+        crossings = max(int(_spans(ring[:, 1] - box[0].start, h)[0].sum()) for ring in rings)
+        peak = max(peak, crossings * COST_PER_CROSSING + h * (w + 1) * COST_PER_BOX_PIXEL)
     return peak
 
 
 def _boxes(polygons, shape):
-    """``(rings, (y0, y1, x0, x1))`` per polygon, its outer ring's box clipped to ``shape``;
+    """``(rings, box)`` per polygon, its outer ring's box clipped to ``shape``;
     polygons outside the image are skipped."""
     if not isinstance(polygons, (list, tuple)):
         raise ValueError("polygons must be a list of [outer, hole, ...] ring lists")
@@ -136,7 +139,7 @@ def _boxes(polygons, shape):
         x1 = min(shape[1], int(np.ceil(rings[0][:, 0].max())) + 1)
         y1 = min(shape[0], int(np.ceil(rings[0][:, 1].max())) + 1)
         if x0 < x1 and y0 < y1:
-            yield rings, (y0, y1, x0, x1)
+            yield rings, from_corners(y0, x0, y1, x1)
 
 
 def _next(v: np.ndarray) -> np.ndarray:

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_ftu.atomic import atomic_path, clean_leftovers, pid_alive, temp_name
+from napari_ftu.boxes import Box, box_at, corners, size
 from napari_ftu.errors import SessionError
 from napari_ftu.review.session import ReviewSession
 from napari_ftu.review.table import Review
@@ -82,9 +83,22 @@ def session_folder(image_name: str, path: str | Path | None = None, item: str | 
 WINDOW_RE = re.compile(r"@(\d+)_(\d+)_(\d+)x(\d+)" + re.escape(SUFFIX) + "$")
 
 
-def pending_windows(folder: str | Path, name: str) -> list[tuple[int, int, int, int]]:
-    """``(y, x, h, w)`` of the windows of layer ``name`` whose saved session holds edits not yet
-    written into the label store (the dock reopens such a window rather than an overlapping one)."""
+def pending_windows(folder: str | Path, name: str) -> list[Box]:
+    """The windows of layer ``name`` whose saved session holds edits not yet written into the
+    label store (the dock reopens such a window rather than an overlapping one).
+
+    Parameters
+    ----------
+    folder : str or Path
+        The session folder.
+    name : str
+        The window layer's name, as given to :class:`SessionStore`.
+
+    Returns
+    -------
+    list of Box
+        Read from the file names (``<name>@<y>_<x>_<h>x<w>``); damaged files are skipped.
+    """
     prefix = safe_name(name) + "@"
     found = []
     try:
@@ -101,7 +115,7 @@ def pending_windows(folder: str | Path, name: str) -> list[tuple[int, int, int, 
         except Exception:  # a damaged file is set aside when its window is opened
             continue
         if isinstance(meta, dict) and meta.get("in_store_generation") != meta.get("generation"):
-            found.append(tuple(int(v) for v in match.groups()))
+            found.append(box_at(*match.groups()))
     return found
 
 
@@ -131,7 +145,7 @@ def carry_statuses(saved: Review, fresh: Review) -> int:
     n = 0
     for obj, row in fresh.rows.items():
         old = saved.rows.get(obj)
-        if old is not None and old.area_px == row.area_px and tuple(old.box) == tuple(row.box):
+        if old is not None and old.area_px == row.area_px and old.box == row.box:
             row.cls, row.confidence, row.status = old.cls, old.confidence, old.status
             n += 1
     return n
@@ -171,14 +185,24 @@ def _release_lock(path: str, token: str):
 
 
 class SessionStore:
-    """Save and restore one labels layer's session in ``folder``; ``window`` ``(y, x, h, w)``
-    gives a full-resolution window of a large slide its own file."""
+    """Save and restore one labels layer's session in ``folder``.
 
-    def __init__(self, folder: str | Path, name: str = "labels", window: tuple[int, int, int, int] | None = None):
+    Parameters
+    ----------
+    folder : str or Path
+        The image's session folder (:func:`session_folder`).
+    name : str
+        The labels layer's name; the file is named after it.
+    window : Box, optional
+        A full-resolution window of a large slide: it gets a file of its own
+        (``<name>@<y>_<x>_<h>x<w>``), so editing one window never touches another's edits.
+    """
+
+    def __init__(self, folder: str | Path, name: str = "labels", window: Box | None = None):
         self.folder = Path(folder)
         self.key = safe_name(name)
         if window is not None:
-            y, x, h, w = (int(v) for v in window)
+            (y, x), (h, w) = corners(window)[:2], size(window)
             self.key += f"@{y}_{x}_{h}x{w}"
         self.path = self.folder / (self.key + SUFFIX)
         self.lock_path = self.folder / (self.key + LOCK_SUFFIX)

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_ftu.boxes import Box, from_corners, grow
 from napari_ftu.errors import EditError
-
-Box = tuple[slice, slice]
 
 
 @dataclass
@@ -64,14 +63,7 @@ def bbox_of(labels, ids, pad: int = 0) -> Box | None:
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     if rows.size == 0:
         return None
-    h, w = labels.shape
-    return (slice(max(0, rows[0] - pad), min(h, rows[-1] + 1 + pad)),
-            slice(max(0, cols[0] - pad), min(w, cols[-1] + 1 + pad)))
-
-
-def _union(a: Box, b: Box) -> Box:
-    return (slice(min(a[0].start, b[0].start), max(a[0].stop, b[0].stop)),
-            slice(min(a[1].start, b[1].start), max(a[1].stop, b[1].stop)))
+    return grow(from_corners(rows[0], cols[0], rows[-1] + 1, cols[-1] + 1), pad, labels.shape)
 
 
 def _require(labels, ids) -> Box:
@@ -239,10 +231,7 @@ def dilate(labels, obj: int, pixels: int = 1) -> Edit:
     """Grow one object by ``pixels`` into the background (never over other objects)."""
     if pixels < 1:
         raise EditError("dilate: grow by at least 1 pixel")
-    box = _require(labels, [obj])
-    h, w = np.asarray(labels).shape
-    box = (slice(max(0, box[0].start - pixels), min(h, box[0].stop + pixels)),
-           slice(max(0, box[1].start - pixels), min(w, box[1].stop + pixels)))
+    box = grow(_require(labels, [obj]), pixels, np.shape(labels))
     crop = np.asarray(labels[box]).copy()
     grown = ndi.binary_dilation(crop == obj, iterations=pixels) & (crop == 0)
     crop[grown] = obj
@@ -276,7 +265,7 @@ def draw_polygon(labels, vertices, value: int | None = None, overwrite: bool = F
     if rr.size == 0:
         raise EditError("draw: the polygon lies outside the image")
     value = value or next_free_id(labels, reserved)
-    box = (slice(int(rr.min()), int(rr.max()) + 1), slice(int(cc.min()), int(cc.max()) + 1))
+    box = from_corners(rr.min(), cc.min(), rr.max() + 1, cc.max() + 1)
     crop = np.asarray(labels[box]).copy()
     inside = np.zeros(crop.shape, bool)
     inside[rr - box[0].start, cc - box[1].start] = True

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_ftu.boxes import Box, corners, from_corners, size
 from napari_ftu.errors import EditError, InputError, OptionError
 
 MIN_LEVEL = 256  # the pyramid stops when a level's longer side would drop below this
@@ -70,38 +71,73 @@ class LabelStore:
     def shape(self) -> tuple[int, int]:
         return tuple(self.levels[0].shape)
 
-    def _check_window(self, y: int, x: int, h: int, w: int):
+    def _check_window(self, box: Box):
         H, W = self.shape
-        if h < 1 or w < 1 or y < 0 or x < 0 or y + h > H or x + w > W:
-            raise EditError(f"window {h} × {w} at ({y}, {x}) does not fit in the {H} × {W} label store")
+        y0, x0, y1, x1 = corners(box)
+        if y1 <= y0 or x1 <= x0 or y0 < 0 or x0 < 0 or y1 > H or x1 > W:
+            raise EditError(f"window {y1 - y0} × {x1 - x0} at ({y0}, {x0}) does not fit in the {H} × {W} label store")
 
-    def read_window(self, y: int, x: int, h: int, w: int) -> np.ndarray:
-        """Full-resolution labels of the window (an ordinary array to edit)."""
-        self._check_window(y, x, h, w)
-        return np.asarray(self.levels[0][y : y + h, x : x + w])
+    def read_window(self, box: Box) -> np.ndarray:
+        """Full-resolution labels of the window ``box`` (an ordinary array to edit).
 
-    def write_window(self, y: int, x: int, window: np.ndarray) -> list[tuple[int, int, int, int]]:
+        Parameters
+        ----------
+        box : Box
+            The window in level-0 pixels; it must lie inside the store.
+
+        Returns
+        -------
+        ndarray
+            A copy: editing it changes nothing until :meth:`write_window`.
+
+        Raises
+        ------
+        EditError
+            The window is empty or reaches outside the store.
+        """
+        self._check_window(box)
+        return np.asarray(self.levels[0][box])
+
+    def write_window(self, box: Box, window: np.ndarray) -> list[Box]:
         """Write an edited window back and update the lower levels over its area only.
 
-        Returns, per level, the ``(y0, x0, y1, x1)`` region rewritten."""
+        Parameters
+        ----------
+        box : Box
+            Where the window goes, in level-0 pixels (as given to :meth:`read_window`).
+        window : ndarray
+            2-D labels of the box's size.
+
+        Returns
+        -------
+        list of Box
+            Per level, the region rewritten (empty where a level gained no pixel).
+
+        Raises
+        ------
+        EditError
+            The window is not 2-D, not the box's size, or the box reaches outside the store.
+        """
         window = np.asarray(window)
         if window.ndim != 2:
             raise EditError(f"a label window must be 2-D, got shape {window.shape}")
-        h, w = window.shape
-        self._check_window(y, x, h, w)
-        self.levels[0][y : y + h, x : x + w] = window.astype(self.levels[0].dtype, copy=False)
-        regions = [(y, x, y + h, x + w)]
-        y0, x0, y1, x1 = y, x, y + h, x + w
+        if window.shape != size(box):
+            raise EditError(f"a {window.shape[0]} × {window.shape[1]} window does not fill a "
+                            f"{size(box)[0]} × {size(box)[1]} box")
+        self._check_window(box)
+        self.levels[0][box] = window.astype(self.levels[0].dtype, copy=False)
+        regions = [box]
+        y0, x0, y1, x1 = corners(box)
         for k in range(1, len(self.levels)):
             # Level k pixel i comes from level k-1 pixel 2i: cover every i whose source moved.
             y0, x0 = -(-y0 // 2), -(-x0 // 2)
             y1, x1 = min(-(-y1 // 2), self.levels[k].shape[0]), min(-(-x1 // 2), self.levels[k].shape[1])
             if y0 >= y1 or x0 >= x1:
-                regions.append((y0, x0, y0, x0))
+                regions.append(from_corners(y0, x0, y0, x0))
                 continue
             src = np.asarray(self.levels[k - 1][2 * y0 : 2 * y1 - 1, 2 * x0 : 2 * x1 - 1])
             self.levels[k][y0:y1, x0:x1] = src[::2, ::2]
-            regions.append((y0, x0, y1, x1))
+            regions.append(from_corners(y0, x0, y1, x1))
         return regions
 
     def n_stored_chunks(self, level: int = 0) -> int:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_ftu.boxes import Box
 from napari_ftu.errors import EditError
 from napari_ftu.review import editing
-from napari_ftu.review.editing import Box, Edit
+from napari_ftu.review.editing import Edit
 from napari_ftu.review.table import Review
 from napari_ftu.review.undo import History, Step
 

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_ftu.boxes import Box, corners, from_corners, union
+
 STATUSES = ("unreviewed", "accepted", "rejected", "edited")
 SORTS = {
     "id": lambda r: r.id,
@@ -32,7 +34,7 @@ class Row:
     area_um2: float
     confidence: float  # NaN when unknown (drawn or unsegmented objects)
     status: str
-    box: tuple  # (y0, x0, y1, x1), full-image pixels
+    box: Box  # full-image pixels; saved as corners (y0, x0, y1, x1)
     centroid: tuple  # (row, col)
 
 
@@ -73,7 +75,7 @@ class Review:
         scale = (self.um_per_px or 1.0) ** 2
         return Row(obj, old.cls if old else self.default_class, n, n * scale,
                    old.confidence if old else math.nan, old.status if old else "unreviewed",
-                   (y0 + int(rr.min()), x0 + int(cc.min()), y0 + int(rr.max()) + 1, x0 + int(cc.max()) + 1),
+                   from_corners(y0 + rr.min(), x0 + cc.min(), y0 + rr.max() + 1, x0 + cc.max() + 1),
                    (y0 + float(rr.mean()), x0 + float(cc.mean())))
 
     def update(self, labels, ids, region, status: str | None = "edited") -> None:
@@ -81,11 +83,7 @@ class Review:
         ``status``, new ones appear, vanished ones go (rejected rows stay)."""
         for obj in sorted({int(i) for i in ids if i}):
             old = self.rows.get(obj)
-            box = region
-            if old is not None and old.status != "rejected":
-                y0, x0, y1, x1 = old.box
-                box = (slice(min(y0, region[0].start), max(y1, region[0].stop)),
-                       slice(min(x0, region[1].start), max(x1, region[1].stop)))
+            box = union(old.box, region) if old is not None and old.status != "rejected" else region
             row = self._measure(labels, obj, box, old if old is not None and old.status != "rejected" else None)
             if row is None:
                 if old is not None and old.status != "rejected":
@@ -174,6 +172,7 @@ class Review:
         for r in self.rows.values():
             d = asdict(r)
             d["confidence"] = None if math.isnan(r.confidence) else r.confidence
+            d["box"] = corners(r.box)
             rows.append(d)
         return {"um_per_px": self.um_per_px, "default_class": self.default_class, "rows": rows}
 
@@ -186,7 +185,7 @@ class Review:
                     raise ValueError(f"unknown status {d['status']!r}")
                 conf = math.nan if d.get("confidence") is None else float(d["confidence"])
                 review.rows[int(d["id"])] = Row(int(d["id"]), str(d["cls"]), int(d["area_px"]), float(d["area_um2"]),
-                                                conf, d["status"], tuple(d["box"]), tuple(d["centroid"]))
+                                                conf, d["status"], from_corners(*d["box"]), tuple(d["centroid"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"review state is malformed: {exc!r}") from exc
         return review

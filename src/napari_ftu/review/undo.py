@@ -13,10 +13,12 @@ from __future__ import annotations
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
+from functools import reduce
 
 import numpy as np
 
-from napari_ftu.review.editing import Box, Edit
+from napari_ftu.boxes import Box, from_corners, shift, union
+from napari_ftu.review.editing import Edit
 
 DEFAULT_STEPS = 100
 DEFAULT_BYTES = 256 * 2**20
@@ -55,11 +57,7 @@ class Step:
     @property
     def region(self) -> Box | None:
         """The union of the step's boxes."""
-        if not self.boxes:
-            return None
-        b = [x.box for x in self.boxes]
-        return (slice(min(s[0].start for s in b), max(s[0].stop for s in b)),
-                slice(min(s[1].start for s in b), max(s[1].stop for s in b)))
+        return reduce(union, (b.box for b in self.boxes)) if self.boxes else None
 
 
 class History:
@@ -170,16 +168,14 @@ def paint_delta(data, atoms) -> tuple[Box, np.ndarray, np.ndarray] | None:
     boxes = []
     for atom in atoms:
         if hasattr(atom, "slice_key"):
-            key = atom.slice_key[-2:]
-            boxes.append((key[0].start, key[0].stop, key[1].start, key[1].stop))
+            boxes.append(tuple(atom.slice_key[-2:]))
         else:
             idx = atom[0][-2:]
             if idx[0].size:
-                boxes.append((int(idx[0].min()), int(idx[0].max()) + 1, int(idx[1].min()), int(idx[1].max()) + 1))
+                boxes.append(from_corners(idx[0].min(), idx[1].min(), idx[0].max() + 1, idx[1].max() + 1))
     if not boxes:
         return None
-    arr = np.asarray(boxes)
-    box = (slice(int(arr[:, 0].min()), int(arr[:, 1].max())), slice(int(arr[:, 2].min()), int(arr[:, 3].max())))
+    box = reduce(union, boxes)
     y0, x0 = box[0].start, box[1].start
     after = np.array(data[box], copy=True)
     atoms = list(atoms)
@@ -194,9 +190,7 @@ def paint_delta(data, atoms) -> tuple[Box, np.ndarray, np.ndarray] | None:
 def _replay(crop: np.ndarray, atom, y0: int, x0: int, forward: bool) -> None:
     """Apply one napari history atom to ``crop`` (box-local coordinates), forward or backward."""
     if hasattr(atom, "slice_key"):
-        key = atom.slice_key[-2:]
-        local = (slice(key[0].start - y0, key[0].stop - y0), slice(key[1].start - x0, key[1].stop - x0))
-        region = crop[local]
+        region = crop[shift(tuple(atom.slice_key[-2:]), -y0, -x0)]
         if atom.mask is None:
             region[...] = atom.new_value if forward else np.asarray(atom.old_values).reshape(region.shape)
         else:
