@@ -96,7 +96,18 @@ def _join(uf: _UnionFind, above: np.ndarray | None, below: np.ndarray) -> None:
 
 @dataclass
 class Instances:
-    """Per-object facts gathered while labelling; row ``i`` is object ``i`` (row 0 unused)."""
+    """Per-object facts gathered while labelling; row ``i`` is object ``i`` (row 0 unused).
+
+    Parameters
+    ----------
+    count : int
+        Number of objects.
+    area, prob_sum, y_sum, x_sum : ndarray
+        Per object: pixels, summed probability (0..1), summed rows and columns, for the object
+        table's area, confidence and centroid without a second pass over the image.
+    boxes : ndarray
+        ``(count + 1, 4)`` rows ``row0, row1, col0, col1``; :meth:`box` gives one as a Box.
+    """
 
     count: int
     area: np.ndarray  # pixels
@@ -117,6 +128,30 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
 
     ``scale`` is the value of probability 1 in ``prob`` (255 for uint8 storage). Yields
     :class:`~napari_ftu.steps.LabelProgress` after each strip of each pass; returns :class:`Instances`.
+
+    Parameters
+    ----------
+    prob : array-like
+        2-D probability (numpy or zarr), read strip by strip.
+    threshold : float
+        Foreground where ``prob >= threshold * scale``.
+    min_area_px : int
+        Objects smaller than this are dropped.
+    out : array-like
+        int32, the shape of ``prob``; receives the labels.
+    strip : int
+        Rows per strip: bounds memory on slides of any height.
+    scale : float
+        The stored value of probability 1.
+
+    Yields
+    ------
+    LabelProgress
+
+    Returns
+    -------
+    Instances
+        Per-object sums for :func:`~napari_ftu.engine.postprocess.objects_from`.
     """
     height, width = prob.shape
     cut = threshold * scale
@@ -205,7 +240,17 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
 
 
 def label_instances(prob, threshold: float, min_area_px: int, out, **kwargs) -> Instances:
-    """:func:`label_steps` run to the end."""
+    """:func:`label_steps` run to the end.
+
+    Parameters
+    ----------
+    prob, threshold, min_area_px, out, **kwargs
+        As for :func:`label_steps`.
+
+    Returns
+    -------
+    Instances
+    """
     from napari_ftu.steps import drain
 
     return drain(label_steps(prob, threshold, min_area_px, out, **kwargs))

@@ -28,7 +28,19 @@ PER_SCALE = 5  # smoothed, LoG, gradient magnitude, Hessian eigenvalues (2)
 
 
 def n_features(in_channels: int, sigmas=DEFAULT_SIGMAS) -> int:
-    """Feature count: the raw channels plus PER_SCALE per channel and scale."""
+    """Feature count: the raw channels plus PER_SCALE per channel and scale.
+
+    Parameters
+    ----------
+    in_channels : int
+        Image channels.
+    sigmas : sequence of float
+        Gaussian scales in pixels.
+
+    Returns
+    -------
+    int
+    """
     return in_channels * (1 + PER_SCALE * len(sigmas))
 
 
@@ -42,7 +54,21 @@ def _gauss_kernel(sigma: float):
 
 
 def filter_bank_module(in_channels: int = 3, sigmas=DEFAULT_SIGMAS, stains: str = "hed"):
-    """The filter bank: (N, C, H, W) in [0, 1] -> (N, F, H, W) float32 features."""
+    """The filter bank: (N, C, H, W) in [0, 1] -> (N, F, H, W) float32 features.
+
+    Parameters
+    ----------
+    in_channels : int
+        Image channels.
+    sigmas : sequence of float
+        Gaussian scales in pixels.
+    stains : str
+        Colour deconvolution (``"hed"``) or none, so stain amounts rather than RGB feed the filters.
+
+    Returns
+    -------
+    torch.nn.Module
+    """
     torch = import_torch()
     import torch.nn.functional as F
     from torch import nn
@@ -94,7 +120,20 @@ def filter_bank_module(in_channels: int = 3, sigmas=DEFAULT_SIGMAS, stains: str 
 
 
 def features(image: np.ndarray, sigmas=DEFAULT_SIGMAS, stains: str = "hed") -> np.ndarray:
-    """Features of an (H, W, C) image (uint8, or float in [0, 1]) as (F, H, W) float32."""
+    """Features of an (H, W, C) image (uint8, or float in [0, 1]) as (F, H, W) float32.
+
+    Parameters
+    ----------
+    image : ndarray
+        ``(H, W, C)``.
+    sigmas, stains
+        As for :func:`filter_bank_module`.
+
+    Returns
+    -------
+    ndarray
+        ``(F, H, W)`` float32, F = :func:`n_features`.
+    """
     torch = import_torch()
 
     x = _to_unit(image)
@@ -126,7 +165,25 @@ def feature_classifier(in_channels: int = 3, n_classes: int = 1, sigmas=SIGMAS, 
     """Filter bank -> feature standardisation -> 1×1-conv head (linear, or an MLP with ``hidden``
     units) -> Gaussian smoothing of the logits (``smooth`` px: a pixel's class follows its
     neighbourhood, which removes speckle before thresholding). ``n_classes`` FTU classes give one
-    logit (FTU vs background) for one class, else ``n_classes + 1`` logits (background first)."""
+    logit (FTU vs background) for one class, else ``n_classes + 1`` logits (background first).
+
+    Parameters
+    ----------
+    in_channels : int
+        Image channels.
+    n_classes : int
+        FTU classes.
+    sigmas, stains
+        As for :func:`filter_bank_module`.
+    hidden : int
+        Hidden units of the head (0: linear).
+    smooth : float
+        Gaussian sigma of the logit smoothing, in pixels.
+
+    Returns
+    -------
+    torch.nn.Module
+    """
     torch = import_torch()
     from torch import nn
 
@@ -158,7 +215,17 @@ def feature_classifier(in_channels: int = 3, n_classes: int = 1, sigmas=SIGMAS, 
 
 
 def build_from_card(card) -> object:
-    """The untrained network a ``FeatureClassifier`` card describes (used by ``build_network``)."""
+    """The untrained network a ``FeatureClassifier`` card describes (used by ``build_network``).
+
+    Parameters
+    ----------
+    card : ModelCard
+        Its ``arch_kwargs`` hold the classifier's settings.
+
+    Returns
+    -------
+    torch.nn.Module
+    """
     kw = dict(card.arch_kwargs)
     n_classes = len(card.classes) if len(card.classes) == 1 else len(card.classes) - 1
     return feature_classifier(card.in_channels, n_classes, tuple(kw.get("sigmas", SIGMAS)),

@@ -41,6 +41,37 @@ from napari_ftu.steps import Band, Outputs, TileProgress, drain
 
 @dataclass
 class Segmentation:
+    """What a run produced, and how: the outputs plus what is needed to read them back.
+
+    Parameters
+    ----------
+    probability : array-like
+        ``(C, H, W)``, or ``(H, W)`` for one class: numpy float32, or a zarr array in a store.
+    labels : array-like
+        ``(H, W)`` int32 instances of the chosen class, numpy or zarr.
+    objects : list of dict
+        The object table (:func:`~napari_ftu.engine.postprocess.object_table`).
+    uncertainty : array-like, optional
+        ``(H, W)`` standard deviation of the TTA views (with ``tta``).
+    prob_scale : float
+        The stored value of probability 1 (255 for uint8 stores).
+    downsample : float
+        Slide pixels per output pixel.
+    um_per_px : float, optional
+        Pixel size of the output grid.
+    image_shape : tuple
+        ``(H, W)`` of the image (level 0).
+    threshold, min_area_px, class_index
+        The settings the labels were made with (re-thresholding starts from them).
+    device : str
+        Where the model ran.
+    seconds, n_tiles, n_skipped : float, int, int
+        Time, tiles run and background tiles skipped.
+    batch_size : int
+        Tiles per model call after any out-of-memory halving.
+    store : Path, optional
+        The zarr store folder when outputs stream to disk.
+    """
     probability: object  # (C, H, W) or (H, W) for one class: numpy float32, or a zarr array in a store
     labels: object  # (H, W) int32 instances of the chosen class, numpy or zarr
     objects: list = field(default_factory=list)
@@ -90,6 +121,31 @@ def segment_steps(image, model: FTUModel, options: SegmentOptions | None = None,
     there as zarr (probability as ``options.prob_dtype``); otherwise they are numpy arrays.
     ``full_resolution`` returns outputs at the image's own size instead of the model grid
     (default: for one in-memory array, by :func:`plan_outputs`).
+
+    Parameters
+    ----------
+    image : array-like or list of array-like
+        One array, or pyramid levels full resolution first.
+    model : FTUModel
+    options : SegmentOptions, optional
+        Defaults to the model card's settings.
+    um_per_px : float, optional
+        Pixel size of level 0.
+    store : str or Path, optional
+        Folder of the zarr outputs.
+    full_resolution : bool, optional
+        Outputs at the image's size rather than the model grid.
+    **changes
+        Fields of ``options`` to replace for this run.
+
+    Yields
+    ------
+    TileProgress, LabelProgress, Band
+        Progress, and finished bands of rows for viewers that draw as the run goes.
+
+    Returns
+    -------
+    Segmentation
     """
     start = time.perf_counter()
     card = model.card
@@ -181,7 +237,26 @@ def segment_steps(image, model: FTUModel, options: SegmentOptions | None = None,
 
 def relabel_steps(seg: Segmentation, threshold: float, watershed: bool = False):
     """Derive instances again from the cached probability (no model run): writes ``seg.labels``
-    in place, sets ``seg.threshold``; yields label progress, returns the object table."""
+    in place, sets ``seg.threshold``; yields label progress, returns the object table.
+
+    Parameters
+    ----------
+    seg : Segmentation
+        A finished run; its labels are rewritten.
+    threshold : float
+        The new probability threshold (0..1).
+    watershed : bool
+        Split touching objects.
+
+    Yields
+    ------
+    LabelProgress
+
+    Returns
+    -------
+    list of dict
+        The new object table.
+    """
     prob = seg.class_probability()
     inst = yield from label_steps(prob, threshold, seg.min_area_px, seg.labels,
                                   strip=_strip_rows(prob.shape[1]), scale=seg.prob_scale)
@@ -194,13 +269,39 @@ def relabel_steps(seg: Segmentation, threshold: float, watershed: bool = False):
 
 
 def segment(image, model: FTUModel, options: SegmentOptions | None = None, progress=None, **kwargs) -> Segmentation:
-    """Run :func:`segment_steps` to the end; ``progress(done, total)`` is called per tile batch."""
+    """Run :func:`segment_steps` to the end; ``progress(done, total)`` is called per tile batch.
+
+    Parameters
+    ----------
+    image, model, options
+        As for :func:`segment_steps`.
+    progress : callable, optional
+        ``progress(done, total)``, for callers without an event loop.
+    **kwargs
+        The keyword arguments of :func:`segment_steps`.
+
+    Returns
+    -------
+    Segmentation
+    """
     report = None if progress is None else (
         lambda e: progress(e.done, e.total) if isinstance(e, TileProgress) else None)
     return drain(segment_steps(image, model, options, **kwargs), report)
 
 
 def relabel(seg: Segmentation, threshold: float, watershed: bool = False) -> Segmentation:
+    """:func:`relabel_steps` run to the end.
+
+    Parameters
+    ----------
+    seg, threshold, watershed
+        As for :func:`relabel_steps`.
+
+    Returns
+    -------
+    Segmentation
+        ``seg``, with new labels and object table.
+    """
     seg.objects = drain(relabel_steps(seg, threshold, watershed))
     return seg
 

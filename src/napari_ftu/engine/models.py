@@ -27,7 +27,38 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class ModelCard:
-    """What a model needs to be run correctly (serialised as ``model_card.json``)."""
+    """What a model needs to be run correctly (serialised as ``model_card.json``).
+
+    Parameters
+    ----------
+    architecture, encoder : str
+        The smp architecture and encoder (or ``FeatureClassifier``), so the network can be rebuilt
+        without pickled code.
+    arch_kwargs : dict
+        Extra arguments of the architecture (decoder channels, classifier settings).
+    in_channels : int
+        Image channels the network takes.
+    classes : list of str
+        FTU classes, one output channel each (after background where there are several).
+    um_per_px : float
+        Pixel size the model was trained at; slides are resampled to it.
+    mean, std : list of float
+        Input normalisation per channel.
+    threshold : float
+        Default probability threshold.
+    thresholds : dict
+        Class or organ name -> threshold, where one differs from ``threshold``.
+    min_object_um2 : float
+        Smaller objects are dropped.
+    tile_size, overlap : int
+        Default tiling, in model pixels.
+    name : str
+    notes : dict
+        Free-form provenance (training data, scores).
+    trained_on : dict
+        The model's domain, shown beside the model choice: ``organs`` (list), ``stain``, ``source``,
+        ``note`` (text), ``um_per_px`` ([min, max]); ``{}`` = not stated.
+    """
 
     architecture: str = "Unet"
     encoder: str = "tu-mobilenetv3_small_100"
@@ -212,7 +243,17 @@ def _check_trained_on(value, source: str) -> None:
 
 
 def describe_domain(card: ModelCard) -> str:
-    """One line on what the model was trained on, for the model choice in the Segment dock."""
+    """One line on what the model was trained on, for the model choice in the Segment dock.
+
+    Parameters
+    ----------
+    card : ModelCard
+
+    Returns
+    -------
+    str
+        Empty when the card does not say.
+    """
     t = card.trained_on
     if not t:
         return "trained on: not stated in the model card"
@@ -282,7 +323,16 @@ def import_smp():
 
 def build_network(card: ModelCard):
     """An untrained network of the card's architecture (no weight download): an smp model, or
-    the scribble classifier of :mod:`napari_ftu.engine.features`."""
+    the scribble classifier of :mod:`napari_ftu.engine.features`.
+
+    Parameters
+    ----------
+    card : ModelCard
+
+    Returns
+    -------
+    torch.nn.Module
+    """
     if card.architecture == "FeatureClassifier":
         from napari_ftu.engine.features import build_from_card
 
@@ -305,7 +355,22 @@ def build_network(card: ModelCard):
 
 
 def resolve_device(device: str = "auto"):
-    """``auto`` picks CUDA when available, else MPS, else CPU."""
+    """``auto`` picks CUDA when available, else MPS, else CPU.
+
+    Parameters
+    ----------
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ModelError
+        A device that is asked for but not available.
+    """
     import torch
 
     if device in (None, "", "auto"):
@@ -337,6 +402,17 @@ class FTUModel:
 
     On CUDA the network runs channels-last under autocast (bf16 where supported, else fp16) with
     cuDNN autotuning, and tiles are copied from pinned memory without blocking.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        With its weights loaded.
+    card : ModelCard
+        How to feed it (pixel size, normalisation, classes).
+    device : str or torch.device
+        As for :func:`resolve_device`.
+    precision : str
+        ``"auto"``, ``"fp32"`` or ``"fp16"`` (GPU only).
     """
 
     def __init__(self, network, card: ModelCard, device="auto", precision: str = "auto"):
@@ -387,7 +463,17 @@ class FTUModel:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """A device out-of-memory error (CUDA raises ``torch.OutOfMemoryError``, others a RuntimeError)."""
+    """A device out-of-memory error (CUDA raises ``torch.OutOfMemoryError``, others a RuntimeError).
+
+    Parameters
+    ----------
+    exc : BaseException
+
+    Returns
+    -------
+    bool
+        True when halving the batch may help.
+    """
     import torch
 
     return isinstance(exc, torch.OutOfMemoryError) or (
@@ -455,7 +541,17 @@ def load_model(path: str | Path | None = None, device="auto", card: ModelCard | 
 
 
 def model_files(path: str | Path) -> tuple[Path, Path]:
-    """``(folder, weights file)`` that :func:`load_model` reads for ``path``."""
+    """``(folder, weights file)`` that :func:`load_model` reads for ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+        A model folder or a weights file.
+
+    Returns
+    -------
+    tuple of Path
+    """
     path = Path(path)
     if not path.exists():
         raise ModelError(f"{path}: no such model folder or checkpoint")
@@ -470,7 +566,20 @@ def model_files(path: str | Path) -> tuple[Path, Path]:
 
 
 def check_trust(path: str | Path | None, trust_code: bool) -> None:
-    """A :class:`ModelError` for a TorchScript model the user has not said they trust."""
+    """A :class:`ModelError` for a TorchScript model the user has not said they trust.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The model about to be loaded (``None``: the built-in one).
+    trust_code : bool
+        The user's consent to run a TorchScript model's code.
+
+    Raises
+    ------
+    ModelError
+        ``path`` is TorchScript and ``trust_code`` is False.
+    """
     weights = model_files(default_model_path() if path is None else path)[1]
     if not trust_code and _is_torchscript(weights):
         raise ModelError(f"{weights}: a TorchScript model carries its own code, which runs with your "
@@ -479,7 +588,18 @@ def check_trust(path: str | Path | None, trust_code: bool) -> None:
 
 def model_fingerprint(path: str | Path | None = None) -> str:
     """sha256 over the files that decide a model's results (weights, card, smp config), so a
-    model retrained into the same folder is told apart from the old one."""
+    model retrained into the same folder is told apart from the old one.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        Model folder or file (``None``: the built-in model).
+
+    Returns
+    -------
+    str
+        Hex digest; cached results keyed on it go stale when the model changes.
+    """
     import hashlib
 
     path = default_model_path() if path is None else Path(path)
@@ -506,7 +626,18 @@ def cached_model(path: str | Path | None = None, device="auto", precision: str =
                  trust_code: bool = False) -> FTUModel:
     """:func:`load_model`, once per process for a given file, device and precision: docks re-run
     and batch workers take slide after slide without reloading. A model folder written again
-    (retrained in place) is loaded anew."""
+    (retrained in place) is loaded anew.
+
+    Parameters
+    ----------
+    path, device, precision, trust_code
+        As for :func:`load_model`.
+
+    Returns
+    -------
+    FTUModel
+        Shared between callers: do not change it.
+    """
     path = default_model_path() if path is None else Path(path)
     try:
         modified = max((p.stat().st_mtime_ns for p in ([path, *path.iterdir()] if path.is_dir() else [path])))
@@ -588,7 +719,23 @@ def _load_torchscript(path: Path):
 
 
 def read_state_dict(path: Path) -> dict:
-    """Tensors from safetensors or a weights-only torch checkpoint; nothing is unpickled."""
+    """Tensors from safetensors or a weights-only torch checkpoint; nothing is unpickled.
+
+    Parameters
+    ----------
+    path : Path
+        A ``.safetensors`` or torch checkpoint file.
+
+    Returns
+    -------
+    dict
+        Name -> tensor.
+
+    Raises
+    ------
+    ModelError
+        An unreadable file, or one that needs unpickling.
+    """
     import torch
 
     try:
@@ -615,7 +762,21 @@ def read_state_dict(path: Path) -> dict:
 
 
 def load_state(network, state: dict, source: str) -> None:
-    """Load tensors into the network, tolerating ``module.``/``model.`` prefixes, naming mismatches."""
+    """Load tensors into the network, tolerating ``module.``/``model.`` prefixes, naming mismatches.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+    state : dict
+        Name -> tensor (:func:`read_state_dict`).
+    source : str
+        The file, for the error message.
+
+    Raises
+    ------
+    ModelError
+        Missing, unexpected or mis-shaped tensors.
+    """
     expected = set(network.state_dict())
     for prefix in ("module.", "model."):
         if state and not (set(state) & expected) and all(k.startswith(prefix) for k in state):
@@ -635,7 +796,20 @@ def load_state(network, state: dict, source: str) -> None:
 
 
 def save_model(network, card: ModelCard, folder: str | Path) -> Path:
-    """Write a model folder (card + safetensors), each file atomically."""
+    """Write a model folder (card + safetensors), each file atomically.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+    card : ModelCard
+    folder : str or Path
+        Created if needed; files already there are replaced atomically.
+
+    Returns
+    -------
+    Path
+        ``folder``.
+    """
     from safetensors.torch import save_file
 
     from napari_ftu.atomic import atomic_path, write_text

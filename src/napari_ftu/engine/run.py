@@ -30,6 +30,33 @@ def segment_slide_steps(source, model, options: SegmentOptions | None = None, *,
     refused unless it is given). ``store`` is where the zarr store goes when the size rules call
     for one (default: a new temporary folder; ``seg.store`` says where, and the caller deletes
     it). ``pyramid_view``: a viewer shows the pyramid and draws model-grid outputs lazily.
+
+    Parameters
+    ----------
+    source : str, Path, Slide, list of array-like or array-like
+        What to segment.
+    model : FTUModel
+    options : SegmentOptions, optional
+        Defaults to the model card's settings.
+    um_per_px : float, optional
+        Overrides the file's pixel size.
+    store : str or Path, optional
+        Where the zarr outputs go when the size rules ask for a store.
+    pyramid_view : bool
+        A viewer draws model-grid outputs over the pyramid.
+
+    Yields
+    ------
+    TileProgress, LabelProgress, Band
+
+    Returns
+    -------
+    Segmentation
+
+    Raises
+    ------
+    InputError
+        An unreadable file, or one without a valid pixel size and no ``um_per_px``.
     """
     from napari_ftu.engine.inference import segment_steps
     from napari_ftu.io.slides import Slide, open_slide

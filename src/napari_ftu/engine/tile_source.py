@@ -20,7 +20,17 @@ THUMB_MAX = 1024  # longest side of the overview used for tissue detection (0.1 
 
 class TileSource:
     """Levels (full resolution first, each ``(H, W)`` or ``(H, W, C)``) at ``um_per_px``
-    (of level 0; ``None`` means the slide is already at the model's scale)."""
+    (of level 0; ``None`` means the slide is already at the model's scale).
+
+    Parameters
+    ----------
+    levels : list of array-like
+        The pyramid; tiles are read from the level closest to the model's scale.
+    um_per_px : float, optional
+        Pixel size of level 0.
+    model_um : float
+        The model's pixel size.
+    """
 
     def __init__(self, levels, um_per_px: float | None, model_um: float):
         levels = list(levels) if isinstance(levels, (list, tuple)) else [levels]

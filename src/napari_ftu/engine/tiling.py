@@ -25,7 +25,24 @@ FLUSH_COLUMNS = 4096
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets covering ``[0, length)``; the last tile is flush with the end."""
+    """Start offsets covering ``[0, length)``; the last tile is flush with the end.
+
+    Parameters
+    ----------
+    length : int
+        Image size along the axis.
+    tile, overlap : int
+        Tile size and overlap in pixels (``0 <= overlap < tile``).
+
+    Returns
+    -------
+    list of int
+
+    Raises
+    ------
+    ValueError
+        Impossible tile or overlap.
+    """
     if tile <= 0 or not 0 <= overlap < tile:
         raise ValueError(f"need tile > 0 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
     if length <= tile:
@@ -37,12 +54,41 @@ def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[tuple[int, int]]:
-    """``(y0, x0)`` of every tile over an image of ``shape``, row by row."""
+    """``(y0, x0)`` of every tile over an image of ``shape``, row by row.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)``.
+    tile, overlap : int
+        As for :func:`tile_starts`.
+
+    Returns
+    -------
+    list of tuple of int
+    """
     return [(y, x) for y in tile_starts(shape[0], tile, overlap) for x in tile_starts(shape[1], tile, overlap)]
 
 
 def window_1d(start: int, tile: int, length: int, overlap: int, blend: str = "taper") -> np.ndarray:
-    """Weights along one axis of the tile at ``start`` (of ``length`` pixels, clipped to the image)."""
+    """Weights along one axis of the tile at ``start`` (of ``length`` pixels, clipped to the image).
+
+    Parameters
+    ----------
+    start : int
+        The tile's first pixel.
+    tile, overlap : int
+        Tile size and overlap.
+    length : int
+        Image size along the axis: tiles at the border keep full weight there.
+    blend : str
+        ``"taper"`` or ``"gaussian"`` (:data:`BLENDS`).
+
+    Returns
+    -------
+    ndarray
+        float weights, positive everywhere, so every pixel a tile covers is defined.
+    """
     if blend not in BLENDS:
         raise ValueError(f"unknown blend {blend!r}; use one of {BLENDS}")
     return _window(int(start), int(tile), int(length), int(overlap), blend)[: max(0, min(tile, length - start))]
@@ -77,12 +123,38 @@ def _ramp(pos: np.ndarray, width: int) -> np.ndarray:
 
 
 def read_tile(image: np.ndarray, y0: int, x0: int, tile: int) -> np.ndarray:
-    """A ``tile`` x ``tile`` crop, reflect-padded where the image is smaller than a tile."""
+    """A ``tile`` x ``tile`` crop, reflect-padded where the image is smaller than a tile.
+
+    Parameters
+    ----------
+    image : array-like
+        ``(H, W)`` or ``(H, W, C)``.
+    y0, x0 : int
+        Top-left pixel.
+    tile : int
+        Tile size.
+
+    Returns
+    -------
+    ndarray
+    """
     crop = np.asarray(image[y0 : y0 + tile, x0 : x0 + tile])
     return pad_tile(crop, tile)
 
 
 def pad_tile(crop: np.ndarray, tile: int) -> np.ndarray:
+    """``crop`` reflect-padded at its bottom and right to ``tile × tile`` (edge-padded when one pixel wide).
+
+    Parameters
+    ----------
+    crop : ndarray
+        ``(h, w, ...)`` with ``h, w <= tile``.
+    tile : int
+
+    Returns
+    -------
+    ndarray
+    """
     ph, pw = tile - crop.shape[0], tile - crop.shape[1]
     if ph or pw:
         pad = [(0, ph), (0, pw)] + [(0, 0)] * (crop.ndim - 2)
@@ -95,6 +167,19 @@ class Stitcher:
 
     ``sink(y0, x0, block)`` receives each finished band of rows in column chunks, ``block``
     float32 ``(C, rows, columns)``; pixels no tile covered (skipped background) are 0.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)`` of the output.
+    channels : int
+        Channels of each prediction.
+    tile, overlap : int
+        The tiling the predictions come from.
+    sink : callable
+        ``sink(y0, x0, block)``, receives finished rows: memory holds one band, not the image.
+    blend : str
+        As for :func:`window_1d`.
     """
 
     def __init__(self, shape, channels: int, tile: int, overlap: int, sink, blend: str = "taper"):
@@ -157,6 +242,19 @@ def seam_ratio(tiled: np.ndarray, untiled: np.ndarray, stride: int, axis: int = 
     Along ``axis`` (1: columns, 0: rows), g(x) = mean over the other axis of |p(x) - p(x-1)|;
     each map scores the largest mean of g over one phase of ``stride``, divided by the mean of g;
     the ratio is the tiled score over the untiled one.
+
+    Parameters
+    ----------
+    tiled, untiled : ndarray
+        2-D probabilities of the same image, tiled and in one pass.
+    stride : int
+        The tile stride (tile - overlap).
+    axis : int
+        1: seams between columns of tiles, 0: between rows.
+
+    Returns
+    -------
+    float
     """
 
     def score(p):
@@ -171,7 +269,21 @@ def seam_ratio(tiled: np.ndarray, untiled: np.ndarray, stride: int, axis: int = 
 
 def predict_untiled(model, image: np.ndarray, multiple: int = 32) -> np.ndarray:
     """One forward pass of ``model`` over the whole ``(H, W, 3)`` uint8 image, reflect-padded to a
-    multiple of the network's stride: the reference that tiling should not visibly change."""
+    multiple of the network's stride: the reference that tiling should not visibly change.
+
+    Parameters
+    ----------
+    model : FTUModel
+    image : ndarray
+        ``(H, W, 3)`` uint8, small enough for one pass.
+    multiple : int
+        The network's stride.
+
+    Returns
+    -------
+    ndarray
+        ``(C, H, W)`` probability.
+    """
     h, w = image.shape[:2]
     side = (-h % multiple, -w % multiple)
     padded = np.pad(image, [(0, side[0]), (0, side[1]), (0, 0)], mode="reflect") if any(side) else image

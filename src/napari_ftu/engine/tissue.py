@@ -16,7 +16,18 @@ MAX_GLASS_GRAY = 200
 
 
 def tissue_mask(rgb: np.ndarray) -> np.ndarray:
-    """Boolean mask of tissue in an RGB (or grey) uint8 overview."""
+    """Boolean mask of tissue in an RGB (or grey) uint8 overview.
+
+    Parameters
+    ----------
+    rgb : ndarray
+        ``(H, W, 3)`` or ``(H, W)`` uint8.
+
+    Returns
+    -------
+    ndarray
+        bool ``(H, W)``.
+    """
     rgb = np.asarray(rgb)
     if rgb.ndim == 2:
         rgb = rgb[..., None]
@@ -29,13 +40,43 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
 
 
 def tissue_fraction(rgb: np.ndarray) -> float:
-    """Share of an image (a tile, a window) that is tissue by :func:`tissue_mask`."""
+    """Share of an image (a tile, a window) that is tissue by :func:`tissue_mask`.
+
+    Parameters
+    ----------
+    rgb : ndarray
+        As for :func:`tissue_mask`.
+
+    Returns
+    -------
+    float
+        0..1.
+    """
     return float(tissue_mask(rgb).mean()) if np.asarray(rgb).size else 0.0
 
 
 def tiles_with_tissue(mask: np.ndarray, scale: float, grid, tile: int, margin_px: int = 16) -> np.ndarray:
     """For each ``(y, x)`` tile of the model grid, whether its footprint (grown by ``margin_px``
-    model pixels) touches tissue; ``scale`` is overview pixels per model pixel."""
+    model pixels) touches tissue; ``scale`` is overview pixels per model pixel.
+
+    Parameters
+    ----------
+    mask : ndarray
+        Tissue mask of an overview (:func:`tissue_mask`).
+    scale : float
+        Overview pixels per model pixel.
+    grid : list of tuple of int
+        ``(y, x)`` tile starts on the model grid.
+    tile : int
+        Tile size in model pixels.
+    margin_px : int
+        Growth of each footprint, so tiles at a tissue edge still run.
+
+    Returns
+    -------
+    ndarray
+        bool, one per tile.
+    """
     integral = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     h, w = mask.shape
     keep = np.empty(len(grid), bool)
