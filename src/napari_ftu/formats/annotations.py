@@ -16,7 +16,21 @@ MAX_OBJECT_ID = 2**31 - 1  # labels are int32
 
 def safe_id(image_id) -> str:
     """Refuse ids that could leave an output folder or break a CSV (``../x``, ``a/b``, ``,``,
-    a trailing newline, NUL) or be too long for a file name."""
+    a trailing newline, NUL) or be too long for a file name.
+
+    Parameters
+    ----------
+    image_id : object
+        An image id from a file or a user; it names output files.
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    FormatError
+    """
     image_id = str(image_id)
     if not _SAFE_ID.fullmatch(image_id) or ".." in image_id:
         raise FormatError(f"image id {image_id[:80]!r} is not a safe file name (letters, digits, . _ - only)")
@@ -26,7 +40,23 @@ def safe_id(image_id) -> str:
 
 
 def object_id(value, where: str) -> int:
-    """An object id from a file: an integer in 1 .. 2**31 - 1 (labels are int32)."""
+    """An object id from a file: an integer in 1 .. 2**31 - 1 (labels are int32).
+
+    Parameters
+    ----------
+    value : object
+        The id as the file gives it.
+    where : str
+        File and line, for the error message.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    FormatError
+    """
     try:
         number = float(value)
         obj = int(value) if not isinstance(value, float) else int(number)
@@ -39,7 +69,23 @@ def object_id(value, where: str) -> int:
 
 def label_canvas(shape, where: str) -> np.ndarray:
     """An empty int32 label image of ``shape``, refused before allocating when the size is
-    impossible or does not fit in memory (a tiny file can claim any size)."""
+    impossible or does not fit in memory (a tiny file can claim any size).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(height, width)`` as the file claims it.
+    where : str
+        File and line, for the error message.
+
+    Returns
+    -------
+    ndarray
+
+    Raises
+    ------
+    FormatError
+    """
     from napari_ftu.formats.rle import check_size
 
     try:
@@ -56,6 +102,21 @@ class Annotations:
 
     ``classes`` maps an object id to its class names (HPA cells may carry several);
     ``meta`` holds per-image fields such as HuBMAP's organ or data source.
+
+    Parameters
+    ----------
+    image_id : str
+    labels : ndarray
+        2-D integer instance labels.
+    classes : dict
+        Object id -> list of class names (absent: ``default_class``).
+    scores : dict
+        Object id -> confidence (absent: unknown).
+    um_per_px : float, optional
+        Pixel size, carried into formats that store it.
+    meta : dict
+        Per-image fields (organ, data source).
+    default_class : str
     """
 
     image_id: str
@@ -109,7 +170,18 @@ class Annotations:
 
 
 def instances_of(mask: np.ndarray) -> np.ndarray:
-    """Binary masks become one instance per connected component; instance labels stay."""
+    """Binary masks become one instance per connected component; instance labels stay.
+
+    Parameters
+    ----------
+    mask : ndarray
+        Binary (0/1 or bool) or instance labels.
+
+    Returns
+    -------
+    ndarray
+        int32 instance labels.
+    """
     from scipy import ndimage as ndi
 
     mask = np.asarray(mask)
@@ -123,7 +195,23 @@ def instances_of(mask: np.ndarray) -> np.ndarray:
 def layer_features(ids, classes, confidences, **extra) -> dict:
     """The per-object table a napari Labels layer carries (its ``features``), one convention for
     every writer (the reader, the Load and Segment docks): ``index``, ``class`` (several names
-    joined by ", "), ``confidence`` (NaN when unknown) and ``extra`` columns such as areas."""
+    joined by ", "), ``confidence`` (NaN when unknown) and ``extra`` columns such as areas.
+
+    Parameters
+    ----------
+    ids : sequence of int
+    classes : sequence
+        Per id: a name, a list of names, or None.
+    confidences : sequence
+        Per id: a float or None.
+    **extra
+        Further columns, one value per id.
+
+    Returns
+    -------
+    dict
+        Column name -> list.
+    """
     names = [c if isinstance(c, str) else ", ".join(map(str, c)) for c in classes]
     return {"index": [int(i) for i in ids], "class": names,
             "confidence": [float("nan") if c is None else float(c) for c in confidences],
@@ -132,7 +220,16 @@ def layer_features(ids, classes, confidences, **extra) -> dict:
 
 def features_by_id(features) -> dict:
     """``{id: (class names or None, confidence or None)}`` from a layer's features (a pandas
-    table or a dict of columns, see :func:`layer_features`); ``None`` where a column is absent."""
+    table or a dict of columns, see :func:`layer_features`); ``None`` where a column is absent.
+
+    Parameters
+    ----------
+    features : DataFrame or dict, optional
+
+    Returns
+    -------
+    dict
+    """
     if features is None or len(features) == 0 or "index" not in features:
         return {}
     ids = [int(i) for i in features["index"]]

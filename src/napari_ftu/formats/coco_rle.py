@@ -25,13 +25,35 @@ COST_PER_COUNT = 100
 
 
 def check_decode(shape, counts_length: int) -> None:
-    """Refuse a mask whose decode (the mask and its counts) exceeds the memory budget."""
+    """Refuse a mask whose decode (the mask and its counts) exceeds the memory budget.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(height, width)`` as the file claims it.
+    counts_length : int
+        Number of run lengths.
+
+    Raises
+    ------
+    FormatError
+    """
     h, w = shape
     check_memory(h * w + COST_PER_COUNT * counts_length, f"mask of {h} x {w}", "decoding", FormatError)
 
 
 def counts_from_mask(mask: np.ndarray) -> list[int]:
-    """COCO uncompressed counts: alternating background/foreground run lengths, column-major."""
+    """COCO uncompressed counts: alternating background/foreground run lengths, column-major.
+
+    Parameters
+    ----------
+    mask : ndarray
+        2-D, nonzero = foreground.
+
+    Returns
+    -------
+    list of int
+    """
     pairs = encode_pairs(mask)
     h, w = np.asarray(mask).shape
     starts, lengths = pairs[0::2] - 1, pairs[1::2]
@@ -49,7 +71,22 @@ def counts_from_mask(mask: np.ndarray) -> list[int]:
 
 
 def mask_from_counts(counts, shape) -> np.ndarray:
-    """The ``(height, width)`` uint8 mask of COCO uncompressed counts (validated)."""
+    """The ``(height, width)`` uint8 mask of COCO uncompressed counts (validated).
+
+    Parameters
+    ----------
+    counts : sequence of int
+    shape : tuple of int
+
+    Returns
+    -------
+    ndarray
+
+    Raises
+    ------
+    FormatError
+        Negative counts, or runs that do not add up to the image.
+    """
     h, w = check_size(shape)
     starts, lengths = runs_from_counts(counts, (h, w))
     try:
@@ -59,7 +96,18 @@ def mask_from_counts(counts, shape) -> np.ndarray:
 
 
 def runs_from_counts(counts, shape) -> tuple[np.ndarray, np.ndarray]:
-    """0-indexed column-major run starts and lengths (non-empty) of validated COCO counts."""
+    """0-indexed column-major run starts and lengths (non-empty) of validated COCO counts.
+
+    Parameters
+    ----------
+    counts : sequence of int
+        Validated by :func:`mask_from_counts` rules.
+    shape : tuple of int
+
+    Returns
+    -------
+    tuple of ndarray
+    """
     h, w = shape
     try:
         counts = np.asarray(counts)
@@ -81,7 +129,21 @@ def runs_from_counts(counts, shape) -> tuple[np.ndarray, np.ndarray]:
 
 def paint_coco(labels: np.ndarray, rle: dict, value) -> None:
     """Set the pixels of a COCO RLE dict in ``labels`` to ``value``, decoding only the band of
-    columns its runs touch: a small object on a large image costs its columns, not the image."""
+    columns its runs touch: a small object on a large image costs its columns, not the image.
+
+    Parameters
+    ----------
+    labels : ndarray
+        Changed in place.
+    rle : dict
+        ``{"size": [h, w], "counts": ...}``.
+    value : int
+        The object's id.
+
+    Raises
+    ------
+    FormatError
+    """
     h, w = labels.shape
     counts = _counts(rle, (h, w))
     starts, lengths = runs_from_counts(counts, (h, w))
@@ -93,7 +155,16 @@ def paint_coco(labels: np.ndarray, rle: dict, value) -> None:
 
 
 def compress_counts(counts) -> bytes:
-    """COCO's compressed counts string (5-bit groups, delta against the count two back)."""
+    """COCO's compressed counts string (5-bit groups, delta against the count two back).
+
+    Parameters
+    ----------
+    counts : sequence of int
+
+    Returns
+    -------
+    bytes
+    """
     out = bytearray()
     for i, x in enumerate(counts):
         x = int(x) - (int(counts[i - 2]) if i > 2 else 0)
@@ -114,6 +185,18 @@ def decompress_counts(data: bytes | str) -> list[int]:
     Vectorised (a zlib-inflated string can be megabytes). A number may use at most
     :data:`MAX_CHUNKS` 5-bit groups, enough for any mask of :data:`MAX_PIXELS`, so values
     stay far inside 64 bits.
+
+    Parameters
+    ----------
+    data : bytes or str
+
+    Returns
+    -------
+    list of int
+
+    Raises
+    ------
+    FormatError
     """
     if isinstance(data, str):
         try:
@@ -147,7 +230,17 @@ def decompress_counts(data: bytes | str) -> list[int]:
 
 
 def mask_to_coco(mask: np.ndarray) -> dict:
-    """``{"size": [h, w], "counts": str}`` as pycocotools' ``encode`` gives (decoded to text)."""
+    """``{"size": [h, w], "counts": str}`` as pycocotools' ``encode`` gives (decoded to text).
+
+    Parameters
+    ----------
+    mask : ndarray
+        2-D, nonzero = foreground.
+
+    Returns
+    -------
+    dict
+    """
     h, w = np.asarray(mask).shape
     return {"size": [int(h), int(w)], "counts": compress_counts(counts_from_mask(mask)).decode("ascii")}
 
@@ -156,6 +249,21 @@ def coco_to_mask(rle: dict, shape=None) -> np.ndarray:
     """A mask from a COCO RLE dict with compressed (str/bytes) or uncompressed (list) counts.
 
     With ``shape``, the RLE's ``size`` must equal it (checked before anything is decoded).
+
+    Parameters
+    ----------
+    rle : dict
+    shape : tuple of int, optional
+        The image's size.
+
+    Returns
+    -------
+    ndarray
+        uint8 0/1.
+
+    Raises
+    ------
+    FormatError
     """
     h, w = _rle_size(rle, shape)
     return mask_from_counts(_counts(rle, (h, w)), (h, w))
@@ -187,7 +295,17 @@ def _counts(rle: dict, shape):
 
 
 def oid_encode(mask: np.ndarray) -> str:
-    """Open Images / HPA mask string: base64(zlib(COCO compressed counts))."""
+    """Open Images / HPA mask string: base64(zlib(COCO compressed counts)).
+
+    Parameters
+    ----------
+    mask : ndarray
+        2-D, nonzero = foreground.
+
+    Returns
+    -------
+    str
+    """
     return base64.b64encode(zlib.compress(compress_counts(counts_from_mask(mask)), 9)).decode("ascii")
 
 
@@ -197,6 +315,20 @@ def oid_decode(text: str, height: int, width: int) -> np.ndarray:
     The inflated counts may not exceed what a ``height`` x ``width`` mask can need (at most
     one count per pixel plus one, :data:`MAX_CHUNKS` bytes each), so a small string cannot
     make us inflate or parse megabytes for a small mask.
+
+    Parameters
+    ----------
+    text : str
+    height, width : int
+        The image's size (from the CSV row).
+
+    Returns
+    -------
+    ndarray
+
+    Raises
+    ------
+    FormatError
     """
     height, width = check_size((height, width))
     try:

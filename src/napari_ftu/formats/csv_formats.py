@@ -37,7 +37,22 @@ def _write_rows(path, columns, rows) -> Path:
 
 def read_csv_rows(path, required) -> list[dict]:
     """Rows as dicts; a missing column, bad encoding or bad quoting is an FormatError naming the
-    file. A UTF-8 byte-order mark (spreadsheets write one) is not part of the first column name."""
+    file. A UTF-8 byte-order mark (spreadsheets write one) is not part of the first column name.
+
+    Parameters
+    ----------
+    path : str or Path
+    required : iterable of str
+        Column names that must be present.
+
+    Returns
+    -------
+    list of dict
+
+    Raises
+    ------
+    FormatError
+    """
     path = Path(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
@@ -82,7 +97,20 @@ def _pixel_size(text, where: str) -> float | None:
 
 
 def write_hubmap(path, items: list[Annotations], full: bool = False) -> Path:
-    """``id,rle`` (submission) or, with ``full``, the competition's ``train.csv`` columns."""
+    """``id,rle`` (submission) or, with ``full``, the competition's ``train.csv`` columns.
+
+    Parameters
+    ----------
+    path : str or Path
+        Written atomically.
+    items : list of Annotations
+    full : bool
+        Also the metadata columns (organ, size, pixel size), so the file reads back alone.
+
+    Returns
+    -------
+    Path
+    """
     if not full:
         return _write_rows(path, ["id", "rle"], [[a.image_id, rle.encode(a.labels)] for a in items])
     rows = []
@@ -98,7 +126,23 @@ def read_hubmap(path, shapes=None) -> list[Annotations]:
     """Masks (one object each, label 1) from ``id,rle`` or ``train.csv``; the sizes come from
     ``img_height``/``img_width`` columns, else from ``shapes``: one ``(height, width)`` for
     every row or a dict id -> ``(height, width)``. Every row's size is checked, and what the
-    whole file needs against the memory budget, before the first mask is decoded."""
+    whole file needs against the memory budget, before the first mask is decoded.
+
+    Parameters
+    ----------
+    path : str or Path
+    shapes : tuple or dict, optional
+        Image sizes for files without size columns.
+
+    Returns
+    -------
+    list of Annotations
+
+    Raises
+    ------
+    FormatError
+        A bad row, a missing size, or more than the memory budget, naming file and line.
+    """
     rows = read_csv_rows(path, ["id", "rle"])
     if shapes is not None and not isinstance(shapes, dict):
         shapes = {row["id"]: tuple(shapes) for row in rows}
@@ -164,7 +208,18 @@ def _class_index(name) -> int:
 
 def write_hpa(path, items: list[Annotations]) -> Path:
     """``ImageID,ImageWidth,ImageHeight,PredictionString``: ``label confidence mask`` triples,
-    repeated per class for a mask with several classes."""
+    repeated per class for a mask with several classes.
+
+    Parameters
+    ----------
+    path : str or Path
+        Written atomically.
+    items : list of Annotations
+
+    Returns
+    -------
+    Path
+    """
     rows = [[a.image_id, a.shape[1], a.shape[0], _prediction_string(a, _class_index)] for a in items]
     return _write_rows(path, HPA_COLUMNS, rows)
 
@@ -221,6 +276,20 @@ def _read_instance_csv(path, columns, id_col, h_col, w_col, pred_col) -> list[An
 
 
 def read_hpa(path) -> list[Annotations]:
+    """Instances per image from an HPA ``PredictionString`` CSV (sizes from its width/height columns).
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    list of Annotations
+
+    Raises
+    ------
+    FormatError
+    """
     return _read_instance_csv(path, HPA_COLUMNS, "ImageID", "ImageHeight", "ImageWidth", "PredictionString")
 
 
@@ -228,12 +297,37 @@ def read_hpa(path) -> list[Annotations]:
 
 
 def write_vasculature(path, items: list[Annotations]) -> Path:
-    """``id,height,width,prediction_string`` with ``0 score mask`` per blood-vessel instance."""
+    """``id,height,width,prediction_string`` with ``0 score mask`` per blood-vessel instance.
+
+    Parameters
+    ----------
+    path : str or Path
+        Written atomically.
+    items : list of Annotations
+
+    Returns
+    -------
+    Path
+    """
     rows = [[a.image_id, a.shape[0], a.shape[1], _prediction_string(a, lambda name: 0)] for a in items]
     return _write_rows(path, VASCULATURE_COLUMNS, rows)
 
 
 def read_vasculature(path) -> list[Annotations]:
+    """Blood-vessel instances per image from a vasculature ``prediction_string`` CSV.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    list of Annotations
+
+    Raises
+    ------
+    FormatError
+    """
     out = _read_instance_csv(path, VASCULATURE_COLUMNS, "id", "height", "width", "prediction_string")
     for a in out:
         a.classes = {i: ["blood_vessel"] for i in a.classes}

@@ -33,13 +33,35 @@ SUMMARY = "summary.csv"  # a batch output's table of slides
 
 @dataclass
 class Item:
+    """One image of a dataset, opened lazily, with its annotations if the layout has them.
+
+    Parameters
+    ----------
+    slide : Slide
+    annotations : Annotations or None
+    info : dict
+        Organ, data source, pixel size, ... for display.
+    """
     slide: Slide
     annotations: Annotations | None
     info: dict = field(default_factory=dict)  # organ, data source, pixel size, ... for display
 
 
 class Dataset:
-    """A named list of image ids and a loader; subclasses know one layout each."""
+    """A named list of image ids and a loader; subclasses know one layout each.
+
+    Parameters
+    ----------
+    root : Path
+        The dataset folder.
+    ids : list of str
+        Image ids, in display order.
+
+    Raises
+    ------
+    FormatError
+        No images.
+    """
 
     layout = "dataset"
 
@@ -85,7 +107,19 @@ def _check_size(slide: Slide, shape, what: str):
 
 class Hubmap2022(Dataset):
     """``train.csv`` (id, organ, data_source, img_height, img_width, pixel_size, rle, ...) with
-    ``train_images/<id>.tiff``; also ``test.csv`` + ``test_images`` (no masks)."""
+    ``train_images/<id>.tiff``; also ``test.csv`` + ``test_images`` (no masks).
+
+    Parameters
+    ----------
+    root : Path
+    split : str
+        ``"train"`` or ``"test"``.
+
+    Raises
+    ------
+    FormatError
+        A malformed ``train.csv`` row, naming the line.
+    """
 
     layout = "HuBMAP + HPA 2022"
 
@@ -133,7 +167,16 @@ class Hubmap2022(Dataset):
 
 
 class Hubmap2021(Dataset):
-    """The 2021 kidney layout: ``train.csv`` (id, encoding) with ``train/<id>.tiff``."""
+    """The 2021 kidney layout: ``train.csv`` (id, encoding) with ``train/<id>.tiff``.
+
+    Parameters
+    ----------
+    root : Path
+
+    Raises
+    ------
+    FormatError
+    """
 
     layout = "HuBMAP 2021 kidney"
 
@@ -163,7 +206,17 @@ class Hubmap2021(Dataset):
 
 class Vasculature2023(Dataset):
     """``polygons.jsonl`` (one tile per line: id, annotations of type blood_vessel /
-    glomerulus / unsure with [x, y] rings) with ``train/<id>.tif`` and ``tile_meta.csv``."""
+    glomerulus / unsure with [x, y] rings) with ``train/<id>.tif`` and ``tile_meta.csv``.
+
+    Parameters
+    ----------
+    root : Path
+
+    Raises
+    ------
+    FormatError, InputError
+        A malformed or unreadable ``polygons.jsonl``, naming the line.
+    """
 
     layout = "HuBMAP vasculature 2023"
 
@@ -233,7 +286,18 @@ def _check_inside(rings, shape, where: str):
 
 
 class CocoFolder(Dataset):
-    """A COCO instance JSON beside its images (in the folder or a ``tiles``/``images`` folder)."""
+    """A COCO instance JSON beside its images (in the folder or a ``tiles``/``images`` folder).
+
+    Parameters
+    ----------
+    root : Path
+    json_path : Path
+        The COCO file.
+
+    Raises
+    ------
+    FormatError
+    """
 
     layout = "COCO instances"
 
@@ -288,7 +352,12 @@ def _relative_name(name, json_path: Path) -> str:
 
 class HpaCells(Dataset):
     """HPA single-cell: ``<id>_{red,green,blue,yellow}.png`` as one 4-channel image, with
-    instance masks from an Open Images CSV (``ImageID, ..., PredictionString``) if present."""
+    instance masks from an Open Images CSV (``ImageID, ..., PredictionString``) if present.
+
+    Parameters
+    ----------
+    root : Path
+    """
 
     layout = "HPA single-cell"
 
@@ -344,7 +413,17 @@ def _pair_key(stem: str) -> str:
 
 class ImageMaskFolder(Dataset):
     """Images with mask files beside them: ``images/`` + ``masks/`` (names matched after
-    dropping ``slide_``/``mask_``-style prefixes and ``_mask`` suffixes), binary or instance."""
+    dropping ``slide_``/``mask_``-style prefixes and ``_mask`` suffixes), binary or instance.
+
+    Parameters
+    ----------
+    root : Path
+
+    Raises
+    ------
+    FormatError
+        A bad ``manifest.csv`` pixel size.
+    """
 
     layout = "image/mask pairs"
 
@@ -386,7 +465,18 @@ class ImageMaskFolder(Dataset):
 
 class BatchOutput(Dataset):
     """A batch output folder (``<out>/<id>/done.json`` + ``summary.csv``) as a dataset: each
-    segmented slide with its predicted labels, to page through, review or evaluate."""
+    segmented slide with its predicted labels, to page through, review or evaluate.
+
+    Parameters
+    ----------
+    root : str or Path
+        The batch's ``--out`` folder.
+
+    Raises
+    ------
+    FormatError
+        No finished slide in it.
+    """
 
     layout = "napari-ftu batch output"
 
@@ -473,7 +563,21 @@ def open_dataset(path: str | Path) -> Dataset:
 
 
 def labels_layer_data(a: Annotations, slide: Slide, info: dict | None = None) -> tuple:
-    """``(labels, kwargs, "labels")`` with per-object class/score/area in the layer's features."""
+    """``(labels, kwargs, "labels")`` with per-object class/score/area in the layer's features.
+
+    Parameters
+    ----------
+    a : Annotations
+    slide : Slide
+        The image, for scale and the layer's source.
+    info : dict, optional
+        Item info (pixel size, organ) for the layer's metadata.
+
+    Returns
+    -------
+    tuple
+        napari's layer data tuple.
+    """
     ids = a.ids()
     areas = label_areas(a.labels, ids)
     um = a.um_per_px or slide.um_per_px  # batch labels of a banded slide lie on the model's coarser grid

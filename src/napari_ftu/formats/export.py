@@ -22,6 +22,20 @@ from napari_ftu.formats.json_formats import read_coco, read_geojson, write_coco,
 
 @dataclass(frozen=True)
 class LabelFormat:
+    """One label file format of the format table: its name, suffix and reader and writer.
+
+    Parameters
+    ----------
+    title : str
+        Shown in the docks' format choice.
+    suffix : str
+    write : callable
+        ``write(path, [Annotations]) -> Path``.
+    read : callable
+        ``read(path, shape) -> [Annotations]``.
+    multi_image : bool
+        One file holds many images.
+    """
     title: str
     suffix: str
     write: Callable  # (path, [Annotations]) -> Path
@@ -131,7 +145,24 @@ LABEL_IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 def format_of(path, default: str | None = None) -> str | None:
     """The label format of a file, from its name and, for an existing ``.json`` or ``.csv``, its
     first bytes; ``None`` for a folder or a plain label image. A new file (nothing to sniff) gets
-    the suffix's usual format (COCO for ``.json``, HuBMAP for ``.csv``)."""
+    the suffix's usual format (COCO for ``.json``, HuBMAP for ``.csv``).
+
+    Parameters
+    ----------
+    path : str or Path
+    default : str, optional
+        What an unknown suffix gives.
+
+    Returns
+    -------
+    str or None
+        A key of :data:`FORMATS`.
+
+    Raises
+    ------
+    InputError, FormatError
+        An unreadable file, a CSV of no known kind, or an unknown suffix without ``default``.
+    """
     import csv
 
     path = Path(path)

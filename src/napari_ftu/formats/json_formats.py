@@ -26,7 +26,17 @@ from napari_ftu.io.images import file_stem
 
 
 def class_colour(name: str) -> list[int]:
-    """A stable, distinct RGB colour per class name (QuPath shows it)."""
+    """A stable, distinct RGB colour per class name (QuPath shows it).
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    list of int
+        ``[r, g, b]``.
+    """
     hue = (zlib.crc32(str(name).encode()) % 360) / 360
     return [int(round(255 * v)) for v in colorsys.hsv_to_rgb(hue, 0.75, 0.9)]
 
@@ -102,6 +112,18 @@ def _pixel_size(value, where: str):
 
 
 def write_coco(path, items: list[Annotations]) -> Path:
+    """One COCO instance JSON for all ``items``: polygons where exact, RLE for objects with holes.
+
+    Parameters
+    ----------
+    path : str or Path
+        Written atomically.
+    items : list of Annotations
+
+    Returns
+    -------
+    Path
+    """
     names = sorted({n for a in items for i in a.ids() for n in a.class_names(i)}, key=str)
     cat_id = {n: k for k, n in enumerate(names, start=1)}
     images, anns = [], []
@@ -130,7 +152,18 @@ def write_coco(path, items: list[Annotations]) -> Path:
 @dataclass
 class CocoImage:
     """One image of a COCO file, checked but not yet drawn: ``anns`` holds
-    ``(where, segmentation, object id, score, class name, bytes to draw it)``."""
+    ``(where, segmentation, object id, score, class name, bytes to draw it)``.
+
+    Parameters
+    ----------
+    name : str
+        The image's ``file_name``.
+    shape : tuple of int
+    um_per_px : float, optional
+    where : str
+        File and image, for error messages.
+    anns : list of tuple
+    """
 
     name: str
     shape: tuple[int, int]
@@ -152,7 +185,21 @@ class CocoImage:
 
 
 def parse_coco(path) -> list[CocoImage]:
-    """Every image and annotation of a COCO file validated and costed, no pixel drawn yet."""
+    """Every image and annotation of a COCO file validated and costed, no pixel drawn yet.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    list of CocoImage
+
+    Raises
+    ------
+    FormatError
+        Malformed JSON or annotations, or more than the memory budget, naming the annotation.
+    """
     doc = _read_json(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise FormatError(f"{path}: not a COCO file (needs 'images' with ids)")
@@ -200,7 +247,20 @@ def parse_coco(path) -> list[CocoImage]:
 
 def read_coco(path) -> list[Annotations]:
     """Instances per image; polygons are united (COCO semantics), RLE decoded exactly. What
-    the whole file needs (every label image, the largest object) is checked first."""
+    the whole file needs (every label image, the largest object) is checked first.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    list of Annotations
+
+    Raises
+    ------
+    FormatError
+    """
     images = parse_coco(path)
     need = sum(4 * i.shape[0] * i.shape[1] for i in images) + max((i.cost() for i in images), default=0)
     check_memory(need, path, "reading its labels", FormatError)
@@ -246,7 +306,19 @@ def _paint_segmentation(labels, seg, obj, where) -> None:
 
 def write_geojson(path, a: Annotations) -> Path:
     """A FeatureCollection of annotation objects (Polygon or MultiPolygon with holes) with
-    classification name and colour, as QuPath imports and exports them."""
+    classification name and colour, as QuPath imports and exports them.
+
+    Parameters
+    ----------
+    path : str or Path
+        Written atomically.
+    a : Annotations
+        One image (GeoJSON has no image list).
+
+    Returns
+    -------
+    Path
+    """
     features = []
     for obj_id, box, sub in a.objects():
         polys = [[ring.astype(float).tolist() + [ring[0].astype(float).tolist()] for ring in p]
@@ -269,7 +341,25 @@ def write_geojson(path, a: Annotations) -> Path:
 def read_geojson(path, shape, image_id: str | None = None, um_per_px: float | None = None) -> Annotations:
     """Rasterise annotations (FeatureCollection, list of Features or one Feature) onto an image
     of ``shape``; objects keep ``ftu_id`` when present, else are numbered in file order. The
-    label image and the largest feature's drawing are checked against the memory budget first."""
+    label image and the largest feature's drawing are checked against the memory budget first.
+
+    Parameters
+    ----------
+    path : str or Path
+    shape : tuple of int
+        The image's ``(height, width)``: GeoJSON does not say.
+    image_id : str, optional
+        Default: the file's stem.
+    um_per_px : float, optional
+
+    Returns
+    -------
+    Annotations
+
+    Raises
+    ------
+    FormatError
+    """
     doc = _read_json(path)
     if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
         feats = _list(doc.get("features"), str(path), "'features'")

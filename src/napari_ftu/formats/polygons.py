@@ -23,6 +23,16 @@ def mask_to_rings(mask: np.ndarray) -> list[np.ndarray]:
 
     Where the object touches itself diagonally the ring turns left, so the boundary splits
     into an outer ring and a hole meeting at one point instead of crossing itself.
+
+    Parameters
+    ----------
+    mask : ndarray
+        One 4-connected object (bool).
+
+    Returns
+    -------
+    list of ndarray
+        Outer ring first, then holes.
     """
     m = np.pad(np.asarray(mask) != 0, 1)
     inner = m[1:-1, 1:-1]
@@ -60,13 +70,33 @@ def mask_to_rings(mask: np.ndarray) -> list[np.ndarray]:
 
 
 def ring_area(ring: np.ndarray) -> float:
-    """Signed shoelace area: positive for outer rings, negative for holes (our orientation)."""
+    """Signed shoelace area: positive for outer rings, negative for holes (our orientation).
+
+    Parameters
+    ----------
+    ring : ndarray
+        ``(n, 2)`` x/y vertices.
+
+    Returns
+    -------
+    float
+    """
     x, y = ring[:, 0].astype(float), ring[:, 1].astype(float)
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
 def mask_to_polygons(mask: np.ndarray) -> list[list[np.ndarray]]:
-    """One polygon ``[outer, hole, ...]`` per 4-connected part of a mask."""
+    """One polygon ``[outer, hole, ...]`` per 4-connected part of a mask.
+
+    Parameters
+    ----------
+    mask : ndarray
+        2-D, nonzero = foreground.
+
+    Returns
+    -------
+    list of list of ndarray
+    """
     from scipy import ndimage as ndi
 
     parts, n = ndi.label(np.asarray(mask) != 0)
@@ -83,7 +113,18 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[np.ndarray]]:
 
 def rasterize(polygons, shape) -> np.ndarray:
     """Union of polygons ``[outer, hole, ...]`` (rings as ``(n, 2)`` x/y arrays, any floats):
-    pixels whose centre lies inside an outer ring and outside its holes."""
+    pixels whose centre lies inside an outer ring and outside its holes.
+
+    Parameters
+    ----------
+    polygons : list of list of ndarray
+    shape : tuple of int
+
+    Returns
+    -------
+    ndarray
+        bool.
+    """
     out = np.zeros(shape, dtype=bool)
     paint(out, polygons, True)
     return out
@@ -92,7 +133,15 @@ def rasterize(polygons, shape) -> np.ndarray:
 def paint(out: np.ndarray, polygons, value) -> None:
     """Set the pixels of ``out`` inside the polygons to ``value``. Work and memory stay within
     each polygon's bounding box: many small objects on a large image never cost a full-size
-    mask each. :func:`paint_cost` says how much memory it takes, before it is spent."""
+    mask each. :func:`paint_cost` says how much memory it takes, before it is spent.
+
+    Parameters
+    ----------
+    out : ndarray
+        Changed in place.
+    polygons : list of list of ndarray
+    value : scalar
+    """
     for rings, box in _boxes(polygons, out.shape):
         shape = size(box)
         offset = np.array([box[1].start, box[0].start])  # rings are (x, y)
@@ -113,7 +162,18 @@ COST_PER_BOX_PIXEL = 4
 def paint_cost(polygons, shape) -> int:
     """Peak bytes :func:`paint` allocates for one call: the largest polygon's box and row
     crossings. Counted from the vertices in O(vertices), so an edge list that spans every row
-    of a large image many times over is refused before anything is filled."""
+    of a large image many times over is refused before anything is filled.
+
+    Parameters
+    ----------
+    polygons : list of list of ndarray
+    shape : tuple of int
+        The image ``paint`` would draw into.
+
+    Returns
+    -------
+    int
+    """
     peak = 0
     for rings, box in _boxes(polygons, shape):
         h, w = size(box)

@@ -25,7 +25,25 @@ MAX_PIXELS = 2**34
 def check_size(shape, bytes_per_pixel: int = 1, what: str = "mask") -> tuple[int, int]:
     """``(height, width)`` as ints, refused before allocating when not positive, above
     :data:`MAX_PIXELS` or larger than the memory budget (a tiny file must not claim
-    terabytes)."""
+    terabytes).
+
+    Parameters
+    ----------
+    shape : tuple
+        ``(height, width)`` as a file claims it.
+    bytes_per_pixel : int
+        Of the array about to be allocated.
+    what : str
+        What it is, for the error message.
+
+    Returns
+    -------
+    tuple of int
+
+    Raises
+    ------
+    FormatError
+    """
     try:
         height, width = (int(v) for v in shape)
     except (TypeError, ValueError, OverflowError):
@@ -39,12 +57,32 @@ def check_size(shape, bytes_per_pixel: int = 1, what: str = "mask") -> tuple[int
 
 
 def encode(mask: np.ndarray) -> str:
-    """Encode a 2-D mask (nonzero = foreground) as a HuBMAP RLE string; ``""`` when empty."""
+    """Encode a 2-D mask (nonzero = foreground) as a HuBMAP RLE string; ``""`` when empty.
+
+    Parameters
+    ----------
+    mask : ndarray
+
+    Returns
+    -------
+    str
+        ``"start length ..."``, 1-indexed, column-major.
+    """
     return format_ints(encode_pairs(mask))
 
 
 def format_ints(values: np.ndarray) -> str:
-    """Space-separated decimal text (C-level ``%`` formatting: 2.5x faster than ``str.join``)."""
+    """Space-separated decimal text (C-level ``%`` formatting: 2.5x faster than ``str.join``).
+
+    Parameters
+    ----------
+    values : ndarray
+        Integers.
+
+    Returns
+    -------
+    str
+    """
     values = np.asarray(values).tolist()
     return ("%d " * len(values) % tuple(values))[:-1]
 
@@ -55,6 +93,15 @@ def encode_pairs(mask: np.ndarray) -> np.ndarray:
     Works on the array as stored (C or Fortran order, any integer or bool dtype): changes are
     found by comparing 8-byte words, and only the few changed pixels are put into column-major
     order. No transposed or boolean copy of the image is made.
+
+    Parameters
+    ----------
+    mask : ndarray
+
+    Returns
+    -------
+    ndarray
+        int64 ``[start, length, start, length, ...]``.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -104,6 +151,20 @@ def decode(rle: str, shape: tuple[int, int], dtype=np.uint8) -> np.ndarray:
 
     Raises :class:`FormatError` naming the problem for odd token counts, non-integers,
     non-positive lengths, overlapping or unsorted runs and runs past the image end.
+
+    Parameters
+    ----------
+    rle : str
+    shape : tuple of int
+    dtype : dtype
+
+    Returns
+    -------
+    ndarray
+
+    Raises
+    ------
+    FormatError
     """
     height, width = check_size(shape, np.dtype(dtype).itemsize)
     total = height * width
@@ -143,6 +204,17 @@ def paint_runs(starts: np.ndarray, lengths: np.ndarray, shape, dtype=np.uint8) -
     """A column-major ``shape`` mask with the (0-indexed, validated) runs set to 1.
 
     One ``np.repeat`` of alternating 0/1 over the run and gap lengths writes each pixel once.
+
+    Parameters
+    ----------
+    starts, lengths : ndarray
+        0-indexed column-major runs, validated.
+    shape : tuple of int
+    dtype : dtype
+
+    Returns
+    -------
+    ndarray
     """
     total = int(shape[0]) * int(shape[1])
     if starts.size == 0:
