@@ -61,14 +61,42 @@ def default_project_folder() -> Path:
 
 
 def safe_name(name: str) -> str:
-    """A file-name-safe version of a layer or image name (never empty, never ``..``)."""
+    """A file-name-safe version of a layer or image name (never empty, never ``..``).
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    str
+        At most 120 characters of letters, digits, ``.``, ``_`` and ``-``.
+    """
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "unnamed"
     return cleaned[:120]
 
 
 def session_folder(image_name: str, path: str | Path | None = None, item: str | None = None,
                    project: str | Path | None = None) -> Path:
-    """The session folder of an image: beside its file if writable, else in the project folder."""
+    """The session folder of an image: beside its file if writable, else in the project folder.
+
+    Parameters
+    ----------
+    image_name : str
+        The image layer's name.
+    path : str or Path, optional
+        The image's file or dataset folder.
+    item : str, optional
+        The item of a dataset folder, which gets a subfolder.
+    project : str or Path, optional
+        Where sessions of images without a writable folder go (default
+        :func:`default_project_folder`).
+
+    Returns
+    -------
+    Path
+        Not created here.
+    """
     if path:
         path = Path(path)
         # A dataset folder gets one ``.ftu`` folder inside it, with one subfolder per item.
@@ -125,7 +153,17 @@ class _Mismatch(SessionError):
 
 @dataclass
 class Saved:
-    """What a session file restores."""
+    """What a session file restores.
+
+    Parameters
+    ----------
+    labels : ndarray
+    review : Review
+    offset : tuple of int
+        Where the window starts in the slide.
+    meta : dict
+        ``saved_at``, ``generation``, ``in_store_generation``, the writer, ...
+    """
 
     labels: np.ndarray
     review: Review
@@ -141,7 +179,19 @@ class Saved:
 
 def carry_statuses(saved: Review, fresh: Review) -> int:
     """Copy class, confidence and status from ``saved`` to the objects of ``fresh`` that are
-    unchanged (same id, area and box); returns how many were carried over."""
+    unchanged (same id, area and box); returns how many were carried over.
+
+    Parameters
+    ----------
+    saved : Review
+        The saved session's table.
+    fresh : Review
+        A table measured from the label store, updated in place.
+
+    Returns
+    -------
+    int
+    """
     n = 0
     for obj, row in fresh.rows.items():
         old = saved.rows.get(obj)
@@ -454,7 +504,24 @@ def _write_npz(fh, **arrays):
 
 class Autosaver:
     """Saves a session when it has changed and ``interval`` seconds have passed since the last
-    save (the dock ticks it with a timer), or at once with :meth:`save_now` (image change)."""
+    save (the dock ticks it with a timer), or at once with :meth:`save_now` (image change).
+
+    Parameters
+    ----------
+    session : ReviewSession
+    store : SessionStore
+    interval : float
+        Seconds between saves while there are changes.
+    meta : dict, optional
+        Written with every save (the layer's name, ``in_store_generation``).
+    clock : callable
+        Seconds, monotonic (tests pass a fake one).
+
+    Raises
+    ------
+    ValueError
+        A non-positive ``interval``.
+    """
 
     def __init__(self, session: ReviewSession, store: SessionStore, interval: float = DEFAULT_INTERVAL_S,
                  meta: dict | None = None, clock=time.monotonic):

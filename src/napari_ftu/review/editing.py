@@ -19,7 +19,14 @@ from napari_ftu.errors import EditError
 
 @dataclass
 class Patch:
-    """New contents ``after`` of the box ``box`` (2-D slices into the label array)."""
+    """New contents ``after`` of the box ``box`` (2-D slices into the label array).
+
+    Parameters
+    ----------
+    box : Box
+    after : ndarray
+        The box's new contents, of its size.
+    """
 
     box: Box
     after: np.ndarray
@@ -27,7 +34,18 @@ class Patch:
 
 @dataclass
 class Edit:
-    """What an operation changes, and the ids it created (new objects) or removed."""
+    """What an operation changes, and the ids it created (new objects) or removed.
+
+    Parameters
+    ----------
+    name : str
+        Shown in the undo history.
+    patches : list of Patch
+    created, removed : list of int
+        Ids of new objects and of objects gone, so the review table follows.
+    mapping : dict
+        Old id -> new id (merge, relabel), so renumbered objects keep their review.
+    """
 
     name: str
     patches: list[Patch] = field(default_factory=list)
@@ -50,14 +68,37 @@ def _check(labels) -> np.ndarray:
 
 
 def next_free_id(labels, reserved=()) -> int:
-    """The smallest id above every id in use (and above ``reserved``, e.g. rejected objects)."""
+    """The smallest id above every id in use (and above ``reserved``, e.g. rejected objects).
+
+    Parameters
+    ----------
+    labels : array-like
+    reserved : iterable of int
+        Ids taken elsewhere (rejected objects keep theirs for undo).
+
+    Returns
+    -------
+    int
+    """
     labels = _check(labels)
     top = int(labels.max()) if labels.size else 0
     return max([top, *[int(r) for r in reserved]]) + 1
 
 
 def bbox_of(labels, ids, pad: int = 0) -> Box | None:
-    """Smallest box holding every pixel of ``ids`` (grown by ``pad`` inside the image), or None."""
+    """Smallest box holding every pixel of ``ids`` (grown by ``pad`` inside the image), or None.
+
+    Parameters
+    ----------
+    labels : array-like
+    ids : iterable of int
+    pad : int
+        Pixels to grow the box by on every side.
+
+    Returns
+    -------
+    Box or None
+    """
     labels = _check(labels)
     mask = np.isin(labels, list(ids))
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -78,7 +119,18 @@ def _require(labels, ids) -> Box:
 
 
 def object_at(labels, point) -> int:
-    """The id under ``(row, col)``; 0 for background or outside."""
+    """The id under ``(row, col)``; 0 for background or outside.
+
+    Parameters
+    ----------
+    labels : array-like
+    point : tuple of float
+        ``(row, col)``, rounded to the nearest pixel.
+
+    Returns
+    -------
+    int
+    """
     labels = _check(labels)
     r, c = (int(round(v)) for v in point)
     if 0 <= r < labels.shape[0] and 0 <= c < labels.shape[1]:
@@ -87,7 +139,24 @@ def object_at(labels, point) -> int:
 
 
 def merge(labels, ids) -> Edit:
-    """Give every object in ``ids`` the smallest of their ids."""
+    """Give every object in ``ids`` the smallest of their ids.
+
+    Parameters
+    ----------
+    labels : array-like
+        Not changed: the edit says what to write.
+    ids : iterable of int
+        Two or more objects.
+
+    Returns
+    -------
+    Edit
+
+    Raises
+    ------
+    EditError
+        Fewer than two objects, or one not in the image.
+    """
     ids = sorted({int(i) for i in ids})
     if len(ids) < 2:
         raise EditError("select at least two objects to merge")
@@ -98,7 +167,22 @@ def merge(labels, ids) -> Edit:
 
 
 def delete(labels, ids) -> Edit:
-    """Remove objects (their pixels become background)."""
+    """Remove objects (their pixels become background).
+
+    Parameters
+    ----------
+    labels : array-like
+    ids : iterable of int
+
+    Returns
+    -------
+    Edit
+
+    Raises
+    ------
+    EditError
+        No object, or one not in the image.
+    """
     ids = sorted({int(i) for i in ids})
     box = _require(labels, ids)
     crop = np.asarray(labels[box]).copy()
@@ -128,6 +212,25 @@ def split_by_line(labels, obj: int | None, line, reserved=()) -> Edit:
     """Cut an object along a polyline ``[(row, col), ...]``; the cut pixels join the nearest part.
 
     ``obj`` None takes the object the line crosses most.
+
+    Parameters
+    ----------
+    labels : array-like
+    obj : int or None
+        The object to cut.
+    line : sequence of tuple
+        Two or more ``(row, col)`` points.
+    reserved : iterable of int
+        Ids the new parts must not take (:func:`next_free_id`).
+
+    Returns
+    -------
+    Edit
+
+    Raises
+    ------
+    EditError
+        A line that crosses no object or does not cut it in two.
     """
     from skimage.draw import line as draw_line
     from skimage.segmentation import expand_labels
@@ -161,7 +264,27 @@ def split_by_line(labels, obj: int | None, line, reserved=()) -> Edit:
 
 
 def split_watershed(labels, seeds, obj: int | None = None, reserved=()) -> Edit:
-    """Split one object by a watershed of its distance map from two or more seed points."""
+    """Split one object by a watershed of its distance map from two or more seed points.
+
+    Parameters
+    ----------
+    labels : array-like
+    seeds : sequence of tuple
+        Two or more ``(row, col)`` points inside the object, one per part.
+    obj : int, optional
+        The object (default: the one under the seeds).
+    reserved : iterable of int
+        As for :func:`split_by_line`.
+
+    Returns
+    -------
+    Edit
+
+    Raises
+    ------
+    EditError
+        Seeds outside one object, or fewer than two distinct ones.
+    """
     from skimage.segmentation import watershed
 
     labels = _check(labels)
@@ -190,7 +313,23 @@ def split_watershed(labels, seeds, obj: int | None = None, reserved=()) -> Edit:
 
 
 def fill_holes(labels, ids=None) -> Edit:
-    """Fill background holes inside objects (all objects when ``ids`` is None)."""
+    """Fill background holes inside objects (all objects when ``ids`` is None).
+
+    Parameters
+    ----------
+    labels : array-like
+    ids : iterable of int, optional
+
+    Returns
+    -------
+    Edit
+        Empty when there is no hole.
+
+    Raises
+    ------
+    EditError
+        No objects, or an object not in the image.
+    """
     labels = _check(labels)
     ids = sorted({int(i) for i in ids}) if ids is not None else [int(i) for i in np.unique(labels) if i]
     if not ids:
@@ -211,7 +350,22 @@ def fill_holes(labels, ids=None) -> Edit:
 
 
 def remove_small(labels, min_pixels: int) -> Edit:
-    """Remove every object smaller than ``min_pixels`` (one patch per removed object)."""
+    """Remove every object smaller than ``min_pixels`` (one patch per removed object).
+
+    Parameters
+    ----------
+    labels : array-like
+    min_pixels : int
+
+    Returns
+    -------
+    Edit
+
+    Raises
+    ------
+    EditError
+        ``min_pixels`` below 1.
+    """
     labels = _check(labels)
     if min_pixels < 1:
         raise EditError(f"remove small: the size must be at least 1 pixel, got {min_pixels}")
@@ -228,7 +382,22 @@ def remove_small(labels, min_pixels: int) -> Edit:
 
 
 def dilate(labels, obj: int, pixels: int = 1) -> Edit:
-    """Grow one object by ``pixels`` into the background (never over other objects)."""
+    """Grow one object by ``pixels`` into the background (never over other objects).
+
+    Parameters
+    ----------
+    labels : array-like
+    obj : int
+    pixels : int
+
+    Returns
+    -------
+    Edit
+
+    Raises
+    ------
+    EditError
+    """
     if pixels < 1:
         raise EditError("dilate: grow by at least 1 pixel")
     box = grow(_require(labels, [obj]), pixels, np.shape(labels))
@@ -239,7 +408,22 @@ def dilate(labels, obj: int, pixels: int = 1) -> Edit:
 
 
 def erode(labels, obj: int, pixels: int = 1) -> Edit:
-    """Shrink one object by ``pixels``; refuses to erase it completely."""
+    """Shrink one object by ``pixels``; refuses to erase it completely.
+
+    Parameters
+    ----------
+    labels : array-like
+    obj : int
+    pixels : int
+
+    Returns
+    -------
+    Edit
+
+    Raises
+    ------
+    EditError
+    """
     if pixels < 1:
         raise EditError("erode: shrink by at least 1 pixel")
     box = _require(labels, [obj])
@@ -254,7 +438,29 @@ def erode(labels, obj: int, pixels: int = 1) -> Edit:
 
 def draw_polygon(labels, vertices, value: int | None = None, overwrite: bool = False, reserved=()) -> Edit:
     """A new object from a polygon ``[(row, col), ...]`` with the next free id (or ``value``);
-    existing objects are kept unless ``overwrite``."""
+    existing objects are kept unless ``overwrite``.
+
+    Parameters
+    ----------
+    labels : array-like
+    vertices : sequence of tuple
+        Three or more ``(row, col)`` points.
+    value : int, optional
+        The new object's id.
+    overwrite : bool
+        Draw over existing objects too.
+    reserved : iterable of int
+        As for :func:`split_by_line`.
+
+    Returns
+    -------
+    Edit
+
+    Raises
+    ------
+    EditError
+        Fewer than three points, or nothing left to draw.
+    """
     from skimage.draw import polygon
 
     labels = _check(labels)
@@ -279,7 +485,17 @@ def draw_polygon(labels, vertices, value: int | None = None, overwrite: bool = F
 
 def renumber(labels) -> Edit:
     """Renumber objects 1..n in order of their ids, as an undoable edit (one patch per renumbered
-    object); :func:`napari_ftu.engine.postprocess.relabel_sequential` renumbers a whole array."""
+    object); :func:`napari_ftu.engine.postprocess.relabel_sequential` renumbers a whole array.
+
+    Parameters
+    ----------
+    labels : array-like
+
+    Returns
+    -------
+    Edit
+        Empty when the ids are 1..n already.
+    """
     labels = _check(labels)
     ids = [int(i) for i in np.unique(labels) if i]
     mapping = {old: new for new, old in enumerate(ids, start=1) if old != new}

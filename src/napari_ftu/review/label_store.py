@@ -21,7 +21,18 @@ MIN_LEVEL = 256  # the pyramid stops when a level's longer side would drop below
 
 
 class LabelStore:
-    """Levels ``"0"``, ``"1"``, … of a zarr group; level ``k`` is level 0 strided by ``2**k``."""
+    """Levels ``"0"``, ``"1"``, … of a zarr group; level ``k`` is level 0 strided by ``2**k``.
+
+    Parameters
+    ----------
+    group : zarr.Group
+        Open it with :meth:`open` or make one with :meth:`create`.
+
+    Raises
+    ------
+    InputError
+        A group without level 0.
+    """
 
     def __init__(self, group):
         self.group = group

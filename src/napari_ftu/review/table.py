@@ -28,6 +28,23 @@ SORTS = {
 
 @dataclass
 class Row:
+    """One object of the review queue.
+
+    Parameters
+    ----------
+    id : int
+    cls : str
+        Class name.
+    area_px, area_um2 : int, float
+    confidence : float
+        NaN when unknown (drawn or unsegmented objects).
+    status : str
+        One of :data:`STATUSES`.
+    box : Box
+        Full-image pixels; written to session files as corners ``(y0, x0, y1, x1)``.
+    centroid : tuple of float
+        ``(row, col)``.
+    """
     id: int
     cls: str
     area_px: int
@@ -39,7 +56,14 @@ class Row:
 
 
 class Review:
-    """Rows keyed by object id; ``um_per_px`` converts areas (None: µm² = px²)."""
+    """Rows keyed by object id; ``um_per_px`` converts areas (None: µm² = px²).
+
+    Parameters
+    ----------
+    um_per_px : float, optional
+    default_class : str
+        The class of objects nobody has classified.
+    """
 
     def __init__(self, um_per_px: float | None = None, default_class: str = "FTU"):
         self.um_per_px = um_per_px

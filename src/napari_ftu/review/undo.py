@@ -43,7 +43,16 @@ class _Box:
 
 @dataclass
 class Step:
-    """One undoable change: the boxes it touched and the caller's state before and after."""
+    """One undoable change: the boxes it touched and the caller's state before and after.
+
+    Parameters
+    ----------
+    name : str
+    boxes : list
+        What it changed, compressed.
+    state_before, state_after : object
+        The caller's state (the review rows), restored with the pixels.
+    """
 
     name: str
     boxes: list[_Box] = field(default_factory=list)
@@ -62,7 +71,19 @@ class Step:
 
 class History:
     """Linear undo/redo history of label edits, capped at ``max_steps`` and ``max_bytes``
-    (the oldest steps go first; the newest step is always kept)."""
+    (the oldest steps go first; the newest step is always kept).
+
+    Parameters
+    ----------
+    max_steps : int
+    max_bytes : int
+        Compressed bytes of all steps.
+
+    Raises
+    ------
+    ValueError
+        ``max_steps`` below 1.
+    """
 
     def __init__(self, max_steps: int = DEFAULT_STEPS, max_bytes: int = DEFAULT_BYTES):
         if max_steps < 1:
@@ -164,7 +185,20 @@ def paint_delta(data, atoms) -> tuple[Box, np.ndarray, np.ndarray] | None:
 
     napari emits the event before writing a single click's pixels but after a drag stroke's, so
     ``after`` is rebuilt by replaying the atoms forward on the current box and ``before`` by
-    replaying them backward: both are right whichever way round the data are."""
+    replaying them backward: both are right whichever way round the data are.
+
+    Parameters
+    ----------
+    data : array-like
+        The layer's labels.
+    atoms : list
+        The ``value`` of napari's paint event.
+
+    Returns
+    -------
+    tuple or None
+        None when the event painted no pixel.
+    """
     boxes = []
     for atom in atoms:
         if hasattr(atom, "slice_key"):
