@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,56 @@ def test_ruff_is_clean():
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([ruff, "check", "src", "tests", "bench", "docs"], cwd=repo, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# numpydoc: a "Parameters" heading underlined with dashes.
+PARAMETERS_SECTION = re.compile(r"^\s*Parameters\s*\n\s*-{3,}\s*$", re.M)
+
+
+def _public_api(rooms=("engine", "formats", "review")):
+    """``(qualified name, object)`` of every public function and class defined in the rooms' modules."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    for room in rooms:
+        package = importlib.import_module(f"napari_ftu.{room}")
+        names = [package.__name__] + [m.name for m in pkgutil.iter_modules(package.__path__, package.__name__ + ".")]
+        for module in map(importlib.import_module, names):
+            for name, obj in vars(module).items():
+                if (not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+                        and obj.__module__ == module.__name__):
+                    yield f"{module.__name__}.{name}", obj
+
+
+def _undocumented_parameters(obj) -> list[str]:
+    """The parameters (besides self) of a function, or of a class's constructor, when its
+    docstring has no numpydoc ``Parameters`` section; [] otherwise."""
+    import inspect
+
+    try:
+        params = [p for p in inspect.signature(obj).parameters if p not in ("self", "cls")]
+    except (TypeError, ValueError):  # a class without an inspectable constructor takes nothing we wrote
+        return []
+    return params if params and not PARAMETERS_SECTION.search(inspect.getdoc(obj) or "") else []
+
+
+def test_public_engine_format_and_review_api_documents_its_parameters():
+    """numpydoc ``Parameters`` sections on every public function and class (its constructor) of
+    engine/, formats/ and review/, so a caller need not read the code to call it."""
+    api = dict(_public_api())
+    assert "napari_ftu.engine.run.segment_slide_steps" in api and "napari_ftu.review.label_store.LabelStore" in api
+    missing = [f"{name}({', '.join(params)})" for name, obj in api.items() if (params := _undocumented_parameters(obj))]
+    assert not missing, "no numpydoc Parameters section:\n" + "\n".join(missing)
+
+
+def test_the_parameters_check_fails_without_the_section():
+    """The check above is real: the same docstring minus its Parameters section is reported."""
+    from napari_ftu.boxes import box_at
+
+    def stripped(y, x, h, w):
+        pass
+
+    stripped.__doc__ = PARAMETERS_SECTION.sub("Params\n", box_at.__doc__)
+    assert _undocumented_parameters(box_at) == []
+    assert _undocumented_parameters(stripped) == ["y", "x", "h", "w"]
