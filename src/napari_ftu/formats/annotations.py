@@ -47,11 +47,12 @@ def object_id(value, where: str) -> int:
     value : object
         The id as the file gives it.
     where : str
-        File and line, for the error message.
+        ``file, line N``: the error names it.
 
     Returns
     -------
     int
+        Fits an int32 label image.
 
     Raises
     ------
@@ -81,6 +82,7 @@ def label_canvas(shape, where: str) -> np.ndarray:
     Returns
     -------
     ndarray
+        int32 zeros, to paint objects into.
 
     Raises
     ------

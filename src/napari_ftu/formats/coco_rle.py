@@ -48,7 +48,7 @@ def counts_from_mask(mask: np.ndarray) -> list[int]:
     Parameters
     ----------
     mask : ndarray
-        2-D, nonzero = foreground.
+        2-D, nonzero = foreground, in any memory order.
 
     Returns
     -------
@@ -81,6 +81,7 @@ def mask_from_counts(counts, shape) -> np.ndarray:
     Returns
     -------
     ndarray
+        uint8 0/1, written run by run.
 
     Raises
     ------
@@ -235,11 +236,12 @@ def mask_to_coco(mask: np.ndarray) -> dict:
     Parameters
     ----------
     mask : ndarray
-        2-D, nonzero = foreground.
+        One object (nonzero), the image's size.
 
     Returns
     -------
     dict
+        Compressed counts, readable by pycocotools and by :func:`coco_to_mask`.
     """
     h, w = np.asarray(mask).shape
     return {"size": [int(h), int(w)], "counts": compress_counts(counts_from_mask(mask)).decode("ascii")}
@@ -300,7 +302,7 @@ def oid_encode(mask: np.ndarray) -> str:
     Parameters
     ----------
     mask : ndarray
-        2-D, nonzero = foreground.
+        A cell mask of the whole image: HPA strings are image-sized.
 
     Returns
     -------
@@ -325,6 +327,7 @@ def oid_decode(text: str, height: int, width: int) -> np.ndarray:
     Returns
     -------
     ndarray
+        uint8 0/1 of ``height × width``.
 
     Raises
     ------

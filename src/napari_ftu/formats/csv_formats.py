@@ -131,6 +131,7 @@ def read_hubmap(path, shapes=None) -> list[Annotations]:
     Parameters
     ----------
     path : str or Path
+        A submission (``id,rle``) or ``train.csv``.
     shapes : tuple or dict, optional
         Image sizes for files without size columns.
 
@@ -215,6 +216,7 @@ def write_hpa(path, items: list[Annotations]) -> Path:
     path : str or Path
         Written atomically.
     items : list of Annotations
+        Scores become the confidence of each triple (1 where unknown).
 
     Returns
     -------
@@ -281,14 +283,17 @@ def read_hpa(path) -> list[Annotations]:
     Parameters
     ----------
     path : str or Path
+        An HPA single-cell CSV.
 
     Returns
     -------
     list of Annotations
+        One per image, each class of a mask as a class name of its object.
 
     Raises
     ------
     FormatError
+        A missing column, a bad size or mask string, naming the line.
     """
     return _read_instance_csv(path, HPA_COLUMNS, "ImageID", "ImageHeight", "ImageWidth", "PredictionString")
 
@@ -304,6 +309,7 @@ def write_vasculature(path, items: list[Annotations]) -> Path:
     path : str or Path
         Written atomically.
     items : list of Annotations
+        Every object is written as class 0 (blood vessel).
 
     Returns
     -------
@@ -319,14 +325,17 @@ def read_vasculature(path) -> list[Annotations]:
     Parameters
     ----------
     path : str or Path
+        A vasculature 2023 submission CSV.
 
     Returns
     -------
     list of Annotations
+        Every object of class ``blood_vessel``, with its score.
 
     Raises
     ------
     FormatError
+        As for :func:`read_hpa`.
     """
     out = _read_instance_csv(path, VASCULATURE_COLUMNS, "id", "height", "width", "prediction_string")
     for a in out:

@@ -172,10 +172,12 @@ class Hubmap2021(Dataset):
     Parameters
     ----------
     root : Path
+        The folder holding ``train.csv``.
 
     Raises
     ------
     FormatError
+        A mask that does not decode, naming the line.
     """
 
     layout = "HuBMAP 2021 kidney"
@@ -418,6 +420,7 @@ class ImageMaskFolder(Dataset):
     Parameters
     ----------
     root : Path
+        The folder holding ``images/`` and ``masks/``.
 
     Raises
     ------

@@ -119,6 +119,7 @@ def write_coco(path, items: list[Annotations]) -> Path:
     path : str or Path
         Written atomically.
     items : list of Annotations
+        One image each; class names become COCO categories.
 
     Returns
     -------
@@ -252,14 +253,17 @@ def read_coco(path) -> list[Annotations]:
     Parameters
     ----------
     path : str or Path
+        A COCO instance JSON.
 
     Returns
     -------
     list of Annotations
+        One per image of the file, in file order.
 
     Raises
     ------
     FormatError
+        As for :func:`parse_coco`, or when the label images would not fit in memory.
     """
     images = parse_coco(path)
     need = sum(4 * i.shape[0] * i.shape[1] for i in images) + max((i.cost() for i in images), default=0)

@@ -91,7 +91,7 @@ def mask_to_polygons(mask: np.ndarray) -> list[list[np.ndarray]]:
     Parameters
     ----------
     mask : ndarray
-        2-D, nonzero = foreground.
+        2-D, nonzero = foreground; parts touching only at a corner become separate polygons.
 
     Returns
     -------

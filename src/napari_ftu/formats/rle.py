@@ -161,6 +161,7 @@ def decode(rle: str, shape: tuple[int, int], dtype=np.uint8) -> np.ndarray:
     Returns
     -------
     ndarray
+        Of ``dtype``; run pixels are 1.
 
     Raises
     ------

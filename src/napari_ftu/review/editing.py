@@ -24,6 +24,7 @@ class Patch:
     Parameters
     ----------
     box : Box
+        Where, in the label array.
     after : ndarray
         The box's new contents, of its size.
     """
@@ -93,11 +94,12 @@ def bbox_of(labels, ids, pad: int = 0) -> Box | None:
     labels : array-like
     ids : iterable of int
     pad : int
-        Pixels to grow the box by on every side.
+        Pixels to grow the box by on every side, for operations that reach past the object.
 
     Returns
     -------
     Box or None
+        None when none of ``ids`` is in the image.
     """
     labels = _check(labels)
     mask = np.isin(labels, list(ids))
@@ -125,7 +127,7 @@ def object_at(labels, point) -> int:
     ----------
     labels : array-like
     point : tuple of float
-        ``(row, col)``, rounded to the nearest pixel.
+        ``(row, col)``, rounded to the nearest pixel (a click's position).
 
     Returns
     -------
@@ -151,6 +153,7 @@ def merge(labels, ids) -> Edit:
     Returns
     -------
     Edit
+        One patch over the objects' common box.
 
     Raises
     ------
@@ -173,15 +176,17 @@ def delete(labels, ids) -> Edit:
     ----------
     labels : array-like
     ids : iterable of int
+        The objects to remove.
 
     Returns
     -------
     Edit
+        One patch; ``removed`` lists the ids, so the table drops their rows.
 
     Raises
     ------
     EditError
-        No object, or one not in the image.
+        No object chosen, or one not in the image.
     """
     ids = sorted({int(i) for i in ids})
     box = _require(labels, ids)
@@ -226,6 +231,7 @@ def split_by_line(labels, obj: int | None, line, reserved=()) -> Edit:
     Returns
     -------
     Edit
+        The largest part keeps ``obj``; the others are in ``created``.
 
     Raises
     ------
@@ -279,6 +285,7 @@ def split_watershed(labels, seeds, obj: int | None = None, reserved=()) -> Edit:
     Returns
     -------
     Edit
+        One part per seed, ids as for :func:`split_by_line`.
 
     Raises
     ------
@@ -323,7 +330,7 @@ def fill_holes(labels, ids=None) -> Edit:
     Returns
     -------
     Edit
-        Empty when there is no hole.
+        One patch per object that had a hole; empty when none had.
 
     Raises
     ------
@@ -356,10 +363,12 @@ def remove_small(labels, min_pixels: int) -> Edit:
     ----------
     labels : array-like
     min_pixels : int
+        The size below which an object goes (a speck left by painting or thresholding).
 
     Returns
     -------
     Edit
+        ``removed`` lists the objects taken out.
 
     Raises
     ------
@@ -388,15 +397,19 @@ def dilate(labels, obj: int, pixels: int = 1) -> Edit:
     ----------
     labels : array-like
     obj : int
+        The object to grow.
     pixels : int
+        How far; the box grows as much, so the edit covers the new pixels.
 
     Returns
     -------
     Edit
+        One patch over the grown box.
 
     Raises
     ------
     EditError
+        ``pixels`` below 1, or no such object.
     """
     if pixels < 1:
         raise EditError("dilate: grow by at least 1 pixel")
@@ -414,15 +427,19 @@ def erode(labels, obj: int, pixels: int = 1) -> Edit:
     ----------
     labels : array-like
     obj : int
+        The object to shrink.
     pixels : int
+        How far; the image border does not count as background.
 
     Returns
     -------
     Edit
+        One patch over the object's box.
 
     Raises
     ------
     EditError
+        ``pixels`` below 1, or the object would vanish (delete it instead).
     """
     if pixels < 1:
         raise EditError("erode: shrink by at least 1 pixel")
@@ -455,6 +472,7 @@ def draw_polygon(labels, vertices, value: int | None = None, overwrite: bool = F
     Returns
     -------
     Edit
+        The new id in ``created``.
 
     Raises
     ------
@@ -494,7 +512,7 @@ def renumber(labels) -> Edit:
     Returns
     -------
     Edit
-        Empty when the ids are 1..n already.
+        Empty when the ids are 1..n already; ``mapping`` says old -> new.
     """
     labels = _check(labels)
     ids = [int(i) for i in np.unique(labels) if i]
