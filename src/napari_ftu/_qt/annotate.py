@@ -14,7 +14,6 @@ import napari
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
-    Container,
     FileEdit,
     FloatSpinBox,
     Label,
@@ -23,8 +22,9 @@ from magicgui.widgets import (
     PushButton,
     create_widget,
 )
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 
+from napari_ftu._qt.common import Dock
 from napari_ftu._qt.jobs import start_job
 from napari_ftu.annotate import clicks, headless
 from napari_ftu.errors import InputError
@@ -35,11 +35,10 @@ SCRIBBLES = "scribbles"
 OBJECTS = "objects"
 
 
-class AnnotateWidget(Container):
+class AnnotateWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__()
-        self._viewer = viewer
-        self.worker = self.classifier = self.session = None
+        super().__init__(viewer)
+        self.classifier = self.session = None
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.um_per_px = FloatSpinBox(label="µm/px", value=1.0, min=0.01, max=100.0, step=0.05)
         self.classes = LineEdit(label="FTU classes", value="glomerulus", tooltip="comma separated: labels 2, 3, ...")
@@ -106,7 +105,7 @@ class AnnotateWidget(Container):
             steps = headless.scribble_steps(image, scribbles, self.um_per_px.value, names, self.min_um2.value)
             next(steps)  # checks the scribbles here, so bad input never starts a worker
         except InputError as exc:
-            self._error(str(exc))
+            self._fail(str(exc))
             return None
         self.train_button.enabled = False
         self.status.value = "training..."
@@ -128,7 +127,7 @@ class AnnotateWidget(Container):
         self.status.value = f"{len(table)} objects from the scribbles"
 
     def _failed(self, exc):
-        self._error(f"training failed: {exc}")
+        self._fail(f"training failed: {exc}")
 
     def _finished(self):
         self.train_button.enabled = True
@@ -136,11 +135,11 @@ class AnnotateWidget(Container):
 
     def save(self, *_):
         if self.classifier is None:
-            return self._error("train first")
+            return self._fail("train first")
         try:
             folder = self.classifier.save(self.model_dir.value, min_object_um2=self.min_um2.value)
         except OSError as exc:
-            return self._error(f"{self.model_dir.value}: cannot save ({exc})")
+            return self._fail(f"{self.model_dir.value}: cannot save ({exc})")
         show_info(f"saved the classifier to {folder} (the Segment dock and napari-ftu segment load it)")
         self.status.value = f"saved {folder}"
 
@@ -154,7 +153,7 @@ class AnnotateWidget(Container):
             edit = headless.click_edit(layer.data, mask, mode, int(layer.selected_label))
             self.session.apply(edit)
         except (InputError, EditError) as exc:
-            self._error(str(exc))
+            self._fail(str(exc))
             return None
         layer.refresh()
         if edit.created:
@@ -173,7 +172,3 @@ class AnnotateWidget(Container):
         mode = "add" if "shift" in mods else "remove" if "alt" in mods else "new"
         point = self.image.value.world_to_data(event.position)[-2:]
         self.click(point, mode)
-
-    def _error(self, message: str):
-        self.status.value = message
-        show_error(message)

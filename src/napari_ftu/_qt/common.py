@@ -1,21 +1,38 @@
-"""What every dock shares: a status line for failures, level 0 of a layer, a plot canvas, and
-spin boxes whose "automatic" value reads as words instead of a sentinel number."""
+"""What every dock shares: its viewer, the viewer's dock state and one job at a time, a status
+line for failures, level 0 of a layer, a plot canvas, and spin boxes whose "automatic" value
+reads as words instead of a sentinel number."""
 
 from __future__ import annotations
 
 import numpy as np
-from magicgui.widgets import Container
+from magicgui.widgets import Container, PushButton
 from napari.utils.notifications import show_error
+
+from napari_ftu._qt.state import state_of
 
 
 class Dock(Container):
-    """A dock with a ``status`` Label where it reports failures."""
+    """A dock of one viewer: the docks' shared state (:func:`state_of`), at most one running job
+    (``worker``), and a ``status`` Label where it reports failures."""
+
+    def __init__(self, viewer):
+        super().__init__()
+        self._viewer = viewer
+        self.state = state_of(viewer)
+        self.worker = None
 
     def _fail(self, exc):
         """Show a failure in the status line and as a napari notice; handlers return its None."""
         self.status.value = f"Error: {exc}"
         show_error(str(exc))
         return None
+
+
+def button(text: str, action, **kwargs) -> PushButton:
+    """A push button that runs ``action`` when pressed: declared once, with what it does."""
+    widget = PushButton(text=text, **kwargs)
+    widget.changed.connect(action)
+    return widget
 
 
 def level0(layer):

@@ -57,9 +57,7 @@ def _colormap(colours: dict) -> DirectLabelColormap:
 
 class DebugWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__()
-        self._viewer = viewer
-        self.worker = None
+        super().__init__(viewer)
         self.result = None
         self.dataset_rows = None
         self._pending = False

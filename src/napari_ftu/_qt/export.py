@@ -28,8 +28,7 @@ from napari_ftu.training.tiles import export_tiles
 
 class ExportWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__()
-        self._viewer = viewer
+        super().__init__(viewer)
         self.labels = create_widget(annotation=napari.layers.Labels, label="labels")
         self.image_id = LineEdit(label="image id", value="", tooltip="empty = the image's name")
         self.format = ComboBox(label="format", choices=[(f.title, key) for key, f in FORMATS.items()], value="hubmap")

@@ -11,7 +11,6 @@ from napari.utils.notifications import show_info
 
 from napari_ftu._qt.common import Dock, special
 from napari_ftu._qt.jobs import start_job
-from napari_ftu._qt.state import state_of
 from napari_ftu.batch.runner import BatchOptions, batch_steps, plan_inputs
 from napari_ftu.errors import FormatError, InputError
 from napari_ftu.formats.datasets import labels_layer_data, open_dataset
@@ -23,12 +22,9 @@ ERRORS = (InputError, FormatError, OSError, ValueError)
 
 class LoadWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__()
-        self._viewer = viewer
+        super().__init__(viewer)  # self.state: the open dataset and image index, shared with the Review dock
         self.slide = None
         self.dataset_slide = False
-        self.state = state_of(viewer)  # the open dataset and image index, shared with the Review dock
-        self.worker = None
         self.path = FileEdit(label="file", mode="r", filter=FILTER)
         self.um_per_px = FloatSpinBox(label="µm/px", value=0.0, min=0.0, max=100.0, step=0.05,
                                       tooltip="lowest value = read from the file's metadata")

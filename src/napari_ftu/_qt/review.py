@@ -24,7 +24,6 @@ from magicgui.widgets import (
     FileEdit,
     FloatSpinBox,
     Label,
-    PushButton,
     SpinBox,
     create_widget,
 )
@@ -32,8 +31,8 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QItemSelectionModel, QTimer
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
-from napari_ftu._qt.common import Dock
-from napari_ftu._qt.state import mark_edited, state_of
+from napari_ftu._qt.common import Dock, button
+from napari_ftu._qt.state import mark_edited
 from napari_ftu.boxes import box_at, corners, from_corners, overlaps, size
 from napari_ftu.errors import EditError, InputError, SessionError
 from napari_ftu.review import editing
@@ -61,9 +60,7 @@ ERRORS = (EditError, InputError, KeyError, ValueError, OSError)
 
 class ReviewWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__()
-        self._viewer = viewer
-        self.state = state_of(viewer)
+        super().__init__(viewer)
         self.session: ReviewSession | None = None
         self.autosaver: Autosaver | None = None
         self.layer = None
@@ -77,37 +74,37 @@ class ReviewWidget(Dock):
         self.max_conf = FloatSpinBox(label="confidence ≤", value=1.0, min=0.0, max=1.0, step=0.05)
         self.counts = Label(value="no labels layer")
         self.status = self.counts  # the status line Dock._fail writes to
-        self.prev_button = PushButton(text="◀ Previous unreviewed (Shift+N)")
-        self.next_button = PushButton(text="Next unreviewed ▶ (N)")
-        self.accept_button = PushButton(text="Accept (A)")
-        self.reject_button = PushButton(text="Reject (R)")
+        self.prev_button = button("◀ Previous unreviewed (Shift+N)", lambda: self.go_unreviewed(-1))
+        self.next_button = button("Next unreviewed ▶ (N)", lambda: self.go_unreviewed(1))
+        self.accept_button = button("Accept (A)", self.accept)
+        self.reject_button = button("Reject (R)", self.reject)
         self.cls = ComboBox(label="class", choices=CLASSES, value="glomerulus")
-        self.class_button = PushButton(text="Set class (C)")
-        self.merge_button = PushButton(text="Merge selected (Shift+M)")
-        self.split_line_button = PushButton(text="Split by line")
-        self.split_ws_button = PushButton(text="Split (watershed seeds)")
-        self.delete_button = PushButton(text="Delete (Shift+D)")
-        self.fill_button = PushButton(text="Fill holes (Shift+H)")
+        self.class_button = button("Set class (C)", self.set_class)
+        self.merge_button = button("Merge selected (Shift+M)", self.merge)
+        self.split_line_button = button("Split by line", self.split_by_line)
+        self.split_ws_button = button("Split (watershed seeds)", self.split_watershed)
+        self.delete_button = button("Delete (Shift+D)", self.delete)
+        self.fill_button = button("Fill holes (Shift+H)", self.fill_holes)
         self.min_area = FloatSpinBox(label="min area µm²", value=100.0, min=0.0, max=1e9, step=50.0)
-        self.small_button = PushButton(text="Remove smaller objects")
+        self.small_button = button("Remove smaller objects", self.remove_small)
         self.grow_px = SpinBox(label="grow/shrink px", value=2, min=1, max=100)
-        self.dilate_button = PushButton(text="Dilate (Alt+=)")
-        self.erode_button = PushButton(text="Erode (Alt+-)")
-        self.brush_button = PushButton(text="New object: brush")
-        self.polygon_button = PushButton(text="New object: polygon")
-        self.relabel_button = PushButton(text="Relabel 1…n")
-        self.undo_button = PushButton(text="Undo (Ctrl+Z)")
-        self.redo_button = PushButton(text="Redo (Ctrl+Shift+Z)")
+        self.dilate_button = button("Dilate (Alt+=)", lambda: self.grow(1))
+        self.erode_button = button("Erode (Alt+-)", lambda: self.grow(-1))
+        self.brush_button = button("New object: brush", lambda: self.new_object("paint"))
+        self.polygon_button = button("New object: polygon", lambda: self.new_object("polygon"))
+        self.relabel_button = button("Relabel 1…n", self.relabel)
+        self.undo_button = button("Undo (Ctrl+Z)", self.undo)
+        self.redo_button = button("Redo (Ctrl+Shift+Z)", self.redo)
         self.colour = CheckBox(text="colour objects by status", value=True)
         self.project = FileEdit(label="sessions", mode="d", value=str(default_project_folder()),
                                 tooltip="for images without a writable folder; others get <slide>.ftu/ beside them")
         self.interval = SpinBox(label="autosave every s", value=int(DEFAULT_INTERVAL_S), min=1, max=30)
         self.save_label = Label(value="")
-        self.window_button = PushButton(text="Edit full-resolution window (view or box)")
-        self.save_window_button = PushButton(text="Save window to label store")
-        self.prev_image = PushButton(text="◀ Image")
-        self.next_image = PushButton(text="Image ▶")
-        self.retrain_button = PushButton(text="Retrain on my corrections…")
+        self.window_button = button("Edit full-resolution window (view or box)", self.edit_window)
+        self.save_window_button = button("Save window to label store", self.save_window)
+        self.prev_image = button("◀ Image", lambda: self.step_image(-1))
+        self.next_image = button("Image ▶", lambda: self.step_image(1))
+        self.retrain_button = button("Retrain on my corrections…", self.retrain)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -131,21 +128,6 @@ class ReviewWidget(Dock):
                      self.save_window_button, edit_grid[6], self.retrain_button, self.project, self.interval,
                      self.save_label])
         self.native.layout().insertWidget(5, self.table)  # the queue right under the filters and counts
-        for button, handler in [
-            (self.prev_button, lambda: self.go_unreviewed(-1)), (self.next_button, lambda: self.go_unreviewed(1)),
-            (self.accept_button, self.accept), (self.reject_button, self.reject),
-            (self.class_button, self.set_class), (self.merge_button, self.merge),
-            (self.split_line_button, self.split_by_line), (self.split_ws_button, self.split_watershed),
-            (self.delete_button, self.delete), (self.fill_button, self.fill_holes),
-            (self.small_button, self.remove_small), (self.dilate_button, lambda: self.grow(1)),
-            (self.erode_button, lambda: self.grow(-1)), (self.brush_button, lambda: self.new_object("paint")),
-            (self.polygon_button, lambda: self.new_object("polygon")), (self.relabel_button, self.relabel),
-            (self.undo_button, self.undo), (self.redo_button, self.redo),
-            (self.window_button, self.edit_window), (self.save_window_button, self.save_window),
-            (self.prev_image, lambda: self.step_image(-1)), (self.next_image, lambda: self.step_image(1)),
-            (self.retrain_button, self.retrain),
-        ]:
-            button.changed.connect(handler)
         for w in (self.sort, self.status_filter, self.max_conf):
             w.changed.connect(self.refresh_table)
         self.colour.changed.connect(self._recolour)

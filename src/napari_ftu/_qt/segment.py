@@ -25,7 +25,7 @@ from napari.utils.notifications import show_info
 
 from napari_ftu._qt.common import Dock, special
 from napari_ftu._qt.jobs import start_job
-from napari_ftu._qt.state import is_edited, mark_edited, state_of
+from napari_ftu._qt.state import is_edited, mark_edited
 from napari_ftu.engine.inference import relabel_steps
 from napari_ftu.engine.models import (
     CARD_NAME,
@@ -47,10 +47,8 @@ REFRESH_EVERY_S = 0.25  # progressive display: redraw at most this often
 
 class SegmentWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__()
-        self._viewer = viewer
+        super().__init__(viewer)
         self._paths = {DEFAULT_MODEL: None}
-        self.worker = None
         self.last_result = None
         self._result_layers = None  # (source layer, labels layer) of the last run
         self._live = None  # the probability layer filled while a run goes on
@@ -93,7 +91,6 @@ class SegmentWidget(Dock):
         self.cancel_button.changed.connect(self.cancel)
         self.threshold.changed.connect(self._threshold_moved)
         self.tile.changed.connect(self._tile_changed)
-        self.state = state_of(viewer)
         self.state.events.models.connect(self._models_saved)
 
     def _models_saved(self, models):

@@ -27,7 +27,6 @@ from napari.utils.notifications import show_info
 
 from napari_ftu._qt.common import Dock, level0, plot_canvas, special
 from napari_ftu._qt.jobs import start_job
-from napari_ftu._qt.state import state_of
 from napari_ftu.errors import FTUError, OptionError
 from napari_ftu.steps import TrainStep, Validation
 from napari_ftu.training.data import ARCHITECTURES, ENCODERS, folder_split, pair_split, start_from
@@ -39,9 +38,7 @@ START = ["new model", "fine-tune the built-in model", "fine-tune a model folder"
 
 class TrainWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
-        super().__init__()
-        self._viewer = viewer
-        self.worker = None
+        super().__init__(viewer)
         self.history = {"loss": [], "val": []}
         self.source = ComboBox(label="data", choices=SOURCES, value=SOURCES[0])
         self.folder = FileEdit(label="dataset", mode="d")
@@ -83,7 +80,6 @@ class TrainWidget(Dock):
         self.train_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self._show_fields()
-        self.state = state_of(viewer)
         self.state.events.retrain.connect(self._retrain_on)
 
     def _retrain_on(self, pair):

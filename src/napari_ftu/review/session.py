@@ -73,9 +73,7 @@ class ReviewSession:
                 if before.get(old) is not None and new in self.review.rows:
                     row = self.review.rows[new]
                     row.cls, row.confidence, row.status = before[old].cls, before[old].confidence, before[old].status
-        step.state_before, step.state_after = before, self.review.snapshot(ids)
-        self.generation += 1
-        return step
+        return self._changed(step, before, ids)
 
     def record_paint(self, box: Box, before: np.ndarray, after: np.ndarray, name: str = "paint") -> Step:
         """Record napari's painting of ``box`` (``before`` → ``after``, see :func:`undo.paint_delta`)."""
@@ -83,9 +81,7 @@ class ReviewSession:
         state_before = self.review.snapshot(ids)
         step = self.history.record(name, self.labels, box, before, after)
         self.review.update(self.labels, ids, box, "edited")
-        step.state_before, step.state_after = state_before, self.review.snapshot(ids)
-        self.generation += 1
-        return step
+        return self._changed(step, state_before, ids)
 
     # --- review decisions ----------------------------------------------------------------------
     def _state_change(self, name, ids, change) -> Step:
@@ -94,7 +90,12 @@ class ReviewSession:
             raise EditError(f"{name}: select an object first")
         before = self.review.snapshot(ids)
         change(ids)
-        step = self.history.push_state(name, before, self.review.snapshot(ids))
+        return self._changed(self.history.push_state(name, None, None), before, ids)
+
+    def _changed(self, step: Step, before: dict, ids) -> Step:
+        """Give ``step`` the rows of ``ids`` before and after (undo restores them with the pixels)
+        and count the change for the autosave."""
+        step.state_before, step.state_after = before, self.review.snapshot(ids)
         self.generation += 1
         return step
 
@@ -115,22 +116,23 @@ class ReviewSession:
         for i in ids:
             if i in self.review.rows:
                 self.review.rows[i].status = "rejected"
-        step.state_before, step.state_after = before, self.review.snapshot(ids)
-        self.generation += 1
-        return step
+        return self._changed(step, before, ids)
 
     # --- history ---------------------------------------------------------------------------------
     def undo(self) -> Step | None:
+        """Undo the last step, pixels and review rows; None when there is nothing to undo."""
         step = self.history.undo(self.labels)
-        if step is not None:
-            self.review.restore(step.state_before or {})
-            self.generation += 1
-        return step
+        return self._replayed(step, step.state_before if step is not None else None)
 
     def redo(self) -> Step | None:
+        """Redo the last undone step; None when there is nothing to redo."""
         step = self.history.redo(self.labels)
+        return self._replayed(step, step.state_after if step is not None else None)
+
+    def _replayed(self, step: Step | None, rows: dict | None) -> Step | None:
+        """After the history rewrote the pixels of ``step``: put its review ``rows`` back."""
         if step is not None:
-            self.review.restore(step.state_after or {})
+            self.review.restore(rows or {})
             self.generation += 1
         return step
 
