@@ -112,7 +112,8 @@ PARAMETERS_SECTION = re.compile(r"^\s*Parameters\s*\n\s*-{3,}\s*$", re.M)
 
 
 def _public_api(rooms=("engine", "formats", "review")):
-    """``(qualified name, object)`` of every public function and class defined in the rooms' modules."""
+    """``(qualified name, object)`` of every public function and class defined in the rooms'
+    modules, and of the public methods of those classes."""
     import importlib
     import inspect
     import pkgutil
@@ -125,11 +126,15 @@ def _public_api(rooms=("engine", "formats", "review")):
                 if (not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
                         and obj.__module__ == module.__name__):
                     yield f"{module.__name__}.{name}", obj
+                    for method in (m for m in vars(obj) if inspect.isclass(obj) and not m.startswith("_")):
+                        if inspect.isroutine(attr := getattr(obj, method)):  # not properties or constants
+                            yield f"{module.__name__}.{name}.{method}", attr
 
 
 def _undocumented_parameters(obj) -> list[str]:
     """The parameters (besides self) of a function, or of a class's constructor, when its
-    docstring has no numpydoc ``Parameters`` section; [] otherwise."""
+    docstring has no numpydoc ``Parameters`` section; [] otherwise. A method that overrides a
+    documented one inherits its docstring (``inspect.getdoc``)."""
     import inspect
 
     try:
@@ -140,10 +145,12 @@ def _undocumented_parameters(obj) -> list[str]:
 
 
 def test_public_engine_format_and_review_api_documents_its_parameters():
-    """numpydoc ``Parameters`` sections on every public function and class (its constructor) of
-    engine/, formats/ and review/, so a caller need not read the code to call it."""
+    """numpydoc ``Parameters`` sections on every public function, class (its constructor) and
+    method of engine/, formats/ and review/, so a caller need not read the code to call it."""
     api = dict(_public_api())
-    assert "napari_ftu.engine.run.segment_slide_steps" in api and "napari_ftu.review.label_store.LabelStore" in api
+    assert {"napari_ftu.engine.run.segment_slide_steps", "napari_ftu.review.label_store.LabelStore",
+            "napari_ftu.review.label_store.LabelStore.write_window", "napari_ftu.formats.datasets.open_dataset",
+            "napari_ftu.engine.options.SegmentOptions.resolve"} <= set(api)
     missing = [f"{name}({', '.join(params)})" for name, obj in api.items() if (params := _undocumented_parameters(obj))]
     assert not missing, "no numpydoc Parameters section:\n" + "\n".join(missing)
 

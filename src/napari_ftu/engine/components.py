@@ -117,7 +117,17 @@ class Instances:
     boxes: np.ndarray  # (count + 1, 4): row0, row1, col0, col1 (stop exclusive), merged column-wise
 
     def box(self, i: int) -> Box:
-        """Object ``i``'s box."""
+        """Object ``i``'s box.
+
+        Parameters
+        ----------
+        i : int
+            The object's id (row of :attr:`boxes`).
+
+        Returns
+        -------
+        Box
+        """
         r0, r1, c0, c1 = self.boxes[i]
         return from_corners(r0, c0, r1, c1)
 

@@ -82,7 +82,24 @@ class ModelCard:
     @classmethod
     def from_dict(cls, data: dict, source: str = "model card") -> ModelCard:
         """A validated card; anything else (wrong types, impossible values, a YAML alias bomb)
-        is a :class:`ModelError` naming ``source`` and the field."""
+        is a :class:`ModelError` naming ``source`` and the field.
+
+        Parameters
+        ----------
+        data : dict
+            A parsed card (JSON or YAML), untrusted.
+        source : str
+            The file, for error messages.
+
+        Returns
+        -------
+        ModelCard
+
+        Raises
+        ------
+        ModelError
+            Unknown or mistyped fields, impossible values, or a card too large to be one.
+        """
         if not isinstance(data, dict):
             raise ModelError(f"{source}: expected a JSON object")
         _check_card_size(data, source)
@@ -119,7 +136,25 @@ class ModelCard:
 
     @classmethod
     def read(cls, path: str | Path, **overrides) -> ModelCard:
-        """Read a JSON or YAML card; ``overrides`` (e.g. from an smp ``config.json``) win."""
+        """Read a JSON or YAML card; ``overrides`` (e.g. from an smp ``config.json``) win.
+
+        Parameters
+        ----------
+        path : str or Path
+            ``model_card.json`` or ``.yaml``.
+        **overrides
+            Fields that replace the file's.
+
+        Returns
+        -------
+        ModelCard
+            Validated by :meth:`from_dict`.
+
+        Raises
+        ------
+        ModelError
+            An unreadable or invalid card, naming the file.
+        """
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -141,7 +176,17 @@ class ModelCard:
         return cls.from_dict(data, str(path))
 
     def threshold_for(self, name: str | None = None) -> float:
-        """The threshold for a class or organ, falling back to the card's default."""
+        """The threshold for a class or organ, falling back to the card's default.
+
+        Parameters
+        ----------
+        name : str, optional
+            A class or organ name of :attr:`thresholds`.
+
+        Returns
+        -------
+        float
+        """
         return float(self.thresholds.get(name, self.threshold)) if name else float(self.threshold)
 
     def to_json(self) -> str:
@@ -440,6 +485,20 @@ class FTUModel:
 
         With ``tta`` the mean over flips and a 90° rotation; ``with_std`` also returns the
         standard deviation over those views (model uncertainty), ``(N, C, H, W)``.
+
+        Parameters
+        ----------
+        tiles : ndarray
+            ``(N, H, W, 3)`` uint8.
+        tta : bool
+            Average the flipped and rotated views.
+        with_std : bool
+            Also return the views' standard deviation.
+
+        Returns
+        -------
+        ndarray or tuple of ndarray
+            Probabilities, and with ``with_std`` their spread.
         """
         import torch
 

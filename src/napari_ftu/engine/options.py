@@ -190,7 +190,18 @@ class SegmentOptions:
 
     @classmethod
     def of(cls, options: SegmentOptions | None = None, **changes) -> SegmentOptions:
-        """``options`` (or the defaults) with ``changes``, validated again."""
+        """``options`` (or the defaults) with ``changes``, validated again.
+
+        Parameters
+        ----------
+        options : SegmentOptions, optional
+        **changes
+            Fields to replace (the CLI's and the dock's choices).
+
+        Returns
+        -------
+        SegmentOptions
+        """
         return replace(options or cls(), **changes)
 
     @property
@@ -199,7 +210,22 @@ class SegmentOptions:
 
     def resolve(self, card) -> SegmentOptions:
         """These options with the card's values where none was chosen (the chosen class's
-        threshold), checked against the card: the one place card defaults are read."""
+        threshold), checked against the card: the one place card defaults are read.
+
+        Parameters
+        ----------
+        card : ModelCard
+
+        Returns
+        -------
+        SegmentOptions
+            Without ``None`` fields.
+
+        Raises
+        ------
+        OptionError
+            A class index the model does not have, or an overlap not below the tile size.
+        """
         if not 0 <= self.class_index < len(card.classes):
             raise OptionError(f"class index {self.class_index} out of range: the model has "
                                f"{len(card.classes)} classes")

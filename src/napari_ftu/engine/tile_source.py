@@ -58,7 +58,19 @@ class TileSource:
         self._range = None if src.dtype == np.uint8 else _value_range(levels[-1])
 
     def read(self, y: int, x: int, tile: int) -> np.ndarray:
-        """The model-grid tile at ``(y, x)`` as ``(tile, tile, 3)`` uint8, reflect-padded past the edge."""
+        """The model-grid tile at ``(y, x)`` as ``(tile, tile, 3)`` uint8, reflect-padded past the edge.
+
+        Parameters
+        ----------
+        y, x : int
+            Top-left pixel on the model grid.
+        tile : int
+            Tile size in model pixels.
+
+        Returns
+        -------
+        ndarray
+        """
         h = min(tile, self.shape[0] - y)
         w = min(tile, self.shape[1] - x)
         if self.exact:

@@ -193,6 +193,20 @@ class Stitcher:
         self._last_x = tile_starts(self.shape[1], tile, overlap)[-1]
 
     def add(self, y0: int, x0: int, pred: np.ndarray) -> None:
+        """Blend one tile's prediction in; rows before ``y0`` are finished and go to the sink.
+
+        Parameters
+        ----------
+        y0, x0 : int
+            The tile's top-left pixel; tiles come row by row, top to bottom.
+        pred : ndarray
+            ``(C, tile, tile)``.
+
+        Raises
+        ------
+        ValueError
+            A tile above the current row.
+        """
         if y0 < self.y:
             raise ValueError("tiles must be added row by row, top to bottom")
         if y0 > self.y:

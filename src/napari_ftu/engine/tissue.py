@@ -45,12 +45,12 @@ def tissue_fraction(rgb: np.ndarray) -> float:
     Parameters
     ----------
     rgb : ndarray
-        As for :func:`tissue_mask`.
+        A tile or window, RGB or grey uint8 (as :func:`tissue_mask` takes).
 
     Returns
     -------
     float
-        0..1.
+        From 0 (glass) to 1 (all tissue).
     """
     return float(tissue_mask(rgb).mean()) if np.asarray(rgb).size else 0.0
 

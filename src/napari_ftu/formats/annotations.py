@@ -144,10 +144,30 @@ class Annotations:
         return ids[ids > 0]
 
     def class_names(self, object_id: int) -> list:
+        """The class names of an object (``default_class`` when it has none).
+
+        Parameters
+        ----------
+        object_id : int
+
+        Returns
+        -------
+        list of str
+        """
         names = self.classes.get(int(object_id), self.default_class)
         return list(names) if isinstance(names, (list, tuple)) else [names]
 
     def score(self, object_id: int) -> float:
+        """An object's confidence, 1.0 where the source gave none (ground truth).
+
+        Parameters
+        ----------
+        object_id : int
+
+        Returns
+        -------
+        float
+        """
         return float(self.scores.get(int(object_id), 1.0))
 
     def objects(self):
@@ -163,7 +183,24 @@ class Annotations:
     @classmethod
     def from_layer(cls, image_id: str, data, features=None, metadata=None, default_class: str = "FTU"):
         """From a napari Labels layer's data, features table (``index``, ``class``, ``confidence``)
-        and metadata (``um_per_px``)."""
+        and metadata (``um_per_px``).
+
+        Parameters
+        ----------
+        image_id : str
+        data : array-like
+            The layer's labels.
+        features : DataFrame or dict, optional
+            The layer's features (:func:`layer_features`).
+        metadata : dict, optional
+            The layer's metadata.
+        default_class : str
+            For objects the features do not classify.
+
+        Returns
+        -------
+        Annotations
+        """
         known = features_by_id(features)
         classes = {i: c for i, (c, _) in known.items() if c is not None}
         scores = {i: s for i, (_, s) in known.items() if s is not None and s == s}

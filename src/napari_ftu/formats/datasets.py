@@ -74,7 +74,38 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @staticmethod
+    def detect(root: Path) -> bool:
+        """Whether ``root`` holds this layout (:func:`open_dataset` asks each layout in turn).
+
+        Parameters
+        ----------
+        root : Path
+            The folder the user opened.
+
+        Returns
+        -------
+        bool
+        """
+        raise NotImplementedError
+
     def load(self, index: int) -> Item:
+        """Open image ``index`` (lazily) with its annotations, checked against the image.
+
+        Parameters
+        ----------
+        index : int
+            Position in :attr:`ids`.
+
+        Returns
+        -------
+        Item
+
+        Raises
+        ------
+        InputError, FormatError
+            A missing or unreadable image, or a mask that does not fit it.
+        """
         raise NotImplementedError
 
 
@@ -132,7 +163,18 @@ class Hubmap2022(Dataset):
 
     @staticmethod
     def detect(root: Path) -> str | None:
-        """The split found: ``train`` (with masks) or ``test`` (images only)."""
+        """The split found: ``train`` (with masks) or ``test`` (images only).
+
+        Parameters
+        ----------
+        root : Path
+            A folder that may hold a HuBMAP 2022 layout.
+
+        Returns
+        -------
+        str or None
+            None when the folder is not this layout.
+        """
         for split in ("train", "test"):
             if (root / f"{split}_images").is_dir() and (root / f"{split}.csv").is_file():
                 return split
@@ -318,6 +360,16 @@ class CocoFolder(Dataset):
 
     @staticmethod
     def find(root: Path) -> Path | None:
+        """The COCO instance JSON of a folder, if it holds one beside its images.
+
+        Parameters
+        ----------
+        root : Path
+
+        Returns
+        -------
+        Path or None
+        """
         for p in sorted(root.glob("*.json")):
             try:
                 head = p.read_text(encoding="utf-8")[:4096]

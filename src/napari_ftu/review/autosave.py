@@ -374,7 +374,22 @@ class SessionStore:
     def load(self, shape: tuple[int, int] | None = None) -> Saved | None:
         """The saved session, or None if there is none. A damaged file (or, with ``shape``, one
         of another shape) raises :class:`SessionError`; nothing is allocated before the label
-        image's size is checked."""
+        image's size is checked.
+
+        Parameters
+        ----------
+        shape : tuple of int, optional
+            The layer's shape, checked before the labels are read.
+
+        Returns
+        -------
+        Saved or None
+
+        Raises
+        ------
+        SessionError
+            A damaged file or one of another shape; nothing is renamed here.
+        """
         self.clean()
         if not self.path.is_file():
             return None
@@ -418,7 +433,24 @@ class SessionStore:
 
         A file that cannot be used (damaged, another shape or offset) is renamed aside, never
         overwritten, and reported as :class:`SessionError`; the caller starts a fresh session,
-        which saves under the usual name."""
+        which saves under the usual name.
+
+        Parameters
+        ----------
+        shape : tuple of int
+        offset : tuple of int
+            Where the layer's window starts in the slide.
+
+        Returns
+        -------
+        Saved or None
+            None: start a fresh session.
+
+        Raises
+        ------
+        SessionError
+            The file could not be used; :attr:`SessionError.aside` says where it went.
+        """
         self._note(self.claim())
         try:
             saved = self.load(shape)
@@ -464,7 +496,18 @@ class SessionStore:
 
     # --- writing ---------------------------------------------------------------------------------
     def save(self, session: ReviewSession, meta: dict | None = None) -> float:
-        """Write the session atomically; returns the seconds it took."""
+        """Write the session atomically; returns the seconds it took.
+
+        Parameters
+        ----------
+        session : ReviewSession
+        meta : dict, optional
+            Extra metadata (the layer, ``in_store_generation``).
+
+        Returns
+        -------
+        float
+        """
         start = time.perf_counter()
         self.clean()
         if not self._claimed:
@@ -546,7 +589,18 @@ class Autosaver:
 
     def save_now(self, force: bool = False) -> bool:
         """Save now if anything changed since the last save (or ``force``). A failure is raised
-        and retried after the interval (not at every tick)."""
+        and retried after the interval (not at every tick).
+
+        Parameters
+        ----------
+        force : bool
+            Save even without changes (the session went into the label store).
+
+        Returns
+        -------
+        bool
+            Whether it wrote.
+        """
         if not (self.dirty or force):
             return False
         generation = self.session.generation

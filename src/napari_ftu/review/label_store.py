@@ -43,6 +43,30 @@ class LabelStore:
 
     @classmethod
     def create(cls, path: str | Path, shape, chunks: int = 1024, dtype="uint32", overwrite: bool = False) -> LabelStore:
+        """A new, empty store with every level down to :data:`MIN_LEVEL` pixels.
+
+        Parameters
+        ----------
+        path : str or Path
+            The zarr folder.
+        shape : tuple of int
+            Level 0 ``(height, width)``.
+        chunks : int
+            Chunk side; empty chunks cost nothing.
+        dtype : str
+            An integer type.
+        overwrite : bool
+            Replace an existing store.
+
+        Returns
+        -------
+        LabelStore
+
+        Raises
+        ------
+        OptionError, InputError
+            A bad size or type, or ``path`` exists without ``overwrite``.
+        """
         import zarr
 
         h, w = (int(v) for v in shape)
@@ -67,6 +91,23 @@ class LabelStore:
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r+") -> LabelStore:
+        """An existing store.
+
+        Parameters
+        ----------
+        path : str or Path
+        mode : str
+            zarr's mode: ``"r+"`` to edit, ``"r"`` to view.
+
+        Returns
+        -------
+        LabelStore
+
+        Raises
+        ------
+        InputError
+            No such folder, or not a label store.
+        """
         import zarr
 
         path = Path(path)
@@ -152,5 +193,14 @@ class LabelStore:
         return regions
 
     def n_stored_chunks(self, level: int = 0) -> int:
-        """Chunks actually written at ``level`` (empty chunks are not stored)."""
+        """Chunks actually written at ``level`` (empty chunks are not stored).
+
+        Parameters
+        ----------
+        level : int
+
+        Returns
+        -------
+        int
+        """
         return int(self.levels[level].nchunks_initialized)

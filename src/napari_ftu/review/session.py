@@ -76,7 +76,20 @@ class ReviewSession:
         return self._changed(step, before, ids)
 
     def record_paint(self, box: Box, before: np.ndarray, after: np.ndarray, name: str = "paint") -> Step:
-        """Record napari's painting of ``box`` (``before`` → ``after``, see :func:`undo.paint_delta`)."""
+        """Record napari's painting of ``box`` (``before`` → ``after``, see :func:`undo.paint_delta`).
+
+        Parameters
+        ----------
+        box : Box
+        before, after : ndarray
+            The box's pixels before and after the stroke.
+        name : str
+            The step's name in the history.
+
+        Returns
+        -------
+        Step
+        """
         ids = _ids(before) | _ids(after)
         state_before = self.review.snapshot(ids)
         step = self.history.record(name, self.labels, box, before, after)
@@ -100,13 +113,56 @@ class ReviewSession:
         return step
 
     def accept(self, ids) -> Step:
+        """Mark objects accepted (undoable).
+
+        Parameters
+        ----------
+        ids : iterable of int
+            The selected objects.
+
+        Returns
+        -------
+        Step
+
+        Raises
+        ------
+        EditError
+            No object chosen.
+        """
         return self._state_change("accept", ids, lambda i: self.review.set_status(i, "accepted"))
 
     def set_class(self, ids, cls: str) -> Step:
+        """Give objects the class ``cls`` (undoable).
+
+        Parameters
+        ----------
+        ids : iterable of int
+        cls : str
+
+        Returns
+        -------
+        Step
+        """
         return self._state_change("set class", ids, lambda i: self.review.set_class(i, cls))
 
     def reject(self, ids) -> Step:
-        """Remove the objects from the labels and keep their rows as "rejected"."""
+        """Remove the objects from the labels and keep their rows as "rejected".
+
+        Parameters
+        ----------
+        ids : iterable of int
+            Their rows stay, so "n / N reviewed" counts them.
+
+        Returns
+        -------
+        Step
+            Undo brings the pixels and the rows back.
+
+        Raises
+        ------
+        EditError
+            No object selected.
+        """
         ids = sorted({int(i) for i in ids})
         if not ids:
             raise EditError("reject: select an object first")

@@ -74,7 +74,22 @@ class Review:
     @classmethod
     def from_labels(cls, labels, um_per_px=None, features=None, default_class="FTU") -> Review:
         """Rows for every object; class and confidence from napari-style ``features``
-        (columns ``index``, ``class``, ``confidence``) when given."""
+        (columns ``index``, ``class``, ``confidence``) when given.
+
+        Parameters
+        ----------
+        labels : array-like
+            2-D instance labels.
+        um_per_px : float, optional
+        features : DataFrame or dict, optional
+            The labels layer's features.
+        default_class : str
+
+        Returns
+        -------
+        Review
+            Every object "unreviewed".
+        """
         review = cls(um_per_px, default_class)
         labels = np.asarray(labels)
         known = _features_by_id(features, default_class)
@@ -104,7 +119,19 @@ class Review:
 
     def update(self, labels, ids, region, status: str | None = "edited") -> None:
         """Re-measure ``ids`` after a change inside ``region`` (a box): objects that changed get
-        ``status``, new ones appear, vanished ones go (rejected rows stay)."""
+        ``status``, new ones appear, vanished ones go (rejected rows stay).
+
+        Parameters
+        ----------
+        labels : array-like
+            The labels after the change.
+        ids : iterable of int
+            Every id the change touched, before and after.
+        region : Box
+            Where pixels changed; old rows' boxes are added, so a shrunk object is measured whole.
+        status : str or None
+            For changed objects (None keeps theirs).
+        """
         for obj in sorted({int(i) for i in ids if i}):
             old = self.rows.get(obj)
             box = union(old.box, region) if old is not None and old.status != "rejected" else region
@@ -119,10 +146,26 @@ class Review:
                 self.rows[obj] = row
 
     def snapshot(self, ids) -> dict:
-        """Copies of the rows of ``ids`` (None where absent), to restore on undo."""
+        """Copies of the rows of ``ids`` (None where absent), to restore on undo.
+
+        Parameters
+        ----------
+        ids : iterable of int
+
+        Returns
+        -------
+        dict
+            Id -> copy of its row, or None.
+        """
         return {int(i): (replace(self.rows[i]) if i in self.rows else None) for i in ids}
 
     def restore(self, snapshot: dict) -> None:
+        """Put back the rows of a :meth:`snapshot` (None removes the row).
+
+        Parameters
+        ----------
+        snapshot : dict
+        """
         for i, row in snapshot.items():
             if row is None:
                 self.rows.pop(i, None)
@@ -130,6 +173,19 @@ class Review:
                 self.rows[i] = replace(row)
 
     def set_status(self, ids, status: str) -> None:
+        """Give objects a review status.
+
+        Parameters
+        ----------
+        ids : iterable of int
+        status : str
+            One of :data:`STATUSES`.
+
+        Raises
+        ------
+        ValueError, KeyError
+            An unknown status, or an id without a row.
+        """
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; one of {STATUSES}")
         for i in ids:
@@ -138,6 +194,19 @@ class Review:
             self.rows[i].status = status
 
     def set_class(self, ids, cls: str) -> None:
+        """Give objects a class name.
+
+        Parameters
+        ----------
+        ids : iterable of int
+        cls : str
+            Not empty; surrounding spaces are dropped.
+
+        Raises
+        ------
+        ValueError, KeyError
+            An empty name, or an id the table does not hold.
+        """
         if not cls or not str(cls).strip():
             raise ValueError("a class name cannot be empty")
         for i in ids:
@@ -160,7 +229,24 @@ class Review:
                 f"{c['edited']} edited")
 
     def table(self, sort: str = "id", status: str | None = None, max_confidence: float | None = None) -> list[Row]:
-        """Rows filtered by status (None: all) and confidence (NaN passes), sorted by ``sort``."""
+        """Rows filtered by status (None: all) and confidence (NaN passes), sorted by ``sort``.
+
+        Parameters
+        ----------
+        sort : str
+            A key of :data:`SORTS`.
+        status : str, optional
+        max_confidence : float, optional
+
+        Returns
+        -------
+        list of Row
+
+        Raises
+        ------
+        ValueError
+            An unknown sort or status.
+        """
         if sort not in SORTS:
             raise ValueError(f"unknown sort {sort!r}; one of {list(SORTS)}")
         if status is not None and status not in STATUSES:
@@ -172,7 +258,21 @@ class Review:
 
     def next_unreviewed(self, current: int | None, order: list[int], step: int = 1) -> int | None:
         """The next (``step`` 1) or previous (-1) unreviewed id in ``order`` after ``current``,
-        wrapping around; None when every object is reviewed."""
+        wrapping around; None when every object is reviewed.
+
+        Parameters
+        ----------
+        current : int or None
+            The selected object.
+        order : list of int
+            The ids as the table shows them.
+        step : int
+            1 or -1.
+
+        Returns
+        -------
+        int or None
+        """
         todo = [i for i in order if i in self.rows and self.rows[i].status == "unreviewed"]
         if not todo:
             return None
@@ -202,6 +302,21 @@ class Review:
 
     @classmethod
     def from_dict(cls, data: dict) -> Review:
+        """A table read back from :meth:`to_dict` (a session file): boxes from corners.
+
+        Parameters
+        ----------
+        data : dict
+
+        Returns
+        -------
+        Review
+
+        Raises
+        ------
+        ValueError
+            A malformed table (the session file is then set aside).
+        """
         try:
             review = cls(data.get("um_per_px"), data.get("default_class", "FTU"))
             for d in data["rows"]:

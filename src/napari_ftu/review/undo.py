@@ -94,7 +94,20 @@ class History:
 
     # --- recording -------------------------------------------------------------------------
     def apply(self, labels, edit: Edit, state_before=None, state_after=None) -> Step | None:
-        """Write ``edit``'s patches into ``labels`` and record them; None for an empty edit."""
+        """Write ``edit``'s patches into ``labels`` and record them; None for an empty edit.
+
+        Parameters
+        ----------
+        labels : array-like
+            Written in place.
+        edit : Edit
+        state_before, state_after : object
+            The caller's state to restore on undo and redo.
+
+        Returns
+        -------
+        Step or None
+        """
         if edit.empty:
             return None
         step = Step(edit.name, state_before=state_before, state_after=state_after)
@@ -110,7 +123,21 @@ class History:
     def record(self, name: str, labels, box: Box, before: np.ndarray, after: np.ndarray,
                state_before=None, state_after=None) -> Step:
         """Record a change made outside the history (napari's painting): ``after`` is written
-        into ``labels`` (again, if it is there already) and ``before`` kept for undo."""
+        into ``labels`` (again, if it is there already) and ``before`` kept for undo.
+
+        Parameters
+        ----------
+        name : str
+        labels : array-like
+        box : Box
+        before, after : ndarray
+            The box's pixels.
+        state_before, state_after : object
+
+        Returns
+        -------
+        Step
+        """
         labels[box] = after
         step = Step(name, [_Box(box, before.shape, before.dtype, _pack(before), _pack(after))],
                     state_before, state_after)
@@ -118,7 +145,17 @@ class History:
         return step
 
     def push_state(self, name: str, state_before, state_after) -> Step:
-        """Record a change of the caller's state only (accept, set class): no pixels."""
+        """Record a change of the caller's state only (accept, set class): no pixels.
+
+        Parameters
+        ----------
+        name : str
+        state_before, state_after : object
+
+        Returns
+        -------
+        Step
+        """
         step = Step(name, [], state_before, state_after)
         self._push(step)
         return step
@@ -136,7 +173,17 @@ class History:
 
     # --- replay ----------------------------------------------------------------------------
     def undo(self, labels) -> Step | None:
-        """Restore the boxes of the last step (newest box first); returns the step or None."""
+        """Restore the boxes of the last step (newest box first); returns the step or None.
+
+        Parameters
+        ----------
+        labels : array-like
+            Written in place.
+
+        Returns
+        -------
+        Step or None
+        """
         if not self._undo:
             return None
         step = self._undo.pop()
@@ -146,6 +193,17 @@ class History:
         return step
 
     def redo(self, labels) -> Step | None:
+        """Write the next undone step again; returns it, or None when there is none.
+
+        Parameters
+        ----------
+        labels : array-like
+            The label image the step was undone on.
+
+        Returns
+        -------
+        Step or None
+        """
         if not self._redo:
             return None
         step = self._redo.pop()
