@@ -528,6 +528,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     Parameters
     ----------
     exc : BaseException
+        What the model call raised.
 
     Returns
     -------

@@ -37,7 +37,7 @@ def smp_encoder(name: str) -> str:
     Parameters
     ----------
     name : str
-        What the user or a card names.
+        ``efficientnet-lite0``, or an smp name such as ``tu-mobilenetv3_small_100``.
 
     Returns
     -------
@@ -157,6 +157,7 @@ def pretrained_card(card: ModelCard) -> ModelCard:
     Parameters
     ----------
     card : ModelCard
+        A card naming a friendly encoder (``efficientnet-lite0``).
 
     Returns
     -------

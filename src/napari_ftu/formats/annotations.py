@@ -149,6 +149,7 @@ class Annotations:
         Parameters
         ----------
         object_id : int
+            An id of :attr:`labels`.
 
         Returns
         -------
@@ -163,6 +164,7 @@ class Annotations:
         Parameters
         ----------
         object_id : int
+            Any id; one without a score is taken as certain.
 
         Returns
         -------

@@ -81,7 +81,7 @@ class Dataset:
         Parameters
         ----------
         root : Path
-            The folder the user opened.
+            The folder the user opened (most folders are no dataset: say so quickly).
 
         Returns
         -------

@@ -117,7 +117,7 @@ def write_coco(path, items: list[Annotations]) -> Path:
     Parameters
     ----------
     path : str or Path
-        Written atomically.
+        The ``.json`` file, replaced in one step (never left half-written).
     items : list of Annotations
         One image each; class names become COCO categories.
 

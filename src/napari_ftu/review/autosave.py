@@ -66,6 +66,7 @@ def safe_name(name: str) -> str:
     Parameters
     ----------
     name : str
+        Any text a user gave a layer.
 
     Returns
     -------

@@ -427,7 +427,7 @@ def erode(labels, obj: int, pixels: int = 1) -> Edit:
     ----------
     labels : array-like
     obj : int
-        The object to shrink.
+        Its rim of ``pixels`` goes.
     pixels : int
         How far; the image border does not count as background.
 

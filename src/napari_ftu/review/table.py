@@ -307,6 +307,7 @@ class Review:
         Parameters
         ----------
         data : dict
+            Parsed from the session file's JSON, untrusted.
 
         Returns
         -------

@@ -183,6 +183,7 @@ class History:
         Returns
         -------
         Step or None
+            None when there is nothing to undo.
         """
         if not self._undo:
             return None
@@ -203,6 +204,7 @@ class History:
         Returns
         -------
         Step or None
+            The step written again; None after a new edit or at the newest step.
         """
         if not self._redo:
             return None
