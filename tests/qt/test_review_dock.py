@@ -219,7 +219,9 @@ def test_large_slide_window_edit_and_save(dock, tmp_path):
     assert (lvl2 == np.asarray(layer.data[::4, ::4])).all()  # lower levels follow the edit
     viewer.scene.camera.center = tuple(shown.data_to_world((15_100, 15_100)))  # the view decides the window
     viewer.scene.camera.zoom = 2 / abs(shown.scale[-1])  # 2 screen px per slide px
-    view = w.edit_window()
+    w.window_button.native.click()  # the button's own value (False) is not taken for a box
+    view = w.layer
+    assert view is not layer and view.name.endswith("window")
     (y, x), (h, wd) = view.metadata["window_offset"], view.data.shape
     assert y < 15_100 < y + h and x < 15_100 < x + wd and 100 < h <= 4096 and 100 < wd <= 4096
     assert (view.data == np.asarray(store.read_window(box_at(y, x, h, wd)))).all() and 7 in view.data

@@ -100,7 +100,7 @@ class ReviewWidget(Dock):
                                 tooltip="for images without a writable folder; others get <slide>.ftu/ beside them")
         self.interval = SpinBox(label="autosave every s", value=int(DEFAULT_INTERVAL_S), min=1, max=30)
         self.save_label = Label(value="")
-        self.window_button = button("Edit full-resolution window (view or box)", self.edit_window)
+        self.window_button = button("Edit full-resolution window (view or box)", lambda: self.edit_window())
         self.save_window_button = button("Save window to label store", self.save_window)
         self.prev_image = button("◀ Image", lambda: self.step_image(-1))
         self.next_image = button("Image ▶", lambda: self.step_image(1))
