@@ -45,6 +45,23 @@ def channels_last(image, source: str = "image") -> np.ndarray:
     return a
 
 
+def read_cell_image(path, um_per_px: float | None = None):
+    """``(image (H, W, 4), µm/px or None, image id)`` of a four-channel TIFF (channels last or
+    first), or of an HPA image named by one of its channel files (``<id>_red.png`` with its green,
+    blue and yellow siblings)."""
+    from pathlib import Path
+
+    from napari_ftu.formats.datasets import hpa_channel_id, read_hpa_channels
+    from napari_ftu.io.images import read_image
+
+    path = Path(path)
+    hpa = hpa_channel_id(path)
+    if hpa is not None:
+        return channels_last(read_hpa_channels(*hpa), str(path)), um_per_px, hpa[1]
+    loaded = read_image(path, um_per_px)
+    return channels_last(loaded.data, str(path)), loaded.um_per_px, loaded.name
+
+
 def nuclei(image, source: str = "image", min_area_px: int = MIN_NUCLEUS_PX) -> np.ndarray:
     """Nucleus instance labels (int32) from the blue channel of an (H, W, 4) image; an image
     whose blue channel shows no nuclei is refused with :class:`InputError`."""
@@ -109,22 +126,29 @@ def cells_from_probability(prob, nucleus_labels, threshold: float = 0.5, class_n
 
 
 def cells_from_scribbles(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
-                         threshold: float = 0.5, source: str = "scribbles"):
+                         threshold: float = 0.5, source: str = "scribbles", image_source: str = "image"):
     """Train the pixel classifier on the scribbles of a four-channel image and return
     ``(cell labels, table, classifier)``; see :func:`cell_steps`."""
     from napari_ftu.steps import drain
 
-    return drain(cell_steps(image, scribbles, um_per_px, classes, threshold, source))
+    return drain(cell_steps(image, scribbles, um_per_px, classes, threshold, source, image_source))
 
 
 def cell_steps(image, scribbles, um_per_px: float = 1.0, classes: list | None = None, threshold: float = 0.5,
                source: str = "scribbles", image_source: str = "image"):
     """Generator (``("step", i, 4)``) returning ``(labels, table, classifier)``: the image's
-    channels, the scribbles and the nuclei are checked before training."""
+    channels, the scribbles and the nuclei are checked before training. ``classes`` names the
+    scribble values 2, 3, ... in order (values not painted are simply absent from the result)."""
     from napari_ftu.annotate import pixels
 
     a = channels_last(image, image_source)
-    pixels.check_scribbles(a.shape, scribbles, source)
+    painted = pixels.check_scribbles(a.shape, scribbles, source)
+    if classes:
+        unnamed = [v for v in painted if v - 2 >= len(classes)]
+        if unnamed:
+            raise InputError(f"{source}: scribble value {unnamed[0]} has no class name ({len(classes)} names for "
+                             f"values 2..{len(classes) + 1})")
+        classes = [classes[v - 2] for v in painted]
     nuc = nuclei(a, image_source)
     yield ("step", 1, 4)
     clf = pixels.train(a, scribbles, um_per_px, classes=classes, hidden=HIDDEN, unlabelled=0, source=source)
