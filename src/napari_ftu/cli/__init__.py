@@ -629,8 +629,12 @@ def _annotate(args) -> int:
     from napari_ftu.annotate import headless
     from napari_ftu.io.images import read_image, write_tiff
 
+    from napari_ftu.formats.datasets import HPA_CHANNELS, hpa_channel_id
+
     outputs = [p for p in (args.out, args.csv) if p]
-    refuse_onto_inputs(outputs, [args.image, args.scribbles, args.clicks])
+    hpa = hpa_channel_id(args.image) if args.cells else None
+    siblings = [hpa[0] / f"{hpa[1]}_{c}.png" for c in HPA_CHANNELS] if hpa else []
+    refuse_onto_inputs(outputs, [args.image, args.scribbles, args.clicks, *siblings])
     for p in outputs:
         if p.exists() and not args.overwrite:
             raise FileExistsError(f"{p} exists; pass --overwrite to replace it")

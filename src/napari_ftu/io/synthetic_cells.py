@@ -78,11 +78,17 @@ def make_cells(size: int = 512, seed: int = 0, n_cells: int | None = None, dtype
             radii.append(r)
     centres, radii = np.array(centres), np.array(radii)
     n = len(centres)
-    yy, xx = np.mgrid[:size, :size].astype(np.float32)
-    # each cell's reach: its radius times a ruffle over the angle (3-5 lobes), stretched along an axis
+    # each cell's reach: its radius times a ruffle over the angle (3-5 lobes), stretched along an
+    # axis; computed in a window around the seed that holds the whole reach (at most 2.3 r)
     best = np.full((size, size), np.inf, np.float32)
     owner = np.zeros((size, size), np.int32)
+    windows = []
     for i, ((cy, cx), r) in enumerate(zip(centres, radii), start=1):
+        reach = int(np.ceil(2.4 * r)) + 2
+        win = (slice(max(0, int(cy) - reach), min(size, int(cy) + reach + 1)),
+               slice(max(0, int(cx) - reach), min(size, int(cx) + reach + 1)))
+        windows.append(win)
+        yy, xx = np.mgrid[win].astype(np.float32)
         dy, dx = yy - cy, xx - cx
         theta = np.arctan2(dy, dx)
         lobes = rng.integers(2, 6)
@@ -92,33 +98,37 @@ def make_cells(size: int = 512, seed: int = 0, n_cells: int | None = None, dtype
         u = dx * np.cos(phi) + dy * np.sin(phi)
         v = -dx * np.sin(phi) + dy * np.cos(phi)
         d = np.hypot(u / stretch, v * stretch ** 0.3) / (r * 1.3 * ruffle)  # < 1 inside the cell's reach
-        take = (d < 1) & (d < best)
-        best[take] = d[take]
-        owner[take] = i
+        take = (d < 1) & (d < best[win])
+        best[win][take] = d[take]
+        owner[win][take] = i
     # a cell is its seed's connected piece (a territory cut in two by a neighbour keeps the seed's side)
     cells = np.zeros((size, size), np.int32)
     nuclei = np.zeros((size, size), np.int32)
     kept = 0
     cls_of = {}
-    for i, ((cy, cx), r) in enumerate(zip(centres, radii), start=1):
-        lab, _ = ndi.label(owner == i)
-        piece = lab == lab[int(cy), int(cx)] if lab[int(cy), int(cx)] else None
+    for i, ((cy, cx), r, win) in enumerate(zip(centres, radii, windows), start=1):
+        lab, _ = ndi.label(owner[win] == i)
+        seed_at = lab[int(cy) - win[0].start, int(cx) - win[1].start]
+        piece = lab == seed_at if seed_at else None
         if piece is None or piece.sum() < 200 * scale**2:
             continue
         kept += 1
-        cells[piece] = kept
-        # nucleus: an ellipse around the seed, kept 4 px inside the cell
+        cells[win][piece] = kept
+        # nucleus: an ellipse off the seed by up to a third of the radius (nuclei are seldom
+        # central, so a cell's border is not simply halfway between nuclei), kept 4 px inside the cell
         inner = ndi.binary_erosion(piece, iterations=max(2, int(4 * scale)))
         a, b = r * rng.uniform(0.5, 0.65), r * rng.uniform(0.38, 0.52)
         phi = rng.uniform(0, np.pi)
-        dy, dx = yy - cy + rng.normal(0, 2), xx - cx + rng.normal(0, 2)
+        shift, towards = r * rng.uniform(0, 0.33), rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[win].astype(np.float32)
+        dy, dx = yy - cy - shift * np.sin(towards), xx - cx - shift * np.cos(towards)
         u = dx * np.cos(phi) + dy * np.sin(phi)
         v = -dx * np.sin(phi) + dy * np.cos(phi)
         nuc = ((u / a) ** 2 + (v / b) ** 2 <= 1) & inner
         lab, count = ndi.label(nuc)
         if count > 1:
             nuc = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
-        nuclei[nuc] = kept
+        nuclei[win][nuc] = kept
         cls_of[kept] = classes[int(rng.integers(len(classes)))]
     image = _render(rng, cells, nuclei, cls_of, scale, dtype)
     return CellImage(image, cells, nuclei, cls_of, int(seed))
