@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_ftu.annotate import cells, pixels, simulate
+from napari_ftu.annotate import cells, simulate
 from napari_ftu.errors import InputError
 from napari_ftu.evaluation.metrics import average_precision, dice, match_objects
 from napari_ftu.io.synthetic_cells import CHANNELS, CLASSES, make_cells

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from napari_ftu.errors import FTUError, InputError, OptionError
+from napari_ftu.errors import FTUError, OptionError
 from napari_ftu.formats.export import FORMATS, format_of
 from napari_ftu.io.paths import refuse_onto_inputs
 
@@ -627,9 +627,8 @@ def _annotate(args) -> int:
     import numpy as np
 
     from napari_ftu.annotate import headless
-    from napari_ftu.io.images import read_image, write_tiff
-
     from napari_ftu.formats.datasets import HPA_CHANNELS, hpa_channel_id
+    from napari_ftu.io.images import read_image, write_tiff
 
     outputs = [p for p in (args.out, args.csv) if p]
     hpa = hpa_channel_id(args.image) if args.cells else None

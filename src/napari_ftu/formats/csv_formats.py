@@ -252,5 +252,5 @@ def read_vasculature(path) -> list[Annotations]:
     return out
 
 
-__all__ = ["HPA_LABELS", "hpa_label", "write_hubmap", "read_hubmap", "write_hpa", "read_hpa", "write_vasculature", "read_vasculature",
-           "safe_id"]
+__all__ = ["HPA_LABELS", "hpa_label", "write_hubmap", "read_hubmap", "write_hpa", "read_hpa", "write_vasculature",
+           "read_vasculature", "safe_id"]
