@@ -45,6 +45,22 @@ def channels_last(image, source: str = "image") -> np.ndarray:
     return a
 
 
+def composite(planes: dict) -> np.ndarray:
+    """One (H, W, C) image from the channel layers napari shows a multichannel image as
+    (``{layer name: 2-D data}``, as the Load dock adds them: ``<image> red``, ... ``<image> yellow``).
+    Names ending in HPA's channel names are put in HPA order, others keep their order."""
+    from napari_ftu.io.synthetic_cells import CHANNELS
+
+    names = list(planes)
+    rank = {n: next((k for k, c in enumerate(CHANNELS) if n.lower().endswith(c)), None) for n in names}
+    if all(r is not None for r in rank.values()) and len(set(rank.values())) == len(names):
+        names.sort(key=rank.get)
+    arrays = [np.asarray(planes[n]) for n in names]
+    if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 2:
+        raise InputError(f"channel layers {names} differ in size or are not 2-D ({[a.shape for a in arrays]})")
+    return np.stack(arrays, -1)
+
+
 def read_cell_image(path, um_per_px: float | None = None):
     """``(image (H, W, 4), µm/px or None, image id)`` of a four-channel TIFF (channels last or
     first), or of an HPA image named by one of its channel files (``<id>_red.png`` with its green,
