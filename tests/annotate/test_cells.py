@@ -120,6 +120,12 @@ def test_unusable_cell_inputs_are_refused(small):
         no_blue = c.image.copy()
         no_blue[..., 2] = 7
         cells.cells_from_scribbles(no_blue, sc, classes=NAMES)
+    with pytest.raises(InputError, match="blue .nuclei. channel shows no nuclei"):
+        noise = c.image.copy()
+        noise[..., 2] = np.random.default_rng(0).poisson(20, noise.shape[:2])
+        cells.nuclei(noise)
+    dim = (make_cells(256, seed=7, dtype=np.uint16).image // 64).astype(np.uint16)  # 10-bit data in 16 bits
+    assert dim.max() < 1024 and cells.nuclei(dim).max() >= 10
     with pytest.raises(InputError, match="4-channel image"):
         cells.cells_from_scribbles(c.image[..., :3], sc)
     with pytest.raises(InputError, match="does not match the image"):
