@@ -72,8 +72,16 @@ class AnnotateWidget(Dock):
         layer = self.image.value
         if layer is None:
             raise InputError("open an image first")
-        data = layer.data[0] if layer.multiscale else layer.data
-        return np.asarray(data)
+        level0 = lambda lay: lay.data[0] if lay.multiscale else lay.data  # noqa: E731
+        # a multichannel image (an HPA composite) is one layer per channel, all from the same file
+        path = layer.metadata.get("path")
+        siblings = [lay for lay in self._viewer.layers if isinstance(lay, napari.layers.Image) and not lay.rgb
+                    and path and lay.metadata.get("path") == path]
+        if len(siblings) > 1:
+            from napari_ftu.annotate.cells import composite
+
+            return composite({lay.name: level0(lay) for lay in siblings})
+        return np.asarray(level0(layer))
 
     def add_scribbles(self, *_) -> napari.layers.Labels:
         shape = self._pixels().shape[:2]

@@ -41,12 +41,13 @@ def read_clicks(path: str | Path) -> list[tuple[float, float]]:
 
 
 def labels_from_scribbles(image: np.ndarray, scribbles: np.ndarray, um_per_px: float = 1.0,
-                          min_object_um2: float = 0.0, source: str = "scribbles"):
-    """Train on the scribbles, predict the image, return (labels, objects table, classifier)."""
+                          min_object_um2: float = 0.0, source: str = "scribbles", classes: list | None = None):
+    """Train on the scribbles, predict the image, return (labels, objects table, classifier);
+    ``classes`` names the scribble values 2, 3, ..."""
     from napari_ftu.annotate import pixels
     from napari_ftu.annotate.objects import objects_from_probability
 
-    clf = pixels.train(image, scribbles, um_per_px, source=source)
+    clf = pixels.train(image, scribbles, um_per_px, classes=classes, source=source)
     labels, table = objects_from_probability(clf.probability(image), 0.5, int(min_object_um2 / um_per_px**2),
                                              um_per_px=um_per_px, class_names=clf.classes)
     return labels, table, clf

@@ -152,7 +152,8 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
     net.feat_std.copy_(std)
     _fit_head(net.head, (X - mean) / std, y, w / w.sum(), len(ftu), steps)
     names = list(classes) if classes and len(classes) == len(ftu) else [f"class {v}" for v in ftu]
-    return PixelClassifier(net.eval(), names, net.bank.n_in, float(um_per_px), tuple(sigmas), hidden=hidden)
+    return PixelClassifier(net.eval(), names, net.bank.n_in, float(um_per_px), tuple(sigmas), net.bank.stains,
+                           hidden=hidden)
 
 
 def sample_features(net, x: np.ndarray, picks: list) -> list:

@@ -88,3 +88,20 @@ def clicks(truth: np.ndarray) -> list[tuple[int, int, int]]:
         y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
         out.append((int(y + sl[0].start), int(x + sl[1].start), i))
     return out
+
+
+def class_strokes(instances: np.ndarray, classes: dict, n_per_class: int = 3, n_background: int = 3, seed: int = 0,
+                  length: int = STROKE_PX, brush: int = 1) -> np.ndarray:
+    """Scribbles for several classes: ``classes`` maps an instance id to its scribble value (2, 3,
+    ...); each value gets ``n_per_class`` strokes over the objects of that class (as
+    :func:`strokes`), the background ``n_background``."""
+    out = strokes(instances, 0, n_background, seed=seed, length=length, brush=brush)
+    lut = np.zeros(int(instances.max()) + 1, np.int64)
+    for i, v in classes.items():
+        lut[int(i)] = int(v)
+    per_object = lut[instances]
+    for k, value in enumerate(sorted(set(lut[1:].tolist()) - {0})):
+        own = np.where(per_object == value, instances, 0)
+        s = strokes(own, n_per_class, 0, seed=seed + 1 + k, length=length, brush=brush)
+        out[(s == 2) & (out == 0)] = value
+    return out

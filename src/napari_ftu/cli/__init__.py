@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from napari_ftu.errors import FTUError, InputError, OptionError
+from napari_ftu.errors import FTUError, OptionError
 from napari_ftu.formats.export import FORMATS, format_of
 from napari_ftu.io.paths import refuse_onto_inputs
 
@@ -599,11 +599,22 @@ def _check_numbers(args, ints: dict, positive=()) -> None:
 # --- annotate (issue 18): scribbles or clicks -> labels, without a model ---------------------------
 def _add_annotate(sub) -> None:
     a = sub.add_parser("annotate", help="label FTUs without a model: from scribbles (pixel classifier) or clicks")
-    a.add_argument("image", type=Path)
+    a.add_argument("image", type=Path,
+                   help="the image; with --cells a 4-channel TIFF (red, green, blue = nuclei, yellow) or one of "
+                        "an HPA image's <id>_{red,green,blue,yellow}.png")
     src = a.add_mutually_exclusive_group(required=True)
     src.add_argument("--scribbles", type=Path, help="label TIFF of the image's size: 1 = background, 2.. = FTU classes")
     src.add_argument("--clicks", type=Path, help="CSV with columns y,x (full-resolution pixels), one object per row")
     a.add_argument("--out", type=Path, required=True, help="instance labels TIFF to write")
+    a.add_argument("--cells", action="store_true",
+                   help="fluorescence cells: a watershed from the nuclei (blue channel) over the classifier's "
+                        "foreground; each cell takes the class of its pixels (with --scribbles)")
+    a.add_argument("--classes", default=None,
+                   help="comma-separated names of scribble values 2, 3, ... (for --csv: HPA label names such as "
+                        "nucleoplasm,cytosol,negative, or their numbers)")
+    a.add_argument("--csv", type=Path, default=None,
+                   help="with --cells: also write the cells as an HPA / Open Images CSV (label confidence mask)")
+    a.add_argument("--id", default=None, help="image id in --csv (default: the file name, without _red.png)")
     a.add_argument("--save-model", type=Path, default=None, help="save the scribble classifier as a model folder")
     a.add_argument("--um-per-px", type=float, default=None, help="pixel size (default: from the file, else 1)")
     a.add_argument("--diameter-um", type=float, default=None, help="expected FTU diameter for clicks (default 200)")
@@ -616,28 +627,70 @@ def _annotate(args) -> int:
     import numpy as np
 
     from napari_ftu.annotate import headless
+    from napari_ftu.formats.datasets import HPA_CHANNELS, hpa_channel_id
     from napari_ftu.io.images import read_image, write_tiff
 
-    if args.out.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
-    if args.out.resolve() in {p.resolve() for p in (args.image, args.scribbles, args.clicks) if p}:
-        raise FileExistsError(f"{args.out}: would overwrite an input")
+    outputs = [p for p in (args.out, args.csv) if p]
+    hpa = hpa_channel_id(args.image) if args.cells else None
+    siblings = [hpa[0] / f"{hpa[1]}_{c}.png" for c in HPA_CHANNELS] if hpa else []
+    refuse_onto_inputs(outputs, [args.image, args.scribbles, args.clicks, *siblings])
+    for p in outputs:
+        if p.exists() and not args.overwrite:
+            raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
+    names = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    if args.cells and args.clicks is not None:
+        raise OptionError("--cells works from --scribbles (the classifier gives each cell its class)")
+    if args.csv and not args.cells:
+        raise OptionError("--csv writes cells: add --cells")
+    if args.csv:
+        from napari_ftu.formats.csv_formats import hpa_label
+
+        if not names:
+            raise OptionError("--csv needs --classes: the HPA label (name or number) of scribble values 2, 3, ...")
+        for name in names:
+            try:
+                hpa_label(name)
+            except FTUError as exc:
+                raise OptionError(f"--classes: {exc}") from None
+    if args.cells:
+        return _annotate_cells(args, names)
     loaded = read_image(args.image)
     um = args.um_per_px or loaded.um_per_px or 1.0
-    try:
-        if args.scribbles is not None:
-            scribbles = read_image(args.scribbles).data
-            labels, table, clf = headless.labels_from_scribbles(loaded.data, scribbles, um, args.min_object_um2,
-                                                                source=str(args.scribbles))
-            if args.save_model:
-                clf.save(args.save_model, min_object_um2=args.min_object_um2)
-        else:
-            points = headless.read_clicks(args.clicks)
-            labels = headless.labels_from_clicks(loaded.data, points, um, args.diameter_um, source=str(args.clicks))
-    except InputError as exc:
-        print(f"napari-ftu: error: {exc}", file=sys.stderr)
-        return 2
+    if args.scribbles is not None:
+        scribbles = read_image(args.scribbles).data
+        labels, table, clf = headless.labels_from_scribbles(loaded.data, scribbles, um, args.min_object_um2,
+                                                            source=str(args.scribbles), classes=names)
+        if args.save_model:
+            clf.save(args.save_model, min_object_um2=args.min_object_um2)
+    else:
+        points = headless.read_clicks(args.clicks)
+        labels = headless.labels_from_clicks(loaded.data, points, um, args.diameter_um, source=str(args.clicks))
     write_tiff(args.out, labels, um)
     print(f"{args.image.name}: {int(len(np.unique(labels)) - 1)} objects; wrote {args.out}"
           + (f" and model {args.save_model}" if args.save_model else ""))
+    return 0
+
+
+def _annotate_cells(args, names) -> int:
+    from collections import Counter
+
+    from napari_ftu.annotate import cells
+    from napari_ftu.formats.export import export_annotations
+    from napari_ftu.io.images import read_image, write_tiff
+
+    image, um, image_id = cells.read_cell_image(args.image, args.um_per_px)
+    um = um or 1.0
+    scribbles = read_image(args.scribbles).data
+    labels, table, clf = cells.cells_from_scribbles(image, scribbles, um, names, source=str(args.scribbles),
+                                                    image_source=str(args.image))
+    if args.csv:  # the id is checked before anything is written
+        items = cells.to_annotations(args.id or image_id, labels, table, um)
+    write_tiff(args.out, labels, um)
+    if args.save_model:
+        clf.save(args.save_model, name="scribble classifier (cells)")
+    if args.csv:
+        export_annotations(items, args.csv, "hpa", overwrite=args.overwrite)
+    counts = ", ".join(f"{n} {c}" for c, n in sorted(Counter(r["cls"] for r in table).items()))
+    print(f"{args.image.name}: {len(table)} cells ({counts or 'none'}); wrote {args.out}"
+          + (f" and {args.csv}" if args.csv else "") + (f" and model {args.save_model}" if args.save_model else ""))
     return 0

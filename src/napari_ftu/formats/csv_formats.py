@@ -200,11 +200,23 @@ def _prediction_string(a: Annotations, class_ids) -> str:
     return " ".join(parts)
 
 
-def _class_index(name) -> int:
+# The HPA single-cell competition's 19 labels; the CSV holds their index.
+HPA_LABELS = ("nucleoplasm", "nuclear membrane", "nucleoli", "nucleoli fibrillar center", "nuclear speckles",
+              "nuclear bodies", "endoplasmic reticulum", "golgi apparatus", "intermediate filaments",
+              "actin filaments", "microtubules", "mitotic spindle", "centrosome", "plasma membrane",
+              "mitochondria", "aggresome", "cytosol", "vesicles and punctate cytosolic patterns", "negative")
+
+
+def hpa_label(name) -> int:
+    """A class as the CSV's integer label: an integer as it is, an HPA label name as its index."""
     try:
         return int(name)
     except (TypeError, ValueError):
-        raise FormatError(f"OID/HPA class labels must be integers, got {name!r}") from None
+        key = str(name).strip().lower().replace("_", " ")
+        if key in HPA_LABELS:
+            return HPA_LABELS.index(key)
+        raise FormatError(f"OID/HPA class labels must be integers or HPA label names "
+                          f"({', '.join(HPA_LABELS[:3])}, ...), got {name!r}") from None
 
 
 def write_hpa(path, items: list[Annotations]) -> Path:
@@ -222,7 +234,7 @@ def write_hpa(path, items: list[Annotations]) -> Path:
     -------
     Path
     """
-    rows = [[a.image_id, a.shape[1], a.shape[0], _prediction_string(a, _class_index)] for a in items]
+    rows = [[a.image_id, a.shape[1], a.shape[0], _prediction_string(a, hpa_label)] for a in items]
     return _write_rows(path, HPA_COLUMNS, rows)
 
 
@@ -343,5 +355,5 @@ def read_vasculature(path) -> list[Annotations]:
     return out
 
 
-__all__ = ["write_hubmap", "read_hubmap", "write_hpa", "read_hpa", "write_vasculature", "read_vasculature",
-           "safe_id"]
+__all__ = ["HPA_LABELS", "hpa_label", "write_hubmap", "read_hubmap", "write_hpa", "read_hpa", "write_vasculature",
+           "read_vasculature", "safe_id"]

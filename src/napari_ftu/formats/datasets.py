@@ -404,6 +404,39 @@ def _relative_name(name, json_path: Path) -> str:
     return name
 
 
+def hpa_channel_id(path) -> tuple[Path, str] | None:
+    """``(folder, image id)`` when ``path`` names one channel file of an HPA image
+    (``<id>_red.png``, ``_green``, ``_blue`` or ``_yellow``), else ``None``."""
+    path = Path(path)
+    for c in HPA_CHANNELS:
+        if path.name.lower().endswith(f"_{c}.png"):
+            return path.parent, path.name[: -len(f"_{c}.png")]
+    return None
+
+
+def read_hpa_channels(root, image_id: str) -> np.ndarray:
+    """The (4, H, W) stack of ``<id>_{red,green,blue,yellow}.png`` in ``root`` (one plane each),
+    checked against the memory budget before decoding."""
+    root = Path(root)
+    paths = [root / f"{image_id}_{c}.png" for c in HPA_CHANNELS]
+    sizes = []
+    for path in paths:
+        if not path.is_file():
+            raise InputError(f"{path}: missing (an HPA image is four files {image_id}_{{red,green,blue,yellow}}.png)")
+        with reading(path):
+            sizes.append(raster_shape(path))
+    # the planes decoded one after another and kept, then stacked (up to 2 bytes a pixel)
+    need = sum(n for _, n in sizes) + sum(2 * h * w for (h, w), _ in sizes)
+    check_memory(need, f"{root}, image {image_id}", "reading its 4 channels", InputError)
+    planes = []
+    for path in paths:
+        plane = read_raster(path)
+        planes.append(plane if plane.ndim == 2 else plane[..., 0])
+    if len({p.shape for p in planes}) != 1:
+        raise InputError(f"{root}: the channels of {image_id} differ in size {[p.shape for p in planes]}")
+    return np.stack(planes)
+
+
 class HpaCells(Dataset):
     """HPA single-cell: ``<id>_{red,green,blue,yellow}.png`` as one 4-channel image, with
     instance masks from an Open Images CSV (``ImageID, ..., PredictionString``) if present.
@@ -434,21 +467,7 @@ class HpaCells(Dataset):
 
     def load(self, index: int) -> Item:
         image_id = self.ids[index]
-        paths = [self.root / f"{image_id}_{c}.png" for c in HPA_CHANNELS]
-        sizes = []
-        for path in paths:
-            with reading(path):
-                sizes.append(raster_shape(path))
-        # the planes decoded one after another and kept, then stacked (up to 2 bytes a pixel)
-        need = sum(n for _, n in sizes) + sum(2 * h * w for (h, w), _ in sizes)
-        check_memory(need, f"{self.root}, image {image_id}", "reading its 4 channels", InputError)
-        planes = []
-        for path in paths:
-            plane = read_raster(path)
-            planes.append(plane if plane.ndim == 2 else plane[..., 0])
-        if len({p.shape for p in planes}) != 1:
-            raise InputError(f"{self.root}: the channels of {image_id} differ in size {[p.shape for p in planes]}")
-        data = np.stack(planes)
+        data = read_hpa_channels(self.root, image_id)
         slide = Slide([data], None, image_id, self.root / f"{image_id}_red.png", "channels", 0,
                       channel_names=list(HPA_CHANNELS))
         a = self.masks.get(image_id)
