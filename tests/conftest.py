@@ -1,11 +1,14 @@
-"""Shared fixtures: the real data in ../shared (skipped when absent) and a small synthetic slide."""
+"""Shared fixtures: the real data in ../shared (skipped when absent), a small synthetic slide and a
+hostile TorchScript model."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 import pytest
+import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -46,3 +49,46 @@ def viewer_with_slide(make_napari_viewer, small_slide):
     rgb, truth, spec = small_slide
     viewer.add_image(rgb, name="kidney", scale=(1.0, 1.0), metadata={"um_per_px": spec.um_per_px})
     return viewer, truth
+
+
+class _WritesFiles(torch.nn.Module):
+    """A TorchScript "model" whose code overwrites ``target`` when loaded (``__setstate__``) and
+    at every call (``forward``), through ``torch.from_file(shared=True)``."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+        self.written = 0
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[str, int, bool]:
+        return (self.target, self.written, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[str, int, bool]) -> None:
+        self.target = state[0]
+        self.training = state[2]
+        data = torch.from_file(self.target, shared=True, size=8, dtype=torch.uint8)
+        data.fill_(33)  # "!!!!!!!!"
+        self.written = int(data.sum())
+
+    def forward(self, x):
+        data = torch.from_file(self.target, shared=True, size=4, dtype=torch.uint8)
+        data.fill_(34)
+        return x[:, :1] * 0.0 + data.sum() * 0.0
+
+
+@pytest.fixture
+def evil_model(tmp_path) -> tuple[Path, Path]:
+    """``(model folder, victim file)``: a TorchScript model that overwrites the victim ("precious")
+    with "!!!!!!!!" when loaded; saving it ran nothing."""
+    from napari_ftu.engine.models import ModelCard
+
+    victim = tmp_path / "precious.txt"
+    victim.write_bytes(b"precious")
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    torch.jit.script(_WritesFiles(str(victim))).save(str(folder / "model.pt"))
+    (folder / "model_card.json").write_text(ModelCard(tile_size=64, overlap=0, name="evil").to_json())
+    assert victim.read_bytes() == b"precious"
+    return folder, victim

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Tuple
 
 import numpy as np
 import pytest
@@ -28,48 +27,10 @@ from napari_ftu.errors import InputError, ModelError  # noqa: E402
 # --- TorchScript carries code -------------------------------------------------------------------
 
 
-class _WritesFiles(torch.nn.Module):
-    """A TorchScript "model" whose code overwrites ``target`` when loaded (``__setstate__``) and
-    at every call (``forward``), through ``torch.from_file(shared=True)``."""
-
-    def __init__(self, target: str):
-        super().__init__()
-        self.target = target
-        self.written = 0
-
-    @torch.jit.export
-    def __getstate__(self) -> Tuple[str, int, bool]:
-        return (self.target, self.written, self.training)
-
-    @torch.jit.export
-    def __setstate__(self, state: Tuple[str, int, bool]) -> None:
-        self.target = state[0]
-        self.training = state[2]
-        data = torch.from_file(self.target, shared=True, size=8, dtype=torch.uint8)
-        data.fill_(33)  # "!!!!!!!!"
-        self.written = int(data.sum())
-
-    def forward(self, x):
-        data = torch.from_file(self.target, shared=True, size=4, dtype=torch.uint8)
-        data.fill_(34)
-        return x[:, :1] * 0.0 + data.sum() * 0.0
-
-
-def _evil_model(tmp_path) -> tuple[Path, Path]:
-    victim = tmp_path / "precious.txt"
-    victim.write_bytes(b"precious")
-    folder = tmp_path / "evil"
-    folder.mkdir()
-    torch.jit.script(_WritesFiles(str(victim))).save(str(folder / "model.pt"))
-    (folder / "model_card.json").write_text(ModelCard(tile_size=64, overlap=0, name="evil").to_json())
-    assert victim.read_bytes() == b"precious"  # saving ran nothing
-    return folder, victim
-
-
-def test_torchscript_runs_only_with_the_users_consent(tmp_path, capsys):
+def test_torchscript_runs_only_with_the_users_consent(tmp_path, capsys, evil_model):
     from napari_ftu.io.images import write_tiff
 
-    folder, victim = _evil_model(tmp_path)
+    folder, victim = evil_model
     for target in (folder / "model.pt", folder):  # the file, or its folder
         with pytest.raises(ModelError, match=r"model.pt: a TorchScript model carries its own code.*--trust-model"):
             load_model(target, device="cpu")

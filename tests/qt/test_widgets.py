@@ -90,15 +90,13 @@ def test_bad_model_is_reported(viewer_with_slide, tmp_path):
     assert widget.status.value.startswith("Error:") and "model_card.json" in widget.status.value
 
 
-def test_segment_dock_runs_torchscript_only_when_trusted(viewer_with_slide, tmp_path):
+def test_segment_dock_runs_torchscript_only_when_trusted(viewer_with_slide, evil_model):
     """The "Trust model code" box is off by default; a TorchScript model is refused (its code
     never runs) until the user ticks it (issue 15)."""
-    from test_security import _evil_model
-
     viewer, _ = viewer_with_slide
     widget = _segment_dock(viewer)
     assert widget.trust.value is False and "TorchScript runs its own code" in widget.trust.text
-    folder, victim = _evil_model(tmp_path)
+    folder, victim = evil_model
     widget.add_model(folder)
     assert widget.run() is None
     assert widget.status.value.startswith("Error:") and "Trust model code" in widget.status.value

@@ -208,7 +208,22 @@ HPA_LABELS = ("nucleoplasm", "nuclear membrane", "nucleoli", "nucleoli fibrillar
 
 
 def hpa_label(name) -> int:
-    """A class as the CSV's integer label: an integer as it is, an HPA label name as its index."""
+    """A class as the CSV's integer label: an integer as it is, an HPA label name as its index.
+
+    Parameters
+    ----------
+    name : int or str
+        A label index, or one of ``HPA_LABELS`` (case and underscores ignored).
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    FormatError
+        For any other name: the CSV has integer labels only.
+    """
     try:
         return int(name)
     except (TypeError, ValueError):

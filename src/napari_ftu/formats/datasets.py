@@ -405,8 +405,18 @@ def _relative_name(name, json_path: Path) -> str:
 
 
 def hpa_channel_id(path) -> tuple[Path, str] | None:
-    """``(folder, image id)`` when ``path`` names one channel file of an HPA image
-    (``<id>_red.png``, ``_green``, ``_blue`` or ``_yellow``), else ``None``."""
+    """Which HPA image a channel file belongs to, so that any of its four files opens the image.
+
+    Parameters
+    ----------
+    path : str or Path
+        A file such as ``<id>_red.png`` (or ``_green``, ``_blue``, ``_yellow``).
+
+    Returns
+    -------
+    (Path, str) or None
+        ``(folder, image id)``, or ``None`` for any other file name.
+    """
     path = Path(path)
     for c in HPA_CHANNELS:
         if path.name.lower().endswith(f"_{c}.png"):
@@ -415,8 +425,25 @@ def hpa_channel_id(path) -> tuple[Path, str] | None:
 
 
 def read_hpa_channels(root, image_id: str) -> np.ndarray:
-    """The (4, H, W) stack of ``<id>_{red,green,blue,yellow}.png`` in ``root`` (one plane each),
-    checked against the memory budget before decoding."""
+    """The four channel planes of one HPA image, checked against the memory budget before decoding.
+
+    Parameters
+    ----------
+    root : str or Path
+        The folder holding ``<id>_{red,green,blue,yellow}.png``.
+    image_id : str
+        The image id (file name without the channel suffix).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(4, H, W)`` in red, green, blue, yellow order.
+
+    Raises
+    ------
+    InputError
+        A channel file is missing, or the planes together exceed the memory budget.
+    """
     root = Path(root)
     paths = [root / f"{image_id}_{c}.png" for c in HPA_CHANNELS]
     sizes = []
