@@ -70,6 +70,16 @@ class PixelClassifier:
                          min_object_um2=float(min_object_um2), tile_size=512, overlap=64, name=name,
                          notes={"trained on": "scribbles (napari-ftu annotate)"})
 
+    def model(self, device="cpu", **card_kwargs):
+        """This classifier as an engine model (``FTUModel``), so *Apply to slide* runs it through
+        the tile engine like any model folder. The network is a copy: a retrain meanwhile does
+        not change a running job."""
+        import copy
+
+        from napari_ftu.engine.models import FTUModel
+
+        return FTUModel(copy.deepcopy(self.network), self.card(**card_kwargs), device)
+
     def save(self, folder, **card_kwargs):
         from napari_ftu.engine.models import save_model
 
