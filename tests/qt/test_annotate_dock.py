@@ -185,3 +185,60 @@ def test_clicks_are_steps_of_the_review_history(dock, monkeypatch, tmp_path):
     assert objects.tobytes() == states[1].tobytes() and len(np.unique(objects[objects > 0])) == 2
     widget.undo()  # the Annotate dock's Undo walks the same history
     assert objects.tobytes() == states[0].tobytes() and review.table.rowCount() == 1
+
+
+def _dice(a, b) -> float:
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+def test_live_prediction_follows_every_stroke(make_napari_viewer, shared_data, qtbot):
+    """Strokes in view retrain (debounced) and predict the visible region at a coarser grid;
+    the feature stack is computed once for the view; with *live* off a stroke does nothing."""
+    from napari_ftu._qt.annotate import LIVE, AnnotateWidget
+    from napari_ftu.io.slides import open_slide
+
+    slide = open_slide(shared_data / SVS)
+    full, um = np.asarray(slide.levels[0][...]), slide.um_per_px
+    slide.close()
+    viewer = make_napari_viewer()
+    viewer.add_image(full, name="skin", metadata={"um_per_px": um})
+    widget = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Annotate")
+    scribbles = widget.add_scribbles()
+    viewer.layers.selection.active = viewer.layers["skin"]
+    viewer.scene.camera.center, viewer.scene.camera.zoom = (1700, 1000), 0.5
+    viewer.canvas.size = (600, 700)  # what a window shows of the canvas, in screen pixels
+    y0, y1, x0, x1 = widget.visible_box()
+    assert (y0, y1, x0, x1) == (1100, 2300, 300, 1700)
+    assert 1024 < max(y1 - y0, x1 - x0) <= 2048 and 1200 < (y0 + y1) / 2 < 2200, (y0, y1, x0, x1)
+    truth = _epidermis(full[y0:y1, x0:x1])
+    scribbles.data[y0:y1, x0:x1] = simulate.strokes(truth, 3, 3, seed=0, brush=5)
+    scribbles.events.paint(value=[])  # what napari emits after a stroke
+    qtbot.waitUntil(lambda: LIVE in viewer.layers and widget.live_worker is None, timeout=300_000)
+    live = viewer.layers[LIVE]
+    assert live.metadata["step"] == 2 and np.allclose(live.scale, [2, 2])
+    assert np.allclose(live.translate, [y0, x0], atol=1)
+    grid = truth[::2, ::2][: live.data.shape[0], : live.data.shape[1]]
+    first, dice1 = live.data.copy(), _dice(live.data > 0.5, grid)
+    assert dice1 > 0.3, dice1  # against the rough stand-in the strokes were drawn from
+    # the live view is what the classifier (the one Apply and Save use) predicts on that grid
+    view = full[y0:y1, x0:x1].astype(np.float32)
+    view = view[: view.shape[0] // 2 * 2, : view.shape[1] // 2 * 2]
+    half = view.reshape(view.shape[0] // 2, 2, view.shape[1] // 2, 2, 3).mean((1, 3)).astype(np.uint8)
+    whole = widget.classifier.probability(half)[0] > 0.5
+    inner = (slice(80, -80), slice(80, -80))  # the live view reads context beyond its edges, the crop has none
+    assert _dice((live.data > 0.5)[inner], whole[inner]) > 0.85
+    assert widget.classifier.um_per_px == pytest.approx(um * 2) and widget.apply_button.enabled
+    assert widget._live_model.stacks_computed == 1
+    more = simulate.strokes(truth, 4, 4, seed=1, brush=5)
+    region = scribbles.data[y0:y1, x0:x1]
+    region[more > 0] = more[more > 0]
+    scribbles.events.paint(value=[])
+    qtbot.waitUntil(lambda: widget.live_worker is None and not np.array_equal(live.data, first), timeout=300_000)
+    assert widget._live_model.stacks_computed == 1  # the stroke reused the view's feature stack
+    assert _dice(live.data > 0.5, grid) > 0.3
+    widget.live.value = False
+    shown = live.data.copy()
+    scribbles.events.paint(value=[])
+    qtbot.wait(800)
+    assert widget.live_worker is None and np.array_equal(live.data, shown)

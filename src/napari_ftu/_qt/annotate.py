@@ -27,11 +27,14 @@ from magicgui.widgets import (
     create_widget,
 )
 from napari.utils.notifications import show_info
+from qtpy.QtCore import QTimer
 
-from napari_ftu._qt.common import EngineRunDock
+from napari_ftu._qt.common import EngineRunDock, level0, probability_colormap
 from napari_ftu._qt.jobs import start_job
 from napari_ftu._qt.state import announce_edit, session_of, share_session
 from napari_ftu.annotate import clicks, headless
+from napari_ftu.annotate.live import LiveClassifier, live_steps, view_of, view_scribbles
+from napari_ftu.annotate.pixels import BACKGROUND
 from napari_ftu.engine.options import SegmentOptions
 from napari_ftu.errors import InputError, ModelError, OptionError
 from napari_ftu.review.editing import EditError
@@ -39,6 +42,8 @@ from napari_ftu.review.session import ReviewSession
 
 SCRIBBLES = "scribbles"
 OBJECTS = "objects"
+LIVE = "live prediction"
+LIVE_DELAY_MS = 300  # after the last stroke, so a burst of strokes retrains once
 
 
 class AnnotateWidget(EngineRunDock):
@@ -54,6 +59,7 @@ class AnnotateWidget(EngineRunDock):
         self.diameter = FloatSpinBox(label="FTU diameter µm", value=clicks.DIAMETER_UM, min=1.0, max=1e4)
         self.add_button = PushButton(text="Add scribbles layer")
         self.train_button = PushButton(text="Train")
+        self.live = CheckBox(text="live: retrain on every stroke, predict the visible region", value=True)
         self.clicking = CheckBox(text="click to add objects (Shift: add to selected, Alt: remove)", value=False)
         self.undo_button = PushButton(text="Undo click")
         self.model_dir = FileEdit(label="save to", mode="d", value="scribble_classifier")
@@ -64,7 +70,7 @@ class AnnotateWidget(EngineRunDock):
         self.bar = ProgressBar(label="progress", value=0, min=0, max=1)
         self.status = Label(value="paint 1 = background, 2.. = FTUs, then Train")
         self.extend([self.image, self.um_per_px, self.classes, self.min_um2, self.diameter, self.add_button,
-                     self.train_button, self.clicking, self.undo_button, self.model_dir, self.save_button,
+                     self.live, self.train_button, self.clicking, self.undo_button, self.model_dir, self.save_button,
                      Container(layout="horizontal", widgets=[self.apply_button, self.cancel_button], labels=False),
                      self.bar, self.status])
         self.add_button.changed.connect(self.add_scribbles)
@@ -76,6 +82,12 @@ class AnnotateWidget(EngineRunDock):
         self.image.changed.connect(self._image_changed)
         self._image_changed()
         viewer.mouse_drag_callbacks.append(self._on_click)
+        self._live_model = LiveClassifier()
+        self.live_worker = None
+        self._live_timer = QTimer()
+        self._live_timer.setSingleShot(True)
+        self._live_timer.setInterval(LIVE_DELAY_MS)
+        self._live_timer.timeout.connect(self.live_update)
 
     def _image_changed(self, *_):
         layer = self.image.value
@@ -98,13 +110,88 @@ class AnnotateWidget(EngineRunDock):
         return np.asarray(level0(layer))
 
     def add_scribbles(self, *_) -> napari.layers.Labels:
-        shape = self._pixels().shape[:2]
+        image = self.image.value
+        if image is None:
+            return self._fail("open an image first")
         if SCRIBBLES in self._viewer.layers:
             return self._viewer.layers[SCRIBBLES]
-        layer = self._viewer.add_labels(np.zeros(shape, np.uint8), name=SCRIBBLES, opacity=0.8)
+        layer = self._viewer.add_labels(np.zeros(level0(image).shape[:2], np.uint8), name=SCRIBBLES, opacity=0.8,
+                                        scale=image.scale[-2:], translate=image.translate[-2:])
         layer.brush_size, layer.selected_label = 5, 2
         layer.mode = "paint"
+        layer.events.paint.connect(self._stroke)
         return layer
+
+    # --- live: every stroke retrains, the visible region is predicted ------------------------------
+    def _stroke(self, *_):
+        """A stroke: (re)start the debounce timer, so a burst of strokes retrains once."""
+        if self.live.value:
+            self._live_timer.start()
+
+    def visible_box(self) -> tuple[int, int, int, int]:
+        """The image's visible region (y0, y1, x0, x1) in full-resolution pixels, from the
+        camera and the canvas size (clipped to the image by the caller)."""
+        layer = self.image.value
+        camera = self._viewer.scene.camera if hasattr(self._viewer, "scene") else self._viewer.camera
+        half = np.asarray(self._viewer.canvas.size, float) / 2 / camera.zoom
+        centre = np.asarray(camera.center[-2:], float)
+        corners = [np.asarray(layer.world_to_data(c))[-2:] for c in (centre - half, centre + half)]
+        (y0, x0), (y1, x1) = np.minimum(*corners), np.maximum(*corners)
+        return int(np.floor(y0)), int(np.ceil(y1)), int(np.floor(x0)), int(np.ceil(x1))
+
+    def live_update(self, *_):
+        """Retrain on the strokes in view and predict the view, in a worker; a newer stroke
+        cancels a run still going. Returns the worker (None when there is nothing to do)."""
+        layer = self.image.value
+        if layer is None or SCRIBBLES not in self._viewer.layers or self.worker is not None:
+            return None
+        view = view_of(self.visible_box(), level0(layer).shape)
+        scribbles = view_scribbles(self._viewer.layers[SCRIBBLES].data, view)  # a copy: painting goes on
+        values = set(np.unique(scribbles).tolist())
+        if BACKGROUND not in values or not values - {0, BACKGROUND}:
+            self.status.value = "live: paint background (1) and FTU (2..) strokes in view"
+            return None
+        if self.live_worker is not None:
+            self.live_worker.quit()
+        levels = list(layer.data) if layer.multiscale else [layer.data]
+        steps = live_steps(self._live_model, levels, scribbles, view, self.um_per_px.value, self._names(),
+                           image_id=id(layer))
+        self.status.value = "live: retraining…"
+        worker = start_job(steps, "Annotate: live", on_done=self._show_live, on_error=self._live_failed)
+        worker.finished.connect(lambda: self._live_finished(worker))
+        self.live_worker = worker
+        return worker
+
+    def _live_finished(self, worker):
+        if self.live_worker is worker:
+            self.live_worker = None
+
+    def _live_failed(self, exc):
+        self.status.value = f"live: {exc}"
+
+    def _show_live(self, result):
+        """The view's FTU probability in the "live prediction" layer, placed over the view."""
+        view, prob, clf = result
+        layer = self.image.value
+        self.classifier = clf
+        self._set_running(self.worker is not None)
+        self.save_button.enabled = True
+        shown = prob[0] if len(prob) == 1 else prob.sum(0)
+        scale = np.asarray(layer.scale[-2:]) * view.step
+        translate = np.asarray(layer.translate[-2:]) + np.asarray(view.box[::2]) * np.asarray(layer.scale[-2:])
+        if LIVE in self._viewer.layers:
+            live = self._viewer.layers[LIVE]
+            live.data, live.scale, live.translate = shown, scale, translate
+        else:
+            live = self._viewer.add_image(shown, name=LIVE, scale=scale, translate=translate,
+                                          colormap=probability_colormap(), blending="translucent", opacity=0.6,
+                                          contrast_limits=(0, 1))
+        live.metadata.update({"view": view.box, "step": view.step, "um_per_px": clf.um_per_px})
+        self.status.value = (f"live: {int((shown > 0.5).sum())} FTU px of {shown.size} in view "
+                             f"(grid {view.step}× coarser)")
+
+    def _names(self) -> list[str]:
+        return [c.strip() for c in self.classes.value.split(",") if c.strip()]
 
     def _objects(self) -> napari.layers.Labels:
         """The objects layer (made on first use) with its session registered for the Review dock."""
@@ -135,8 +222,7 @@ class AnnotateWidget(EngineRunDock):
             if SCRIBBLES not in self._viewer.layers:
                 raise InputError("no scribbles layer: press 'Add scribbles layer' and paint")
             scribbles = np.asarray(self._viewer.layers[SCRIBBLES].data)
-            names = [c.strip() for c in self.classes.value.split(",") if c.strip()]
-            steps = headless.scribble_steps(image, scribbles, self.um_per_px.value, names, self.min_um2.value)
+            steps = headless.scribble_steps(image, scribbles, self.um_per_px.value, self._names(), self.min_um2.value)
             next(steps)  # checks the scribbles here, so bad input never starts a worker
         except InputError as exc:
             self._fail(str(exc))

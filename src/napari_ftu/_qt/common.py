@@ -173,7 +173,7 @@ class EngineRunDock(Dock):
             old.metadata = {**old.metadata, "store": _text(self._store)}
             return old
         self._restore = None
-        return self._viewer.add_image(view, name=name, colormap=_probability_colormap(), blending="translucent",
+        return self._viewer.add_image(view, name=name, colormap=probability_colormap(), blending="translucent",
                                       opacity=0.7, contrast_limits=(0, top), metadata={"store": _text(self._store)},
                                       **place)
 
@@ -283,7 +283,7 @@ def _delete_stores(stores) -> None:
         shutil.rmtree(Path(store).parent, ignore_errors=True)  # the mkdtemp folder around it
 
 
-def _probability_colormap():
+def probability_colormap():
     """Transparent at 0, through yellow to red at 1: on bright H&E an additive map is invisible."""
     from napari.utils.colormaps import Colormap
 
