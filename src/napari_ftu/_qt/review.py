@@ -32,7 +32,7 @@ from qtpy.QtCore import QItemSelectionModel, QTimer
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from napari_ftu._qt.common import Dock, button
-from napari_ftu._qt.state import mark_edited
+from napari_ftu._qt.state import mark_edited, session_of, share_session
 from napari_ftu.boxes import box_at, corners, from_corners, overlaps, size
 from napari_ftu.errors import EditError, InputError, SessionError
 from napari_ftu.review import editing
@@ -135,6 +135,7 @@ class ReviewWidget(Dock):
         self.table.itemSelectionChanged.connect(self._on_rows_selected)
         self.table.horizontalHeader().sectionClicked.connect(lambda col: setattr(self.sort, "value", HEADER_SORTS[col]))
         viewer.layers.events.removing.connect(self._on_layer_removing)
+        self.state.events.edited.connect(self._on_edited)
         self.timer = QTimer()
         self.timer.setInterval(1000)
         self.timer.timeout.connect(self.autosave_tick)
@@ -166,14 +167,17 @@ class ReviewWidget(Dock):
         um = layer.metadata.get("um_per_px")
         store = self._store_for(layer)
         offset = tuple(int(v) for v in layer.metadata.get("window_offset", (0, 0)))
-        saved = None
+        saved = shared = session_of(layer)  # another dock's (the Annotate dock's clicks): one history
         try:
-            saved = store.restore(layer.data.shape, offset)
+            if shared is None:
+                saved = store.restore(layer.data.shape, offset)
         except (SessionError, OSError) as exc:  # damaged or of another size: kept aside, a fresh session starts
             self.save_label.value = f"Error: {exc}"
             show_error(str(exc))
         self._notify(store)
-        if saved is not None and saved.in_store and not np.array_equal(saved.labels, layer.data):
+        if shared is not None:
+            self.session = shared
+        elif saved is not None and saved.in_store and not np.array_equal(saved.labels, layer.data):
             # Everything here went into the label store, which has changed since (an overlapping
             # window was saved): the store wins; statuses of unchanged objects are kept.
             from napari_ftu.review.table import Review
@@ -195,6 +199,7 @@ class ReviewWidget(Dock):
             review = Review.from_labels(layer.data, um, layer.features if len(layer.features) else None,
                                         layer.metadata.get("class") or "FTU")
             self.session = ReviewSession(layer.data, review, offset=offset)
+        share_session(layer, self.session)
         self.autosaver = Autosaver(self.session, store, self.interval.value, {"layer": layer.name})
         self._hook(layer)
         self.refresh()
@@ -540,6 +545,12 @@ class ReviewWidget(Dock):
         if hasattr(self.layer, "_reset_history"):
             self.layer._reset_history()  # our history holds it now; napari's copy would only cost memory
         self.refresh()
+
+    def _on_edited(self, edited):
+        """Another dock changed objects through the shared session: show its change."""
+        layer, _ = edited
+        if layer is self.layer and self.session is not None:
+            self.refresh()
 
     def undo(self):
         return self._run(self.session.undo if self.session else lambda: None)

@@ -23,9 +23,11 @@ class DockState:
     index: int = 0  # which of its images is shown
     models: tuple = ()  # model folders saved in this session, offered by the Segment dock
     retrain: Any = None  # (image layer, labels layer) to retrain on, for the Train dock
+    edited: Any = None  # (labels layer, session generation): a dock changed objects through their session
 
 
 _STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # labels layer -> its ReviewSession
 
 
 def state_of(viewer) -> DockState:
@@ -42,3 +44,21 @@ def mark_edited(layer) -> None:
 
 def is_edited(layer) -> bool:
     return bool(layer.metadata.get(EDITED))
+
+
+def session_of(layer):
+    """The review session (labels, table, the one undo history) of a labels layer, if a dock
+    made one and the layer still shows its array; the Review and Annotate docks share it, so
+    Ctrl+Z undoes a click like any review edit."""
+    session = _SESSIONS.get(layer)
+    return session if session is not None and session.labels is layer.data else None
+
+
+def share_session(layer, session) -> None:
+    _SESSIONS[layer] = session
+
+
+def announce_edit(viewer, layer, session) -> None:
+    """Tell the other docks that ``session`` (of ``layer``) changed, so they redraw it."""
+    mark_edited(layer)
+    state_of(viewer).edited = (layer, session.generation)

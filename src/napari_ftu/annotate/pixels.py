@@ -70,6 +70,16 @@ class PixelClassifier:
                          min_object_um2=float(min_object_um2), tile_size=512, overlap=64, name=name,
                          notes={"trained on": "scribbles (napari-ftu annotate)"})
 
+    def model(self, device="cpu", **card_kwargs):
+        """This classifier as an engine model (``FTUModel``), so *Apply to slide* runs it through
+        the tile engine like any model folder. The network is a copy: a retrain meanwhile does
+        not change a running job."""
+        import copy
+
+        from napari_ftu.engine.models import FTUModel
+
+        return FTUModel(copy.deepcopy(self.network), self.card(**card_kwargs), device)
+
     def save(self, folder, **card_kwargs):
         from napari_ftu.engine.models import save_model
 
@@ -115,14 +125,7 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
     rng = np.random.default_rng(seed)
     parts = [[] for _ in range(len(ftu) + 2)]  # background, FTU classes, unlabelled
     for im, sc in zip(images, scribbles):
-        s = np.asarray(sc).ravel()
-        picks = []
-        for value in [BACKGROUND, *ftu]:
-            idx = np.flatnonzero(s == value)
-            picks.append(rng.choice(idx, MAX_TRAIN_PIXELS, replace=False) if idx.size > MAX_TRAIN_PIXELS else idx)
-        free = np.flatnonzero(s == 0)
-        picks.append(rng.choice(free, min(unlabelled, free.size), replace=False) if unlabelled and free.size
-                     else np.zeros(0, np.int64))
+        picks = pick_pixels(np.asarray(sc).ravel(), ftu, rng, unlabelled)
         if features is not None and len(images) == 1:
             flat = features.reshape(features.shape[0], -1)
             rows = [flat[:, idx].T for idx in picks]
@@ -131,9 +134,39 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
         for target, r in enumerate(rows):
             if len(r):
                 parts[target].append(r)
+    X, y, w = training_set(parts, n_features(net.bank.n_in, sigmas))
+    mean, std = X.mean(0), X.std(0).clamp_min(1e-3)
+    net.feat_mean.copy_(mean)
+    net.feat_std.copy_(std)
+    _fit_head(net.head, (X - mean) / std, y, w / w.sum(), len(ftu), steps)
+    names = list(classes) if classes and len(classes) == len(ftu) else [f"class {v}" for v in ftu]
+    return PixelClassifier(net.eval(), names, net.bank.n_in, float(um_per_px), tuple(sigmas), net.bank.stains,
+                           hidden=hidden)
+
+
+def pick_pixels(s: np.ndarray, ftu: list, rng, unlabelled: int = UNLABELLED, cap: int = MAX_TRAIN_PIXELS) -> list:
+    """Flat indices of the training pixels of flat scribbles ``s``: per value (background, then
+    ``ftu``) its painted pixels, at most ``cap`` drawn at random, then ``unlabelled`` random
+    unpainted pixels."""
+    picks = []
+    for value in [BACKGROUND, *ftu]:
+        idx = np.flatnonzero(s == value)
+        picks.append(rng.choice(idx, cap, replace=False) if idx.size > cap else idx)
+    free = np.flatnonzero(s == 0)
+    picks.append(rng.choice(free, min(unlabelled, free.size), replace=False) if unlabelled and free.size
+                 else np.zeros(0, np.int64))
+    return picks
+
+
+def training_set(parts: list, n_feat: int):
+    """(X, y, w) tensors from feature rows per target (background, FTU classes, unlabelled):
+    each class weighs the same whatever its pixel count, the unlabelled pixels are background
+    with ``UNLABELLED_WEIGHT`` of its weight."""
+    torch = import_torch()
+
     xs, ys, ws = [], [], []
     for target, chunks in enumerate(parts):
-        a = np.concatenate(chunks) if chunks else np.zeros((0, n_features(net.bank.n_in, sigmas)), np.float32)
+        a = np.concatenate(chunks) if chunks else np.zeros((0, n_feat), np.float32)
         if not len(a):
             continue
         share = 1.0
@@ -144,16 +177,9 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
         xs.append(a)
         ys.append(np.full(len(a), 0 if target == len(parts) - 1 else target))
         ws.append(np.full(len(a), share / len(a)))
-    X = torch.from_numpy(np.concatenate(xs).astype(np.float32))
-    y = torch.from_numpy(np.concatenate(ys).astype(np.int64))
-    w = torch.from_numpy(np.concatenate(ws).astype(np.float32))
-    mean, std = X.mean(0), X.std(0).clamp_min(1e-3)
-    net.feat_mean.copy_(mean)
-    net.feat_std.copy_(std)
-    _fit_head(net.head, (X - mean) / std, y, w / w.sum(), len(ftu), steps)
-    names = list(classes) if classes and len(classes) == len(ftu) else [f"class {v}" for v in ftu]
-    return PixelClassifier(net.eval(), names, net.bank.n_in, float(um_per_px), tuple(sigmas), net.bank.stains,
-                           hidden=hidden)
+    return (torch.from_numpy(np.concatenate(xs).astype(np.float32)),
+            torch.from_numpy(np.concatenate(ys).astype(np.int64)),
+            torch.from_numpy(np.concatenate(ws).astype(np.float32)))
 
 
 def sample_features(net, x: np.ndarray, picks: list) -> list:
@@ -189,18 +215,31 @@ def compute_features(net, x: np.ndarray) -> np.ndarray:
 
 def _fit_head(head, X, y, w, n_ftu: int, steps: int) -> None:
     """Full-batch Adam on a weighted loss (each class weighs the same whatever its pixel count);
-    the head is tiny, so a few hundred steps take well under a second."""
+    the head is tiny, so a few hundred steps take well under a second (as matrix products: torch
+    runs a 1×1 convolution over N 1×1 images a hundred times slower)."""
     torch = import_torch()
     import torch.nn.functional as F
 
     opt = torch.optim.Adam(head.parameters(), lr=0.01, weight_decay=1e-3)
-    Xc = X[:, :, None, None]
     for _ in range(steps):
         opt.zero_grad()
-        out = head(Xc)[:, :, 0, 0]
+        out = _as_linear(head, X)
         if n_ftu == 1:
             loss = (F.binary_cross_entropy_with_logits(out[:, 0], y.float(), reduction="none") * w).sum()
         else:
             loss = (F.cross_entropy(out, y, reduction="none") * w).sum()
         loss.backward()
         opt.step()
+
+
+def _as_linear(head, X):
+    """The 1×1-convolution head (or MLP of them) applied to rows ``X`` (N, F) as linear layers."""
+    import torch.nn.functional as F
+
+    layers = list(head) if hasattr(head, "__iter__") else [head]
+    for layer in layers:
+        if hasattr(layer, "weight"):
+            X = F.linear(X, layer.weight[:, :, 0, 0], layer.bias)
+        else:
+            X = layer(X)
+    return X
