@@ -51,6 +51,18 @@ def viewer_with_slide(make_napari_viewer, small_slide):
     return viewer, truth
 
 
+@pytest.fixture
+def export_dock(viewer_with_slide, tmp_path):
+    """The Export dock on the slide's truth as "kidney FTUs", set to write ``tmp_path/sub.csv``:
+    ``(viewer, truth, widget)``."""
+    viewer, truth = viewer_with_slide
+    viewer.add_labels(truth, name="kidney FTUs", metadata={"source": "kidney"})
+    _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
+    widget.labels.value = viewer.layers["kidney FTUs"]
+    widget.path.value = tmp_path / "sub.csv"
+    return viewer, truth, widget
+
+
 class _WritesFiles(torch.nn.Module):
     """A TorchScript "model" whose code overwrites ``target`` when loaded (``__setstate__``) and
     at every call (``forward``), through ``torch.from_file(shared=True)``."""

@@ -268,14 +268,10 @@ def test_failing_writer_during_tile_export_keeps_the_previous_manifest(tmp_path,
 napari = pytest.importorskip("napari")
 
 
-def test_export_dock_reports_a_full_disk_and_keeps_the_file(viewer_with_slide, tmp_path, monkeypatch):
+def test_export_dock_reports_a_full_disk_and_keeps_the_file(export_dock, tmp_path, monkeypatch):
     import napari_ftu.atomic as atomic
 
-    viewer, truth = viewer_with_slide
-    viewer.add_labels(truth, name="kidney labels", metadata={"source": "kidney"})
-    _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
-    widget.labels.value = viewer.layers["kidney labels"]
-    widget.path.value = tmp_path / "sub.csv"
+    _, _, widget = export_dock
     assert widget.export() is not None
     before = (tmp_path / "sub.csv").read_bytes()
     monkeypatch.setattr(type(widget), "confirm_overwrite", lambda self, path: True)

@@ -392,17 +392,24 @@ def test_a_second_viewer_on_the_same_slide_is_warned_and_overwrites_nothing(make
     assert saved.review.rows[3].status == "accepted" and 1 in saved.labels  # the first viewer goes on as before
 
 
-def test_each_full_resolution_window_keeps_its_unsaved_edits(dock, tmp_path):
-    """Window A edited but not written to the label store; window B edited; back to A: A's edits."""
+def _store_with_objects_7_and_8(w, tmp_path, shape):
+    """A label store holding objects 7 and 8 in window A, opened in the dock: ``(store, A's pixels)``."""
     from napari_ftu.review.label_store import LabelStore
 
-    viewer, w = dock
-    store = LabelStore.create(tmp_path / "big.zarr", (20_000, 20_000))
+    store = LabelStore.create(tmp_path / "big.zarr", shape)
     win = store.read_window(WINDOW_A)
     win[100:200, 100:200] = 7
     win[20:60, 20:60] = 8
     store.write_window(WINDOW_A, win)
     w.open_store(tmp_path / "big.zarr")
+    return store, win
+
+
+def test_each_full_resolution_window_keeps_its_unsaved_edits(dock, tmp_path):
+    """Window A edited but not written to the label store; window B edited; back to A: A's edits."""
+
+    viewer, w = dock
+    store, win = _store_with_objects_7_and_8(w, tmp_path, (20_000, 20_000))
     a = w.edit_window(WINDOW_A)
     w.select([7])
     w.grow(1)
@@ -425,15 +432,9 @@ def test_each_full_resolution_window_keeps_its_unsaved_edits(dock, tmp_path):
 def test_a_window_saved_into_the_store_shows_later_store_changes(dock, tmp_path):
     """A's edits went into the store; B (overlapping) then changed the store: reopening A shows
     the store, not A's older session, and keeps A's review of the objects B did not touch."""
-    from napari_ftu.review.label_store import LabelStore
 
     viewer, w = dock
-    store = LabelStore.create(tmp_path / "big.zarr", (4000, 4000))
-    win = store.read_window(WINDOW_A)
-    win[100:200, 100:200] = 7
-    win[20:60, 20:60] = 8
-    store.write_window(WINDOW_A, win)
-    w.open_store(tmp_path / "big.zarr")
+    store, win = _store_with_objects_7_and_8(w, tmp_path, (4000, 4000))
     w.edit_window(WINDOW_A)
     w.select([8])
     w.accept()

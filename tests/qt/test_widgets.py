@@ -148,14 +148,10 @@ def test_load_dock_applies_pixel_size_and_reports_bad_files(make_napari_viewer, 
     assert "bad.png" in widget.status.value and len(viewer.layers) == 1
 
 
-def test_export_dock_writes_rle_and_asks_before_overwrite(viewer_with_slide, tmp_path, monkeypatch):
+def test_export_dock_writes_rle_and_asks_before_overwrite(export_dock, tmp_path, monkeypatch):
     from napari_ftu.formats import rle
 
-    viewer, truth = viewer_with_slide
-    viewer.add_labels(truth, name="kidney FTUs", metadata={"source": "kidney"})
-    _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
-    widget.labels.value = viewer.layers["kidney FTUs"]
-    widget.path.value = tmp_path / "sub.csv"
+    viewer, truth, widget = export_dock
     assert widget.export() == tmp_path / "sub.csv"
     rid, text = (tmp_path / "sub.csv").read_text().splitlines()[1].split(",")
     assert rid == "kidney"
