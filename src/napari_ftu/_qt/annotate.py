@@ -35,6 +35,7 @@ from napari_ftu._qt.state import announce_edit, session_of, share_session
 from napari_ftu.annotate import clicks, headless
 from napari_ftu.annotate.live import LiveClassifier, live_steps, view_of, view_scribbles
 from napari_ftu.annotate.pixels import BACKGROUND
+from napari_ftu.boxes import corners, from_corners
 from napari_ftu.engine.options import SegmentOptions
 from napari_ftu.errors import InputError, ModelError, OptionError
 from napari_ftu.review.editing import EditError
@@ -145,7 +146,8 @@ class AnnotateWidget(EngineRunDock):
         layer = self.image.value
         if layer is None or SCRIBBLES not in self._viewer.layers or self.worker is not None:
             return None
-        view = view_of(self.visible_box(), level0(layer).shape)
+        y0, y1, x0, x1 = self.visible_box()
+        view = view_of(from_corners(y0, x0, y1, x1), level0(layer).shape)
         scribbles = view_scribbles(self._viewer.layers[SCRIBBLES].data, view)  # a copy: painting goes on
         values = set(np.unique(scribbles).tolist())
         if BACKGROUND not in values or not values - {0, BACKGROUND}:
@@ -178,7 +180,7 @@ class AnnotateWidget(EngineRunDock):
         self.save_button.enabled = True
         shown = prob[0] if len(prob) == 1 else prob.sum(0)
         scale = np.asarray(layer.scale[-2:]) * view.step
-        translate = np.asarray(layer.translate[-2:]) + np.asarray(view.box[::2]) * np.asarray(layer.scale[-2:])
+        translate = np.asarray(layer.translate[-2:]) + np.asarray(corners(view.box)[:2]) * np.asarray(layer.scale[-2:])
         if LIVE in self._viewer.layers:
             live = self._viewer.layers[LIVE]
             live.data, live.scale, live.translate = shown, scale, translate
@@ -186,7 +188,7 @@ class AnnotateWidget(EngineRunDock):
             live = self._viewer.add_image(shown, name=LIVE, scale=scale, translate=translate,
                                           colormap=probability_colormap(), blending="translucent", opacity=0.6,
                                           contrast_limits=(0, 1))
-        live.metadata.update({"view": view.box, "step": view.step, "um_per_px": clf.um_per_px})
+        live.metadata.update({"view": corners(view.box), "step": view.step, "um_per_px": clf.um_per_px})
         self.status.value = (f"live: {int((shown > 0.5).sum())} FTU px of {shown.size} in view "
                              f"(grid {view.step}× coarser)")
 

@@ -26,6 +26,7 @@ from napari_ftu.annotate.pixels import (
     pick_pixels,
     training_set,
 )
+from napari_ftu.boxes import Box, corners, from_corners
 from napari_ftu.engine.features import SIGMAS, SMOOTH, _to_unit, feature_classifier, filter_bank_module
 from napari_ftu.engine.models import import_torch
 from napari_ftu.errors import InputError
@@ -39,29 +40,29 @@ WARM_STEPS = 40  # from the previous weights, after a stroke
 
 @dataclass(frozen=True)
 class View:
-    """The region ``(y0, y1, x0, x1)`` of the full-resolution image, classified every ``step`` px."""
+    """The region ``box`` of the full-resolution image, classified every ``step`` px."""
 
-    box: tuple
+    box: Box
     step: int
 
     @property
     def shape(self) -> tuple[int, int]:
-        y0, y1, x0, x1 = self.box
+        y0, x0, y1, x1 = corners(self.box)
         return -(-(y1 - y0) // self.step), -(-(x1 - x0) // self.step)
 
 
-def view_of(box, image_shape, side: int = LIVE_SIDE) -> View:
-    """The :class:`View` of ``box`` (y0, y1, x0, x1, full-resolution px) clipped to the image:
-    the smallest power-of-two step that keeps it within ``side`` pixels a side."""
+def view_of(box: Box, image_shape, side: int = LIVE_SIDE) -> View:
+    """The :class:`View` of ``box`` (full-resolution px) clipped to the image: the smallest
+    power-of-two step that keeps it within ``side`` pixels a side."""
     h, w = image_shape[:2]
-    y0, y1, x0, x1 = (int(round(v)) for v in box)
+    y0, x0, y1, x1 = corners(box)
     y0, x0 = max(0, min(y0, h - 1)), max(0, min(x0, w - 1))
     y1, x1 = max(y0 + 1, min(y1, h)), max(x0 + 1, min(x1, w))
     step = 1
     while max(y1 - y0, x1 - x0) > side * step:
         step *= 2
     y1, x1 = y0 + (y1 - y0) // step * step or y0 + step, x0 + (x1 - x0) // step * step or x0 + step
-    return View((y0, min(y1, h), x0, min(x1, w)), step)
+    return View(from_corners(y0, x0, min(y1, h), min(x1, w)), step)
 
 
 def read_view(levels, view: View, margin: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -70,7 +71,7 @@ def read_view(levels, view: View, margin: int) -> tuple[np.ndarray, tuple[int, i
     it; returns it and where the view starts inside it (grid px)."""
     levels = list(levels) if isinstance(levels, (list, tuple)) else [levels]
     h0, w0 = levels[0].shape[:2]
-    y0, y1, x0, x1 = view.box
+    y0, x0, y1, x1 = corners(view.box)
     s = view.step
     ya, xa = max(0, y0 - margin * s), max(0, x0 - margin * s)
     yb, xb = min(h0, y1 + margin * s), min(w0, x1 + margin * s)
@@ -92,8 +93,7 @@ def read_view(levels, view: View, margin: int) -> tuple[np.ndarray, tuple[int, i
 def view_scribbles(scribbles: np.ndarray, view: View) -> np.ndarray:
     """The scribbles of the view on its grid: per grid cell the highest value painted in it
     (a thin stroke survives the downsampling)."""
-    y0, y1, x0, x1 = view.box
-    crop = np.asarray(scribbles[y0:y1, x0:x1])
+    crop = np.asarray(scribbles[view.box])
     s = view.step
     if s == 1:
         return crop
