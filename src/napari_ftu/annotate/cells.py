@@ -88,10 +88,10 @@ def nuclei(image, source: str = "image", min_area_px: int = MIN_NUCLEUS_PX) -> n
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
-    from napari_ftu.engine.features import _to_unit
+    from napari_ftu.engine.features import to_unit
 
     a = channels_last(image, source)
-    blue = ndi.gaussian_filter(_to_unit(a[..., BLUE])[..., 0], NUCLEUS_SIGMA)
+    blue = ndi.gaussian_filter(to_unit(a[..., BLUE])[..., 0], NUCLEUS_SIGMA)
     if float(blue.max()) - float(blue.min()) < 1e-6:
         raise InputError(f"{source}: the blue (nuclei) channel is empty: no nuclei to seed cells")
     threshold = threshold_otsu(blue)

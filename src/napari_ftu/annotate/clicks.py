@@ -40,12 +40,12 @@ def object_at(image: np.ndarray, point, um_per_px: float = 1.0, diameter_um: flo
     click outside the image or on glass."""
     from skimage.segmentation import watershed
 
-    from napari_ftu.engine.features import _to_unit
+    from napari_ftu.engine.features import to_unit
 
     y, x = check_click(np.shape(image), point, source)
     radius = max(8, int(round(diameter_um / um_per_px / 2 * 1.25)))
     box = window(np.shape(image)[:2], (y, x), radius)
-    crop = _to_unit(np.asarray(image[box]))
+    crop = to_unit(np.asarray(image[box]))
     cy, cx = y - box[0].start, x - box[1].start
     seed_r = max(2, radius // 8)
     if crop.shape[-1] == 3 and (crop.min(-1) > GLASS).mean() > 0.9:

@@ -22,12 +22,12 @@ from napari_ftu.annotate.pixels import (
     BACKGROUND,
     UNLABELLED,
     PixelClassifier,
-    _fit_head,
+    fit_head,
     pick_pixels,
     training_set,
 )
 from napari_ftu.boxes import Box, corners, from_corners
-from napari_ftu.engine.features import SIGMAS, SMOOTH, _to_unit, feature_classifier, filter_bank_module
+from napari_ftu.engine.features import SIGMAS, SMOOTH, feature_classifier, filter_bank_module, to_unit
 from napari_ftu.engine.models import import_torch
 from napari_ftu.errors import InputError
 from napari_ftu.steps import Progress
@@ -82,7 +82,7 @@ def read_view(levels, view: View, margin: int) -> tuple[np.ndarray, tuple[int, i
         if f <= s and s % f == 0 and f > factor:
             factor, level = f, lvl
     crop = np.asarray(level[ya // factor:-(-yb // factor), xa // factor:-(-xb // factor)])
-    x = _to_unit(crop)
+    x = to_unit(crop)
     k = s // factor
     if k > 1:  # box-average the remaining factor (what a pyramid level is)
         hh, ww = x.shape[0] // k * k, x.shape[1] // k * k
@@ -170,7 +170,7 @@ class LiveClassifier:
             flat = self.stack.reshape(self.stack.shape[0], -1)
             parts = [[flat[:, torch.from_numpy(idx)].T.numpy()] if len(idx) else [] for idx in picks]
             X, y, w = training_set(parts, flat.shape[0])
-            _fit_head(net.head, X, y, w / w.sum(), len(ftu), WARM_STEPS if warm else COLD_STEPS)
+            fit_head(net.head, X, y, w / w.sum(), len(ftu), WARM_STEPS if warm else COLD_STEPS)
             self.network, self.ftu = net.eval(), ftu
             names = list(classes) if classes and len(classes) == len(ftu) else [f"class {v}" for v in ftu]
             return PixelClassifier(net, names, channels, float(um_per_px) * self.view.step, self.sigmas,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_ftu.engine.features import ARCHITECTURE, SIGMAS, SMOOTH, _to_unit, feature_classifier, n_features
+from napari_ftu.engine.features import ARCHITECTURE, SIGMAS, SMOOTH, feature_classifier, n_features, to_unit
 from napari_ftu.engine.models import import_torch
 from napari_ftu.errors import InputError
 
@@ -41,7 +41,7 @@ class PixelClassifier:
         """(H, W, C) image -> (K, H, W) float32: per FTU class its probability, tile by tile."""
         torch = import_torch()
 
-        x = _to_unit(image)
+        x = to_unit(image)
         h, w = x.shape[:2]
         k = len(self.classes)
         out = np.zeros((k, h, w), np.float32)
@@ -130,7 +130,7 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
             flat = features.reshape(features.shape[0], -1)
             rows = [flat[:, idx].T for idx in picks]
         else:
-            rows = sample_features(net, _to_unit(im), picks)
+            rows = sample_features(net, to_unit(im), picks)
         for target, r in enumerate(rows):
             if len(r):
                 parts[target].append(r)
@@ -138,7 +138,7 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
     mean, std = X.mean(0), X.std(0).clamp_min(1e-3)
     net.feat_mean.copy_(mean)
     net.feat_std.copy_(std)
-    _fit_head(net.head, (X - mean) / std, y, w / w.sum(), len(ftu), steps)
+    fit_head(net.head, (X - mean) / std, y, w / w.sum(), len(ftu), steps)
     names = list(classes) if classes and len(classes) == len(ftu) else [f"class {v}" for v in ftu]
     return PixelClassifier(net.eval(), names, net.bank.n_in, float(um_per_px), tuple(sigmas), net.bank.stains,
                            hidden=hidden)
@@ -213,7 +213,7 @@ def compute_features(net, x: np.ndarray) -> np.ndarray:
         return net.bank(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None])[0].numpy()
 
 
-def _fit_head(head, X, y, w, n_ftu: int, steps: int) -> None:
+def fit_head(head, X, y, w, n_ftu: int, steps: int) -> None:
     """Full-batch Adam on a weighted loss (each class weighs the same whatever its pixel count);
     the head is tiny, so a few hundred steps take well under a second (as matrix products: torch
     runs a 1×1 convolution over N 1×1 images a hundred times slower)."""

@@ -135,15 +135,26 @@ def features(image: np.ndarray, sigmas=DEFAULT_SIGMAS, stains: str = "hed") -> n
     """
     torch = import_torch()
 
-    x = _to_unit(image)
+    x = to_unit(image)
     bank = filter_bank_module(x.shape[-1], sigmas, stains)
     with torch.inference_mode():
         t = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]
         return bank(t)[0].numpy()
 
 
-def _to_unit(image: np.ndarray) -> np.ndarray:
-    """(H, W, C) float32 in [0, 1]; 2-D images get one channel."""
+def to_unit(image: np.ndarray) -> np.ndarray:
+    """Pixels as the filter bank takes them, whatever the bit depth.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (H, W) or (H, W, C): uint8, uint16, or floats in [0, 1] (clipped).
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W, C) float32 in [0, 1]; 2-D images get one channel.
+    """
     a = np.asarray(image)
     if a.ndim == 2:
         a = a[..., None]
