@@ -10,6 +10,7 @@ scored by AP@0.6 (the competition's metric) with the project's evaluation module
 The load average (the machine is shared) is sampled during training and printed.
 
     python bench/train_real.py [--minutes 10] [--task glomeruli|vessels|both] [--out /tmp/train_real]
+                               [-- more train flags, e.g. --ema 0 or --steps 500 instead of the budget]
 """
 
 import argparse
@@ -49,7 +50,8 @@ def train(folder, out, minutes, um, extra=()):
     sampler = threading.Thread(target=load_sampler, args=(stop, samples), daemon=True)
     sampler.start()
     start = time.perf_counter()
-    log = cli("train", "--tiles", folder, "--out", out, "--data-um-per-px", um, "--minutes", minutes, *extra)
+    budget = () if "--steps" in extra else ("--minutes", minutes)
+    log = cli("train", "--tiles", folder, "--out", out, "--data-um-per-px", um, *budget, *extra)
     stop.set()
     print("\n".join(line for line in log.splitlines() if not line.startswith("step ") or "validation" in line))
     last = [line for line in log.splitlines() if line.startswith('step ') and 'ETA' in line][-1:]
@@ -140,8 +142,10 @@ def main():
     p.add_argument("--task", choices=["glomeruli", "vessels", "both"], default="glomeruli")
     p.add_argument("--out", type=Path, default=Path("/tmp/train_real"))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the CLI's choice from the load)")
+    p.add_argument("train_args", nargs=argparse.REMAINDER, help="after --: more `napari-ftu train` flags")
     args = p.parse_args()
-    args.train_flags = ("--threads", str(args.threads)) if args.threads else ()
+    more = [a for a in args.train_args if a != "--"]
+    args.train_flags = (("--threads", str(args.threads)) if args.threads else ()) + tuple(more)
     print(f"load average at start: {os.getloadavg()}")
     if args.task in ("glomeruli", "both"):
         glomeruli(args)

@@ -285,3 +285,45 @@ def test_progress_bar_redraws_on_a_terminal():
     printer.close()
     text = stream.getvalue()
     assert text.count("\r") == 2 and "ETA 1:15" in text and "val Dice 0.812" in text and "data wait 4 %" in text
+
+
+def test_the_moving_average_follows_the_weights_with_a_ramped_decay():
+    import torch
+
+    from napari_ftu.training.train import _Average
+
+    net = torch.nn.BatchNorm1d(2)
+    avg = _Average(net, 0.9)
+    expected = net.weight.detach().clone()
+    for step, value in enumerate([2.0, 4.0, -1.0, 3.0], start=1):
+        with torch.no_grad():
+            net.weight.fill_(value)
+            net.num_batches_tracked.fill_(step)
+        avg.update(net, step)
+        d = min(0.9, (1 + step) / (10 + step))
+        expected = d * expected + (1 - d) * value
+        torch.testing.assert_close(avg.shadow["weight"], expected)
+        assert avg.shadow["num_batches_tracked"].item() == step  # integer buffers are copied, not averaged
+
+
+def test_training_saves_the_averaged_weights_without_changing_the_raw_run(tmp_path):
+    import torch
+
+    card = ModelCard(encoder="resnet18", arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 4]},
+                     um_per_px=2.0, tile_size=128, overlap=16)
+    samples = synthetic_samples(1, 256, seed=8, card=card)
+    kw = dict(steps=6, batch_size=2, crop=64, seed=3, device="cpu", workers=0, lr=1e-2)
+    raw_model, raw = train(samples, [], card, ema=0, **kw)
+    avg_model, avg = train(samples, [], card, ema=0.9, **kw)
+    assert raw["loss"] == avg["loss"]  # the average is kept beside the run, never fed back
+    a, b = raw_model.network.state_dict(), avg_model.network.state_dict()
+    moved = [k for k in a if a[k].dtype.is_floating_point and not torch.equal(a[k], b[k])]
+    assert moved and len(moved) > len(a) // 2
+
+
+def test_cli_train_refuses_an_average_that_never_moves(tmp_path, small_slide, capsys):
+    from napari_ftu.cli import main
+
+    tiles = _tiles(tmp_path, small_slide)
+    assert main(["train", "--tiles", str(tiles), "--out", str(tmp_path / "m"), "--ema", "1"]) == 2
+    assert "--ema must be from 0" in capsys.readouterr().err

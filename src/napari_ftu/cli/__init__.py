@@ -165,6 +165,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--crop", type=int, default=256)
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--ema", type=float, default=0.99,
+                   help="decay of the moving average of the weights that is validated and saved (0: raw weights)")
     t.add_argument("--val-every", type=int, default=None, help="validate every N steps (default: ten times in all)")
     t.add_argument("--patience", type=int, default=0, help="stop after this many validations without gain")
     t.add_argument("--workers", type=int, default=2, help="threads preparing batches (0: in the training loop)")
@@ -440,6 +442,8 @@ def _train(args) -> int:
                                "val_synthetic": 0, "synthetic_size": 32}, positive=("lr", "um_per_px"))
     if args.minutes is not None and args.minutes <= 0:
         raise OptionError(f"--minutes must be positive, got {args.minutes}")
+    if not 0 <= args.ema < 1:
+        raise OptionError(f"--ema must be from 0 (off) to below 1, got {args.ema}")
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     if len(classes) != 1:
         raise OptionError(f"--classes: training learns one class from binary masks, got {classes}")
@@ -481,7 +485,7 @@ def _train(args) -> int:
             "synthetic": args.synthetic, "synthetic_size": args.synthetic_size, "val_match": args.val_match,
             "n_train": len(train_set), "n_val": len(val_set), "minutes": args.minutes,
             "steps": None if args.minutes else args.steps, "batch_size": args.batch_size, "crop": args.crop,
-            "lr": args.lr, "seed": args.seed, "init": str(args.init) if args.init else None}}
+            "lr": args.lr, "ema": args.ema, "seed": args.seed, "init": str(args.init) if args.init else None}}
     weights = card.notes.get("encoder_weights")
     print(f"{card.architecture} / {card.encoder}" + (f" (ImageNet weights: {weights['source']})" if weights else "")
           + f"; {len(train_set)} training and {len(val_set)} validation images at {card.um_per_px} µm/px", flush=True)
@@ -491,7 +495,7 @@ def _train(args) -> int:
                            batch_size=args.batch_size, crop=args.crop, lr=args.lr, seed=args.seed,
                            device=args.device, val_every=args.val_every, init_state=init_state,
                            patience=args.patience, minutes=args.minutes, workers=args.workers,
-                           checkpoint=True, resume=resume, threads=args.threads)
+                           checkpoint=True, resume=resume, threads=args.threads, ema=args.ema)
     except KeyboardInterrupt:
         printer.close()
         print(f"interrupted; continue with --resume (from the last validation in {args.out})", file=sys.stderr)
