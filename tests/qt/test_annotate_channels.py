@@ -21,6 +21,8 @@ def test_channel_layers_train_as_one_four_channel_image(make_napari_viewer, qtbo
     widget = AnnotateWidget(viewer)
     widget.image.value = layers[1]  # any channel layer stands for the composite
     np.testing.assert_array_equal(widget._pixels(), c.image)
+    assert widget.cells.value  # four channels: cells by default (tests/qt/test_annotate_cells.py)
+    widget.cells.value = False  # here the FTU path
     scribbles = widget.add_scribbles()
     assert scribbles.data.shape == c.cells.shape
     scribbles.data[:] = simulate.class_strokes(c.cells, {i: 2 for i in c.classes}, 3, 3, seed=1, brush=5)

@@ -68,6 +68,33 @@ def test_statuses_follow_edits_and_undo_restores_them():
     assert s.review.rows[2].status == "rejected" and not (lab == 2).any()
 
 
+def test_a_new_prediction_replaces_the_objects_as_one_undo_step():
+    """Train in the Annotate dock: every object replaced, with the prediction's class and confidence."""
+    lab = _scene()
+    s = ReviewSession(lab, Review.from_labels(lab, 0.5, _features()))
+    s.accept([1])
+    s.reject([2])
+    new = np.zeros_like(lab)
+    new[5:30, 5:30], new[70:90, 10:30] = 1, 2
+    s.replace(new, {1: ("cytosol", 0.8), 2: ("nucleoplasm", None), 7: ("absent", 0.1)}, name="train: cells")
+    assert (lab == new).all() and sorted(s.review.rows) == [1, 2]
+    one, two = s.review.rows[1], s.review.rows[2]
+    assert (one.cls, one.confidence, one.status, one.area_px) == ("cytosol", 0.8, "unreviewed", 625)
+    assert two.cls == "nucleoplasm" and math.isnan(two.confidence)
+    assert s.review.features() == {"index": [1, 2], "class": ["cytosol", "nucleoplasm"],
+                                   "confidence": [0.8, pytest.approx(float("nan"), nan_ok=True)]}
+    s.undo()  # the old pixels and rows, the rejected one included
+    assert (lab == np.where(_scene() == 2, 0, _scene())).all()
+    assert {i: r.status for i, r in s.review.rows.items()} == {1: "accepted", 2: "rejected", 3: "unreviewed"}
+    assert s.review.features()["index"] == [1, 3]  # a rejected object is not in the labels
+    s.redo()
+    assert (lab == new).all() and s.review.rows[1].cls == "cytosol"
+    with pytest.raises(E.EditError, match="differ"):
+        s.replace(new[:-1])
+    with pytest.raises(E.EditError, match="do not fit"):
+        ReviewSession(np.zeros((4, 4), np.uint8)).replace(np.full((4, 4), 300, np.int32))
+
+
 def test_relabel_keeps_each_object_s_review():
     lab = np.where(_scene() == 3, 9, _scene()).astype(np.int32)
     s = ReviewSession(lab)

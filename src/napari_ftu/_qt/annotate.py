@@ -9,9 +9,16 @@ the objects layer's :class:`~napari_ftu.review.session.ReviewSession`, the one t
 shows (``_qt/state.session_of``), so Ctrl+Z, the Review dock's Undo and *Undo click* walk one
 history. *Apply to slide* runs the classifier over the whole image (pyramids included) through
 the engine, with the Segment dock's result layers (``_qt/common.EngineRunDock``).
+
+With *cells (fluorescence)* on (the default for a four-channel image such as an HPA composite),
+*Train* makes cells instead (:func:`napari_ftu.annotate.cells.cell_steps`, as ``napari-ftu annotate
+--cells``): one per nucleus of the blue channel, each with a class and confidence, so the Export
+dock writes them as an HPA CSV.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import napari
 import numpy as np
@@ -33,6 +40,7 @@ from napari_ftu._qt.common import EngineRunDock, level0, probability_colormap
 from napari_ftu._qt.jobs import start_job
 from napari_ftu._qt.state import announce_edit, session_of, share_session
 from napari_ftu.annotate import clicks, headless
+from napari_ftu.annotate.cells import N_CHANNELS, cell_steps
 from napari_ftu.annotate.live import LiveClassifier, live_steps, view_of, view_scribbles
 from napari_ftu.annotate.pixels import BACKGROUND
 from napari_ftu.boxes import corners, from_corners
@@ -58,6 +66,9 @@ class AnnotateWidget(EngineRunDock):
         self.classes = LineEdit(label="FTU classes", value="glomerulus", tooltip="comma separated: labels 2, 3, ...")
         self.min_um2 = FloatSpinBox(label="min object µm²", value=0.0, min=0.0, max=1e7, step=100.0)
         self.diameter = FloatSpinBox(label="FTU diameter µm", value=clicks.DIAMETER_UM, min=1.0, max=1e4)
+        self.cells = CheckBox(text="cells (fluorescence): one cell per nucleus of the blue channel", value=False,
+                              tooltip="for 4-channel images (HPA red, green, blue = nuclei, yellow); classes as "
+                                      "HPA label names (nucleoplasm, cytosol, ...) export as an HPA CSV")
         self.add_button = PushButton(text="Add scribbles layer")
         self.train_button = PushButton(text="Train")
         self.live = CheckBox(text="live: retrain on every stroke, predict the visible region", value=True)
@@ -70,8 +81,11 @@ class AnnotateWidget(EngineRunDock):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.bar = ProgressBar(label="progress", value=0, min=0, max=1)
         self.status = Label(value="paint 1 = background, 2.. = FTUs, then Train")
-        self.extend([self.image, self.um_per_px, self.classes, self.min_um2, self.diameter, self.add_button,
-                     self.live, self.train_button, self.clicking, self.undo_button, self.model_dir, self.save_button,
+        self.status.native.setWordWrap(True)  # a result line (cells per class) outgrows the dock: two lines
+        self.status.native.setMinimumHeight(2 * self.status.native.fontMetrics().lineSpacing() + 4)
+        self.extend([self.image, self.um_per_px, self.classes, self.cells, self.min_um2, self.diameter,
+                     self.add_button, self.live, self.train_button, self.clicking, self.undo_button, self.model_dir,
+                     self.save_button,
                      Container(layout="horizontal", widgets=[self.apply_button, self.cancel_button], labels=False),
                      self.bar, self.status])
         self.add_button.changed.connect(self.add_scribbles)
@@ -81,6 +95,7 @@ class AnnotateWidget(EngineRunDock):
         self.apply_button.changed.connect(self.apply)
         self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(self._image_changed)
+        viewer.layers.events.inserted.connect(self._layer_inserted)
         self._image_changed()
         viewer.mouse_drag_callbacks.append(self._on_click)
         self._live_model = LiveClassifier()
@@ -89,21 +104,43 @@ class AnnotateWidget(EngineRunDock):
         self._live_timer.setSingleShot(True)
         self._live_timer.setInterval(LIVE_DELAY_MS)
         self._live_timer.timeout.connect(self.live_update)
+        self._training_cells = False
 
     def _image_changed(self, *_):
         layer = self.image.value
         if layer is not None and layer.metadata.get("um_per_px"):
             self.um_per_px.value = float(layer.metadata["um_per_px"])
+        self.cells.value = layer is not None and self._channels(layer) == N_CHANNELS
+
+    def _layer_inserted(self, event):
+        """A channel of the chosen image arrived after it (napari adds a composite's channels one
+        by one): count its channels again."""
+        layer = self.image.value
+        if layer is not None and event.value is not layer and event.value in self._siblings(layer):
+            self._image_changed()
+
+    def _siblings(self, layer) -> list:
+        """The channel layers of a multichannel image (an HPA composite): one layer per channel,
+        all from the same file."""
+        path = layer.metadata.get("path")
+        return [lay for lay in self._viewer.layers if isinstance(lay, napari.layers.Image) and not lay.rgb
+                and path and lay.metadata.get("path") == path]
+
+    def _channels(self, layer) -> int:
+        """How many fluorescence channels the image has (0 for RGB: a colour image, not channels)."""
+        siblings = self._siblings(layer)
+        if len(siblings) > 1:
+            return len(siblings)
+        shape = level0(layer).shape
+        if layer.rgb:
+            return 0
+        return N_CHANNELS if len(shape) == 3 and N_CHANNELS in (shape[0], shape[-1]) else 1
 
     def _pixels(self) -> np.ndarray:
         layer = self.image.value
         if layer is None:
             raise InputError("open an image first")
-        level0 = lambda lay: lay.data[0] if lay.multiscale else lay.data  # noqa: E731
-        # a multichannel image (an HPA composite) is one layer per channel, all from the same file
-        path = layer.metadata.get("path")
-        siblings = [lay for lay in self._viewer.layers if isinstance(lay, napari.layers.Image) and not lay.rgb
-                    and path and lay.metadata.get("path") == path]
+        siblings = self._siblings(layer)
         if len(siblings) > 1:
             from napari_ftu.annotate.cells import composite
 
@@ -224,35 +261,44 @@ class AnnotateWidget(EngineRunDock):
             if SCRIBBLES not in self._viewer.layers:
                 raise InputError("no scribbles layer: press 'Add scribbles layer' and paint")
             scribbles = np.asarray(self._viewer.layers[SCRIBBLES].data)
-            steps = headless.scribble_steps(image, scribbles, self.um_per_px.value, self._names(), self.min_um2.value)
-            next(steps)  # checks the scribbles here, so bad input never starts a worker
+            if self.cells.value:  # the image, scribbles and nuclei are checked before the first step
+                steps, total = cell_steps(image, scribbles, self.um_per_px.value, self._names(), source=SCRIBBLES,
+                                          image_source=self.image.value.name), 4
+            else:
+                steps, total = headless.scribble_steps(image, scribbles, self.um_per_px.value, self._names(),
+                                                       self.min_um2.value), 3
+            next(steps)  # checks the input here, so bad input never starts a worker
         except InputError as exc:
             self._fail(str(exc))
             return None
+        self._training_cells = self.cells.value
         self._set_running(True)
         self.status.value = "training..."
         self.worker = start_job(steps, "Annotate: train", on_done=self._trained, on_error=self._failed,
-                                on_finished=self._finished, bar=self.bar, total=3)
+                                on_finished=self._finished, bar=self.bar, total=total)
         return self.worker
 
     def _trained(self, result):
-        """The objects replace those of the objects layer as one undo step of its session."""
+        """The objects (or cells) replace those of the objects layer as one undo step of its
+        session, with their class and confidence (the Review dock's rows, the layer's features)."""
         labels, table, clf = result
         self.classifier = clf
         layer = self._objects()
         session = self.session
-        if layer.data.shape == labels.shape and session is not None:
-            box = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))
-            session.record_paint(box, layer.data.copy(), labels, name="train: objects")
-        else:
-            layer.data = labels
+        if session is None or layer.data.shape != labels.shape or layer.data.dtype != labels.dtype:
+            layer.data = np.zeros(labels.shape, labels.dtype)  # another image: start this layer afresh
             session = self.session
+        what = "cells" if self._training_cells else "objects"
+        session.replace(labels, {r["id"]: (r["cls"], r.get("confidence")) for r in table}, name=f"train: {what}")
         layer.metadata["objects"] = table
         self._announce(layer, session)
         self.save_button.enabled = self.apply_button.enabled = True
-        self.status.value = f"{len(table)} objects from the scribbles"
+        counts = Counter(r["cls"] for r in table)
+        detail = ", ".join(f"{n} {c}" for c, n in counts.items())
+        self.status.value = f"{len(table)} {what} from the scribbles" + (f": {detail}" if len(counts) > 1 else "")
 
     def _announce(self, layer, session):
+        layer.features = session.review.features()  # what the Export dock writes follows every step
         layer.refresh()
         announce_edit(self._viewer, layer, session)
 

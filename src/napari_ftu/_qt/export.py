@@ -19,6 +19,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_info
 
 from napari_ftu._qt.common import Dock, level0, special
+from napari_ftu._qt.state import session_of
 from napari_ftu.errors import FTUError
 from napari_ftu.formats.annotations import Annotations
 from napari_ftu.formats.export import FORMATS, export_annotations
@@ -71,9 +72,13 @@ class ExportWidget(Dock):
         self.path.value = path.with_name(name + FORMATS[self.format.value].suffix)
 
     def _annotations(self, layer) -> Annotations:
+        """The layer's objects; classes and confidences from its review session when one is open
+        (what the Review and Annotate docks show, corrections included), else from its features."""
         image_id = self.image_id.value or str(layer.metadata.get("source") or layer.name).split(" ")[0]
         data = level0(layer)
-        return Annotations.from_layer(image_id, np.asarray(data), layer.features, layer.metadata,
+        session = session_of(layer)
+        features = session.review.features() if session is not None else layer.features
+        return Annotations.from_layer(image_id, np.asarray(data), features, layer.metadata,
                                       default_class=layer.metadata.get("class", "FTU"))
 
     def confirm_overwrite(self, path: Path) -> bool:

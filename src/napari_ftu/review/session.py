@@ -96,6 +96,47 @@ class ReviewSession:
         self.review.update(self.labels, ids, box, "edited")
         return self._changed(step, state_before, ids)
 
+    def replace(self, labels: np.ndarray, classes: dict | None = None, name: str = "replace") -> Step:
+        """Replace every object by those of ``labels`` (a new prediction) as one undo step.
+
+        The new objects are "unreviewed" with the class and confidence of ``classes``
+        (``{id: (class, confidence)}``), so the Review dock shows the prediction's own class; undo
+        brings back the old pixels and rows, rejected ones included. Rows are measured in one pass
+        (not object by object over the whole image), so thousands of cells cost one labelling.
+
+        Parameters
+        ----------
+        labels : ndarray
+            Same shape as the session's labels; cast to their dtype.
+        classes : dict, optional
+            Object id -> (class name, confidence); others get the table's default class.
+        name : str
+            The step's name in the history.
+
+        Returns
+        -------
+        Step
+        """
+        from napari_ftu.review.table import Review
+
+        labels = np.asarray(labels)
+        if labels.shape != self.labels.shape:
+            raise EditError(f"replace: labels {labels.shape} differ from the session's {self.labels.shape}")
+        if labels.size and int(labels.max()) > np.iinfo(self.labels.dtype).max:
+            raise EditError(f"replace: ids up to {int(labels.max())} do not fit the layer's {self.labels.dtype}")
+        fresh = Review.from_labels(labels, self.review.um_per_px, None, self.review.default_class)
+        for i, (cls, conf) in (classes or {}).items():
+            row = fresh.rows.get(int(i))
+            if row is not None:
+                row.cls, row.confidence = str(cls), float("nan") if conf is None else float(conf)
+        ids = set(self.review.rows) | set(fresh.rows)
+        before = self.review.snapshot(ids)
+        whole = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))
+        step = self.history.record(name, self.labels, whole, self.labels.copy(), labels.astype(self.labels.dtype))
+        self.review.rows.clear()
+        self.review.rows.update(fresh.rows)
+        return self._changed(step, before, ids)
+
     # --- review decisions ----------------------------------------------------------------------
     def _state_change(self, name, ids, change) -> Step:
         ids = [int(i) for i in ids]

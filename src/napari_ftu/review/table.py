@@ -286,6 +286,16 @@ class Review:
                 return cand
         return None
 
+    def features(self) -> dict:
+        """The objects in the labels (rejected ones are not) as a napari layer's ``features``
+        (:func:`~napari_ftu.formats.annotations.layer_features`), so the Export dock writes the
+        classes and confidences shown here."""
+        from napari_ftu.formats.annotations import layer_features
+
+        rows = [r for _, r in sorted(self.rows.items()) if r.status != "rejected"]
+        return layer_features([r.id for r in rows], [r.cls for r in rows],
+                              [None if math.isnan(r.confidence) else r.confidence for r in rows])
+
     @property
     def max_id(self) -> int:
         return max(self.rows, default=0)
