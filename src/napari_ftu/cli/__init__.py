@@ -165,8 +165,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--crop", type=int, default=256)
     t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--ema", type=float, default=0.99,
-                   help="decay of the moving average of the weights that is validated and saved (0: raw weights)")
+    t.add_argument("--ema", type=float, default=0.0,
+                   help="validate and save a moving average of the weights with this decay, e.g. 0.99 (default 0: "
+                        "the raw weights)")
     t.add_argument("--val-every", type=int, default=None, help="validate every N steps (default: ten times in all)")
     t.add_argument("--patience", type=int, default=0, help="stop after this many validations without gain")
     t.add_argument("--workers", type=int, default=2, help="threads preparing batches (0: in the training loop)")
