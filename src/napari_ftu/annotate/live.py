@@ -27,7 +27,14 @@ from napari_ftu.annotate.pixels import (
     training_set,
 )
 from napari_ftu.boxes import Box, corners, from_corners
-from napari_ftu.engine.features import SIGMAS, SMOOTH, feature_classifier, filter_bank_module, to_unit
+from napari_ftu.engine.features import (
+    DEEP_STAGES,
+    SIGMAS,
+    SMOOTH,
+    feature_classifier,
+    filter_bank_module,
+    to_unit,
+)
 from napari_ftu.engine.models import import_torch
 from napari_ftu.errors import InputError
 from napari_ftu.steps import Progress
@@ -107,8 +114,9 @@ class LiveClassifier:
     """The cached feature stack of one view and the head fitted on it, retrained per stroke.
     Thread-safe (a lock), so a superseded worker cannot interleave with the next one."""
 
-    def __init__(self, sigmas=SIGMAS, seed: int = 0):
+    def __init__(self, sigmas=SIGMAS, seed: int = 0, deep: int = DEEP_STAGES):
         self.sigmas = tuple(sigmas)
+        self.deep = deep  # pretrained encoder stages among an RGB view's features
         self.seed = seed
         self.stack = None  # (F, h, w) standardised features of the view
         self.mean = self.std = None  # the view's feature statistics (the stack is standardised by them)
@@ -131,7 +139,7 @@ class LiveClassifier:
                 return False
             channels = levels[0].shape[-1] if np.ndim(levels[0]) == 3 else 1
             if self._bank is None or self._bank.n_in != channels:
-                self._bank = filter_bank_module(channels, self.sigmas)
+                self._bank = filter_bank_module(channels, self.sigmas, deep=self.deep)
             self.stack = None  # free the old stack before making the new one
             x, (oy, ox) = read_view(levels, view, self._bank.margin + int(3 * SMOOTH) + 1)
             h, w = view.shape
@@ -163,7 +171,9 @@ class LiveClassifier:
                 net = copy.deepcopy(self.network)  # a new object: a classifier handed out stays as it was
             else:
                 torch.manual_seed(self.seed)
-                net = feature_classifier(channels, len(ftu), self.sigmas)
+                net = feature_classifier(channels, len(ftu), self.sigmas, deep=self._bank.n_deep, pretrained=False)
+                if self._bank.n_deep:  # the encoder the stack came from
+                    net.bank.deep.load_state_dict(self._bank.deep.state_dict())
             net.feat_mean.copy_(self.mean)
             net.feat_std.copy_(self.std)
             picks = pick_pixels(np.asarray(scribbles).ravel(), ftu, self._rng, UNLABELLED, MAX_PER_CLASS)
@@ -174,7 +184,7 @@ class LiveClassifier:
             self.network, self.ftu = net.eval(), ftu
             names = list(classes) if classes and len(classes) == len(ftu) else [f"class {v}" for v in ftu]
             return PixelClassifier(net, names, channels, float(um_per_px) * self.view.step, self.sigmas,
-                                   net.bank.stains)
+                                   net.bank.stains, deep=net.bank.n_deep)
 
     def predict(self) -> np.ndarray:
         """(K, h, w) float32 FTU probabilities of the cached view, from the current head."""
