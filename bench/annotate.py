@@ -95,13 +95,13 @@ def sarder_min_area():
 UM_SARDER = 3.0  # µm/px of the Sarder patches (human glomeruli 150–250 µm span about 64 px)
 
 
-def cross_dice(pairs, n_train=5, n=3, brush=5, min_area=MIN_AREA):
+def cross_dice(pairs, n_train=5, n=3, brush=5, min_area=MIN_AREA, um_per_px=1.0):
     from napari_ftu.annotate import pixels, simulate
     from napari_ftu.annotate.objects import objects_from_probability
 
     train = pairs[:n_train]
     scs = [simulate.strokes(gt, n, n, seed=i, brush=brush) for i, (_, gt) in enumerate(train)]
-    clf = pixels.train([im for im, _ in train], scs)
+    clf = pixels.train([im for im, _ in train], scs, um_per_px)
     return [dice(objects_from_probability(clf.probability(im), 0.5, min_area, convex=CONVEX)[0] > 0, gt > 0)
             for im, gt in pairs[n_train:]]
 
@@ -157,7 +157,7 @@ def main():
             print(f"scribbles Sarder (3+3 strokes, brush {brush} px, trained per image): mean Dice {np.mean(s):.3f} "
                   f"(min {np.min(s):.2f}, n={len(s)}) [{time.time() - t0:.0f} s]", flush=True)
     if "cross" in only:
-        s = cross_dice(sarder(), brush=args.brush, min_area=sarder_min_area())
+        s = cross_dice(sarder(), brush=args.brush, min_area=sarder_min_area(), um_per_px=UM_SARDER)
         print(f"scribbles Sarder (trained on 5 images, applied to 15): mean Dice {np.mean(s):.3f}", flush=True)
     if "vessels" in only:
         v = vessels()

@@ -75,6 +75,9 @@ class PixelClassifier:
 
         classes = list(self.classes) if len(self.classes) == 1 else ["background", *self.classes]
         deep = self.deep if self.in_channels == 3 else 0
+        # the engine blends tiles over the overlap: it must cover the context each tile edge lacks
+        overlap = min(512, max(64, -(-2 * self.network.bank.margin // 32) * 32)) if deep else 64
+        tile = 512 if overlap <= 128 else 1024
         notes = {"trained on": "scribbles (napari-ftu annotate)"}
         if deep:
             from napari_ftu.engine.pretrained import weights_record
@@ -85,7 +88,7 @@ class PixelClassifier:
                                       "smooth": self.smooth, "deep": deep, "deep_scale": self.deep_scale},
                          in_channels=self.in_channels, classes=classes, um_per_px=float(self.um_per_px),
                          mean=[0.0] * self.in_channels, std=[1.0] * self.in_channels, threshold=threshold,
-                         min_object_um2=float(min_object_um2), tile_size=512, overlap=64, name=name,
+                         min_object_um2=float(min_object_um2), tile_size=tile, overlap=overlap, name=name,
                          notes=notes)
 
     def model(self, device="cpu", **card_kwargs):

@@ -30,7 +30,7 @@ DEEP_CHANNELS = (16, 24, 40)  # its stages at strides 2, 4, 8
 DEEP_STAGES = 3  # all three: stride 8 spans about a glomerulus at DEEP_UM
 DEEP_UM = 1.5  # µm/px the encoder sees (a 200 µm glomerulus ~130 px, an ImageNet object's size)
 DEEP_SCALE = 1.0
-DEEP_MARGIN = 48  # px of context the deep stages need on each side of a tile (receptive field)
+DEEP_MARGIN = 64  # encoder-input px of context the stages need on each side of a tile (receptive field)
 
 # skimage.color.hed_from_rgb (Ruifrok & Johnston), rows = R, G, B optical density -> H, E, D
 HED_FROM_RGB = np.array([[1.87798274, -1.00767869, -0.55611582],
@@ -165,7 +165,7 @@ def filter_bank_module(in_channels: int = 3, sigmas=DEFAULT_SIGMAS, stains: str 
             self.n_out = n_features(in_channels, self.sigmas, self.n_deep)
             if self.n_deep:
                 self.deep = deep_module(self.n_deep, deep_scale, pretrained)
-                self.margin = max(self.margin, DEEP_MARGIN)
+                self.margin = max(self.margin, int(math.ceil(DEEP_MARGIN / deep_scale)))
             self.register_buffer("hed", torch.from_numpy(HED_FROM_RGB.T.copy()), persistent=False)
             for i, s in enumerate(self.sigmas):
                 self.register_buffer(f"g{i}", _gauss_kernel(s), persistent=False)
