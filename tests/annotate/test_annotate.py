@@ -29,7 +29,7 @@ def _sarder(shared_data, name=PATCH):
 def trained(shared_data):
     image, truth = _sarder(shared_data)
     scribbles = simulate.strokes(truth, 3, 3, seed=0, brush=5)
-    return image, truth, scribbles, pixels.train(image, scribbles, um_per_px=UM, classes=["glomerulus"])
+    return image, truth, scribbles, pixels.train(image, scribbles, um_per_px=UM, classes=["glomerulus"], deep=3)
 
 
 def test_simulated_strokes_stay_in_their_region(shared_data):
@@ -88,7 +88,7 @@ def test_deep_features_are_the_pretrained_encoder_and_travel_in_the_model_folder
     x = torch.from_numpy(image[:96, :96].transpose(2, 0, 1).astype(np.float32) / 255)[None]
     with torch.inference_mode():
         assert torch.allclose(model.network(x), clf.network(x), atol=1e-5)
-    flat = pixels.train(image, trained[2], UM, deep=0)
+    flat = pixels.train(image, trained[2], UM)  # the default: filters only
     assert flat.network.bank.n_out == n_features(3, clf.sigmas) and flat.card().arch_kwargs["deep"] == 0
     assert not any(k.startswith("bank.deep.") for k in flat.network.state_dict())
 

@@ -17,7 +17,6 @@ from napari_ftu.engine.features import (
     ARCHITECTURE,
     DEEP_ENCODER,
     DEEP_SCALE,
-    DEEP_STAGES,
     SIGMAS,
     SMOOTH,
     deep_scale_for,
@@ -125,7 +124,7 @@ def check_scribbles(image_shape, scribbles: np.ndarray, source: str = "scribbles
 
 def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
           sigmas=SIGMAS, hidden: int = 0, steps: int = 300, seed: int = 0, unlabelled: int = UNLABELLED,
-          features: np.ndarray | None = None, source: str = "scribbles", deep: int = DEEP_STAGES) -> PixelClassifier:
+          features: np.ndarray | None = None, source: str = "scribbles", deep: int = 0) -> PixelClassifier:
     """Fit the head on the painted pixels of one image, or of several (lists of images and
     scribbles, painted with the same class values).
 
@@ -134,8 +133,9 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
     prior lifts the mean Dice on the Sarder patches from about 0.3 to 0.6 (bench/annotate.py; with
     the deep features, which separate tubules from glomeruli, a lower weight keeps more of each FTU).
     ``features`` (F, H, W) of a single image may be passed to reuse them between retrains.
-    ``deep`` pretrained encoder stages join the filters of RGB images (0: filters only), seeing
-    the image resized to about DEEP_UM µm/px (from ``um_per_px``)."""
+    ``deep`` pretrained encoder stages (DEEP_STAGES: all) join the filters of RGB images, seeing
+    the image resized to about DEEP_UM µm/px (from ``um_per_px``). Off by default: they lift the
+    Sarder Dice but make *Apply to slide* several times slower on the tile engine."""
     torch = import_torch()
 
     images = list(image) if isinstance(image, (list, tuple)) else [image]
