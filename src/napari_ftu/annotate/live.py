@@ -21,6 +21,8 @@ import numpy as np
 from napari_ftu.annotate.pixels import (
     BACKGROUND,
     UNLABELLED,
+    UNLABELLED_WEIGHT,
+    UNLABELLED_WEIGHT_DEEP,
     PixelClassifier,
     fit_head,
     pick_pixels,
@@ -189,7 +191,8 @@ class LiveClassifier:
             picks = pick_pixels(np.asarray(scribbles).ravel(), ftu, self._rng, UNLABELLED, MAX_PER_CLASS)
             flat = self.stack.reshape(self.stack.shape[0], -1)
             parts = [[flat[:, torch.from_numpy(idx)].T.numpy()] if len(idx) else [] for idx in picks]
-            X, y, w = training_set(parts, flat.shape[0])
+            X, y, w = training_set(parts, flat.shape[0],
+                                   UNLABELLED_WEIGHT_DEEP if self._bank.n_deep else UNLABELLED_WEIGHT)
             fit_head(net.head, X, y, w / w.sum(), len(ftu), WARM_STEPS if warm else COLD_STEPS)
             self.network, self.ftu, self._net_scale = net.eval(), ftu, self._scale
             names = list(classes) if classes and len(classes) == len(ftu) else [f"class {v}" for v in ftu]

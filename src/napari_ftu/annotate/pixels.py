@@ -30,7 +30,8 @@ BACKGROUND = 1  # scribble value of the background; 2, 3, ... are FTU classes
 MAX_TRAIN_PIXELS = 20_000  # per class; strokes are short, this only bounds huge fills
 TILE = 1024  # prediction tile of the in-memory path
 UNLABELLED = 1000  # random unpainted pixels added to the background (FTUs are a minority of tissue)
-UNLABELLED_WEIGHT = 0.5  # their share of the background's weight in the loss (0.9 before the deep features)
+UNLABELLED_WEIGHT = 0.9  # their share of the background's weight in the loss
+UNLABELLED_WEIGHT_DEEP = 0.5  # with the encoder stages, which tell tubules from glomeruli themselves
 
 
 @dataclass
@@ -159,7 +160,7 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
         for target, r in enumerate(rows):
             if len(r):
                 parts[target].append(r)
-    X, y, w = training_set(parts, net.bank.n_out)
+    X, y, w = training_set(parts, net.bank.n_out, UNLABELLED_WEIGHT_DEEP if net.bank.n_deep else UNLABELLED_WEIGHT)
     mean, std = X.mean(0), X.std(0).clamp_min(1e-3)
     net.feat_mean.copy_(mean)
     net.feat_std.copy_(std)
@@ -183,10 +184,10 @@ def pick_pixels(s: np.ndarray, ftu: list, rng, unlabelled: int = UNLABELLED, cap
     return picks
 
 
-def training_set(parts: list, n_feat: int):
+def training_set(parts: list, n_feat: int, unlabelled_weight: float = UNLABELLED_WEIGHT):
     """(X, y, w) tensors from feature rows per target (background, FTU classes, unlabelled):
     each class weighs the same whatever its pixel count, the unlabelled pixels are background
-    with ``UNLABELLED_WEIGHT`` of its weight."""
+    with ``unlabelled_weight`` of its weight."""
     torch = import_torch()
 
     xs, ys, ws = [], [], []
@@ -196,9 +197,9 @@ def training_set(parts: list, n_feat: int):
             continue
         share = 1.0
         if target == 0 and parts[-1]:
-            share = 1 - UNLABELLED_WEIGHT
+            share = 1 - unlabelled_weight
         elif target == len(parts) - 1:
-            share = UNLABELLED_WEIGHT
+            share = unlabelled_weight
         xs.append(a)
         ys.append(np.full(len(a), 0 if target == len(parts) - 1 else target))
         ws.append(np.full(len(a), share / len(a)))
