@@ -46,8 +46,8 @@ MAX_PER_CLASS = 5000  # painted training pixels per class and retrain
 COLD_STEPS = 300  # Adam steps of a head fitted from scratch
 WARM_STEPS = 40  # from the previous weights, after a stroke
 # Encoder stages in the live stack: none by default. On the 2048² skin view (bench/annotate_live.py)
-# they made the stack 4x slower (34 s vs 8 s on the loaded 2-core machine) and fitted its
-# stain-defined stand-in worse (Dice 0.49 vs 0.64); *Train* on all strokes uses them (DEEP_STAGES).
+# they made the stack 3-4x slower (34 s vs 9.5 s on the loaded 2-core machine) and fitted its
+# stain-defined stand-in worse (Dice 0.49 vs 0.65).
 LIVE_DEEP = 0
 
 
