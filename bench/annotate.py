@@ -67,30 +67,44 @@ def vessels():
     return out
 
 
-def scribble_dice(pairs, n=3, brush=5, seed=0, um_per_px=1.0):
+def scribble_dice(pairs, n=3, brush=5, seed=0, um_per_px=1.0, min_area=None, deep=None):
+    """Per image Dice of the objects (convex hulls, smaller than ``min_area`` px dropped)."""
+    deep = DEEP if deep is None else deep
     from napari_ftu.annotate import pixels, simulate
     from napari_ftu.annotate.objects import objects_from_probability
 
     scores = []
     for im, gt in pairs:
         sc = simulate.strokes(gt, n, n, seed=seed, brush=brush)
-        clf = pixels.train(im, sc, um_per_px)
-        labels, _ = objects_from_probability(clf.probability(im), 0.5, MIN_AREA)
+        clf = pixels.train(im, sc, um_per_px, deep=deep)
+        labels, _ = objects_from_probability(clf.probability(im), 0.5, MIN_AREA if min_area is None else min_area,
+                                             convex=CONVEX)
         scores.append(dice(labels > 0, gt > 0))
     return scores
 
 
-MIN_AREA = 100  # px, remove-small of the objects
+MIN_AREA = 100  # px, remove-small of the objects when no FTU size is known
+CONVEX = True  # objects as their convex hulls (annotate.objects.convex_objects)
+DEEP = 3  # encoder stages among the scribble features (pixels.train's deep; --no-deep: 0)
+UM_SARDER, DIAMETER_SARDER = 3.0, 200.0  # µm/px of the Sarder patches; human glomeruli 150–250 µm (~64 px)
+UM_VESSELS, DIAMETER_VESSELS = 0.5, 60.0  # vasculature tiles; their vessels mostly under 60 µm
 
 
-def cross_dice(pairs, n_train=5, n=3, brush=5):
+def sarder_min_area():
+    from napari_ftu.annotate.objects import min_area_px
+
+    return min_area_px(DIAMETER_SARDER, UM_SARDER)
+UM_SARDER = 3.0  # µm/px of the Sarder patches (human glomeruli 150–250 µm span about 64 px)
+
+
+def cross_dice(pairs, n_train=5, n=3, brush=5, min_area=MIN_AREA, um_per_px=1.0):
     from napari_ftu.annotate import pixels, simulate
     from napari_ftu.annotate.objects import objects_from_probability
 
     train = pairs[:n_train]
     scs = [simulate.strokes(gt, n, n, seed=i, brush=brush) for i, (_, gt) in enumerate(train)]
-    clf = pixels.train([im for im, _ in train], scs)
-    return [dice(objects_from_probability(clf.probability(im), 0.5, MIN_AREA)[0] > 0, gt > 0)
+    clf = pixels.train([im for im, _ in train], scs, um_per_px, deep=DEEP)
+    return [dice(objects_from_probability(clf.probability(im), 0.5, min_area, convex=CONVEX)[0] > 0, gt > 0)
             for im, gt in pairs[n_train:]]
 
 
@@ -131,19 +145,22 @@ def main():
     ap.add_argument("--brush", type=int, default=5)
     ap.add_argument("--skip-brush", type=int, nargs="*", default=[])
     ap.add_argument("--plot", default="docs/annotate_strokes.png")
+    ap.add_argument("--no-deep", action="store_true", help="scribble classifiers: filters only")
     args = ap.parse_args()
     only = set(args.only.split(","))
+    global DEEP
+    DEEP = 0 if args.no_deep else DEEP
     import torch
 
     torch.set_num_threads(1)
     t0 = time.time()
     if "scribbles" in only:
         for brush in sorted({1, args.brush} - set(args.skip_brush)):
-            s = scribble_dice(sarder(), brush=brush)
+            s = scribble_dice(sarder(), brush=brush, um_per_px=UM_SARDER, min_area=sarder_min_area())
             print(f"scribbles Sarder (3+3 strokes, brush {brush} px, trained per image): mean Dice {np.mean(s):.3f} "
                   f"(min {np.min(s):.2f}, n={len(s)}) [{time.time() - t0:.0f} s]", flush=True)
     if "cross" in only:
-        s = cross_dice(sarder(), brush=args.brush)
+        s = cross_dice(sarder(), brush=args.brush, min_area=sarder_min_area(), um_per_px=UM_SARDER)
         print(f"scribbles Sarder (trained on 5 images, applied to 15): mean Dice {np.mean(s):.3f}", flush=True)
     if "vessels" in only:
         v = vessels()
@@ -160,9 +177,8 @@ def main():
     if "clicks" in only:
         from napari_ftu.annotate import clicks, simulate
 
-        # Sarder patches are downscaled (a ~200 µm glomerulus spans ~50 px: about 4 µm/px); the
-        # vasculature tiles are at 0.5 µm/px, their vessels mostly under 60 µm
-        for name, pairs, um, diameter in (("Sarder", sarder(), 4.0, 200.0), ("vasculature", vessels(), 0.5, 60.0)):
+        for name, pairs, um, diameter in (("Sarder", sarder(), UM_SARDER, DIAMETER_SARDER),
+                                          ("vasculature", vessels(), UM_VESSELS, DIAMETER_VESSELS)):
             ious = []
             for im, gt in pairs:
                 lab = gt if gt.dtype != bool else __import__("scipy.ndimage").ndimage.label(gt)[0]
@@ -182,7 +198,7 @@ def main():
         im, gt = make_slide(2048, 2048, seed=4242)[:2]
         sc = simulate.strokes(gt, 3, 3, seed=0, brush=5)
         t = time.perf_counter()
-        clf = pixels.train(im, sc)
+        clf = pixels.train(im, sc, deep=DEEP)
         t_train = time.perf_counter() - t
         t = time.perf_counter()
         clf.probability(im)
@@ -196,7 +212,8 @@ def main():
 
         counts, curves = (1, 2, 3, 5), {}
         for name, pairs in (("Sarder glomeruli (20)", sarder()), ("vasculature vessels (8)", vessels())):
-            curves[name] = [float(np.mean(scribble_dice(pairs, n, brush=args.brush))) for n in counts]
+            kw = {"um_per_px": UM_SARDER, "min_area": sarder_min_area()} if name.startswith("Sarder") else {}
+            curves[name] = [float(np.mean(scribble_dice(pairs, n, brush=args.brush, **kw))) for n in counts]
             print(f"strokes per class {counts} -> mean Dice {[round(v, 3) for v in curves[name]]} ({name})", flush=True)
         fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
         for name, ys in curves.items():

@@ -31,6 +31,7 @@ def epidermis(rgb):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--deep", type=int, default=None, help="encoder stages among the features (default: live's)")
     args = ap.parse_args()
     import torch
 
@@ -45,7 +46,7 @@ def main():
     slide.close()
     image = np.ascontiguousarray(full[800:2848, 100:2148])
     truth = epidermis(image)
-    model = live.LiveClassifier()
+    model = live.LiveClassifier() if args.deep is None else live.LiveClassifier(deep=args.deep)
     view = live.view_of(box_at(0, 0, 2048, 2048), image.shape)
 
     def dice(prob):
@@ -55,7 +56,7 @@ def main():
     print(f"view 2048² of the SVS at {um} µm/px -> grid {view.shape} (step {view.step}), "
           f"{torch.get_num_threads()} torch threads", flush=True)
     t = time.perf_counter()
-    model.set_view([image], view)
+    model.set_view([image], view, um_per_px=um)
     print(f"feature stack (once per view): {time.perf_counter() - t:.2f} s", flush=True)
     strokes = simulate.strokes(truth, 3, 3, seed=0, brush=5)
     t = time.perf_counter()

@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 from napari_ftu.boxes import Box, box_at, grow
 from napari_ftu.errors import InputError
 
-DIAMETER_UM = 200.0  # a glomerulus; vessels and tubules are smaller, the window only bounds the object
+DIAMETER_UM = 200.0  # a human glomerulus (150–250 µm); vessels, tubules smaller: the window only bounds it
 COMPACTNESS = 1e-3  # compact watershed: a round-ish object rather than a leak along one weak edge
 GLASS = 0.85  # brightness (0..1) of glass; a window 90 % that bright has no tissue to outline
 

@@ -21,13 +21,22 @@ import numpy as np
 from napari_ftu.annotate.pixels import (
     BACKGROUND,
     UNLABELLED,
+    UNLABELLED_WEIGHT,
+    UNLABELLED_WEIGHT_DEEP,
     PixelClassifier,
     fit_head,
     pick_pixels,
     training_set,
 )
 from napari_ftu.boxes import Box, corners, from_corners
-from napari_ftu.engine.features import SIGMAS, SMOOTH, feature_classifier, filter_bank_module, to_unit
+from napari_ftu.engine.features import (
+    SIGMAS,
+    SMOOTH,
+    deep_scale_for,
+    feature_classifier,
+    filter_bank_module,
+    to_unit,
+)
 from napari_ftu.engine.models import import_torch
 from napari_ftu.errors import InputError
 from napari_ftu.steps import Progress
@@ -36,6 +45,10 @@ LIVE_SIDE = 1024  # grid pixels a side the view is classified at, at most (about
 MAX_PER_CLASS = 5000  # painted training pixels per class and retrain
 COLD_STEPS = 300  # Adam steps of a head fitted from scratch
 WARM_STEPS = 40  # from the previous weights, after a stroke
+# Encoder stages in the live stack: none by default. On the 2048² skin view (bench/annotate_live.py)
+# they made the stack 3-4x slower (34 s vs 9.5 s on the loaded 2-core machine) and fitted its
+# stain-defined stand-in worse (Dice 0.49 vs 0.65).
+LIVE_DEEP = 0
 
 
 @dataclass(frozen=True)
@@ -107,12 +120,14 @@ class LiveClassifier:
     """The cached feature stack of one view and the head fitted on it, retrained per stroke.
     Thread-safe (a lock), so a superseded worker cannot interleave with the next one."""
 
-    def __init__(self, sigmas=SIGMAS, seed: int = 0):
+    def __init__(self, sigmas=SIGMAS, seed: int = 0, deep: int = LIVE_DEEP):
         self.sigmas = tuple(sigmas)
+        self.deep = deep  # pretrained encoder stages among an RGB view's features
         self.seed = seed
         self.stack = None  # (F, h, w) standardised features of the view
         self.mean = self.std = None  # the view's feature statistics (the stack is standardised by them)
         self._bank = None
+        self._scale = self._net_scale = None  # the deep features' input scale of the bank, of the network
         self.key = None  # (image id, View) the stack belongs to
         self.network = None
         self.ftu: list = []
@@ -120,18 +135,21 @@ class LiveClassifier:
         self._lock = threading.Lock()
         self._rng = np.random.default_rng(seed)
 
-    def set_view(self, levels, view: View, image_id=None) -> bool:
-        """Compute and cache the standardised feature stack of ``view``; False when cached."""
+    def set_view(self, levels, view: View, image_id=None, um_per_px: float = 1.0) -> bool:
+        """Compute and cache the standardised feature stack of ``view``; False when cached.
+        ``um_per_px`` (full resolution) sets the deep features' input scale."""
         torch = import_torch()
 
         levels = list(levels) if isinstance(levels, (list, tuple)) else [levels]
-        key = (image_id if image_id is not None else id(levels[0]), view)
+        key = (image_id if image_id is not None else id(levels[0]), view, float(um_per_px))
         with self._lock:
             if self.key == key and self.stack is not None:
                 return False
             channels = levels[0].shape[-1] if np.ndim(levels[0]) == 3 else 1
-            if self._bank is None or self._bank.n_in != channels:
-                self._bank = filter_bank_module(channels, self.sigmas)
+            scale = deep_scale_for(um_per_px * view.step)
+            if self._bank is None or self._bank.n_in != channels or self._scale != scale:
+                self._bank, self._scale = filter_bank_module(channels, self.sigmas, deep=self.deep,
+                                                             deep_scale=scale), scale
             self.stack = None  # free the old stack before making the new one
             x, (oy, ox) = read_view(levels, view, self._bank.margin + int(3 * SMOOTH) + 1)
             h, w = view.shape
@@ -158,23 +176,28 @@ class LiveClassifier:
             if self.stack is None or tuple(scribbles.shape) != tuple(self.stack.shape[1:]):
                 raise InputError("the view changed: no feature stack for these scribbles")
             channels = self._bank.n_in
-            warm = self.network is not None and ftu == self.ftu and self.network.bank.n_in == channels
+            warm = (self.network is not None and ftu == self.ftu and self.network.bank.n_in == channels
+                    and self._net_scale == self._scale)
             if warm:
                 net = copy.deepcopy(self.network)  # a new object: a classifier handed out stays as it was
             else:
                 torch.manual_seed(self.seed)
-                net = feature_classifier(channels, len(ftu), self.sigmas)
+                net = feature_classifier(channels, len(ftu), self.sigmas, deep=self._bank.n_deep,
+                                         deep_scale=self._scale, pretrained=False)
+                if self._bank.n_deep:  # the encoder the stack came from
+                    net.bank.deep.load_state_dict(self._bank.deep.state_dict())
             net.feat_mean.copy_(self.mean)
             net.feat_std.copy_(self.std)
             picks = pick_pixels(np.asarray(scribbles).ravel(), ftu, self._rng, UNLABELLED, MAX_PER_CLASS)
             flat = self.stack.reshape(self.stack.shape[0], -1)
             parts = [[flat[:, torch.from_numpy(idx)].T.numpy()] if len(idx) else [] for idx in picks]
-            X, y, w = training_set(parts, flat.shape[0])
+            X, y, w = training_set(parts, flat.shape[0],
+                                   UNLABELLED_WEIGHT_DEEP if self._bank.n_deep else UNLABELLED_WEIGHT)
             fit_head(net.head, X, y, w / w.sum(), len(ftu), WARM_STEPS if warm else COLD_STEPS)
-            self.network, self.ftu = net.eval(), ftu
+            self.network, self.ftu, self._net_scale = net.eval(), ftu, self._scale
             names = list(classes) if classes and len(classes) == len(ftu) else [f"class {v}" for v in ftu]
             return PixelClassifier(net, names, channels, float(um_per_px) * self.view.step, self.sigmas,
-                                   net.bank.stains)
+                                   net.bank.stains, deep=net.bank.n_deep, deep_scale=self._scale)
 
     def predict(self) -> np.ndarray:
         """(K, h, w) float32 FTU probabilities of the cached view, from the current head."""
@@ -196,7 +219,7 @@ def live_steps(live: LiveClassifier, levels, scribbles: np.ndarray, view: View, 
     :class:`~napari_ftu.steps.Progress`; returns ``(view, probability, classifier)``.
     ``scribbles`` are the view's, on its grid (copied by the caller, who keeps painting)."""
     yield Progress(0, 3)
-    live.set_view(levels, view, image_id)
+    live.set_view(levels, view, image_id, um_per_px)
     yield Progress(1, 3)
     clf = live.retrain(scribbles, um_per_px, classes)
     yield Progress(2, 3)

@@ -7,12 +7,37 @@ import numpy as np
 
 from napari_ftu.engine.postprocess import instances, object_table, relabel_sequential, split_touching
 
+MIN_FRACTION = 1 / 8  # objects under this share of the expected FTU's area are noise, not FTUs
+
+
+def min_area_px(diameter_um: float, um_per_px: float, fraction: float = MIN_FRACTION) -> int:
+    """Smallest object kept, in px: ``fraction`` of a disc of the expected FTU diameter."""
+    return int(fraction * np.pi * (diameter_um / um_per_px / 2) ** 2)
+
+
+def convex_objects(labels: np.ndarray) -> np.ndarray:
+    """Each object replaced by its convex hull, on pixels no other object holds: a shape prior for
+    compact FTUs (glomeruli, vessels), whose strokes teach the classifier the dense core, not the
+    pale rim (Bowman's space, a lumen) the ground truth includes."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import convex_hull_image
+
+    out = labels.copy()
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        hull = convex_hull_image(labels[sl] == i)
+        crop = out[sl]
+        crop[hull & (crop == 0)] = i
+    return out
+
 
 def objects_from_probability(prob: np.ndarray, threshold: float = 0.5, min_area_px: int = 0,
                              split_min_distance_px: float | None = None, um_per_px: float | None = None,
-                             class_names: list | None = None):
+                             class_names: list | None = None, convex: bool = False):
     """``prob`` (K, H, W) per FTU class -> (labels int32, object table with class and confidence).
-    A pixel belongs to the most probable class when that class passes ``threshold``."""
+    A pixel belongs to the most probable class when that class passes ``threshold``; ``convex``
+    replaces each object by its convex hull (:func:`convex_objects`)."""
     prob = np.asarray(prob, np.float32)
     if prob.ndim == 2:
         prob = prob[None]
@@ -23,6 +48,8 @@ def objects_from_probability(prob: np.ndarray, threshold: float = 0.5, min_area_
     for k in range(len(prob)):
         p = np.where(best == k, top, 0.0).astype(np.float32)
         lab = instances(p, threshold, min_area_px)
+        if convex:
+            lab = convex_objects(lab)
         rows = object_table(lab, p, um_per_px)
         if split_min_distance_px:
             rows = split_touching(lab, p, rows, split_min_distance_px, um_per_px=um_per_px)

