@@ -183,7 +183,7 @@ def test_cli_annotate_scribbles_and_clicks(trained, tmp_path, capsys):
     from napari_ftu.io.images import read_image, write_tiff
 
     image, truth, scribbles, _ = trained
-    write_tiff(tmp_path / "image.tif", image, 4.0)
+    write_tiff(tmp_path / "image.tif", image, UM)
     write_tiff(tmp_path / "scribbles.tif", scribbles)
     code, out = _cli(["annotate", tmp_path / "image.tif", "--scribbles", tmp_path / "scribbles.tif", "--out",
                       tmp_path / "labels.tif", "--save-model", tmp_path / "model"], capsys)
@@ -202,6 +202,32 @@ def test_cli_annotate_scribbles_and_clicks(trained, tmp_path, capsys):
     assert code == 0, out.err
     clicked = read_image(tmp_path / "clicked.tif").data
     assert len(np.unique(clicked)) - 1 == len(pts) and _dice(clicked > 0, truth) > 0.5
+
+
+def test_cli_annotate_encoder_features_and_convex_objects(trained, tmp_path, capsys):
+    import json
+
+    from scipy import ndimage as ndi
+
+    from napari_ftu.annotate.objects import convex_objects
+    from napari_ftu.io.images import read_image, write_tiff
+
+    image, truth, scribbles, _ = trained
+    write_tiff(tmp_path / "image.tif", image, UM)
+    write_tiff(tmp_path / "scribbles.tif", scribbles)
+    base = ["annotate", tmp_path / "image.tif", "--scribbles", tmp_path / "scribbles.tif"]
+    code, out = _cli(base + ["--out", tmp_path / "plain.tif", "--save-model", tmp_path / "plain"], capsys)
+    assert code == 0, out.err
+    code, out = _cli(base + ["--out", tmp_path / "deep.tif", "--save-model", tmp_path / "deep", "--encoder-features",
+                             "--convex"], capsys)
+    assert code == 0, out.err
+    cards = [json.loads((tmp_path / m / "model_card.json").read_text()) for m in ("plain", "deep")]
+    assert [c["arch_kwargs"]["deep"] for c in cards] == [0, 3]
+    assert cards[1]["notes"]["encoder_weights"]["licence"] == "Apache-2.0"
+    plain, deep = (read_image(tmp_path / f).data for f in ("plain.tif", "deep.tif"))
+    assert _dice(deep > 0, truth) > _dice(plain > 0, truth)
+    grown = convex_objects(deep) != deep  # hull again: at most a rim of corner pixels
+    assert not (grown & ~ndi.binary_dilation(deep > 0)).any()
 
 
 def test_cli_annotate_bad_input_is_one_error_line(trained, tmp_path, capsys):

@@ -20,7 +20,7 @@ def dock(make_napari_viewer, shared_data):
     image = imread(root / "images" / f"slide_{PATCH}.png")[..., :3]
     truth = imread(root / "masks" / f"mask_{PATCH}.png") > 0
     viewer = make_napari_viewer()
-    viewer.add_image(image, name=PATCH, metadata={"um_per_px": 4.0})
+    viewer.add_image(image, name=PATCH, metadata={"um_per_px": 3.0})
     widget = AnnotateWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Annotate")
     return viewer, widget, truth
@@ -30,7 +30,7 @@ def test_scribbles_train_into_an_objects_layer_and_save(dock, qtbot, tmp_path):
     from napari_ftu.engine.models import load_model
 
     viewer, widget, truth = dock
-    assert widget.um_per_px.value == 4.0
+    assert widget.um_per_px.value == 3.0
     layer = widget.add_scribbles()
     layer.data[:] = simulate.strokes(truth, 3, 3, seed=0, brush=5)
     widget.train()
@@ -46,6 +46,26 @@ def test_scribbles_train_into_an_objects_layer_and_save(dock, qtbot, tmp_path):
 
     hide_notices(viewer)
     viewer.screenshot(str(tmp_path / "annotate.png"), canvas_only=False)
+
+
+def test_encoder_features_and_convex_objects_are_dock_options(dock, qtbot):
+    from scipy import ndimage as ndi
+
+    from napari_ftu.annotate.objects import convex_objects
+
+    viewer, widget, truth = dock
+    widget.live.value = False
+    widget.add_scribbles().data[:] = simulate.strokes(truth, 3, 3, seed=0, brush=5)
+    widget.encoder_features.value = widget.convex.value = True
+    assert widget._live_model.deep == 3  # the live view uses the same features
+    widget.train()
+    qtbot.waitUntil(lambda: widget.train_button.enabled and "objects" in viewer.layers, timeout=300_000)
+    assert widget.classifier.deep == 3
+    objects = viewer.layers["objects"].data
+    d = 2 * ((objects > 0) & truth).sum() / ((objects > 0).sum() + truth.sum())
+    assert d > 0.6, d
+    grown = convex_objects(objects) != objects  # hull again: at most a rim of corner pixels
+    assert not (grown & ~ndi.binary_dilation(objects > 0)).any()
 
 
 def test_bad_scribbles_leave_the_layers_as_they_were(dock, qtbot):

@@ -44,6 +44,7 @@ from napari_ftu.annotate.cells import N_CHANNELS, cell_steps
 from napari_ftu.annotate.live import LiveClassifier, live_steps, view_of, view_scribbles
 from napari_ftu.annotate.pixels import BACKGROUND
 from napari_ftu.boxes import corners, from_corners
+from napari_ftu.engine.features import DEEP_STAGES
 from napari_ftu.engine.options import SegmentOptions
 from napari_ftu.errors import InputError, ModelError, OptionError
 from napari_ftu.review.editing import EditError
@@ -69,6 +70,10 @@ class AnnotateWidget(EngineRunDock):
         self.cells = CheckBox(text="cells (fluorescence): one cell per nucleus of the blue channel", value=False,
                               tooltip="for 4-channel images (HPA red, green, blue = nuclei, yellow); classes as "
                                       "HPA label names (nucleoplasm, cytosol, ...) export as an HPA CSV")
+        self.encoder_features = CheckBox(text="encoder features (ImageNet EfficientNet-Lite0: context; slower)",
+                                         value=False, tooltip="tells glomeruli from tubules better; the view's "
+                                                              "features take several times longer (RGB only)")
+        self.convex = CheckBox(text="convex objects (compact FTUs: glomeruli, vessels)", value=False)
         self.add_button = PushButton(text="Add scribbles layer")
         self.train_button = PushButton(text="Train")
         self.live = CheckBox(text="live: retrain on every stroke, predict the visible region", value=True)
@@ -84,8 +89,8 @@ class AnnotateWidget(EngineRunDock):
         self.status.native.setWordWrap(True)  # a result line (cells per class) outgrows the dock: two lines
         self.status.native.setMinimumHeight(2 * self.status.native.fontMetrics().lineSpacing() + 4)
         self.extend([self.image, self.um_per_px, self.classes, self.cells, self.min_um2, self.diameter,
-                     self.add_button, self.live, self.train_button, self.clicking, self.undo_button, self.model_dir,
-                     self.save_button,
+                     self.encoder_features, self.convex, self.add_button, self.live, self.train_button, self.clicking,
+                     self.undo_button, self.model_dir, self.save_button,
                      Container(layout="horizontal", widgets=[self.apply_button, self.cancel_button], labels=False),
                      self.bar, self.status])
         self.add_button.changed.connect(self.add_scribbles)
@@ -95,16 +100,21 @@ class AnnotateWidget(EngineRunDock):
         self.apply_button.changed.connect(self.apply)
         self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(self._image_changed)
+        self.encoder_features.changed.connect(self._new_live_model)
         viewer.layers.events.inserted.connect(self._layer_inserted)
         self._image_changed()
         viewer.mouse_drag_callbacks.append(self._on_click)
-        self._live_model = LiveClassifier()
+        self._new_live_model()
         self.live_worker = None
         self._live_timer = QTimer()
         self._live_timer.setSingleShot(True)
         self._live_timer.setInterval(LIVE_DELAY_MS)
         self._live_timer.timeout.connect(self.live_update)
         self._training_cells = False
+
+    def _new_live_model(self, *_):
+        """The live classifier starts afresh when its features change."""
+        self._live_model = LiveClassifier(deep=DEEP_STAGES if self.encoder_features.value else 0)
 
     def _image_changed(self, *_):
         layer = self.image.value
@@ -266,7 +276,8 @@ class AnnotateWidget(EngineRunDock):
                                           image_source=self.image.value.name), 4
             else:
                 steps, total = headless.scribble_steps(image, scribbles, self.um_per_px.value, self._names(),
-                                                       self.min_um2.value), 3
+                                                       self.min_um2.value, encoder_features=self.encoder_features.value,
+                                                       convex=self.convex.value), 3
             next(steps)  # checks the input here, so bad input never starts a worker
         except InputError as exc:
             self._fail(str(exc))

@@ -41,16 +41,14 @@ def read_clicks(path: str | Path) -> list[tuple[float, float]]:
 
 
 def labels_from_scribbles(image: np.ndarray, scribbles: np.ndarray, um_per_px: float = 1.0,
-                          min_object_um2: float = 0.0, source: str = "scribbles", classes: list | None = None):
+                          min_object_um2: float = 0.0, source: str = "scribbles", classes: list | None = None,
+                          encoder_features: bool = False, convex: bool = False):
     """Train on the scribbles, predict the image, return (labels, objects table, classifier);
-    ``classes`` names the scribble values 2, 3, ..."""
-    from napari_ftu.annotate import pixels
-    from napari_ftu.annotate.objects import objects_from_probability
+    ``classes`` names the scribble values 2, 3, ... (:func:`scribble_steps` drained)."""
+    from napari_ftu.steps import drain
 
-    clf = pixels.train(image, scribbles, um_per_px, classes=classes, source=source)
-    labels, table = objects_from_probability(clf.probability(image), 0.5, int(min_object_um2 / um_per_px**2),
-                                             um_per_px=um_per_px, class_names=clf.classes)
-    return labels, table, clf
+    return drain(scribble_steps(image, scribbles, um_per_px, classes, min_object_um2, source, encoder_features,
+                                convex))
 
 
 def labels_from_clicks(image: np.ndarray, points, um_per_px: float = 1.0, diameter_um: float | None = None,
@@ -67,20 +65,27 @@ def labels_from_clicks(image: np.ndarray, points, um_per_px: float = 1.0, diamet
 
 
 def scribble_steps(image: np.ndarray, scribbles: np.ndarray, um_per_px: float = 1.0, classes: list | None = None,
-                   min_object_um2: float = 0.0, source: str = "scribbles"):
-    """:func:`labels_from_scribbles` as a generator for the dock's worker: yields ``("step", i, 3)``
-    and returns ``(labels, table, classifier)``; scribbles are checked before any work."""
+                   min_object_um2: float = 0.0, source: str = "scribbles", encoder_features: bool = False,
+                   convex: bool = False):
+    """Scribbles -> objects as a generator for the dock's worker: yields ``("step", i, 3)`` and
+    returns ``(labels, table, classifier)``; scribbles are checked before any work.
+
+    ``encoder_features`` adds the pretrained EfficientNet-Lite0 stages to the filter bank (context
+    that tells a glomerulus from a tubule; slower, RGB only); ``convex`` replaces each object by
+    its convex hull (compact FTUs whose pale rim the strokes do not reach)."""
     from napari_ftu.annotate import pixels
     from napari_ftu.annotate.objects import objects_from_probability
+    from napari_ftu.engine.features import DEEP_STAGES
 
     pixels.check_scribbles(np.shape(image), scribbles, source)
     yield ("step", 0, 3)
-    clf = pixels.train(image, scribbles, um_per_px, classes=classes, source=source)
+    clf = pixels.train(image, scribbles, um_per_px, classes=classes, source=source,
+                       deep=DEEP_STAGES if encoder_features else 0)
     yield ("step", 1, 3)
     prob = clf.probability(image)
     yield ("step", 2, 3)
     labels, table = objects_from_probability(prob, 0.5, int(min_object_um2 / um_per_px**2), um_per_px=um_per_px,
-                                             class_names=clf.classes)
+                                             class_names=clf.classes, convex=convex)
     yield ("step", 3, 3)
     return labels, table, clf
 
