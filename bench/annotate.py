@@ -94,7 +94,6 @@ def sarder_min_area():
     from napari_ftu.annotate.objects import min_area_px
 
     return min_area_px(DIAMETER_SARDER, UM_SARDER)
-UM_SARDER = 3.0  # µm/px of the Sarder patches (human glomeruli 150–250 µm span about 64 px)
 
 
 def cross_dice(pairs, n_train=5, n=3, brush=5, min_area=MIN_AREA, um_per_px=1.0):
