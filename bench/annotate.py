@@ -67,9 +67,8 @@ def vessels():
     return out
 
 
-def scribble_dice(pairs, n=3, brush=5, seed=0, um_per_px=1.0, min_area=None, deep=None):
+def scribble_dice(pairs, n=3, brush=5, seed=0, um_per_px=1.0, min_area=None, deep=0):
     """Per image Dice of the objects (convex hulls, smaller than ``min_area`` px dropped)."""
-    deep = DEEP if deep is None else deep
     from napari_ftu.annotate import pixels, simulate
     from napari_ftu.annotate.objects import objects_from_probability
 
@@ -96,13 +95,13 @@ def sarder_min_area():
     return min_area_px(DIAMETER_SARDER, UM_SARDER)
 
 
-def cross_dice(pairs, n_train=5, n=3, brush=5, min_area=MIN_AREA, um_per_px=1.0):
+def cross_dice(pairs, n_train=5, n=3, brush=5, min_area=MIN_AREA, um_per_px=1.0, deep=0):
     from napari_ftu.annotate import pixels, simulate
     from napari_ftu.annotate.objects import objects_from_probability
 
     train = pairs[:n_train]
     scs = [simulate.strokes(gt, n, n, seed=i, brush=brush) for i, (_, gt) in enumerate(train)]
-    clf = pixels.train([im for im, _ in train], scs, um_per_px, deep=DEEP)
+    clf = pixels.train([im for im, _ in train], scs, um_per_px, deep=deep)
     return [dice(objects_from_probability(clf.probability(im), 0.5, min_area, convex=CONVEX)[0] > 0, gt > 0)
             for im, gt in pairs[n_train:]]
 
@@ -147,31 +146,30 @@ def main():
     ap.add_argument("--no-deep", action="store_true", help="scribble classifiers: filters only")
     args = ap.parse_args()
     only = set(args.only.split(","))
-    global DEEP
-    DEEP = 0 if args.no_deep else DEEP
+    deep = 0 if args.no_deep else DEEP
     import torch
 
     torch.set_num_threads(1)
     t0 = time.time()
     if "scribbles" in only:
         for brush in sorted({1, args.brush} - set(args.skip_brush)):
-            s = scribble_dice(sarder(), brush=brush, um_per_px=UM_SARDER, min_area=sarder_min_area())
+            s = scribble_dice(sarder(), brush=brush, um_per_px=UM_SARDER, min_area=sarder_min_area(), deep=deep)
             print(f"scribbles Sarder (3+3 strokes, brush {brush} px, trained per image): mean Dice {np.mean(s):.3f} "
                   f"(min {np.min(s):.2f}, n={len(s)}) [{time.time() - t0:.0f} s]", flush=True)
     if "cross" in only:
-        s = cross_dice(sarder(), brush=args.brush, min_area=sarder_min_area(), um_per_px=UM_SARDER)
+        s = cross_dice(sarder(), brush=args.brush, min_area=sarder_min_area(), um_per_px=UM_SARDER, deep=deep)
         print(f"scribbles Sarder (trained on 5 images, applied to 15): mean Dice {np.mean(s):.3f}", flush=True)
     if "vessels" in only:
         v = vessels()
-        s = scribble_dice(v, brush=args.brush)
+        s = scribble_dice(v, brush=args.brush, deep=deep)
         print(f"scribbles vasculature (3+3 strokes, per tile): mean Dice {np.mean(s):.3f} (n={len(s)})", flush=True)
-        s = cross_dice(v, n_train=3, brush=args.brush)
+        s = cross_dice(v, n_train=3, brush=args.brush, deep=deep)
         print(f"scribbles vasculature (trained on 3 tiles, applied to 5): mean Dice {np.mean(s):.3f}", flush=True)
     if "synthetic" in only:
         from napari_ftu.io.synthetic import make_slide
 
         im, gt = make_slide(1024, 1024, seed=4242)[:2]
-        s = scribble_dice([(im, gt)], brush=args.brush)
+        s = scribble_dice([(im, gt)], brush=args.brush, deep=deep)
         print(f"scribbles synthetic sample slide (3+3 strokes): Dice {s[0]:.3f}", flush=True)
     if "clicks" in only:
         from napari_ftu.annotate import clicks, simulate
@@ -197,7 +195,7 @@ def main():
         im, gt = make_slide(2048, 2048, seed=4242)[:2]
         sc = simulate.strokes(gt, 3, 3, seed=0, brush=5)
         t = time.perf_counter()
-        clf = pixels.train(im, sc, deep=DEEP)
+        clf = pixels.train(im, sc, deep=deep)
         t_train = time.perf_counter() - t
         t = time.perf_counter()
         clf.probability(im)
@@ -212,7 +210,7 @@ def main():
         counts, curves = (1, 2, 3, 5), {}
         for name, pairs in (("Sarder glomeruli (20)", sarder()), ("vasculature vessels (8)", vessels())):
             kw = {"um_per_px": UM_SARDER, "min_area": sarder_min_area()} if name.startswith("Sarder") else {}
-            curves[name] = [float(np.mean(scribble_dice(pairs, n, brush=args.brush, **kw))) for n in counts]
+            curves[name] = [float(np.mean(scribble_dice(pairs, n, brush=args.brush, deep=deep, **kw))) for n in counts]
             print(f"strokes per class {counts} -> mean Dice {[round(v, 3) for v in curves[name]]} ({name})", flush=True)
         fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)
         for name, ys in curves.items():

@@ -18,6 +18,7 @@ weights hold the head (and the frozen encoder stages when ``deep``, so a saved f
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -92,16 +93,12 @@ def deep_state(stages: int = DEEP_STAGES) -> dict:
     return dict(_deep_state(int(stages)))
 
 
+@functools.lru_cache(maxsize=None)
 def _deep_state(stages: int):
-    if stages not in _DEEP_CACHE:
-        from napari_ftu.engine.pretrained import encoder_state
+    from napari_ftu.engine.pretrained import encoder_state
 
-        keys = set(_timm_stages(stages).state_dict())
-        _DEEP_CACHE[stages] = {k: v for k, v in encoder_state(DEEP_ENCODER)[0].items() if k in keys}
-    return _DEEP_CACHE[stages]
-
-
-_DEEP_CACHE: dict = {}
+    keys = set(_timm_stages(stages).state_dict())
+    return {k: v for k, v in encoder_state(DEEP_ENCODER)[0].items() if k in keys}
 
 
 def _timm_stages(stages: int):

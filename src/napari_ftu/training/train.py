@@ -7,6 +7,7 @@ and :class:`~napari_ftu.steps.Validation` events so that a dock can plot and can
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import time
@@ -420,20 +421,18 @@ class _Average:
         return {k: v.to(net.state_dict()[k].device) for k, v in self.shadow.items()}
 
 
-class _swapped:
+@contextlib.contextmanager
+def _swapped(net, averaged):
     """Within the block the network holds the averaged weights; its own come back after."""
-
-    def __init__(self, net, averaged):
-        self.net, self.averaged, self.saved = net, averaged, None
-
-    def __enter__(self):
-        if self.averaged is not None:
-            self.saved = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
-            self.net.load_state_dict(self.averaged.state(self.net))
-
-    def __exit__(self, *exc):
-        if self.saved is not None:
-            self.net.load_state_dict(self.saved)
+    if averaged is None:
+        yield
+        return
+    saved = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    net.load_state_dict(averaged.state(net))
+    try:
+        yield
+    finally:
+        net.load_state_dict(saved)
 
 
 def _write_checkpoint(out, net, opt, step, elapsed, best_state, history, card, averaged=None) -> None:
