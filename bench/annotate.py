@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_ftu.annotate.objects import min_area_px
+
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+MIN_AREA = 100  # px, remove-small of the objects when no FTU size is known
+SHAPE = "outline"  # objects grown to their enclosing edge where the FTU size is known, else convex hulls
+DEEP = 3  # encoder stages among the scribble features (pixels.train's deep; --no-deep: 0)
+UM_SARDER, DIAMETER_SARDER = 3.0, 200.0  # µm/px of the Sarder patches; human glomeruli 150–250 µm (~64 px)
+UM_VESSELS, DIAMETER_VESSELS = 0.5, 30.0  # vasculature tiles; most of their vessels 10–30 µm across
 
 
 def dice(a, b) -> float:
@@ -67,43 +74,37 @@ def vessels():
     return out
 
 
-def scribble_dice(pairs, n=3, brush=5, seed=0, um_per_px=1.0, min_area=None, deep=0):
-    """Per image Dice of the objects (convex hulls, smaller than ``min_area`` px dropped)."""
+def scribble_dice(pairs, n=3, brush=5, seed=0, um_per_px=1.0, min_area=MIN_AREA, deep=0, diameter=None):
+    """Per image Dice of the objects (reshaped as :data:`SHAPE` for FTUs of ``diameter`` µm,
+    smaller than ``min_area`` px dropped)."""
     from napari_ftu.annotate import pixels, simulate
-    from napari_ftu.annotate.objects import objects_from_probability
 
     scores = []
     for im, gt in pairs:
         sc = simulate.strokes(gt, n, n, seed=seed, brush=brush)
         clf = pixels.train(im, sc, um_per_px, deep=deep)
-        labels, _ = objects_from_probability(clf.probability(im), 0.5, MIN_AREA if min_area is None else min_area,
-                                             convex=CONVEX)
-        scores.append(dice(labels > 0, gt > 0))
+        scores.append(dice(objects(clf, im, min_area, um_per_px, diameter) > 0, gt > 0))
     return scores
 
 
-MIN_AREA = 100  # px, remove-small of the objects when no FTU size is known
-CONVEX = True  # objects as their convex hulls (annotate.objects.convex_objects)
-DEEP = 3  # encoder stages among the scribble features (pixels.train's deep; --no-deep: 0)
-UM_SARDER, DIAMETER_SARDER = 3.0, 200.0  # µm/px of the Sarder patches; human glomeruli 150–250 µm (~64 px)
-UM_VESSELS, DIAMETER_VESSELS = 0.5, 60.0  # vasculature tiles; their vessels mostly under 60 µm
+def objects(clf, im, min_area, um_per_px, diameter):
+    from napari_ftu.annotate.objects import objects_from_probability, reshaper
+
+    reshape = reshaper(SHAPE if diameter else "convex", im, (diameter or 0) / um_per_px / 2)
+    return objects_from_probability(clf.probability(im), 0.5, min_area, reshape=reshape)[0]
 
 
-def sarder_min_area():
-    from napari_ftu.annotate.objects import min_area_px
-
-    return min_area_px(DIAMETER_SARDER, UM_SARDER)
+SARDER = {"um_per_px": UM_SARDER, "min_area": min_area_px(DIAMETER_SARDER, UM_SARDER), "diameter": DIAMETER_SARDER}
+VESSELS = {"um_per_px": UM_VESSELS, "diameter": DIAMETER_VESSELS}
 
 
-def cross_dice(pairs, n_train=5, n=3, brush=5, min_area=MIN_AREA, um_per_px=1.0, deep=0):
+def cross_dice(pairs, n_train=5, n=3, brush=5, min_area=MIN_AREA, um_per_px=1.0, deep=0, diameter=None):
     from napari_ftu.annotate import pixels, simulate
-    from napari_ftu.annotate.objects import objects_from_probability
 
     train = pairs[:n_train]
     scs = [simulate.strokes(gt, n, n, seed=i, brush=brush) for i, (_, gt) in enumerate(train)]
     clf = pixels.train([im for im, _ in train], scs, um_per_px, deep=deep)
-    return [dice(objects_from_probability(clf.probability(im), 0.5, min_area, convex=CONVEX)[0] > 0, gt > 0)
-            for im, gt in pairs[n_train:]]
+    return [dice(objects(clf, im, min_area, um_per_px, diameter) > 0, gt > 0) for im, gt in pairs[n_train:]]
 
 
 CELL_SEEDS = range(5000, 5010)  # unseen in development (0-2, 7, 100-103 were used to tune)
@@ -146,6 +147,7 @@ def main():
     ap.add_argument("--no-deep", action="store_true", help="scribble classifiers: filters only")
     args = ap.parse_args()
     only = set(args.only.split(","))
+
     deep = 0 if args.no_deep else DEEP
     import torch
 
@@ -153,17 +155,17 @@ def main():
     t0 = time.time()
     if "scribbles" in only:
         for brush in sorted({1, args.brush} - set(args.skip_brush)):
-            s = scribble_dice(sarder(), brush=brush, um_per_px=UM_SARDER, min_area=sarder_min_area(), deep=deep)
+            s = scribble_dice(sarder(), brush=brush, deep=deep, **SARDER)
             print(f"scribbles Sarder (3+3 strokes, brush {brush} px, trained per image): mean Dice {np.mean(s):.3f} "
                   f"(min {np.min(s):.2f}, n={len(s)}) [{time.time() - t0:.0f} s]", flush=True)
     if "cross" in only:
-        s = cross_dice(sarder(), brush=args.brush, min_area=sarder_min_area(), um_per_px=UM_SARDER, deep=deep)
+        s = cross_dice(sarder(), brush=args.brush, deep=deep, **SARDER)
         print(f"scribbles Sarder (trained on 5 images, applied to 15): mean Dice {np.mean(s):.3f}", flush=True)
     if "vessels" in only:
         v = vessels()
-        s = scribble_dice(v, brush=args.brush, deep=deep)
+        s = scribble_dice(v, brush=args.brush, deep=deep, **VESSELS)
         print(f"scribbles vasculature (3+3 strokes, per tile): mean Dice {np.mean(s):.3f} (n={len(s)})", flush=True)
-        s = cross_dice(v, n_train=3, brush=args.brush, deep=deep)
+        s = cross_dice(v, n_train=3, brush=args.brush, deep=deep, **VESSELS)
         print(f"scribbles vasculature (trained on 3 tiles, applied to 5): mean Dice {np.mean(s):.3f}", flush=True)
     if "synthetic" in only:
         from napari_ftu.io.synthetic import make_slide
@@ -176,18 +178,21 @@ def main():
 
         for name, pairs, um, diameter in (("Sarder", sarder(), UM_SARDER, DIAMETER_SARDER),
                                           ("vasculature", vessels(), UM_VESSELS, DIAMETER_VESSELS)):
-            ious = []
+            ious, cut = [], []
             for im, gt in pairs:
                 lab = gt if gt.dtype != bool else __import__("scipy.ndimage").ndimage.label(gt)[0]
+                rim = np.unique(np.concatenate([lab[[0, -1]].ravel(), lab[:, [0, -1]].ravel()]))
                 for y, x, i in simulate.clicks(lab):
                     try:
                         m = clicks.object_at(im, (y, x), um_per_px=um, diameter_um=diameter)
                     except clicks.InputError:
                         m = np.zeros(lab.shape, bool)
                     ious.append(iou(m, lab == i))
-            ious = np.asarray(ious)
+                    cut.append(i in rim)
+            ious, whole = np.asarray(ious), ~np.asarray(cut)
             print(f"clicks {name}: mean IoU {ious.mean():.3f}, IoU >= 0.5 for {np.mean(ious >= 0.5):.0%} "
-                  f"of {len(ious)} objects", flush=True)
+                  f"of {len(ious)} objects; the {whole.sum()} not cut by the image edge: mean IoU "
+                  f"{ious[whole].mean():.3f}, {np.mean(ious[whole] >= 0.5):.0%} >= 0.5", flush=True)
     if "speed" in only:
         from napari_ftu.annotate import pixels, simulate
         from napari_ftu.io.synthetic import make_slide
@@ -209,7 +214,7 @@ def main():
 
         counts, curves = (1, 2, 3, 5), {}
         for name, pairs in (("Sarder glomeruli (20)", sarder()), ("vasculature vessels (8)", vessels())):
-            kw = {"um_per_px": UM_SARDER, "min_area": sarder_min_area()} if name.startswith("Sarder") else {}
+            kw = SARDER if name.startswith("Sarder") else VESSELS
             curves[name] = [float(np.mean(scribble_dice(pairs, n, brush=args.brush, deep=deep, **kw))) for n in counts]
             print(f"strokes per class {counts} -> mean Dice {[round(v, 3) for v in curves[name]]} ({name})", flush=True)
         fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=120)

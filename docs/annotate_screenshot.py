@@ -2,7 +2,7 @@
 (3 per class and 3 of background):
 
 - docs/annotate.png: a real Sarder frozen-kidney patch (../shared/data, 3 µm/px), encoder
-  features and convex objects on, the truth outlined in green;
+  features on, objects grown to their enclosing outline, the truth outlined in green;
 - docs/annotate_cells.png: *cells (fluorescence)* on a synthetic HPA-like image
   (``io/synthetic_cells``) opened as one layer per channel.
 
@@ -61,7 +61,7 @@ def sarder():
     viewer.add_image(image, name=PATCH, metadata={"um_per_px": 3.0})
     viewer.add_labels(find_boundaries(truth).astype("uint8"), name="truth (outline)",
                       colormap={1: "lime", None: None})
-    dock.encoder_features.value = dock.convex.value = True
+    dock.encoder_features.value, dock.shape.value = True, "outline"
     dock.live.value = False
     dock.add_scribbles().data[:] = simulate.strokes(truth, 3, 3, seed=0, brush=5)
     objects = train_and_shoot(viewer, dock, DOCS / "annotate.png")

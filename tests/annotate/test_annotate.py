@@ -120,9 +120,42 @@ def test_convex_objects_fill_the_rim_without_taking_a_neighbour():
     assert (out == 2).sum() == 30 and (out[labels == 1] == 1).all()
     assert (out == 1).sum() > ring.sum() + 100 and out[30, 35] == 1
     prob = np.where(ring, 0.9, 0.1).astype(np.float32)
-    hull, _ = objects_from_probability(prob, 0.5, convex=True)
+    hull, _ = objects_from_probability(prob, 0.5, reshape=convex_objects)
     assert hull[30, 35] > 0 and objects_from_probability(prob, 0.5)[0][30, 35] == 0
     assert min_area_px(200, 3.0) == int(np.pi * (200 / 3 / 2) ** 2 / 8)  # 1/8 of a 200 µm disc: 436 px
+
+
+def _glomerulus(size=120, c=(60, 60)):
+    """A drawn glomerulus: a dark tuft (r 12) in a pale Bowman's space, its capsule at r 20, in
+    mid-grey tissue with pale tubule lumens further out (r 28-34)."""
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - c[0], xx - c[1])
+    gray = np.full((size, size), 0.55)
+    gray[(r >= 28) & (r < 34) & (np.abs(yy - c[0]) < 8)] = 0.95  # two lumens, left and right
+    gray[r < 20] = 0.9
+    gray[r < 12] = 0.35
+    return (np.repeat(gray[..., None], 3, 2) * 255).astype(np.uint8), r
+
+
+def test_outline_grows_a_tuft_to_its_capsule_not_to_a_tubule():
+    from napari_ftu.annotate.outline import enclosing_outline, outline_objects
+
+    image, r = _glomerulus()
+    tuft = r < 12
+    grown = enclosing_outline(image, tuft, (60, 60), radius_px=20)
+    truth = r < 20
+    assert (grown & tuft).sum() == tuft.sum()
+    assert (grown & truth).sum() / (grown | truth).sum() > 0.85
+    assert not grown[r >= 26].any()  # the lumens beyond the capsule stay out
+    labels = np.zeros(r.shape, np.int32)
+    labels[tuft] = 1
+    labels[(r >= 14) & (r < 17) & (np.arange(120)[None, :] > 70)] = 2  # a neighbour inside the space
+    out = outline_objects(image, labels, radius_px=20)
+    assert (out[labels == 2] == 2).all() and (out == 1).sum() > truth.sum() * 0.8
+    cut, _ = _glomerulus(c=(60, 8))  # cut by the image's left edge
+    half = (np.hypot(*np.mgrid[:120, :120] - np.array([60, 8])[:, None, None]) < 12)
+    grown = enclosing_outline(cut, half, (60, 8), radius_px=20)
+    assert grown[60, 0] and grown[60, 25] and not grown[60, 32]
 
 
 def test_two_ftu_classes_give_background_plus_classes(trained):
@@ -149,18 +182,22 @@ def test_unusable_scribbles_are_refused(trained, change, message):
 
 
 def test_one_click_outlines_the_glomerulus(shared_data):
+    """The glomeruli not cut by the patch edge (18 on the 20 patches): the click's object reaches
+    the capsule (bench: mean IoU 0.69; the tufts alone, before the outline, 0.58)."""
     from scipy import ndimage as ndi
 
-    image, truth = _sarder(shared_data)
-    lab, _ = ndi.label(truth)
     ious = []
-    for y, x, i in simulate.clicks(lab):
-        if (lab == i).sum() < 1000:
-            continue
-        m = clicks.object_at(image, (y, x), um_per_px=UM)
-        assert m[y, x]
-        ious.append((m & (lab == i)).sum() / (m | (lab == i)).sum())
-    assert ious and min(ious) > 0.4, ious
+    for path in sorted((shared_data / "sarder_frozen_kidney_glomeruli" / "images").glob("slide_*.png")):
+        image, truth = _sarder(shared_data, path.stem[len("slide_"):])
+        lab, _ = ndi.label(truth)
+        rim = set(np.unique(np.concatenate([lab[[0, -1]].ravel(), lab[:, [0, -1]].ravel()])))
+        for y, x, i in simulate.clicks(lab):
+            if i in rim:
+                continue
+            m = clicks.object_at(image, (y, x), um_per_px=UM)
+            assert m[y, x]
+            ious.append((m & (lab == i)).sum() / (m | (lab == i)).sum())
+    assert len(ious) >= 15 and np.mean(ious) > 0.65, ious
 
 
 def test_clicks_outside_the_image_or_on_glass_are_refused(shared_data):
@@ -204,7 +241,7 @@ def test_cli_annotate_scribbles_and_clicks(trained, tmp_path, capsys):
     assert len(np.unique(clicked)) - 1 == len(pts) and _dice(clicked > 0, truth) > 0.5
 
 
-def test_cli_annotate_encoder_features_and_convex_objects(trained, tmp_path, capsys):
+def test_cli_annotate_encoder_features_and_object_shapes(trained, tmp_path, capsys):
     import json
 
     from scipy import ndimage as ndi
@@ -219,13 +256,15 @@ def test_cli_annotate_encoder_features_and_convex_objects(trained, tmp_path, cap
     code, out = _cli(base + ["--out", tmp_path / "plain.tif", "--save-model", tmp_path / "plain"], capsys)
     assert code == 0, out.err
     code, out = _cli(base + ["--out", tmp_path / "deep.tif", "--save-model", tmp_path / "deep", "--encoder-features",
-                             "--convex"], capsys)
+                             "--shape", "convex"], capsys)
+    assert code == 0, out.err
+    code, out = _cli(base + ["--out", tmp_path / "outline.tif", "--encoder-features", "--shape", "outline"], capsys)
     assert code == 0, out.err
     cards = [json.loads((tmp_path / m / "model_card.json").read_text()) for m in ("plain", "deep")]
     assert [c["arch_kwargs"]["deep"] for c in cards] == [0, 3]
     assert cards[1]["notes"]["encoder_weights"]["licence"] == "Apache-2.0"
-    plain, deep = (read_image(tmp_path / f).data for f in ("plain.tif", "deep.tif"))
-    assert _dice(deep > 0, truth) > _dice(plain > 0, truth)
+    plain, deep, outline = (read_image(tmp_path / f).data for f in ("plain.tif", "deep.tif", "outline.tif"))
+    assert _dice(outline > 0, truth) > _dice(deep > 0, truth) > _dice(plain > 0, truth)
     grown = convex_objects(deep) != deep  # hull again: at most a rim of corner pixels
     assert not (grown & ~ndi.binary_dilation(deep > 0)).any()
 

@@ -24,6 +24,7 @@ import napari
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
+    ComboBox,
     Container,
     FileEdit,
     FloatSpinBox,
@@ -53,6 +54,7 @@ from napari_ftu.review.session import ReviewSession
 SCRIBBLES = "scribbles"
 OBJECTS = "objects"
 LIVE = "live prediction"
+SHAPE_CHOICES = [("as predicted", ""), ("convex hull", "convex"), ("enclosing outline (capsule)", "outline")]
 LIVE_DELAY_MS = 300  # after the last stroke, so a burst of strokes retrains once
 
 
@@ -73,7 +75,9 @@ class AnnotateWidget(EngineRunDock):
         self.encoder_features = CheckBox(text="encoder features (ImageNet EfficientNet-Lite0: context; slower)",
                                          value=False, tooltip="tells glomeruli from tubules better; the view's "
                                                               "features take several times longer (RGB only)")
-        self.convex = CheckBox(text="convex objects (compact FTUs: glomeruli, vessels)", value=False)
+        self.shape = ComboBox(label="object shape", value="", choices=SHAPE_CHOICES,
+                              tooltip="strokes find an FTU's dense core: convex hulls, or the outline grown out "
+                                      "to the edge that encloses it (Bowman's capsule; FTUs of the diameter above)")
         self.add_button = PushButton(text="Add scribbles layer")
         self.train_button = PushButton(text="Train")
         self.live = CheckBox(text="live: retrain on every stroke, predict the visible region", value=True)
@@ -89,7 +93,7 @@ class AnnotateWidget(EngineRunDock):
         self.status.native.setWordWrap(True)  # a result line (cells per class) outgrows the dock: two lines
         self.status.native.setMinimumHeight(2 * self.status.native.fontMetrics().lineSpacing() + 4)
         self.extend([self.image, self.um_per_px, self.classes, self.cells, self.min_um2, self.diameter,
-                     self.encoder_features, self.convex, self.add_button, self.live, self.train_button, self.clicking,
+                     self.encoder_features, self.shape, self.add_button, self.live, self.train_button, self.clicking,
                      self.undo_button, self.model_dir, self.save_button,
                      Container(layout="horizontal", widgets=[self.apply_button, self.cancel_button], labels=False),
                      self.bar, self.status])
@@ -277,7 +281,7 @@ class AnnotateWidget(EngineRunDock):
             else:
                 steps, total = headless.scribble_steps(image, scribbles, self.um_per_px.value, self._names(),
                                                        self.min_um2.value, encoder_features=self.encoder_features.value,
-                                                       convex=self.convex.value), 3
+                                                       shape=self.shape.value, diameter_um=self.diameter.value), 3
             next(steps)  # checks the input here, so bad input never starts a worker
         except InputError as exc:
             self._fail(str(exc))

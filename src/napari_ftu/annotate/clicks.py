@@ -4,7 +4,8 @@ A seeded watershed in a window around the click, as large as the expected FTU (`
 at the image's µm/px): the click's neighbourhood seeds the object, the window's rim the outside.
 The relief is the gradient of the pixel classifier's probability when one is trained (the
 object stops where the classifier changes its mind), else the gradient of the stain densities
-(colour similarity). Holes are filled (a glomerulus' Bowman's space, a vessel's lumen).
+(colour similarity). Holes are filled, and the object then grows out to the edge that encloses it
+(:mod:`~napari_ftu.annotate.outline`: a glomerulus' Bowman's space up to the capsule).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def object_at(image: np.ndarray, point, um_per_px: float = 1.0, diameter_um: flo
     click outside the image or on glass."""
     from skimage.segmentation import watershed
 
+    from napari_ftu.annotate.outline import enclosing_outline
     from napari_ftu.engine.features import to_unit
 
     y, x = check_click(np.shape(image), point, source)
@@ -70,7 +72,7 @@ def object_at(image: np.ndarray, point, um_per_px: float = 1.0, diameter_um: flo
     region = lab == lab[cy, cx] if lab[cy, cx] else region
     out = np.zeros(np.shape(image)[:2], bool)
     out[box] = region
-    return out
+    return enclosing_outline(image, out, (y, x), diameter_um / um_per_px / 2)
 
 
 def _not_image_border(box, shape, crop_shape) -> np.ndarray:

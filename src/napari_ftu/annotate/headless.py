@@ -42,13 +42,13 @@ def read_clicks(path: str | Path) -> list[tuple[float, float]]:
 
 def labels_from_scribbles(image: np.ndarray, scribbles: np.ndarray, um_per_px: float = 1.0,
                           min_object_um2: float = 0.0, source: str = "scribbles", classes: list | None = None,
-                          encoder_features: bool = False, convex: bool = False):
+                          encoder_features: bool = False, shape: str = "", diameter_um: float | None = None):
     """Train on the scribbles, predict the image, return (labels, objects table, classifier);
     ``classes`` names the scribble values 2, 3, ... (:func:`scribble_steps` drained)."""
     from napari_ftu.steps import drain
 
     return drain(scribble_steps(image, scribbles, um_per_px, classes, min_object_um2, source, encoder_features,
-                                convex))
+                                shape, diameter_um))
 
 
 def labels_from_clicks(image: np.ndarray, points, um_per_px: float = 1.0, diameter_um: float | None = None,
@@ -66,15 +66,16 @@ def labels_from_clicks(image: np.ndarray, points, um_per_px: float = 1.0, diamet
 
 def scribble_steps(image: np.ndarray, scribbles: np.ndarray, um_per_px: float = 1.0, classes: list | None = None,
                    min_object_um2: float = 0.0, source: str = "scribbles", encoder_features: bool = False,
-                   convex: bool = False):
+                   shape: str = "", diameter_um: float | None = None):
     """Scribbles -> objects as a generator for the dock's worker: yields ``("step", i, 3)`` and
     returns ``(labels, table, classifier)``; scribbles are checked before any work.
 
     ``encoder_features`` adds the pretrained EfficientNet-Lite0 stages to the filter bank (context
-    that tells a glomerulus from a tubule; slower, RGB only); ``convex`` replaces each object by
-    its convex hull (compact FTUs whose pale rim the strokes do not reach)."""
-    from napari_ftu.annotate import pixels
-    from napari_ftu.annotate.objects import objects_from_probability
+    that tells a glomerulus from a tubule; slower, RGB only). ``shape`` reshapes the objects, whose
+    pale rim the strokes do not reach: ``convex`` hulls, or ``outline``: grown to the edge that
+    encloses them (Bowman's capsule), searched within FTUs of ``diameter_um``."""
+    from napari_ftu.annotate import clicks, pixels
+    from napari_ftu.annotate.objects import objects_from_probability, reshaper
     from napari_ftu.engine.features import DEEP_STAGES
 
     pixels.check_scribbles(np.shape(image), scribbles, source)
@@ -84,8 +85,9 @@ def scribble_steps(image: np.ndarray, scribbles: np.ndarray, um_per_px: float = 
     yield ("step", 1, 3)
     prob = clf.probability(image)
     yield ("step", 2, 3)
+    reshape = reshaper(shape, image, (diameter_um or clicks.DIAMETER_UM) / um_per_px / 2)
     labels, table = objects_from_probability(prob, 0.5, int(min_object_um2 / um_per_px**2), um_per_px=um_per_px,
-                                             class_names=clf.classes, convex=convex)
+                                             class_names=clf.classes, reshape=reshape)
     yield ("step", 3, 3)
     return labels, table, clf
 

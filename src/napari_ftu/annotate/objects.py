@@ -32,12 +32,30 @@ def convex_objects(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+SHAPES = ("", "convex", "outline")  # as predicted, convex hulls, grown to the enclosing edge
+
+
+def reshaper(shape: str, image: np.ndarray, radius_px: float):
+    """The labels -> labels function of an object ``shape`` (one of :data:`SHAPES`), or None:
+    ``convex`` (:func:`convex_objects`), ``outline`` (:func:`~napari_ftu.annotate.outline.outline_objects`
+    on ``image``, whose FTUs are about ``radius_px`` in radius)."""
+    from napari_ftu.annotate.outline import outline_objects
+
+    if shape not in SHAPES:
+        raise ValueError(f"object shape {shape!r}: one of {', '.join(s for s in SHAPES if s)}")
+    if shape == "convex":
+        return convex_objects
+    if shape == "outline":
+        return lambda labels: outline_objects(image, labels, radius_px)
+    return None
+
+
 def objects_from_probability(prob: np.ndarray, threshold: float = 0.5, min_area_px: int = 0,
                              split_min_distance_px: float | None = None, um_per_px: float | None = None,
-                             class_names: list | None = None, convex: bool = False):
+                             class_names: list | None = None, reshape=None):
     """``prob`` (K, H, W) per FTU class -> (labels int32, object table with class and confidence).
-    A pixel belongs to the most probable class when that class passes ``threshold``; ``convex``
-    replaces each object by its convex hull (:func:`convex_objects`)."""
+    A pixel belongs to the most probable class when that class passes ``threshold``; ``reshape``
+    (labels -> labels, see :func:`reshaper`) then changes each class's objects' shapes."""
     prob = np.asarray(prob, np.float32)
     if prob.ndim == 2:
         prob = prob[None]
@@ -48,8 +66,8 @@ def objects_from_probability(prob: np.ndarray, threshold: float = 0.5, min_area_
     for k in range(len(prob)):
         p = np.where(best == k, top, 0.0).astype(np.float32)
         lab = instances(p, threshold, min_area_px)
-        if convex:
-            lab = convex_objects(lab)
+        if reshape is not None:
+            lab = reshape(lab)
         rows = object_table(lab, p, um_per_px)
         if split_min_distance_px:
             rows = split_touching(lab, p, rows, split_min_distance_px, um_per_px=um_per_px)

@@ -622,12 +622,14 @@ def _add_annotate(sub) -> None:
     a.add_argument("--id", default=None, help="image id in --csv (default: the file name, without _red.png)")
     a.add_argument("--save-model", type=Path, default=None, help="save the scribble classifier as a model folder")
     a.add_argument("--um-per-px", type=float, default=None, help="pixel size (default: from the file, else 1)")
-    a.add_argument("--diameter-um", type=float, default=None, help="expected FTU diameter for clicks (default 200)")
+    a.add_argument("--diameter-um", type=float, default=None,
+                   help="expected FTU diameter for clicks and --shape outline (default 200)")
     a.add_argument("--min-object-um2", type=float, default=0.0, help="drop smaller objects (scribbles)")
     a.add_argument("--encoder-features", action="store_true",
                    help="scribbles: add ImageNet EfficientNet-Lite0 stages to the filters (context; slower, RGB)")
-    a.add_argument("--convex", action="store_true",
-                   help="scribbles: each object becomes its convex hull (compact FTUs such as glomeruli)")
+    a.add_argument("--shape", choices=["convex", "outline"], default="",
+                   help="scribbles: each object becomes its convex hull, or grows out to the edge that encloses it "
+                        "(Bowman's capsule beyond the pale space; FTUs of --diameter-um)")
     a.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     a.set_defaults(func=_annotate)
 
@@ -670,7 +672,7 @@ def _annotate(args) -> int:
         labels, table, clf = headless.labels_from_scribbles(loaded.data, scribbles, um, args.min_object_um2,
                                                             source=str(args.scribbles), classes=names,
                                                             encoder_features=args.encoder_features,
-                                                            convex=args.convex)
+                                                            shape=args.shape, diameter_um=args.diameter_um)
         if args.save_model:
             clf.save(args.save_model, min_object_um2=args.min_object_um2)
     else:
