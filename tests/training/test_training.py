@@ -265,6 +265,32 @@ def test_cli_train_refuses_what_it_cannot_do(tmp_path, small_slide, capsys):
     assert "no checkpoint to resume from" in capsys.readouterr().err
     assert main(base + ["--minutes", "0"]) == 2
     assert main(base + ["--classes", "a,b"]) == 2
+    capsys.readouterr()
+    for flags, message in ((["--decoder-channels", "64,32"], "five widths"),
+                           (["--decoder-channels", "a,b,c,d,e"], "whole numbers"),
+                           (["--arch", "FPN", "--decoder-channels", "8,8,8,8,8"], "Unet or UnetPlusPlus")):
+        assert main(base + flags) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_new_unets_get_the_narrow_decoder_unless_told(tmp_path, small_slide):
+    import json
+
+    from napari_ftu.cli import main
+    from napari_ftu.engine.models import build_network
+    from napari_ftu.training.train import DECODER_CHANNELS, new_model
+
+    card, _ = new_model("Unet", pretrained=False)
+    net = build_network(card)
+    widths = [block.conv2[0].out_channels for block in net.decoder.blocks]
+    assert widths == list(DECODER_CHANNELS) == [128, 64, 32, 16, 16]
+    assert new_model("Unet", pretrained=False, arch_kwargs={"decoder_channels": [256, 128, 64, 32, 16]})[0] \
+        .arch_kwargs == {"decoder_channels": [256, 128, 64, 32, 16]}
+    out = tmp_path / "wide"
+    assert main(["train", "--tiles", str(_tiles(tmp_path, small_slide)), "--out", str(out), "--data-um-per-px", "1.0",
+                 "--steps", "1", "--batch-size", "1", "--crop", "64", "--workers", "0", "--no-pretrained",
+                 "--decoder-channels", "32,16,16,8,8"]) == 0
+    assert json.loads((out / "model_card.json").read_text())["arch_kwargs"] == {"decoder_channels": [32, 16, 16, 8, 8]}
 
 
 def test_progress_bar_redraws_on_a_terminal():

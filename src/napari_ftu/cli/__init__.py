@@ -156,6 +156,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", default="Unet", help="smp architecture of a new model: Unet, UnetPlusPlus, FPN, ...")
     t.add_argument("--encoder", default="efficientnet-lite0",
                    help="encoder of a new model: efficientnet-lite0/1/2 (ImageNet weights offline) or any smp encoder")
+    t.add_argument("--decoder-channels", default=None, metavar="C1,C2,...",
+                   help="a new U-Net's decoder widths, deepest first (default 128,64,32,16,16; smp's own: "
+                        "256,128,64,32,16)")
     t.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="start the encoder from ImageNet weights (default: when the encoder has offline ones)")
     t.add_argument("--classes", default="FTU", help="name of the class the masks mark")
@@ -460,7 +463,7 @@ def _train(args) -> int:
         init_state = base.network.state_dict()
     else:
         card, init_state = new_model(args.arch, args.encoder, classes, args.um_per_px or 2.0, args.pretrained,
-                                     args.name, args.seed)
+                                     args.name, args.seed, _decoder(args.decoder_channels, args.arch))
     train_set, val_set = [], [pair for folder in args.val_tiles for pair in
                               dataset_samples(folder, card, um_per_px=args.data_um_per_px)]
     every = args.hold_out_every if args.hold_out_every is not None else (0 if args.val_tiles else 5)
@@ -587,6 +590,21 @@ def _evaluate(args) -> int:
     if args.out:
         print(f"wrote {args.out}")
     return 0
+
+
+def _decoder(text: str | None, arch: str) -> dict | None:
+    """``--decoder-channels`` as the architecture's keyword arguments."""
+    if text is None:
+        return None
+    if arch not in ("Unet", "UnetPlusPlus"):
+        raise OptionError(f"--decoder-channels: for --arch Unet or UnetPlusPlus, not {arch}")
+    try:
+        channels = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise OptionError(f"--decoder-channels: five comma-separated whole numbers, got {text!r}") from None
+    if len(channels) != 5 or not 1 <= min(channels) <= max(channels) <= 1024:
+        raise OptionError(f"--decoder-channels: five widths from 1 to 1024 (one per encoder stage), got {text!r}")
+    return {"decoder_channels": channels}
 
 
 def _check_numbers(args, ints: dict, positive=()) -> None:
