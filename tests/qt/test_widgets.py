@@ -437,7 +437,7 @@ def test_threshold_re_derives_objects_without_running_the_model(viewer_with_slid
     calls = []
     monkeypatch.setattr(FTUModel, "predict", lambda *a, **k: calls.append(1))
     widget.threshold.value = 0.95
-    qtbot.waitUntil(lambda: "no model run" in widget.status.value, timeout=30_000)
+    qtbot.waitUntil(lambda: "no model run" in widget.status.value and widget.worker is None, timeout=30_000)
     labels = viewer.layers["kidney FTUs"]
     np.testing.assert_array_equal(labels.data, instances(prob, 0.95, seg.min_area_px))
     assert not calls and labels.metadata["threshold"] == 0.95

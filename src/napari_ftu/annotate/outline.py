@@ -39,7 +39,7 @@ def innermost(mask: np.ndarray) -> tuple[int, int]:
 def enclosing_outline(image: np.ndarray, mask: np.ndarray, center, radius_px: float) -> np.ndarray:
     """``mask`` (image-sized, bool) grown out to the bright-to-dark edge that encloses it, seen
     from ``center`` (y, x); ``radius_px`` is the expected FTU radius in pixels. Returns a new
-    image-sized mask that holds all of ``mask``."""
+    image-sized mask that holds all of ``mask``; only a window of the outline's reach is read."""
     from skimage.draw import polygon
 
     from napari_ftu.engine.features import to_unit
@@ -66,10 +66,12 @@ def enclosing_outline(image: np.ndarray, mask: np.ndarray, center, radius_px: fl
     reach = np.array([np.flatnonzero(row).max() if row.any() else 0 for row in inside])
     score[np.arange(n)[None, :] < np.minimum(reach, n - 1)[:, None]] = CUT  # never cut into the object
     r = _closed_path(score) * scale
-    out = np.zeros((h, w), bool)
-    rr, cc = polygon(y + r * np.sin(theta), x + r * np.cos(theta), (h, w))
-    out[rr, cc] = True
-    return ndi.binary_fill_holes(out | mask)
+    region = mask[box].copy()
+    rr, cc = polygon((y - box[0].start) + r * np.sin(theta), (x - box[1].start) + r * np.cos(theta), region.shape)
+    region[rr, cc] = True
+    out = mask.copy()
+    out[box] = ndi.binary_fill_holes(region)
+    return out
 
 
 def _closed_path(score: np.ndarray) -> np.ndarray:
