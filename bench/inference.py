@@ -1,6 +1,6 @@
 """Engine speed and memory, side by side in one run.
 
-    python bench/inference.py [--size 4096] [--device cpu] [--batch 4]
+    python bench/inference.py [--size 4096] [--device cpu] [--batch 4] [--repeat 3] [--no-monai] [--profile]
 
 1. End-to-end time of ``segment`` / the model's forward time alone over the same tiles, each run
    ``--repeat`` times interleaved, the best of each compared.
@@ -115,6 +115,35 @@ def run_one(method: str, size: int, glass: float, device: str, batch: int) -> di
     return out
 
 
+def profile(size: int, device: str, batch: int) -> None:
+    """One in-process end-to-end run under cProfile: the model's ``predict`` against the stages
+    around it (steadier than wall-clock pairs on a shared machine)."""
+    import cProfile
+    import pstats
+
+    from napari_ftu.engine.inference import segment
+    from napari_ftu.engine.models import load_model
+
+    model = load_model(None, device=device)
+    rgb = image(size, 0.0)
+    segment(rgb[:512, :512], model, batch_size=batch)  # warm-up
+    prof = cProfile.Profile()
+    start = time.perf_counter()
+    prof.runcall(segment, rgb, model, batch_size=batch)
+    total = time.perf_counter() - start
+    cum = {}
+    for (path, _, name), (_, _, _, cumtime, _) in pstats.Stats(prof).stats.items():
+        cum[(os.path.basename(path), name)] = cum.get((os.path.basename(path), name), 0.0) + cumtime
+    predict = cum[("models.py", "predict")]
+    stages = {"instance labelling": cum.get(("inference.py", "relabel_steps"), 0.0),
+              "blending": cum.get(("tiling.py", "add"), 0.0),
+              "flushing rows": cum.get(("tiling.py", "_flush"), 0.0) + cum.get(("tiling.py", "finish"), 0.0),
+              "writes": cum.get(("inference.py", "write"), 0.0),
+              "tissue overview": cum.get(("tissue.py", "tissue_mask"), 0.0)}
+    print(f"{size} x {size}: end to end {total:.2f} s, predict {predict:.2f} s, ratio {total / predict:.3f}; "
+          + ", ".join(f"{k} {v:.3f} s" for k, v in stages.items()))
+
+
 def measure(method, size, glass, device, batch) -> dict:
     cmd = [sys.executable, __file__, "--one", method, "--size", str(size), "--glass", str(glass),
            "--device", device, "--batch", str(batch)]
@@ -133,7 +162,11 @@ def main():
     p.add_argument("--repeat", type=int, default=3,
                    help="end-to-end and forward runs, interleaved; the best of each is compared (timeit's rule: "
                         "on a shared machine the fastest run is the one least disturbed)")
+    p.add_argument("--profile", action="store_true", help="one in-process run under cProfile: stage times")
     args = p.parse_args()
+    if args.profile:
+        profile(args.size, args.device, args.batch)
+        return
     if args.one:
         print(json.dumps(run_one(args.one, args.size, args.glass, args.device, args.batch)))
         return

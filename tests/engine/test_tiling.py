@@ -101,3 +101,15 @@ def test_tiles_cover_and_stay_inside():
     assert tile_starts(100, 256, 64) == [0]
     with pytest.raises(ValueError):
         tile_starts(100, 64, 64)
+
+
+def test_tissue_mask_steps_equal_scipy(rng):
+    """The fast opening and hole filling of the tissue overview are scipy's, pixel for pixel."""
+    from scipy import ndimage as ndi
+
+    from napari_ftu.engine.tissue import _fill_holes, _opening
+
+    for _ in range(200):
+        mask = rng.random(tuple(rng.integers(1, 40, 2))) < rng.uniform(0.2, 0.95)
+        np.testing.assert_array_equal(_opening(mask), ndi.binary_opening(mask, iterations=1))
+        np.testing.assert_array_equal(_fill_holes(mask), ndi.binary_fill_holes(mask))

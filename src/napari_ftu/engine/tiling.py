@@ -188,6 +188,8 @@ class Stitcher:
         rows = min(tile, self.shape[0])
         self.total = np.zeros((channels, rows, self.shape[1]), np.float32)
         self.weight = np.zeros((rows, self.shape[1]), np.float32)
+        self._blended = np.empty((channels, rows, min(tile, self.shape[1])), np.float32)  # one tile's product
+        self._windows: dict = {}
         self.y = 0  # image row of the band's first row
         self._row_starts = tile_starts(self.shape[0], tile, overlap) + [self.shape[0]]
         self._last_x = tile_starts(self.shape[1], tile, overlap)[-1]
@@ -211,14 +213,25 @@ class Stitcher:
             raise ValueError("tiles must be added row by row, top to bottom")
         if y0 > self.y:
             self._flush(y0)
-        wy = window_1d(y0, self.tile, self.shape[0], self.overlap, self.blend)
-        wx = window_1d(x0, self.tile, self.shape[1], self.overlap, self.blend)
-        win = np.outer(wy, wx).astype(np.float32)
+        win = self._window(y0, x0)
         h, w = win.shape
-        self.total[:, :h, x0 : x0 + w] += pred[:, :h, :w] * win
+        part = pred[:, :h, :w]  # float32 from a model: multiplied into a buffer, not a new array per tile
+        blended = np.multiply(part, win, out=self._blended[:, :h, :w]) if part.dtype == np.float32 else part * win
+        self.total[:, :h, x0 : x0 + w] += blended
         self.weight[:h, x0 : x0 + w] += win
         if x0 == self._last_x:  # a row of tiles is complete: rows above the next row are final
             self._flush(next(y for y in self._row_starts if y > y0))
+
+    def _window(self, y0: int, x0: int) -> np.ndarray:
+        """The 2-D float32 weights, kept per distinct pair of 1-D windows (a handful: border,
+        inner and last tiles), so a tile costs no outer product."""
+        wy = window_1d(y0, self.tile, self.shape[0], self.overlap, self.blend)
+        wx = window_1d(x0, self.tile, self.shape[1], self.overlap, self.blend)
+        key = (wy.tobytes(), wx.tobytes())
+        win = self._windows.get(key)
+        if win is None:
+            win = self._windows[key] = np.outer(wy, wx).astype(np.float32)
+        return win
 
     def finish(self) -> None:
         self._flush(self.shape[0])

@@ -8,6 +8,8 @@ Dark-background images (fluorescence) have no bright glass, so nothing is skippe
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -31,12 +33,33 @@ def tissue_mask(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.ndim == 2:
         rgb = rgb[..., None]
-    rgb = rgb[..., :3]
-    sat = rgb.max(-1).astype(np.int16) - rgb.min(-1)
-    gray = rgb.mean(-1)
+    channels = [rgb[..., i] for i in range(min(3, rgb.shape[-1]))]  # per channel: reducing an axis of 3 is slow
+    sat = functools.reduce(np.maximum, channels).astype(np.int16) - functools.reduce(np.minimum, channels)
+    total = channels[0].astype(np.float64 if channels[0].dtype.kind in "biu" else channels[0].dtype)
+    for c in channels[1:]:
+        total = total + c
+    gray = total / len(channels)  # the same sums, in the same order, as rgb.mean(-1)
     mask = (sat >= MIN_SATURATION) | (gray <= MAX_GLASS_GRAY)
-    mask = ndi.binary_opening(mask, iterations=1)  # dust and noise
-    return ndi.binary_fill_holes(mask)
+    return _fill_holes(_opening(mask))  # dust and noise out, holes in
+
+
+def _opening(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_opening(mask)`` (a cross, outside pixels off) by shifted slices, several times faster."""
+    p = np.pad(mask, 1)
+    eroded = p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    q = np.pad(eroded, 1)
+    return q[1:-1, 1:-1] | q[:-2, 1:-1] | q[2:, 1:-1] | q[1:-1, :-2] | q[1:-1, 2:]
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_fill_holes(mask)``: background components off the border are holes. One
+    labelling instead of a dilation repeated until nothing changes."""
+    if mask.size == 0:
+        return mask
+    labels, n = ndi.label(~mask)
+    hole = np.ones(n + 1, bool)
+    hole[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+    return mask | hole[labels]
 
 
 def tissue_fraction(rgb: np.ndarray) -> float:
