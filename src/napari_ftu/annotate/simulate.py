@@ -78,15 +78,15 @@ def _paint(out: np.ndarray, pts: np.ndarray, brush: int, region: np.ndarray, val
 
 def clicks(truth: np.ndarray) -> list[tuple[int, int, int]]:
     """(y, x, id) per object: its innermost pixel."""
+    from napari_ftu.annotate.outline import innermost
+
     lab = truth if truth.dtype != bool else ndi.label(truth)[0]
     out = []
     for i, sl in enumerate(ndi.find_objects(lab), start=1):
         if sl is None:
             continue
-        mask = np.pad(lab[sl] == i, 1)
-        dist = ndi.distance_transform_edt(mask)[1:-1, 1:-1]
-        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-        out.append((int(y + sl[0].start), int(x + sl[1].start), i))
+        y, x = innermost(lab[sl] == i)
+        out.append((y + sl[0].start, x + sl[1].start, i))
     return out
 
 

@@ -596,8 +596,10 @@ def _decoder(text: str | None, arch: str) -> dict | None:
     """``--decoder-channels`` as the architecture's keyword arguments."""
     if text is None:
         return None
-    if arch not in ("Unet", "UnetPlusPlus"):
-        raise OptionError(f"--decoder-channels: for --arch Unet or UnetPlusPlus, not {arch}")
+    from napari_ftu.training.train import DECODER_ARCHITECTURES
+
+    if arch not in DECODER_ARCHITECTURES:
+        raise OptionError(f"--decoder-channels: for --arch {' or '.join(DECODER_ARCHITECTURES)}, not {arch}")
     try:
         channels = [int(v) for v in text.split(",")]
     except ValueError:

@@ -143,6 +143,7 @@ def plateau_threshold(scores, tolerance: float = 0.01) -> tuple[float, float]:
 
 
 DECODER_CHANNELS = (128, 64, 32, 16, 16)  # a U-Net's decoder: half smp's widths, 1.5x the CPU steps per minute
+DECODER_ARCHITECTURES = ("Unet", "UnetPlusPlus")  # those that take decoder_channels as one width per stage
 
 
 def new_model(architecture: str = "Unet", encoder: str | None = None, classes=("FTU",), um_per_px: float = 2.0,
@@ -159,7 +160,7 @@ def new_model(architecture: str = "Unet", encoder: str | None = None, classes=("
         raise OptionError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
     encoder = encoder or pre.DEFAULT_ENCODER
     arch_kwargs = dict(arch_kwargs or {})
-    if architecture in ("Unet", "UnetPlusPlus"):
+    if architecture in DECODER_ARCHITECTURES:
         arch_kwargs.setdefault("decoder_channels", list(DECODER_CHANNELS))
     if pretrained is None:
         pretrained = pre.pretrained_name(encoder) is not None
