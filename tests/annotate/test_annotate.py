@@ -182,22 +182,34 @@ def test_unusable_scribbles_are_refused(trained, change, message):
 
 
 def test_one_click_outlines_the_glomerulus(shared_data):
-    """The glomeruli not cut by the patch edge (18 on the 20 patches): the click's object reaches
-    the capsule (bench: mean IoU 0.69; the tufts alone, before the outline, 0.58)."""
+    """All 49 glomeruli of the 20 patches, the 18 whole ones and the 31 cut by the patch edge: the
+    click's object reaches the capsule, and on a cut piece no deeper than twice the click's depth
+    (bench: mean IoU 0.69 whole, 0.70 cut; before the depth limit the cut ones scored 0.60)."""
     from scipy import ndimage as ndi
 
-    ious = []
+    ious = {True: [], False: []}
     for path in sorted((shared_data / "sarder_frozen_kidney_glomeruli" / "images").glob("slide_*.png")):
         image, truth = _sarder(shared_data, path.stem[len("slide_"):])
         lab, _ = ndi.label(truth)
         rim = set(np.unique(np.concatenate([lab[[0, -1]].ravel(), lab[:, [0, -1]].ravel()])))
         for y, x, i in simulate.clicks(lab):
-            if i in rim:
-                continue
             m = clicks.object_at(image, (y, x), um_per_px=UM)
             assert m[y, x]
-            ious.append((m & (lab == i)).sum() / (m | (lab == i)).sum())
-    assert len(ious) >= 15 and np.mean(ious) > 0.65, ious
+            ious[i in rim].append((m & (lab == i)).sum() / (m | (lab == i)).sum())
+    whole, cut = ious[False], ious[True]
+    assert len(whole) >= 15 and len(cut) >= 25
+    assert np.mean(whole) > 0.65 and np.mean(cut) > 0.65 and np.mean(whole + cut) > 0.65, (whole, cut)
+
+
+def test_a_click_near_the_edge_takes_the_visible_piece():
+    """A glomerulus whose centre lies beyond the image's left edge: its visible piece is 14 px
+    deep, the click at its middle gives an object no deeper than twice the click's column."""
+    image, r = _glomerulus(c=(60, -6))
+    truth = r < 20
+    y, x = simulate.clicks(truth)[0][:2]
+    m = clicks.object_at(image, (y, x), um_per_px=1.0, diameter_um=40)
+    assert m[y, x] and not m[:, 2 * x + 1 :].any()
+    assert (m & truth).sum() / (m | truth).sum() > 0.7
 
 
 def test_clicks_outside_the_image_or_on_glass_are_refused(shared_data):
