@@ -447,7 +447,8 @@ class FTUModel:
     """A network plus its card, on a device; maps uint8 RGB tiles to class probabilities.
 
     On CUDA the network runs channels-last under autocast (bf16 where supported, else fp16) with
-    cuDNN autotuning, and tiles are copied from pinned memory without blocking.
+    cuDNN autotuning, and tiles are copied from pinned memory without blocking. The first one
+    made in a process keeps freed memory for reuse (:mod:`.allocator`).
 
     Parameters
     ----------
@@ -464,6 +465,9 @@ class FTUModel:
     def __init__(self, network, card: ModelCard, device="auto", precision: str = "auto"):
         import torch
 
+        from napari_ftu.engine.allocator import keep_freed_memory
+
+        keep_freed_memory()  # its calls free and re-allocate the same large blocks
         if precision not in PRECISIONS:
             raise ModelError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
         self.card = card
