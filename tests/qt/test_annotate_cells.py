@@ -88,6 +88,34 @@ def test_cells_train_into_instances_with_class_confidence_and_undo(cell_dock, qt
     viewer.screenshot(str(tmp_path / "annotate_cells.png"), canvas_only=False)
 
 
+def test_apply_after_a_cells_training_makes_the_cells_of_another_field(cell_dock, qtbot):
+    """Trained on one field, *Apply to slide* on a second field gives that field's cells (not
+    thresholded blobs), one undo step of the objects layer."""
+    viewer, widget, c = cell_dock
+    widget.classes.value = ", ".join(NAMES)
+    widget.add_scribbles().data[:] = _strokes(c, 4242)
+    widget.train()
+    qtbot.waitUntil(lambda: widget.train_button.enabled and "objects" in viewer.layers, timeout=180_000)
+    first = viewer.layers["objects"].data.copy()
+    other = make_cells(320, seed=99)
+    layers = _add_composite(viewer, other.image, "xyz")
+    widget.reset_choices()
+    widget.image.value = layers[0]
+    assert widget.apply_button.enabled
+    widget.apply()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=180_000)
+    layer = viewer.layers["objects"]
+    features = layer.features
+    scores = dict(zip(features["index"], features["confidence"]))
+    m = match_objects(layer.data, other.cells, 0.5, scores)
+    ap = average_precision(m)
+    assert ap > 0.8 and set(np.unique(layer.data)) - {0} == set(scores), ap
+    assert set(features["class"]) <= set(NAMES)
+    assert widget.status.value.startswith(f"{len(scores)} cells on xyz")
+    widget.undo()  # Apply was one step: the first field's cells come back
+    np.testing.assert_array_equal(layer.data, first)
+
+
 def test_export_dock_writes_the_cells_as_an_hpa_csv(cell_dock, qtbot, tmp_path):
     from napari_ftu.formats.csv_formats import HPA_LABELS
     from napari_ftu.formats.export import import_annotations

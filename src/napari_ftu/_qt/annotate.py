@@ -13,7 +13,8 @@ the engine, with the Segment dock's result layers (``_qt/common.EngineRunDock``)
 With *cells (fluorescence)* on (the default for a four-channel image such as an HPA composite),
 *Train* makes cells instead (:func:`napari_ftu.annotate.cells.cell_steps`, as ``napari-ftu annotate
 --cells``): one per nucleus of the blue channel, each with a class and confidence, so the Export
-dock writes them as an HPA CSV.
+dock writes them as an HPA CSV; *Apply to slide* then makes the cells of the chosen image (this
+field or another) with that classifier.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from napari_ftu._qt.jobs import start_job
 from napari_ftu._qt.state import announce_edit, session_of, share_session
 from napari_ftu.annotate import clicks, headless
 from napari_ftu.annotate.cells import N_CHANNELS, cell_steps
+from napari_ftu.annotate.cells import apply_steps as apply_cells_steps
 from napari_ftu.annotate.live import LiveClassifier, live_steps, view_of, view_scribbles
 from napari_ftu.annotate.pixels import BACKGROUND
 from napari_ftu.boxes import corners, from_corners
@@ -115,6 +117,7 @@ class AnnotateWidget(EngineRunDock):
         self._live_timer.setInterval(LIVE_DELAY_MS)
         self._live_timer.timeout.connect(self.live_update)
         self._training_cells = False
+        self._cells_classifier = False  # the classifier was trained for cells: Apply makes cells
 
     def _new_live_model(self, *_):
         """The live classifier starts afresh when its features change."""
@@ -226,7 +229,7 @@ class AnnotateWidget(EngineRunDock):
         """The view's FTU probability in the "live prediction" layer, placed over the view."""
         view, prob, clf = result
         layer = self.image.value
-        self.classifier = clf
+        self.classifier, self._cells_classifier = clf, False
         self._set_running(self.worker is not None)
         self.save_button.enabled = True
         shown = prob[0] if len(prob) == 1 else prob.sum(0)
@@ -293,11 +296,13 @@ class AnnotateWidget(EngineRunDock):
                                 on_finished=self._finished, bar=self.bar, total=total)
         return self.worker
 
-    def _trained(self, result):
+    def _trained(self, result, on: str | None = None):
         """The objects (or cells) replace those of the objects layer as one undo step of its
-        session, with their class and confidence (the Review dock's rows, the layer's features)."""
+        session, with their class and confidence (the Review dock's rows, the layer's features).
+        ``on`` names the image when an already trained classifier made them (cells' Apply)."""
         labels, table, clf = result
         self.classifier = clf
+        self._cells_classifier = self._training_cells
         layer = self._objects()
         session = self.session
         if session is None or layer.data.shape != labels.shape or layer.data.dtype != labels.dtype:
@@ -310,7 +315,8 @@ class AnnotateWidget(EngineRunDock):
         self.save_button.enabled = self.apply_button.enabled = True
         counts = Counter(r["cls"] for r in table)
         detail = ", ".join(f"{n} {c}" for c, n in counts.items())
-        self.status.value = f"{len(table)} {what} from the scribbles" + (f": {detail}" if len(counts) > 1 else "")
+        where = f"on {on}" if on else "from the scribbles"
+        self.status.value = f"{len(table)} {what} {where}" + (f": {detail}" if len(counts) > 1 else "")
 
     def _announce(self, layer, session):
         layer.features = session.review.features()  # what the Export dock writes follows every step
@@ -331,12 +337,15 @@ class AnnotateWidget(EngineRunDock):
 
     def apply(self, *_):
         """Run the classifier over the whole image layer (every pyramid level the engine needs)
-        like a model: the Segment dock's result layers, progress, cancel, bounded memory."""
+        like a model: the Segment dock's result layers, progress, cancel, bounded memory. A
+        classifier trained for cells makes cells instead, into the objects layer as Train does."""
         layer = self.image.value
         if layer is None or self.classifier is None:
             return self._fail("open an image and train the classifier first")
         if self.worker is not None:
             return None
+        if self._cells_classifier:
+            return self._apply_cells(layer)
         try:
             model = self.classifier.model(min_object_um2=self.min_um2.value)
             options = SegmentOptions(threshold=0.5)
@@ -344,6 +353,22 @@ class AnnotateWidget(EngineRunDock):
         except (ModelError, OptionError, ValueError) as exc:
             return self._fail(exc)
         return self.start_run(layer, model, options, self.um_per_px.value, f"Annotate: apply to {layer.name}")
+
+    def _apply_cells(self, layer):
+        """One cell per nucleus of the image layer's blue channel (this field or another one),
+        classed by the trained classifier: one undo step of the objects layer."""
+        name = layer.name
+        try:
+            steps = apply_cells_steps(self._pixels(), self.classifier, self.um_per_px.value, image_source=name)
+            next(steps)  # the channels and nuclei are checked here: bad input never starts a worker
+        except InputError as exc:
+            return self._fail(str(exc))
+        self._set_running(True)
+        self.status.value = f"cells on {name}..."
+        clf = self.classifier
+        self.worker = start_job(steps, f"Annotate: cells on {name}", on_done=lambda r: self._trained((*r, clf), on=name),
+                                on_error=lambda exc: self._fail(f"cells on {name} failed: {exc}"), on_finished=self._finished, bar=self.bar, total=3)
+        return self.worker
 
     def save(self, *_):
         if self.classifier is None:

@@ -183,6 +183,20 @@ def cell_steps(image, scribbles, um_per_px: float = 1.0, classes: list | None = 
     return labels, table, clf
 
 
+def apply_steps(image, clf, um_per_px: float = 1.0, threshold: float = 0.5, image_source: str = "image"):
+    """Generator (``("step", i, 3)``) returning ``(labels, table)``: the cells of a four-channel
+    image (this field or another one) from an already trained classifier, as :func:`cell_steps`
+    makes them after training. The image and its nuclei are checked before the first step."""
+    a = channels_last(image, image_source)
+    nuc = nuclei(a, image_source)
+    yield ("step", 1, 3)
+    prob = clf.probability(a)
+    yield ("step", 2, 3)
+    labels, table = cells_from_probability(prob, nuc, threshold, clf.classes, um_per_px)
+    yield ("step", 3, 3)
+    return labels, table
+
+
 def to_annotations(image_id: str, labels, table, um_per_px: float | None = None):
     """The cells as :class:`~napari_ftu.formats.annotations.Annotations` (class and confidence per
     cell), ready for ``export_annotations(..., "hpa")``."""
