@@ -366,8 +366,10 @@ class AnnotateWidget(EngineRunDock):
         self._set_running(True)
         self.status.value = f"cells on {name}..."
         clf = self.classifier
-        self.worker = start_job(steps, f"Annotate: cells on {name}", on_done=lambda r: self._trained((*r, clf), on=name),
-                                on_error=lambda exc: self._fail(f"cells on {name} failed: {exc}"), on_finished=self._finished, bar=self.bar, total=3)
+        self.worker = start_job(steps, f"Annotate: cells on {name}",
+                                on_done=lambda result: self._trained((*result, clf), on=name),
+                                on_error=lambda exc: self._fail(f"cells on {name} failed: {exc}"),
+                                on_finished=self._finished, bar=self.bar, total=3)
         return self.worker
 
     def save(self, *_):
