@@ -5,8 +5,8 @@ to the kernel when they are freed, so each tile batch's activations can land on 
 this project's 2-core machine a 4096² CPU segment run took 820 000 page faults and 3 s of kernel
 time, and end to end was 1.5× the model's forward time (``bench/inference.py``). With blocks up
 to 128 MB kept for reuse it takes a few thousand faults; the price is that the process may hold
-up to 256 MB of freed memory (the 50 000² slide bench: peak RSS 1 218 MB instead of 1 064 MB). Linux with glibc only; the user's own ``MALLOC_*_THRESHOLD_``
-environment settings win.
+up to 256 MB of freed memory (the 50 000² slide bench: peak RSS 1 218 MB instead of 1 064 MB).
+Linux with glibc only; the user's own ``MALLOC_*_THRESHOLD_`` environment settings win.
 """
 
 from __future__ import annotations
