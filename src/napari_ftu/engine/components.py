@@ -84,6 +84,26 @@ def _label_strip(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return ndi.label(mask, _CROSS)
 
 
+def enclosed(labels: np.ndarray, n: int) -> np.ndarray:
+    """Per background component ``0..n`` of a crop: True for those off the crop's border (holes).
+
+    Parameters
+    ----------
+    labels : ndarray
+        The crop's background components (2-D, ``1..n``; 0 is foreground).
+    n : int
+        How many there are.
+
+    Returns
+    -------
+    ndarray
+        bool ``(n + 1,)``, indexable by ``labels``.
+    """
+    is_hole = np.ones(n + 1, bool)
+    is_hole[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+    return is_hole
+
+
 def _boxes(labels: np.ndarray, n: int, ids: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Boxes ``(n, 4)`` = row0, row1, col0, col1 of components ``1..n``, from the object pixels
     (``ids`` at ``rows``, ``cols``) when they are few, else by a scan of the strip."""
@@ -146,8 +166,7 @@ def _fill_box(out, prob, box, rows: int, uf: _UnionFind, sums: list, scale: floa
     if r1 - r0 <= rows:  # one read, one labelling
         ids = np.asarray(out[r0:r1, c0:c1])
         labels, n = _label_strip(ids == 0)
-        is_hole = np.ones(n + 1, bool)
-        is_hole[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
+        is_hole = enclosed(labels, n)
         if not is_hole.any():
             return False
         ids = np.array(ids)

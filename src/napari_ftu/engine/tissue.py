@@ -54,12 +54,12 @@ def _opening(mask: np.ndarray) -> np.ndarray:
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``ndi.binary_fill_holes(mask)``: background components off the border are holes. One
     labelling instead of a dilation repeated until nothing changes."""
+    from napari_ftu.engine.components import enclosed
+
     if mask.size == 0:
         return mask
     labels, n = ndi.label(~mask)
-    hole = np.ones(n + 1, bool)
-    hole[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False
-    return mask | hole[labels]
+    return mask | enclosed(labels, n)[labels]
 
 
 def tissue_fraction(rgb: np.ndarray) -> float:
