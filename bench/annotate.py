@@ -98,6 +98,24 @@ SARDER = {"um_per_px": UM_SARDER, "min_area": min_area_px(DIAMETER_SARDER, UM_SA
 VESSELS = {"um_per_px": UM_VESSELS, "diameter": DIAMETER_VESSELS}
 
 
+def shape_ceilings(truth, click) -> tuple[float, float]:
+    """IoU of two oracle objects at the click: a disc of the truth's area, and an ellipse with
+    the truth's area-equivalent axes and orientation. What a round (or elliptic) object could
+    reach if its size (and shape) were guessed perfectly."""
+    from skimage.draw import ellipse
+    from skimage.measure import regionprops
+
+    y, x = click
+    yy, xx = np.ogrid[: truth.shape[0], : truth.shape[1]]
+    disc = (yy - y) ** 2 + (xx - x) ** 2 <= truth.sum() / np.pi
+    p = regionprops(truth.astype(np.uint8))[0]
+    oval = np.zeros_like(truth)
+    rr, cc = ellipse(y, x, max(p.axis_major_length / 2, 1), max(p.axis_minor_length / 2, 1), truth.shape,
+                     rotation=p.orientation)
+    oval[rr, cc] = True
+    return iou(disc, truth), iou(oval, truth)
+
+
 def cross_dice(pairs, n_train=5, n=3, brush=5, min_area=MIN_AREA, um_per_px=1.0, deep=0, diameter=None):
     from napari_ftu.annotate import pixels, simulate
 
@@ -178,7 +196,7 @@ def main():
 
         for name, pairs, um, diameter in (("Sarder", sarder(), UM_SARDER, DIAMETER_SARDER),
                                           ("vasculature", vessels(), UM_VESSELS, DIAMETER_VESSELS)):
-            ious, cut = [], []
+            ious, cut, ceilings = [], [], []
             for im, gt in pairs:
                 lab = gt if gt.dtype != bool else __import__("scipy.ndimage").ndimage.label(gt)[0]
                 rim = np.unique(np.concatenate([lab[[0, -1]].ravel(), lab[:, [0, -1]].ravel()]))
@@ -189,10 +207,15 @@ def main():
                         m = np.zeros(lab.shape, bool)
                     ious.append(iou(m, lab == i))
                     cut.append(i in rim)
+                    ceilings.append(shape_ceilings(lab == i, (y, x)))
             ious, whole = np.asarray(ious), ~np.asarray(cut)
             print(f"clicks {name}: mean IoU {ious.mean():.3f}, IoU >= 0.5 for {np.mean(ious >= 0.5):.0%} "
                   f"of {len(ious)} objects; the {whole.sum()} not cut by the image edge: mean IoU "
                   f"{ious[whole].mean():.3f}, {np.mean(ious[whole] >= 0.5):.0%} >= 0.5", flush=True)
+            disc, ellipse = np.asarray(ceilings).T
+            print(f"clicks {name}, shapes told by the truth, centred on the click: a disc of the object's area "
+                  f"{disc.mean():.3f} ({np.mean(disc >= 0.5):.0%} >= 0.5), an ellipse of its area, elongation "
+                  f"and orientation {ellipse.mean():.3f} ({np.mean(ellipse >= 0.5):.0%} >= 0.5)", flush=True)
     if "speed" in only:
         from napari_ftu.annotate import pixels, simulate
         from napari_ftu.io.synthetic import make_slide

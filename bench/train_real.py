@@ -88,17 +88,32 @@ def glomeruli(args):
     print(f"card: threshold {card['threshold']}, encoder {card['encoder']}, "
           f"weights {card['notes'].get('encoder_weights', {}).get('source')}")
     for extra in ((), ("--tta",)):
-        scores = []
+        scores, unmarked = [], []
         for image, mask in test:
             labels = work / f"{image.stem}.tif"
             cli("segment", image, "--model", work / "model", "--out", work / f"{image.stem}.csv", "--labels", labels,
                 "--um-per-px", SARDER_UM, "--overwrite", *extra, quiet=True)
             truth = iio.imread(mask)
             truth = (truth[..., 0] if truth.ndim == 3 else truth) > 0
-            scores.append(dice(iio.imread(labels) > 0, truth))
+            pred = iio.imread(labels) > 0
+            scores.append(dice(pred, truth))
+            ignore = unannotated(image.name, truth.shape)
+            unmarked.append(dice(pred & ~ignore, truth & ~ignore))
         how = "`napari-ftu segment" + "".join(f" {e}" for e in extra) + "`"
         print(f"held-out Dice per image ({how}): " + ", ".join(f"{s:.3f}" for s in scores))
-        print(f"GLOMERULI held-out mean Dice through {how}: {np.mean(scores):.4f}")
+        print(f"GLOMERULI held-out mean Dice through {how}: {np.mean(scores):.4f} "
+              f"(with O27_17's unannotated glomerulus ignored: {np.mean(unmarked):.4f})")
+
+
+def unannotated(name, shape):
+    """Where a held-out patch shows a glomerulus its mask leaves out: O27_17's, top left (a tuft in
+    its Bowman's space, centred near row 63, column 41). Every model finds it, so it costs that
+    patch 0.1-0.3 Dice; the bench prints the mean with and without this disc."""
+    mask = np.zeros(shape, bool)
+    if name.startswith("slide_O27_17_"):
+        yy, xx = np.ogrid[: shape[0], : shape[1]]
+        mask |= (yy - 63) ** 2 + (xx - 41) ** 2 <= 40**2
+    return mask
 
 
 def vessels(args):
