@@ -106,9 +106,10 @@ def glomeruli(args):
 
 
 def unannotated(name, shape):
-    """Where a held-out patch shows a glomerulus its mask leaves out: O27_17's, top left (a tuft in
-    its Bowman's space, centred near row 63, column 41). Every model finds it, so it costs that
-    patch 0.1-0.3 Dice; the bench prints the mean with and without this disc."""
+    """Where a held-out patch shows what looks like a glomerulus that its mask leaves out: O27_17's,
+    top left (a cellular tuft in a round pale space, centred near row 63, column 41). Every model
+    marks it, at a cost of 0.1-0.33 Dice on that patch; the bench prints the mean with this disc
+    ignored beside the real one."""
     mask = np.zeros(shape, bool)
     if name.startswith("slide_O27_17_"):
         yy, xx = np.ogrid[: shape[0], : shape[1]]
