@@ -13,6 +13,8 @@ import functools
 import numpy as np
 from scipy import ndimage as ndi
 
+from napari_ftu.engine.components import enclosed
+
 MIN_SATURATION = 12  # max - min over RGB, 0..255
 MAX_GLASS_GRAY = 200
 
@@ -54,8 +56,6 @@ def _opening(mask: np.ndarray) -> np.ndarray:
 def _fill_holes(mask: np.ndarray) -> np.ndarray:
     """``ndi.binary_fill_holes(mask)``: background components off the border are holes. One
     labelling instead of a dilation repeated until nothing changes."""
-    from napari_ftu.engine.components import enclosed
-
     if mask.size == 0:
         return mask
     labels, n = ndi.label(~mask)
