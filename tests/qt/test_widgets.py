@@ -198,6 +198,23 @@ def test_plugins_menu_lists_and_opens_the_docks(make_napari_viewer):
     assert any("Segment" in name for name in viewer.window.dock_widgets)
 
 
+def test_added_model_survives_new_layers(viewer_with_slide, tmp_path):
+    """napari resets every dock's choices when a layer is added (a run adds its results): the
+    model folder the user added must stay chosen, not fall back to the built-in model."""
+    import shutil
+
+    from napari_ftu.engine.models import default_model_path
+
+    viewer, _ = viewer_with_slide
+    widget = _segment_dock(viewer)
+    folder = tmp_path / "my_model"
+    shutil.copytree(default_model_path(), folder)
+    widget.add_model(folder)
+    viewer.add_image(np.zeros((32, 32)), name="another image")
+    assert widget.model.value == str(folder)
+    assert str(folder) in widget.model.choices
+
+
 def test_model_loads_after_the_viewer_has_opengl(tmp_path):
     """Opening the viewer first and the Segment dock second must not crash the process
     (triton's LLVM against Mesa's, see models.import_smp)."""

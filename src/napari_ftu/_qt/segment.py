@@ -41,7 +41,9 @@ class SegmentWidget(EngineRunDock):
         self._paths = {DEFAULT_MODEL: None}
         self._init_run()
         self.image = create_widget(annotation=napari.layers.Image, label="image")
-        self.model = ComboBox(label="model", choices=[DEFAULT_MODEL], value=DEFAULT_MODEL)
+        # choices from a callable: napari resets every dock's choices when a layer is added, and a
+        # fixed list would drop the model folders added since (and silently run the built-in one)
+        self.model = ComboBox(label="model", choices=self._model_choices, value=DEFAULT_MODEL)
         # what the chosen model was trained on (its card's trained_on), so nobody mistakes the domain
         self.domain = Label(value=describe_domain(ModelCard.read(default_model_path() / CARD_NAME)))
         self.domain.native.setWordWrap(True)
@@ -88,8 +90,11 @@ class SegmentWidget(EngineRunDock):
         """Offer a local model folder (card + weights) or checkpoint in the model list."""
         path = Path(path)
         self._paths[str(path)] = path
-        self.model.choices = list(self._paths)
+        self.model.reset_choices()
         self.model.value = str(path)
+
+    def _model_choices(self, _widget=None) -> list:
+        return list(self._paths)
 
     def _browse(self):
         from qtpy.QtWidgets import QFileDialog
