@@ -237,7 +237,8 @@ def test_cli_train_defaults_to_a_pretrained_encoder_prints_progress_and_resumes(
     tiles = _tiles(tmp_path, small_slide)
     out = tmp_path / "m"
     args = ["train", "--tiles", str(tiles), "--out", str(out), "--data-um-per-px", "1.0", "--arch", "FPN",
-            "--classes", "glomerulus", "--batch-size", "2", "--crop", "64", "--val-every", "2", "--workers", "1"]
+            "--classes", "glomerulus", "--batch-size", "2", "--crop", "64", "--val-every", "2", "--workers", "1",
+            "--organ", "kidney", "--stain", "H&E"]
     assert main(args + ["--steps", "4"]) == 0
     captured = capsys.readouterr()
     assert "ImageNet weights" in captured.out and "validation images" in captured.out
@@ -247,6 +248,9 @@ def test_cli_train_defaults_to_a_pretrained_encoder_prints_progress_and_resumes(
     assert card["architecture"] == "FPN" and card["encoder"] == "tu-tf_efficientnet_lite0"
     assert card["classes"] == ["glomerulus"] and card["notes"]["encoder_weights"]["licence"] == "Apache-2.0"
     assert card["notes"]["training"]["n_val"] >= 1  # every fifth image held out by default
+    from napari_ftu.engine.models import ModelCard, describe_domain  # what the Segment dock shows
+
+    assert describe_domain(ModelCard.read(out / "model_card.json")) == f"trained on: kidney; H&E; 1 µm/px; {tiles.name}"
     assert read_checkpoint(out)["step"] == 4
     assert main(args + ["--steps", "6", "--resume"]) == 0
     assert read_checkpoint(out)["step"] == 6

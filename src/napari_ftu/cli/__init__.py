@@ -162,6 +162,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="start the encoder from ImageNet weights (default: when the encoder has offline ones)")
     t.add_argument("--classes", default="FTU", help="name of the class the masks mark")
+    t.add_argument("--organ", default=None, help="organ(s) of the training slides, comma-separated, for the card "
+                                                 "(the Segment dock shows what a model was trained on)")
+    t.add_argument("--stain", default=None, help="stain of the training slides, for the card (e.g. H&E, PAS)")
     t.add_argument("--minutes", type=float, default=None,
                    help="wall-clock budget: the schedule fits it (instead of --steps)")
     t.add_argument("--steps", type=int, default=500, help="optimiser steps (without --minutes)")
@@ -484,6 +487,7 @@ def _train(args) -> int:
     if not train_set:
         raise FileNotFoundError("no training data: give --tiles FOLDER and/or --synthetic N")
     if not resume:
+        card.trained_on = _trained_on(args)
         card.notes = {**card.notes, "training": {
             "tiles": [str(p) for p in args.tiles], "data_um_per_px": args.data_um_per_px,
             "synthetic": args.synthetic, "synthetic_size": args.synthetic_size, "val_match": args.val_match,
@@ -511,6 +515,24 @@ def _train(args) -> int:
     print(f"{best}; {history['steps']} steps in {history['seconds']:.0f} s, "
           f"waiting for data {100 * history.get('data_wait', 0):.0f} % of the time; wrote {args.out}")
     return 0
+
+
+def _trained_on(args) -> dict:
+    """The card's ``trained_on`` from this run's data, so a fine-tuned model no longer claims its
+    starting model's domain: the data's sources and µm/px, and the organ and stain the user names."""
+    sources = [p.name for p in [*args.tiles, *args.val_tiles]] + ([args.image.name] if args.image else [])
+    if args.synthetic:
+        sources.append(f"{args.synthetic} synthetic slides")
+    out = {"source": ", ".join(sources)}
+    if args.organ:
+        out["organs"] = [o.strip() for o in args.organ.split(",") if o.strip()]
+    if args.stain:
+        out["stain"] = args.stain
+    if args.data_um_per_px:
+        out["um_per_px"] = [args.data_um_per_px, args.data_um_per_px]
+    if args.init:
+        out["note"] = f"fine-tuned from {args.init.name}"
+    return out
 
 
 def _export(args) -> int:
