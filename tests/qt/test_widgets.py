@@ -381,6 +381,7 @@ def test_train_dock_retrains_on_corrections_and_offers_the_model(viewer_with_sli
     assert (tmp_path / "retrained" / "model.safetensors").is_file()
     assert "best validation Dice" in widget.status.value
     assert str(tmp_path / "retrained") in seg.model.choices  # offered to the Segment dock
+    assert seg.model.value == str(tmp_path / "retrained") and "kidney" in seg.domain.value  # its data, in the card
     assert widget._figure.axes  # the live plot was drawn
 
 

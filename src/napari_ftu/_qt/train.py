@@ -30,7 +30,7 @@ from napari_ftu._qt.jobs import start_job
 from napari_ftu.errors import FTUError, OptionError
 from napari_ftu.steps import TrainStep, Validation
 from napari_ftu.training.data import ARCHITECTURES, ENCODERS, folder_split, pair_split, start_from
-from napari_ftu.training.train import new_model, train_steps
+from napari_ftu.training.train import new_model, train_steps, trained_on
 
 SOURCES = ["dataset folder", "layers in the viewer"]
 START = ["new model", "fine-tune the built-in model", "fine-tune a model folder"]
@@ -118,11 +118,21 @@ class TrainWidget(Dock):
             raise OptionError("choose the image and its corrected Labels layer")
         return pair_split(level0(image), level0(labels), image.metadata.get("um_per_px"), card, name=labels.name)
 
+    def _trained_on(self) -> dict:
+        if self.source.value == SOURCES[0]:
+            source, um = Path(self.folder.value).name, None
+        else:
+            source, um = self.image.value.name, self.image.value.metadata.get("um_per_px")
+        start = None if self.start.value == "new model" else (
+            "the built-in model" if self.start.value == "fine-tune the built-in model" else Path(self.base.value).name)
+        return trained_on([source], um, fine_tuned_from=start)
+
     def run(self):
         """Start training in a worker thread."""
         try:
             card, weights = self._card_and_weights()
             train_set, val_set = self._data(card)
+            card.trained_on = self._trained_on()
         except (FTUError, OSError) as exc:
             return self._fail(exc)
         self.history = {"loss": [], "val": []}

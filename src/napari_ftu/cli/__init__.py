@@ -518,21 +518,14 @@ def _train(args) -> int:
 
 
 def _trained_on(args) -> dict:
-    """The card's ``trained_on`` from this run's data, so a fine-tuned model no longer claims its
-    starting model's domain: the data's sources and µm/px, and the organ and stain the user names."""
+    """The card's ``trained_on`` from this run's data and ``--organ``/``--stain``."""
+    from napari_ftu.training.train import trained_on
+
     sources = [p.name for p in [*args.tiles, *args.val_tiles]] + ([args.image.name] if args.image else [])
     if args.synthetic:
         sources.append(f"{args.synthetic} synthetic slides")
-    out = {"source": ", ".join(sources)}
-    if args.organ:
-        out["organs"] = [o.strip() for o in args.organ.split(",") if o.strip()]
-    if args.stain:
-        out["stain"] = args.stain
-    if args.data_um_per_px:
-        out["um_per_px"] = [args.data_um_per_px, args.data_um_per_px]
-    if args.init:
-        out["note"] = f"fine-tuned from {args.init.name}"
-    return out
+    organs = [o.strip() for o in args.organ.split(",") if o.strip()] if args.organ else None
+    return trained_on(sources, args.data_um_per_px, organs, args.stain, args.init.name if args.init else None)
 
 
 def _export(args) -> int:

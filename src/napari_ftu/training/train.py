@@ -178,6 +178,38 @@ def new_model(architecture: str = "Unet", encoder: str | None = None, classes=("
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+def trained_on(sources: list, um_per_px: float | None = None, organs: list | None = None, stain: str | None = None,
+               fine_tuned_from: str | None = None) -> dict:
+    """The card's ``trained_on`` for a run on this data, so that a fine-tuned model no longer
+    claims its starting model's domain (the Segment dock shows it beside the model choice).
+
+    Parameters
+    ----------
+    sources : list of str
+        Names of the training data (folders, images, "N synthetic slides").
+    um_per_px : float, optional
+        Pixel size of the training data, when known.
+    organs : list of str, optional
+    stain : str, optional
+    fine_tuned_from : str, optional
+        The starting model's name.
+
+    Returns
+    -------
+    dict
+    """
+    out = {"source": ", ".join(sources)}
+    if organs:
+        out["organs"] = list(organs)
+    if stain:
+        out["stain"] = stain
+    if um_per_px:
+        out["um_per_px"] = [float(um_per_px), float(um_per_px)]
+    if fine_tuned_from:
+        out["note"] = f"fine-tuned from {fine_tuned_from}"
+    return out
+
+
 def read_checkpoint(folder: str | Path) -> dict:
     """The resumable state in a model folder (weights-only: nothing is unpickled)."""
     import torch
