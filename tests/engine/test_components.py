@@ -47,6 +47,33 @@ def test_strips_equal_the_whole_image(seed, box_cost):
         np.testing.assert_array_equal(inst.boxes[1:], boxes)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_box_labels_as_the_whole_image_and_touches_nothing_outside(seed, box_cost):
+    """Where no tile was computed the probability is 0: labelling only the box that tiles cover
+    gives the whole image's labels and object facts, and never reads or writes outside it."""
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(40, 200, 2)
+    prob = ndi.gaussian_filter(rng.random((h, w)), rng.uniform(0.5, 4))
+    prob = (prob - prob.min()) / (np.ptp(prob) + 1e-9)
+    top, left = rng.integers(0, h // 3), rng.integers(0, w // 3)
+    bottom, right = rng.integers(top + 1, h + 1), rng.integers(left + 1, w + 1)
+    inside = np.zeros((h, w), bool)
+    inside[top:bottom, left:right] = True
+    prob[~inside] = 0
+    threshold, min_area, strip = rng.uniform(0.3, 0.7), int(rng.integers(0, 30)), int(rng.integers(1, 64))
+    ref = _reference(prob, threshold, min_area)
+    whole = label_instances(prob, threshold, min_area, np.zeros((h, w), np.int32), strip=strip)
+    out = np.where(inside, 0, -7).astype(np.int32)  # -7: must stay untouched
+    boxed = label_instances(np.where(inside, prob, 1.0), threshold, min_area, out, strip=strip,
+                            box=(top, bottom, left, right))  # 1 outside: any read there would add objects
+    np.testing.assert_array_equal(out[inside], ref[inside])
+    assert (out[~inside] == -7).all()
+    assert boxed.count == whole.count == ref.max()
+    for a, b in ((boxed.area, whole.area), (boxed.prob_sum, whole.prob_sum), (boxed.y_sum, whole.y_sum),
+                 (boxed.x_sum, whole.x_sum), (boxed.boxes, whole.boxes)):
+        np.testing.assert_allclose(a, b)
+
+
 def test_a_ring_spanning_strips_is_filled_and_counted_once():
     prob = np.zeros((60, 60))
     prob[10:50, 10:50] = 1

@@ -73,6 +73,13 @@ def test_glass_tiles_are_skipped_without_changing_tissue(default_model):
     np.testing.assert_allclose(fast.probability[tissue], slow.probability[tissue], atol=1e-6)
     np.testing.assert_array_equal(fast.labels, slow.labels)
     assert dice(fast.labels, truth) > 0.85
+    # labelling skipped the glass columns, and still labels as the whole image would
+    assert slow.covered == (0, 1024, 0, 1024) and fast.covered[2] >= 600 - default_model.card.tile_size
+    assert (fast.probability[:, : fast.covered[2]] == 0).all()
+    # the same when the outputs are resampled to the image's pixels (scanned at 1 µm/px)
+    fine = segment(np.repeat(np.repeat(rgb, 2, 0), 2, 1), default_model, um_per_px=1.0)
+    assert fine.labels.shape == (2048, 2048) and fine.covered[2] > 0
+    np.testing.assert_array_equal(fine.labels, instances(fine.probability, fine.threshold, fine.min_area_px))
 
 
 def test_pyramid_level_nearest_the_model_scale_is_read(default_model):

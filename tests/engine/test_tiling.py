@@ -7,15 +7,14 @@ from napari_ftu.engine.tiling import BLENDS, Stitcher, read_tile, seam_ratio, ti
 
 def _stitch(image, tile, overlap, blend, keep=None):
     """Stitch identity predictions of ``image`` (C, H, W) into a fresh array via the sink."""
-    out = np.full(image.shape, -1.0, np.float32)
+    out = np.full(image.shape, -1.0, np.float32)  # -1: never written
     bands = []
 
     def sink(y0, x0, block):
-        if x0 == 0:
-            bands.append((y0, y0 + block.shape[1]))
         out[:, y0 : y0 + block.shape[1], x0 : x0 + block.shape[2]] = block
 
-    stitcher = Stitcher(image.shape[1:], image.shape[0], tile, overlap, sink, blend)
+    stitcher = Stitcher(image.shape[1:], image.shape[0], tile, overlap, sink, blend,
+                        done=lambda y0, y1: bands.append((y0, y1)))
     for i, (y, x) in enumerate(tile_grid(image.shape[1:], tile, overlap)):
         if keep is None or keep(y, x):
             patch = read_tile(np.moveaxis(image, 0, -1), y, x, tile)
@@ -39,12 +38,17 @@ def test_identity_model_reproduces_image_exactly(shape, tile, overlap, blend, rn
     assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
 
 
-def test_skipped_tiles_leave_zeros_and_the_rest_exact(rng):
+def test_skipped_tiles_are_never_written_and_the_rest_exact(rng, monkeypatch):
+    """Glass costs nothing: pixels no tile covers are not written (outputs start at 0), whether a
+    whole band of tile rows or the columns of one side were skipped; every row is still reported."""
+    monkeypatch.setattr(tiling, "FLUSH_COLUMNS", 64)
     image = rng.integers(1, 256, (1, 700, 300)).astype(np.uint8)
-    out, _ = _stitch(image, 128, 32, "gaussian", keep=lambda y, x: y < 200 or y >= 480)
-    assert (out[0, 330:460] == 0).all()  # a whole band of skipped tile rows
-    np.testing.assert_array_equal(np.rint(out[0, :150]), image[0, :150])
-    np.testing.assert_array_equal(np.rint(out[0, -150:]), image[0, -150:])
+    out, bands = _stitch(image, 128, 32, "gaussian", keep=lambda y, x: (y < 200 or y >= 480) and x >= 96)
+    assert (out[0, 330:460] == -1).all()  # a whole band of skipped tile rows
+    assert (out[0, :, :96] == -1).all()  # the skipped columns
+    np.testing.assert_array_equal(np.rint(out[0, :150, 96:]), image[0, :150, 96:])
+    np.testing.assert_array_equal(np.rint(out[0, -150:, 96:]), image[0, -150:, 96:])
+    assert bands[0][0] == 0 and bands[-1][1] == 700 and all(a[1] == b[0] for a, b in zip(bands, bands[1:]))
 
 
 @pytest.mark.parametrize("blend", BLENDS)

@@ -292,9 +292,13 @@ def _merge_boxes(boxes: np.ndarray, root: np.ndarray, height: int, width: int) -
     return merged
 
 
-def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024, scale: float = 1.0):
+def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024, scale: float = 1.0, box=None):
     """Write instance labels of ``prob >= threshold * scale`` (holes filled, small objects removed)
     into ``out`` (an int32 array-like of the same 2-D shape), strip by strip.
+
+    With ``box`` (row0, row1, col0, col1), only that part of the image is read and written: the
+    caller knows ``prob`` is 0 and ``out`` is 0 outside it (no tile computed there), so labelling
+    costs what the tissue covers, not the whole slide.
 
     ``scale`` is the value of probability 1 in ``prob`` (255 for uint8 storage). Yields
     :class:`~napari_ftu.steps.LabelProgress` after each strip of each pass; returns :class:`Instances`.
@@ -313,6 +317,9 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
         Rows per strip: bounds memory on slides of any height.
     scale : float
         The stored value of probability 1.
+    box : tuple of int, optional
+        ``(row0, row1, col0, col1)`` outside of which ``prob`` and ``out`` are 0; ignored when
+        ``threshold`` is not positive (then every pixel is foreground).
 
     Yields
     ------
@@ -325,8 +332,9 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
     """
     height, width = prob.shape
     cut = threshold * scale
+    top, bottom, left, right = (int(v) for v in box) if box is not None and cut > 0 else (0, height, 0, width)
     rows = max(1, int(strip))
-    strips = _strips(0, height, rows)
+    strips = _strips(top, bottom, rows)
     total = 2 * len(strips) + 1
     step = 0
     min_area = max(1, min_area_px)
@@ -340,10 +348,10 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
     uf = _UnionFind()
     parts = {k: [np.zeros(1)] for k in range(4)}
     box_parts = [np.zeros((1, 4), np.int64)]
-    corners = []
+    corners = [np.zeros((2, 0), np.int32)]  # none when the box is empty
     above, next_id = None, 1
     for a, b in strips:
-        block = np.asarray(prob[a:b])
+        block = np.asarray(prob[a:b, left:right])
         mask = block >= cut
         labels, n = _label_strip(mask)
         offset = next_id - 1
@@ -352,9 +360,9 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
         idx = np.flatnonzero(mask)  # sums over object pixels only
         flat = labels.ravel()
         ids = flat[idx]
-        r, c = np.divmod(idx, width)
-        box_parts.append(_boxes(labels, n, ids, r, c) + [a, a, 0, 0])
-        for k, weights in enumerate((None, block.ravel()[idx] / scale, r + a, c)):
+        r, c = np.divmod(idx, right - left)
+        box_parts.append(_boxes(labels, n, ids, r, c) + [a, a, left, left])
+        for k, weights in enumerate((None, block.ravel()[idx] / scale, r + a, c + left)):
             parts[k].append(np.bincount(ids, weights, minlength=n + 1)[1:].astype(np.float64))
         flat[idx] = ids + np.int32(offset)  # provisional ids
         corners.append(_corners(mask, labels, idx))
@@ -362,7 +370,7 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
             _join(uf, above, labels[0])
             corners.append(_corners_across(above, labels[0]))
         above = labels[-1].copy()
-        out[a:b] = labels
+        out[a:b, left:right] = labels
         yield tick()
     sums = [np.concatenate(parts[k]) for k in range(4)]
     boxes = np.concatenate(box_parts)
@@ -412,7 +420,7 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
     final[kept_roots] = np.arange(1, kept_roots.size + 1, dtype=np.int32)
     lut = final[root]
     for a, b in strips:
-        out[a:b] = lut[np.asarray(out[a:b])]
+        out[a:b, left:right] = lut[np.asarray(out[a:b, left:right])]
         yield tick()
     pick = np.concatenate([[0], kept_roots])
     return Instances(int(kept_roots.size), *(m[pick] for m in merged), merged_boxes[pick])

@@ -71,6 +71,9 @@ class Segmentation:
         Tiles per model call after any out-of-memory halving.
     store : Path, optional
         The zarr store folder when outputs stream to disk.
+    covered : tuple of int, optional
+        ``(row0, row1, col0, col1)`` of the outputs that computed tiles cover: outside it the
+        probability is 0, so labelling skips it (glass costs nothing). ``None``: everywhere.
     """
     probability: object  # (C, H, W) or (H, W) for one class: numpy float32, or a zarr array in a store
     labels: object  # (H, W) int32 instances of the chosen class, numpy or zarr
@@ -89,6 +92,7 @@ class Segmentation:
     n_skipped: int = 0
     batch_size: int = 0  # after any out-of-memory halving
     store: Path | None = None
+    covered: tuple | None = None  # (row0, row1, col0, col1): the probability is 0 outside
 
     def class_probability(self):
         """The 2-D probability of the chosen class (a lazy view for stores)."""
@@ -165,12 +169,8 @@ def segment_steps(image, model: FTUModel, options: SegmentOptions | None = None,
     out = _Outputs(source.shape, n_classes, tta, store, opts.prob_dtype, tile - overlap)
     bands: list = []
 
-    def sink(y0, x0, block):
-        out.write(y0, x0, block)
-        if x0 + block.shape[2] == source.shape[1]:  # the band's last column chunk
-            bands.append(Band(y0, y0 + block.shape[1]))
-
-    stitcher = Stitcher(source.shape, n_classes + int(tta), tile, overlap, sink, opts.blend)
+    stitcher = Stitcher(source.shape, n_classes + int(tta), tile, overlap, out.write, opts.blend,
+                        done=lambda y0, y1: bands.append(Band(y0, y1)))
     reader = _Prefetcher(source, todo, tile, batch_size, opts.prefetch)
     done = 0
     try:  # from here on, closing the generator (cancel) must end the reader thread
@@ -210,6 +210,7 @@ def segment_steps(image, model: FTUModel, options: SegmentOptions | None = None,
         unc = None if unc is None else resample_image(np.asarray(unc, np.float32), source.full_shape)
         out.replace(prob, unc)
         prob, unc, downsample = out.probability, out.uncertainty, 1.0
+    covered = _covered(todo, tile, source.shape, prob.shape[-2:])
     out_um = um_per_px * downsample if um_per_px else None
     pixel_um2 = (out_um or card.um_per_px) ** 2
     min_area = int(opts.min_object_um2 / pixel_um2)
@@ -229,6 +230,7 @@ def segment_steps(image, model: FTUModel, options: SegmentOptions | None = None,
         n_skipped=len(grid) - len(todo),
         batch_size=batch_size,
         store=out.path,
+        covered=covered,
     )
     seg.objects = yield from relabel_steps(seg, threshold, watershed=opts.watershed)
     seg.seconds = time.perf_counter() - start
@@ -258,8 +260,9 @@ def relabel_steps(seg: Segmentation, threshold: float, watershed: bool = False):
         The new object table.
     """
     prob = seg.class_probability()
+    box = seg.covered if seg.threshold > 0 else None  # labels from a threshold of 0 cover everything
     inst = yield from label_steps(prob, threshold, seg.min_area_px, seg.labels,
-                                  strip=_strip_rows(prob.shape[1]), scale=seg.prob_scale)
+                                  strip=_strip_rows(prob.shape[1]), scale=seg.prob_scale, box=box)
     objects = objects_from(inst, seg.um_per_px)
     if watershed and objects:
         radius = np.sqrt(max(seg.min_area_px, 16) / np.pi)
@@ -309,6 +312,20 @@ def relabel(seg: Segmentation, threshold: float, watershed: bool = False) -> Seg
 def _take(events: list):
     while events:
         yield events.pop(0)
+
+
+def _covered(todo: list, tile: int, grid_shape, out_shape) -> tuple:
+    """The box of the outputs that the computed tiles cover, in output pixels (a pixel wider
+    when the outputs were resampled from the model grid, for interpolation)."""
+    if not todo:
+        return (0, 0, 0, 0)
+    ys, xs = np.array(todo).T
+    box = np.array([ys.min(), ys.max() + tile, xs.min(), xs.max() + tile], np.float64)
+    if tuple(out_shape) == tuple(grid_shape):
+        return tuple(int(v) for v in np.minimum(box, np.repeat(grid_shape, 2)))
+    fy, fx = out_shape[0] / grid_shape[0], out_shape[1] / grid_shape[1]
+    box = np.floor(box * [fy, fy, fx, fx]) + [-2, 2, -2, 2]
+    return tuple(int(v) for v in np.clip(box, 0, np.repeat(out_shape, 2)))
 
 
 def _strip_rows(width: int) -> int:

@@ -166,7 +166,9 @@ class Stitcher:
     """Blends ``(C, tile, tile)`` predictions, added row by row, into a ``(C, H, W)`` average.
 
     ``sink(y0, x0, block)`` receives each finished band of rows in column chunks, ``block``
-    float32 ``(C, rows, columns)``; pixels no tile covered (skipped background) are 0.
+    float32 ``(C, rows, columns)``, over the columns that tiles covered only: pixels no tile
+    covered (skipped glass) are never written, so outputs start at 0 and glass costs nothing.
+    ``done(y0, y1)`` is told when rows ``y0:y1`` are final.
 
     Parameters
     ----------
@@ -180,14 +182,18 @@ class Stitcher:
         ``sink(y0, x0, block)``, receives finished rows: memory holds one band, not the image.
     blend : str
         As for :func:`window_1d`.
+    done : callable, optional
+        ``done(y0, y1)``, called once per finished band, in order, covering every row.
     """
 
-    def __init__(self, shape, channels: int, tile: int, overlap: int, sink, blend: str = "taper"):
+    def __init__(self, shape, channels: int, tile: int, overlap: int, sink, blend: str = "taper", done=None):
         self.shape = tuple(int(n) for n in shape)
-        self.tile, self.overlap, self.blend, self.sink = tile, overlap, blend, sink
+        self.tile, self.overlap, self.blend, self.sink, self.done = tile, overlap, blend, sink, done
         rows = min(tile, self.shape[0])
         self.total = np.zeros((channels, rows, self.shape[1]), np.float32)
         self.weight = np.zeros((rows, self.shape[1]), np.float32)
+        self._lo = np.full(rows, self.shape[1], np.int64)  # per band row: the columns tiles covered
+        self._hi = np.zeros(rows, np.int64)
         self._blended = np.empty((channels, rows, min(tile, self.shape[1])), np.float32)  # one tile's product
         self._windows: dict = {}
         self.y = 0  # image row of the band's first row
@@ -219,6 +225,8 @@ class Stitcher:
         blended = np.multiply(part, win, out=self._blended[:, :h, :w]) if part.dtype == np.float32 else part * win
         self.total[:, :h, x0 : x0 + w] += blended
         self.weight[:h, x0 : x0 + w] += win
+        np.minimum(self._lo[:h], x0, out=self._lo[:h])
+        np.maximum(self._hi[:h], x0 + w, out=self._hi[:h])
         if x0 == self._last_x:  # a row of tiles is complete: rows above the next row are final
             self._flush(next(y for y in self._row_starts if y > y0))
 
@@ -239,27 +247,38 @@ class Stitcher:
     def _flush(self, until: int) -> None:
         until = min(until, self.shape[0])
         rows = self.weight.shape[0]
-        if until - self.y > rows:  # whole tile rows were skipped: the band, then zeros
-            self._flush(self.y + rows)
-            for y in range(self.y, until, rows):
-                for x in range(0, self.shape[1], FLUSH_COLUMNS):
-                    width = min(FLUSH_COLUMNS, self.shape[1] - x)
-                    self.sink(y, x, np.zeros((self.total.shape[0], min(rows, until - y), width), np.float32))
-            self.y = until
-            return
         n = until - self.y
         if n <= 0:
             return
-        for x in range(0, self.shape[1], FLUSH_COLUMNS):  # column chunks keep temporaries small
-            weight = self.weight[:n, x : x + FLUSH_COLUMNS]
-            total = self.total[:, :n, x : x + FLUSH_COLUMNS]
-            self.sink(self.y, x, np.divide(total, weight, out=np.zeros_like(total), where=weight > 0))
-        for arr in (self.total, self.weight):  # shift the band up by n rows
-            keep = arr.shape[-2] - n
-            if keep > 0:
-                arr[..., :keep, :] = arr[..., n:, :].copy()
-            arr[..., max(keep, 0) :, :] = 0
+        if n > rows:  # whole tile rows were skipped: the band, then rows nothing covered
+            self._flush(self.y + rows)
+            n = until - self.y
+        else:
+            covered = np.flatnonzero(self._hi[:n] > self._lo[:n])  # rows some tile covered
+            a, b = (int(covered[0]), int(covered[-1]) + 1) if covered.size else (0, 0)
+            lo, hi = (int(self._lo[a:b].min()), int(self._hi[a:b].max())) if covered.size else (0, 0)
+            for x in range(lo, hi, FLUSH_COLUMNS):  # column chunks keep temporaries small
+                weight = self.weight[a:b, x : min(x + FLUSH_COLUMNS, hi)]
+                total = self.total[:, a:b, x : min(x + FLUSH_COLUMNS, hi)]
+                self.sink(self.y + a, x, np.divide(total, weight, out=np.zeros_like(total), where=weight > 0))
+            self._shift(n)
+        if self.done is not None:
+            self.done(self.y, self.y + n)
         self.y += n
+
+    def _shift(self, n: int) -> None:
+        """Move the band up by ``n`` rows, touching only the columns tiles covered."""
+        lo, hi = int(self._lo.min()), int(self._hi.max())
+        keep = self._lo.size - n
+        if lo < hi:
+            for arr in (self.total, self.weight):
+                if keep > 0:
+                    arr[..., :keep, lo:hi] = arr[..., n:, lo:hi].copy()
+                arr[..., max(keep, 0) :, lo:hi] = 0
+        for arr, empty in ((self._lo, self.shape[1]), (self._hi, 0)):
+            if keep > 0:
+                arr[:keep] = arr[n:].copy()
+            arr[max(keep, 0) :] = empty
 
 
 def seam_ratio(tiled: np.ndarray, untiled: np.ndarray, stride: int, axis: int = 1) -> float:
