@@ -76,10 +76,25 @@ def test_glass_tiles_are_skipped_without_changing_tissue(default_model):
     # labelling skipped the glass columns, and still labels as the whole image would
     assert slow.covered == (0, 1024, 0, 1024) and fast.covered[2] >= 600 - default_model.card.tile_size
     assert (fast.probability[:, : fast.covered[2]] == 0).all()
-    # the same when the outputs are resampled to the image's pixels (scanned at 1 µm/px)
-    fine = segment(np.repeat(np.repeat(rgb, 2, 0), 2, 1), default_model, um_per_px=1.0)
-    assert fine.labels.shape == (2048, 2048) and fine.covered[2] > 0
+    # the same when the outputs are resampled to the image's pixels (scanned at 0.5 µm/px)
+    fine = segment(np.repeat(np.repeat(rgb[:512], 4, 0), 4, 1), default_model, um_per_px=0.5)
+    assert fine.labels.shape == (2048, 4096) and fine.covered[2] > 0
     np.testing.assert_array_equal(fine.labels, instances(fine.probability, fine.threshold, fine.min_area_px))
+
+
+def test_labelling_the_covered_box_misses_nothing_interpolation_spreads(rng):
+    """Outputs resampled 5x from the model grid spread the edge of the computed tiles by linear
+    interpolation into the glass beside them; with a low threshold those pixels are objects
+    too, and the box that labelling covers must hold them."""
+    net = torch.nn.Conv2d(3, 1, 1)
+    torch.nn.init.zeros_(net.weight)
+    torch.nn.init.constant_(net.bias, 10.0)  # certain everywhere a tile is computed
+    model = FTUModel(net.eval(), ModelCard(tile_size=64, overlap=16, um_per_px=1.0), "cpu")
+    image = np.clip(rng.normal((190, 110, 160), 25, (640, 960, 3)), 0, 255).astype(np.uint8)
+    image[:, :480] = (238, 238, 240)  # glass on the left half
+    seg = segment(image, model, um_per_px=0.2, threshold=0.1)
+    assert seg.n_skipped > 0 and seg.labels.shape == (640, 960) and seg.covered[2] > 0
+    np.testing.assert_array_equal(seg.labels, instances(seg.probability, 0.1, seg.min_area_px))
 
 
 def test_pyramid_level_nearest_the_model_scale_is_read(default_model):

@@ -73,7 +73,7 @@ class Segmentation:
         The zarr store folder when outputs stream to disk.
     covered : tuple of int, optional
         ``(row0, row1, col0, col1)`` of the outputs that computed tiles cover: outside it the
-        probability is 0, so labelling skips it (glass costs nothing). ``None``: everywhere.
+        probability is 0, so labelling skips it (skipped glass). ``None``: everywhere.
     """
     probability: object  # (C, H, W) or (H, W) for one class: numpy float32, or a zarr array in a store
     labels: object  # (H, W) int32 instances of the chosen class, numpy or zarr
@@ -324,7 +324,8 @@ def _covered(todo: list, tile: int, grid_shape, out_shape) -> tuple:
     if tuple(out_shape) == tuple(grid_shape):
         return tuple(int(v) for v in np.minimum(box, np.repeat(grid_shape, 2)))
     fy, fx = out_shape[0] / grid_shape[0], out_shape[1] / grid_shape[1]
-    box = np.floor(box * [fy, fy, fx, fx]) + [-2, 2, -2, 2]
+    my, mx = int(np.ceil(fy)) + 2, int(np.ceil(fx)) + 2
+    box = np.floor(box * [fy, fy, fx, fx]) + [-my, my, -mx, mx]
     return tuple(int(v) for v in np.clip(box, 0, np.repeat(out_shape, 2)))
 
 

@@ -167,7 +167,7 @@ class Stitcher:
 
     ``sink(y0, x0, block)`` receives each finished band of rows in column chunks, ``block``
     float32 ``(C, rows, columns)``, over the columns that tiles covered only: pixels no tile
-    covered (skipped glass) are never written, so outputs start at 0 and glass costs nothing.
+    covered (skipped glass) are never written: outputs start at 0.
     ``done(y0, y1)`` is told when rows ``y0:y1`` are final.
 
     Parameters
