@@ -39,8 +39,8 @@ def test_identity_model_reproduces_image_exactly(shape, tile, overlap, blend, rn
 
 
 def test_skipped_tiles_are_never_written_and_the_rest_exact(rng, monkeypatch):
-    """Glass costs nothing: pixels no tile covers are not written (outputs start at 0), whether a
-    whole band of tile rows or the columns of one side were skipped; every row is still reported."""
+    """Glass is not written: pixels no tile covers keep what the outputs started with (0), whether
+    a whole band of tile rows or the columns of one side were skipped; every row is still reported."""
     monkeypatch.setattr(tiling, "FLUSH_COLUMNS", 64)
     image = rng.integers(1, 256, (1, 700, 300)).astype(np.uint8)
     out, bands = _stitch(image, 128, 32, "gaussian", keep=lambda y, x: (y < 200 or y >= 480) and x >= 96)

@@ -44,9 +44,9 @@ def test_segment_dock_runs_in_worker(viewer_with_slide, qtbot):
     print(f"first run, while tiles are computed: {len(during)} ticks, longest gap {max(gaps) * 1000:.0f} ms")
     assert max(gaps) < 0.1
     # A second run reuses the layers: from pressing Run to the result shown, no stall a user would
-    # notice. Swapping the reused layers' data costs napari 50-76 ms here, and on a clean CI clone
-    # the worker's torch threads on both cores once stretched that to 103 ms, so the limit is
-    # 150 ms: a loop blocked by the run (0.5 s here) is still caught.
+    # notice. Swapping the reused layers' data costs napari 50-76 ms here, while the worker's torch
+    # threads hold both cores; a clean CI clone once measured 103 ms. So the limit is 150 ms: a
+    # loop blocked by the run (0.5 s here) is still caught.
     ticks.clear()
     started = time.perf_counter()
     widget.run()
