@@ -255,12 +255,13 @@ class Stitcher:
             n = until - self.y
         else:
             covered = np.flatnonzero(self._hi[:n] > self._lo[:n])  # rows some tile covered
-            a, b = (int(covered[0]), int(covered[-1]) + 1) if covered.size else (0, 0)
-            lo, hi = (int(self._lo[a:b].min()), int(self._hi[a:b].max())) if covered.size else (0, 0)
-            for x in range(lo, hi, FLUSH_COLUMNS):  # column chunks keep temporaries small
-                weight = self.weight[a:b, x : min(x + FLUSH_COLUMNS, hi)]
-                total = self.total[:, a:b, x : min(x + FLUSH_COLUMNS, hi)]
-                self.sink(self.y + a, x, np.divide(total, weight, out=np.zeros_like(total), where=weight > 0))
+            if covered.size:
+                a, b = int(covered[0]), int(covered[-1]) + 1
+                lo, hi = int(self._lo[a:b].min()), int(self._hi[a:b].max())
+                for x in range(lo, hi, FLUSH_COLUMNS):  # column chunks keep temporaries small
+                    weight = self.weight[a:b, x : min(x + FLUSH_COLUMNS, hi)]
+                    total = self.total[:, a:b, x : min(x + FLUSH_COLUMNS, hi)]
+                    self.sink(self.y + a, x, np.divide(total, weight, out=np.zeros_like(total), where=weight > 0))
             self._shift(n)
         if self.done is not None:
             self.done(self.y, self.y + n)
