@@ -295,7 +295,8 @@ def test_load_dock_pyramid_then_segment_it(make_napari_viewer, qtbot, tmp_path):
     seg.device.value = "cpu"
     seg.image.value = layer
     seg.run()  # the model wants 2 µm/px: the engine reads level 1 (1 µm/px) and resamples tiles
-    qtbot.waitUntil(lambda: "pyr FTUs" in viewer.layers, timeout=120_000)
+    # the layers appear before the job has finished (and a Run meanwhile is ignored): wait for both
+    qtbot.waitUntil(lambda: seg.run_button.enabled and "pyr FTUs" in viewer.layers, timeout=120_000)
     labels = viewer.layers["pyr FTUs"]
     # a pyramid streams into a zarr store on the model's grid, shown at its place on the slide
     assert labels.data.shape == (350, 300) and tuple(labels.scale) == (2.0, 2.0)
@@ -304,7 +305,7 @@ def test_load_dock_pyramid_then_segment_it(make_napari_viewer, qtbot, tmp_path):
     assert dice(np.asarray(labels.data), truth[2::4, 2::4]) >= 0.85
     # a second run updates the layers in place; the first run's temporary store is then deleted
     first = seg.last_result.store
-    seg.run()
+    assert seg.run() is not None
     qtbot.waitUntil(lambda: seg.run_button.enabled and seg.last_result.store != first, timeout=120_000)
     assert not first.parent.exists() and seg.last_result.store.is_dir()
     assert viewer.layers["pyr FTUs"].metadata["store"] == str(seg.last_result.store)
