@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_ftu.annotate import cells, simulate
+from napari_ftu.annotate import cells, pixels, simulate
 from napari_ftu.errors import InputError
 from napari_ftu.evaluation.metrics import average_precision, dice, match_objects
 from napari_ftu.io.synthetic_cells import CHANNELS, CLASSES, make_cells
@@ -175,6 +175,51 @@ def test_cli_cells_writes_labels_and_hpa_csv(small, tmp_path, capsys):
     np.testing.assert_array_equal(read_image(tmp_path / "labels2.tif").data, labels)
 
 
+def test_cli_applies_a_saved_cells_classifier_to_another_field(small, tmp_path, capsys):
+    """Scribbles on one field, saved; ``--cells --model`` then makes the cells of other fields
+    (an HPA batch) with the saved classes, exactly as the classifier in memory does. The tile
+    engine (``segment``) refuses it: its thresholded patches would not be cells."""
+    from napari_ftu.engine.models import ModelCard
+    from napari_ftu.formats.export import import_annotations
+    from napari_ftu.io.images import read_image, write_tiff
+
+    c, sc = small
+    _write_inputs(small, tmp_path)
+    code, out = _cli(["annotate", tmp_path / "cells.tif", "--scribbles", tmp_path / "scribbles.tif", "--cells",
+                      "--classes", ",".join(NAMES), "--out", tmp_path / "first.tif", "--save-model", tmp_path / "m"],
+                     capsys)
+    assert code == 0, out.err
+    assert ModelCard.read(tmp_path / "m" / "model_card.json").makes_cells
+    other = make_cells(256, seed=8)
+    write_tiff(tmp_path / "other.tif", other.image)
+    code, out = _cli(["annotate", tmp_path / "other.tif", "--cells", "--model", tmp_path / "m",
+                      "--out", tmp_path / "other_cells.tif", "--csv", tmp_path / "other.csv"], capsys)
+    assert code == 0, out.err
+    labels = read_image(tmp_path / "other_cells.tif").data
+    _, _, clf = cells.cells_from_scribbles(c.image, sc, classes=NAMES)
+    expected, table = cells.cells_from_probability(clf.probability(other.image), cells.nuclei(other.image), 0.5,
+                                                   NAMES)
+    np.testing.assert_array_equal(labels, expected)  # the saved classifier is the trained one
+    assert dice(labels, other.cells) > 0.85
+    (a,) = import_annotations(tmp_path / "other.csv", "hpa")  # HPA labels from the saved class names
+    assert a.image_id == "other" and len(a.ids()) == len(table)
+    assert {n for i in a.ids() for n in a.class_names(i)} <= {"0", "16", "18"}
+    code, out = _cli(["annotate", tmp_path / "other.tif", "--cells", "--model", tmp_path / "m", "--classes",
+                      "negative,cytosol,nucleoplasm", "--out", tmp_path / "o2.tif", "--csv", tmp_path / "o2.csv"],
+                     capsys)  # --classes renames the saved classes, in their order
+    assert code == 0, out.err
+    (b,) = import_annotations(tmp_path / "o2.csv", "hpa")
+    swap = {"0": "18", "18": "0", "16": "16"}
+    assert [swap[n] for i in a.ids() for n in a.class_names(i)] == [n for i in b.ids() for n in b.class_names(i)]
+    code, out = _cli(["segment", tmp_path / "other.tif", "--model", tmp_path / "m", "--out", tmp_path / "s.csv"],
+                     capsys)
+    assert code == 2 and "cells classifier" in out.err and "--cells --model" in out.err, out.err
+    assert not (tmp_path / "s.csv").exists()
+    code, out = _cli(["segment", tmp_path / "other.tif", tmp_path / "cells.tif", "--model", tmp_path / "m",
+                      "--out", tmp_path / "batch"], capsys)  # a batch: refused before any slide
+    assert code == 2 and "cells classifier" in out.err and not (tmp_path / "batch").exists(), out.err
+
+
 def test_cli_cells_bad_input_is_one_error_line(small, tmp_path, capsys):
     from napari_ftu.io.images import write_tiff
 
@@ -185,6 +230,8 @@ def test_cli_cells_bad_input_is_one_error_line(small, tmp_path, capsys):
     no_blue[..., 2] = 0
     write_tiff(tmp_path / "noblue.tif", no_blue)
     write_tiff(tmp_path / "rgb.tif", c.image[..., :3])
+    cells.cells_from_scribbles(c.image, sc)[2].save(tmp_path / "m", cells=True)
+    pixels.train(c.image[..., :3], sc).save(tmp_path / "rgb_model")
     cases = [
         ("cells.tif", ["--scribbles", "small.tif", "--cells"], "does not match the image"),
         ("noblue.tif", ["--scribbles", "scribbles.tif", "--cells"], "blue (nuclei) channel is empty"),
@@ -193,13 +240,19 @@ def test_cli_cells_bad_input_is_one_error_line(small, tmp_path, capsys):
         ("cells.tif", ["--scribbles", "scribbles.tif", "--cells", "--csv", "x.csv"], "needs --classes"),
         ("cells.tif", ["--scribbles", "scribbles.tif", "--cells", "--csv", "x.csv", "--classes", "a,b,c"],
          "HPA label names"),
-        ("cells.tif", ["--clicks", "scribbles.tif", "--cells"], "from --scribbles"),
+        ("cells.tif", ["--clicks", "scribbles.tif", "--cells"], "from --scribbles or --model"),
+        ("cells.tif", ["--model", "m"], "add --cells"),
+        ("cells.tif", ["--model", "m", "--cells", "--classes", "a,b"], "2 names for the 3 classes"),
+        ("cells.tif", ["--model", "m", "--cells", "--save-model", "m2"], "already saved"),
+        ("cells.tif", ["--model", "rgb_model", "--cells"], "takes 3-channel images"),
         ("abc_green.png", ["--scribbles", "scribbles.tif", "--cells", "--csv", "abc_red.png", "--classes", "0,16,18",
                            "--overwrite"], "refusing to write onto an input"),
     ]
+    models = ("m", "m2", "rgb_model")
     for image, flags, message in cases:
-        argv = ["annotate", tmp_path / image, *[tmp_path / f if f.endswith((".tif", ".csv", ".png")) else f
-                                                for f in flags], "--out", tmp_path / "x.tif"]
+        argv = ["annotate", tmp_path / image, *[tmp_path / f if f.endswith((".tif", ".csv", ".png")) or f in models
+                                                else f for f in flags],
+                "--out", tmp_path / "x.tif"]
         code, out = _cli(argv, capsys)
         lines = out.err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("napari-ftu: error:"), (image, flags, out.err)

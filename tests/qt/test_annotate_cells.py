@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_ftu.annotate import simulate
+from napari_ftu.engine.models import ModelCard
 from napari_ftu.evaluation.metrics import average_precision, dice, match_objects
 from napari_ftu.io.synthetic_cells import CHANNELS, CLASSES, make_cells
 
@@ -88,9 +89,10 @@ def test_cells_train_into_instances_with_class_confidence_and_undo(cell_dock, qt
     viewer.screenshot(str(tmp_path / "annotate_cells.png"), canvas_only=False)
 
 
-def test_apply_after_a_cells_training_makes_the_cells_of_another_field(cell_dock, qtbot):
+def test_apply_after_a_cells_training_makes_the_cells_of_another_field(cell_dock, qtbot, tmp_path):
     """Trained on one field, *Apply to slide* on a second field gives that field's cells (not
-    thresholded blobs), one undo step of the objects layer."""
+    thresholded blobs), one undo step of the objects layer. Saved, the classifier is marked as
+    one for cells, and the Segment dock refuses it rather than make thresholded patches."""
     viewer, widget, c = cell_dock
     widget.classes.value = ", ".join(NAMES)
     widget.add_scribbles().data[:] = _strokes(c, 4242)
@@ -114,6 +116,14 @@ def test_apply_after_a_cells_training_makes_the_cells_of_another_field(cell_dock
     assert widget.status.value.startswith(f"{len(scores)} cells on xyz")
     widget.undo()  # Apply was one step: the first field's cells come back
     np.testing.assert_array_equal(layer.data, first)
+    widget.model_dir.value = tmp_path / "cells"
+    widget.save()
+    assert ModelCard.read(tmp_path / "cells" / "model_card.json").makes_cells
+    _, seg = viewer.window.add_plugin_dock_widget("napari-ftu", "Segment")
+    seg.add_model(tmp_path / "cells")
+    assert seg.status.value.startswith("Error:") and "--cells --model" in seg.status.value, seg.status.value
+    seg.image.value = layers[0]
+    assert seg.run() is None and seg.worker is None
 
 
 def test_export_dock_writes_the_cells_as_an_hpa_csv(cell_dock, qtbot, tmp_path):

@@ -88,9 +88,13 @@ def test_cancel_stops_the_run(make_napari_viewer, qtbot):
 def test_bad_model_is_reported(viewer_with_slide, tmp_path):
     viewer, _ = viewer_with_slide
     widget = _segment_dock(viewer)
-    widget.add_model(tmp_path)  # a folder without a model card
+    folder = tmp_path / ("a long folder name " * 8)
+    folder.mkdir()
+    widget.add_model(folder)  # a folder without a model card
     assert widget.run() is None
     assert widget.status.value.startswith("Error:") and "model_card.json" in widget.status.value
+    # the message wraps onto more lines: the dock does not widen over the canvas
+    assert len(widget.status.value) > 200 and widget.status.native.minimumSizeHint().width() < 400
 
 
 def test_segment_dock_runs_torchscript_only_when_trusted(viewer_with_slide, evil_model):

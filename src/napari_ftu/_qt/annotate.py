@@ -29,7 +29,6 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
     ProgressBar,
     PushButton,
@@ -38,7 +37,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_info
 from qtpy.QtCore import QTimer
 
-from napari_ftu._qt.common import EngineRunDock, level0, probability_colormap
+from napari_ftu._qt.common import EngineRunDock, level0, probability_colormap, status_line
 from napari_ftu._qt.jobs import start_job
 from napari_ftu._qt.state import announce_edit, session_of, share_session
 from napari_ftu.annotate import clicks, headless
@@ -91,8 +90,7 @@ class AnnotateWidget(EngineRunDock):
                                        tooltip="run the classifier over the whole image through the tile engine")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.bar = ProgressBar(label="progress", value=0, min=0, max=1)
-        self.status = Label(value="paint 1 = background, 2.. = FTUs, then Train")
-        self.status.native.setWordWrap(True)  # a result line (cells per class) outgrows the dock: two lines
+        self.status = status_line("paint 1 = background, 2.. = FTUs, then Train")
         self.status.native.setMinimumHeight(2 * self.status.native.fontMetrics().lineSpacing() + 4)
         self.extend([self.image, self.um_per_px, self.classes, self.cells, self.min_um2, self.diameter,
                      self.encoder_features, self.shape, self.add_button, self.live, self.train_button, self.clicking,
@@ -376,10 +374,15 @@ class AnnotateWidget(EngineRunDock):
         if self.classifier is None:
             return self._fail("train first")
         try:
-            folder = self.classifier.save(self.model_dir.value, min_object_um2=self.min_um2.value)
+            if self._cells_classifier:
+                folder = self.classifier.save(self.model_dir.value, name="scribble classifier (cells)", cells=True)
+            else:
+                folder = self.classifier.save(self.model_dir.value, min_object_um2=self.min_um2.value)
         except OSError as exc:
             return self._fail(f"{self.model_dir.value}: cannot save ({exc})")
-        show_info(f"saved the classifier to {folder} (the Segment dock and napari-ftu segment load it)")
+        runs = "napari-ftu annotate IMAGE --cells --model FOLDER applies it" if self._cells_classifier else \
+            "the Segment dock and napari-ftu segment load it"
+        show_info(f"saved the classifier to {folder} ({runs})")
         self.status.value = f"saved {folder}"
 
     def click(self, point, mode: str = "new") -> int | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import Container, PushButton
+from magicgui.widgets import Container, Label, PushButton
 from napari.utils.notifications import show_error, show_info
 
 from napari_ftu._qt.jobs import start_job
@@ -39,6 +39,14 @@ class Dock(Container):
         self.status.value = f"Error: {exc}"
         show_error(str(exc))
         return None
+
+
+def status_line(value: str = "") -> Label:
+    """A dock's status Label; it wraps, so a long message (an error naming a file) adds lines
+    instead of widening the dock over the canvas."""
+    label = Label(value=value)
+    label.native.setWordWrap(True)
+    return label
 
 
 def button(text: str, action, **kwargs) -> PushButton:

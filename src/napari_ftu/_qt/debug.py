@@ -20,7 +20,6 @@ from magicgui.widgets import (
     FileEdit,
     FloatSlider,
     FloatSpinBox,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
@@ -30,7 +29,7 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget, QTableWidgetItem
 
-from napari_ftu._qt.common import Dock, level0, level0_array, plot_canvas
+from napari_ftu._qt.common import Dock, level0, level0_array, plot_canvas, status_line
 from napari_ftu._qt.jobs import call_steps, start_job
 from napari_ftu.errors import FormatError, ModelError, OptionError
 from napari_ftu.evaluation.compare import ONLY_A, ONLY_B, compare, object_scores, write_comparison
@@ -106,7 +105,7 @@ class DebugWidget(Dock):
         self._hist_canvas.setVisible(False)
         self.out = FileEdit(label="save to", mode="d", value="napari-ftu-debug")
         self.export_button = PushButton(text="Export plots (PNG) + report (CSV)")
-        self.status = Label(value="choose a prediction and its ground truth, then Evaluate")
+        self.status = status_line("choose a prediction and its ground truth, then Evaluate")
         export = Container(widgets=[self.out, self.export_button, self.status])
 
         self.extend([inputs])

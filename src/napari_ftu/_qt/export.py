@@ -10,7 +10,6 @@ from magicgui.widgets import (
     ComboBox,
     FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
     PushButton,
     SpinBox,
@@ -18,7 +17,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_info
 
-from napari_ftu._qt.common import Dock, level0, special
+from napari_ftu._qt.common import Dock, level0, special, status_line
 from napari_ftu._qt.state import session_of
 from napari_ftu.errors import FTUError
 from napari_ftu.formats.annotations import Annotations
@@ -50,7 +49,7 @@ class ExportWidget(Dock):
         special(self.max_per_class, "no cap")
         self.tile_format = ComboBox(label="tile files", choices=["png", "tif"], value="png")
         self.tiles_button = PushButton(text="Export training tiles")
-        self.status = Label(value="")
+        self.status = status_line("")
         self.extend([self.labels, self.image_id, self.format, self.path, self.export_button, self.image,
                      self.tiles_dir, self.tile, self.overlap, self.target_um, self.keep, self.negatives,
                      self.max_per_class, self.tile_format, self.tiles_button, self.status])

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import napari
-from magicgui.widgets import FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import FileEdit, FloatSpinBox, ProgressBar, PushButton, SpinBox
 from napari.utils.notifications import show_info
 
-from napari_ftu._qt.common import Dock, special
+from napari_ftu._qt.common import Dock, special, status_line
 from napari_ftu._qt.jobs import start_job
 from napari_ftu.batch.runner import BatchOptions, batch_steps, plan_inputs
 from napari_ftu.errors import FormatError, InputError
@@ -48,7 +48,7 @@ class LoadWidget(Dock):
         special(self.batch_workers, "none (in napari)")
         self.batch_button = PushButton(text="Batch segment folder…")
         self.batch_bar = ProgressBar(label="batch", value=0, min=0, max=1, visible=False)
-        self.status = Label(value="")
+        self.status = status_line("")
         self.extend([self.path, self.um_per_px, self.open_button, self.pyramid_button, self.cancel_button, self.bar,
                      self.folder, self.dataset_button, self.prev_button, self.next_button, self.annotations,
                      self.annotations_button, self.batch_folder, self.batch_out, self.batch_workers,

@@ -18,7 +18,7 @@ from magicgui.widgets import (
     create_widget,
 )
 
-from napari_ftu._qt.common import EngineRunDock, special, viewable
+from napari_ftu._qt.common import EngineRunDock, special, status_line, viewable
 from napari_ftu._qt.state import is_edited
 from napari_ftu.engine.inference import relabel_steps
 from napari_ftu.engine.models import (
@@ -67,7 +67,7 @@ class SegmentWidget(EngineRunDock):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.bar = ProgressBar(label="tiles", value=0, min=0, max=1)
-        self.status = Label(value="device: not loaded yet")
+        self.status = status_line("device: not loaded yet")
         self.extend([self.image, self.model, self.domain, self.browse, self.device, self.trust, self.tile,
                      self.overlap, self.batch, self.skip_glass, self.tta, self.split, self.threshold, self.run_button,
                      self.cancel_button, self.bar, self.status])
@@ -109,9 +109,12 @@ class SegmentWidget(EngineRunDock):
         except ModelError as exc:
             self.domain.value = "trained on: (model not loaded)"
             return self._fail(exc)
-        self.threshold.value = SegmentOptions().resolve(card).threshold  # the card's, for its class
         self.domain.value = describe_domain(card)
         self._show_card_defaults(card)
+        try:
+            self.threshold.value = SegmentOptions().resolve(card).threshold  # the card's, for its class
+        except OptionError as exc:  # a model this dock cannot run (a cells classifier)
+            return self._fail(exc)
 
     def _show_card_defaults(self, card):
         """The tile and overlap boxes' lowest value means "the model's": say which it is."""

@@ -16,7 +16,6 @@ from magicgui.widgets import (
     ComboBox,
     FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
     ProgressBar,
     PushButton,
@@ -25,7 +24,7 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_info
 
-from napari_ftu._qt.common import Dock, level0, plot_canvas, special
+from napari_ftu._qt.common import Dock, level0, plot_canvas, special, status_line
 from napari_ftu._qt.jobs import start_job
 from napari_ftu.errors import FTUError, OptionError
 from napari_ftu.steps import TrainStep, Validation
@@ -67,7 +66,7 @@ class TrainWidget(Dock):
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.bar = ProgressBar(label="steps", value=0, min=0, max=1)
-        self.status = Label(value="")
+        self.status = status_line("")
         self.extend([self.source, self.folder, self.val_match, self.image, self.labels, self.start, self.base,
                      self.architecture, self.encoder, self.pretrained, self.um_per_px, self.minutes, self.steps,
                      self.batch, self.crop, self.lr,

@@ -186,8 +186,14 @@ def cell_steps(image, scribbles, um_per_px: float = 1.0, classes: list | None = 
 def apply_steps(image, clf, um_per_px: float = 1.0, threshold: float = 0.5, image_source: str = "image"):
     """Generator (``("step", i, 3)``) returning ``(labels, table)``: the cells of a four-channel
     image (this field or another one) from an already trained classifier, as :func:`cell_steps`
-    makes them after training. The image and its nuclei are checked before the first step."""
+    makes them after training. The image, its nuclei and the classifier's channels are checked
+    before the first step."""
+    from napari_ftu.errors import ModelError
+
     a = channels_last(image, image_source)
+    if clf.in_channels != N_CHANNELS:
+        raise ModelError(f"the classifier takes {clf.in_channels}-channel images; cells need one trained on the "
+                         f"{N_CHANNELS} channels (with --cells, or the Annotate dock's 'cells')")
     nuc = nuclei(a, image_source)
     yield ("step", 1, 3)
     prob = clf.probability(a)

@@ -69,8 +69,25 @@ class PixelClassifier:
                     out[:, y0:y0 + TILE, x0:x0 + TILE] = prob[:, y0 - ya:y0 - ya + TILE, x0 - xa:x0 - xa + TILE].numpy()
         return out
 
-    def card(self, name: str = "scribble classifier", threshold: float = 0.5, min_object_um2: float = 0.0):
-        """The model card that makes this a model folder ``load_model`` can read."""
+    @classmethod
+    def from_model(cls, model) -> PixelClassifier:
+        """The classifier of a loaded model folder (``load_model``) that :meth:`save` wrote, to
+        run it outside the tile engine (cells of other fields)."""
+        from napari_ftu.errors import ModelError
+
+        card = model.card
+        if card.architecture != ARCHITECTURE:
+            raise ModelError(f"{card.name}: not a scribble classifier (architecture {card.architecture})")
+        kw = {k: card.arch_kwargs[k] for k in ("stains", "hidden", "smooth", "deep", "deep_scale")
+              if k in card.arch_kwargs}
+        classes = list(card.classes) if len(card.classes) == 1 else list(card.classes[1:])
+        return cls(model.network, classes, card.in_channels, card.um_per_px,
+                   sigmas=tuple(card.arch_kwargs.get("sigmas", SIGMAS)), **kw)
+
+    def card(self, name: str = "scribble classifier", threshold: float = 0.5, min_object_um2: float = 0.0,
+             cells: bool = False):
+        """The model card that makes this a model folder ``load_model`` can read; ``cells`` marks
+        a cells classifier (:attr:`~napari_ftu.engine.models.ModelCard.makes_cells`)."""
         from napari_ftu.engine.models import ModelCard
 
         classes = list(self.classes) if len(self.classes) == 1 else ["background", *self.classes]
@@ -79,6 +96,8 @@ class PixelClassifier:
         overlap = min(512, max(64, -(-2 * self.network.bank.margin // 32) * 32)) if deep else 64
         tile = 512 if overlap <= 128 else 1024
         notes = {"trained on": "scribbles (napari-ftu annotate)"}
+        if cells:
+            notes["objects"] = "cells"
         if deep:
             from napari_ftu.engine.pretrained import weights_record
 

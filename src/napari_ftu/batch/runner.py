@@ -692,6 +692,7 @@ def batch_steps(jobs, out, options: BatchOptions | None = None, client=None,
     check_trust(options.model, options.trust_model)  # refused up front, not once per slide
     if options.model_sha256 is None:  # hashed once per run; the markers and workers' caches use it
         options = replace(options, model_sha256=model_fingerprint(options.model))
+    options.segment.resolve(_card(options))  # options the model cannot take (or a cells classifier): up front too
     out = Path(out)
     check_outputs(out, jobs, options, overwrite)
     out.mkdir(parents=True, exist_ok=True)

@@ -645,6 +645,9 @@ def _add_annotate(sub) -> None:
     src = a.add_mutually_exclusive_group(required=True)
     src.add_argument("--scribbles", type=Path, help="label TIFF of the image's size: 1 = background, 2.. = FTU classes")
     src.add_argument("--clicks", type=Path, help="CSV with columns y,x (full-resolution pixels), one object per row")
+    src.add_argument("--model", type=Path,
+                     help="with --cells: a classifier saved by --save-model (or the Annotate dock), applied to this "
+                          "image without scribbles")
     a.add_argument("--out", type=Path, required=True, help="instance labels TIFF to write")
     a.add_argument("--cells", action="store_true",
                    help="fluorescence cells: a watershed from the nuclei (blue channel) over the classifier's "
@@ -685,7 +688,24 @@ def _annotate(args) -> int:
             raise FileExistsError(f"{p} exists; pass --overwrite to replace it")
     names = [c.strip() for c in args.classes.split(",")] if args.classes else None
     if args.cells and args.clicks is not None:
-        raise OptionError("--cells works from --scribbles (the classifier gives each cell its class)")
+        raise OptionError("--cells works from --scribbles or --model (the classifier gives each cell its class)")
+    if args.model is not None and not args.cells:
+        raise OptionError("--model applies a cells classifier: add --cells (napari-ftu segment runs FTU classifiers)")
+    if args.model is not None and args.save_model:
+        raise OptionError("--save-model saves a classifier trained on --scribbles; --model is one already saved")
+    clf = None
+    if args.model is not None:  # loaded first: its class names serve --csv when --classes is not given
+        from dataclasses import replace
+
+        from napari_ftu.annotate.pixels import PixelClassifier
+        from napari_ftu.engine.models import load_model
+
+        clf = PixelClassifier.from_model(load_model(args.model, device="cpu"))
+        if names and len(names) != len(clf.classes):
+            raise OptionError(f"--classes: {len(names)} names for the {len(clf.classes)} classes of {args.model} "
+                              f"({', '.join(clf.classes)})")
+        clf = replace(clf, classes=names or clf.classes)
+        names = clf.classes
     if args.csv and not args.cells:
         raise OptionError("--csv writes cells: add --cells")
     if args.csv:
@@ -699,7 +719,7 @@ def _annotate(args) -> int:
             except FTUError as exc:
                 raise OptionError(f"--classes: {exc}") from None
     if args.cells:
-        return _annotate_cells(args, names)
+        return _annotate_cells(args, names, clf)
     loaded = read_image(args.image)
     um = args.um_per_px or loaded.um_per_px or 1.0
     if args.scribbles is not None:
@@ -719,23 +739,28 @@ def _annotate(args) -> int:
     return 0
 
 
-def _annotate_cells(args, names) -> int:
+def _annotate_cells(args, names, clf=None) -> int:
+    """Cells from scribbles (training the classifier) or from ``clf``, a saved one (``--model``)."""
     from collections import Counter
 
     from napari_ftu.annotate import cells
     from napari_ftu.formats.export import export_annotations
     from napari_ftu.io.images import read_image, write_tiff
+    from napari_ftu.steps import drain
 
     image, um, image_id = cells.read_cell_image(args.image, args.um_per_px)
     um = um or 1.0
-    scribbles = read_image(args.scribbles).data
-    labels, table, clf = cells.cells_from_scribbles(image, scribbles, um, names, source=str(args.scribbles),
-                                                    image_source=str(args.image))
+    if clf is not None:
+        labels, table = drain(cells.apply_steps(image, clf, um, image_source=str(args.image)))
+    else:
+        scribbles = read_image(args.scribbles).data
+        labels, table, clf = cells.cells_from_scribbles(image, scribbles, um, names, source=str(args.scribbles),
+                                                        image_source=str(args.image))
     if args.csv:  # the id is checked before anything is written
         items = cells.to_annotations(args.id or image_id, labels, table, um)
     write_tiff(args.out, labels, um)
     if args.save_model:
-        clf.save(args.save_model, name="scribble classifier (cells)")
+        clf.save(args.save_model, name="scribble classifier (cells)", cells=True)
     if args.csv:
         export_annotations(items, args.csv, "hpa", overwrite=args.overwrite)
     counts = ", ".join(f"{n} {c}" for c, n in sorted(Counter(r["cls"] for r in table).items()))

@@ -54,7 +54,8 @@ class ModelCard:
         Default tiling, in model pixels.
     name : str
     notes : dict
-        Free-form provenance (training data, scores).
+        Free-form provenance (training data, scores); ``"objects": "cells"`` marks a fluorescence
+        cells classifier, whose objects come from nuclei, not from thresholding (:attr:`makes_cells`).
     trained_on : dict
         The model's domain, shown beside the model choice: ``organs`` (list), ``stain``, ``source``,
         ``note`` (text), ``um_per_px`` ([min, max]); ``{}`` = not stated.
@@ -188,6 +189,12 @@ class ModelCard:
         float
         """
         return float(self.thresholds.get(name, self.threshold)) if name else float(self.threshold)
+
+    @property
+    def makes_cells(self) -> bool:
+        """A cells classifier (``napari-ftu annotate --cells``): the tile engine's thresholded
+        objects would be patches of cell-covered area, not cells."""
+        return self.notes.get("objects") == "cells"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -224,8 +224,12 @@ class SegmentOptions:
         Raises
         ------
         OptionError
-            A class index the model does not have, or an overlap not below the tile size.
+            A class index the model does not have, an overlap not below the tile size, or a
+            cells classifier (its cells come from nuclei, not from the engine's threshold).
         """
+        if card.makes_cells:
+            raise OptionError(f"{card.name}: a cells classifier makes one cell per nucleus; apply it with "
+                              "'napari-ftu annotate IMAGE --cells --model FOLDER'")
         if not 0 <= self.class_index < len(card.classes):
             raise OptionError(f"class index {self.class_index} out of range: the model has "
                                f"{len(card.classes)} classes")
