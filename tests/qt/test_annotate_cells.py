@@ -122,6 +122,7 @@ def test_apply_after_a_cells_training_makes_the_cells_of_another_field(cell_dock
     _, seg = viewer.window.add_plugin_dock_widget("napari-ftu", "Segment")
     seg.add_model(tmp_path / "cells")
     assert seg.status.value.startswith("Error:") and "--cells --model" in seg.status.value, seg.status.value
+    assert seg.domain.value == "trained on: 1 µm/px; scribbles (napari-ftu annotate)"
     seg.image.value = layers[0]
     assert seg.run() is None and seg.worker is None
 

@@ -108,7 +108,8 @@ class PixelClassifier:
                          in_channels=self.in_channels, classes=classes, um_per_px=float(self.um_per_px),
                          mean=[0.0] * self.in_channels, std=[1.0] * self.in_channels, threshold=threshold,
                          min_object_um2=float(min_object_um2), tile_size=tile, overlap=overlap, name=name,
-                         notes=notes)
+                         notes=notes, trained_on={"source": "scribbles (napari-ftu annotate)",
+                                                  "um_per_px": [float(self.um_per_px)] * 2})
 
     def model(self, device="cpu", **card_kwargs):
         """This classifier as an engine model (``FTUModel``), so *Apply to slide* runs it through
