@@ -96,7 +96,6 @@ def test_bad_model_is_reported(viewer_with_slide, tmp_path):
     # the message wraps onto more lines: the dock does not widen over the canvas
     assert len(widget.status.value) > 200 and widget.status.native.minimumSizeHint().width() < 400
 
-
 def test_segment_dock_runs_torchscript_only_when_trusted(viewer_with_slide, evil_model):
     """The "Trust model code" box is off by default; a TorchScript model is refused (its code
     never runs) until the user ticks it (issue 15)."""

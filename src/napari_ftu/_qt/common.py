@@ -43,9 +43,13 @@ class Dock(Container):
 
 def status_line(value: str = "") -> Label:
     """A dock's status Label; it wraps, so a long message (an error naming a file) adds lines
-    instead of widening the dock over the canvas."""
+    instead of widening the dock over the canvas. Expanding: a wrapping label left to its size
+    hint would break even a short line into a narrow column."""
+    from qtpy.QtWidgets import QSizePolicy
+
     label = Label(value=value)
     label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
     return label
 
 
