@@ -374,10 +374,8 @@ class AnnotateWidget(EngineRunDock):
         if self.classifier is None:
             return self._fail("train first")
         try:
-            if self._cells_classifier:
-                folder = self.classifier.save(self.model_dir.value, name="scribble classifier (cells)", cells=True)
-            else:
-                folder = self.classifier.save(self.model_dir.value, min_object_um2=self.min_um2.value)
+            folder = self.classifier.save(self.model_dir.value, min_object_um2=self.min_um2.value,
+                                          cells=self._cells_classifier)
         except OSError as exc:
             return self._fail(f"{self.model_dir.value}: cannot save ({exc})")
         runs = "napari-ftu annotate IMAGE --cells --model FOLDER applies it" if self._cells_classifier else \

@@ -15,6 +15,7 @@ import napari
 import numpy as np
 from magicgui.widgets import Container, Label, PushButton
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QSizePolicy
 
 from napari_ftu._qt.jobs import start_job
 from napari_ftu._qt.state import is_edited, mark_edited, state_of
@@ -45,8 +46,6 @@ def status_line(value: str = "") -> Label:
     """A dock's status Label; it wraps, so a long message (an error naming a file) adds lines
     instead of widening the dock over the canvas. Expanding: a wrapping label left to its size
     hint would break even a short line into a narrow column."""
-    from qtpy.QtWidgets import QSizePolicy
-
     label = Label(value=value)
     label.native.setWordWrap(True)
     label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from napari_ftu.errors import InputError
+from napari_ftu.errors import InputError, ModelError
 
 BLUE = 2  # HPA channel order: red, green, blue, yellow
 N_CHANNELS = 4
@@ -188,8 +188,6 @@ def apply_steps(image, clf, um_per_px: float = 1.0, threshold: float = 0.5, imag
     image (this field or another one) from an already trained classifier, as :func:`cell_steps`
     makes them after training. The image, its nuclei and the classifier's channels are checked
     before the first step."""
-    from napari_ftu.errors import ModelError
-
     a = channels_last(image, image_source)
     if clf.in_channels != N_CHANNELS:
         raise ModelError(f"the classifier takes {clf.in_channels}-channel images; cells need one trained on the "

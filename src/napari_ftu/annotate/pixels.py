@@ -84,11 +84,13 @@ class PixelClassifier:
         return cls(model.network, classes, card.in_channels, card.um_per_px,
                    sigmas=tuple(card.arch_kwargs.get("sigmas", SIGMAS)), **kw)
 
-    def card(self, name: str = "scribble classifier", threshold: float = 0.5, min_object_um2: float = 0.0,
+    def card(self, name: str | None = None, threshold: float = 0.5, min_object_um2: float = 0.0,
              cells: bool = False):
         """The model card that makes this a model folder ``load_model`` can read; ``cells`` marks
         a cells classifier (:attr:`~napari_ftu.engine.models.ModelCard.makes_cells`)."""
         from napari_ftu.engine.models import ModelCard
+
+        name = name or ("scribble classifier (cells)" if cells else "scribble classifier")
 
         classes = list(self.classes) if len(self.classes) == 1 else ["background", *self.classes]
         deep = self.deep if self.in_channels == 3 else 0

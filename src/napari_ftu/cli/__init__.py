@@ -760,7 +760,7 @@ def _annotate_cells(args, names, clf=None) -> int:
         items = cells.to_annotations(args.id or image_id, labels, table, um)
     write_tiff(args.out, labels, um)
     if args.save_model:
-        clf.save(args.save_model, name="scribble classifier (cells)", cells=True)
+        clf.save(args.save_model, cells=True)
     if args.csv:
         export_annotations(items, args.csv, "hpa", overwrite=args.overwrite)
     counts = ", ".join(f"{n} {c}" for c, n in sorted(Counter(r["cls"] for r in table).items()))
