@@ -152,7 +152,7 @@ def new_model(architecture: str = "Unet", encoder: str | None = None, classes=("
     """``(card, initial state or None)`` for a new model. ``pretrained=None`` means: ImageNet
     weights when the encoder has offline ones (EfficientNet-Lite0/1/2), else random ones. A U-Net
     (or U-Net++) gets :data:`DECODER_CHANNELS` unless ``arch_kwargs`` says otherwise: on a CPU's
-    time budget it makes 1.5x the steps of smp's and learned few labels as well (README)."""
+    time budget it makes 1.5x the steps of smp's and learned few labels as well (docs/models-and-training.md)."""
     from napari_ftu.engine import pretrained as pre
     from napari_ftu.training.data import ARCHITECTURES
 
