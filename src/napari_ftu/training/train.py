@@ -308,11 +308,12 @@ def train_steps(
     the threshold that maximised it goes into the card. With ``ema`` (a decay such as 0.99),
     validation and the saved model use an exponential moving average of the weights instead of
     the raw ones (measured on the Sarder glomeruli it smoothed validation but did not lift
-    held-out Dice, so it is off by default). ``colour`` passes the stain jitter and grey share to
-    :func:`~napari_ftu.training.augment.augment` (stronger for models meant for other labs' stains). With ``patience``, training stops after
-    that many validations without gain. With ``out``, the best model is saved there as a model
-    folder (card + safetensors + history.csv); with ``checkpoint`` also ``checkpoint.pt``
-    (weights, optimiser, step, clock) at each validation, which ``resume`` continues from.
+    held-out Dice, so it is off by default). ``colour`` passes the stain jitter and grey share
+    to :func:`~napari_ftu.training.augment.augment` (stronger for models meant for other labs'
+    stains). With ``patience``, training stops after that many validations without gain. With
+    ``out``, the best model is saved there as a model folder (card + safetensors + history.csv);
+    with ``checkpoint`` also ``checkpoint.pt`` (weights, optimiser, step, clock) at each
+    validation, which ``resume`` continues from.
     Yields :class:`~napari_ftu.steps.TrainStep` (with ``stats``) and :class:`~napari_ftu.steps.Validation`.
     On CUDA: bf16 autocast, channels_last, pinned host memory. On CPU, torch uses ``threads``
     threads (default: the cores the load average leaves idle, see :func:`cpu_threads`).
