@@ -29,15 +29,17 @@ def main():
     import torch
     from distributed import Client, LocalCluster
 
-    from napari_ftu.batch import runner as batch
+    from napari_ftu.batch.plan import BatchOptions, plan_inputs
+    from napari_ftu.batch.runner import COMBINED, run_batch
+    from napari_ftu.batch.slide import worker_model
     from napari_ftu.io.synthetic import write_slide
 
     root = Path(tempfile.mkdtemp(prefix="napari-ftu-bench-batch-"))
     try:
         for i in range(args.slides):
             write_slide(root / "slides" / f"slide_{i}", args.size, args.size, seed=500 + i, um_per_px=1.0)
-        jobs = batch.plan_inputs([root / "slides"])
-        options = batch.BatchOptions(device="cpu")
+        jobs = plan_inputs([root / "slides"])
+        options = BatchOptions(device="cpu")
         mp = sum(args.size * args.size for _ in jobs) / 1e6
         print(f"{len(jobs)} slides of {args.size} x {args.size} px ({mp:.1f} MP in all), {os.cpu_count()} CPU cores, "
               f"built-in model on CPU")
@@ -48,16 +50,16 @@ def main():
                                    dashboard_address=None, silence_logs=40)
             with Client(cluster) as client:
                 client.wait_for_workers(n)
-                client.run(batch._model, options)  # load the model in every worker
+                client.run(worker_model, options)  # load the model in every worker
                 startup = time.perf_counter() - t0
-                result = batch.run_batch(jobs, root / f"out_{n}", options, client=client)
+                result = run_batch(jobs, root / f"out_{n}", options, client=client)
             cluster.close()
             results.append((f"Dask, {n} worker{'s' if n > 1 else ''} x 1 thread", result, startup))
         if not args.no_in_process:
             t0 = time.perf_counter()
-            batch._model(options)
+            worker_model(options)
             startup = time.perf_counter() - t0
-            result = batch.run_batch(jobs, root / "out_local", options)
+            result = run_batch(jobs, root / "out_local", options)
             results.append((f"in process, torch {torch.get_num_threads()} threads", result, startup))
 
         print(f"{'configuration':34s} {'start-up s':>10s} {'batch s':>8s} {'slides/min':>11s} {'MP/s':>7s} "
@@ -68,8 +70,8 @@ def main():
             base = base or r.slides_per_minute
             print(f"{name:34s} {startup:10.1f} {r.seconds:8.1f} {r.slides_per_minute:11.2f} "
                   f"{r.megapixels_per_second:7.3f} {r.done:5d}   x{r.slides_per_minute / base:.2f}")
-        first = (root / f"out_{args.workers[0]}" / batch.COMBINED).read_bytes()
-        same = all((root / d / batch.COMBINED).read_bytes() == first
+        first = (root / f"out_{args.workers[0]}" / COMBINED).read_bytes()
+        same = all((root / d / COMBINED).read_bytes() == first
                    for d in [f"out_{n}" for n in args.workers] + ([] if args.no_in_process else ["out_local"]))
         print(f"combined predictions.csv identical across configurations: {same}")
     finally:

@@ -44,7 +44,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_ftu.engine.models import ModelCard
+from napari_ftu.engine.card import ModelCard
 from napari_ftu.errors import FormatError, InputError, ModelError
 from napari_ftu.formats import coco_rle, rle
 from napari_ftu.formats.annotations import Annotations

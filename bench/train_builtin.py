@@ -49,8 +49,9 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
 
+    from napari_ftu.training.data import dataset_samples, synthetic_samples
     from napari_ftu.training.progress import ProgressPrinter
-    from napari_ftu.training.train import dataset_samples, new_model, synthetic_samples, train, trained_on
+    from napari_ftu.training.train import new_model, train, trained_on
 
     card, init = new_model("Unet", args.encoder, classes=("glomerulus",), um_per_px=args.um_per_px,
                            name="kidney-glomerulus", seed=args.seed)

@@ -94,7 +94,7 @@ class _WritesFiles(torch.nn.Module):
 def evil_model(tmp_path) -> tuple[Path, Path]:
     """``(model folder, victim file)``: a TorchScript model that overwrites the victim ("precious")
     with "!!!!!!!!" when loaded; saving it ran nothing."""
-    from napari_ftu.engine.models import ModelCard
+    from napari_ftu.engine.card import ModelCard
 
     victim = tmp_path / "precious.txt"
     victim.write_bytes(b"precious")

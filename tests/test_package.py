@@ -91,6 +91,71 @@ def test_rooms_import_only_the_rooms_below_them():
     assert not bad, "\n".join(bad)
 
 
+def _module_name(root: Path, f: Path) -> str:
+    parts = [p for p in f.relative_to(root).with_suffix("").parts if p != "__init__"]
+    return ".".join(["napari_ftu", *parts])
+
+
+def _module_graph(root: Path) -> dict:
+    """Module -> the package modules it imports (at the top or inside functions). ``from pkg
+    import name`` counts as an import of ``pkg.name`` where that is a module."""
+    import ast
+
+    files = {_module_name(root, f): f for f in sorted(root.rglob("*.py"))}
+    graph = {}
+    for name, f in files.items():
+        package = name if f.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names if a.name.split(".")[0] == "napari_ftu"}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package, up level - 1
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                if base.split(".")[0] != "napari_ftu":
+                    continue
+                for a in node.names:
+                    targets.add(f"{base}.{a.name}" if f"{base}.{a.name}" in files else base)
+        graph[name] = sorted(t for t in targets if t in files and t != name)
+    return graph
+
+
+def _find_cycle(graph: dict) -> list:
+    """One import cycle as ``[a, b, ..., a]``, or ``[]``."""
+    state, stack = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = "done"
+        return []
+
+    for node in graph:
+        if node not in state and (found := visit(node)):
+            return found
+    return []
+
+
+def test_modules_import_no_circle():
+    """A circle makes import order matter and hides in function-level imports; none is allowed."""
+    cycle = _find_cycle(_module_graph(Path(napari_ftu.__file__).parent))
+    assert not cycle, "import circle: " + " -> ".join(cycle)
+
+
+def test_the_circle_check_finds_one():
+    graph = {"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}
+    assert _find_cycle(graph) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": ["b"], "b": [], "c": ["a", "b"]}) == []
+
+
 def test_package_root_holds_only_the_shared_helpers():
     root = Path(napari_ftu.__file__).parent
     modules = {f.stem for f in root.glob("*.py")}

@@ -50,8 +50,9 @@ def test_scribble_classifier_finds_the_glomeruli_of_a_real_patch(trained):
 
 
 def test_saved_classifier_is_a_model_folder_the_tile_engine_runs(trained, tmp_path):
+    from napari_ftu.engine.card import ModelCard
     from napari_ftu.engine.inference import segment
-    from napari_ftu.engine.models import ModelCard, load_model
+    from napari_ftu.engine.models import load_model
 
     image, _, _, clf = trained
     folder = clf.save(tmp_path / "clf")

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 
 from napari_ftu.batch import runner as batch
-from napari_ftu.batch.runner import BatchOptions, plan_inputs, run_batch
+from napari_ftu.batch.cluster import local_cluster
+from napari_ftu.batch.plan import BatchOptions, pending, plan_inputs
+from napari_ftu.batch.runner import run_batch
+from napari_ftu.batch.slide import worker_model
 from napari_ftu.engine.options import SegmentOptions
 from napari_ftu.errors import InputError
 from napari_ftu.io.images import read_image
@@ -50,7 +53,7 @@ def client():
     """The batch's own local cluster (2 workers), secured with temporary TLS credentials."""
     from distributed import Client
 
-    cluster = batch.local_cluster(n_workers=2)
+    cluster = local_cluster(n_workers=2)
     with Client(cluster) as c:
         yield c
     cluster.close()
@@ -156,7 +159,7 @@ def test_in_process_batch_matches_the_single_image_command(reference, slides, tm
     assert [r["id"] for r in combined] == [f"kidney_{i}" for i in range(6)]
 
     slide = open_slide(slides / "kidney_5.tif")
-    whole = segment(slide.levels, batch._model(OPTIONS), um_per_px=1.0, full_resolution=False,
+    whole = segment(slide.levels, worker_model(OPTIONS), um_per_px=1.0, full_resolution=False,
                     store=tmp_path / "whole.zarr")
     banded = read_image(out / "kidney_5" / "kidney_5_labels.ome.tif")
     np.testing.assert_array_equal(banded.data, np.asarray(whole.labels[:]))
@@ -232,7 +235,7 @@ def test_rerun_skips_finished_slides(reference, slides, tmp_path):
     assert (result.done, result.skipped) == (6, 5)
     assert [r["status"] for r in result.rows].count("done") == 1
     _assert_same_results(ref_out, out, [j.id for j in jobs])
-    todo, _ = batch.pending(jobs, out, BatchOptions(device="cpu", outputs=OPTIONS.outputs,
+    todo, _ = pending(jobs, out, BatchOptions(device="cpu", outputs=OPTIONS.outputs,
                                                              segment=SegmentOptions(threshold=0.3)))
     assert len(todo) == 6  # another threshold: earlier results are not reused
 
@@ -241,7 +244,7 @@ def test_gpu_workers_each_see_one_device():
     """One worker per GPU, pinned by CUDA_VISIBLE_DEVICES (checked without GPUs: the pinning only)."""
     from distributed import Client
 
-    cluster = batch.local_cluster(devices=["0", "1"])
+    cluster = local_cluster(devices=["0", "1"])
     try:
         with Client(cluster) as c:
             c.wait_for_workers(2, timeout=60)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ftu.engine.models import FTUModel, ModelCard, build_network, load_model, save_model
+from napari_ftu.engine.card import ModelCard
+from napari_ftu.engine.models import FTUModel, build_network, load_model, save_model
 from napari_ftu.errors import ModelError
 
 
@@ -29,7 +30,7 @@ def test_default_model_card_and_size(default_model):
 
 
 def test_cards_without_trained_on_still_load(tmp_path):
-    from napari_ftu.engine.models import describe_domain
+    from napari_ftu.engine.card import describe_domain
 
     data = json.loads(ModelCard().to_json())
     del data["trained_on"]
@@ -120,7 +121,7 @@ def _tiles(n=2, size=64):
 
 
 def test_smp_save_pretrained_folder_with_and_without_card(tmp_path, tiny_card):
-    from napari_ftu.engine.models import import_smp
+    from napari_ftu.engine.backend import import_smp
 
     smp = import_smp()
     net = smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=[16, 8, 4], classes=2).eval()

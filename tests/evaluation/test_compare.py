@@ -79,7 +79,8 @@ def test_cli_compare_prints_the_debug_docks_numbers(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def batch_output(tmp_path_factory):
     """A dataset (images/ + masks/) of two synthetic slides and a batch run over its images."""
-    from napari_ftu.batch.runner import BatchOptions, plan_inputs, run_batch
+    from napari_ftu.batch.plan import BatchOptions, plan_inputs
+    from napari_ftu.batch.runner import run_batch
     from napari_ftu.io.synthetic import write_slide
 
     root = tmp_path_factory.mktemp("batch_eval")

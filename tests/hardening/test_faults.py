@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ftu.engine.models import ModelCard, load_model
+from napari_ftu.engine.card import ModelCard
+from napari_ftu.engine.models import load_model
 from napari_ftu.errors import FormatError, InputError, ModelError
 from napari_ftu.formats.annotations import Annotations
 from napari_ftu.formats.export import export_annotations, import_annotations

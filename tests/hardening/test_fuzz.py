@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_ftu.engine.models import ModelCard
+from napari_ftu.engine.card import ModelCard
 from napari_ftu.errors import FormatError, ModelError
 from napari_ftu.formats import coco_rle, rle
 from napari_ftu.formats.annotations import Annotations, safe_id

@@ -18,9 +18,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from napari_ftu.batch import runner as batch  # noqa: E402
-from napari_ftu.batch.runner import BatchOptions, plan_inputs, run_batch  # noqa: E402
+from napari_ftu.batch.plan import BatchOptions, plan_inputs  # noqa: E402
+from napari_ftu.batch.runner import run_batch  # noqa: E402
 from napari_ftu.cli import main  # noqa: E402
-from napari_ftu.engine.models import ModelCard, load_model  # noqa: E402
+from napari_ftu.engine.card import ModelCard  # noqa: E402
+from napari_ftu.engine.models import load_model  # noqa: E402
 from napari_ftu.engine.options import SegmentOptions  # noqa: E402
 from napari_ftu.errors import InputError, ModelError  # noqa: E402
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_ftu.annotate import simulate
-from napari_ftu.engine.models import ModelCard
+from napari_ftu.engine.card import ModelCard
 from napari_ftu.evaluation.metrics import average_precision, dice, match_objects
 from napari_ftu.io.synthetic_cells import CHANNELS, CLASSES, make_cells
 

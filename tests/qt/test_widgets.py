@@ -118,7 +118,8 @@ def test_segment_dock_shows_what_the_model_was_trained_on(viewer_with_slide, tmp
     import json
     import shutil
 
-    from napari_ftu.engine.models import CARD_NAME, ModelCard, default_model_path
+    from napari_ftu.engine.card import CARD_NAME, ModelCard
+    from napari_ftu.engine.models import default_model_path
 
     viewer, _ = viewer_with_slide
     widget = _segment_dock(viewer)
@@ -223,7 +224,7 @@ def test_added_model_survives_new_layers(viewer_with_slide, tmp_path):
 
 def test_model_loads_after_the_viewer_has_opengl(tmp_path):
     """Opening the viewer first and the Segment dock second must not crash the process
-    (triton's LLVM against Mesa's, see models.import_smp)."""
+    (triton's LLVM against Mesa's, see backend.import_smp)."""
     import subprocess
     import sys
 
@@ -478,7 +479,8 @@ def test_threshold_re_derives_objects_without_running_the_model(viewer_with_slid
 def test_worker_error_reaches_the_user_and_the_next_run_works(viewer_with_slide, qtbot, monkeypatch):
     import torch
 
-    from napari_ftu.engine.models import FTUModel, ModelCard
+    from napari_ftu.engine.card import ModelCard
+    from napari_ftu.engine.models import FTUModel
 
     class Broken(torch.nn.Module):
         def forward(self, x):

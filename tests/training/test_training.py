@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
 
+from napari_ftu.engine.card import ModelCard
 from napari_ftu.engine.inference import segment
-from napari_ftu.engine.models import ModelCard, load_model
-from napari_ftu.training.train import dataset_samples, synthetic_samples, train
+from napari_ftu.engine.models import load_model
+from napari_ftu.training.data import dataset_samples, synthetic_samples
+from napari_ftu.training.train import train
 
 
 def test_tiny_training_lowers_loss_and_saves_a_loadable_model(tmp_path):
@@ -248,7 +250,7 @@ def test_cli_train_defaults_to_a_pretrained_encoder_prints_progress_and_resumes(
     assert card["architecture"] == "FPN" and card["encoder"] == "tu-tf_efficientnet_lite0"
     assert card["classes"] == ["glomerulus"] and card["notes"]["encoder_weights"]["licence"] == "Apache-2.0"
     assert card["notes"]["training"]["n_val"] >= 1  # every fifth image held out by default
-    from napari_ftu.engine.models import ModelCard, describe_domain  # what the Segment dock shows
+    from napari_ftu.engine.card import ModelCard, describe_domain  # what the Segment dock shows
 
     assert describe_domain(ModelCard.read(out / "model_card.json")) == f"trained on: kidney; H&E; 1 µm/px; {tiles.name}"
     assert read_checkpoint(out)["step"] == 4

@@ -11,7 +11,8 @@ from napari.utils.notifications import show_info
 
 from napari_ftu._qt.common import Dock, special, status_line
 from napari_ftu._qt.jobs import start_job
-from napari_ftu.batch.runner import BatchOptions, batch_steps, plan_inputs
+from napari_ftu.batch.plan import BatchOptions, plan_inputs
+from napari_ftu.batch.runner import batch_steps
 from napari_ftu.errors import FormatError, InputError
 from napari_ftu.formats.datasets import labels_layer_data, open_dataset
 from napari_ftu.io.slides import open_slide, pyramid_steps, slide_layer_data

@@ -20,15 +20,9 @@ from magicgui.widgets import (
 
 from napari_ftu._qt.common import EngineRunDock, special, status_line, viewable
 from napari_ftu._qt.state import is_edited
+from napari_ftu.engine.card import CARD_NAME, MAX_TILE_SIZE, ModelCard, describe_domain
 from napari_ftu.engine.inference import relabel_steps
-from napari_ftu.engine.models import (
-    CARD_NAME,
-    MAX_TILE_SIZE,
-    ModelCard,
-    cached_model,
-    default_model_path,
-    describe_domain,
-)
+from napari_ftu.engine.models import cached_model, default_model_path
 from napari_ftu.engine.options import MAX_BATCH_SIZE, MIN_TILE_SIZE, SegmentOptions, check_positive
 from napari_ftu.errors import ModelError, OptionError
 

@@ -29,6 +29,7 @@ from napari_ftu.annotate.pixels import (
     training_set,
 )
 from napari_ftu.boxes import Box, corners, from_corners
+from napari_ftu.engine.backend import import_torch
 from napari_ftu.engine.features import (
     SIGMAS,
     SMOOTH,
@@ -37,7 +38,6 @@ from napari_ftu.engine.features import (
     filter_bank_module,
     to_unit,
 )
-from napari_ftu.engine.models import import_torch
 from napari_ftu.errors import InputError
 from napari_ftu.steps import Progress
 

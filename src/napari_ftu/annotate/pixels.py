@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_ftu.engine.backend import import_torch
 from napari_ftu.engine.features import (
     ARCHITECTURE,
     DEEP_ENCODER,
@@ -23,7 +24,6 @@ from napari_ftu.engine.features import (
     feature_classifier,
     to_unit,
 )
-from napari_ftu.engine.models import import_torch
 from napari_ftu.errors import InputError
 
 BACKGROUND = 1  # scribble value of the background; 2, 3, ... are FTU classes
@@ -87,8 +87,8 @@ class PixelClassifier:
     def card(self, name: str | None = None, threshold: float = 0.5, min_object_um2: float = 0.0,
              cells: bool = False):
         """The model card that makes this a model folder ``load_model`` can read; ``cells`` marks
-        a cells classifier (:attr:`~napari_ftu.engine.models.ModelCard.makes_cells`)."""
-        from napari_ftu.engine.models import ModelCard
+        a cells classifier (:attr:`~napari_ftu.engine.card.ModelCard.makes_cells`)."""
+        from napari_ftu.engine.card import ModelCard
 
         name = name or ("scribble classifier (cells)" if cells else "scribble classifier")
 

