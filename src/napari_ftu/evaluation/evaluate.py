@@ -15,7 +15,7 @@ import numpy as np
 from napari_ftu.atomic import write_text
 from napari_ftu.errors import FormatError, InputError
 from napari_ftu.evaluation.metrics import Matching, Overlap, average_precision, match, overlap_table
-from napari_ftu.formats.annotations import Annotations, instances_of
+from napari_ftu.formats.annotations import Annotations, image_key, instances_of
 from napari_ftu.formats.export import LABEL_IMAGE_SUFFIXES, format_of, import_annotations
 
 COLUMNS = ["image", "group", "class", "images", "n_pred", "n_truth", "dice", "iou", "tp", "fp", "fn",
@@ -186,10 +186,10 @@ def evaluate_paths(pred, truth, pred_format=None, truth_format=None, iou_thresho
     pred, truth = Path(pred), Path(truth)
     if needs_shape(truth, truth_format) and not needs_shape(pred, pred_format):
         preds = load_annotations(pred, pred_format)
-        truths = load_annotations(truth, truth_format, {a.image_id: a.shape for a in preds})
+        truths = load_annotations(truth, truth_format, _shapes(preds))
     else:
         truths = load_annotations(truth, truth_format)
-        preds = load_annotations(pred, pred_format, {a.image_id: a.shape for a in truths})
+        preds = load_annotations(pred, pred_format, _shapes(truths))
     if not truths:
         raise InputError(f"{truth}: no ground-truth images")
     pairs, missing = pair_by_id(truths, preds, pred)
@@ -198,17 +198,28 @@ def evaluate_paths(pred, truth, pred_format=None, truth_format=None, iou_thresho
     return image_rows, summarize(results), missing
 
 
+def _shapes(items) -> dict:
+    """id -> (h, w) for sizing RLE/GeoJSON files, under each id and its :func:`image_key`."""
+    return {**{image_key(a.image_id): a.shape for a in items}, **{a.image_id: a.shape for a in items}}
+
+
 def pair_by_id(truths: list[Annotations], preds: list[Annotations], where="prediction") -> tuple[list, list]:
-    """``([(truth, prediction), ...], ids without a prediction)``: pairs by image id, or the
+    """``([(truth, prediction), ...], ids without a prediction)``: pairs by :func:`image_key`, or the
     single image of each side; a missing prediction is an empty one, as in the competitions."""
     if not truths:
         raise InputError("no ground-truth images")
-    by_id = {a.image_id: a for a in preds}
+    by_id = {}
+    for a in preds:
+        key = image_key(a.image_id)
+        if key in by_id:
+            raise InputError(f"{where}: predictions {by_id[key].image_id!r} and {a.image_id!r} pair with the same "
+                             f"image {key!r}")
+        by_id[key] = a
     if len(truths) == 1 and len(preds) == 1:
-        by_id = {truths[0].image_id: preds[0]}
+        by_id = {image_key(truths[0].image_id): preds[0]}
     pairs, missing = [], []
     for t in truths:
-        p = by_id.get(t.image_id)
+        p = by_id.get(image_key(t.image_id))
         if p is None:
             missing.append(t.image_id)
             p = Annotations(t.image_id, np.zeros(t.shape, np.int32))
