@@ -192,9 +192,11 @@ def _check_mask(mask, shape):
 
 
 def _check_annotations(items):
+    """Each item well-formed; taken one at a time and dropped, as readers hand them over."""
     for a in items:
         assert isinstance(a, Annotations) and a.labels.ndim == 2 and a.labels.dtype == np.int32
         assert a.labels.min(initial=0) >= 0
+        del a
 
 
 # RLE ----------------------------------------------------------------------------------------------

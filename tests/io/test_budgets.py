@@ -1,8 +1,8 @@
 """Memory budgets per file, and damaged images that must not read as zeros.
 
 A file of a few kB can claim gigabytes: an image header, many images or rows in one file, one
-polygon whose edges cross every row. Every reader adds up what the whole file would allocate and
-refuses it, naming the file and the size, before allocating; the budget is set here with
+polygon whose edges cross every row. Readers hand over one image at a time and check what that
+image needs before allocating it, naming the file and the size; the budget is set here with
 NAPARI_FTU_MEMORY_BUDGET so that the outcome does not depend on this machine's free memory.
 """
 
@@ -259,16 +259,32 @@ def _write(path, text):
     return path
 
 
-def test_coco_file_of_many_images_is_refused_as_a_whole(tmp_path, monkeypatch):
-    monkeypatch.setenv(budget.ENV, "2G")
-    images = [{"id": i, "height": 5000, "width": 5000} for i in range(100)]  # 100 MB each, 10 GB in all
+def _streamed_peak(items) -> tuple[list, int]:
+    """Shapes of the items, taken one at a time and dropped, and the peak traced allocation."""
+    tracemalloc.start()
+    try:
+        shapes = []
+        for a in items:
+            shapes.append(a.shape)
+            del a  # a consumer that keeps nothing
+        return shapes, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_coco_file_of_many_images_is_read_one_image_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setenv(budget.ENV, "200M")
+    images = [{"id": i, "height": 3000, "width": 3000} for i in range(30)]  # 36 MB each, 1.1 GB in all
     path = _write(tmp_path / "c.json", json.dumps({"images": images, "annotations": []}))
-    assert path.stat().st_size < 5000
-    message, peak = _peak(import_annotations, path, "coco")
-    assert message.startswith(f"{path}: reading its labels needs 10.1 GB, more than the 2.0 GB memory budget")
+    assert path.stat().st_size < 2000
+    shapes, peak = _streamed_peak(import_annotations(path, "coco"))
+    assert shapes == [(3000, 3000)] * 30
+    assert peak < 1.5 * 36 * MB  # one label image at a time, never the file's 30
+    images[7] = {"id": 7, "height": 8000, "width": 8000}  # 256 MB: this one image is over the budget
+    path = _write(tmp_path / "big.json", json.dumps({"images": images, "annotations": []}))
+    message, peak = _peak(import_annotations, path, "coco")  # refused from the file's sizes, before any image
+    assert message.startswith(f"{path}, image '7': image of 8000 x 8000: decoding needs 256.0 MB, more than the 200.0")
     assert peak < 2 * MB
-    one = _write(tmp_path / "one.json", json.dumps({"images": images[:1], "annotations": []}))
-    assert import_annotations(one, "coco")[0].shape == (5000, 5000)  # each image alone fits
 
 
 def _zigzag(n, height):
@@ -307,19 +323,22 @@ def test_many_small_polygons_cost_their_boxes_not_the_image(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["hubmap", "hpa"])
-def test_csv_of_many_rows_is_refused_as_a_whole(tmp_path, monkeypatch, fmt):
-    monkeypatch.setenv(budget.ENV, "2G")
+def test_csv_of_many_rows_is_read_one_row_at_a_time(tmp_path, monkeypatch, fmt):
+    monkeypatch.setenv(budget.ENV, "200M")
+    sizes = [(3000, 3000)] * 30 + [(8000, 8000)]  # 1.1 GB in all; the last row alone is over the budget
     if fmt == "hubmap":
-        rows = "".join(f"a{i},1 2,5000,5000\n" for i in range(100))
-        text = "id,rle,img_height,img_width\n" + rows
+        text = "id,rle,img_height,img_width\n" + "".join(f"a{i},1 2,{h},{w}\n" for i, (h, w) in enumerate(sizes))
     else:
-        rows = "".join(f"a{i},5000,5000,\n" for i in range(100))
-        text = "ImageID,ImageWidth,ImageHeight,PredictionString\n" + rows
+        text = "ImageID,ImageWidth,ImageHeight,PredictionString\n" + "".join(
+            f"a{i},{w},{h},\n" for i, (h, w) in enumerate(sizes))
     path = _write(tmp_path / "x.csv", text)
-    assert path.stat().st_size < 3000
-    message, peak = _peak(import_annotations, path, fmt)
-    assert message.startswith(f"{path}: reading its labels needs 10.0 GB, more than the 2.0 GB memory budget")
+    assert path.stat().st_size < 2000
+    message, peak = _peak(import_annotations, path, fmt)  # refused from the file's sizes, before any row
+    assert message.startswith(f"{path}, line 32: image of 8000 x 8000: decoding needs 256.0 MB, more than the 200.0")
     assert peak < 2 * MB
+    path.write_text(text.rsplit("\n", 2)[0] + "\n")  # without that row
+    shapes, peak = _streamed_peak(import_annotations(path, fmt))
+    assert shapes == [(3000, 3000)] * 30 and peak < 1.5 * 45 * MB  # a row's labels and decode, never 30
 
 
 def test_vasculature_tile_with_a_zigzag_polygon_is_refused(tmp_path, monkeypatch):

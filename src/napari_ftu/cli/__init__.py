@@ -542,7 +542,7 @@ def _export(args) -> int:
         raise OptionError("nothing to do: give --out FILE and/or --tiles FOLDER")
     image = read_image(args.image) if args.image else None
     if args.source_format:
-        items = import_annotations(args.labels, args.source_format, image.data.shape[:2] if image else None)
+        items = list(import_annotations(args.labels, args.source_format, image.data.shape[:2] if image else None))
     else:
         loaded = read_image(args.labels)
         lab = loaded.data if loaded.data.ndim == 2 else loaded.data[..., 0]
