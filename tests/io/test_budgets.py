@@ -292,18 +292,31 @@ def _zigzag(n, height):
     return [[i % 2 * 8.0, 0.0 if i % 2 else float(height)] for i in range(n)]
 
 
-def test_a_polygon_whose_edges_span_every_row_is_refused(tmp_path, monkeypatch):
+def test_a_polygon_whose_edges_span_every_row_is_filled_band_by_band(tmp_path, monkeypatch):
+    from napari_ftu.formats import polygons
+
     monkeypatch.setenv(budget.ENV, "1G")
-    ring = _zigzag(2000, 10_000)  # 2000 x 10 000 row crossings: 1.6 GB to fill, in 30 kB
+    ring = [[x + i * 1e-3, y] for i, (x, y) in enumerate(_zigzag(2000, 10_000))]  # drifting: it covers pixels
+    # 2000 x 10 000 row crossings: 1.6 GB of scanline arrays at once, in 30 kB
     feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring + [ring[0]]]}}
     path = _write(tmp_path / "g.geojson", json.dumps(feature))
-    message, peak = _peak(import_annotations, path, "geojson", (10_000, 10))
-    assert message.startswith(f"{path}: reading its labels needs 1.6 GB, more than the 1.0 GB memory budget")
-    assert peak < 2 * MB
+    shapes, peak = _streamed_peak(import_annotations(path, "geojson", (10_000, 10)))
+    assert shapes == [(10_000, 10)] and peak < 250 * MB  # a band of 2 million crossings, not 20 million
     coco = {"images": [{"id": 1, "height": 10_000, "width": 10}],
             "annotations": [{"image_id": 1, "segmentation": [sum(ring, [])]}]}
-    message, peak = _peak(import_annotations, _write(tmp_path / "c.json", json.dumps(coco)), "coco")
-    assert "needs 1.6 GB" in message and peak < 2 * MB
+    (a,) = import_annotations(_write(tmp_path / "c.json", json.dumps(coco)), "coco")
+    monkeypatch.setattr(polygons, "BAND_CROSSINGS", 10**9)  # the same polygon filled in one go
+    assert (a.labels > 0).sum() > 0 and ((a.labels > 0) == polygons.rasterize([[np.array(ring)]], (10_000, 10))).all()
+
+
+def test_a_polygon_whose_box_exceeds_the_budget_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv(budget.ENV, "1G")
+    square = [[0, 0], [12_000, 0], [12_000, 12_000], [0, 12_000], [0, 0]]
+    feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}}
+    path = _write(tmp_path / "g.geojson", json.dumps(feature))
+    message, peak = _peak(import_annotations, path, "geojson", (12_000, 12_000))
+    assert message.startswith(f"{path}: reading its labels needs 1.2 GB, more than the 1.0 GB memory budget")
+    assert peak < 2 * MB
 
 
 def test_many_small_polygons_cost_their_boxes_not_the_image(tmp_path):
@@ -347,13 +360,13 @@ def test_vasculature_tile_with_a_zigzag_polygon_is_refused(tmp_path, monkeypatch
 
     (tmp_path / "train").mkdir()
     write_tiff(tmp_path / "train" / "t0.tif", np.zeros((4000, 8), np.uint8))
-    ring = _zigzag(1000, 4000)  # 4 million crossings: 320 MB to fill
+    ring = _zigzag(1000, 4000)  # 4 million crossings, filled in bands of 2 million: 168 MB
     (tmp_path / "polygons.jsonl").write_text(json.dumps({"id": "t0", "annotations": [
         {"type": "blood_vessel", "coordinates": [ring]}]}))
     monkeypatch.setenv(budget.ENV, "100M")
     ds = open_dataset(tmp_path)
     message, peak = _peak(ds.load, 0)
-    assert "polygons.jsonl, tile t0: reading its labels needs 320." in message and peak < 2 * MB
+    assert "polygons.jsonl, tile t0: reading its labels needs 168." in message and peak < 2 * MB
     monkeypatch.setenv(budget.ENV, "1G")
     item = ds.load(0)  # within a larger budget the same tile loads
     assert item.annotations.shape == (4000, 8) and item.annotations.classes == {1: ["blood_vessel"]}
