@@ -112,7 +112,8 @@ def test_a_tiny_tiff_claiming_40000_squared_is_refused_before_decoding(tmp_path,
     path = _claiming_tiff(tmp_path / "x.tif", 40_000, 40_000)
     assert path.stat().st_size < 1000
     message, peak = _peak(read_image, path)
-    assert message.startswith(f"{path}: decoding needs 3.2 GB, more than the 1.0 GB memory budget")
+    assert message == f"{path}: file is damaged (27 compressed bytes claim 1600000000 bytes of pixels, more than " \
+                      "deflate can hold)"
     assert peak < MB
 
 
@@ -139,7 +140,7 @@ def test_cli_export_and_evaluate_say_one_line(tmp_path, monkeypatch, capsys):
     for argv in (["export", str(path), "--out", str(tmp_path / "x.csv")], ["evaluate", str(path), str(path)]):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith(f"napari-ftu: error: {path}: decoding needs 3.2 GB")
+        assert err.count("\n") == 1 and err.startswith(f"napari-ftu: error: {path}: file is damaged (27 compressed")
     assert not (tmp_path / "x.csv").exists()
 
 
@@ -400,3 +401,42 @@ def test_non_finite_scores_are_refused(tmp_path, score):
     hpa = f"ImageID,ImageWidth,ImageHeight,PredictionString\na,2,2,0 {score.lower()} {one}\n"
     with pytest.raises(FormatError, match="line 2: score .* is not a finite number"):
         import_annotations(_write(tmp_path / "h.csv", hpa), "hpa")
+
+
+FAIL_FAST = """
+import sys
+from napari_ftu.cli import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    print("torch imported:", "torch" in sys.modules)
+sys.exit(code)
+"""
+
+
+def test_segment_refuses_a_deflate_bomb_before_torch_loads(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bomb = _claiming_tiff(tmp_path / "bomb.tif", 60_000, 60_000)  # 3.6 GB claimed in one strip, 283 bytes
+    src = str(Path(__file__).parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop(budget.ENV, None)  # the machine's own budget: the claim fits it, deflate cannot hold it
+    run = subprocess.run([sys.executable, "-c", FAIL_FAST, "segment", str(bomb), "--out", str(tmp_path / "o.csv")],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"napari-ftu: error: {bomb}: file is damaged (27 compressed bytes claim 3600000000 bytes of pixels, more "
+        "than deflate can hold)"]
+    assert run.stdout.strip() == "torch imported: False"
+
+
+def test_deflate_strips_of_every_length_still_open(tmp_path):
+    data = np.zeros((1000, 3000), np.uint8)
+    data[-1, :7] = 9  # the last strip: one row of a 64-row strip size, a few bytes compressed
+    tifffile.imwrite(tmp_path / "s.tif", data, compression="zlib", rowsperstrip=999)
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((5000, 5000), np.uint8), compression="zlib", tile=(1024, 1024))
+    assert read_image(tmp_path / "s.tif").data[-1, :8].tolist() == [9] * 7 + [0]
+    assert open_slide(tmp_path / "t.tif").size == (5000, 5000)

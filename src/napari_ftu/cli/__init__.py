@@ -297,17 +297,22 @@ def _segment(args) -> int:
     import shutil
     import tempfile
 
+    from napari_ftu.io.slides import check_slide
+
+    options = _segment_options(args)
+    one = Path(args.image[0])
+    if len(args.image) == 1 and one.is_file() and one.suffix.lower() != ".csv":
+        check_slide(one)  # a bad file is refused before the batch, torch and a model are imported
+
     import numpy as np
 
     from napari_ftu.batch.runner import is_batch_input
-    from napari_ftu.engine.models import load_model
     from napari_ftu.engine.run import STORE_NAME, segment_slide_steps
     from napari_ftu.formats.annotations import Annotations
     from napari_ftu.formats.export import export_annotations, safe_id
     from napari_ftu.io.images import file_stem, write_labels_ome_tiff, write_probability, write_tiff
     from napari_ftu.steps import Outputs, TileProgress, drain
 
-    options = _segment_options(args)
     if len(args.image) > 1 or is_batch_input(args.image[0]):
         return _segment_batch(args, options)
     args.image = Path(args.image[0])
@@ -318,6 +323,8 @@ def _segment(args) -> int:
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     image_id = safe_id(args.id or file_stem(args.image))
+    from napari_ftu.engine.models import load_model
+
     model = load_model(args.model, device=args.device, trust_code=args.trust_model)
 
     grid = []  # the probability on the model grid, as the engine fills it
