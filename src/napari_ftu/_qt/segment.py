@@ -11,14 +11,13 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     FloatSlider,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
     create_widget,
 )
 
-from napari_ftu._qt.common import EngineRunDock, special, status_line, viewable
+from napari_ftu._qt.common import EngineRunDock, narrow_combo, special, status_line, viewable
 from napari_ftu._qt.state import is_edited
 from napari_ftu.engine.inference import relabel_steps
 from napari_ftu.engine.models import (
@@ -45,8 +44,8 @@ class SegmentWidget(EngineRunDock):
         # fixed list would drop the model folders added since (and silently run the built-in one)
         self.model = ComboBox(label="model", choices=self._model_choices, value=DEFAULT_MODEL)
         # what the chosen model was trained on (its card's trained_on), so nobody mistakes the domain
-        self.domain = Label(value=describe_domain(ModelCard.read(default_model_path() / CARD_NAME)))
-        self.domain.native.setWordWrap(True)
+        self.domain = status_line(describe_domain(ModelCard.read(default_model_path() / CARD_NAME)))
+        narrow_combo(self.model)
         self.browse = PushButton(text="Add model folder…")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.trust = CheckBox(text="Trust model code (TorchScript runs its own code)", value=False,
