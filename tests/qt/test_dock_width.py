@@ -34,3 +34,24 @@ def test_segment_dock_keeps_a_dock_width(make_napari_viewer, qtbot, tmp_path):
     assert window.width() >= 1400, window.width()
     assert dock.width() <= MAX_DOCK_WIDTH, f"the Segment dock is {dock.width()} px wide on a {window.width()}-px window"
     assert widget.native.width() <= MAX_DOCK_WIDTH
+
+
+def test_segment_dock_says_when_it_assumes_the_pixel_size(make_napari_viewer, qtbot):
+    from napari_ftu.io.synthetic import make_slide
+
+    viewer = make_napari_viewer()
+    rgb, _, _ = make_slide(256, 256, seed=1, um_per_px=2.0)
+    viewer.add_image(rgb, name="kidney")  # no µm/px in its metadata
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, area="right")
+    assert widget.scale_note.native.isHidden()
+    worker = widget.run()
+    assert not widget.scale_note.native.isHidden() and widget.scale_note.value == (
+        "kidney has no pixel size; assumed 2 µm/px (the model's); set µm/px in the Load dock")
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    viewer.layers["kidney"].metadata["um_per_px"] = 2.0  # given: nothing to say
+    worker = widget.run()
+    assert widget.scale_note.native.isHidden() and widget.scale_note.value == ""
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass

@@ -30,6 +30,7 @@ from napari_ftu.engine.models import (
 )
 from napari_ftu.engine.options import MAX_BATCH_SIZE, MIN_TILE_SIZE, SegmentOptions, check_positive
 from napari_ftu.errors import ModelError, OptionError
+from napari_ftu.io.images import assumed_pixel_size
 
 DEFAULT_MODEL = "built-in: synthetic kidney glomeruli"
 
@@ -67,9 +68,11 @@ class SegmentWidget(EngineRunDock):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.bar = ProgressBar(label="tiles", value=0, min=0, max=1)
         self.status = status_line("device: not loaded yet")
+        self.scale_note = status_line()  # says when the image's pixel size is assumed
+        self.scale_note.visible = False
         self.extend([self.image, self.model, self.domain, self.browse, self.device, self.trust, self.tile,
                      self.overlap, self.batch, self.skip_glass, self.tta, self.split, self.threshold, self.run_button,
-                     self.cancel_button, self.bar, self.status])
+                     self.cancel_button, self.bar, self.scale_note, self.status])
         self.browse.changed.connect(self._browse)
         self.model.changed.connect(self._model_changed)
         self.run_button.changed.connect(self.run)
@@ -155,6 +158,9 @@ class SegmentWidget(EngineRunDock):
         except (ModelError, OptionError, ValueError) as exc:
             self._fail(exc)
             return None
+        _, note = assumed_pixel_size(layer.name, um, model.card.um_per_px, "the model's", "µm/px in the Load dock")
+        self.scale_note.value = note or ""
+        self.scale_note.visible = bool(note)
         return self.start_run(layer, model, options, um)
 
     # --- threshold without re-running ------------------------------------------------------

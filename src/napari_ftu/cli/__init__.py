@@ -300,9 +300,9 @@ def _segment(args) -> int:
     from napari_ftu.io.slides import check_slide
 
     options = _segment_options(args)
-    one = Path(args.image[0])
+    one, file_um = Path(args.image[0]), None
     if len(args.image) == 1 and one.is_file() and one.suffix.lower() != ".csv":
-        check_slide(one)  # a bad file is refused before the batch, torch and a model are imported
+        file_um = check_slide(one)  # a bad file is refused before the batch, torch and a model are imported
 
     import numpy as np
 
@@ -310,7 +310,13 @@ def _segment(args) -> int:
     from napari_ftu.engine.run import STORE_NAME, segment_slide_steps
     from napari_ftu.formats.annotations import Annotations
     from napari_ftu.formats.export import export_annotations, safe_id
-    from napari_ftu.io.images import file_stem, write_labels_ome_tiff, write_probability, write_tiff
+    from napari_ftu.io.images import (
+        assumed_pixel_size,
+        file_stem,
+        write_labels_ome_tiff,
+        write_probability,
+        write_tiff,
+    )
     from napari_ftu.steps import Outputs, TileProgress, drain
 
     if len(args.image) > 1 or is_batch_input(args.image[0]):
@@ -326,6 +332,10 @@ def _segment(args) -> int:
     from napari_ftu.engine.models import load_model
 
     model = load_model(args.model, device=args.device, trust_code=args.trust_model)
+    _, note = assumed_pixel_size(args.image.name, args.um_per_px or file_um, model.card.um_per_px, "the model's",
+                                 "--um-per-px")
+    if note:
+        print(note, file=sys.stderr)
 
     grid = []  # the probability on the model grid, as the engine fills it
 
@@ -684,7 +694,7 @@ def _annotate(args) -> int:
 
     from napari_ftu.annotate import headless
     from napari_ftu.formats.datasets import HPA_CHANNELS, hpa_channel_id
-    from napari_ftu.io.images import read_image, write_tiff
+    from napari_ftu.io.images import assumed_pixel_size, read_image, write_tiff
 
     outputs = [p for p in (args.out, args.csv) if p]
     hpa = hpa_channel_id(args.image) if args.cells else None
@@ -728,7 +738,10 @@ def _annotate(args) -> int:
     if args.cells:
         return _annotate_cells(args, names, clf)
     loaded = read_image(args.image)
-    um = args.um_per_px or loaded.um_per_px or 1.0
+    um, note = assumed_pixel_size(args.image.name, args.um_per_px or loaded.um_per_px, 1.0, "the default",
+                                  "--um-per-px")
+    if note:
+        print(note, file=sys.stderr)
     if args.scribbles is not None:
         scribbles = read_image(args.scribbles).data
         labels, table, clf = headless.labels_from_scribbles(loaded.data, scribbles, um, args.min_object_um2,
@@ -752,11 +765,13 @@ def _annotate_cells(args, names, clf=None) -> int:
 
     from napari_ftu.annotate import cells
     from napari_ftu.formats.export import export_annotations
-    from napari_ftu.io.images import read_image, write_tiff
+    from napari_ftu.io.images import assumed_pixel_size, read_image, write_tiff
     from napari_ftu.steps import drain
 
     image, um, image_id = cells.read_cell_image(args.image, args.um_per_px)
-    um = um or 1.0
+    um, note = assumed_pixel_size(Path(args.image).name, um, 1.0, "the default", "--um-per-px")
+    if note:
+        print(note, file=sys.stderr)
     if clf is not None:
         labels, table = drain(cells.apply_steps(image, clf, um, image_source=str(args.image)))
     else:

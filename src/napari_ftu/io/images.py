@@ -56,6 +56,33 @@ def read_image(path: str | Path, um_per_px: float | None = None) -> LoadedImage:
     return LoadedImage(data, um, file_stem(path), path)
 
 
+def assumed_pixel_size(name: str, um_per_px: float | None, fallback: float, whose: str,
+                       setting: str) -> tuple[float, str | None]:
+    """The pixel size to use and, when it is an assumption, the one line that says so: the CLI
+    prints it and the docks show it, so a wrong scale is never silent.
+
+    Parameters
+    ----------
+    name : str
+        The image, as the user knows it (a file or layer name).
+    um_per_px : float or None
+        What the user or the file gave; None or 0 when neither did.
+    fallback : float
+        The value assumed then.
+    whose : str
+        Where the assumed value comes from ("the model's", "the default").
+    setting : str
+        The flag or field that sets it (``--um-per-px``, "the Load dock's µm/px").
+
+    Returns
+    -------
+    (float, str or None)
+    """
+    if um_per_px:
+        return float(um_per_px), None
+    return float(fallback), f"{name} has no pixel size; assumed {fallback:g} µm/px ({whose}); set {setting}"
+
+
 def image_suffix(path: Path) -> str:
     """The lower-case suffix of an image file we can read; a missing file or another type is
     refused naming the file (before any library sees it)."""

@@ -96,10 +96,11 @@ def open_slide(path: str | Path, um_per_px: float | None = None) -> Slide:
     return slide
 
 
-def check_slide(path: str | Path) -> None:
+def check_slide(path: str | Path) -> float | None:
     """What :func:`open_slide` checks before reading pixels (the header, damaged or missing data,
     sizes against the memory budget), from the header alone and without zarr: an entry point
-    calls it before loading torch and a model, so a bad file is refused in a fraction of a second."""
+    calls it before loading torch and a model, so a bad file is refused in a fraction of a second.
+    Returns the file's pixel size (µm/px), None when it has none."""
     import tifffile
 
     path = Path(path)
@@ -110,12 +111,13 @@ def check_slide(path: str | Path) -> None:
             check_memory(need, path, "decoding", InputError)
             if suffix == ".png":
                 check_png_data(path)
-            return
+            return None
         with tifffile.TiffFile(path) as tif:
             series = first_series(tif, path)
             if any(int(n) == 0 for n in series.shape):
                 raise InputError(f"{path}: image has no pixels (shape {series.shape})")
             check_tiff_data(series, path)
+            return _pixel_size(tif, path)
 
 
 def _open_raster(path: Path) -> Slide:
