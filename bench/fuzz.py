@@ -683,9 +683,10 @@ def _default_budget_cases(folder: Path) -> list:
     cases = [("train.csv: 40 rows of 7000 x 7000", "hubmap-train",
               text("train.csv", "id,organ,data_source,img_height,img_width,pixel_size,rle\n" + rows), None)]
     images = [{"id": i, "height": 10_000, "width": 10_000, "file_name": f"t{i}.tif"} for i in range(8)]
-    anns = [{"id": i, "image_id": i, "category_id": 1, "segmentation": [[10, 10, 90, 10, 90, 90, 10, 90]]}
-            for i in range(8)]
-    cases.append(("COCO: 8 images of 10 000 x 10 000", "coco", text("eight.json", json.dumps(
+    anns = [{"id": i, "image_id": i, "category_id": 1, "segmentation": {"size": [10_000, 10_000],
+                                                                          "counts": [0, 100_000_000]}}
+            for i in range(8)]  # one object covering each image: every page of its labels is written
+    cases.append(("COCO: 8 images of 10 000 x 10 000, a full-image mask each", "coco", text("eight.json", json.dumps(
         {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "glomerulus"}]})), None))
     ring = _zigzag(3500, 10_000)
     feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}}
