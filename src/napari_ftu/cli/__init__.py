@@ -334,8 +334,6 @@ def _segment(args) -> int:
     model = load_model(args.model, device=args.device, trust_code=args.trust_model)
     _, note = assumed_pixel_size(args.image.name, args.um_per_px or file_um, model.card.um_per_px, "the model's",
                                  "--um-per-px")
-    if note:
-        print(note, file=sys.stderr)
 
     grid = []  # the probability on the model grid, as the engine fills it
 
@@ -368,6 +366,8 @@ def _segment(args) -> int:
                "outputs": outputs}
     if seg.downsample != 1.0:
         summary["labels_downsample"] = seg.downsample
+    if note:  # said once the work is done, so that a failed run still gets one error line
+        print(note, file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:
@@ -766,8 +766,6 @@ def _annotate(args) -> int:
     loaded = read_image(args.image)
     um, note = assumed_pixel_size(args.image.name, args.um_per_px or loaded.um_per_px, 1.0, "the default",
                                   "--um-per-px")
-    if note:
-        print(note, file=sys.stderr)
     if args.scribbles is not None:
         scribbles = read_image(args.scribbles).data
         labels, table, clf = headless.labels_from_scribbles(loaded.data, scribbles, um, args.min_object_um2,
@@ -780,6 +778,8 @@ def _annotate(args) -> int:
         points = headless.read_clicks(args.clicks)
         labels = headless.labels_from_clicks(loaded.data, points, um, args.diameter_um, source=str(args.clicks))
     write_tiff(args.out, labels, um)
+    if note:  # said once the work is done, so that a refused input still gets one error line
+        print(note, file=sys.stderr)
     print(f"{args.image.name}: {int(len(np.unique(labels)) - 1)} objects; wrote {args.out}"
           + (f" and model {args.save_model}" if args.save_model else ""))
     return 0
@@ -796,8 +796,6 @@ def _annotate_cells(args, names, clf=None) -> int:
 
     image, um, image_id = cells.read_cell_image(args.image, args.um_per_px)
     um, note = assumed_pixel_size(Path(args.image).name, um, 1.0, "the default", "--um-per-px")
-    if note:
-        print(note, file=sys.stderr)
     if clf is not None:
         labels, table = drain(cells.apply_steps(image, clf, um, image_source=str(args.image)))
     else:
@@ -812,6 +810,8 @@ def _annotate_cells(args, names, clf=None) -> int:
     if args.csv:
         export_annotations(items, args.csv, "hpa", overwrite=args.overwrite)
     counts = ", ".join(f"{n} {c}" for c, n in sorted(Counter(r["cls"] for r in table).items()))
+    if note:
+        print(note, file=sys.stderr)
     print(f"{args.image.name}: {len(table)} cells ({counts or 'none'}); wrote {args.out}"
           + (f" and {args.csv}" if args.csv else "") + (f" and model {args.save_model}" if args.save_model else ""))
     return 0
