@@ -192,9 +192,11 @@ def _check_mask(mask, shape):
 
 
 def _check_annotations(items):
+    """Each item well-formed; taken one at a time and dropped, as readers hand them over."""
     for a in items:
         assert isinstance(a, Annotations) and a.labels.ndim == 2 and a.labels.dtype == np.int32
         assert a.labels.min(initial=0) >= 0
+        del a
 
 
 # RLE ----------------------------------------------------------------------------------------------
@@ -616,6 +618,11 @@ start = time.perf_counter()
 try:
     if kind == "image":
         result = read_image(path).data.shape
+    elif kind in ("export", "segment"):  # the command line, as a user runs it
+        from napari_ftu.cli import main
+        out = os.path.join(os.path.dirname(path), "out.csv")
+        code = main([kind, path, "--out", out])
+        result = f"exit {code}, torch imported: {'torch' in sys.modules}"
     elif kind == "dataset":
         result = open_dataset(path).load(0).annotations.shape
     else:
@@ -660,6 +667,38 @@ def _png(h, w, rows):
 
 def _zigzag(n, height, width=8.0):
     return [[i % 2 * width + i * 1e-3, 0.0 if i % 2 else float(height)] for i in range(n)]
+
+
+def _default_budget_cases(folder: Path) -> list:
+    """``(name, kind, path, shape)`` of small files that claim gigabytes in many parts (rows,
+    images, polygon crossings, tiles), read under the machine's own budget (80% of free memory):
+    each must finish, or be refused with one line, at a peak of one image's worth."""
+    import tifffile
+
+    def text(name, content):
+        (folder / name).write_text(content)
+        return folder / name
+
+    rows = "".join(f"r{i:02d},kidney,HuBMAP,7000,7000,0.5,1 2\n" for i in range(40))
+    cases = [("train.csv: 40 rows of 7000 x 7000", "hubmap-train",
+              text("train.csv", "id,organ,data_source,img_height,img_width,pixel_size,rle\n" + rows), None)]
+    images = [{"id": i, "height": 10_000, "width": 10_000, "file_name": f"t{i}.tif"} for i in range(8)]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "segmentation": {"size": [10_000, 10_000],
+                                                                          "counts": [0, 100_000_000]}}
+            for i in range(8)]  # one object covering each image: every page of its labels is written
+    cases.append(("COCO: 8 images of 10 000 x 10 000, a full-image mask each", "coco", text("eight.json", json.dumps(
+        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "glomerulus"}]})), None))
+    ring = _zigzag(3500, 10_000)
+    feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}}
+    cases.append(("GeoJSON: one zig-zag polygon, 3500 edges x 10 000 rows", "geojson",
+                  text("zigzag-one.geojson", json.dumps(feature)), (10_000, 10)))
+    tiles = (np.zeros((4096, 4096), np.uint8) for _ in range(100))
+    tifffile.imwrite(folder / "zeros-zstd.tif", tiles, shape=(40_000, 40_000), dtype=np.uint8, tile=(4096, 4096),
+                     compression="zstd")
+    cases.append(("export: zstd TIFF of 40 000 x 40 000 zeros -> CSV", "export", folder / "zeros-zstd.tif", None))
+    cases.append(("segment: deflate TIFF claiming 60 000 x 60 000", "segment",
+                  _claiming_tiff(folder / "bomb.tif", 60_000, 60_000), None))
+    return cases
 
 
 def _case_files(folder: Path) -> list:
@@ -737,17 +776,22 @@ def run_cases(src: str | None = None) -> list[dict]:
     if src:
         env["PYTHONPATH"] = src
     rows = []
-    for name, kind, path, shape in _case_files(folder):
+    default_env = {k: v for k, v in env.items() if k != "NAPARI_FTU_MEMORY_BUDGET"}
+    print(f"{'case':<58} {'file':>11}  {'budget':<7} {'outcome':<12} {'peak RSS':>13}  {'seconds':>7}  message")
+    (folder / "default").mkdir()
+    both = [(c, env, CASE_BUDGET) for c in _case_files(folder)] + [
+        (c, default_env, "machine") for c in _default_budget_cases(folder / "default")]
+    for (name, kind, path, shape), case_env, budget in both:
         size = sum(p.stat().st_size for p in Path(path).rglob("*")) if Path(path).is_dir() else path.stat().st_size
         run = subprocess.run([sys.executable, "-c", _CHILD, kind, str(path), json.dumps(shape), str(CASE_LIMIT)],
-                             capture_output=True, text=True, env=env)
+                             capture_output=True, text=True, env=case_env)
         try:
             row = json.loads(run.stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):
             row = {"outcome": f"exit {run.returncode}", "message": run.stderr.strip().splitlines()[-1:],
                    "seconds": float("nan"), "base_mb": float("nan"), "peak_mb": float("nan")}
-        rows.append({"case": name, "bytes": size, **row})
-        print(f"{name:<58} {size:>9} B  {row['outcome']:<12} peak RSS {row['peak_mb']:7.0f} MB "
+        rows.append({"case": name, "bytes": size, "budget": budget, **row})
+        print(f"{name:<58} {size:>9} B  {budget:<7} {row['outcome']:<12} peak RSS {row['peak_mb']:7.0f} MB "
               f"(+{row['peak_mb'] - row['base_mb']:.0f})  {row['seconds']:6.2f} s  {str(row['message'])[:110]}",
               flush=True)
     return rows

@@ -118,7 +118,7 @@ def test_coco_cross_checked_with_pycocotools(tmp_path, small_slide):
 
 def test_real_vasculature_coco_reads(shared_data):
     path = shared_data / "hubmap2023_vasculature" / "annotations_blood_vessel_coco.json"
-    items = import_annotations(path, "coco")
+    items = list(import_annotations(path, "coco"))
     doc = json.loads(path.read_text())
     assert len(items) == len(doc["images"])
     assert sum(len(a.ids()) for a in items) == len(doc["annotations"]) == 75

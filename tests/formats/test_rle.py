@@ -88,3 +88,30 @@ def test_real_train_rows_decode_to_stated_size(shared_data):
         assert mask.shape == shape
         assert 0 < mask.mean() < 1
         assert rle.encode(mask) == " ".join(row["rle"].split())
+
+
+def test_encode_bands_equals_encode_whatever_the_band(monkeypatch):
+    import zarr
+
+    rng = np.random.default_rng(3)
+    mask = (rng.random((50, 37)) < 0.5).astype(np.uint8)
+    mask[:, 10:20] = 1  # runs that continue across band boundaries
+    lazy = zarr.array(mask, chunks=(16, 8))
+    for band in (1, 8 * 50, 2**28):
+        monkeypatch.setattr(rle, "BAND_BYTES", band)
+        assert rle.encode_bands(lazy) == rle.encode(mask)
+    assert rle.encode_bands(zarr.zeros((40, 40), chunks=(8, 8), dtype=np.uint8)) == ""
+
+
+def test_export_of_a_label_image_to_rle_reads_it_by_bands(tmp_path, monkeypatch):
+    from napari_ftu.cli import main
+    from napari_ftu.formats.export import import_annotations
+    from napari_ftu.io.images import write_labels_ome_tiff
+    from napari_ftu.io.synthetic import make_slide
+
+    _, labels, _ = make_slide(512, 640, seed=305, um_per_px=1.0)
+    write_labels_ome_tiff(tmp_path / "lab.ome.tif", labels, 1.0, pyramid=True)
+    monkeypatch.setattr(rle, "BAND_BYTES", 512 * 64)  # several bands
+    assert main(["export", str(tmp_path / "lab.ome.tif"), "--out", str(tmp_path / "x.csv")]) == 0
+    (back,) = import_annotations(tmp_path / "x.csv", "hubmap", labels.shape)
+    assert back.image_id == "lab" and ((back.labels > 0) == (labels > 0)).all() and labels.max() > 1

@@ -1,8 +1,8 @@
 """Memory budgets per file, and damaged images that must not read as zeros.
 
 A file of a few kB can claim gigabytes: an image header, many images or rows in one file, one
-polygon whose edges cross every row. Every reader adds up what the whole file would allocate and
-refuses it, naming the file and the size, before allocating; the budget is set here with
+polygon whose edges cross every row. Readers hand over one image at a time and check what that
+image needs before allocating it, naming the file and the size; the budget is set here with
 NAPARI_FTU_MEMORY_BUDGET so that the outcome does not depend on this machine's free memory.
 """
 
@@ -112,7 +112,8 @@ def test_a_tiny_tiff_claiming_40000_squared_is_refused_before_decoding(tmp_path,
     path = _claiming_tiff(tmp_path / "x.tif", 40_000, 40_000)
     assert path.stat().st_size < 1000
     message, peak = _peak(read_image, path)
-    assert message.startswith(f"{path}: decoding needs 3.2 GB, more than the 1.0 GB memory budget")
+    assert message == f"{path}: file is damaged (27 compressed bytes claim 1600000000 bytes of pixels, more than " \
+                      "deflate can hold)"
     assert peak < MB
 
 
@@ -139,7 +140,7 @@ def test_cli_export_and_evaluate_say_one_line(tmp_path, monkeypatch, capsys):
     for argv in (["export", str(path), "--out", str(tmp_path / "x.csv")], ["evaluate", str(path), str(path)]):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith(f"napari-ftu: error: {path}: decoding needs 3.2 GB")
+        assert err.count("\n") == 1 and err.startswith(f"napari-ftu: error: {path}: file is damaged (27 compressed")
     assert not (tmp_path / "x.csv").exists()
 
 
@@ -259,16 +260,32 @@ def _write(path, text):
     return path
 
 
-def test_coco_file_of_many_images_is_refused_as_a_whole(tmp_path, monkeypatch):
-    monkeypatch.setenv(budget.ENV, "2G")
-    images = [{"id": i, "height": 5000, "width": 5000} for i in range(100)]  # 100 MB each, 10 GB in all
+def _streamed_peak(items) -> tuple[list, int]:
+    """Shapes of the items, taken one at a time and dropped, and the peak traced allocation."""
+    tracemalloc.start()
+    try:
+        shapes = []
+        for a in items:
+            shapes.append(a.shape)
+            del a  # a consumer that keeps nothing
+        return shapes, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_coco_file_of_many_images_is_read_one_image_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setenv(budget.ENV, "200M")
+    images = [{"id": i, "height": 3000, "width": 3000} for i in range(30)]  # 36 MB each, 1.1 GB in all
     path = _write(tmp_path / "c.json", json.dumps({"images": images, "annotations": []}))
-    assert path.stat().st_size < 5000
-    message, peak = _peak(import_annotations, path, "coco")
-    assert message.startswith(f"{path}: reading its labels needs 10.1 GB, more than the 2.0 GB memory budget")
+    assert path.stat().st_size < 2000
+    shapes, peak = _streamed_peak(import_annotations(path, "coco"))
+    assert shapes == [(3000, 3000)] * 30
+    assert peak < 1.5 * 36 * MB  # one label image at a time, never the file's 30
+    images[7] = {"id": 7, "height": 8000, "width": 8000}  # 256 MB: this one image is over the budget
+    path = _write(tmp_path / "big.json", json.dumps({"images": images, "annotations": []}))
+    message, peak = _peak(import_annotations, path, "coco")  # refused from the file's sizes, before any image
+    assert message.startswith(f"{path}, image '7': image of 8000 x 8000: decoding needs 256.0 MB, more than the 200.0")
     assert peak < 2 * MB
-    one = _write(tmp_path / "one.json", json.dumps({"images": images[:1], "annotations": []}))
-    assert import_annotations(one, "coco")[0].shape == (5000, 5000)  # each image alone fits
 
 
 def _zigzag(n, height):
@@ -276,18 +293,31 @@ def _zigzag(n, height):
     return [[i % 2 * 8.0, 0.0 if i % 2 else float(height)] for i in range(n)]
 
 
-def test_a_polygon_whose_edges_span_every_row_is_refused(tmp_path, monkeypatch):
+def test_a_polygon_whose_edges_span_every_row_is_filled_band_by_band(tmp_path, monkeypatch):
+    from napari_ftu.formats import polygons
+
     monkeypatch.setenv(budget.ENV, "1G")
-    ring = _zigzag(2000, 10_000)  # 2000 x 10 000 row crossings: 1.6 GB to fill, in 30 kB
+    ring = [[x + i * 1e-3, y] for i, (x, y) in enumerate(_zigzag(2000, 10_000))]  # drifting: it covers pixels
+    # 2000 x 10 000 row crossings: 1.6 GB of scanline arrays at once, in 30 kB
     feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring + [ring[0]]]}}
     path = _write(tmp_path / "g.geojson", json.dumps(feature))
-    message, peak = _peak(import_annotations, path, "geojson", (10_000, 10))
-    assert message.startswith(f"{path}: reading its labels needs 1.6 GB, more than the 1.0 GB memory budget")
-    assert peak < 2 * MB
+    shapes, peak = _streamed_peak(import_annotations(path, "geojson", (10_000, 10)))
+    assert shapes == [(10_000, 10)] and peak < 250 * MB  # a band of 2 million crossings, not 20 million
     coco = {"images": [{"id": 1, "height": 10_000, "width": 10}],
             "annotations": [{"image_id": 1, "segmentation": [sum(ring, [])]}]}
-    message, peak = _peak(import_annotations, _write(tmp_path / "c.json", json.dumps(coco)), "coco")
-    assert "needs 1.6 GB" in message and peak < 2 * MB
+    (a,) = import_annotations(_write(tmp_path / "c.json", json.dumps(coco)), "coco")
+    monkeypatch.setattr(polygons, "BAND_CROSSINGS", 10**9)  # the same polygon filled in one go
+    assert (a.labels > 0).sum() > 0 and ((a.labels > 0) == polygons.rasterize([[np.array(ring)]], (10_000, 10))).all()
+
+
+def test_a_polygon_whose_box_exceeds_the_budget_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv(budget.ENV, "1G")
+    square = [[0, 0], [12_000, 0], [12_000, 12_000], [0, 12_000], [0, 0]]
+    feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [square]}}
+    path = _write(tmp_path / "g.geojson", json.dumps(feature))
+    message, peak = _peak(import_annotations, path, "geojson", (12_000, 12_000))
+    assert message.startswith(f"{path}: reading its labels needs 1.2 GB, more than the 1.0 GB memory budget")
+    assert peak < 2 * MB
 
 
 def test_many_small_polygons_cost_their_boxes_not_the_image(tmp_path):
@@ -307,19 +337,22 @@ def test_many_small_polygons_cost_their_boxes_not_the_image(tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["hubmap", "hpa"])
-def test_csv_of_many_rows_is_refused_as_a_whole(tmp_path, monkeypatch, fmt):
-    monkeypatch.setenv(budget.ENV, "2G")
+def test_csv_of_many_rows_is_read_one_row_at_a_time(tmp_path, monkeypatch, fmt):
+    monkeypatch.setenv(budget.ENV, "200M")
+    sizes = [(3000, 3000)] * 30 + [(8000, 8000)]  # 1.1 GB in all; the last row alone is over the budget
     if fmt == "hubmap":
-        rows = "".join(f"a{i},1 2,5000,5000\n" for i in range(100))
-        text = "id,rle,img_height,img_width\n" + rows
+        text = "id,rle,img_height,img_width\n" + "".join(f"a{i},1 2,{h},{w}\n" for i, (h, w) in enumerate(sizes))
     else:
-        rows = "".join(f"a{i},5000,5000,\n" for i in range(100))
-        text = "ImageID,ImageWidth,ImageHeight,PredictionString\n" + rows
+        text = "ImageID,ImageWidth,ImageHeight,PredictionString\n" + "".join(
+            f"a{i},{w},{h},\n" for i, (h, w) in enumerate(sizes))
     path = _write(tmp_path / "x.csv", text)
-    assert path.stat().st_size < 3000
-    message, peak = _peak(import_annotations, path, fmt)
-    assert message.startswith(f"{path}: reading its labels needs 10.0 GB, more than the 2.0 GB memory budget")
+    assert path.stat().st_size < 2000
+    message, peak = _peak(import_annotations, path, fmt)  # refused from the file's sizes, before any row
+    assert message.startswith(f"{path}, line 32: image of 8000 x 8000: decoding needs 256.0 MB, more than the 200.0")
     assert peak < 2 * MB
+    path.write_text(text.rsplit("\n", 2)[0] + "\n")  # without that row
+    shapes, peak = _streamed_peak(import_annotations(path, fmt))
+    assert shapes == [(3000, 3000)] * 30 and peak < 1.5 * 45 * MB  # a row's labels and decode, never 30
 
 
 def test_vasculature_tile_with_a_zigzag_polygon_is_refused(tmp_path, monkeypatch):
@@ -328,13 +361,13 @@ def test_vasculature_tile_with_a_zigzag_polygon_is_refused(tmp_path, monkeypatch
 
     (tmp_path / "train").mkdir()
     write_tiff(tmp_path / "train" / "t0.tif", np.zeros((4000, 8), np.uint8))
-    ring = _zigzag(1000, 4000)  # 4 million crossings: 320 MB to fill
+    ring = _zigzag(1000, 4000)  # 4 million crossings, filled in bands of 2 million: 168 MB
     (tmp_path / "polygons.jsonl").write_text(json.dumps({"id": "t0", "annotations": [
         {"type": "blood_vessel", "coordinates": [ring]}]}))
     monkeypatch.setenv(budget.ENV, "100M")
     ds = open_dataset(tmp_path)
     message, peak = _peak(ds.load, 0)
-    assert "polygons.jsonl, tile t0: reading its labels needs 320." in message and peak < 2 * MB
+    assert "polygons.jsonl, tile t0: reading its labels needs 168." in message and peak < 2 * MB
     monkeypatch.setenv(budget.ENV, "1G")
     item = ds.load(0)  # within a larger budget the same tile loads
     assert item.annotations.shape == (4000, 8) and item.annotations.classes == {1: ["blood_vessel"]}
@@ -368,3 +401,42 @@ def test_non_finite_scores_are_refused(tmp_path, score):
     hpa = f"ImageID,ImageWidth,ImageHeight,PredictionString\na,2,2,0 {score.lower()} {one}\n"
     with pytest.raises(FormatError, match="line 2: score .* is not a finite number"):
         import_annotations(_write(tmp_path / "h.csv", hpa), "hpa")
+
+
+FAIL_FAST = """
+import sys
+from napari_ftu.cli import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    print("torch imported:", "torch" in sys.modules)
+sys.exit(code)
+"""
+
+
+def test_segment_refuses_a_deflate_bomb_before_torch_loads(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bomb = _claiming_tiff(tmp_path / "bomb.tif", 60_000, 60_000)  # 3.6 GB claimed in one strip, 283 bytes
+    src = str(Path(__file__).parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop(budget.ENV, None)  # the machine's own budget: the claim fits it, deflate cannot hold it
+    run = subprocess.run([sys.executable, "-c", FAIL_FAST, "segment", str(bomb), "--out", str(tmp_path / "o.csv")],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        f"napari-ftu: error: {bomb}: file is damaged (27 compressed bytes claim 3600000000 bytes of pixels, more "
+        "than deflate can hold)"]
+    assert run.stdout.strip() == "torch imported: False"
+
+
+def test_deflate_strips_of_every_length_still_open(tmp_path):
+    data = np.zeros((1000, 3000), np.uint8)
+    data[-1, :7] = 9  # the last strip: one row of a 64-row strip size, a few bytes compressed
+    tifffile.imwrite(tmp_path / "s.tif", data, compression="zlib", rowsperstrip=999)
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((5000, 5000), np.uint8), compression="zlib", tile=(1024, 1024))
+    assert read_image(tmp_path / "s.tif").data[-1, :8].tolist() == [9] * 7 + [0]
+    assert open_slide(tmp_path / "t.tif").size == (5000, 5000)

@@ -44,12 +44,30 @@ class Dock(Container):
 
 def status_line(value: str = "") -> Label:
     """A dock's status Label; it wraps, so a long message (an error naming a file) adds lines
-    instead of widening the dock over the canvas. Expanding: a wrapping label left to its size
-    hint would break even a short line into a narrow column."""
+    instead of widening the dock over the canvas. Its width is the dock's (Ignored: its own size
+    hint, the whole text on one line, never widens the dock, and a wrapping label left to that
+    hint would break even a short line into a narrow column); a path too long for a line is cut
+    at the edge and shown whole in the tooltip."""
     label = Label(value=value)
     label.native.setWordWrap(True)
-    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    label.native.setMinimumWidth(0)
+    label.tooltip = value
+    label.changed.connect(lambda text: setattr(label, "tooltip", str(text)))
     return label
+
+
+def narrow_combo(combo) -> None:
+    """A ComboBox whose choices may be long paths: sized for ~24 characters, not its longest
+    entry (which would widen the dock to the path's length); the full entry is in the tooltip."""
+    from qtpy.QtWidgets import QComboBox
+
+    native = combo.native
+    native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    native.setMinimumContentsLength(24)
+    native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+    combo.tooltip = str(combo.value)
+    combo.changed.connect(lambda value: setattr(combo, "tooltip", str(value)))
 
 
 def button(text: str, action, **kwargs) -> PushButton:

@@ -204,7 +204,7 @@ class LoadWidget(Dock):
         path = Path(path or self.annotations.value)
         try:
             fmt = format_of(path)
-            items = import_annotations(path, fmt, self.slide.size)
+            items = list(import_annotations(path, fmt, self.slide.size))
             a = next((x for x in items if x.image_id == self.slide.name), items[0] if len(items) == 1 else None)
             if a is None:
                 raise FormatError(f"{path}: no annotations for image {self.slide.name!r}")

@@ -11,20 +11,20 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     FloatSlider,
-    Label,
     ProgressBar,
     PushButton,
     SpinBox,
     create_widget,
 )
 
-from napari_ftu._qt.common import EngineRunDock, special, status_line, viewable
+from napari_ftu._qt.common import EngineRunDock, narrow_combo, special, status_line, viewable
 from napari_ftu._qt.state import is_edited
 from napari_ftu.engine.card import CARD_NAME, MAX_TILE_SIZE, ModelCard, describe_domain
 from napari_ftu.engine.inference import relabel_steps
 from napari_ftu.engine.models import cached_model, default_model_path
 from napari_ftu.engine.options import MAX_BATCH_SIZE, MIN_TILE_SIZE, SegmentOptions, check_positive
 from napari_ftu.errors import ModelError, OptionError
+from napari_ftu.io.images import assumed_pixel_size
 
 DEFAULT_MODEL = "built-in: synthetic kidney glomeruli"
 
@@ -39,8 +39,8 @@ class SegmentWidget(EngineRunDock):
         # fixed list would drop the model folders added since (and silently run the built-in one)
         self.model = ComboBox(label="model", choices=self._model_choices, value=DEFAULT_MODEL)
         # what the chosen model was trained on (its card's trained_on), so nobody mistakes the domain
-        self.domain = Label(value=describe_domain(ModelCard.read(default_model_path() / CARD_NAME)))
-        self.domain.native.setWordWrap(True)
+        self.domain = status_line(describe_domain(ModelCard.read(default_model_path() / CARD_NAME)))
+        narrow_combo(self.model)
         self.browse = PushButton(text="Add model folder…")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.trust = CheckBox(text="Trust model code (TorchScript runs its own code)", value=False,
@@ -62,9 +62,11 @@ class SegmentWidget(EngineRunDock):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.bar = ProgressBar(label="tiles", value=0, min=0, max=1)
         self.status = status_line("device: not loaded yet")
+        self.scale_note = status_line()  # says when the image's pixel size is assumed
+        self.scale_note.visible = False
         self.extend([self.image, self.model, self.domain, self.browse, self.device, self.trust, self.tile,
                      self.overlap, self.batch, self.skip_glass, self.tta, self.split, self.threshold, self.run_button,
-                     self.cancel_button, self.bar, self.status])
+                     self.cancel_button, self.bar, self.scale_note, self.status])
         self.browse.changed.connect(self._browse)
         self.model.changed.connect(self._model_changed)
         self.run_button.changed.connect(self.run)
@@ -150,6 +152,9 @@ class SegmentWidget(EngineRunDock):
         except (ModelError, OptionError, ValueError) as exc:
             self._fail(exc)
             return None
+        _, note = assumed_pixel_size(layer.name, um, model.card.um_per_px, "the model's", "µm/px in the Load dock")
+        self.scale_note.value = note or ""
+        self.scale_note.visible = bool(note)
         return self.start_run(layer, model, options, um)
 
     # --- threshold without re-running ------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from napari_ftu.errors import FTUError, OptionError
@@ -48,7 +49,7 @@ def run(args) -> int:
 
     from napari_ftu.annotate import headless
     from napari_ftu.formats.datasets import HPA_CHANNELS, hpa_channel_id
-    from napari_ftu.io.images import read_image, write_tiff
+    from napari_ftu.io.images import assumed_pixel_size, read_image, write_tiff
 
     outputs = [p for p in (args.out, args.csv) if p]
     hpa = hpa_channel_id(args.image) if args.cells else None
@@ -92,7 +93,8 @@ def run(args) -> int:
     if args.cells:
         return _annotate_cells(args, names, clf)
     loaded = read_image(args.image)
-    um = args.um_per_px or loaded.um_per_px or 1.0
+    um, note = assumed_pixel_size(args.image.name, args.um_per_px or loaded.um_per_px, 1.0, "the default",
+                                  "--um-per-px")
     if args.scribbles is not None:
         scribbles = read_image(args.scribbles).data
         labels, table, clf = headless.labels_from_scribbles(loaded.data, scribbles, um, args.min_object_um2,
@@ -105,6 +107,8 @@ def run(args) -> int:
         points = headless.read_clicks(args.clicks)
         labels = headless.labels_from_clicks(loaded.data, points, um, args.diameter_um, source=str(args.clicks))
     write_tiff(args.out, labels, um)
+    if note:  # said once the work is done, so that a refused input still gets one error line
+        print(note, file=sys.stderr)
     print(f"{args.image.name}: {int(len(np.unique(labels)) - 1)} objects; wrote {args.out}"
           + (f" and model {args.save_model}" if args.save_model else ""))
     return 0
@@ -116,11 +120,11 @@ def _annotate_cells(args, names, clf=None) -> int:
 
     from napari_ftu.annotate import cells
     from napari_ftu.formats.export import export_annotations
-    from napari_ftu.io.images import read_image, write_tiff
+    from napari_ftu.io.images import assumed_pixel_size, read_image, write_tiff
     from napari_ftu.steps import drain
 
     image, um, image_id = cells.read_cell_image(args.image, args.um_per_px)
-    um = um or 1.0
+    um, note = assumed_pixel_size(Path(args.image).name, um, 1.0, "the default", "--um-per-px")
     if clf is not None:
         labels, table = drain(cells.apply_steps(image, clf, um, image_source=str(args.image)))
     else:
@@ -135,6 +139,8 @@ def _annotate_cells(args, names, clf=None) -> int:
     if args.csv:
         export_annotations(items, args.csv, "hpa", overwrite=args.overwrite)
     counts = ", ".join(f"{n} {c}" for c, n in sorted(Counter(r["cls"] for r in table).items()))
+    if note:
+        print(note, file=sys.stderr)
     print(f"{args.image.name}: {len(table)} cells ({counts or 'none'}); wrote {args.out}"
           + (f" and {args.csv}" if args.csv else "") + (f" and model {args.save_model}" if args.save_model else ""))
     return 0

@@ -47,9 +47,12 @@ def run(args) -> int:
         raise OptionError(f"--negative-fraction must be from 0 to 1, got {args.negative_fraction}")
     if not args.out and not args.tiles:
         raise OptionError("nothing to do: give --out FILE and/or --tiles FOLDER")
+    fmt = args.format or (format_of(args.out) if args.out else None)
+    if args.out and fmt == "hubmap" and not (args.source_format or args.tiles or args.image):
+        return _export_rle_bands(args)  # a label image to id,rle: read a band of columns at a time
     image = read_image(args.image) if args.image else None
     if args.source_format:
-        items = import_annotations(args.labels, args.source_format, image.data.shape[:2] if image else None)
+        items = list(import_annotations(args.labels, args.source_format, image.data.shape[:2] if image else None))
     else:
         loaded = read_image(args.labels)
         lab = loaded.data if loaded.data.ndim == 2 else loaded.data[..., 0]
@@ -76,4 +79,27 @@ def run(args) -> int:
                             classes={i: a.class_names(i)[0] for i in a.ids()}, max_per_class=args.max_per_class,
                             seed=args.seed, fmt=args.tile_format)
         print(f"wrote {len(rows)} tiles and {args.tiles / 'manifest.csv'}")
+    return 0
+
+
+def _export_rle_bands(args) -> int:
+    from napari_ftu.atomic import write_text
+    from napari_ftu.formats.annotations import safe_id
+    from napari_ftu.formats.rle import encode_bands
+    from napari_ftu.io.slides import open_slide
+
+    refuse_onto_inputs([args.out], [args.labels])  # even with --overwrite
+    if args.out.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    slide = open_slide(args.labels)
+    try:
+        level = slide.levels[0]
+        if len(level.shape) != 2:
+            raise OptionError(f"{args.labels}: a label image is 2-D, got shape {tuple(level.shape)}")
+        image_id = safe_id(args.id or slide.name)
+        text = encode_bands(level)
+    finally:
+        slide.close()
+    write_text(args.out, f"id,rle\n{image_id},{text}\n")
+    print(f"wrote {args.out} ({FORMATS['hubmap'].title})")
     return 0

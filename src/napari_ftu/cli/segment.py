@@ -75,17 +75,28 @@ def run(args) -> int:
     import shutil
     import tempfile
 
+    from napari_ftu.io.slides import check_slide
+
+    options = _segment_options(args)
+    one, file_um = Path(args.image[0]), None
+    if len(args.image) == 1 and one.is_file() and one.suffix.lower() != ".csv":
+        file_um = check_slide(one)  # a bad file is refused before the batch, torch and a model are imported
+
     import numpy as np
 
     from napari_ftu.batch.plan import is_batch_input
-    from napari_ftu.engine.models import load_model
     from napari_ftu.engine.run import STORE_NAME, segment_slide_steps
     from napari_ftu.formats.annotations import Annotations
     from napari_ftu.formats.export import export_annotations, safe_id
-    from napari_ftu.io.images import file_stem, write_labels_ome_tiff, write_probability, write_tiff
+    from napari_ftu.io.images import (
+        assumed_pixel_size,
+        file_stem,
+        write_labels_ome_tiff,
+        write_probability,
+        write_tiff,
+    )
     from napari_ftu.steps import Outputs, TileProgress, drain
 
-    options = _segment_options(args)
     if len(args.image) > 1 or is_batch_input(args.image[0]):
         return _segment_batch(args, options)
     args.image = Path(args.image[0])
@@ -96,7 +107,11 @@ def run(args) -> int:
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     image_id = safe_id(args.id or file_stem(args.image))
+    from napari_ftu.engine.models import load_model
+
     model = load_model(args.model, device=args.device, trust_code=args.trust_model)
+    _, note = assumed_pixel_size(args.image.name, args.um_per_px or file_um, model.card.um_per_px, "the model's",
+                                 "--um-per-px")
 
     grid = []  # the probability on the model grid, as the engine fills it
 
@@ -129,6 +144,8 @@ def run(args) -> int:
                "outputs": outputs}
     if seg.downsample != 1.0:
         summary["labels_downsample"] = seg.downsample
+    if note:  # said once the work is done, so that a failed run still gets one error line
+        print(note, file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:

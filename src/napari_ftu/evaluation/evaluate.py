@@ -15,7 +15,7 @@ import numpy as np
 from napari_ftu.atomic import write_text
 from napari_ftu.errors import FormatError, InputError
 from napari_ftu.evaluation.metrics import Matching, Overlap, average_precision, match, overlap_table
-from napari_ftu.formats.annotations import Annotations, instances_of
+from napari_ftu.formats.annotations import Annotations, image_key, instances_of
 from napari_ftu.formats.export import LABEL_IMAGE_SUFFIXES, format_of, import_annotations
 
 COLUMNS = ["image", "group", "class", "images", "n_pred", "n_truth", "dice", "iou", "tp", "fp", "fn",
@@ -146,11 +146,17 @@ def load_annotations(path, fmt: str | None = None, shapes: dict | None = None) -
         if not shapes:
             raise FormatError(f"{path}: {fmt} needs the image size; give the other side as images or a sized format")
         shape = shapes if fmt == "hubmap" else next(iter(shapes.values()))
-    items = import_annotations(path, fmt, shape)
-    if fmt in SEMANTIC_FORMATS:
-        for a in items:
+    return list(load_lazily(path, fmt, shape))
+
+
+def load_lazily(path, fmt: str | None = None, shape=None):
+    """The images of an annotation file one at a time (semantic masks split into their objects)."""
+    fmt = fmt or format_of(path)
+    for a in import_annotations(path, fmt, shape):
+        if fmt in SEMANTIC_FORMATS:
             a.labels = instances_of(a.labels)
-    return items
+        yield a
+        del a
 
 
 def _load_label_image(path: Path) -> Annotations:
@@ -180,35 +186,171 @@ def _load_folder(path: Path) -> list[Annotations]:
 
 
 def evaluate_paths(pred, truth, pred_format=None, truth_format=None, iou_threshold=0.5, ap_iou=0.6):
-    """Read both sides, pair images by id (or the single image of each), evaluate.
-    Returns ``(per-image rows, summary rows, ids without a prediction)``; a missing
-    prediction counts as an empty one, as in the competitions."""
+    """Read both sides, pair images by :func:`image_key` (or the single image of each), evaluate.
+    Returns ``(per-image rows, summary rows, ids without a prediction)``; a missing prediction
+    counts as an empty one, as in the competitions. Images are read a pair at a time (a folder or
+    dataset side by id, a file side in its order), so memory holds one image of each side; only
+    when both sides are files, or a side needs the other's sizes, is the prediction side kept whole."""
     pred, truth = Path(pred), Path(truth)
-    if needs_shape(truth, truth_format) and not needs_shape(pred, pred_format):
-        preds = load_annotations(pred, pred_format)
-        truths = load_annotations(truth, truth_format, {a.image_id: a.shape for a in preds})
+    if needs_shape(truth, truth_format) or needs_shape(pred, pred_format):
+        if needs_shape(truth, truth_format) and not needs_shape(pred, pred_format):
+            preds = load_annotations(pred, pred_format)
+            truths = load_annotations(truth, truth_format, _shapes(preds))
+        else:
+            truths = load_annotations(truth, truth_format)
+            preds = load_annotations(pred, pred_format, _shapes(truths))
+        if not truths:
+            raise InputError(f"{truth}: no ground-truth images")
+        pairs, missing = pair_by_id(truths, preds, pred)
+        results = [evaluate_image(p, t, iou_threshold, ap_iou) for t, p in pairs]
     else:
-        truths = load_annotations(truth, truth_format)
-        preds = load_annotations(pred, pred_format, {a.image_id: a.shape for a in truths})
-    if not truths:
-        raise InputError(f"{truth}: no ground-truth images")
-    pairs, missing = pair_by_id(truths, preds, pred)
-    results = [evaluate_image(p, t, iou_threshold, ap_iou) for t, p in pairs]
+        results, missing = [], []
+        for t, p in _pairs(_Side(truth, truth_format), _Side(pred, pred_format), pred, missing):
+            results.append(evaluate_image(p, t, iou_threshold, ap_iou))
+            del t, p  # one pair in memory at a time
     image_rows = [row for r in results for row in r.rows()]
     return image_rows, summarize(results), missing
 
 
+class _Side:
+    """One side of an evaluation, read lazily: a folder (dataset layout or label images) or a
+    label image by id (``keys``, ``get``); an annotation file image by image (``stream``)."""
+
+    def __init__(self, path: Path, fmt: str | None):
+        self.path, self.loaders, self.stream = path, None, None
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+        if path.is_dir():
+            self.loaders = _folder_loaders(path)
+        elif (fmt or format_of(path)) in (None, "ome-tiff"):
+            self.loaders = {image_key(_label_image_id(path)): lambda: _load_label_image(path)}
+        else:
+            self.stream = load_lazily(path, fmt)
+
+    def get(self, key: str) -> Annotations | None:
+        """The image of ``key``, or None when this side has none (or no annotations for it)."""
+        return self.loaders[key]() if key in self.loaders else None
+
+    def items(self):
+        """``(key, Annotations)`` in the side's order, one at a time."""
+        if self.loaders is not None:
+            for key, load in self.loaders.items():
+                a = load()
+                if a is not None:  # a dataset image without annotations
+                    yield key, a
+                del a
+        else:
+            for a in self.stream:
+                yield image_key(a.image_id), a
+
+
+def _pairs(truth: _Side, pred: _Side, where, missing: list):
+    """``(truth, prediction)`` one pair at a time, in the truth's order when it is addressable;
+    truth ids without a prediction are added to ``missing`` and paired with an empty one."""
+    if pred.loaders is None and (truth.loaders is None or len(truth.loaders) == 1):  # the predictions are kept
+        kept, loaders = {}, {}
+        for key, a in pred.items():
+            _no_duplicate(kept, key, a.image_id, where)
+            kept[key], loaders[key] = a.image_id, (lambda a: lambda: a)(a)
+        pred.loaders = loaders
+    if pred.loaders is not None and len(pred.loaders) == 1:
+        single = next(iter(pred.loaders.values()))
+        if truth.loaders is not None and len(truth.loaders) == 1:  # one image each: paired whatever the ids
+            pred.loaders = {next(iter(truth.loaders)): single}
+    n_truth, found, first_pred = 0, 0, None
+    if pred.loaders is not None:  # the truth drives, predictions read by id
+        for key, t in truth.items():
+            n_truth += 1
+            p = pred.get(key)
+            if p is None:
+                missing.append(t.image_id)
+                p = Annotations(t.image_id, np.zeros(t.shape, np.int32))
+            else:
+                found += 1
+            yield t, p
+            del t, p
+        first_pred = next(iter(pred.loaders), None)
+    else:  # the predictions (a file) drive, the truth (a folder) read by id
+        seen = {}
+        for key, p in pred.items():
+            _no_duplicate(seen, key, p.image_id, where)
+            seen[key] = p.image_id
+            first_pred = first_pred or p.image_id
+            t = truth.get(key)
+            if t is not None:
+                found += 1
+                yield t, p
+            del t, p
+        for key in truth.loaders:
+            n_truth += 1
+            if key not in seen:
+                t = truth.get(key)
+                missing.append(t.image_id)
+                yield t, Annotations(t.image_id, np.zeros(t.shape, np.int32))
+                del t
+    if n_truth == 0:
+        raise InputError(f"{truth.path}: no ground-truth images")
+    if found == 0 and first_pred is not None:
+        raise InputError(f"{where}: no prediction matches a ground-truth id (e.g. {first_pred!r} vs "
+                         f"{missing[0]!r})")
+
+
+def _no_duplicate(seen: dict, key: str, image_id: str, where):
+    """``seen`` maps image keys to the ids already read: two images of one side may not share a key."""
+    if key in seen:
+        raise InputError(f"{where}: images {seen[key]!r} and {image_id!r} both pair with image id {key!r}")
+
+
+def _folder_loaders(path: Path) -> dict:
+    """image key -> loader of a folder: a dataset layout's images with annotations, or its label images."""
+    from napari_ftu.formats.datasets import open_dataset
+
+    files = sorted(p for p in path.iterdir() if p.name.lower().endswith(LABEL_IMAGE_SUFFIXES))
+    try:
+        ds = open_dataset(path)
+    except (InputError, FormatError):
+        if not files:
+            raise FormatError(f"{path}: neither a dataset layout nor a folder of label images") from None
+        pairs = [(image_key(_label_image_id(p)), (lambda p: lambda: _load_label_image(p))(p)) for p in files]
+    else:
+        files = None
+        pairs = [(image_key(i), (lambda k: lambda: ds.load(k).annotations)(k)) for k, i in enumerate(ds.ids)]
+    seen, out = {}, {}
+    for (key, load), name in zip(pairs, ds.ids if files is None else [p.name for p in files]):
+        _no_duplicate(seen, key, name, path)
+        seen[key], out[key] = name, load
+    return out
+
+
+def _label_image_id(path: Path) -> str:
+    from napari_ftu.formats.annotations import safe_id
+    from napari_ftu.io.images import file_stem
+
+    return safe_id(file_stem(path))
+
+
+def _shapes(items) -> dict:
+    """id -> (h, w) for sizing RLE/GeoJSON files, under each id and its :func:`image_key`."""
+    return {**{image_key(a.image_id): a.shape for a in items}, **{a.image_id: a.shape for a in items}}
+
+
 def pair_by_id(truths: list[Annotations], preds: list[Annotations], where="prediction") -> tuple[list, list]:
-    """``([(truth, prediction), ...], ids without a prediction)``: pairs by image id, or the
+    """``([(truth, prediction), ...], ids without a prediction)``: pairs by :func:`image_key`, or the
     single image of each side; a missing prediction is an empty one, as in the competitions."""
     if not truths:
         raise InputError("no ground-truth images")
-    by_id = {a.image_id: a for a in preds}
+    by_id = {}
+    for a in preds:
+        key = image_key(a.image_id)
+        if key in by_id:
+            raise InputError(f"{where}: predictions {by_id[key].image_id!r} and {a.image_id!r} pair with the same "
+                             f"image {key!r}")
+        by_id[key] = a
     if len(truths) == 1 and len(preds) == 1:
-        by_id = {truths[0].image_id: preds[0]}
+        by_id = {image_key(truths[0].image_id): preds[0]}
     pairs, missing = [], []
     for t in truths:
-        p = by_id.get(t.image_id)
+        p = by_id.get(image_key(t.image_id))
         if p is None:
             missing.append(t.image_id)
             p = Annotations(t.image_id, np.zeros(t.shape, np.int32))

@@ -14,6 +14,17 @@ MAX_ID_LENGTH = 200  # ids become file names with suffixes; most file systems st
 MAX_OBJECT_ID = 2**31 - 1  # labels are int32
 
 
+_KEY_PREFIX = re.compile(r"^(slide|image|img|mask|label|labels)[_-]", re.IGNORECASE)
+_KEY_SUFFIX = re.compile(r"[_-](mask|masks|label|labels|gt)$", re.IGNORECASE)
+
+
+def image_key(name) -> str:
+    """The id that pairs an image with its truth and its predictions: the name without a
+    ``slide_``/``mask_``-style prefix or a ``_mask``/``_labels`` suffix. Dataset readers and
+    evaluate's pairing both use it, so our own outputs evaluate against the data they came from."""
+    return _KEY_SUFFIX.sub("", _KEY_PREFIX.sub("", str(name)))
+
+
 def safe_id(image_id) -> str:
     """Refuse ids that could leave an output folder or break a CSV (``../x``, ``a/b``, ``,``,
     a trailing newline, NUL) or be too long for a file name.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -122,11 +123,12 @@ def write_hubmap(path, items: list[Annotations], full: bool = False) -> Path:
     return _write_rows(path, HUBMAP_TRAIN_COLUMNS, rows)
 
 
-def read_hubmap(path, shapes=None) -> list[Annotations]:
-    """Masks (one object each, label 1) from ``id,rle`` or ``train.csv``; the sizes come from
-    ``img_height``/``img_width`` columns, else from ``shapes``: one ``(height, width)`` for
-    every row or a dict id -> ``(height, width)``. Every row's size is checked, and what the
-    whole file needs against the memory budget, before the first mask is decoded.
+def read_hubmap(path, shapes=None) -> Iterator[Annotations]:
+    """Masks (one object each, label 1) from ``id,rle`` or ``train.csv``, one row at a time; the
+    sizes come from ``img_height``/``img_width`` columns, else from ``shapes``: one ``(height,
+    width)`` for every row or a dict id -> ``(height, width)``. Every row's size is checked before
+    the first mask is decoded; each row against the memory budget on its own, as the caller keeps
+    one image at a time.
 
     Parameters
     ----------
@@ -135,14 +137,14 @@ def read_hubmap(path, shapes=None) -> list[Annotations]:
     shapes : tuple or dict, optional
         Image sizes for files without size columns.
 
-    Returns
-    -------
-    list of Annotations
+    Yields
+    ------
+    Annotations
 
     Raises
     ------
     FormatError
-        A bad row, a missing size, or more than the memory budget, naming file and line.
+        A bad row, a missing size, or a row over the memory budget, naming file and line.
     """
     rows = read_csv_rows(path, ["id", "rle"])
     if shapes is not None and not isinstance(shapes, dict):
@@ -160,30 +162,23 @@ def read_hubmap(path, shapes=None) -> list[Annotations]:
         else:
             raise FormatError(f"{path}, line {n}: no image size for id {image_id!r} (no img_height/img_width)")
         sized.append((n, row, shape))
-    # each row keeps an int32 label image; the largest row's uint8 decode and its parsed runs come on top
-    _check_file(path, [(shape, RLE_COST_PER_CHAR * len(row["rle"] or "")) for _, row, shape in sized])
-    out = []
     for n, row, shape in sized:
+        # one row at a time: its int32 label image, its uint8 decode and its parsed runs
+        check_memory(5 * shape[0] * shape[1] + RLE_COST_PER_CHAR * len(row["rle"] or ""), f"{path}, line {n}",
+                     "reading its labels", FormatError)
         try:
             mask = rle.decode(row["rle"], shape)
         except FormatError as exc:
             raise FormatError(f"{path}, line {n}: {exc}") from None
         meta = {k: v for k, v in row.items() if k not in ("id", "rle", "img_height", "img_width") and k is not None}
         um = _pixel_size(meta.get("pixel_size"), f"{path}, line {n}")
-        out.append(Annotations(row["id"], mask.astype(np.int32), um_per_px=um, meta=meta,
-                               default_class=meta.get("organ") or "FTU"))
-    return out
+        labels = mask.astype(np.int32)
+        del mask
+        yield Annotations(row["id"], labels, um_per_px=um, meta=meta, default_class=meta.get("organ") or "FTU")
+        del labels  # not kept while the next row is read
 
 
 RLE_COST_PER_CHAR = 24  # int64 starts, lengths, ends and run counts: at most one number per 2 characters
-
-
-def _check_file(path, items) -> None:
-    """Refuse a file whose rows, each an int32 label image of ``shape``, need more than the
-    memory budget, together with the largest row's decode (a uint8 mask and ``extra`` bytes)."""
-    kept = sum(4 * h * w for (h, w), _ in items)
-    largest = max((h * w + extra for (h, w), extra in items), default=0)
-    check_memory(kept + largest, path, "reading its labels", FormatError)
 
 
 # --- HPA / Open Images instance CSV --------------------------------------------------------
@@ -292,19 +287,16 @@ def _instances(image_id, shape, triples, um=None) -> Annotations:
     return Annotations(image_id, labels, classes, scores, um)
 
 
-def _read_instance_csv(path, columns, id_col, h_col, w_col, pred_col) -> list[Annotations]:
-    """Every row's size is checked, and the whole file's label images against the memory
-    budget, before the first mask is decoded (each mask checks its own decode)."""
+def _read_instance_csv(path, columns, id_col, h_col, w_col, pred_col) -> Iterator[Annotations]:
+    """Every row's size is checked before the first mask is decoded; then one row at a time,
+    its label image against the memory budget (each mask checks its own decode)."""
     rows = [(n, row, _size(row, path, n, h_col, w_col)) for n, row in enumerate(read_csv_rows(path, columns), start=2)]
-    _check_file(path, [(shape, 0) for _, _, shape in rows])
-    out = []
     for n, row, shape in rows:
-        triples = _parse_triples(row[pred_col], shape, f"{path}, line {n}")
-        out.append(_instances(row[id_col], shape, triples))
-    return out
+        check_memory(4 * shape[0] * shape[1], f"{path}, line {n}", "reading its labels", FormatError)
+        yield _instances(row[id_col], shape, _parse_triples(row[pred_col], shape, f"{path}, line {n}"))
 
 
-def read_hpa(path) -> list[Annotations]:
+def read_hpa(path) -> Iterator[Annotations]:
     """Instances per image from an HPA ``PredictionString`` CSV (sizes from its width/height columns).
 
     Parameters
@@ -312,10 +304,10 @@ def read_hpa(path) -> list[Annotations]:
     path : str or Path
         An HPA single-cell CSV.
 
-    Returns
-    -------
-    list of Annotations
-        One per image, each class of a mask as a class name of its object.
+    Yields
+    ------
+    Annotations
+        One per image, read when asked for, each class of a mask as a class name of its object.
 
     Raises
     ------
@@ -346,7 +338,7 @@ def write_vasculature(path, items: list[Annotations]) -> Path:
     return _write_rows(path, VASCULATURE_COLUMNS, rows)
 
 
-def read_vasculature(path) -> list[Annotations]:
+def read_vasculature(path) -> Iterator[Annotations]:
     """Blood-vessel instances per image from a vasculature ``prediction_string`` CSV.
 
     Parameters
@@ -354,9 +346,9 @@ def read_vasculature(path) -> list[Annotations]:
     path : str or Path
         A vasculature 2023 submission CSV.
 
-    Returns
-    -------
-    list of Annotations
+    Yields
+    ------
+    Annotations
         Every object of class ``blood_vessel``, with its score.
 
     Raises
@@ -364,10 +356,10 @@ def read_vasculature(path) -> list[Annotations]:
     FormatError
         As for :func:`read_hpa`.
     """
-    out = _read_instance_csv(path, VASCULATURE_COLUMNS, "id", "height", "width", "prediction_string")
-    for a in out:
+    for a in _read_instance_csv(path, VASCULATURE_COLUMNS, "id", "height", "width", "prediction_string"):
         a.classes = {i: ["blood_vessel"] for i in a.classes}
-    return out
+        yield a
+        del a  # not kept while the next row is read
 
 
 __all__ = ["HPA_LABELS", "hpa_label", "write_hubmap", "read_hubmap", "write_hpa", "read_hpa", "write_vasculature",

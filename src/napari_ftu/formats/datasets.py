@@ -10,7 +10,6 @@ Every problem is an :class:`FormatError` or :class:`InputError` naming the file.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 from napari_ftu.engine.postprocess import label_areas
 from napari_ftu.errors import FormatError, InputError
 from napari_ftu.formats import rle
-from napari_ftu.formats.annotations import Annotations, instances_of, layer_features, safe_id
+from napari_ftu.formats.annotations import Annotations, image_key, instances_of, layer_features, safe_id
 from napari_ftu.formats.csv_formats import RLE_COST_PER_CHAR, read_csv_rows
 from napari_ftu.io.budget import check_memory
 from napari_ftu.io.images import raster_shape, read_raster, reading
@@ -503,14 +502,6 @@ class HpaCells(Dataset):
         return Item(slide, a, {})
 
 
-_PREFIX = re.compile(r"^(slide|image|img|mask|label|labels)[_-]", re.IGNORECASE)
-_SUFFIX = re.compile(r"[_-](mask|masks|label|labels|gt)$", re.IGNORECASE)
-
-
-def _pair_key(stem: str) -> str:
-    return _SUFFIX.sub("", _PREFIX.sub("", stem))
-
-
 class ImageMaskFolder(Dataset):
     """Images with mask files beside them: ``images/`` + ``masks/`` (names matched after
     dropping ``slide_``/``mask_``-style prefixes and ``_mask`` suffixes), binary or instance.
@@ -530,7 +521,7 @@ class ImageMaskFolder(Dataset):
 
     def __init__(self, root: Path):
         root = Path(root)
-        images, masks = ({_pair_key(p.stem): p for p in sorted((root / sub).iterdir())
+        images, masks = ({image_key(p.stem): p for p in sorted((root / sub).iterdir())
                           if p.suffix.lower() in IMAGE_SUFFIXES} for sub in ("images", "masks"))
         self.pairs = {k: (images[k], masks[k]) for k in sorted(images) if k in masks}
         self.um = {}  # our tile export records each tile's µm/px in manifest.csv
@@ -544,7 +535,7 @@ class ImageMaskFolder(Dataset):
                     if not (np.isfinite(um) and um > 0):
                         raise FormatError(f"{root / 'manifest.csv'}: um_per_px {row['um_per_px']!r} of "
                                           f"{row['image']} is not a positive number")
-                    self.um[_pair_key(Path(str(row["image"])).stem)] = um
+                    self.um[image_key(Path(str(row["image"])).stem)] = um
         super().__init__(root, list(self.pairs))
 
     @staticmethod

@@ -3,6 +3,7 @@ npe2 writers. Every format has a writer and the matching reader."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,7 +40,7 @@ class LabelFormat:
     title: str
     suffix: str
     write: Callable  # (path, [Annotations]) -> Path
-    read: Callable  # (path, shape) -> [Annotations]
+    read: Callable  # (path, shape) -> Annotations, one image at a time
     multi_image: bool = True  # one file holds many images
 
 
@@ -110,8 +111,10 @@ def export_annotations(items, path, fmt: str, overwrite: bool = False) -> Path:
     return FORMATS[fmt].write(path, items)
 
 
-def import_annotations(path, fmt: str, shape=None) -> list[Annotations]:
-    """Read a file written in ``fmt``.
+def import_annotations(path, fmt: str, shape=None) -> Iterator[Annotations]:
+    """Read a file written in ``fmt``, one image at a time: the file is checked whole (a bad row
+    or size fails at once, naming it), then each image is built when asked for, against the
+    memory budget on its own; keep only what you need (``list()`` keeps them all).
 
     Parameters
     ----------
@@ -124,7 +127,7 @@ def import_annotations(path, fmt: str, shape=None) -> list[Annotations]:
 
     Returns
     -------
-    list of Annotations
+    iterator of Annotations
         One per image in the file.
     """
     if fmt not in FORMATS:
@@ -133,7 +136,15 @@ def import_annotations(path, fmt: str, shape=None) -> list[Annotations]:
         raise InputError(f"{path}: no such file")
     if fmt == "geojson" and shape is None:
         raise FormatError("reading GeoJSON needs the image size")
-    return FORMATS[fmt].read(path, shape)
+    items = iter(FORMATS[fmt].read(path, shape))
+    box = [next(items, None)]  # the file's checks run now, not at the caller's first use
+
+    def one_at_a_time():
+        if box[0] is not None:
+            yield box.pop()  # not kept here once handed over
+        yield from items
+
+    return one_at_a_time()
 
 
 __all__ = ["FORMATS", "Annotations", "export_annotations", "import_annotations", "format_of", "safe_id"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import colorsys
 import json
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,29 +247,31 @@ def parse_coco(path) -> list[CocoImage]:
     return list(out.values())
 
 
-def read_coco(path) -> list[Annotations]:
-    """Instances per image; polygons are united (COCO semantics), RLE decoded exactly. What
-    the whole file needs (every label image, the largest object) is checked first.
+def read_coco(path) -> Iterator[Annotations]:
+    """Instances per image, one image at a time; polygons are united (COCO semantics), RLE
+    decoded exactly. The whole file is validated first; each image's label image and largest
+    object are checked against the memory budget on their own, as the caller keeps one at a time.
 
     Parameters
     ----------
     path : str or Path
         A COCO instance JSON.
 
-    Returns
-    -------
-    list of Annotations
+    Yields
+    ------
+    Annotations
         One per image of the file, in file order.
 
     Raises
     ------
     FormatError
-        As for :func:`parse_coco`, or when the label images would not fit in memory.
+        As for :func:`parse_coco`, or when one image's labels would not fit in memory.
     """
     images = parse_coco(path)
-    need = sum(4 * i.shape[0] * i.shape[1] for i in images) + max((i.cost() for i in images), default=0)
-    check_memory(need, path, "reading its labels", FormatError)
-    return [i.build() for i in images]
+    while images:
+        image = images.pop(0)  # its polygons are freed with it
+        check_memory(image.cost(), image.where, "reading its labels", FormatError)
+        yield image.build()
 
 
 def _coco_polygons(seg) -> list:

@@ -56,6 +56,33 @@ def read_image(path: str | Path, um_per_px: float | None = None) -> LoadedImage:
     return LoadedImage(data, um, file_stem(path), path)
 
 
+def assumed_pixel_size(name: str, um_per_px: float | None, fallback: float, whose: str,
+                       setting: str) -> tuple[float, str | None]:
+    """The pixel size to use and, when it is an assumption, the one line that says so: the CLI
+    prints it and the docks show it, so a wrong scale is never silent.
+
+    Parameters
+    ----------
+    name : str
+        The image, as the user knows it (a file or layer name).
+    um_per_px : float or None
+        What the user or the file gave; None or 0 when neither did.
+    fallback : float
+        The value assumed then.
+    whose : str
+        Where the assumed value comes from ("the model's", "the default").
+    setting : str
+        The flag or field that sets it (``--um-per-px``, "the Load dock's µm/px").
+
+    Returns
+    -------
+    (float, str or None)
+    """
+    if um_per_px:
+        return float(um_per_px), None
+    return float(fallback), f"{name} has no pixel size; assumed {fallback:g} µm/px ({whose}); set {setting}"
+
+
 def image_suffix(path: Path) -> str:
     """The lower-case suffix of an image file we can read; a missing file or another type is
     refused naming the file (before any library sees it)."""
@@ -131,6 +158,22 @@ def check_tiff_data(series, path: Path):
                                  f"{page.index} have no data)")
             if max(o + n for o, n in zip(offsets, counts)) > size:
                 raise InputError(f"{path}: file is truncated (image data runs past its end, {size} bytes)")
+            _check_segments(page, counts, path)
+
+
+DEFLATE = (8, 32946)  # TIFF compression codes of zlib / deflate
+DEFLATE_RATIO = 1032  # the most a deflate stream can inflate: 1032 bytes out per byte in, plus a few
+
+
+def _check_segments(page, counts, path: Path):
+    """One strip or tile is decoded whole (opening decodes the first): its size goes against the
+    memory budget, and deflate data that claims more pixels than its bytes can inflate to is
+    refused from the header (a 283-byte file claiming one 60 000 x 60 000 strip) instead of decoded."""
+    if int(getattr(page, "compression", 1)) in DEFLATE and page.nbytes > DEFLATE_RATIO * sum(counts) + 2**16 * len(
+            counts):
+        raise InputError(f"{path}: file is damaged ({sum(counts)} compressed bytes claim {page.nbytes} bytes of "
+                         f"pixels, more than deflate can hold)")
+    check_memory(page.nbytes // max(1, len(counts)), path, "decoding one strip or tile", InputError)
 
 
 # Pillow keeps 1, 2 or 4 bytes per pixel and band ("RGB" as 4) while numpy gets its own copy.
@@ -159,14 +202,14 @@ def read_raster(path: Path) -> np.ndarray:
         _, need = raster_shape(path)
         check_memory(need, path, "decoding", InputError)
         if path.suffix.lower() == ".png":
-            _check_png_data(path)
+            check_png_data(path)
         return np.asarray(iio.imread(path))
 
 
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
-def _check_png_data(path: Path):
+def check_png_data(path: Path):
     """Refuse a PNG whose image data inflates to fewer bytes than its size needs: Pillow
     fills the missing rows with zeros without a word. Inflated in 1 MB pieces, counted only."""
     import struct

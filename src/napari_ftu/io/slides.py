@@ -17,11 +17,14 @@ from napari_ftu.io.budget import check_memory
 from napari_ftu.io.images import (
     TIFF_SUFFIXES,
     _pixel_size,
+    check_png_data,
     check_tiff_data,
     file_stem,
     first_series,
     image_suffix,
+    raster_shape,
     read_raster,
+    reading,
     reason,
 )
 from napari_ftu.steps import TileProgress
@@ -91,6 +94,30 @@ def open_slide(path: str | Path, um_per_px: float | None = None) -> Slide:
         slide.close()
         raise InputError(f"{path}: image has no pixels (shape {slide.shape})")
     return slide
+
+
+def check_slide(path: str | Path) -> float | None:
+    """What :func:`open_slide` checks before reading pixels (the header, damaged or missing data,
+    sizes against the memory budget), from the header alone and without zarr: an entry point
+    calls it before loading torch and a model, so a bad file is refused in a fraction of a second.
+    Returns the file's pixel size (µm/px), None when it has none."""
+    import tifffile
+
+    path = Path(path)
+    suffix = image_suffix(path)
+    with reading(path):
+        if suffix not in TIFF_SUFFIXES:
+            _, need = raster_shape(path)
+            check_memory(need, path, "decoding", InputError)
+            if suffix == ".png":
+                check_png_data(path)
+            return None
+        with tifffile.TiffFile(path) as tif:
+            series = first_series(tif, path)
+            if any(int(n) == 0 for n in series.shape):
+                raise InputError(f"{path}: image has no pixels (shape {series.shape})")
+            check_tiff_data(series, path)
+            return _pixel_size(tif, path)
 
 
 def _open_raster(path: Path) -> Slide:

@@ -1,0 +1,57 @@
+"""The Segment dock keeps to a napari dock's width (350-450 px) on a 1500-px window: long text
+(the model's "trained on" paragraph, errors naming files, model paths) wraps or elides instead
+of widening the dock over the canvas. The screenshot is saved for a look."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari_ftu._qt.segment import SegmentWidget
+
+MAX_DOCK_WIDTH = 450
+
+
+def test_segment_dock_keeps_a_dock_width(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    widget = SegmentWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget, area="right", name="Segment")
+    window = viewer.window._qt_window
+    window.resize(1500, 900)
+    long_path = "/data/projects/" + "very_long_folder_name/" * 6 + "a_model_trained_on_everything"
+    widget.status.value = f"Error: {long_path}/weights.safetensors: not a model folder (no model_card.json in it)"
+    widget._paths[long_path] = Path(long_path)
+    widget.model.reset_choices()
+    widget.model.value = long_path  # its card cannot be read: the status says so, naming the path
+    widget.domain.value = ("trained on: kidney, liver, spleen, lung, prostate, large intestine; H&E, PAS, Jones "
+                           "silver, "
+                           "trichrome; 0.25–4 µm/px; HuBMAP 2021 and 2022, Sarder frozen biopsies, CCF tiles. "
+                           "A long note on the domain that goes on and on about stains and scanners. " * 3)
+    qtbot.waitUntil(lambda: window.width() >= 1400, timeout=5000)
+    qtbot.wait(300)
+    path = Path(__file__).resolve().parents[2] / "docs" / "segment_dock_width.png"
+    viewer.screenshot(str(path), canvas_only=False)
+    assert path.is_file()
+    assert window.width() >= 1400, window.width()
+    assert dock.width() <= MAX_DOCK_WIDTH, f"the Segment dock is {dock.width()} px wide on a {window.width()}-px window"
+    assert widget.native.width() <= MAX_DOCK_WIDTH
+
+
+def test_segment_dock_says_when_it_assumes_the_pixel_size(make_napari_viewer, qtbot):
+    from napari_ftu.io.synthetic import make_slide
+
+    viewer = make_napari_viewer()
+    rgb, _, _ = make_slide(256, 256, seed=1, um_per_px=2.0)
+    viewer.add_image(rgb, name="kidney")  # no µm/px in its metadata
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, area="right")
+    assert widget.scale_note.native.isHidden()
+    worker = widget.run()
+    assert not widget.scale_note.native.isHidden() and widget.scale_note.value == (
+        "kidney has no pixel size; assumed 2 µm/px (the model's); set µm/px in the Load dock")
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    viewer.layers["kidney"].metadata["um_per_px"] = 2.0  # given: nothing to say
+    worker = widget.run()
+    assert widget.scale_note.native.isHidden() and widget.scale_note.value == ""
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
