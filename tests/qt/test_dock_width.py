@@ -1,6 +1,6 @@
 """The Segment dock keeps to a napari dock's width (350-450 px) on a 1500-px window: long text
 (the model's "trained on" paragraph, errors naming files, model paths) wraps or elides instead
-of widening the dock over the canvas. The screenshot is saved for a look."""
+of widening the dock over the canvas. The screenshot is saved to the test's temporary folder for a look."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_segment_dock_keeps_a_dock_width(make_napari_viewer, qtbot, tmp_path):
                            "A long note on the domain that goes on and on about stains and scanners. " * 3)
     qtbot.waitUntil(lambda: window.width() >= 1400, timeout=5000)
     qtbot.wait(300)
-    path = Path(__file__).resolve().parents[2] / "docs" / "segment_dock_width.png"
+    path = tmp_path / "segment_dock_width.png"
     viewer.screenshot(str(path), canvas_only=False)
     assert path.is_file()
     assert window.width() >= 1400, window.width()
