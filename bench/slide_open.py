@@ -18,6 +18,7 @@ imported here, as for a user who only views slides.
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -108,11 +109,18 @@ def segment_peak(path) -> dict:
 
 
 def compare_backends(svs: Path, synthetic: int):
+    tmp = Path(tempfile.mkdtemp(prefix="bench-backends-"))
+    try:
+        _compare(svs, synthetic, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _compare(svs: Path, synthetic: int, tmp: Path):
     from wsidicomizer import WsiDicomizer
 
     from napari_ftu.io.slides import open_slide
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-backends-"))
     cases = [(svs, svs, "tifffile"), (svs, svs, "openslide")]
     dicom = tmp / svs.stem
     dicom.mkdir()
