@@ -151,3 +151,20 @@ def test_a_folder_without_dicom_files_is_not_a_slide(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(InputError, match="a folder without DICOM files is not a slide"):
         open_slide(tmp_path)
+
+
+def test_dicom_with_two_optical_paths_shows_the_first_and_says_so(dicom_pyramid, tmp_path):
+    from pydicom.uid import generate_uid
+
+    folder = tmp_path / "paths"
+    shutil.copytree(dicom_pyramid, folder)
+    headers = {f: pydicom.dcmread(f) for f in folder.iterdir()}
+    base = next(h for h in headers.values() if h.InstanceNumber == 0)
+    base.SOPInstanceUID = base.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    base.OpticalPathSequence[0].OpticalPathIdentifier = "1"  # the base level again, as a second path
+    base.InstanceNumber = max(int(h.InstanceNumber) for h in headers.values()) + 1
+    base.save_as(folder / "second_path.dcm")
+    slide = open_slide(folder)
+    assert slide.note == "2 optical paths: showing the first (0)"
+    assert len(slide.levels) == 5 and slide.size == (2967, 2220)
+    slide.close()

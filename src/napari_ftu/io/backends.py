@@ -127,15 +127,14 @@ def _header(file: Path, pydicom):
 
 
 def _check_complete(path: Path, headers: dict):
-    """Refuse a series with instances missing: pyramid instances are numbered consecutively,
+    """Refuse a series with instances missing: a series' instances are numbered consecutively,
     and a level split into parts (a concatenation) states how many parts it has."""
-    volume = sorted(int(h.InstanceNumber) for h in headers.values()
-                    if "VOLUME" in list(h.get("ImageType", [])) and h.get("InstanceNumber") is not None)
-    if volume:
-        gaps = sorted(set(range(volume[0], volume[-1] + 1)) - set(volume))
+    numbers = sorted(int(h.InstanceNumber) for h in headers.values() if h.get("InstanceNumber") is not None)
+    if numbers:
+        gaps = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers))
         if gaps:
             raise InputError(f"{path}: DICOM WSI series has instances missing (numbers {', '.join(map(str, gaps))} "
-                             f"of {volume[0]}–{volume[-1]})")
+                             f"of {numbers[0]}–{numbers[-1]})")
     parts: dict = {}
     for h in headers.values():
         if h.get("ConcatenationUID") is not None:
