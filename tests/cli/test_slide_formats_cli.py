@@ -62,11 +62,13 @@ def test_batch_takes_a_dicom_folder_per_slide(dicom_copy, svs, tmp_path):
     slides.mkdir()
     shutil.copytree(dicom_copy, slides / "case_a")
     shutil.copy(svs, slides / "case_b.svs")
+    (slides / "case_c.mrxs").write_bytes(b"[GENERAL]\n")  # planned by its suffix, opened by OpenSlide later
     (slides / "notes").mkdir()  # a folder without DICOM files is no slide
     assert not is_batch_input(slides / "case_a") and is_batch_input(slides)
     for inputs in ([slides], [str(slides / "case_*")]):
         jobs = plan_inputs(inputs)
-        assert [j.id for j in jobs] == ["case_a", "case_b"]
+        assert [j.id for j in jobs] == ["case_a", "case_b", "case_c"]
+    assert [j.id for j in plan_inputs([str(slides / "*.mrxs")])] == ["case_c"]
     (job,) = plan_inputs([slides / "case_a"])
     assert job.path == str((slides / "case_a").resolve())
 
