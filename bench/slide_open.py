@@ -144,7 +144,7 @@ def _compare(svs: Path, synthetic: int, tmp: Path):
         opened = min(opened, *(read_throughput(path, backend, window=1 << 30)[0] for _ in range(2)))
         print(f"{source.name} {size[0]}x{size[1]} | {backend} | {levels} | {opened * 1000:.0f} | {mps:.1f} | "
               f"{reads or '-'}")
-    print("slide | backend | segment (s) | objects | RSS after loading the model (MB) | peak RSS (MB)")
+    print("slide | backend | segment (s) | objects | peak RSS after loading the model (MB) | peak RSS (MB)")
     for path, source, backend in cases:
         if backend == "openslide":
             continue  # open_slide picks tifffile for these files; the DICOM row is the new reader
