@@ -63,7 +63,7 @@ def open_dicom(path: Path):
         if len(getattr(wsi, "pyramids", [None])) > 1:
             notes.append(f"{len(wsi.pyramids)} pyramids: showing the first")
         base = wsi.levels[0]
-        paths, planes = list(base.optical_paths), list(base.focal_planes)
+        paths, planes = sorted(base.optical_paths), sorted(base.focal_planes)  # the first whatever the file order
         path_id, z = paths[0], planes[0]
         if len(paths) > 1:
             notes.append(f"{len(paths)} optical paths: showing the first ({path_id})")
