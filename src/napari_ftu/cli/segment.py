@@ -75,11 +75,12 @@ def run(args) -> int:
     import shutil
     import tempfile
 
+    from napari_ftu.io.backends import is_dicom_folder
     from napari_ftu.io.slides import check_slide
 
     options = _segment_options(args)
     one, file_um = Path(args.image[0]), None
-    if len(args.image) == 1 and one.is_file() and one.suffix.lower() != ".csv":
+    if len(args.image) == 1 and (one.is_file() and one.suffix.lower() != ".csv" or is_dicom_folder(one)):
         file_um = check_slide(one)  # a bad file is refused before the batch, torch and a model are imported
 
     import numpy as np

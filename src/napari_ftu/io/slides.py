@@ -1,6 +1,8 @@
-"""Open slides lazily: pyramid levels as zarr arrays read tile by tile, never the whole image.
+"""Open slides lazily: pyramid levels as array-likes read tile by tile, never the whole image.
 
-A multi-level TIFF (OME, SVS, NDPI, ...) becomes napari multiscale data. A large flat TIFF
+One function opens every slide, trying the readers in order: tifffile (TIFF, SVS, NDPI,
+OME-TIFF), then wsidicom (a DICOM WSI folder or file), then OpenSlide (MRXS, BIF, SCN, VMS/VMU,
+Philips TIFF, ...). A multi-level slide becomes napari multiscale data. A large flat TIFF
 gets lazy strided levels so that it still opens without decoding everything, and
 :func:`pyramid_steps` can write a real pyramid next to it for smooth viewing.
 """
@@ -13,8 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from napari_ftu.errors import InputError
+from napari_ftu.io.backends import (
+    OPENSLIDE_SUFFIXES,
+    OPENSLIDE_VENDORS,
+    is_dicom_file,
+    is_dicom_folder,
+    open_dicom,
+    open_openslide,
+    openslide_vendor,
+)
 from napari_ftu.io.budget import check_memory
 from napari_ftu.io.images import (
+    RASTER_SUFFIXES,
     TIFF_SUFFIXES,
     _pixel_size,
     check_png_data,
@@ -45,7 +57,9 @@ class Slide:
     channel_axis: int | None = None
     channel_names: list | None = None
     flat: bool = False  # a large image without a stored pyramid
-    handle: object = field(default=None, repr=False)  # keeps the TIFF open while levels are used
+    handle: object = field(default=None, repr=False)  # keeps the file open while levels are used
+    backend: str = "tifffile"  # which reader opened it: tifffile, dicom, openslide or raster
+    note: str = ""  # what was left out (further optical paths, focal planes, pyramids)
 
     @property
     def shape(self) -> tuple:
@@ -78,21 +92,72 @@ class Slide:
             self.handle = None
 
 
-def open_slide(path: str | Path, um_per_px: float | None = None) -> Slide:
-    """Open a TIFF/SVS/NDPI/OME-TIFF lazily, or a PNG/JPEG in memory; errors name the file.
-    ``um_per_px`` overrides the file's pixel size (whose own is then not read)."""
+BACKENDS = ("tifffile", "dicom", "openslide", "raster")
+SLIDE_SUFFIXES = TIFF_SUFFIXES + RASTER_SUFFIXES + (".dcm",) + OPENSLIDE_SUFFIXES  # files any backend opens
+
+
+def open_slide(path: str | Path, um_per_px: float | None = None, backend: str | None = None) -> Slide:
+    """Open a slide lazily (a PNG/JPEG in memory); errors name the file. ``um_per_px``
+    overrides the file's pixel size (whose own is then not read); ``backend`` forces a reader."""
     path = Path(path)
-    suffix = image_suffix(path)
+    if backend not in (None, *BACKENDS):
+        raise InputError(f"{path}: unknown slide backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+    backend = backend or _backend(path)
     try:
-        slide = _open_tiff(path, um_per_px) if suffix in TIFF_SUFFIXES else _open_raster(path)
+        if backend == "tifffile":
+            slide = _open_tiff(path, um_per_px)
+        elif backend == "raster":
+            slide = _open_raster(path)
+        else:
+            slide = _open_tiled(path, backend)
         slide.um_per_px = um_per_px or slide.um_per_px
     except InputError:
         raise
-    except Exception as exc:  # tifffile, zarr and imageio raise many types for corrupt files
+    except MemoryError:
+        raise InputError(f"{path}: the image does not fit in memory") from None
+    except Exception as exc:  # the libraries raise many types for corrupt files
         raise InputError(f"{path}: cannot read image ({reason(exc)})") from exc
     if any(int(n) == 0 for n in slide.shape):
         slide.close()
         raise InputError(f"{path}: image has no pixels (shape {slide.shape})")
+    return slide
+
+
+def is_slide_path(path: Path) -> bool:
+    """A file with a slide suffix or a DICOM WSI folder: what batch folders and globs take."""
+    return is_dicom_folder(path) if path.is_dir() else path.suffix.lower() in SLIDE_SUFFIXES
+
+
+def _backend(path: Path) -> str:
+    """The reader for a path, from what it is (checked before any library parses it)."""
+    if path.is_dir():
+        if not is_dicom_folder(path):
+            raise InputError(f"{path}: a folder without DICOM files is not a slide")
+        return "dicom"
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".dcm" or is_dicom_file(path):
+        return "dicom"
+    if suffix in OPENSLIDE_SUFFIXES:
+        return "openslide"
+    if suffix in TIFF_SUFFIXES:
+        return "openslide" if openslide_vendor(path) in OPENSLIDE_VENDORS else "tifffile"
+    image_suffix(path)  # refuses other types, naming the file
+    return "raster"
+
+
+def _open_tiled(path: Path, backend: str) -> Slide:
+    opener = open_dicom if backend == "dicom" else open_openslide
+    levels, um, handle, note = opener(path)
+    if not levels:
+        handle.close()
+        raise InputError(f"{path}: no pyramid levels to show")
+    kind, axis = _kind(levels[0].shape, None)
+    name = path.name if path.is_dir() else file_stem(path)
+    slide = Slide(levels, um, name, path, kind, axis, handle=handle, backend=backend, note=note)
+    if kind == "channels":
+        slide.channel_names = [f"channel {i}" for i in range(levels[0].shape[axis])]
     return slide
 
 
@@ -104,6 +169,10 @@ def check_slide(path: str | Path) -> float | None:
     import tifffile
 
     path = Path(path)
+    if _backend(path) in ("dicom", "openslide"):  # their libraries read headers only when opening
+        slide = open_slide(path)
+        slide.close()
+        return slide.um_per_px
     suffix = image_suffix(path)
     with reading(path):
         if suffix not in TIFF_SUFFIXES:
@@ -124,7 +193,7 @@ def _open_raster(path: Path) -> Slide:
     data = read_raster(path)
     kind, axis = _kind(data.shape, None)
     names = [f"channel {i}" for i in range(data.shape[axis])] if kind == "channels" else None
-    return Slide([data], None, file_stem(path), path, kind, axis, channel_names=names)
+    return Slide([data], None, file_stem(path), path, kind, axis, channel_names=names, backend="raster")
 
 
 def _open_tiff(path: Path, um_per_px: float | None = None) -> Slide:

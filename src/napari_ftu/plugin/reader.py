@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from napari_ftu.io.images import RASTER_SUFFIXES, TIFF_SUFFIXES
-from napari_ftu.io.slides import open_slide, slide_layer_data
+from napari_ftu.io.backends import is_dicom_folder
+from napari_ftu.io.slides import SLIDE_SUFFIXES, open_slide, slide_layer_data
 
 
 def get_reader(path):
-    """Our reader for slide files and dataset folders; napari falls back to others otherwise."""
+    """Our reader for slide files, DICOM WSI folders and dataset folders; napari falls back to
+    others otherwise."""
     if isinstance(path, list):
         return None
+    if is_dicom_folder(Path(path)):
+        return read_layers
     if Path(path).is_dir():
         from napari_ftu.formats.datasets import open_dataset
 
@@ -24,7 +27,7 @@ def get_reader(path):
         except (ValueError, OSError):
             return None  # not a layout we know: let other readers try
         return read_dataset
-    if not str(path).lower().endswith(TIFF_SUFFIXES + RASTER_SUFFIXES):
+    if not str(path).lower().endswith(SLIDE_SUFFIXES):
         return None
     return read_layers
 
