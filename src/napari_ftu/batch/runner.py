@@ -75,6 +75,7 @@ class BatchOptions:
     band_pixels: float = BAND_PIXELS
     threads: int = 1  # torch threads per slide task: float results are identical only for equal counts
     trust_model: bool = False  # the user consents to running a TorchScript model's code
+    backend: str = "auto"  # what runs the model (napari_ftu.engine.backends)
     model_sha256: str | None = None  # of the model's files; filled once per run by batch_steps
 
     def __post_init__(self):
@@ -95,7 +96,7 @@ class BatchOptions:
     def signature(self) -> dict:
         """What decides a slide's result: a marker written under other settings is not reused."""
         sig = asdict(self)
-        for key in ("device", "band_above_px", "band_pixels", "segment", "trust_model"):  # not results
+        for key in ("device", "band_above_px", "band_pixels", "segment", "trust_model", "backend"):  # not results
             sig.pop(key)
         sig.update(self.segment.signature())
         sig["outputs"] = list(self.outputs)
@@ -269,9 +270,13 @@ def read_marker(folder: Path, job: SlideJob, options: BatchOptions) -> dict | No
 
 
 @contextlib.contextmanager
-def _torch_threads(n: int):
+def _torch_threads(n: int, model=None):
     """Run with ``n`` torch threads, as every worker of the batch does (Dask starts its worker
-    processes with one OpenMP thread), so a slide gives the same bytes wherever it runs."""
+    processes with one OpenMP thread), so a slide gives the same bytes wherever it runs. An ONNX
+    Runtime model got its threads when it was loaded (and torch is not imported for it)."""
+    if getattr(model, "backend", "torch") != "torch":
+        yield
+        return
     import torch
 
     before = torch.get_num_threads()
@@ -283,10 +288,10 @@ def _torch_threads(n: int):
 
 
 def _model(options: BatchOptions):
-    from napari_ftu.engine.models import cached_model
+    from napari_ftu.engine.backends import cached
 
-    return cached_model(options.model, device=options.device, precision=options.precision,
-                        trust_code=options.trust_model)
+    return cached(options.model, device=options.device, backend=options.backend, precision=options.precision,
+                  trust_code=options.trust_model, threads=options.threads)
 
 
 def _worker_name() -> str:
@@ -310,7 +315,7 @@ def segment_slide(job: SlideJob, out: str, options: BatchOptions) -> dict:
     store = Path(out) / job.id / STORE_NAME  # used only when the size rules call for a store
     store.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _torch_threads(options.threads):
+        with _torch_threads(options.threads, model):
             seg = drain(segment_slide_steps(job.path, model, options.segment, um_per_px=job.um_per_px, store=store))
         um = seg.um_per_px / seg.downsample if seg.um_per_px else None  # of the slide
         info = {"height": seg.image_shape[0], "width": seg.image_shape[1], "um_per_px": um,
@@ -485,7 +490,7 @@ def segment_band(job: SlideJob, options: BatchOptions, plan: BandPlan, index: in
             per_row = coarse.shape[0] / source.shape[0]  # coarse rows per model row
             r0, r1 = int(math.floor(s0 * per_row)), max(int(math.ceil(s1 * per_row)), int(math.floor(s0 * per_row)) + 1)
             levels.append(_RowCrop(coarse, r0, min(r1, coarse.shape[0]), source._rgb))
-        with _torch_threads(options.threads):
+        with _torch_threads(options.threads, model):
             seg = segment(levels, model, options.segment, um_per_px=None, full_resolution=False)
     finally:
         slide.close()

@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="segment an image, or a batch of slides on Dask, and write HuBMAP RLE (and labels)")
     s.add_argument("image", nargs="+",
                    help="an image; or many: files, folders, globs ('slides/*.svs') or a competition CSV (batch)")
-    s.add_argument("--model", type=Path, default=None, help="model folder or checkpoint (default: built-in)")
+    s.add_argument("--model", type=Path, default=None,
+                   help="model folder, checkpoint, .onnx file or bioimage.io package (default: built-in)")
     s.add_argument("--trust-model", action="store_true", help=trust_help)
     s.add_argument("--out", type=Path, required=True, help="CSV to write (id,rle); for a batch, the output folder")
     s.add_argument("--labels", type=Path, default=None, help="also write the instance labels as TIFF")
@@ -97,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--id", default=None, help="image id in the CSV (default: file name stem)")
     s.add_argument("--um-per-px", type=float, default=None, help="override the image's pixel size")
     s.add_argument("--device", default="auto")
+    s.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="what runs the model: auto (default: ONNX Runtime on the CPU when the model has or can get "
+                        "an ONNX graph, else torch), torch or onnxruntime")
     s.add_argument("--tile", type=int, default=None)
     s.add_argument("--overlap", type=int, default=None)
     s.add_argument("--threshold", type=float, default=None)
@@ -300,7 +304,7 @@ def _segment(args) -> int:
     import numpy as np
 
     from napari_ftu.batch.runner import is_batch_input
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.engine.backends import load
     from napari_ftu.engine.run import STORE_NAME, segment_slide_steps
     from napari_ftu.formats.annotations import Annotations
     from napari_ftu.formats.export import export_annotations, safe_id
@@ -318,7 +322,7 @@ def _segment(args) -> int:
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     image_id = safe_id(args.id or file_stem(args.image))
-    model = load_model(args.model, device=args.device, trust_code=args.trust_model)
+    model = load(args.model, device=args.device, backend=args.backend, trust_code=args.trust_model)
 
     grid = []  # the probability on the model grid, as the engine fills it
 
@@ -347,14 +351,14 @@ def _segment(args) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     summary = {"id": image_id, "n_objects": len(seg.objects), "seconds": round(seg.seconds, 3),
-               "device": seg.device, "um_per_px": um, "tiles": seg.n_tiles, "glass_tiles_skipped": seg.n_skipped,
-               "outputs": outputs}
+               "device": seg.device, "backend": seg.backend, "um_per_px": um, "tiles": seg.n_tiles,
+               "glass_tiles_skipped": seg.n_skipped, "outputs": outputs}
     if seg.downsample != 1.0:
         summary["labels_downsample"] = seg.downsample
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{image_id}: {summary['n_objects']} FTUs in {seg.seconds:.1f} s on {seg.device}"
+        print(f"{image_id}: {summary['n_objects']} FTUs in {seg.seconds:.1f} s on {seg.device}, {seg.backend}"
               + (f" (labels on the model grid, {um:g} µm/px)" if seg.downsample != 1.0 and um else ""))
         for path in outputs:
             print(f"wrote {path}")
@@ -400,7 +404,8 @@ def _segment_batch(args, segment_options) -> int:
     options = BatchOptions(model=str(args.model) if args.model else None, device=args.device,
                            segment=segment_options,
                            outputs=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-                           band_above_px=args.band_above * 1e6, threads=args.threads, trust_model=args.trust_model)
+                           band_above_px=args.band_above * 1e6, threads=args.threads, trust_model=args.trust_model,
+                           backend=args.backend)
     scheduler = None
     if args.scheduler:
         scheduler = SchedulerAccess(args.scheduler, args.tls_ca, args.tls_cert, args.tls_key, args.insecure_scheduler)
