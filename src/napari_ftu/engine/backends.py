@@ -213,9 +213,12 @@ def load(path: str | Path | None = None, device: str = "auto", backend: str = "a
         if card is None:  # an smp folder without a card: the torch loader derives one from config.json
             card = card_of(graph)
         return OnnxModel(graph, card, threads)
+    from napari_ftu.engine.fold import fold_batch_norm
     from napari_ftu.engine.models import load_model
 
-    return load_model(p, device=device, precision=precision, trust_code=trust_code)
+    model = load_model(p, device=device, precision=precision, trust_code=trust_code)
+    model.network, model.folded = fold_batch_norm(model.network, model.card.in_channels)  # inference only
+    return model
 
 
 _LOADED: dict = {}
