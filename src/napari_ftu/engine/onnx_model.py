@@ -291,12 +291,21 @@ class OnnxModel:
         except Exception as exc:
             raise ModelError(f"{path}: ONNX Runtime cannot run it ({type(exc).__name__}: {str(exc)[:200]})") from None
         self._input = self.session.get_inputs()[0].name
+        shape = self.session.get_inputs()[0].shape
+        if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != card.in_channels):
+            raise ModelError(f"{path}: the graph takes {shape}, not (batch, {card.in_channels}, height, width) "
+                             f"as its card says")
         self._mean = np.asarray(card.mean, np.float32).reshape(1, -1, 1, 1) * 255
         self._std = np.asarray(card.std, np.float32).reshape(1, -1, 1, 1) * 255
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The graph on a normalised ``(N, C, H, W)`` float32 batch -> ``(N, classes, H, W)``."""
-        return self.session.run(None, {self._input: np.ascontiguousarray(x, np.float32)})[0]
+        try:
+            return self.session.run(None, {self._input: np.ascontiguousarray(x, np.float32)})[0]
+        except Exception as exc:  # a graph that does not fit its card, or one damaged past loading
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise ModelError(f"{self.path}: ONNX Runtime failed on a {tuple(x.shape)} input "
+                             f"({type(exc).__name__}: {' '.join(lines)[:200]})") from None
 
     def predict(self, tiles: np.ndarray, tta: bool = False, with_std: bool = False):
         """``tiles`` (N, H, W, C) uint8 -> probabilities (N, classes, H, W) float32; with ``tta``
