@@ -237,6 +237,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--overwrite", action="store_true", help="replace an existing report")
     v.set_defaults(func=_evaluate)
     _add_annotate(sub)
+    from napari_ftu.cli import export_model
+
+    export_model.add_parser(sub, common)
     return p
 
 
