@@ -14,7 +14,7 @@ from napari_ftu.cli import main
 from napari_ftu.engine import backends
 from napari_ftu.engine.backends import load
 from napari_ftu.engine.inference import segment
-from napari_ftu.engine.models import FTUModel, ModelCard, default_model_path, save_model
+from napari_ftu.engine.models import FTUModel, ModelCard, save_model
 from napari_ftu.engine.onnx_model import OnnxModel, export_onnx
 from napari_ftu.errors import ModelError
 
