@@ -60,7 +60,7 @@ def gpu_present() -> bool:
         return False
 
 
-def is_onnx_file(path: Path) -> bool:
+def _is_onnx_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() == ".onnx"
 
 
@@ -72,9 +72,20 @@ def _folder_card(folder: Path) -> ModelCard | None:
 def onnx_graph(path: str | Path | None) -> Path | None:
     """An ONNX graph that is this model, without exporting: the file itself, the folder's
     ``model.onnx`` (when it was exported from the weights now beside it, or there are none) or a
-    cached export. ``None`` when there is none yet."""
+    cached export.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The model (``None``: the built-in one).
+
+    Returns
+    -------
+    Path or None
+        ``None`` when there is none yet.
+    """
     path = default_model_path() if path is None else Path(path)
-    if is_onnx_file(path):
+    if _is_onnx_file(path):
         return path
     folder = path if path.is_dir() else path.parent
     weights = _weights(path)
@@ -97,7 +108,17 @@ def _weights(path: Path) -> Path | None:
 
 def exportable(path: str | Path | None) -> bool:
     """Whether a graph can be exported from the model's weights (not TorchScript, whose code
-    would run, nor the scribble classifier, which stays on torch)."""
+    would run, nor the scribble classifier, which stays on torch).
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The model (``None``: the built-in one).
+
+    Returns
+    -------
+    bool
+    """
     from napari_ftu.engine.models import _is_torchscript
 
     path = default_model_path() if path is None else Path(path)
@@ -109,7 +130,23 @@ def exportable(path: str | Path | None) -> bool:
 
 
 def ensure_onnx(path: str | Path | None) -> Path:
-    """The model's ONNX graph, exported into the cache on first use (this imports torch once)."""
+    """The model's ONNX graph, exported into the cache on first use (this imports torch once).
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The model (``None``: the built-in one).
+
+    Returns
+    -------
+    Path
+        The folder's own graph, or the cached export.
+
+    Raises
+    ------
+    ModelError
+        No graph and none can be made (TorchScript, a scribble classifier).
+    """
     graph = onnx_graph(path)
     if graph is not None:
         return graph
@@ -127,7 +164,18 @@ def ensure_onnx(path: str | Path | None) -> Path:
 def write_onnx(folder: str | Path | None = None) -> Path:
     """Export a model folder's graph into the folder itself (``model.onnx``): what
     :func:`~napari_ftu.engine.models.save_model` does, for a folder written before. With no
-    argument, the built-in model's (run again whenever the built-in model changes)."""
+    argument, the built-in model's (run again whenever the built-in model changes).
+
+    Parameters
+    ----------
+    folder : str or Path, optional
+        A model folder (card + weights); ``None``: the built-in model.
+
+    Returns
+    -------
+    Path
+        The written ``model.onnx``.
+    """
     from napari_ftu.engine.models import load_model
 
     folder = default_model_path() if folder is None else Path(folder)
@@ -165,7 +213,7 @@ def choose_backend(path, device: str = "auto", backend: str = "auto") -> str:
     from napari_ftu.engine.bioimageio import is_package
 
     p = default_model_path() if path is None else Path(path)
-    if is_onnx_file(p) or is_package(p):
+    if _is_onnx_file(p) or is_package(p):
         return "onnxruntime"
     return "onnxruntime" if onnx_graph(p) is not None or exportable(p) else "torch"
 
@@ -199,8 +247,8 @@ def load(path: str | Path | None = None, device: str = "auto", backend: str = "a
     which = choose_backend(p, device, backend)
     if is_package(p):
         return load_package(p, backend=which, device=device, trust_code=trust_code, threads=threads)
-    if is_onnx_file(p) or _weights(p) is not None and _weights(p).suffix == ".onnx":
-        graph = p if is_onnx_file(p) else _weights(p)
+    if _is_onnx_file(p) or _weights(p) is not None and _weights(p).suffix == ".onnx":
+        graph = p if _is_onnx_file(p) else _weights(p)
         if which == "torch":
             raise ModelError(f"{graph}: an ONNX graph runs only on the onnxruntime backend (no torch weights)")
         folder = graph.parent

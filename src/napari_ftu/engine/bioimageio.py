@@ -30,7 +30,16 @@ MAX_RDF_BYTES = 256 * 1024  # as a model card
 
 
 def is_package(path: str | Path) -> bool:
-    """A bioimage.io package: a zip, a folder holding ``rdf.yaml``, or that file itself."""
+    """A bioimage.io package: a zip, a folder holding ``rdf.yaml``, or that file itself.
+
+    Parameters
+    ----------
+    path : str or Path
+
+    Returns
+    -------
+    bool
+    """
     path = Path(path)
     if path.is_dir():
         return any((path / n).is_file() for n in RDF_NAMES)
@@ -187,7 +196,22 @@ def _describe(card, folder: Path, name, license, authors, opset: int, torch_vers
 
 @dataclass
 class PackagePlan:
-    """What we read from a package's ``rdf.yaml`` to run it."""
+    """What we read from a package's ``rdf.yaml`` to run it.
+
+    Parameters
+    ----------
+    folder : Path
+        The unpacked package.
+    name : str
+    axes, out_axes : list of str
+        The input's and output's axes as letters (b, c, y, x).
+    preprocessing, postprocessing : list of tuple
+        ``(step name, kwargs)`` in order.
+    weights : dict
+        Weights format -> file.
+    card : ModelCard
+        Ours (stored in packages we wrote) or one made from the axes.
+    """
 
     folder: Path
     name: str
@@ -237,7 +261,22 @@ def load_package(path, backend: str = "onnxruntime", device: str = "cpu", trust_
 
 
 def read_package(path) -> PackagePlan:
-    """Unpack (zips into the user cache, safely) and read ``rdf.yaml`` into a :class:`PackagePlan`."""
+    """Unpack (zips into the user cache, safely) and read ``rdf.yaml`` into a :class:`PackagePlan`.
+
+    Parameters
+    ----------
+    path : str or Path
+        A zip, a folder or its ``rdf.yaml``.
+
+    Returns
+    -------
+    PackagePlan
+
+    Raises
+    ------
+    ModelError
+        One line naming what the package needs that napari-ftu cannot run, or what is unsafe.
+    """
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".zip":
         folder = _unzip(path)
@@ -420,7 +459,18 @@ def _card(data: dict, plan: PackagePlan, scale, sizes, output: dict, v4: bool, r
 
 
 class PackageModel:
-    """A bioimage.io model run with its own pre- and post-processing; the engine's ``predict``."""
+    """A bioimage.io model run with its own pre- and post-processing; the engine's ``predict``.
+
+    Parameters
+    ----------
+    plan : PackagePlan
+    fmt : str
+        ``"onnx"`` or ``"torchscript"`` (the caller has the user's consent for the latter).
+    threads : int, optional
+        ONNX Runtime threads.
+    device : str
+        For TorchScript.
+    """
 
     def __init__(self, plan: PackagePlan, fmt: str, threads: int | None = None, device: str = "cpu"):
         from napari_ftu.engine.onnx_model import OnnxModel
@@ -444,8 +494,21 @@ class PackageModel:
             return self._net(torch.from_numpy(np.ascontiguousarray(x)).to(self.device)).float().cpu().numpy()
 
     def predict(self, tiles: np.ndarray, tta: bool = False, with_std: bool = False):
-        """``tiles`` (N, H, W, C) uint8 -> (N, classes, H, W) float32, through the package's
-        processing; ``tta`` as for the other backends."""
+        """``tiles`` (N, H, W, C) uint8 -> (N, classes, H, W) float32, through the package's processing.
+
+        Parameters
+        ----------
+        tiles : ndarray
+            ``(N, H, W, C)`` uint8.
+        tta : bool
+            Average the flipped and rotated views.
+        with_std : bool
+            Also return the views' standard deviation.
+
+        Returns
+        -------
+        ndarray or tuple of ndarray
+        """
         from napari_ftu.engine.onnx_model import NUMPY_VIEWS
 
         x = np.asarray(tiles).transpose(0, 3, 1, 2).astype(np.float32)  # b c y x

@@ -26,7 +26,9 @@ ONNX_NAME = "model.onnx"
 OPSET = 17
 CARD_KEY = "napari_ftu.model_card"  # metadata: the model card, JSON
 WEIGHTS_KEY = "napari_ftu.weights_sha256"  # metadata: fingerprint of the weights it was exported from
-STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")  # built into ONNX Runtime
+# ONNX's own operator sets and ONNX Runtime's contributed ones: built in, no library to load
+STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview", "ai.onnx.preview.training",
+                    "com.microsoft")
 EXTERNAL = 1  # TensorProto.DataLocation
 MAX_DIM = 1 << 31  # a declared dimension beyond this is no image model's
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}  # TensorProto types
@@ -101,14 +103,37 @@ def export_onnx(network, card, path: str | Path, weights_sha256: str | None = No
 
 
 def graph_metadata(path: str | Path) -> dict:
-    """The metadata of a checked graph (cheap: no tensors are decoded into arrays)."""
+    """The metadata of a checked graph (cheap: no tensors are decoded into arrays).
+
+    Parameters
+    ----------
+    path : str or Path
+        An ``.onnx`` file.
+
+    Returns
+    -------
+    dict
+        Key -> text.
+    """
     graph = check_onnx(path)
     return {p.key: p.value for p in graph.metadata_props}
 
 
 def card_of(path: str | Path, folder_card=None):
     """The model card of an ONNX file: ``folder_card`` (one beside it) wins, else the one in its
-    metadata; a graph with neither is refused."""
+    metadata; a graph with neither is refused.
+
+    Parameters
+    ----------
+    path : str or Path
+        An ``.onnx`` file.
+    folder_card : ModelCard, optional
+        The card beside it.
+
+    Returns
+    -------
+    ModelCard
+    """
     from napari_ftu.engine.models import ModelCard
 
     if folder_card is not None:
@@ -299,7 +324,18 @@ class OnnxModel:
         self._std = np.asarray(card.std, np.float32).reshape(1, -1, 1, 1) * 255
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """The graph on a normalised ``(N, C, H, W)`` float32 batch -> ``(N, classes, H, W)``."""
+        """The graph on a normalised batch.
+
+        Parameters
+        ----------
+        x : ndarray
+            ``(N, C, H, W)`` float32, normalised as the card says.
+
+        Returns
+        -------
+        ndarray
+            ``(N, classes, H, W)`` probabilities.
+        """
         try:
             return self.session.run(None, {self._input: np.ascontiguousarray(x, np.float32)})[0]
         except Exception as exc:  # a graph that does not fit its card, or one damaged past loading
@@ -308,9 +344,21 @@ class OnnxModel:
                              f"({type(exc).__name__}: {' '.join(lines)[:200]})") from None
 
     def predict(self, tiles: np.ndarray, tta: bool = False, with_std: bool = False):
-        """``tiles`` (N, H, W, C) uint8 -> probabilities (N, classes, H, W) float32; with ``tta``
-        the mean over the flips and the 90° rotation of :data:`~napari_ftu.engine.models.TTA_VIEWS`,
-        and with ``with_std`` their standard deviation too."""
+        """``tiles`` (N, H, W, C) uint8 -> probabilities (N, classes, H, W) float32.
+
+        Parameters
+        ----------
+        tiles : ndarray
+            ``(N, H, W, C)`` uint8.
+        tta : bool
+            The mean over the flips and the 90° rotation of :data:`~napari_ftu.engine.models.TTA_VIEWS`.
+        with_std : bool
+            Also return the views' standard deviation.
+
+        Returns
+        -------
+        ndarray or tuple of ndarray
+        """
         x = (np.asarray(tiles).transpose(0, 3, 1, 2).astype(np.float32) - self._mean) / self._std
         views = NUMPY_VIEWS if tta else NUMPY_VIEWS[:1]
         probs = np.stack([inverse(self.run(np.ascontiguousarray(forward(x)))) for forward, inverse in views])
