@@ -77,6 +77,12 @@ def test_segment_with_an_onnx_folder_never_imports_torch(tmp_path):
         assert status == {"rc": 0, "torch": False, "smp": False}
         assert summaries[0]["backend"] == "onnxruntime" and summaries[0]["device"] == "cpu"
     assert sorted(p.name for p in folder.iterdir()) == sorted([CARD_NAME, ONNX_NAME])
+    # a batch of two in this process (the workers' code path) imports no torch either
+    second = tmp_path / "tile2.png"
+    iio.imwrite(second, rgb[::-1].copy())
+    status, summaries = _run_cli(["segment", image, second, "--model", folder, "--out", tmp_path / "batch",
+                                  "--workers", "0", "--json"])
+    assert status == {"rc": 0, "torch": False, "smp": False} and summaries[0]["done"] == 2
 
 
 def test_backend_flag_and_json_say_which_ran(tmp_path, capsys):

@@ -544,7 +544,12 @@ def run_slide_in_process(job: SlideJob, out, options: BatchOptions) -> dict:
 
 
 def visible_gpus() -> list[str]:
-    """CUDA devices this machine shows (respecting ``CUDA_VISIBLE_DEVICES``)."""
+    """CUDA devices this machine shows (respecting ``CUDA_VISIBLE_DEVICES``); torch is imported
+    only where the CUDA driver reports a device."""
+    from napari_ftu.engine.backends import gpu_present
+
+    if not gpu_present():
+        return []
     try:
         import torch
 
