@@ -26,9 +26,9 @@ ONNX_NAME = "model.onnx"
 OPSET = 17
 CARD_KEY = "napari_ftu.model_card"  # metadata: the model card, JSON
 WEIGHTS_KEY = "napari_ftu.weights_sha256"  # metadata: fingerprint of the weights it was exported from
-# ONNX's own operator sets and ONNX Runtime's contributed ones: built in, no library to load
+# ONNX's own operator sets and ONNX Runtime's built-in ones (its optimiser and quantiser use them): no library
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview", "ai.onnx.preview.training",
-                    "com.microsoft")
+                    "com.microsoft", "com.microsoft.experimental", "com.microsoft.nchwc", "com.ms.internal.nhwc")
 EXTERNAL = 1  # TensorProto.DataLocation
 MAX_DIM = 1 << 31  # a declared dimension beyond this is no image model's
 _ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}  # TensorProto types
@@ -189,16 +189,17 @@ def check_onnx(path: str | Path, folder: str | Path | None = None):
         raise ModelError(f"{path}: not an ONNX model ({type(exc).__name__}: {str(exc)[:160]})") from None
     if not graph.HasField("graph"):
         raise ModelError(f"{path}: not an ONNX model (no graph)")
-    for opset in graph.opset_import:
-        if opset.domain not in STANDARD_DOMAINS:
-            raise ModelError(f"{path}: uses operators of the custom domain {opset.domain!r}, which need a native "
-                             f"library; refused (only standard ONNX operators run)")
+    # Operator sets a graph merely declares are harmless (ONNX Runtime's tools declare many); a node
+    # of a domain that is neither standard nor a function defined in the file needs a native library.
+    local = {(f.domain, f.name) for f in graph.functions}
+    nodes = [n for g in _graphs(graph.graph) for n in g.node] + [n for f in graph.functions for n in f.node]
+    for node in nodes:
+        if node.domain not in STANDARD_DOMAINS and (node.domain, node.op_type) not in local:
+            raise ModelError(f"{path}: node {node.name or node.op_type!r} uses the custom operator domain "
+                             f"{node.domain!r}, which needs a native library; refused (only standard ONNX "
+                             f"operators run)")
     total = 0
     for g in _graphs(graph.graph):
-        for node in g.node:
-            if node.domain not in STANDARD_DOMAINS:
-                raise ModelError(f"{path}: node {node.name or node.op_type!r} uses the custom operator domain "
-                                 f"{node.domain!r}; refused (only standard ONNX operators run)")
         for tensor in list(g.initializer) + [s.values for s in g.sparse_initializer]:
             total += _tensor_bytes(tensor, path)
             if tensor.data_location == EXTERNAL:
