@@ -168,28 +168,18 @@ def _best(fn, repeat: int) -> tuple:
 
 
 def _int8(graph: str, out_dir: str, tiles, card, static: bool) -> str:
-    """The graph quantised to int8: dynamic (weights only) or static (calibrated on ``tiles``)."""
+    """The graph quantised to int8: dynamic (weights only), or static as ``export-model --int8``
+    makes it (calibrated on ``tiles``)."""
     from onnxruntime import quantization as q
 
+    from napari_ftu.engine.onnx_model import quantize_int8
+
     target = os.path.join(out_dir, ("static" if static else "dynamic") + ".onnx")
+    if static:
+        return str(quantize_int8(graph, target, tiles, card))
     pre = os.path.join(out_dir, "pre.onnx")
     q.quant_pre_process(graph, pre, skip_symbolic_shape=True)
-    if not static:
-        q.quantize_dynamic(pre, target, weight_type=q.QuantType.QInt8)
-        return target
-    mean = np.reshape(card.mean, (1, -1, 1, 1)) * 255
-    std = np.reshape(card.std, (1, -1, 1, 1)) * 255
-    batches = [((t.transpose(2, 0, 1)[None].astype(np.float32) - mean) / std).astype(np.float32) for t in tiles]
-
-    class Reader(q.CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"image": b} for b in batches])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    q.quantize_static(pre, target, Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                      activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8)
+    q.quantize_dynamic(pre, target, weight_type=q.QuantType.QInt8)
     return target
 
 
