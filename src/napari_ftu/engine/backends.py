@@ -244,6 +244,9 @@ def load(path: str | Path | None = None, device: str = "auto", backend: str = "a
     p = default_model_path() if path is None else Path(path)
     if not p.exists():
         raise ModelError(f"{p}: no such model folder or checkpoint")
+    if p.is_dir() and not is_package(p) and _folder_card(p) is None and not (p / "config.json").is_file() \
+            and not any(p.glob("*.onnx")):
+        raise ModelError(f"{p}: no {CARD_NAMES[0]} (or .yaml) in the folder; a model needs its card")
     which = choose_backend(p, device, backend)
     if is_package(p):
         return load_package(p, backend=which, device=device, trust_code=trust_code, threads=threads)
