@@ -83,6 +83,7 @@ def test_segment_with_an_onnx_folder_never_imports_torch(tmp_path):
     status, summaries = _run_cli(["segment", image, second, "--model", folder, "--out", tmp_path / "batch",
                                   "--workers", "0", "--json"])
     assert status == {"rc": 0, "torch": False, "smp": False} and summaries[0]["done"] == 2
+    assert summaries[0]["backend"] == "onnxruntime"
 
 
 def test_backend_flag_and_json_say_which_ran(tmp_path, capsys):

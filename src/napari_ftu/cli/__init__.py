@@ -431,6 +431,10 @@ def _segment_batch(args, segment_options) -> int:
     result = run_batch(jobs, args.out, options, progress=progress, scheduler=scheduler,
                        workers=args.workers, retries=args.retries, overwrite=args.overwrite)
     summary = result.summary()
+    if not args.scheduler:  # workers on this machine resolve "auto" as this process does
+        from napari_ftu.engine.backends import choose_backend
+
+        summary["backend"] = choose_backend(args.model, args.device, args.backend)
     if args.json:
         print(json.dumps(summary))
     else:
