@@ -208,13 +208,13 @@ def choose_backend(path, device: str = "auto", backend: str = "auto") -> str:
         raise OptionError(f"the onnxruntime backend runs on the CPU; for device {device!r} use --backend torch")
     if backend != "auto":
         return backend
-    if not cpu:
-        return "torch"
     from napari_ftu.engine.bioimageio import is_package
 
     p = default_model_path() if path is None else Path(path)
-    if _is_onnx_file(p) or is_package(p):
-        return "onnxruntime"
+    if (_is_onnx_file(p) or is_package(p)) and device in (None, "", "auto", "cpu"):
+        return "onnxruntime"  # a graph, not torch weights: ONNX Runtime even where a GPU is present
+    if not cpu:
+        return "torch"
     return "onnxruntime" if onnx_graph(p) is not None or exportable(p) else "torch"
 
 
