@@ -71,7 +71,7 @@ def test_segment_with_an_onnx_folder_never_imports_torch(tmp_path):
     folder.mkdir()
     for name in (CARD_NAME, ONNX_NAME):
         shutil.copy(default_model_path() / name, folder / name)
-    for model in (folder, default_model_path()):
+    for model in (folder, default_model_path(), folder / ONNX_NAME):
         status, summaries = _run_cli(["segment", image, "--model", model, "--out", tmp_path / "o.csv",
                                       "--overwrite", "--json"])
         assert status == {"rc": 0, "torch": False, "smp": False}

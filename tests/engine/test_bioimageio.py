@@ -180,11 +180,22 @@ def test_a_foreign_package_runs_with_its_own_processing(tmp_path):
     pre = reference_preprocess(tiles.transpose(0, 3, 1, 2).astype(np.float32))
     expected = 1 / (1 + np.exp(-np.einsum("nchw,c->nhw", pre, w)[:, None]))
     np.testing.assert_allclose(model.predict(tiles), expected, atol=1e-5)
-    # and through the CLI, on a real image, without torch in the subprocess test's sense: it just runs
+    # and through the CLI in a fresh process, which never imports torch for it
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
     rgb = np.random.default_rng(4).integers(0, 256, (200, 300, 3)).astype(np.uint8)
     iio.imwrite(tmp_path / "img.png", rgb)
-    assert main(["segment", str(tmp_path / "img.png"), "--model", str(out), "--out", str(tmp_path / "o.csv"),
-                 "--um-per-px", "0.5"]) == 0
+    code = ("import sys; from napari_ftu.cli import main; rc = main(sys.argv[1:]); "
+            "print(rc, 'torch' in sys.modules)")
+    src = Path(__file__).resolve().parents[2] / "src"
+    done = subprocess.run([sys.executable, "-c", code, "segment", str(tmp_path / "img.png"), "--model", str(out),
+                           "--out", str(tmp_path / "o.csv"), "--um-per-px", "0.5", "--json"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(src)}, timeout=300)
+    assert done.stdout.strip().splitlines()[-1] == "0 False", done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[0])["backend"] == "onnxruntime"
 
 
 def _edited(package, tmp_path, edit):
