@@ -162,6 +162,19 @@ def test_an_older_folder_gets_one_cached_export_outside_it(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == before  # the model folder is input: untouched
 
 
+def test_prepare_exports_an_older_folder_before_a_batch_starts(tmp_path):
+    """What batch_steps calls before its workers start: they then share one cached graph."""
+    folder = _old_folder(tmp_path)
+    assert onnx_graph(folder) is None
+    assert backends.prepare(folder, "cpu") == "onnxruntime"
+    assert onnx_graph(folder) == tmp_path / "cache" / model_fingerprint(folder) / ONNX_NAME
+    assert backends.prepare(folder, "cpu", "torch") == "torch"
+    onnx_file = tmp_path / "m.onnx"
+    shutil.copy(default_model_path() / ONNX_NAME, onnx_file)
+    assert backends.prepare(onnx_file, "cpu") == "onnxruntime"  # a graph already: nothing to export
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [model_fingerprint(folder)]
+
+
 def test_save_model_writes_the_graph_and_a_stale_one_is_not_used(tmp_path, default_model):
     folder = save_model(default_model.network, default_model.card, tmp_path / "saved")
     assert onnx_graph(folder) == folder / ONNX_NAME

@@ -218,6 +218,31 @@ def choose_backend(path, device: str = "auto", backend: str = "auto") -> str:
     return "onnxruntime" if onnx_graph(p) is not None or exportable(p) else "torch"
 
 
+def prepare(path: str | Path | None = None, device: str = "auto", backend: str = "auto") -> str:
+    """Choose the backend and, for ONNX Runtime, export an older folder's graph now, so that a
+    batch's workers on this machine share one cached export instead of each making it.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        The model (``None``: the built-in one).
+    device, backend : str
+        As for :func:`choose_backend`.
+
+    Returns
+    -------
+    str
+        The backend.
+    """
+    from napari_ftu.engine.bioimageio import is_package
+
+    which = choose_backend(path, device, backend)
+    p = default_model_path() if path is None else Path(path)
+    if which == "onnxruntime" and not is_package(p) and not _is_onnx_file(p):
+        ensure_onnx(p)
+    return which
+
+
 def load(path: str | Path | None = None, device: str = "auto", backend: str = "auto", precision: str = "auto",
          trust_code: bool = False, threads: int | None = None):
     """The model at ``path`` (folder, weights file, ``.onnx`` file or bioimage.io package) on the
