@@ -1,6 +1,9 @@
 """Engine speed and memory, side by side in one run.
 
     python bench/inference.py [--size 4096] [--device cpu] [--batch 4] [--repeat 3] [--no-monai] [--profile]
+    python bench/inference.py --backends [--repeat 3] [--int8]
+
+``--backends``: the runtimes side by side (see :func:`backends`), instead of 1-3 below.
 
 1. End-to-end time of ``segment`` / the model's forward time alone over the same tiles, each run
    ``--repeat`` times interleaved, the best of each compared.
@@ -144,6 +147,151 @@ def profile(size: int, device: str, batch: int) -> None:
           + ", ".join(f"{k} {v:.3f} s" for k, v in stages.items()))
 
 
+def _tiles(n: int, side: int = 256, seed: int = 2) -> np.ndarray:
+    from napari_ftu.io.synthetic import make_slide
+
+    rgb = make_slide(side * 4, side * 2, seed=seed, um_per_px=2.0)[0]
+    return np.stack([rgb[y : y + side, x : x + side] for y in range(0, side * 4, side)
+                     for x in range(0, side * 2, side)][:n])
+
+
+def _best(fn, repeat: int) -> tuple:
+    """Best wall and best CPU time of ``repeat`` calls after a warm-up."""
+    fn()
+    walls, cpus = [], []
+    for _ in range(repeat):
+        start, cpu = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus)
+
+
+def _int8(graph: str, out_dir: str, tiles, card, static: bool) -> str:
+    """The graph quantised to int8: dynamic (weights only), or static as ``export-model --int8``
+    makes it (calibrated on ``tiles``)."""
+    from onnxruntime import quantization as q
+
+    from napari_ftu.engine.onnx_model import quantize_int8
+
+    target = os.path.join(out_dir, ("static" if static else "dynamic") + ".onnx")
+    if static:
+        return str(quantize_int8(graph, target, tiles, card))
+    pre = os.path.join(out_dir, "pre.onnx")
+    q.quant_pre_process(graph, pre, skip_symbolic_shape=True)
+    q.quantize_dynamic(pre, target, weight_type=q.QuantType.QInt8)
+    return target
+
+
+def _held_out_dice(model, n: int = 3) -> float:
+    """Mean Dice of ``model`` on synthetic slides with seeds unseen in training."""
+    from napari_ftu.engine.inference import segment
+    from napari_ftu.evaluation.metrics import dice
+    from napari_ftu.io.synthetic import make_slide
+
+    scores = []
+    for seed in range(9000, 9000 + n):
+        rgb, truth, _ = make_slide(768, 768, seed=seed, um_per_px=2.0)
+        scores.append(dice(segment(rgb, model, um_per_px=2.0).labels > 0, truth > 0))
+    return float(np.mean(scores))
+
+
+def backends(repeat: int, int8: bool, batch: int = 4) -> None:
+    """Forward only, in one process, over the same 256 px tiles: eager torch, torch with batch
+    norm folded, ONNX Runtime fp32 (and int8 with ``int8``), for the built-in model and the
+    default training architecture; then start-up to the first tile of ``napari-ftu segment``
+    on a 256 px PNG with each backend (fresh processes: wall time and peak resident memory)."""
+    import logging
+    import tempfile
+
+    import torch
+
+    from napari_ftu.engine.fold import fold_batch_norm
+    from napari_ftu.engine.models import FTUModel, build_network, load_model
+    from napari_ftu.engine.onnx_model import OnnxModel, export_onnx
+    from napari_ftu.training.train import new_model
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantiser's notes on tensors it leaves in float
+    threads = 1  # one thread each: CPU time is then the work done, steady on a shared machine
+    torch.set_num_threads(threads)
+    tiles = _tiles(8)
+    print(f"forward only: {len(tiles)} tiles of 256 px, batch {batch}, {threads} thread (torch and ONNX Runtime), "
+          f"best of {repeat} interleaved; CPU time (wall time in brackets)")
+    default = load_model(None, device="cpu")
+    card, _ = new_model(encoder="efficientnet-lite0", pretrained=False)
+    lite = FTUModel(build_network(card), card, "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, eager in (("built-in (U-Net, MobileNetV3-small)", default),
+                             ("training default (U-Net, EfficientNet-Lite0, decoder 128-16)", lite)):
+            graph = export_onnx(eager.network, eager.card, os.path.join(tmp, "fp32.onnx"))
+            folded = FTUModel(fold_batch_norm(__import__("copy").deepcopy(eager.network))[0], eager.card, "cpu")
+            runtimes = {"torch eager": eager, "torch, batch norm folded": folded,
+                        "onnxruntime fp32": OnnxModel(graph, eager.card, threads)}
+            if int8:
+                for static in (False, True):
+                    try:
+                        q = _int8(str(graph), tmp, tiles[:4], eager.card, static)
+                        runtimes[f"onnxruntime int8 {'static' if static else 'dynamic'}"] = OnnxModel(
+                            q, eager.card, threads)
+                    except Exception as exc:  # some operators have no int8 kernel
+                        print(f"  int8 {'static' if static else 'dynamic'}: not made ({type(exc).__name__}: {exc})")
+            reference = np.concatenate([eager.predict(tiles[i : i + batch]) for i in range(0, len(tiles), batch)])
+            results, walls = {}, {}
+            for _ in range(repeat):  # interleaved, so a busy moment of the machine hits all alike
+                for name, model in runtimes.items():
+                    wall, cpu = _best(lambda m=model: [m.predict(tiles[i : i + batch])
+                                                       for i in range(0, len(tiles), batch)], 1)
+                    results[name], walls[name] = min(results.get(name, cpu), cpu), min(walls.get(name, wall), wall)
+            print(f"\n{label}")
+            base = results["torch eager"]
+            for name, model in runtimes.items():
+                prob = np.concatenate([model.predict(tiles[i : i + batch]) for i in range(0, len(tiles), batch)])
+                print(f"  {name:34s} {results[name] / len(tiles) * 1000:7.1f} ms/tile "
+                      f"({walls[name] / len(tiles) * 1000:6.1f})   {base / results[name]:.2f}x eager   "
+                      f"max |dp| {np.abs(prob - reference).max():.1e}")
+            if int8 and label.startswith("built-in"):
+                for name in [n for n in runtimes if "int8" in n]:
+                    if results[name] < results["onnxruntime fp32"]:
+                        d32, d8 = _held_out_dice(runtimes["onnxruntime fp32"]), _held_out_dice(runtimes[name])
+                        print(f"  {name}: held-out Dice {d8:.4f} vs fp32 {d32:.4f} (|diff| {abs(d8 - d32):.4f})")
+                    else:
+                        print(f"  {name}: slower than fp32, Dice not measured")
+    startup()
+
+
+def startup(repeat: int = 2) -> None:
+    """``napari-ftu segment IMAGE.png`` (256 px, the built-in model) in fresh processes: wall time
+    (start-up to the first and only tile, and writing) and peak resident memory, per backend."""
+    import tempfile
+
+    import imageio.v3 as iio
+
+    # peak RSS from VmHWM: a child's ru_maxrss starts at the forking parent's, which here holds torch
+    code = ("import re, sys, time; t = time.perf_counter(); from napari_ftu.cli import main; "
+            "rc = main(sys.argv[1:]); hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]); "
+            "print('BENCH', rc, time.perf_counter() - t, hwm / 1024, 'torch' in sys.modules)")
+    with tempfile.TemporaryDirectory() as tmp:
+        png = os.path.join(tmp, "tile.png")
+        iio.imwrite(png, _tiles(1)[0])
+        print("\nnapari-ftu segment tile.png (256 px, built-in model), fresh process each, best of", repeat)
+        env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                        "src")}
+        for backend in ("torch", "onnxruntime"):
+            runs = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                done = subprocess.run([sys.executable, "-c", code, "segment", png, "--out",
+                                       os.path.join(tmp, "o.csv"), "--overwrite", "--json", "--backend", backend,
+                                       "--device", "cpu"], capture_output=True, text=True, env=env, check=True)
+                wall = time.perf_counter() - start
+                line = next(ln for ln in done.stdout.splitlines() if ln.startswith("BENCH")).split()
+                runs.append((wall, float(line[3]), line[4] == "True"))
+            wall, rss, torch_loaded = min(runs)
+            print(f"  --backend {backend:12s} wall {wall:5.2f} s   peak RSS {rss:6.0f} MB   torch imported: "
+                  f"{torch_loaded}" + ("   (goal < 400 MB: " + ("met)" if rss < 400 else "MISSED)")
+                                        if backend == "onnxruntime" else ""))
+
+
 def measure(method, size, glass, device, batch) -> dict:
     cmd = [sys.executable, __file__, "--one", method, "--size", str(size), "--glass", str(glass),
            "--device", device, "--batch", str(batch)]
@@ -163,7 +311,13 @@ def main():
                    help="end-to-end and forward runs, interleaved; the best of each is compared (timeit's rule: "
                         "on a shared machine the fastest run is the one least disturbed)")
     p.add_argument("--profile", action="store_true", help="one in-process run under cProfile: stage times")
+    p.add_argument("--backends", action="store_true",
+                   help="torch eager / batch norm folded / ONNX Runtime forward times, and CLI start-up per backend")
+    p.add_argument("--int8", action="store_true", help="with --backends: also int8 ONNX graphs (dynamic, static)")
     args = p.parse_args()
+    if args.backends:
+        backends(args.repeat, args.int8, args.batch)
+        return
     if args.profile:
         profile(args.size, args.device, args.batch)
         return

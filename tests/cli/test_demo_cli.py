@@ -53,7 +53,7 @@ def test_segment_writes_the_probability_map_on_the_model_grid(tmp_path, small_sl
     assert prob.dtype == np.float32 and prob.shape == (384, 384) and 0 <= prob.min() and prob.max() <= 1
     assert read_image(prob_path).um_per_px == pytest.approx(2.0)
     direct = segment(rgb, default_model, um_per_px=1.0, full_resolution=False).probability
-    np.testing.assert_allclose(prob, direct, atol=1e-6)
+    np.testing.assert_allclose(prob, direct, atol=1e-4)  # the CLI ran ONNX Runtime: torch's within 1e-4
     assert not list(tmp_path.glob(".*part*"))  # written atomically: no temporary left
 
     before = image.read_bytes()  # an output that is the input is refused, even with --overwrite

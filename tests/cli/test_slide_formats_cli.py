@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from napari_ftu.batch.runner import is_batch_input, plan_inputs
+from napari_ftu.batch.plan import is_batch_input, plan_inputs
 from napari_ftu.cli import main
 from napari_ftu.io.images import read_image
 

@@ -400,6 +400,7 @@ def test_segment_dock_out_of_memory_reduces_the_batch_and_completes(viewer_with_
 
     viewer, truth = viewer_with_slide
     widget = _segment_dock(viewer)
+    widget.backend.value = "torch"  # device out-of-memory is torch's (ONNX Runtime here runs on the CPU)
     widget.batch.value = 8
     sizes = []
     real = FTUModel.predict

@@ -452,6 +452,7 @@ def test_segment_dock_shows_rows_as_they_finish(viewer_with_slide, qtbot):
 
 def test_threshold_re_derives_objects_without_running_the_model(viewer_with_slide, qtbot, monkeypatch):
     from napari_ftu.engine.models import FTUModel
+    from napari_ftu.engine.onnx_model import OnnxModel
     from napari_ftu.engine.postprocess import instances
 
     viewer, _ = viewer_with_slide
@@ -462,6 +463,7 @@ def test_threshold_re_derives_objects_without_running_the_model(viewer_with_slid
     prob = seg.probability.copy()
     calls = []
     monkeypatch.setattr(FTUModel, "predict", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(OnnxModel, "predict", lambda *a, **k: calls.append(1))
     widget.threshold.value = 0.95
     qtbot.waitUntil(lambda: "no model run" in widget.status.value and widget.worker is None, timeout=30_000)
     labels = viewer.layers["kidney FTUs"]
@@ -490,7 +492,7 @@ def test_worker_error_reaches_the_user_and_the_next_run_works(viewer_with_slide,
     widget = _segment_dock(viewer)
     good = widget._load()
     broken = FTUModel(Broken(), ModelCard(), "cpu")
-    monkeypatch.setattr("napari_ftu._qt.segment.cached_model", lambda *args, **kwargs: broken)
+    monkeypatch.setattr("napari_ftu._qt.segment.cached", lambda *args, **kwargs: broken)
     with qtbot.capture_exceptions() as raised:  # napari re-raises worker errors in tests
         widget.run()
         qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60_000)
@@ -498,6 +500,6 @@ def test_worker_error_reaches_the_user_and_the_next_run_works(viewer_with_slide,
     assert all("weights are NaN" in str(exc[1]) for exc in raised)
     assert widget.worker is None and not widget.cancel_button.enabled
     assert not [t for t in threading.enumerate() if t.name == "napari-ftu tile reader"]
-    monkeypatch.setattr("napari_ftu._qt.segment.cached_model", lambda *args, **kwargs: good)
+    monkeypatch.setattr("napari_ftu._qt.segment.cached", lambda *args, **kwargs: good)
     widget.run()
     qtbot.waitUntil(lambda: widget.run_button.enabled and "kidney FTUs" in viewer.layers, timeout=120_000)

@@ -150,7 +150,7 @@ class EngineRunDock(Dock):
         self._pending_store = store
         steps = segment_slide_steps(data, model, options, um_per_px=um_per_px, store=store,
                                     pyramid_view=layer.multiscale)
-        self.status.value = f"running on {model.device} …"
+        self.status.value = f"running on {model.device} ({getattr(model, 'backend', 'torch')}) …"
         self._live = None
         self._last_refresh = 0.0
         self._start_worker(steps, description or f"Segmenting {layer.name}",
@@ -235,7 +235,7 @@ class EngineRunDock(Dock):
         self._result_layers = (layer, labels)
         labels.events.paint.connect(_mark_edited)
         skipped = f", {seg.n_skipped} glass tiles skipped" if seg.n_skipped else ""
-        self.status.value = (f"{len(seg.objects)} FTUs in {seg.seconds:.1f} s on {seg.device} "
+        self.status.value = (f"{len(seg.objects)} FTUs in {seg.seconds:.1f} s on {seg.device}, {seg.backend} "
                              f"({seg.n_tiles} tiles{skipped})")
         show_info(self.status.value)
 

@@ -19,9 +19,10 @@ from magicgui.widgets import (
 
 from napari_ftu._qt.common import EngineRunDock, narrow_combo, special, status_line, viewable
 from napari_ftu._qt.state import is_edited
+from napari_ftu.engine.backends import BACKENDS, cached
 from napari_ftu.engine.card import CARD_NAME, MAX_TILE_SIZE, ModelCard, describe_domain
 from napari_ftu.engine.inference import relabel_steps
-from napari_ftu.engine.models import cached_model, default_model_path
+from napari_ftu.engine.models import default_model_path
 from napari_ftu.engine.options import MAX_BATCH_SIZE, MIN_TILE_SIZE, SegmentOptions, check_positive
 from napari_ftu.errors import ModelError, OptionError
 from napari_ftu.io.images import assumed_pixel_size
@@ -42,7 +43,11 @@ class SegmentWidget(EngineRunDock):
         self.domain = status_line(describe_domain(ModelCard.read(default_model_path() / CARD_NAME)))
         narrow_combo(self.model)
         self.browse = PushButton(text="Add model folder…")
+        self.browse_file = PushButton(text="Add model file (.onnx, bioimage.io .zip)…")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.backend = ComboBox(label="backend", choices=list(BACKENDS), value="auto",
+                                tooltip="what runs the model: auto = ONNX Runtime on the CPU when the model has "
+                                        "or can get an ONNX graph, else torch")
         self.trust = CheckBox(text="Trust model code (TorchScript runs its own code)", value=False,
                               tooltip="a TorchScript model can read and write your files; tick only for "
                                       "models from a source you trust")
@@ -64,10 +69,11 @@ class SegmentWidget(EngineRunDock):
         self.status = status_line("device: not loaded yet")
         self.scale_note = status_line()  # says when the image's pixel size is assumed
         self.scale_note.visible = False
-        self.extend([self.image, self.model, self.domain, self.browse, self.device, self.trust, self.tile,
-                     self.overlap, self.batch, self.skip_glass, self.tta, self.split, self.threshold, self.run_button,
-                     self.cancel_button, self.bar, self.scale_note, self.status])
+        self.extend([self.image, self.model, self.domain, self.browse, self.browse_file, self.device, self.backend,
+                     self.trust, self.tile, self.overlap, self.batch, self.skip_glass, self.tta, self.split,
+                     self.threshold, self.run_button, self.cancel_button, self.bar, self.scale_note, self.status])
         self.browse.changed.connect(self._browse)
+        self.browse_file.changed.connect(self._browse_file)
         self.model.changed.connect(self._model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -95,9 +101,18 @@ class SegmentWidget(EngineRunDock):
     def _browse(self):
         from qtpy.QtWidgets import QFileDialog
 
-        folder = QFileDialog.getExistingDirectory(self.native, "Model folder (model_card.json + weights)")
+        folder = QFileDialog.getExistingDirectory(self.native, "Model folder (model_card.json + weights, or a "
+                                                  "bioimage.io package's folder)")
         if folder:
             self.add_model(folder)
+
+    def _browse_file(self):
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(self.native, "Model file", "",
+                                              "Models (*.onnx *.zip *.safetensors *.pt *.pth *.ts)")
+        if path:
+            self.add_model(path)
 
     def _model_changed(self):
         try:
@@ -118,7 +133,8 @@ class SegmentWidget(EngineRunDock):
         special(self.overlap, f"auto (model: {card.overlap})")
 
     def _load(self):
-        return cached_model(self._paths[self.model.value], device=self.device.value, trust_code=self.trust.value)
+        return cached(self._paths[self.model.value], device=self.device.value, backend=self.backend.value,
+                      trust_code=self.trust.value)
 
     def _tile_changed(self, value):
         """Keep the spin boxes valid: a tile is 0 (the card's) or at least MIN_TILE_SIZE, and

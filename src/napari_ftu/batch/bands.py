@@ -138,7 +138,7 @@ def segment_band(job: SlideJob, options: BatchOptions, plan: BandPlan, index: in
             per_row = coarse.shape[0] / source.shape[0]  # coarse rows per model row
             r0, r1 = int(math.floor(s0 * per_row)), max(int(math.ceil(s1 * per_row)), int(math.floor(s0 * per_row)) + 1)
             levels.append(_RowCrop(coarse, r0, min(r1, coarse.shape[0]), source._rgb))
-        with torch_threads(options.threads):
+        with torch_threads(options.threads, model):
             seg = segment(levels, model, options.segment, um_per_px=None, full_resolution=False)
     finally:
         slide.close()

@@ -12,7 +12,12 @@ from napari_ftu.errors import InputError
 
 
 def visible_gpus() -> list[str]:
-    """CUDA devices this machine shows (respecting ``CUDA_VISIBLE_DEVICES``)."""
+    """CUDA devices this machine shows (respecting ``CUDA_VISIBLE_DEVICES``); torch is imported
+    only where the CUDA driver reports a device."""
+    from napari_ftu.engine.backends import gpu_present
+
+    if not gpu_present():
+        return []
     try:
         import torch
 

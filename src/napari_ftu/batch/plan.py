@@ -48,6 +48,7 @@ class BatchOptions:
     band_pixels: float = BAND_PIXELS
     threads: int = 1  # torch threads per slide task: float results are identical only for equal counts
     trust_model: bool = False  # the user consents to running a TorchScript model's code
+    backend: str = "auto"  # what runs the model (napari_ftu.engine.backends)
     model_sha256: str | None = None  # of the model's files; filled once per run by batch_steps
 
     def __post_init__(self):
@@ -68,7 +69,7 @@ class BatchOptions:
     def signature(self) -> dict:
         """What decides a slide's result: a marker written under other settings is not reused."""
         sig = asdict(self)
-        for key in ("device", "band_above_px", "band_pixels", "segment", "trust_model"):  # not results
+        for key in ("device", "band_above_px", "band_pixels", "segment", "trust_model", "backend"):  # not results
             sig.pop(key)
         sig.update(self.segment.signature())
         sig["outputs"] = list(self.outputs)

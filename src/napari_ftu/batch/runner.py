@@ -87,6 +87,9 @@ def batch_steps(jobs, out, options: BatchOptions | None = None, client=None,
     from napari_ftu.engine.models import check_trust, model_fingerprint
 
     check_trust(options.model, options.trust_model)  # refused up front, not once per slide
+    from napari_ftu.engine.backends import prepare
+
+    prepare(options.model, options.device, options.backend)  # one export for all workers, not one each
     if options.model_sha256 is None:  # hashed once per run; the markers and workers' caches use it
         options = replace(options, model_sha256=model_fingerprint(options.model))
     options.segment.resolve(batch_card(options))  # options the model cannot take (or a cells classifier): up front too

@@ -19,9 +19,13 @@ from napari_ftu.formats.datasets import DONE
 
 
 @contextlib.contextmanager
-def torch_threads(n: int):
+def torch_threads(n: int, model=None):
     """Run with ``n`` torch threads, as every worker of the batch does (Dask starts its worker
-    processes with one OpenMP thread), so a slide gives the same bytes wherever it runs."""
+    processes with one OpenMP thread), so a slide gives the same bytes wherever it runs. An ONNX
+    Runtime model got its threads when it was loaded (and torch is not imported for it)."""
+    if getattr(model, "backend", "torch") != "torch":
+        yield
+        return
     import torch
 
     before = torch.get_num_threads()
@@ -34,10 +38,10 @@ def torch_threads(n: int):
 
 def worker_model(options: BatchOptions):
     """The batch's model, loaded once per worker process."""
-    from napari_ftu.engine.models import cached_model
+    from napari_ftu.engine.backends import cached
 
-    return cached_model(options.model, device=options.device, precision=options.precision,
-                        trust_code=options.trust_model)
+    return cached(options.model, device=options.device, backend=options.backend, precision=options.precision,
+                  trust_code=options.trust_model, threads=options.threads)
 
 
 def worker_name() -> str:
@@ -61,7 +65,7 @@ def segment_slide(job: SlideJob, out: str, options: BatchOptions) -> dict:
     store = Path(out) / job.id / STORE_NAME  # used only when the size rules call for a store
     store.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with torch_threads(options.threads):
+        with torch_threads(options.threads, model):
             seg = drain(segment_slide_steps(job.path, model, options.segment, um_per_px=job.um_per_px, store=store))
         um = seg.um_per_px / seg.downsample if seg.um_per_px else None  # of the slide
         info = {"height": seg.image_shape[0], "width": seg.image_shape[1], "um_per_px": um,

@@ -16,7 +16,8 @@ def add_parser(sub, common) -> None:
                        help="segment an image, or a batch of slides on Dask, and write HuBMAP RLE (and labels)")
     s.add_argument("image", nargs="+",
                    help="an image; or many: files, folders, globs ('slides/*.svs') or a competition CSV (batch)")
-    s.add_argument("--model", type=Path, default=None, help="model folder or checkpoint (default: built-in)")
+    s.add_argument("--model", type=Path, default=None,
+                   help="model folder, checkpoint, .onnx file or bioimage.io package (default: built-in)")
     s.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
     s.add_argument("--out", type=Path, required=True, help="CSV to write (id,rle); for a batch, the output folder")
     s.add_argument("--labels", type=Path, default=None, help="also write the instance labels as TIFF")
@@ -26,6 +27,9 @@ def add_parser(sub, common) -> None:
     s.add_argument("--id", default=None, help="image id in the CSV (default: file name stem)")
     s.add_argument("--um-per-px", type=float, default=None, help="override the image's pixel size")
     s.add_argument("--device", default="auto")
+    s.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="what runs the model: auto (default: ONNX Runtime on the CPU when the model has or can get "
+                        "an ONNX graph, else torch), torch or onnxruntime")
     s.add_argument("--tile", type=int, default=None)
     s.add_argument("--overlap", type=int, default=None)
     s.add_argument("--threshold", type=float, default=None)
@@ -108,9 +112,9 @@ def run(args) -> int:
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     image_id = safe_id(args.id or file_stem(args.image))
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.engine.backends import load
 
-    model = load_model(args.model, device=args.device, trust_code=args.trust_model)
+    model = load(args.model, device=args.device, backend=args.backend, trust_code=args.trust_model)
     _, note = assumed_pixel_size(args.image.name, args.um_per_px or file_um, model.card.um_per_px, "the model's",
                                  "--um-per-px")
 
@@ -141,8 +145,8 @@ def run(args) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     summary = {"id": image_id, "n_objects": len(seg.objects), "seconds": round(seg.seconds, 3),
-               "device": seg.device, "um_per_px": um, "tiles": seg.n_tiles, "glass_tiles_skipped": seg.n_skipped,
-               "outputs": outputs}
+               "device": seg.device, "backend": seg.backend, "um_per_px": um, "tiles": seg.n_tiles,
+               "glass_tiles_skipped": seg.n_skipped, "outputs": outputs}
     if seg.downsample != 1.0:
         summary["labels_downsample"] = seg.downsample
     if note:  # said once the work is done, so that a failed run still gets one error line
@@ -150,7 +154,7 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{image_id}: {summary['n_objects']} FTUs in {seg.seconds:.1f} s on {seg.device}"
+        print(f"{image_id}: {summary['n_objects']} FTUs in {seg.seconds:.1f} s on {seg.device}, {seg.backend}"
               + (f" (labels on the model grid, {um:g} µm/px)" if seg.downsample != 1.0 and um else ""))
         for path in outputs:
             print(f"wrote {path}")
@@ -198,7 +202,8 @@ def _segment_batch(args, segment_options) -> int:
     options = BatchOptions(model=str(args.model) if args.model else None, device=args.device,
                            segment=segment_options,
                            outputs=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-                           band_above_px=args.band_above * 1e6, threads=args.threads, trust_model=args.trust_model)
+                           band_above_px=args.band_above * 1e6, threads=args.threads, trust_model=args.trust_model,
+                           backend=args.backend)
     scheduler = None
     if args.scheduler:
         scheduler = SchedulerAccess(args.scheduler, args.tls_ca, args.tls_cert, args.tls_key, args.insecure_scheduler)
@@ -221,6 +226,10 @@ def _segment_batch(args, segment_options) -> int:
     result = run_batch(jobs, args.out, options, progress=progress, scheduler=scheduler,
                        workers=args.workers, retries=args.retries, overwrite=args.overwrite)
     summary = result.summary()
+    if not args.scheduler:  # workers on this machine resolve "auto" as this process does
+        from napari_ftu.engine.backends import choose_backend
+
+        summary["backend"] = choose_backend(args.model, args.device, args.backend)
     if args.json:
         print(json.dumps(summary))
     else:

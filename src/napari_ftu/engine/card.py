@@ -96,7 +96,7 @@ class ModelCard:
         """
         if not isinstance(data, dict):
             raise ModelError(f"{source}: expected a JSON object")
-        _check_card_size(data, source)
+        check_card_size(data, source)
         if not all(isinstance(k, str) for k in data):
             odd = [k for k in data if not isinstance(k, str)][:5]
             raise ModelError(f"{source}: field names must be text, got {odd}")
@@ -154,7 +154,7 @@ class ModelCard:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ModelError(f"{path}: cannot read model card ({type(exc).__name__}: {exc})") from None
-        _check_card_text(text, str(path))
+        check_card_text(text, str(path))
         try:
             if path.suffix in (".yaml", ".yml"):
                 import yaml
@@ -202,7 +202,7 @@ MAX_ARCH_INT = 4096  # channel counts, depths, ... in arch_kwargs
 MAX_DECODER_STAGES = 16
 
 
-def _check_card_text(text: str, source: str) -> None:
+def check_card_text(text: str, source: str) -> None:
     """Refuse a card file that is huge or nested deeper than any card needs before parsing it:
     PyYAML takes minutes on 10 000 nested brackets (116 s measured)."""
     if len(text) > MAX_CARD_BYTES:
@@ -213,7 +213,7 @@ def _check_card_text(text: str, source: str) -> None:
         raise ModelError(f"{source}: the card is nested deeper than {MAX_CARD_DEPTH} levels")
 
 
-def _check_card_size(data, source: str) -> None:
+def check_card_size(data, source: str) -> None:
     """Refuse cards with more than MAX_CARD_NODES values, counting shared (aliased) ones each
     time they appear, before anything walks or serialises them."""
     seen, stack = 0, [data]

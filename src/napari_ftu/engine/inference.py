@@ -65,6 +65,8 @@ class Segmentation:
         The settings the labels were made with (re-thresholding starts from them).
     device : str
         Where the model ran.
+    backend : str
+        What ran it: ``"torch"`` or ``"onnxruntime"``.
     seconds, n_tiles, n_skipped : float, int, int
         Time, tiles run and background tiles skipped.
     batch_size : int
@@ -87,6 +89,7 @@ class Segmentation:
     min_area_px: int = 0
     class_index: int = 0
     device: str = "cpu"
+    backend: str = "torch"
     seconds: float = 0.0
     n_tiles: int = 0
     n_skipped: int = 0
@@ -226,6 +229,7 @@ def segment_steps(image, model: FTUModel, options: SegmentOptions | None = None,
         min_area_px=min_area,
         class_index=class_index,
         device=str(model.device),
+        backend=getattr(model, "backend", "torch"),
         n_tiles=len(todo),
         n_skipped=len(grid) - len(todo),
         batch_size=batch_size,

@@ -10,6 +10,7 @@ caller says the user trusts it (``trust_code=True``: ``--trust-model``, the Segm
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,8 @@ class FTUModel:
         ``"auto"``, ``"fp32"`` or ``"fp16"`` (GPU only).
     """
 
+    backend = "torch"
+
     def __init__(self, network, card: ModelCard, device="auto", precision: str = "auto"):
         import torch
 
@@ -182,8 +185,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     bool
         True when halving the batch may help.
     """
-    import torch
-
+    torch = sys.modules.get("torch")  # a model run without torch (ONNX Runtime) has no device memory to free
+    if torch is None:
+        return False
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
@@ -264,10 +268,10 @@ def model_files(path: str | Path) -> tuple[Path, Path]:
     if not path.is_dir():
         return path.parent, path
     candidates = ([path / WEIGHTS_NAME] + sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pt"))
-                  + sorted(path.glob("*.pth")) + sorted(path.glob("*.ts")))
+                  + sorted(path.glob("*.pth")) + sorted(path.glob("*.ts")) + sorted(path.glob("*.onnx")))
     weights = next((p for p in candidates if p.is_file()), None)
     if weights is None:
-        raise ModelError(f"{path}: no weights file (model.safetensors, *.pt, *.pth or *.ts) in the folder")
+        raise ModelError(f"{path}: no weights file (model.safetensors, *.pt, *.pth, *.ts or *.onnx) in the folder")
     return path, weights
 
 
@@ -460,7 +464,8 @@ def load_state(network, state: dict, source: str) -> None:
 
 
 def save_model(network, card: ModelCard, folder: str | Path) -> Path:
-    """Write a model folder (card + safetensors), each file atomically.
+    """Write a model folder (card + safetensors + its ONNX graph, for running without torch),
+    each file atomically.
 
     Parameters
     ----------
@@ -484,4 +489,8 @@ def save_model(network, card: ModelCard, folder: str | Path) -> Path:
     with atomic_path(folder / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp))
     write_text(folder / CARD_NAME, card.to_json())
+    if card.architecture != "FeatureClassifier":  # the scribble classifier runs on torch
+        from napari_ftu.engine.onnx_model import ONNX_NAME, export_onnx
+
+        export_onnx(network, card, folder / ONNX_NAME, model_fingerprint(folder))
     return folder
