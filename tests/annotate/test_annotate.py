@@ -39,6 +39,18 @@ def test_simulated_strokes_stay_in_their_region(shared_data):
     assert truth[s == 2].all() and not truth[s == 1].any()
 
 
+def test_quick_strokes_are_wide_dabs_off_the_medial_axis(shared_data):
+    from skimage.morphology import skeletonize
+
+    _, truth = _sarder(shared_data)
+    careful, quick = simulate.strokes(truth, 3, 3, seed=1), simulate.quick_strokes(truth, 3, 3, seed=1)
+    assert truth[quick == 2].all() and not truth[quick == 1].any()
+    assert (quick == 2).sum() > 2 * (careful == 2).sum() and (quick == 1).sum() > 2 * (careful == 1).sum()
+    on_axis = skeletonize(truth) & (quick == 2)
+    assert on_axis.sum() < 0.2 * (quick == 2).sum()  # most of a dab lies beside the medial axis
+    assert not (quick == simulate.quick_strokes(truth, 3, 3, seed=2)).all()
+
+
 def test_scribble_classifier_finds_the_glomeruli_of_a_real_patch(trained):
     image, truth, scribbles, clf = trained
     prob = clf.probability(image)

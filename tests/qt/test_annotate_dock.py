@@ -48,6 +48,22 @@ def test_scribbles_train_into_an_objects_layer_and_save(dock, qtbot, tmp_path):
     viewer.screenshot(str(tmp_path / "annotate.png"), canvas_only=False)
 
 
+def test_dock_and_command_start_from_the_same_scribble_defaults(dock):
+    from napari_ftu.annotate.headless import SCRIBBLE_DEFAULTS, ScribbleOptions
+    from napari_ftu.cli import _parser
+    from napari_ftu.engine.features import DEEP_STAGES
+
+    _, widget, _ = dock
+    args = _parser().parse_args(["annotate", "image.png", "--scribbles", "s.tif", "--out", "labels.tif"])
+    command = ScribbleOptions(args.encoder_features, "" if args.shape == "none" else args.shape, args.min_object_um2)
+    shown = ScribbleOptions(widget.encoder_features.value, widget.shape.value, widget.min_um2.value)
+    assert command == shown == SCRIBBLE_DEFAULTS
+    assert widget._live_model.deep == (DEEP_STAGES if SCRIBBLE_DEFAULTS.encoder_features else 0)
+    off = _parser().parse_args(["annotate", "image.png", "--scribbles", "s.tif", "--out", "labels.tif",
+                                "--no-encoder-features", "--shape", "none", "--min-object-um2", "0"])
+    assert (off.encoder_features, off.shape, off.min_object_um2) == (False, "none", 0.0)
+
+
 def test_encoder_features_and_object_shapes_are_dock_options(dock, qtbot):
     from scipy import ndimage as ndi
 

@@ -4,6 +4,7 @@ functions the Annotate dock calls)."""
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,20 @@ import numpy as np
 from napari_ftu.errors import InputError
 
 MAX_CLICKS = 100_000
+
+
+@dataclass(frozen=True)
+class ScribbleOptions:
+    """Options of the scribble pipeline that ``napari-ftu annotate`` and the Annotate dock share
+    (see :func:`scribble_steps`); :data:`SCRIBBLE_DEFAULTS` holds the ones both start from."""
+
+    encoder_features: bool = False
+    shape: str = ""  # one of objects.SHAPES
+    min_object_um2: float = 0.0
+
+
+# the best mean Dice over simulated careful and quick users (bench/annotate.py --only settings)
+SCRIBBLE_DEFAULTS = ScribbleOptions(encoder_features=False, shape="", min_object_um2=0.0)
 
 
 def read_clicks(path: str | Path) -> list[tuple[float, float]]:
@@ -41,8 +56,10 @@ def read_clicks(path: str | Path) -> list[tuple[float, float]]:
 
 
 def labels_from_scribbles(image: np.ndarray, scribbles: np.ndarray, um_per_px: float = 1.0,
-                          min_object_um2: float = 0.0, source: str = "scribbles", classes: list | None = None,
-                          encoder_features: bool = False, shape: str = "", diameter_um: float | None = None):
+                          min_object_um2: float = SCRIBBLE_DEFAULTS.min_object_um2, source: str = "scribbles",
+                          classes: list | None = None,
+                          encoder_features: bool = SCRIBBLE_DEFAULTS.encoder_features,
+                          shape: str = SCRIBBLE_DEFAULTS.shape, diameter_um: float | None = None):
     """Train on the scribbles, predict the image, return (labels, objects table, classifier);
     ``classes`` names the scribble values 2, 3, ... (:func:`scribble_steps` drained)."""
     from napari_ftu.steps import drain
@@ -65,8 +82,9 @@ def labels_from_clicks(image: np.ndarray, points, um_per_px: float = 1.0, diamet
 
 
 def scribble_steps(image: np.ndarray, scribbles: np.ndarray, um_per_px: float = 1.0, classes: list | None = None,
-                   min_object_um2: float = 0.0, source: str = "scribbles", encoder_features: bool = False,
-                   shape: str = "", diameter_um: float | None = None):
+                   min_object_um2: float = SCRIBBLE_DEFAULTS.min_object_um2, source: str = "scribbles",
+                   encoder_features: bool = SCRIBBLE_DEFAULTS.encoder_features, shape: str = SCRIBBLE_DEFAULTS.shape,
+                   diameter_um: float | None = None):
     """Scribbles -> objects as a generator for the dock's worker: yields ``("step", i, 3)`` and
     returns ``(labels, table, classifier)``; scribbles are checked before any work.
 
