@@ -23,7 +23,7 @@ QUIET_LOGGERS = ("tifffile", "imageio", "distributed", "PIL")
 def main(argv=None) -> int:
     import warnings
 
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
@@ -63,7 +63,7 @@ def _quiet_logs():
             log.setLevel(level)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="show library warnings and log lines (hidden by default)")

@@ -63,13 +63,24 @@ def grid_distort(rng, img: np.ndarray, mask: np.ndarray, cells: int = 4, strengt
     return warped, map_coordinates(mask, coords, order=0, mode="reflect")
 
 
-def augment(rng, rgb: np.ndarray, mask: np.ndarray, distort: float = 0.5):
-    """A randomly flipped, rotated, warped, stain- and focus-jittered copy of ``(rgb, mask)``."""
+def desaturate(rng, img: np.ndarray) -> np.ndarray:
+    """Blend towards grey by a random amount: shape, not one stain's hue, must carry the class."""
+    grey = img @ np.array([0.299, 0.587, 0.114], np.float32)
+    a = rng.uniform(0.5, 1.0)
+    return img * (1 - a) + grey[..., None] * a
+
+
+def augment(rng, rgb: np.ndarray, mask: np.ndarray, distort: float = 0.5, stain: float = 0.15, grey: float = 0.0):
+    """A randomly flipped, rotated, warped, stain- and focus-jittered copy of ``(rgb, mask)``;
+    ``stain`` is the stain jitter's relative range (its shift is a third of it) and ``grey`` the
+    share of crops blended towards grey."""
     k = int(rng.integers(4))
     rgb, mask = np.rot90(rgb, k), np.rot90(mask, k)
     if rng.random() < 0.5:
         rgb, mask = rgb[:, ::-1], mask[:, ::-1]
-    img = hed_jitter(rng, rgb)
+    img = hed_jitter(rng, rgb, sigma=stain, bias=stain / 3)
+    if grey and rng.random() < grey:
+        img = desaturate(rng, img)
     img = brightness_contrast(rng, img)
     img = blur_or_sharpen(rng, img)
     if rng.random() < distort:

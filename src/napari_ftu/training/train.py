@@ -152,7 +152,7 @@ def new_model(architecture: str = "Unet", encoder: str | None = None, classes=("
     """``(card, initial state or None)`` for a new model. ``pretrained=None`` means: ImageNet
     weights when the encoder has offline ones (EfficientNet-Lite0/1/2), else random ones. A U-Net
     (or U-Net++) gets :data:`DECODER_CHANNELS` unless ``arch_kwargs`` says otherwise: on a CPU's
-    time budget it makes 1.5x the steps of smp's and learned few labels as well (README)."""
+    time budget it makes 1.5x the steps of smp's and learned few labels as well (docs/models-and-training.md)."""
     from napari_ftu.engine import pretrained as pre
     from napari_ftu.training.data import ARCHITECTURES
 
@@ -297,6 +297,7 @@ def train_steps(
     clock=time.monotonic,
     threads: int | None = None,
     ema: float = 0.0,
+    colour: dict | None = None,
 ):
     """Train with BCE + soft Dice loss, AdamW and a one-cycle schedule; return ``(model, history)``.
 
@@ -307,7 +308,8 @@ def train_steps(
     the threshold that maximised it goes into the card. With ``ema`` (a decay such as 0.99),
     validation and the saved model use an exponential moving average of the weights instead of
     the raw ones (measured on the Sarder glomeruli it smoothed validation but did not lift
-    held-out Dice, so it is off by default). With ``patience``, training stops after
+    held-out Dice, so it is off by default). ``colour`` passes the stain jitter and grey share to
+    :func:`~napari_ftu.training.augment.augment` (stronger for models meant for other labs' stains). With ``patience``, training stops after
     that many validations without gain. With ``out``, the best model is saved there as a model
     folder (card + safetensors + history.csv); with ``checkpoint`` also ``checkpoint.pt``
     (weights, optimiser, step, clock) at each validation, which ``resume`` continues from.
@@ -354,7 +356,7 @@ def train_steps(
     averaged = _Average(net, ema, resume.get("ema") if resume else None) if ema else None
 
     def make(step):
-        return _batch(np.random.default_rng([seed, step]), train, sizes["batch"], crop, scale_jitter)
+        return _batch(np.random.default_rng([seed, step]), train, sizes["batch"], crop, scale_jitter, colour or {})
 
     batches = _Batches(make, first, workers, depth=2 * max(workers, 1))
     val_rounds, next_val, val_seconds = 10, 1, 0.0
@@ -492,7 +494,7 @@ def _write_checkpoint(out, net, opt, step, elapsed, best_state, history, card, a
         torch.save(state, tmp)
 
 
-def _batch(rng, train, batch_size, crop, scale_jitter):
+def _batch(rng, train, batch_size, crop, scale_jitter, colour):
     """A batch of augmented crops, ``(uint8 (N, H, W, 3), uint8 (N, H, W))``; half centred on FTUs."""
     xs, ys = [], []
     for i in range(batch_size):
@@ -501,7 +503,7 @@ def _batch(rng, train, batch_size, crop, scale_jitter):
         rgb, mask = balanced_crop(rng, rgb, mask, max(8, round(crop * zoom)), positive=i % 2 == 0)
         if rgb.shape[0] != crop:
             rgb, mask = resample_pair(rgb, mask, crop / rgb.shape[0])
-        rgb, mask = augment(rng, rgb, mask)
+        rgb, mask = augment(rng, rgb, mask, **colour)
         xs.append(rgb)
         ys.append(mask)
     return np.stack(xs), np.stack(ys)
