@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_ftu.annotate import simulate
+from napari_ftu.annotate.headless import ScribbleOptions
 from napari_ftu.annotate.objects import min_area_px
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -137,13 +138,12 @@ USERS = {  # name -> (what the user does, scribbles from the truth and a seed)
     "quick": (f"3+3 straight {simulate.QUICK_PX}-px dabs anywhere inside (off-centre), {simulate.QUICK_BRUSH}-px brush",
               lambda gt, seed: simulate.quick_strokes(gt, 3, 3, seed=seed)),
 }
-FTU_UM2 = np.pi * (DIAMETER_SARDER / 2) ** 2  # a 200-µm disc, in µm²
 SETTINGS = [(f"{'encoder' if enc else 'filters'}, {shape or 'as predicted'}, min {m} FTU",
-             {"encoder_features": enc, "shape": shape, "min_object_um2": round(float(Fraction(m)) * FTU_UM2)})
+             ScribbleOptions(enc, shape, float(Fraction(m))))
             for m in ("0", "1/32", "1/8") for enc in (False, True) for shape in ("", "convex", "outline")]
 
 
-def settings_table(pairs, users, seeds, um_per_px=UM_SARDER, only=""):
+def settings_table(pairs, users, seeds, um_per_px=UM_SARDER, diameter_um=DIAMETER_SARDER, only=""):
     """Mean Dice per (setting, user) of ``napari-ftu annotate --scribbles`` (its headless function,
     the other options at their defaults), over the images and ``seeds`` (stroke placements)."""
     from napari_ftu.annotate import headless
@@ -152,11 +152,13 @@ def settings_table(pairs, users, seeds, um_per_px=UM_SARDER, only=""):
     for user in users:
         draw = USERS[user][1]
         scribbles = [(im, gt, draw(gt, seed)) for seed in seeds for im, gt in pairs]
-        for name, kw in SETTINGS:
-            if only not in name:
+        for name, opt in SETTINGS:
+            if only and name not in only.split(","):
                 continue
             t = time.perf_counter()
-            s = [dice(headless.labels_from_scribbles(im, sc, um_per_px, **kw)[0] > 0, gt > 0)
+            s = [dice(headless.labels_from_scribbles(im, sc, um_per_px, opt.min_object_um2(diameter_um),
+                                                     encoder_features=opt.encoder_features, shape=opt.shape,
+                                                     diameter_um=diameter_um)[0] > 0, gt > 0)
                  for im, gt, sc in scribbles]
             table[name, user] = float(np.mean(s))
             print(f"  {user:8s} {name:40s} mean Dice {np.mean(s):.3f} (min {np.min(s):.2f}, n={len(s)}) "
@@ -211,8 +213,9 @@ def main():
     ap.add_argument("--seeds", default="0,1", help="settings: stroke placements per user")
     ap.add_argument("--users", default="careful,quick", help=f"settings: of {', '.join(USERS)}")
     ap.add_argument("--images", type=int, default=20, help="settings: the first N Sarder patches")
-    ap.add_argument("--um-per-px", type=float, default=UM_SARDER, help="settings: as given to annotate (1: none)")
-    ap.add_argument("--settings", default="", help="settings: only the option sets whose name holds this")
+    ap.add_argument("--um-per-px", type=float, default=None, help="settings: as given to annotate (1: none)")
+    ap.add_argument("--data", choices=["sarder", "vessels"], default="sarder", help="settings: the images")
+    ap.add_argument("--settings", default="", help="settings: only these option sets (names, comma separated)")
     ap.add_argument("--brush", type=int, default=5)
     ap.add_argument("--skip-brush", type=int, nargs="*", default=[])
     ap.add_argument("--plot", default="docs/annotate_strokes.png")
@@ -323,11 +326,14 @@ def main():
     if "settings" in only:
         from napari_ftu.annotate.headless import SCRIBBLE_DEFAULTS
 
-        pairs, users = sarder()[: args.images], args.users.split(",")
+        kw = SARDER if args.data == "sarder" else VESSELS
+        um = args.um_per_px or kw["um_per_px"]
+        pairs, users = (sarder() if args.data == "sarder" else vessels())[: args.images], args.users.split(",")
         seeds = [int(v) for v in args.seeds.split(",")]
-        table = settings_table(pairs, users, seeds, args.um_per_px, args.settings)
-        print(f"\nscribbles Sarder, {len(pairs)} patches x seeds {seeds}, --um-per-px {args.um_per_px:g}, mean Dice "
-              f"(defaults now: {SCRIBBLE_DEFAULTS}):")
+        table = settings_table(pairs, users, seeds, um, kw["diameter"], args.settings)
+        print(f"\nscribbles {args.data}, {len(pairs)} images x seeds {seeds}, --um-per-px {um:g} "
+              f"--diameter-um {kw['diameter']:g}, mean Dice (min as a share of the FTU's disc; "
+              f"defaults now: {SCRIBBLE_DEFAULTS}):")
         for user in users:
             print(f"  {user}: {USERS[user][0]}")
         print("| options | " + " | ".join(users) + " | mean | worst |")
@@ -335,8 +341,9 @@ def main():
         for name in sorted({n for n, _ in table}, key=lambda n: -np.mean([table[n, u] for u in users])):
             row = [table[name, u] for u in users]
             print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + f" | {np.mean(row):.3f} | {min(row):.3f} |")
-        pairs = sarder()
-        for um, how in ((UM_SARDER, f"--um-per-px {UM_SARDER:g}"), (1.0, "no pixel size (1 µm/px)")):
+        for um, how in ((UM_SARDER, f"--um-per-px {UM_SARDER:g}"), (1.0, "no pixel size (1 µm/px)"))[
+                : 2 if args.data == "sarder" else 0]:
+            pairs = sarder()
             print(f"clicks Sarder (one per glomerulus, innermost pixel), {how}: mean Dice {clicks_dice(pairs, um):.3f} "
                   f"(n={len(pairs)})", flush=True)
     print(f"total {time.time() - t0:.0f} s")

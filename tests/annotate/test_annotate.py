@@ -270,6 +270,7 @@ def test_cli_annotate_encoder_features_and_object_shapes(trained, tmp_path, caps
 
     from scipy import ndimage as ndi
 
+    from napari_ftu.annotate.headless import SCRIBBLE_DEFAULTS
     from napari_ftu.annotate.objects import convex_objects
     from napari_ftu.io.images import read_image, write_tiff
 
@@ -277,18 +278,21 @@ def test_cli_annotate_encoder_features_and_object_shapes(trained, tmp_path, caps
     write_tiff(tmp_path / "image.tif", image, UM)
     write_tiff(tmp_path / "scribbles.tif", scribbles)
     base = ["annotate", tmp_path / "image.tif", "--scribbles", tmp_path / "scribbles.tif"]
-    code, out = _cli(base + ["--out", tmp_path / "plain.tif", "--save-model", tmp_path / "plain"], capsys)
+    off = ["--no-encoder-features", "--shape", "none", "--min-object-um2", "0"]  # the defaults turned off
+    code, out = _cli(base + ["--out", tmp_path / "plain.tif", "--save-model", tmp_path / "plain", *off], capsys)
     assert code == 0, out.err
     code, out = _cli(base + ["--out", tmp_path / "deep.tif", "--save-model", tmp_path / "deep", "--encoder-features",
-                             "--shape", "convex"], capsys)
+                             "--shape", "convex", "--min-object-um2", "0"], capsys)
     assert code == 0, out.err
-    code, out = _cli(base + ["--out", tmp_path / "outline.tif", "--encoder-features", "--shape", "outline"], capsys)
+    code, out = _cli(base + ["--out", tmp_path / "defaults.tif", "--save-model", tmp_path / "defaults"], capsys)
     assert code == 0, out.err
-    cards = [json.loads((tmp_path / m / "model_card.json").read_text()) for m in ("plain", "deep")]
-    assert [c["arch_kwargs"]["deep"] for c in cards] == [0, 3]
+    cards = [json.loads((tmp_path / m / "model_card.json").read_text()) for m in ("plain", "deep", "defaults")]
+    d = SCRIBBLE_DEFAULTS
+    assert [c["arch_kwargs"]["deep"] for c in cards] == [0, 3, 3 if d.encoder_features else 0]
+    assert [c["min_object_um2"] for c in cards] == [0, 0, pytest.approx(d.min_object_um2(200.0))]
     assert cards[1]["notes"]["encoder_weights"]["licence"] == "Apache-2.0"
-    plain, deep, outline = (read_image(tmp_path / f).data for f in ("plain.tif", "deep.tif", "outline.tif"))
-    assert _dice(outline > 0, truth) > _dice(deep > 0, truth) > _dice(plain > 0, truth)
+    plain, deep, defaults = (read_image(tmp_path / f).data for f in ("plain.tif", "deep.tif", "defaults.tif"))
+    assert _dice(defaults > 0, truth) > _dice(deep > 0, truth) > _dice(plain > 0, truth)  # the bench's order
     grown = convex_objects(deep) != deep  # hull again: at most a rim of corner pixels
     assert not (grown & ~ndi.binary_dilation(deep > 0)).any()
 

@@ -49,18 +49,23 @@ def test_scribbles_train_into_an_objects_layer_and_save(dock, qtbot, tmp_path):
 
 
 def test_dock_and_command_start_from_the_same_scribble_defaults(dock):
-    from napari_ftu.annotate.headless import SCRIBBLE_DEFAULTS, ScribbleOptions
-    from napari_ftu.cli import _parser
+    from napari_ftu.annotate.headless import SCRIBBLE_DEFAULTS
+    from napari_ftu.cli import build_parser
     from napari_ftu.engine.features import DEEP_STAGES
 
     _, widget, _ = dock
-    args = _parser().parse_args(["annotate", "image.png", "--scribbles", "s.tif", "--out", "labels.tif"])
-    command = ScribbleOptions(args.encoder_features, "" if args.shape == "none" else args.shape, args.min_object_um2)
-    shown = ScribbleOptions(widget.encoder_features.value, widget.shape.value, widget.min_um2.value)
-    assert command == shown == SCRIBBLE_DEFAULTS
+    args = build_parser().parse_args(["annotate", "image.png", "--scribbles", "s.tif", "--out", "labels.tif"])
+    d = SCRIBBLE_DEFAULTS
+    assert args.min_object_um2 is None and args.diameter_um is None  # the command: d's share of a 200-µm disc
+    command = (args.encoder_features, "" if args.shape == "none" else args.shape, d.min_object_um2(args.diameter_um))
+    shown = (widget.encoder_features.value, widget.shape.value, widget.min_um2.value)
+    assert command[:2] == shown[:2] == (d.encoder_features, d.shape)
+    assert command[2] == pytest.approx(shown[2]) and shown[2] == pytest.approx(d.min_object_um2(200.0))
+    widget.diameter.value = 30.0  # vessels: the smallest object kept follows the FTU size
+    assert widget.min_um2.value == pytest.approx(d.min_object_um2(30.0))
     assert widget._live_model.deep == (DEEP_STAGES if SCRIBBLE_DEFAULTS.encoder_features else 0)
-    off = _parser().parse_args(["annotate", "image.png", "--scribbles", "s.tif", "--out", "labels.tif",
-                                "--no-encoder-features", "--shape", "none", "--min-object-um2", "0"])
+    off = build_parser().parse_args(["annotate", "image.png", "--scribbles", "s.tif", "--out", "labels.tif",
+                                     "--no-encoder-features", "--shape", "none", "--min-object-um2", "0"])
     assert (off.encoder_features, off.shape, off.min_object_um2) == (False, "none", 0.0)
 
 
@@ -72,8 +77,10 @@ def test_encoder_features_and_object_shapes_are_dock_options(dock, qtbot):
     viewer, widget, truth = dock
     widget.live.value = False
     widget.add_scribbles().data[:] = simulate.strokes(truth, 3, 3, seed=0, brush=5)
+    widget.encoder_features.value = False
+    assert widget._live_model.deep == 0  # the live view uses the same features
     widget.encoder_features.value = True
-    assert widget._live_model.deep == 3  # the live view uses the same features
+    assert widget._live_model.deep == 3
     scores = {}
     for shape in ("convex", "outline"):
         widget.shape.value = shape

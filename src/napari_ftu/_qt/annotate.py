@@ -69,8 +69,10 @@ class AnnotateWidget(EngineRunDock):
         self.um_per_px.native.setDecimals(4)  # a slide's 0.499 shown as 0.50 would resample every tile
         self.classes = LineEdit(label="FTU classes", value="glomerulus", tooltip="comma separated: labels 2, 3, ...")
         defaults = headless.SCRIBBLE_DEFAULTS  # the command's defaults too
-        self.min_um2 = FloatSpinBox(label="min object µm²", value=defaults.min_object_um2, min=0.0, max=1e7, step=100.0)
         self.diameter = FloatSpinBox(label="FTU diameter µm", value=clicks.DIAMETER_UM, min=1.0, max=1e4)
+        self.min_um2 = FloatSpinBox(label="min object µm²", value=defaults.min_object_um2(self.diameter.value),
+                                    min=0.0, max=1e7, step=100.0,
+                                    tooltip="follows the FTU diameter (a share of its disc); 0 keeps all objects")
         self.cells = CheckBox(text="cells (fluorescence): one cell per nucleus of the blue channel", value=False,
                               tooltip="for 4-channel images (HPA red, green, blue = nuclei, yellow); classes as "
                                       "HPA label names (nucleoplasm, cytosol, ...) export as an HPA CSV")
@@ -107,6 +109,7 @@ class AnnotateWidget(EngineRunDock):
         self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(self._image_changed)
         self.encoder_features.changed.connect(self._new_live_model)
+        self.diameter.changed.connect(lambda d: setattr(self.min_um2, "value", defaults.min_object_um2(d)))
         viewer.layers.events.inserted.connect(self._layer_inserted)
         self._image_changed()
         viewer.mouse_drag_callbacks.append(self._on_click)

@@ -665,8 +665,9 @@ def _add_annotate(sub) -> None:
     a.add_argument("--diameter-um", type=float, default=None,
                    help="expected FTU diameter for clicks and --shape outline (default 200)")
     d = SCRIBBLE_DEFAULTS
-    a.add_argument("--min-object-um2", type=float, default=d.min_object_um2,
-                   help="scribbles: drop smaller objects (default %(default)g; 0 keeps all)")
+    a.add_argument("--min-object-um2", type=float, default=None,
+                   help=f"scribbles: drop smaller objects (default: {d.min_object_fraction:g} of the disc of "
+                        f"--diameter-um, {d.min_object_um2():.0f} µm² for 200 µm; 0 keeps all)")
     a.add_argument("--encoder-features", action=argparse.BooleanOptionalAction, default=d.encoder_features,
                    help="scribbles: add ImageNet EfficientNet-Lite0 stages to the filters (context; slower, RGB; "
                         "default %(default)s)")
@@ -730,13 +731,15 @@ def _annotate(args) -> int:
     um = args.um_per_px or loaded.um_per_px or 1.0
     if args.scribbles is not None:
         scribbles = read_image(args.scribbles).data
-        labels, table, clf = headless.labels_from_scribbles(loaded.data, scribbles, um, args.min_object_um2,
+        min_um2 = headless.SCRIBBLE_DEFAULTS.min_object_um2(args.diameter_um) if args.min_object_um2 is None \
+            else args.min_object_um2
+        labels, table, clf = headless.labels_from_scribbles(loaded.data, scribbles, um, min_um2,
                                                             source=str(args.scribbles), classes=names,
                                                             encoder_features=args.encoder_features,
                                                             shape="" if args.shape == "none" else args.shape,
                                                             diameter_um=args.diameter_um)
         if args.save_model:
-            clf.save(args.save_model, min_object_um2=args.min_object_um2)
+            clf.save(args.save_model, min_object_um2=min_um2)
     else:
         points = headless.read_clicks(args.clicks)
         labels = headless.labels_from_clicks(loaded.data, points, um, args.diameter_um, source=str(args.clicks))
