@@ -153,7 +153,7 @@ def settings_table(pairs, users, seeds, um_per_px=UM_SARDER, diameter_um=DIAMETE
         draw = USERS[user][1]
         scribbles = [(im, gt, draw(gt, seed)) for seed in seeds for im, gt in pairs]
         for name, opt in SETTINGS:
-            if only and name not in only.split(","):
+            if only and name not in only.split(";"):
                 continue
             t = time.perf_counter()
             s = [dice(headless.labels_from_scribbles(im, sc, um_per_px, opt.min_object_um2(diameter_um),
@@ -215,7 +215,7 @@ def main():
     ap.add_argument("--images", type=int, default=20, help="settings: the first N Sarder patches")
     ap.add_argument("--um-per-px", type=float, default=None, help="settings: as given to annotate (1: none)")
     ap.add_argument("--data", choices=["sarder", "vessels"], default="sarder", help="settings: the images")
-    ap.add_argument("--settings", default="", help="settings: only these option sets (names, comma separated)")
+    ap.add_argument("--settings", default="", help="settings: only these option sets (names, separated by ;)")
     ap.add_argument("--brush", type=int, default=5)
     ap.add_argument("--skip-brush", type=int, nargs="*", default=[])
     ap.add_argument("--plot", default="docs/annotate_strokes.png")

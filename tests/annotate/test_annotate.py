@@ -297,6 +297,22 @@ def test_cli_annotate_encoder_features_and_object_shapes(trained, tmp_path, caps
     assert not (grown & ~ndi.binary_dilation(deep > 0)).any()
 
 
+def test_cli_annotate_without_a_pixel_size_keeps_objects_of_any_size(trained, tmp_path, capsys):
+    """At the 1 µm/px stand-in a 3 µm/px glomerulus is under the default share of a 200-µm disc:
+    the default minimum applies only where the pixel size is known."""
+    from napari_ftu.io.images import read_image, write_tiff
+
+    image, truth, scribbles, _ = trained
+    write_tiff(tmp_path / "image.tif", image)  # no pixel size, as the Sarder PNGs
+    write_tiff(tmp_path / "scribbles.tif", scribbles)
+    code, out = _cli(["annotate", tmp_path / "image.tif", "--scribbles", tmp_path / "scribbles.tif", "--out",
+                      tmp_path / "labels.tif", "--save-model", tmp_path / "clf"], capsys)
+    assert code == 0, out.err
+    labels = read_image(tmp_path / "labels.tif").data
+    assert _dice(labels > 0, truth) > 0.3 and read_image(tmp_path / "image.tif").um_per_px is None
+    assert '"min_object_um2": 0.0' in (tmp_path / "clf" / "model_card.json").read_text()
+
+
 def test_cli_annotate_bad_input_is_one_error_line(trained, tmp_path, capsys):
     from napari_ftu.io.images import write_tiff
 

@@ -60,9 +60,9 @@ def test_dock_and_command_start_from_the_same_scribble_defaults(dock):
     command = (args.encoder_features, "" if args.shape == "none" else args.shape, d.min_object_um2(args.diameter_um))
     shown = (widget.encoder_features.value, widget.shape.value, widget.min_um2.value)
     assert command[:2] == shown[:2] == (d.encoder_features, d.shape)
-    assert command[2] == pytest.approx(shown[2]) and shown[2] == pytest.approx(d.min_object_um2(200.0))
+    assert command[2] == pytest.approx(shown[2], abs=0.01) == d.min_object_um2(200.0)  # 2 decimals shown
     widget.diameter.value = 30.0  # vessels: the smallest object kept follows the FTU size
-    assert widget.min_um2.value == pytest.approx(d.min_object_um2(30.0))
+    assert widget.min_um2.value == pytest.approx(d.min_object_um2(30.0), abs=0.01)
     assert widget._live_model.deep == (DEEP_STAGES if SCRIBBLE_DEFAULTS.encoder_features else 0)
     off = build_parser().parse_args(["annotate", "image.png", "--scribbles", "s.tif", "--out", "labels.tif",
                                      "--no-encoder-features", "--shape", "none", "--min-object-um2", "0"])
@@ -159,6 +159,7 @@ def svs_dock(make_napari_viewer, shared_data):
     crop = np.ascontiguousarray(level1[450:1150, 250:950])  # the epidermis' middle, at half resolution
     scribbles = simulate.strokes(_epidermis(crop), 3, 3, seed=0, brush=5)
     widget.classifier = pixels.train(crop, scribbles, um * 2, classes=["epidermis"])
+    widget.min_um2.value = 0.0  # an epidermis is no glomerulus-sized FTU: the objects are the thresholded probability
     widget._set_running(False)
     return viewer, widget, level1
 

@@ -667,7 +667,8 @@ def _add_annotate(sub) -> None:
     d = SCRIBBLE_DEFAULTS
     a.add_argument("--min-object-um2", type=float, default=None,
                    help=f"scribbles: drop smaller objects (default: {d.min_object_fraction:g} of the disc of "
-                        f"--diameter-um, {d.min_object_um2():.0f} µm² for 200 µm; 0 keeps all)")
+                        f"--diameter-um, {d.min_object_um2():.0f} µm² for 200 µm, where the pixel size is known; "
+                        "0 keeps all)")
     a.add_argument("--encoder-features", action=argparse.BooleanOptionalAction, default=d.encoder_features,
                    help="scribbles: add ImageNet EfficientNet-Lite0 stages to the filters (context; slower, RGB; "
                         "default %(default)s)")
@@ -731,8 +732,10 @@ def _annotate(args) -> int:
     um = args.um_per_px or loaded.um_per_px or 1.0
     if args.scribbles is not None:
         scribbles = read_image(args.scribbles).data
-        min_um2 = headless.SCRIBBLE_DEFAULTS.min_object_um2(args.diameter_um) if args.min_object_um2 is None \
-            else args.min_object_um2
+        min_um2 = args.min_object_um2
+        if min_um2 is None:  # without a pixel size the FTU's area in pixels is unknown: keep every object
+            min_um2 = headless.SCRIBBLE_DEFAULTS.min_object_um2(args.diameter_um) if args.um_per_px or \
+                loaded.um_per_px else 0.0
         labels, table, clf = headless.labels_from_scribbles(loaded.data, scribbles, um, min_um2,
                                                             source=str(args.scribbles), classes=names,
                                                             encoder_features=args.encoder_features,
