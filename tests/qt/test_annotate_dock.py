@@ -252,6 +252,7 @@ def test_live_prediction_follows_every_stroke(make_napari_viewer, shared_data, q
     viewer.add_image(full, name="skin", metadata={"um_per_px": um})
     widget = AnnotateWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Annotate")
+    widget.encoder_features.value = False  # filters: their context fits the 80-px margin compared below
     scribbles = widget.add_scribbles()
     viewer.layers.selection.active = viewer.layers["skin"]
     viewer.scene.camera.center, viewer.scene.camera.zoom = (1700, 1000), 0.5
