@@ -1,11 +1,13 @@
 """Annotating without a model, measured with simulated users (issue 18).
 
-    python bench/annotate.py [--only scribbles,cross,vessels,synthetic,clicks,speed,curve,cells]
-                             [--plot docs/annotate_strokes.png]
+    python bench/annotate.py [--only scribbles,cross,vessels,synthetic,clicks,speed,curve,cells,settings]
+                             [--plot docs/annotate_strokes.png] [--seeds 0,1] [--users careful,quick]
 
 Strokes and clicks come from the ground truth (:mod:`napari_ftu.annotate.simulate`): a stroke
 is a 20-px piece of an object's or the background's medial axis, painted with a ``--brush``-px
 brush kept inside its region; a click is an object's innermost pixel. Prints one line per figure.
+``settings`` prints one table, simulated users x ``napari-ftu annotate`` options, through the
+command's own headless functions (:data:`USERS`, :data:`SETTINGS`), and the clicks path.
 ``cells`` scores fluorescence cells on seeded synthetic HPA-like images (no HPA data here).
 """
 
@@ -13,10 +15,13 @@ import argparse
 import glob
 import json
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from napari_ftu.annotate import simulate
+from napari_ftu.annotate.headless import ScribbleOptions
 from napari_ftu.annotate.objects import min_area_px
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -125,6 +130,52 @@ def cross_dice(pairs, n_train=5, n=3, brush=5, min_area=MIN_AREA, um_per_px=1.0,
     return [dice(objects(clf, im, min_area, um_per_px, diameter) > 0, gt > 0) for im, gt in pairs[n_train:]]
 
 
+USERS = {  # name -> (what the user does, scribbles from the truth and a seed)
+    "careful": ("3+3 strokes of 20 px along the medial axis, 5-px brush",
+                lambda gt, seed: simulate.strokes(gt, 3, 3, seed=seed, brush=5)),
+    "wide": ("3+3 strokes of 20 px along the medial axis, 10-px brush",
+             lambda gt, seed: simulate.strokes(gt, 3, 3, seed=seed, brush=10)),
+    "quick": (f"3+3 straight {simulate.QUICK_PX}-px dabs anywhere inside (off-centre), {simulate.QUICK_BRUSH}-px brush",
+              lambda gt, seed: simulate.quick_strokes(gt, 3, 3, seed=seed)),
+}
+SETTINGS = [(f"{'encoder' if enc else 'filters'}, {shape or 'as predicted'}, min {m} FTU",
+             ScribbleOptions(enc, shape, float(Fraction(m))))
+            for m in ("0", "1/32", "1/8") for enc in (False, True) for shape in ("", "convex", "outline")]
+
+
+def settings_table(pairs, users, seeds, um_per_px=UM_SARDER, diameter_um=DIAMETER_SARDER, only=""):
+    """Mean Dice per (setting, user) of ``napari-ftu annotate --scribbles`` (its headless function,
+    the other options at their defaults), over the images and ``seeds`` (stroke placements)."""
+    from napari_ftu.annotate import headless
+
+    table = {}
+    for user in users:
+        draw = USERS[user][1]
+        scribbles = [(im, gt, draw(gt, seed)) for seed in seeds for im, gt in pairs]
+        for name, opt in SETTINGS:
+            if only and name not in only.split(";"):
+                continue
+            t = time.perf_counter()
+            s = [dice(headless.labels_from_scribbles(im, sc, um_per_px, opt.min_object_um2(diameter_um),
+                                                     encoder_features=opt.encoder_features, shape=opt.shape,
+                                                     diameter_um=diameter_um)[0] > 0, gt > 0)
+                 for im, gt, sc in scribbles]
+            table[name, user] = float(np.mean(s))
+            print(f"  {user:8s} {name:40s} mean Dice {np.mean(s):.3f} (min {np.min(s):.2f}, n={len(s)}) "
+                  f"{(time.perf_counter() - t) / len(s):.2f} s/image", flush=True)
+    return table
+
+
+def clicks_dice(pairs, um_per_px):
+    """Mean Dice of ``napari-ftu annotate --clicks`` with one click per object at its innermost pixel."""
+    from scipy import ndimage as ndi
+
+    from napari_ftu.annotate import headless, simulate
+
+    return float(np.mean([dice(headless.labels_from_clicks(im, [c[:2] for c in simulate.clicks(ndi.label(gt)[0])],
+                                                           um_per_px) > 0, gt > 0) for im, gt in pairs]))
+
+
 CELL_SEEDS = range(5000, 5010)  # unseen in development (0-2, 7, 100-103 were used to tune)
 
 
@@ -158,7 +209,13 @@ def cells_bench(n_per_class=3, brush=5, seeds=CELL_SEEDS):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="scribbles,cross,vessels,synthetic,clicks,speed,curve,cells")
+    ap.add_argument("--only", default="scribbles,cross,vessels,synthetic,clicks,speed,curve,cells,settings")
+    ap.add_argument("--seeds", default="0,1", help="settings: stroke placements per user")
+    ap.add_argument("--users", default="careful,quick", help=f"settings: of {', '.join(USERS)}")
+    ap.add_argument("--images", type=int, default=20, help="settings: the first N Sarder patches")
+    ap.add_argument("--um-per-px", type=float, default=None, help="settings: as given to annotate (1: none)")
+    ap.add_argument("--data", choices=["sarder", "vessels"], default="sarder", help="settings: the images")
+    ap.add_argument("--settings", default="", help="settings: only these option sets (names, separated by ;)")
     ap.add_argument("--brush", type=int, default=5)
     ap.add_argument("--skip-brush", type=int, nargs="*", default=[])
     ap.add_argument("--plot", default="docs/annotate_strokes.png")
@@ -266,6 +323,29 @@ def main():
               f"class accuracy of matched cells {np.mean(right):.3f} of {len(right)} "
               f"(per image min {np.min([np.mean(r['right']) for r in rows]):.2f}), "
               f"{np.mean([r['seconds'] for r in rows]):.1f} s per image", flush=True)
+    if "settings" in only:
+        from napari_ftu.annotate.headless import SCRIBBLE_DEFAULTS
+
+        kw = SARDER if args.data == "sarder" else VESSELS
+        um = args.um_per_px or kw["um_per_px"]
+        pairs, users = (sarder() if args.data == "sarder" else vessels())[: args.images], args.users.split(",")
+        seeds = [int(v) for v in args.seeds.split(",")]
+        table = settings_table(pairs, users, seeds, um, kw["diameter"], args.settings)
+        print(f"\nscribbles {args.data}, {len(pairs)} images x seeds {seeds}, --um-per-px {um:g} "
+              f"--diameter-um {kw['diameter']:g}, mean Dice (min as a share of the FTU's disc; "
+              f"defaults now: {SCRIBBLE_DEFAULTS}):")
+        for user in users:
+            print(f"  {user}: {USERS[user][0]}")
+        print("| options | " + " | ".join(users) + " | mean | worst |")
+        print("|---" * (len(users) + 3) + "|")
+        for name in sorted({n for n, _ in table}, key=lambda n: -np.mean([table[n, u] for u in users])):
+            row = [table[name, u] for u in users]
+            print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + f" | {np.mean(row):.3f} | {min(row):.3f} |")
+        for um, how in ((UM_SARDER, f"--um-per-px {UM_SARDER:g}"), (1.0, "no pixel size (1 µm/px)"))[
+                : 2 if args.data == "sarder" else 0]:
+            pairs = sarder()
+            print(f"clicks Sarder (one per glomerulus, innermost pixel), {how}: mean Dice {clicks_dice(pairs, um):.3f} "
+                  f"(n={len(pairs)})", flush=True)
     print(f"total {time.time() - t0:.0f} s")
 
 

@@ -39,6 +39,18 @@ def test_simulated_strokes_stay_in_their_region(shared_data):
     assert truth[s == 2].all() and not truth[s == 1].any()
 
 
+def test_quick_strokes_are_wide_dabs_off_the_medial_axis(shared_data):
+    from skimage.morphology import skeletonize
+
+    _, truth = _sarder(shared_data)
+    careful, quick = simulate.strokes(truth, 3, 3, seed=1), simulate.quick_strokes(truth, 3, 3, seed=1)
+    assert truth[quick == 2].all() and not truth[quick == 1].any()
+    assert (quick == 2).sum() > 2 * (careful == 2).sum() and (quick == 1).sum() > 2 * (careful == 1).sum()
+    on_axis = skeletonize(truth) & (quick == 2)
+    assert on_axis.sum() < 0.2 * (quick == 2).sum()  # most of a dab lies beside the medial axis
+    assert not (quick == simulate.quick_strokes(truth, 3, 3, seed=2)).all()
+
+
 def test_scribble_classifier_finds_the_glomeruli_of_a_real_patch(trained):
     image, truth, scribbles, clf = trained
     prob = clf.probability(image)
@@ -259,6 +271,7 @@ def test_cli_annotate_encoder_features_and_object_shapes(trained, tmp_path, caps
 
     from scipy import ndimage as ndi
 
+    from napari_ftu.annotate.headless import SCRIBBLE_DEFAULTS
     from napari_ftu.annotate.objects import convex_objects
     from napari_ftu.io.images import read_image, write_tiff
 
@@ -266,20 +279,39 @@ def test_cli_annotate_encoder_features_and_object_shapes(trained, tmp_path, caps
     write_tiff(tmp_path / "image.tif", image, UM)
     write_tiff(tmp_path / "scribbles.tif", scribbles)
     base = ["annotate", tmp_path / "image.tif", "--scribbles", tmp_path / "scribbles.tif"]
-    code, out = _cli(base + ["--out", tmp_path / "plain.tif", "--save-model", tmp_path / "plain"], capsys)
+    off = ["--no-encoder-features", "--shape", "none", "--min-object-um2", "0"]  # the defaults turned off
+    code, out = _cli(base + ["--out", tmp_path / "plain.tif", "--save-model", tmp_path / "plain", *off], capsys)
     assert code == 0, out.err
     code, out = _cli(base + ["--out", tmp_path / "deep.tif", "--save-model", tmp_path / "deep", "--encoder-features",
-                             "--shape", "convex"], capsys)
+                             "--shape", "convex", "--min-object-um2", "0"], capsys)
     assert code == 0, out.err
-    code, out = _cli(base + ["--out", tmp_path / "outline.tif", "--encoder-features", "--shape", "outline"], capsys)
+    code, out = _cli(base + ["--out", tmp_path / "defaults.tif", "--save-model", tmp_path / "defaults"], capsys)
     assert code == 0, out.err
-    cards = [json.loads((tmp_path / m / "model_card.json").read_text()) for m in ("plain", "deep")]
-    assert [c["arch_kwargs"]["deep"] for c in cards] == [0, 3]
+    cards = [json.loads((tmp_path / m / "model_card.json").read_text()) for m in ("plain", "deep", "defaults")]
+    d = SCRIBBLE_DEFAULTS
+    assert [c["arch_kwargs"]["deep"] for c in cards] == [0, 3, 3 if d.encoder_features else 0]
+    assert [c["min_object_um2"] for c in cards] == [0, 0, pytest.approx(d.min_object_um2(200.0))]
     assert cards[1]["notes"]["encoder_weights"]["licence"] == "Apache-2.0"
-    plain, deep, outline = (read_image(tmp_path / f).data for f in ("plain.tif", "deep.tif", "outline.tif"))
-    assert _dice(outline > 0, truth) > _dice(deep > 0, truth) > _dice(plain > 0, truth)
+    plain, deep, defaults = (read_image(tmp_path / f).data for f in ("plain.tif", "deep.tif", "defaults.tif"))
+    assert _dice(defaults > 0, truth) > _dice(deep > 0, truth) > _dice(plain > 0, truth)  # the bench's order
     grown = convex_objects(deep) != deep  # hull again: at most a rim of corner pixels
     assert not (grown & ~ndi.binary_dilation(deep > 0)).any()
+
+
+def test_cli_annotate_without_a_pixel_size_keeps_objects_of_any_size(trained, tmp_path, capsys):
+    """At the 1 µm/px stand-in a 3 µm/px glomerulus is under the default share of a 200-µm disc:
+    the default minimum applies only where the pixel size is known."""
+    from napari_ftu.io.images import read_image, write_tiff
+
+    image, truth, scribbles, _ = trained
+    write_tiff(tmp_path / "image.tif", image)  # no pixel size, as the Sarder PNGs
+    write_tiff(tmp_path / "scribbles.tif", scribbles)
+    code, out = _cli(["annotate", tmp_path / "image.tif", "--scribbles", tmp_path / "scribbles.tif", "--out",
+                      tmp_path / "labels.tif", "--save-model", tmp_path / "clf"], capsys)
+    assert code == 0, out.err
+    labels = read_image(tmp_path / "labels.tif").data
+    assert _dice(labels > 0, truth) > 0.3 and read_image(tmp_path / "image.tif").um_per_px is None
+    assert '"min_object_um2": 0.0' in (tmp_path / "clf" / "model_card.json").read_text()
 
 
 def test_cli_annotate_bad_input_is_one_error_line(trained, tmp_path, capsys):

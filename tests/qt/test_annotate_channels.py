@@ -23,6 +23,7 @@ def test_channel_layers_train_as_one_four_channel_image(make_napari_viewer, qtbo
     np.testing.assert_array_equal(widget._pixels(), c.image)
     assert widget.cells.value  # four channels: cells by default (tests/qt/test_annotate_cells.py)
     widget.cells.value = False  # here the FTU path
+    widget.min_um2.value, widget.shape.value = 0.0, ""  # cells are far smaller than the default 200-µm FTU
     scribbles = widget.add_scribbles()
     assert scribbles.data.shape == c.cells.shape
     scribbles.data[:] = simulate.class_strokes(c.cells, {i: 2 for i in c.classes}, 3, 3, seed=1, brush=5)

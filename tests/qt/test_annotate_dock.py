@@ -48,6 +48,27 @@ def test_scribbles_train_into_an_objects_layer_and_save(dock, qtbot, tmp_path):
     viewer.screenshot(str(tmp_path / "annotate.png"), canvas_only=False)
 
 
+def test_dock_and_command_start_from_the_same_scribble_defaults(dock):
+    from napari_ftu.annotate.headless import SCRIBBLE_DEFAULTS
+    from napari_ftu.cli import build_parser
+    from napari_ftu.engine.features import DEEP_STAGES
+
+    _, widget, _ = dock
+    args = build_parser().parse_args(["annotate", "image.png", "--scribbles", "s.tif", "--out", "labels.tif"])
+    d = SCRIBBLE_DEFAULTS
+    assert args.min_object_um2 is None and args.diameter_um is None  # the command: d's share of a 200-µm disc
+    command = (args.encoder_features, "" if args.shape == "none" else args.shape, d.min_object_um2(args.diameter_um))
+    shown = (widget.encoder_features.value, widget.shape.value, widget.min_um2.value)
+    assert command[:2] == shown[:2] == (d.encoder_features, d.shape)
+    assert command[2] == pytest.approx(shown[2], abs=0.01) == d.min_object_um2(200.0)  # 2 decimals shown
+    widget.diameter.value = 30.0  # vessels: the smallest object kept follows the FTU size
+    assert widget.min_um2.value == pytest.approx(d.min_object_um2(30.0), abs=0.01)
+    assert widget._live_model.deep == (DEEP_STAGES if SCRIBBLE_DEFAULTS.encoder_features else 0)
+    off = build_parser().parse_args(["annotate", "image.png", "--scribbles", "s.tif", "--out", "labels.tif",
+                                     "--no-encoder-features", "--shape", "none", "--min-object-um2", "0"])
+    assert (off.encoder_features, off.shape, off.min_object_um2) == (False, "none", 0.0)
+
+
 def test_encoder_features_and_object_shapes_are_dock_options(dock, qtbot):
     from scipy import ndimage as ndi
 
@@ -56,8 +77,10 @@ def test_encoder_features_and_object_shapes_are_dock_options(dock, qtbot):
     viewer, widget, truth = dock
     widget.live.value = False
     widget.add_scribbles().data[:] = simulate.strokes(truth, 3, 3, seed=0, brush=5)
+    widget.encoder_features.value = False
+    assert widget._live_model.deep == 0  # the live view uses the same features
     widget.encoder_features.value = True
-    assert widget._live_model.deep == 3  # the live view uses the same features
+    assert widget._live_model.deep == 3
     scores = {}
     for shape in ("convex", "outline"):
         widget.shape.value = shape
@@ -136,6 +159,7 @@ def svs_dock(make_napari_viewer, shared_data):
     crop = np.ascontiguousarray(level1[450:1150, 250:950])  # the epidermis' middle, at half resolution
     scribbles = simulate.strokes(_epidermis(crop), 3, 3, seed=0, brush=5)
     widget.classifier = pixels.train(crop, scribbles, um * 2, classes=["epidermis"])
+    widget.min_um2.value = 0.0  # an epidermis is no glomerulus-sized FTU: the objects are the thresholded probability
     widget._set_running(False)
     return viewer, widget, level1
 
@@ -228,6 +252,7 @@ def test_live_prediction_follows_every_stroke(make_napari_viewer, shared_data, q
     viewer.add_image(full, name="skin", metadata={"um_per_px": um})
     widget = AnnotateWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Annotate")
+    widget.encoder_features.value = False  # filters: their context fits the 80-px margin compared below
     scribbles = widget.add_scribbles()
     viewer.layers.selection.active = viewer.layers["skin"]
     viewer.scene.camera.center, viewer.scene.camera.zoom = (1700, 1000), 0.5

@@ -68,15 +68,19 @@ class AnnotateWidget(EngineRunDock):
         self.um_per_px = FloatSpinBox(label="µm/px", value=1.0, min=0.01, max=100.0, step=0.05)
         self.um_per_px.native.setDecimals(4)  # a slide's 0.499 shown as 0.50 would resample every tile
         self.classes = LineEdit(label="FTU classes", value="glomerulus", tooltip="comma separated: labels 2, 3, ...")
-        self.min_um2 = FloatSpinBox(label="min object µm²", value=0.0, min=0.0, max=1e7, step=100.0)
+        defaults = headless.SCRIBBLE_DEFAULTS  # the command's defaults too
         self.diameter = FloatSpinBox(label="FTU diameter µm", value=clicks.DIAMETER_UM, min=1.0, max=1e4)
+        self.min_um2 = FloatSpinBox(label="min object µm²", value=defaults.min_object_um2(self.diameter.value),
+                                    min=0.0, max=1e7, step=100.0,
+                                    tooltip="follows the FTU diameter (a share of its disc); 0 keeps all objects")
         self.cells = CheckBox(text="cells (fluorescence): one cell per nucleus of the blue channel", value=False,
                               tooltip="for 4-channel images (HPA red, green, blue = nuclei, yellow); classes as "
                                       "HPA label names (nucleoplasm, cytosol, ...) export as an HPA CSV")
         self.encoder_features = CheckBox(text="encoder features (ImageNet EfficientNet-Lite0: context; slower)",
-                                         value=False, tooltip="tells glomeruli from tubules better; the view's "
-                                                              "features take several times longer (RGB only)")
-        self.shape = ComboBox(label="object shape", value="", choices=SHAPE_CHOICES,
+                                         value=defaults.encoder_features,
+                                         tooltip="tells glomeruli from tubules better; the view's "
+                                                 "features take several times longer (RGB only)")
+        self.shape = ComboBox(label="object shape", value=defaults.shape, choices=SHAPE_CHOICES,
                               tooltip="strokes find an FTU's dense core: convex hulls, or the outline grown out "
                                       "to the edge that encloses it (Bowman's capsule; FTUs of the diameter above)")
         self.add_button = PushButton(text="Add scribbles layer")
@@ -105,6 +109,7 @@ class AnnotateWidget(EngineRunDock):
         self.cancel_button.changed.connect(self.cancel)
         self.image.changed.connect(self._image_changed)
         self.encoder_features.changed.connect(self._new_live_model)
+        self.diameter.changed.connect(lambda d: setattr(self.min_um2, "value", defaults.min_object_um2(d)))
         viewer.layers.events.inserted.connect(self._layer_inserted)
         self._image_changed()
         viewer.mouse_drag_callbacks.append(self._on_click)

@@ -4,6 +4,7 @@ functions the Annotate dock calls)."""
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,27 @@ import numpy as np
 from napari_ftu.errors import InputError
 
 MAX_CLICKS = 100_000
+
+
+@dataclass(frozen=True)
+class ScribbleOptions:
+    """Options of the scribble pipeline that ``napari-ftu annotate`` and the Annotate dock share
+    (see :func:`scribble_steps`); :data:`SCRIBBLE_DEFAULTS` holds the ones both start from."""
+
+    encoder_features: bool = False
+    shape: str = ""  # one of objects.SHAPES
+    min_object_fraction: float = 0.0  # objects under this share of the expected FTU's disc are dropped
+
+    def min_object_um2(self, diameter_um: float | None = None) -> float:
+        """The smallest object kept, in µm², for FTUs of ``diameter_um`` (default: a glomerulus)."""
+        from napari_ftu.annotate.clicks import DIAMETER_UM
+
+        return float(self.min_object_fraction * np.pi * ((diameter_um or DIAMETER_UM) / 2) ** 2)
+
+
+# the best mean Dice over simulated careful and quick users (bench/annotate.py --only settings;
+# the share is objects.MIN_FRACTION, not imported so that the command line starts without scipy)
+SCRIBBLE_DEFAULTS = ScribbleOptions(encoder_features=True, shape="outline", min_object_fraction=1 / 8)
 
 
 def read_clicks(path: str | Path) -> list[tuple[float, float]]:
@@ -41,8 +63,10 @@ def read_clicks(path: str | Path) -> list[tuple[float, float]]:
 
 
 def labels_from_scribbles(image: np.ndarray, scribbles: np.ndarray, um_per_px: float = 1.0,
-                          min_object_um2: float = 0.0, source: str = "scribbles", classes: list | None = None,
-                          encoder_features: bool = False, shape: str = "", diameter_um: float | None = None):
+                          min_object_um2: float | None = None, source: str = "scribbles",
+                          classes: list | None = None,
+                          encoder_features: bool = SCRIBBLE_DEFAULTS.encoder_features,
+                          shape: str = SCRIBBLE_DEFAULTS.shape, diameter_um: float | None = None):
     """Train on the scribbles, predict the image, return (labels, objects table, classifier);
     ``classes`` names the scribble values 2, 3, ... (:func:`scribble_steps` drained)."""
     from napari_ftu.steps import drain
@@ -65,20 +89,24 @@ def labels_from_clicks(image: np.ndarray, points, um_per_px: float = 1.0, diamet
 
 
 def scribble_steps(image: np.ndarray, scribbles: np.ndarray, um_per_px: float = 1.0, classes: list | None = None,
-                   min_object_um2: float = 0.0, source: str = "scribbles", encoder_features: bool = False,
-                   shape: str = "", diameter_um: float | None = None):
+                   min_object_um2: float | None = None, source: str = "scribbles",
+                   encoder_features: bool = SCRIBBLE_DEFAULTS.encoder_features, shape: str = SCRIBBLE_DEFAULTS.shape,
+                   diameter_um: float | None = None):
     """Scribbles -> objects as a generator for the dock's worker: yields ``("step", i, 3)`` and
     returns ``(labels, table, classifier)``; scribbles are checked before any work.
 
     ``encoder_features`` adds the pretrained EfficientNet-Lite0 stages to the filter bank (context
     that tells a glomerulus from a tubule; slower, RGB only). ``shape`` reshapes the objects, whose
     pale rim the strokes do not reach: ``convex`` hulls, or ``outline``: grown to the edge that
-    encloses them (Bowman's capsule), searched within FTUs of ``diameter_um``."""
+    encloses them (Bowman's capsule), searched within FTUs of ``diameter_um``. Objects under
+    ``min_object_um2`` are dropped (None: :data:`SCRIBBLE_DEFAULTS`' share of an FTU's disc)."""
     from napari_ftu.annotate import clicks, pixels
     from napari_ftu.annotate.objects import objects_from_probability, reshaper
     from napari_ftu.engine.features import DEEP_STAGES
 
     pixels.check_scribbles(np.shape(image), scribbles, source)
+    if min_object_um2 is None:
+        min_object_um2 = SCRIBBLE_DEFAULTS.min_object_um2(diameter_um)
     yield ("step", 0, 3)
     clf = pixels.train(image, scribbles, um_per_px, classes=classes, source=source,
                        deep=DEEP_STAGES if encoder_features else 0)

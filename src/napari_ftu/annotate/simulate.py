@@ -1,8 +1,10 @@
 """Simulated users for the benchmark and the tests, as micro-sam evaluates its prompts.
 
-A stroke is a 20-pixel-long piece of the medial axis (skeleton) of a ground-truth object, or of
-the background eroded away from the objects; a click is an object's innermost pixel (maximum of
-its distance transform). Everything is seeded, so a figure can be reproduced.
+A careful user's stroke (:func:`strokes`) is a 20-pixel-long piece of the medial axis (skeleton)
+of a ground-truth object, or of the background eroded away from the objects; a quick user's
+(:func:`quick_strokes`) is a short straight dab anywhere inside its region, off-centre, with a
+wide brush. A click is an object's innermost pixel (maximum of its distance transform).
+Everything is seeded, so a figure can be reproduced.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 STROKE_PX = 20
+QUICK_PX, QUICK_BRUSH = 12, 10  # a short dab with napari's default 10-px brush
 
 
 def _piece(skeleton: np.ndarray, start: tuple[int, int], length: int) -> np.ndarray:
@@ -66,14 +69,40 @@ def strokes(truth: np.ndarray, n_ftu: int = 3, n_background: int = 3, seed: int 
     return out
 
 
+def quick_strokes(truth: np.ndarray, n_ftu: int = 3, n_background: int = 3, seed: int = 0,
+                  length: int = QUICK_PX, brush: int = QUICK_BRUSH, background_margin: int = 5) -> np.ndarray:
+    """Scribbles as :func:`strokes` gives them, as a hurried user paints them: each stroke a
+    straight ``length``-px dab in a random direction from a random pixel of its object (or of the
+    background eroded by ``background_margin``), painted ``brush`` px wide and kept inside its
+    region; often near an edge, so it teaches the classifier the rim as well as the core."""
+    rng = np.random.default_rng(seed)
+    lab, n = ndi.label(truth > 0) if truth.dtype == bool or truth.max() <= 1 else (truth, int(truth.max()))
+    out = np.zeros(truth.shape, np.uint8)
+    ids = [i for i in np.argsort(-np.bincount(lab.ravel(), minlength=n + 1)[1:]) + 1 if (lab == i).any()]
+    bg = ndi.binary_erosion(truth == 0, iterations=background_margin, border_value=1)
+    jobs = [(lab == ids[k % len(ids)], lab == ids[k % len(ids)], 2) for k in range(n_ftu if ids else 0)]
+    jobs += [(bg, truth == 0, 1)] * n_background
+    for where, region, value in jobs:
+        pts = np.argwhere(where & (out == 0))
+        if len(pts) == 0:
+            continue
+        start = pts[rng.integers(len(pts))]
+        angle = rng.uniform(0, np.pi)
+        t = np.arange(length)[:, None] - length // 2
+        line = np.rint(start + t * [np.sin(angle), np.cos(angle)]).astype(int)
+        line = line[((line >= 0) & (line < truth.shape)).all(1)]
+        _paint(out, line, brush, region, value)
+    return out
+
+
 def _paint(out: np.ndarray, pts: np.ndarray, brush: int, region: np.ndarray, value: int) -> None:
     line = np.zeros(out.shape, bool)
     line[tuple(pts.T)] = True
     if brush > 1:
         r = brush // 2
         yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-        line = ndi.binary_dilation(line, yy**2 + xx**2 <= r * r) & region
-    out[line & (out == 0)] = value
+        line = ndi.binary_dilation(line, yy**2 + xx**2 <= r * r)
+    out[line & region & (out == 0)] = value
 
 
 def clicks(truth: np.ndarray) -> list[tuple[int, int, int]]:

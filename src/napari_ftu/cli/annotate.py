@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from napari_ftu.io.paths import refuse_onto_inputs
 
 
 def add_parser(sub, common) -> None:
+    from napari_ftu.annotate.headless import SCRIBBLE_DEFAULTS
+
     a = sub.add_parser("annotate", help="label FTUs without a model: from scribbles (pixel classifier) or clicks")
     a.add_argument("image", type=Path,
                    help="the image; with --cells a 4-channel TIFF (red, green, blue = nuclei, yellow) or one of "
@@ -34,12 +37,18 @@ def add_parser(sub, common) -> None:
     a.add_argument("--um-per-px", type=float, default=None, help="pixel size (default: from the file, else 1)")
     a.add_argument("--diameter-um", type=float, default=None,
                    help="expected FTU diameter for clicks and --shape outline (default 200)")
-    a.add_argument("--min-object-um2", type=float, default=0.0, help="drop smaller objects (scribbles)")
-    a.add_argument("--encoder-features", action="store_true",
-                   help="scribbles: add ImageNet EfficientNet-Lite0 stages to the filters (context; slower, RGB)")
-    a.add_argument("--shape", choices=["convex", "outline"], default="",
-                   help="scribbles: each object becomes its convex hull, or grows out to the edge that encloses it "
-                        "(Bowman's capsule beyond the pale space; FTUs of --diameter-um)")
+    d = SCRIBBLE_DEFAULTS
+    a.add_argument("--min-object-um2", type=float, default=None,
+                   help=f"scribbles: drop smaller objects (default: {d.min_object_fraction:g} of the disc of "
+                        f"--diameter-um, {d.min_object_um2():.0f} µm² for 200 µm, where the pixel size is known; "
+                        "0 keeps all)")
+    a.add_argument("--encoder-features", action=argparse.BooleanOptionalAction, default=d.encoder_features,
+                   help="scribbles: add ImageNet EfficientNet-Lite0 stages to the filters (context; slower, RGB; "
+                        "default %(default)s)")
+    a.add_argument("--shape", choices=["none", "convex", "outline"], default=d.shape or "none",
+                   help="scribbles: keep objects as predicted, make each its convex hull, or grow it out to the edge "
+                        "that encloses it (Bowman's capsule beyond the pale space; FTUs of --diameter-um; "
+                        "default %(default)s)")
     a.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     a.set_defaults(func=run)
 
@@ -97,12 +106,17 @@ def run(args) -> int:
                                   "--um-per-px")
     if args.scribbles is not None:
         scribbles = read_image(args.scribbles).data
-        labels, table, clf = headless.labels_from_scribbles(loaded.data, scribbles, um, args.min_object_um2,
+        min_um2 = args.min_object_um2
+        if min_um2 is None:  # without a pixel size the FTU's area in pixels is unknown: keep every object
+            min_um2 = headless.SCRIBBLE_DEFAULTS.min_object_um2(args.diameter_um) if args.um_per_px or \
+                loaded.um_per_px else 0.0
+        labels, table, clf = headless.labels_from_scribbles(loaded.data, scribbles, um, min_um2,
                                                             source=str(args.scribbles), classes=names,
                                                             encoder_features=args.encoder_features,
-                                                            shape=args.shape, diameter_um=args.diameter_um)
+                                                            shape="" if args.shape == "none" else args.shape,
+                                                            diameter_um=args.diameter_um)
         if args.save_model:
-            clf.save(args.save_model, min_object_um2=args.min_object_um2)
+            clf.save(args.save_model, min_object_um2=min_um2)
     else:
         points = headless.read_clicks(args.clicks)
         labels = headless.labels_from_clicks(loaded.data, points, um, args.diameter_um, source=str(args.clicks))
