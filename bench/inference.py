@@ -16,8 +16,9 @@
 Wall time and CPU time (all threads) are printed: on a shared machine the wall-time ratio varies
 with the load while the CPU-time ratio (the work done per tile computed) stays put.
 
-The model is the built-in one (U-Net, MobileNetV3 encoder, 256 px tiles, 32 px overlap, taper) on a
-synthetic kidney slide rendered at the model's 2 µm/px, so no resampling is involved.
+The model is the built-in one (``--model`` for another: a folder, or ``synthetic-demo``) with its
+card's tiles and overlap, on a synthetic kidney slide rendered at 2 µm/px (both built-in models' scale,
+so no resampling is involved). Run once per model to put their times side by side.
 """
 
 import argparse
@@ -46,13 +47,13 @@ def image(size: int, glass: float) -> np.ndarray:
     return rgb
 
 
-def run_one(method: str, size: int, glass: float, device: str, batch: int) -> dict:
+def run_one(method: str, size: int, glass: float, device: str, batch: int, name: str = "builtin") -> dict:
     """One measurement in this process (called in a subprocess by ``main``)."""
     import torch
 
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.engine.models import load_model, model_path
 
-    model = load_model(None, device=device)
+    model = load_model(model_path(name), device=device)
     rgb = image(size, glass)
     card = model.card
     base = peak_mb()
@@ -292,9 +293,9 @@ def startup(repeat: int = 2) -> None:
                                         if backend == "onnxruntime" else ""))
 
 
-def measure(method, size, glass, device, batch) -> dict:
+def measure(method, size, glass, device, batch, name="builtin") -> dict:
     cmd = [sys.executable, __file__, "--one", method, "--size", str(size), "--glass", str(glass),
-           "--device", device, "--batch", str(batch)]
+           "--device", device, "--batch", str(batch), "--model", name]
     result = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -304,6 +305,7 @@ def main():
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--model", default="builtin", help="model folder or built-in name (builtin, synthetic-demo)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     p.add_argument("--glass", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("--no-monai", action="store_true", help="leave out the MONAI comparison")
@@ -322,26 +324,27 @@ def main():
         profile(args.size, args.device, args.batch)
         return
     if args.one:
-        print(json.dumps(run_one(args.one, args.size, args.glass, args.device, args.batch)))
+        print(json.dumps(run_one(args.one, args.size, args.glass, args.device, args.batch, args.model)))
         return
-    print(f"{args.size} x {args.size} px at 2 µm/px, device {args.device}, batch {args.batch}, "
+    print(f"{args.size} x {args.size} px at 2 µm/px, model {args.model}, device {args.device}, batch {args.batch}, "
           f"torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     for glass in (0.0, 0.6):
         runs = {"ours": [], "forward": []}
         for _ in range(max(1, args.repeat)):
             for method in runs:
-                runs[method].append(measure(method, args.size, glass, args.device, args.batch))
+                runs[method].append(measure(method, args.size, glass, args.device, args.batch, args.model))
         ours, fwd = (min(runs[m], key=lambda r: r["seconds"]) for m in runs)
         for key in ("cpu_seconds",):
             ours[key], fwd[key] = (min(r[key] for r in runs[m]) for m in runs)
         every = ", ".join(f"{o['seconds'] / f['seconds']:.2f}" for o, f in zip(runs["ours"], runs["forward"]))
         if args.no_monai:
             print(f"\n{int(glass * 100)} % glass: {ours['tiles']} tiles: best of {args.repeat}: end to end "
-                  f"{ours['seconds']:.2f} s, forward {fwd['seconds']:.2f} s, "
+                  f"{ours['seconds']:.2f} s ({ours['seconds'] / (args.size**2 / 1e6):.3f} s/MP), "
+                  f"forward {fwd['seconds']:.2f} s, "
                   f"ratio {ours['seconds'] / fwd['seconds']:.3f}; "
                   f"CPU time ratio {ours['cpu_seconds'] / fwd['cpu_seconds']:.3f} (each pair: {every})")
             continue
-        monai = measure("monai", args.size, glass, args.device, args.batch)
+        monai = measure("monai", args.size, glass, args.device, args.batch, args.model)
         diff = np.abs(np.array(ours["prob"]) - np.array(monai["prob"]))
         mp = args.size**2 / 1e6
         print(f"\n{int(glass * 100)} % glass: {ours['tiles']} tiles computed, {ours['skipped']} skipped")

@@ -32,9 +32,18 @@ def small_slide():
 
 @pytest.fixture(scope="session")
 def default_model():
+    """The built-in default: glomeruli in real PAS kidney."""
     from napari_ftu.engine.models import load_model
 
     return load_model(None, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def synthetic_model():
+    """The synthetic demo model: what the synthetic slides of the tests are segmented with."""
+    from napari_ftu.engine.models import builtin_model_path, load_model
+
+    return load_model(builtin_model_path("synthetic-demo"), device="cpu")
 
 
 @pytest.fixture
@@ -44,10 +53,12 @@ def rng():
 
 @pytest.fixture
 def viewer_with_slide(make_napari_viewer, small_slide):
-    """A viewer holding the small slide as "kidney" (1 µm/px), and its ground truth."""
+    """A viewer holding the small slide as "kidney" (1 µm/px), and its ground truth. Like the
+    synthetic sample, it names the synthetic demo model, which the Segment dock then picks."""
     viewer = make_napari_viewer()
     rgb, truth, spec = small_slide
-    viewer.add_image(rgb, name="kidney", scale=(1.0, 1.0), metadata={"um_per_px": spec.um_per_px})
+    viewer.add_image(rgb, name="kidney", scale=(1.0, 1.0),
+                     metadata={"um_per_px": spec.um_per_px, "model": "synthetic-demo"})
     return viewer, truth
 
 

@@ -33,3 +33,36 @@ def test_segment_and_annotate_say_what_they_assume(tmp_path, capsys):
     assert main(["segment", str(PATCH), "--out", str(tmp_path / "s2.csv"), "--device", "cpu",
                  "--um-per-px", "0.5"]) == 0
     assert "no pixel size" not in capsys.readouterr().err
+
+
+@needs_patch
+def test_a_batch_and_training_say_what_they_assume(tmp_path, capsys):
+    folder = tmp_path / "patches"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    mask = PATCH.parents[1] / "masks" / PATCH.name.replace("slide_", "mask_")
+    (folder / "images" / PATCH.name).symlink_to(PATCH)
+    (folder / "masks" / mask.name).symlink_to(mask)
+    assert main(["segment", str(folder / "images"), "--out", str(tmp_path / "batch"), "--device", "cpu"]) == 0
+    assert ("1 slide(s) have no pixel size (O27_10_180_992); assumed 2 µm/px (the model's); set --um-per-px or a "
+            "pixel_size column in a CSV") in capsys.readouterr().err.replace("slide_O27", "O27")
+    assert main(["train", "--tiles", str(folder), "--out", str(tmp_path / "m"), "--steps", "1", "--hold-out-every",
+                 "0", "--no-pretrained", "--encoder", "resnet18"]) == 0
+    err = capsys.readouterr().err
+    assert "1 training image(s) have no pixel size" in err and "set --data-um-per-px" in err
+
+
+def test_a_pixel_size_far_outside_the_models_range_is_said_not_refused(tmp_path, capsys):
+    from napari_ftu.engine.card import scale_note
+    from napari_ftu.engine.models import load_model
+    from napari_ftu.io.images import write_tiff
+    from napari_ftu.io.synthetic import make_slide
+
+    card = load_model(None, device="cpu").card
+    low, high = card.trained_on["um_per_px"]
+    assert scale_note("a", low, card, "--um-per-px") is None and scale_note("a", high * 1.9, card, "x") is None
+    rgb, _, _ = make_slide(256, 256, seed=3, um_per_px=high * 4)
+    image = write_tiff(tmp_path / "coarse.tif", rgb, high * 4)
+    assert main(["segment", str(image), "--out", str(tmp_path / "c.csv"), "--device", "cpu"]) == 0
+    assert (f"coarse.tif is at {high * 4:g} µm/px, far outside the {low:g}–{high:g} µm/px the model was trained on; "
+            "if the file's pixel size is wrong, set --um-per-px") in capsys.readouterr().err.splitlines()

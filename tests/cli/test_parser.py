@@ -10,10 +10,10 @@ from napari_ftu import cli
 def test_build_parser_holds_every_command_module():
     parser = cli.build_parser()
     (sub,) = [a for a in parser._actions if a.choices and "segment" in a.choices]
-    assert set(sub.choices) == {c.__name__.rsplit(".", 1)[1] for c in cli.COMMANDS}
+    assert set(sub.choices) == {c.__name__.rsplit(".", 1)[1].replace("_", "-") for c in cli.COMMANDS}
     for name, command in sub.choices.items():
         func = command.get_default("func")
-        assert func.__module__ == f"napari_ftu.cli.{name}", name
+        assert func.__module__ == f"napari_ftu.cli.{name.replace('-', '_')}", name
 
 
 def test_help_and_a_refused_input_import_no_torch(tmp_path):
@@ -26,9 +26,9 @@ def test_help_and_a_refused_input_import_no_torch(tmp_path):
             "print(rc, heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "2 []", out.stdout + out.stderr
-    assert "napari-ftu: error: out.csv exists; pass --overwrite to replace it" in out.stderr
+    assert "napari-ftu: error: a.tif: cannot read image" in out.stderr  # the input is checked first
 
 
 def test_module_entry_point_prints_help():
     out = subprocess.run([sys.executable, "-m", "napari_ftu.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "{demo,segment,train,info,export,evaluate,annotate}" in out.stdout
+    assert out.returncode == 0 and "{demo,segment,train,info,export,evaluate,annotate,export-model}" in out.stdout

@@ -18,6 +18,7 @@ from napari_ftu.engine.inference import segment
 from napari_ftu.engine.models import (
     CARD_NAME,
     WEIGHTS_NAME,
+    builtin_model_path,
     default_model_path,
     load_model,
     model_fingerprint,
@@ -37,7 +38,7 @@ def onnx_default():
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("NAPARI_FTU_CACHE", str(tmp_path / "cache"))
 
 
 def _run_cli(args, env_extra=None):
@@ -217,9 +218,10 @@ def test_a_scribble_classifier_stays_on_torch(tmp_path):
     assert load_model(folder).backend == "torch"
 
 
-def test_an_int8_export_keeps_the_held_out_dice(tmp_path, onnx_default):
-    """Static int8 (export-model --int8): quantised for real, and its Dice on synthetic slides
-    unseen in training within 0.005 of the fp32 graph's."""
+def test_an_int8_export_keeps_the_held_out_dice(tmp_path):
+    """Static int8 (export-model --int8) of the synthetic demo model: quantised for real, and its
+    Dice on synthetic slides unseen in training within 0.005 of the fp32 graph's. (The kidney
+    model's int8 export, calibrated on synthetic tiles, loses 0.15 there: int8 stays opt-in.)"""
     import onnx
 
     from napari_ftu.cli import main
@@ -228,15 +230,16 @@ def test_an_int8_export_keeps_the_held_out_dice(tmp_path, onnx_default):
     from napari_ftu.io.synthetic import make_slide
 
     out = tmp_path / "int8.onnx"
-    assert main(["export-model", "--format", "onnx", "--int8", str(out)]) == 0
+    assert main(["export-model", "synthetic-demo", "--format", "onnx", "--int8", str(out)]) == 0
     assert graph_metadata(out)[PRECISION_KEY] == "int8"
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
     int8 = load(out, device="cpu")
-    assert int8.card == onnx_default.card
+    fp32 = load(builtin_model_path("synthetic-demo"), device="cpu", backend="onnxruntime")
+    assert int8.card == fp32.card
     scores = {"fp32": [], "int8": []}
     for seed in (9000, 9001, 9002):
         rgb, truth, _ = make_slide(768, 768, seed=seed, um_per_px=2.0)
-        for name, model in (("fp32", onnx_default), ("int8", int8)):
+        for name, model in (("fp32", fp32), ("int8", int8)):
             scores[name].append(dice(segment(rgb, model, um_per_px=2.0).labels > 0, truth > 0))
     assert np.mean(scores["fp32"]) > 0.9
     assert abs(np.mean(scores["int8"]) - np.mean(scores["fp32"])) <= 0.005, scores

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from napari_ftu.cli import main
-from napari_ftu.engine import backends
 from napari_ftu.engine.backends import load
 from napari_ftu.engine.inference import segment
 from napari_ftu.engine.models import FTUModel, ModelCard, save_model
@@ -23,7 +22,7 @@ bio_spec = pytest.importorskip("bioimageio.spec")
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv(backends.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("NAPARI_FTU_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")

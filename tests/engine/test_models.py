@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,18 +16,29 @@ def tiny_card():
                      tile_size=64, overlap=16, name="tiny")
 
 
-def test_default_model_card_and_size(default_model):
-    from napari_ftu.engine.models import default_model_path
+def test_built_in_models_cards_and_sizes(default_model):
+    from napari_ftu.engine.models import BUILTIN_MODELS, builtin_model_path, default_model_path, model_path
 
-    folder = default_model_path()
-    assert (folder / "model.safetensors").stat().st_size <= 10 * 2**20
-    card = json.loads((folder / "model_card.json").read_text())
-    for key in ("architecture", "encoder", "classes", "um_per_px", "mean", "std", "threshold"):
-        assert key in card
+    assert default_model_path() == builtin_model_path("builtin") == model_path("builtin")
+    for name in BUILTIN_MODELS:
+        folder = builtin_model_path(name)
+        assert (folder / "model.safetensors").stat().st_size <= 25 * 2**20
+        card = json.loads((folder / "model_card.json").read_text())
+        for key in ("architecture", "encoder", "classes", "um_per_px", "mean", "std", "threshold"):
+            assert key in card
+        assert card["classes"] == ["glomerulus"]
     assert default_model.card.classes == ["glomerulus"]
-    # the built-in model says plainly what it knows: synthetic slides, for the demo
+    # the default says what it was trained on: real PAS kidney, the data's licence and attribution
     domain = default_model.card.trained_on
-    assert "synthetic" in domain["source"] and "demo" in domain["note"] and domain["um_per_px"] == [1.6, 2.4]
+    assert domain["organs"] == ["kidney"] and "PAS" in domain["stain"] and "ccf" in domain["source"]
+    assert any(d["licence"] == "MIT" and "cns-iu/ccf-research-ftu" in d["attribution"]
+               for d in default_model.card.notes["data"])
+    # the demo's model says plainly that it knows synthetic slides only
+    demo = load_model(builtin_model_path("synthetic-demo"), device="cpu").card.trained_on
+    assert "synthetic" in demo["source"] and "demo" in demo["note"] and demo["um_per_px"] == [1.6, 2.4]
+    with pytest.raises(ModelError, match="no built-in model"):
+        builtin_model_path("nope")
+    assert model_path("some/folder") == Path("some/folder")
 
 
 def test_cards_without_trained_on_still_load(tmp_path):

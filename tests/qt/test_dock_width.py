@@ -55,3 +55,35 @@ def test_segment_dock_says_when_it_assumes_the_pixel_size(make_napari_viewer, qt
     assert widget.scale_note.native.isHidden() and widget.scale_note.value == ""
     with qtbot.waitSignal(worker.finished, timeout=120_000):
         pass
+
+
+def test_annotate_and_train_docks_say_when_they_assume_the_pixel_size(make_napari_viewer, qtbot, tmp_path):
+    from napari_ftu._qt.annotate import AnnotateWidget
+    from napari_ftu._qt.train import SOURCES, TrainWidget
+    from napari_ftu.io.synthetic import make_slide
+
+    viewer = make_napari_viewer()
+    rgb, truth, _ = make_slide(192, 192, seed=2, um_per_px=2.0)
+    viewer.add_image(rgb, name="patch")  # no µm/px in its metadata
+    labels = viewer.add_labels(truth, name="patch labels")
+    annotate = AnnotateWidget(viewer)
+    viewer.window.add_dock_widget(annotate)
+    annotate.image.value = viewer.layers["patch"]
+    assert annotate.scale_note.value == "patch has no pixel size; assumed 1 µm/px (this dock's); set µm/px above"
+    viewer.add_image(rgb, name="known", metadata={"um_per_px": 2.0})
+    annotate.reset_choices()
+    annotate.image.value = viewer.layers["known"]
+    assert annotate.scale_note.value == "" and annotate.um_per_px.value == 2.0
+    train = TrainWidget(viewer)
+    viewer.window.add_dock_widget(train)
+    train.source.value = SOURCES[1]
+    train.reset_choices()
+    train.image.value, train.labels.value = viewer.layers["patch"], labels
+    train.steps.value, train.minutes.value = 1, 0
+    train.out.value = str(tmp_path / "m")
+    worker = train.run()
+    assert worker is not None
+    assert train.scale_note.value == ("patch has no pixel size; assumed 2 µm/px (the model's); set µm/px in the "
+                                      "Load dock")
+    with qtbot.waitSignal(worker.finished, timeout=300_000):
+        pass

@@ -118,12 +118,19 @@ def test_segment_dock_shows_what_the_model_was_trained_on(viewer_with_slide, tmp
     import json
     import shutil
 
+    from napari_ftu._qt.segment import DEFAULT_MODEL, SYNTHETIC_MODEL
     from napari_ftu.engine.card import CARD_NAME, ModelCard
     from napari_ftu.engine.models import default_model_path
 
     viewer, _ = viewer_with_slide
-    widget = _segment_dock(viewer)
-    assert "synthetic" in widget.domain.value and "demo" in widget.domain.value  # the built-in model
+    widget = _segment_dock(viewer)  # the synthetic slide names the synthetic demo model
+    assert widget.model.value == SYNTHETIC_MODEL
+    assert "synthetic" in widget.domain.value and "demo" in widget.domain.value
+    widget.model.value = DEFAULT_MODEL
+    assert "kidney; PAS" in widget.domain.value
+    viewer.add_image(viewer.layers["kidney"].data, name="real")  # an image naming no model keeps the choice
+    widget.image.value = viewer.layers["real"]
+    assert widget.model.value == DEFAULT_MODEL
     folder = tmp_path / "pas_kidney"
     shutil.copytree(default_model_path(), folder)
     card = ModelCard.read(folder / CARD_NAME)

@@ -49,6 +49,7 @@ from napari_ftu.boxes import corners, from_corners
 from napari_ftu.engine.features import DEEP_STAGES
 from napari_ftu.engine.options import SegmentOptions
 from napari_ftu.errors import InputError, ModelError, OptionError
+from napari_ftu.io.images import assumed_pixel_size
 from napari_ftu.review.editing import EditError
 from napari_ftu.review.session import ReviewSession
 
@@ -96,11 +97,13 @@ class AnnotateWidget(EngineRunDock):
         self.bar = ProgressBar(label="progress", value=0, min=0, max=1)
         self.status = status_line("paint 1 = background, 2.. = FTUs, then Train")
         self.status.native.setMinimumHeight(2 * self.status.native.fontMetrics().lineSpacing() + 4)
+        self.scale_note = status_line()  # says when the image's pixel size is assumed
+        self.scale_note.visible = False
         self.extend([self.image, self.um_per_px, self.classes, self.cells, self.min_um2, self.diameter,
                      self.encoder_features, self.shape, self.add_button, self.live, self.train_button, self.clicking,
                      self.undo_button, self.model_dir, self.save_button,
                      Container(layout="horizontal", widgets=[self.apply_button, self.cancel_button], labels=False),
-                     self.bar, self.status])
+                     self.bar, self.scale_note, self.status])
         self.add_button.changed.connect(self.add_scribbles)
         self.train_button.changed.connect(self.train)
         self.save_button.changed.connect(self.save)
@@ -130,6 +133,10 @@ class AnnotateWidget(EngineRunDock):
         layer = self.image.value
         if layer is not None and layer.metadata.get("um_per_px"):
             self.um_per_px.value = float(layer.metadata["um_per_px"])
+        note = None
+        if layer is not None and not layer.metadata.get("um_per_px"):
+            _, note = assumed_pixel_size(layer.name, None, self.um_per_px.value, "this dock's", "µm/px above")
+        self.scale_note.value, self.scale_note.visible = note or "", bool(note)
         self.cells.value = layer is not None and self._channels(layer) == N_CHANNELS
 
     def _layer_inserted(self, event):

@@ -1,4 +1,4 @@
-"""``napari-ftu demo``: the sample slide in napari with the docks, segmented by the default model."""
+"""``napari-ftu demo``: the sample slide in napari with the docks, segmented by the synthetic demo model."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def run_gui(size: int | None = None, seed: int | None = None, device: str = "aut
     viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
     _, seg = viewer.window.add_plugin_dock_widget("napari-ftu", "Segment")
     seg.device.value = device
-    seg.image.value = viewer.layers["synthetic kidney"]
+    seg.image.value = viewer.layers["synthetic kidney"]  # its metadata picks the synthetic demo model
     worker = seg.run()
     if screenshot is not None and worker is not None:
         viewer.window._qt_window.resize(1600, 1000)

@@ -20,20 +20,22 @@ from magicgui.widgets import (
 from napari_ftu._qt.common import EngineRunDock, narrow_combo, special, status_line, viewable
 from napari_ftu._qt.state import is_edited
 from napari_ftu.engine.backends import BACKENDS, cached
-from napari_ftu.engine.card import CARD_NAME, MAX_TILE_SIZE, ModelCard, describe_domain
+from napari_ftu.engine.card import CARD_NAME, MAX_TILE_SIZE, ModelCard, describe_domain, scale_note
 from napari_ftu.engine.inference import relabel_steps
-from napari_ftu.engine.models import default_model_path
+from napari_ftu.engine.models import builtin_model_path, default_model_path
 from napari_ftu.engine.options import MAX_BATCH_SIZE, MIN_TILE_SIZE, SegmentOptions, check_positive
 from napari_ftu.errors import ModelError, OptionError
 from napari_ftu.io.images import assumed_pixel_size
 
-DEFAULT_MODEL = "built-in: synthetic kidney glomeruli"
+DEFAULT_MODEL = "built-in: kidney glomeruli (PAS)"
+SYNTHETIC_MODEL = "built-in: synthetic demo"
+BUILTIN_CHOICES = {"builtin": DEFAULT_MODEL, "synthetic-demo": SYNTHETIC_MODEL}  # model name -> choice
 
 
 class SegmentWidget(EngineRunDock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer)
-        self._paths = {DEFAULT_MODEL: None}
+        self._paths = {label: builtin_model_path(name) for name, label in BUILTIN_CHOICES.items()}
         self._init_run()
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         # choices from a callable: napari resets every dock's choices when a layer is added, and a
@@ -80,6 +82,14 @@ class SegmentWidget(EngineRunDock):
         self.threshold.changed.connect(self._threshold_moved)
         self.tile.changed.connect(self._tile_changed)
         self.state.events.models.connect(self._models_saved)
+        self.image.changed.connect(self._image_changed)
+        self._image_changed(self.image.value)  # the image napari chose before the connection
+
+    def _image_changed(self, layer):
+        """An image that names its built-in model (the synthetic sample) gets that model."""
+        name = layer.metadata.get("model") if layer is not None else None
+        if name in BUILTIN_CHOICES and self.model.value in BUILTIN_CHOICES.values():
+            self.model.value = BUILTIN_CHOICES[name]
 
     def _models_saved(self, models):
         """Offer the models another dock saved (the Train dock's)."""
@@ -168,7 +178,8 @@ class SegmentWidget(EngineRunDock):
         except (ModelError, OptionError, ValueError) as exc:
             self._fail(exc)
             return None
-        _, note = assumed_pixel_size(layer.name, um, model.card.um_per_px, "the model's", "µm/px in the Load dock")
+        used, note = assumed_pixel_size(layer.name, um, model.card.um_per_px, "the model's", "µm/px in the Load dock")
+        note = note or scale_note(layer.name, used, model.card, "µm/px in the Load dock")
         self.scale_note.value = note or ""
         self.scale_note.visible = bool(note)
         return self.start_run(layer, model, options, um)

@@ -27,6 +27,7 @@ from napari.utils.notifications import show_info
 from napari_ftu._qt.common import Dock, level0, plot_canvas, special, status_line
 from napari_ftu._qt.jobs import start_job
 from napari_ftu.errors import FTUError, OptionError
+from napari_ftu.io.images import assumed_pixel_size
 from napari_ftu.steps import TrainStep, Validation
 from napari_ftu.training.data import ARCHITECTURES, ENCODERS, folder_split, pair_split, start_from
 from napari_ftu.training.train import new_model, train_steps, trained_on
@@ -67,11 +68,13 @@ class TrainWidget(Dock):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.bar = ProgressBar(label="steps", value=0, min=0, max=1)
         self.status = status_line("")
+        self.scale_note = status_line()  # says when the image's pixel size is assumed
+        self.scale_note.visible = False
         self.extend([self.source, self.folder, self.val_match, self.image, self.labels, self.start, self.base,
                      self.architecture, self.encoder, self.pretrained, self.um_per_px, self.minutes, self.steps,
                      self.batch, self.crop, self.lr,
                      self.patience, self.device, self.out, self.train_button, self.cancel_button, self.bar,
-                     self.status])
+                     self.scale_note, self.status])
         self._figure, self._canvas = plot_canvas()
         self.native.layout().addWidget(self._canvas)
         self.source.changed.connect(self._show_fields)
@@ -143,6 +146,11 @@ class TrainWidget(Dock):
                             patience=self.patience.value, out=out, minutes=minutes)
         self.train_button.enabled, self.cancel_button.enabled = False, True
         self.status.value = f"training on {len(train_set)} images, validating on {len(val_set)} …"
+        note = None
+        if self.source.value != SOURCES[0] and not self.image.value.metadata.get("um_per_px"):
+            _, note = assumed_pixel_size(self.image.value.name, None, card.um_per_px, "the model's",
+                                         "µm/px in the Load dock")
+        self.scale_note.value, self.scale_note.visible = note or "", bool(note)
         self.worker = start_job(
             steps, "Training", total=self.steps.value, bar=self.bar, on_event=self._on_event,
             on_done=lambda result: self._on_done(out, result), on_error=self._fail, on_finished=self._on_finished,

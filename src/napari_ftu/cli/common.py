@@ -12,6 +12,16 @@ TRUST_HELP = ("run a TorchScript model (it carries its own code, which can read 
               "only for models from a source you trust")
 
 
+BUILTIN_HELP = "or a built-in model's name: builtin (real PAS kidney glomeruli, the default), synthetic-demo"
+
+
+def model_arg(value: str):
+    """``--model``/``--init``: a path, or a built-in model's name where no such path exists."""
+    from napari_ftu.engine.models import model_path
+
+    return model_path(value)
+
+
 def one_line(exc: BaseException) -> str:
     """An error as one line: the first line of its text (libraries append install hints and
     advice on further lines)."""

@@ -1,4 +1,4 @@
-"""``napari-ftu demo``: segment the synthetic sample slide with the default model, in a window or headless."""
+"""``napari-ftu demo``: segment the synthetic sample slide with the synthetic demo model, in a window or headless."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 def add_parser(sub, common) -> None:
     d = sub.add_parser("demo", parents=[common],
-                       help="segment the synthetic sample slide with the default model")
+                       help="segment the synthetic sample slide with the synthetic demo model")
     d.add_argument("--headless", action="store_true", help="no window; print the results")
     d.add_argument("--json", action="store_true", help="print one JSON object (with --headless)")
     d.add_argument("--size", type=int, default=None, help="slide side in pixels (default 2048)")

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from napari_ftu.cli.common import TRUST_HELP
+from napari_ftu.cli.common import BUILTIN_HELP, TRUST_HELP, model_arg
 from napari_ftu.errors import OptionError
 from napari_ftu.io.paths import refuse_onto_inputs
 
@@ -16,8 +16,8 @@ def add_parser(sub, common) -> None:
                        help="segment an image, or a batch of slides on Dask, and write HuBMAP RLE (and labels)")
     s.add_argument("image", nargs="+",
                    help="an image; or many: files, folders, globs ('slides/*.svs') or a competition CSV (batch)")
-    s.add_argument("--model", type=Path, default=None,
-                   help="model folder, checkpoint, .onnx file or bioimage.io package (default: built-in)")
+    s.add_argument("--model", type=model_arg, default=None,
+                   help=f"model folder, checkpoint, .onnx file or bioimage.io package, {BUILTIN_HELP}")
     s.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
     s.add_argument("--out", type=Path, required=True, help="CSV to write (id,rle); for a batch, the output folder")
     s.add_argument("--labels", type=Path, default=None, help="also write the instance labels as TIFF")
@@ -85,7 +85,7 @@ def run(args) -> int:
     options = _segment_options(args)
     one, file_um = Path(args.image[0]), None
     if len(args.image) == 1 and (one.is_file() and one.suffix.lower() != ".csv" or is_dicom_folder(one)):
-        file_um = check_slide(one)  # a bad file is refused before the batch, torch and a model are imported
+        file_um = check_slide(one, args.um_per_px)  # refused before the batch, torch and a model are imported
 
     import numpy as np
 
@@ -113,10 +113,12 @@ def run(args) -> int:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     image_id = safe_id(args.id or file_stem(args.image))
     from napari_ftu.engine.backends import load
+    from napari_ftu.engine.card import scale_note
 
     model = load(args.model, device=args.device, backend=args.backend, trust_code=args.trust_model)
-    _, note = assumed_pixel_size(args.image.name, args.um_per_px or file_um, model.card.um_per_px, "the model's",
-                                 "--um-per-px")
+    used, note = assumed_pixel_size(args.image.name, args.um_per_px or file_um, model.card.um_per_px,
+                                    "the model's", "--um-per-px")
+    note = note or scale_note(args.image.name, used, model.card, "--um-per-px")
 
     grid = []  # the probability on the model grid, as the engine fills it
 
@@ -159,6 +161,18 @@ def run(args) -> int:
         for path in outputs:
             print(f"wrote {path}")
     return 0
+
+
+def _assumed_in_batch(rows, options) -> str | None:
+    """One line for the slides of a batch that had no pixel size (the model's was assumed)."""
+    from napari_ftu.batch.slide import batch_card
+
+    unknown = [r["id"] for r in rows if r.get("status") == "done" and not r.get("um_per_px")]
+    if not unknown:
+        return None
+    names = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+    return (f"{len(unknown)} slide(s) have no pixel size ({names}); assumed {batch_card(options).um_per_px:g} µm/px "
+            "(the model's); set --um-per-px or a pixel_size column in a CSV")
 
 
 def _foreground(labels):
@@ -230,6 +244,9 @@ def _segment_batch(args, segment_options) -> int:
         from napari_ftu.engine.backends import choose_backend
 
         summary["backend"] = choose_backend(args.model, args.device, args.backend)
+    note = _assumed_in_batch(result.rows, options)
+    if note:
+        print(note, file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_ftu.cli.common import TRUST_HELP, check_numbers
+from napari_ftu.cli.common import BUILTIN_HELP, TRUST_HELP, check_numbers, model_arg
 from napari_ftu.errors import OptionError
+
+DEFAULT_NAME = "napari-ftu model"
 
 
 def add_parser(sub, common) -> None:
@@ -31,7 +33,7 @@ def add_parser(sub, common) -> None:
     t.add_argument("--synthetic", type=int, default=0, help="number of synthetic training slides")
     t.add_argument("--val-synthetic", type=int, default=0, help="number of synthetic validation slides")
     t.add_argument("--synthetic-size", type=int, default=768)
-    t.add_argument("--init", type=Path, default=None, help="fine-tune from this model folder")
+    t.add_argument("--init", type=model_arg, default=None, help=f"fine-tune from this model folder, {BUILTIN_HELP}")
     t.add_argument("--trust-model", action="store_true", help=TRUST_HELP)
     t.add_argument("--resume", action="store_true", help="continue the interrupted run in --out (its checkpoint.pt)")
     t.add_argument("--arch", default="Unet", help="smp architecture of a new model: Unet, UnetPlusPlus, FPN, ...")
@@ -63,7 +65,7 @@ def add_parser(sub, common) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto")
     t.add_argument("--um-per-px", type=float, default=None, help="model pixel size of a new model (default 2.0)")
-    t.add_argument("--name", default="napari-ftu model")
+    t.add_argument("--name", default=DEFAULT_NAME, help="the model's name (with --init: the base's, fine-tuned)")
     t.set_defaults(func=run)
 
 
@@ -93,20 +95,25 @@ def run(args) -> int:
     elif args.init:
         base = load_model(args.init, device="cpu", trust_code=args.trust_model)
         card = base.card
+        card.name = args.name if args.name != DEFAULT_NAME else f"{card.name} (fine-tuned)"
         init_state = base.network.state_dict()
     else:
         card, init_state = new_model(args.arch, args.encoder, classes, args.um_per_px or 2.0, args.pretrained,
                                      args.name, args.seed, _decoder(args.decoder_channels, args.arch))
+    unknown = []  # images without a pixel size: said in one line
     train_set, val_set = [], [pair for folder in args.val_tiles for pair in
-                              dataset_samples(folder, card, um_per_px=args.data_um_per_px)]
+                              dataset_samples(folder, card, um_per_px=args.data_um_per_px, unknown=unknown)]
     every = args.hold_out_every if args.hold_out_every is not None else (0 if args.val_tiles else 5)
     for folder in args.tiles:
-        more, val = folder_split(folder, card, args.val_match, every, um_per_px=args.data_um_per_px)
+        more, val = folder_split(folder, card, args.val_match, every, um_per_px=args.data_um_per_px,
+                                 unknown=unknown)
         train_set, val_set = train_set + more, val_set + val
     if args.image or args.labels:
         if not (args.image and args.labels):
             raise OptionError("--image and --labels go together (an image and its label image)")
         image, labels = read_image(args.image), read_image(args.labels)
+        if not (image.um_per_px or args.data_um_per_px):
+            unknown.append(args.image.name)
         more, val = pair_split(image.data, labels.data, image.um_per_px or args.data_um_per_px, card,
                                name=str(args.labels))
         train_set, val_set = train_set + more, val_set + val
@@ -116,6 +123,10 @@ def run(args) -> int:
         val_set += synthetic_samples(args.val_synthetic, args.synthetic_size, args.seed + 2, card)
     if not train_set:
         raise FileNotFoundError("no training data: give --tiles FOLDER and/or --synthetic N")
+    if unknown:
+        names = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+        print(f"{len(unknown)} training image(s) have no pixel size ({names}); assumed {card.um_per_px:g} µm/px "
+              "(the model's); set --data-um-per-px", file=sys.stderr)
     if not resume:
         card.trained_on = _trained_on(args)
         card.notes = {**card.notes, "training": {

@@ -11,7 +11,6 @@ segmentation-models-pytorch.
 
 from __future__ import annotations
 
-import os
 import platform
 import sys
 from pathlib import Path
@@ -24,21 +23,18 @@ from napari_ftu.engine.models import (
     model_files,
     model_fingerprint,
 )
-from napari_ftu.engine.onnx_model import ONNX_NAME, WEIGHTS_KEY, OnnxModel, card_of, export_onnx, graph_metadata
+from napari_ftu.engine.onnx_model import (
+    ONNX_NAME,
+    WEIGHTS_KEY,
+    OnnxModel,
+    cache_dir,
+    card_of,
+    export_onnx,
+    graph_metadata,
+)
 from napari_ftu.errors import ModelError, OptionError
 
 BACKENDS = ("auto", "torch", "onnxruntime")
-CACHE_ENV = "NAPARI_FTU_CACHE"
-
-
-def cache_dir() -> Path:
-    """Where exported graphs of older model folders are kept (``$NAPARI_FTU_CACHE`` or the
-    user's cache folder)."""
-    if os.environ.get(CACHE_ENV, "").strip():
-        return Path(os.environ[CACHE_ENV])
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("napari-ftu"))
 
 
 def gpu_present() -> bool:

@@ -335,7 +335,7 @@ def _read_yaml(rdf: Path) -> dict:
 def _unzip(path: Path) -> Path:
     """Extract a package zip once into the user cache (keyed by its sha256), refusing members
     that leave the folder and totals beyond the memory budget."""
-    from napari_ftu.engine.backends import cache_dir
+    from napari_ftu.engine.onnx_model import cache_dir
     from napari_ftu.io.budget import check_memory
 
     digest = hashlib.sha256()

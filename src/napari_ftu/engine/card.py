@@ -204,7 +204,20 @@ MAX_DECODER_STAGES = 16
 
 def check_card_text(text: str, source: str) -> None:
     """Refuse a card file that is huge or nested deeper than any card needs before parsing it:
-    PyYAML takes minutes on 10 000 nested brackets (116 s measured)."""
+    PyYAML takes minutes on 10 000 nested brackets (116 s measured).
+
+    Parameters
+    ----------
+    text : str
+        The card file's text, untrusted.
+    source : str
+        The file, for error messages.
+
+    Raises
+    ------
+    ModelError
+        Text longer than ``MAX_CARD_BYTES`` or nested deeper than ``MAX_CARD_DEPTH``.
+    """
     if len(text) > MAX_CARD_BYTES:
         raise ModelError(f"{source}: a model card of {len(text)} characters is too large (at most {MAX_CARD_BYTES})")
     codes = np.frombuffer(text.encode("utf-8", errors="replace"), np.uint8)
@@ -215,7 +228,20 @@ def check_card_text(text: str, source: str) -> None:
 
 def check_card_size(data, source: str) -> None:
     """Refuse cards with more than MAX_CARD_NODES values, counting shared (aliased) ones each
-    time they appear, before anything walks or serialises them."""
+    time they appear, before anything walks or serialises them.
+
+    Parameters
+    ----------
+    data : object
+        A parsed card (JSON or YAML), untrusted.
+    source : str
+        The file, for error messages.
+
+    Raises
+    ------
+    ModelError
+        More than ``MAX_CARD_NODES`` values.
+    """
     seen, stack = 0, [data]
     while stack:
         node = stack.pop()
@@ -285,6 +311,37 @@ def _check_trained_on(value, source: str) -> None:
                 and span[0] <= span[1]):
             raise ModelError(f"{source}: 'trained_on.um_per_px' must be [min, max] positive µm/px, "
                              f"got {str(span)[:60]}")
+
+
+SCALE_MARGIN = 2.0  # a pixel size more than this factor outside the trained range is "far outside"
+
+
+def scale_note(name: str, um_per_px: float | None, card: ModelCard, setting: str) -> str | None:
+    """One line when an image's pixel size lies far outside the range the model was trained on
+    (its card's ``trained_on.um_per_px``): the engine still resamples it to the model's scale, but
+    a wrong pixel size in the file is the usual cause, and the user should know. Nothing is refused.
+
+    Parameters
+    ----------
+    name : str
+        The image, as the user knows it.
+    um_per_px : float or None
+        The pixel size the run uses.
+    card : ModelCard
+        The model's card.
+    setting : str
+        The flag or field that sets the pixel size.
+
+    Returns
+    -------
+    str or None
+        The line, or None when the pixel size is within :data:`SCALE_MARGIN` of the range.
+    """
+    span = (card.trained_on or {}).get("um_per_px")
+    if not um_per_px or not span or span[0] / SCALE_MARGIN <= um_per_px <= span[1] * SCALE_MARGIN:
+        return None
+    return (f"{name} is at {um_per_px:g} µm/px, far outside the {span[0]:g}–{span[1]:g} µm/px the model was "
+            f"trained on; if the file's pixel size is wrong, set {setting}")
 
 
 def describe_domain(card: ModelCard) -> str:

@@ -192,9 +192,50 @@ def is_out_of_memory(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
 
 
+BUILTIN_MODELS = {  # name (what --model and --init take) -> folder in sample_data
+    "builtin": "kidney_glomerulus",  # real PAS kidney: the default everywhere
+    "synthetic-demo": "synthetic_glomerulus",  # the project's synthetic slides: the demo and the synthetic sample
+}
+
+
+def builtin_model_path(name: str = "builtin") -> Path:
+    """A model shipped in ``sample_data``, by its name in :data:`BUILTIN_MODELS`.
+
+    Parameters
+    ----------
+    name : str
+        ``"builtin"`` (the default model) or ``"synthetic-demo"``.
+
+    Returns
+    -------
+    Path
+        The model folder.
+    """
+    if name not in BUILTIN_MODELS:
+        raise ModelError(f"{name}: no built-in model of that name (built-in: {', '.join(BUILTIN_MODELS)})")
+    return Path(__file__).resolve().parents[1] / "sample_data" / BUILTIN_MODELS[name]
+
+
 def default_model_path() -> Path:
-    """The model trained by this project on synthetic slides, shipped in ``sample_data``."""
-    return Path(__file__).resolve().parents[1] / "sample_data" / "default_model"
+    """The default model: glomeruli in real PAS kidney slides (see its ``README.md``)."""
+    return builtin_model_path("builtin")
+
+
+def model_path(value: str | Path) -> Path:
+    """What a user wrote for a model: a path, or a built-in model's name where no such path exists.
+
+    Parameters
+    ----------
+    value : str or Path
+        ``--model``/``--init`` as given.
+
+    Returns
+    -------
+    Path
+        The model's path.
+    """
+    path = Path(value)
+    return builtin_model_path(str(value)) if str(value) in BUILTIN_MODELS and not path.exists() else path
 
 
 

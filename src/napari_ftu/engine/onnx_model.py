@@ -15,6 +15,7 @@ one line each before ONNX Runtime sees the file.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ OPSET = 17
 CARD_KEY = "napari_ftu.model_card"  # metadata: the model card, JSON
 WEIGHTS_KEY = "napari_ftu.weights_sha256"  # metadata: fingerprint of the weights it was exported from
 PRECISION_KEY = "napari_ftu.precision"  # metadata: "int8" for quantised graphs
+CACHE_ENV = "NAPARI_FTU_CACHE"
 # ONNX's own operator sets and ONNX Runtime's built-in ones (its optimiser and quantiser use them): no library
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.training", "ai.onnx.preview", "ai.onnx.preview.training",
                     "com.microsoft", "com.microsoft.experimental", "com.microsoft.nchwc", "com.ms.internal.nhwc")
@@ -52,6 +54,16 @@ class _Probability:
                 return torch.sigmoid(logits) if n_classes == 1 else torch.softmax(logits, 1)
 
         return Probability().eval()
+
+
+def cache_dir() -> Path:
+    """Where exported graphs of older model folders are kept (``$NAPARI_FTU_CACHE`` or the
+    user's cache folder)."""
+    if os.environ.get(CACHE_ENV, "").strip():
+        return Path(os.environ[CACHE_ENV])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-ftu"))
 
 
 def export_onnx(network, card, path: str | Path, weights_sha256: str | None = None) -> Path:
@@ -186,7 +198,7 @@ def card_of(path: str | Path, folder_card=None):
     -------
     ModelCard
     """
-    from napari_ftu.engine.models import ModelCard
+    from napari_ftu.engine.card import ModelCard
 
     if folder_card is not None:
         return folder_card

@@ -21,7 +21,18 @@ _KEY_SUFFIX = re.compile(r"[_-](mask|masks|label|labels|gt)$", re.IGNORECASE)
 def image_key(name) -> str:
     """The id that pairs an image with its truth and its predictions: the name without a
     ``slide_``/``mask_``-style prefix or a ``_mask``/``_labels`` suffix. Dataset readers and
-    evaluate's pairing both use it, so our own outputs evaluate against the data they came from."""
+    evaluate's pairing both use it, so our own outputs evaluate against the data they came from.
+
+    Parameters
+    ----------
+    name : str or Path
+        A file stem or an id (``slide_O27_10``, ``mask_O27_10``, ``O27_10_labels``).
+
+    Returns
+    -------
+    str
+        The shared key (``O27_10``).
+    """
     return _KEY_SUFFIX.sub("", _KEY_PREFIX.sub("", str(name)))
 
 

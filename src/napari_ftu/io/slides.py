@@ -161,16 +161,17 @@ def _open_tiled(path: Path, backend: str) -> Slide:
     return slide
 
 
-def check_slide(path: str | Path) -> float | None:
+def check_slide(path: str | Path, um_per_px: float | None = None) -> float | None:
     """What :func:`open_slide` checks before reading pixels (the header, damaged or missing data,
     sizes against the memory budget), from the header alone and without zarr: an entry point
     calls it before loading torch and a model, so a bad file is refused in a fraction of a second.
-    Returns the file's pixel size (µm/px), None when it has none."""
+    Returns ``um_per_px`` when given (the file's own is then not read, as in :func:`open_slide`),
+    else the file's pixel size (µm/px), None when it has none."""
     import tifffile
 
     path = Path(path)
     if _backend(path) in ("dicom", "openslide"):  # their libraries read headers only when opening
-        slide = open_slide(path)
+        slide = open_slide(path, um_per_px)
         slide.close()
         return slide.um_per_px
     suffix = image_suffix(path)
@@ -180,13 +181,13 @@ def check_slide(path: str | Path) -> float | None:
             check_memory(need, path, "decoding", InputError)
             if suffix == ".png":
                 check_png_data(path)
-            return None
+            return um_per_px
         with tifffile.TiffFile(path) as tif:
             series = first_series(tif, path)
             if any(int(n) == 0 for n in series.shape):
                 raise InputError(f"{path}: image has no pixels (shape {series.shape})")
             check_tiff_data(series, path)
-            return _pixel_size(tif, path)
+            return um_per_px or _pixel_size(tif, path)
 
 
 def _open_raster(path: Path) -> Slide:

@@ -13,9 +13,9 @@ DEMO_SEED = 777
 
 def run_headless(out: str | Path = "napari-ftu-demo", size: int | None = None, seed: int | None = None,
                  device: str = "auto") -> dict:
-    """Segment a synthetic slide with the default model, score it and write the outputs."""
+    """Segment a synthetic slide with the synthetic demo model, score it and write the outputs."""
     from napari_ftu.engine.inference import segment
-    from napari_ftu.engine.models import default_model_path, load_model
+    from napari_ftu.engine.models import builtin_model_path, load_model
     from napari_ftu.evaluation.metrics import dice
     from napari_ftu.formats.annotations import Annotations
     from napari_ftu.formats.csv_formats import write_hubmap
@@ -26,7 +26,7 @@ def run_headless(out: str | Path = "napari-ftu-demo", size: int | None = None, s
     seed = DEMO_SEED if seed is None else seed
     start = time.perf_counter()
     rgb, truth, _ = make_slide(size, size, seed=seed, um_per_px=SAMPLE_UM_PER_PX)
-    model = load_model(None, device=device)
+    model = load_model(builtin_model_path("synthetic-demo"), device=device)
     seg = segment(rgb, model, um_per_px=SAMPLE_UM_PER_PX)
     out = Path(out)
     image_id = f"synthetic_{seed}"
@@ -44,6 +44,6 @@ def run_headless(out: str | Path = "napari-ftu-demo", size: int | None = None, s
         "device": seg.device,
         "image_size": [size, size],
         "seed": seed,
-        "model": str(default_model_path()),
+        "model": str(builtin_model_path("synthetic-demo")),
         "outputs": [str(p) for p in outputs],
     }

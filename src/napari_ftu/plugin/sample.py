@@ -13,7 +13,7 @@ def synthetic_layers(size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED, um_per_px
     """Layer data for a synthetic H&E kidney slide and its glomerulus ground-truth labels."""
     rgb, labels, _ = make_slide(size, size, seed=seed, um_per_px=um_per_px)
     scale = (um_per_px, um_per_px)
-    meta = {"um_per_px": um_per_px, "synthetic_seed": seed}
+    meta = {"um_per_px": um_per_px, "synthetic_seed": seed, "model": "synthetic-demo"}  # the Segment dock's choice
     return [
         (rgb, {"name": "synthetic kidney", "scale": scale, "units": ("µm", "µm"), "metadata": meta, "rgb": True},
          "image"),

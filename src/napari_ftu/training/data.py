@@ -60,11 +60,13 @@ def synthetic_samples(n: int, size: int, seed: int, card: ModelCard, scale_jitte
     return out
 
 
-def dataset_samples(path: str | Path, card: ModelCard | None = None, ids=None, um_per_px: float | None = None) -> list:
+def dataset_samples(path: str | Path, card: ModelCard | None = None, ids=None, um_per_px: float | None = None,
+                    unknown: list | None = None) -> list:
     """``[(rgb, mask), ...]`` from any dataset layout :func:`~napari_ftu.formats.datasets.open_dataset`
     knows (our exported tiles, image/mask folders, competition layouts), optionally only the
     images whose id is in ``ids``. Images with a known pixel size (from the file, else
-    ``um_per_px``) are resampled to the card's."""
+    ``um_per_px``) are resampled to the card's; the others are taken as they are (at the card's
+    pixel size), and their ids go into ``unknown`` when given, for the caller to say so."""
     from napari_ftu.formats.datasets import open_dataset
 
     ds = open_dataset(path)
@@ -78,6 +80,8 @@ def dataset_samples(path: str | Path, card: ModelCard | None = None, ids=None, u
         rgb = to_rgb(item.slide.read())
         mask = (item.annotations.labels > 0).astype(np.uint8)
         um = item.slide.um_per_px or um_per_px
+        if not um and unknown is not None:
+            unknown.append(image_id)
         if card is not None and um and abs(um / card.um_per_px - 1) > 0.01:
             rgb, mask = resample_pair(rgb, mask, um / card.um_per_px)
         pairs.append((rgb, mask))
@@ -87,14 +91,14 @@ def dataset_samples(path: str | Path, card: ModelCard | None = None, ids=None, u
 
 
 def folder_split(folder, card: ModelCard | None, pattern: str | None = None, every: int = VAL_EVERY,
-                 um_per_px: float | None = None) -> tuple[list, list]:
+                 um_per_px: float | None = None, unknown: list | None = None) -> tuple[list, list]:
     """Training and validation samples of a dataset folder (see :func:`split_ids`); ``um_per_px``
     is the pixel size of images whose files do not say."""
     from napari_ftu.formats.datasets import open_dataset
 
     train_ids, val_ids = split_ids(open_dataset(folder).ids, pattern, every)
-    train = dataset_samples(folder, card, set(train_ids), um_per_px=um_per_px) if train_ids else []
-    val = dataset_samples(folder, card, set(val_ids), um_per_px=um_per_px) if val_ids else []
+    train = dataset_samples(folder, card, set(train_ids), um_per_px=um_per_px, unknown=unknown) if train_ids else []
+    val = dataset_samples(folder, card, set(val_ids), um_per_px=um_per_px, unknown=unknown) if val_ids else []
     return train, val
 
 
