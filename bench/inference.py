@@ -2,8 +2,10 @@
 
     python bench/inference.py [--size 4096] [--device cpu] [--batch 4] [--repeat 3] [--no-monai] [--profile]
     python bench/inference.py --backends [--repeat 3] [--int8]
+    python bench/inference.py --processes [--size 4096] [--repeat 2]
 
 ``--backends``: the runtimes side by side (see :func:`backends`), instead of 1-3 below.
+``--processes``: whole processes as a user runs them against MONAI (see :func:`processes`).
 
 1. End-to-end time of ``segment`` / the model's forward time alone over the same tiles, each run
    ``--repeat`` times interleaved, the best of each compared.
@@ -208,9 +210,8 @@ def backends(repeat: int, int8: bool, batch: int = 4) -> None:
     import torch
 
     from napari_ftu.engine.fold import fold_batch_norm
-    from napari_ftu.engine.models import FTUModel, build_network, load_model
+    from napari_ftu.engine.models import FTUModel, builtin_model_path, load_model
     from napari_ftu.engine.onnx_model import OnnxModel, export_onnx
-    from napari_ftu.training.train import new_model
 
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser's notes on tensors it leaves in float
     threads = 1  # one thread each: CPU time is then the work done, steady on a shared machine
@@ -218,12 +219,12 @@ def backends(repeat: int, int8: bool, batch: int = 4) -> None:
     tiles = _tiles(8)
     print(f"forward only: {len(tiles)} tiles of 256 px, batch {batch}, {threads} thread (torch and ONNX Runtime), "
           f"best of {repeat} interleaved; CPU time (wall time in brackets)")
-    default = load_model(None, device="cpu")
-    card, _ = new_model(encoder="efficientnet-lite0", pretrained=False)
-    lite = FTUModel(build_network(card), card, "cpu")
+    demo = load_model(builtin_model_path("synthetic-demo"), device="cpu")
+    kidney = load_model(None, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, eager in (("built-in (U-Net, MobileNetV3-small)", default),
-                             ("training default (U-Net, EfficientNet-Lite0, decoder 128-16)", lite)):
+        for label, eager in (("synthetic demo (U-Net, MobileNetV3-small)", demo),
+                             ("built-in kidney = training default (U-Net, EfficientNet-Lite0, decoder 128-16)",
+                              kidney)):
             graph = export_onnx(eager.network, eager.card, os.path.join(tmp, "fp32.onnx"))
             folded = FTUModel(fold_batch_norm(__import__("copy").deepcopy(eager.network))[0], eager.card, "cpu")
             runtimes = {"torch eager": eager, "torch, batch norm folded": folded,
@@ -250,7 +251,7 @@ def backends(repeat: int, int8: bool, batch: int = 4) -> None:
                 print(f"  {name:34s} {results[name] / len(tiles) * 1000:7.1f} ms/tile "
                       f"({walls[name] / len(tiles) * 1000:6.1f})   {base / results[name]:.2f}x eager   "
                       f"max |dp| {np.abs(prob - reference).max():.1e}")
-            if int8 and label.startswith("built-in"):
+            if int8 and label.startswith("synthetic"):
                 for name in [n for n in runtimes if "int8" in n]:
                     if results[name] < results["onnxruntime fp32"]:
                         d32, d8 = _held_out_dice(runtimes["onnxruntime fp32"]), _held_out_dice(runtimes[name])
@@ -293,6 +294,78 @@ def startup(repeat: int = 2) -> None:
                                         if backend == "onnxruntime" else ""))
 
 
+# peak RSS from VmHWM (a child's ru_maxrss starts at the forking parent's), as code for `python -c`
+HWM = "int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1]) / 1024"
+
+
+def hwm_mb() -> float:
+    import re
+
+    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read())[1]) / 1024
+
+
+def monai_file(path: str, name: str, batch: int) -> None:
+    """What a MONAI user runs as one process: read the image, the same network in eager torch
+    through ``sliding_window_inference`` (same tile, overlap, Gaussian blending, batch), the same
+    instance labelling, and the RLE CSV written. Prints the peak resident memory."""
+    import tifffile
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from napari_ftu.engine.models import load_model, model_path
+    from napari_ftu.engine.postprocess import instances
+    from napari_ftu.formats import rle
+
+    model = load_model(model_path(name), device="cpu")
+    card, net = model.card, model.network
+    rgb = tifffile.imread(path)
+    mean = torch.tensor(card.mean).view(1, -1, 1, 1) * 255
+    std = torch.tensor(card.std).view(1, -1, 1, 1) * 255
+    x = (torch.from_numpy(rgb).permute(2, 0, 1)[None].float() - mean) / std
+    with torch.inference_mode():
+        prob = sliding_window_inference(x, (card.tile_size,) * 2, batch, lambda t: torch.sigmoid(net(t)),
+                                        overlap=card.overlap / card.tile_size, mode="gaussian")[0, 0].numpy()
+    labels = instances(prob, card.threshold, int(card.min_object_um2 / card.um_per_px**2))
+    with open(path + ".monai.csv", "w") as fh:
+        fh.write(f"id,rle\nimage,{rle.encode(labels > 0)}\n")
+    print("BENCH", hwm_mb())
+
+
+def processes(size: int, repeat: int, name: str, batch: int) -> None:
+    """Whole processes as a user runs them, on a ``size``² TIFF at the model's 2 µm/px: ``napari-ftu
+    segment IMAGE --out x.csv --blend gaussian`` (the CPU default: ONNX Runtime, glass skipped)
+    against :func:`monai_file`; wall time from start to exit and peak resident memory, best of
+    ``repeat``, all tissue and 60 % glass."""
+    import tempfile
+
+    from napari_ftu.io.images import write_tiff
+
+    code = ("import re, sys; from napari_ftu.cli import main; rc = main(sys.argv[1:]); "
+            f"print('BENCH', {HWM})")
+    print(f"whole processes: {size} x {size} px TIFF at 2 µm/px, model {name}, batch {batch}, best of {repeat}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for glass in (0.0, 0.6):
+            path = os.path.join(tmp, f"slide_{int(glass * 100)}.tif")
+            write_tiff(path, image(size, glass), 2.0)
+            runs = {"ours": [], "monai": []}
+            for _ in range(repeat):
+                for method, cmd in (
+                        ("ours", [sys.executable, "-c", code, "segment", path, "--out", path + ".csv", "--overwrite",
+                                  "--blend", "gaussian", "--batch", str(batch), "--model", name, "--device", "cpu"]),
+                        ("monai", [sys.executable, __file__, "--monai-file", path, "--model", name,
+                                   "--batch", str(batch)])):
+                    start = time.perf_counter()
+                    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                    wall = time.perf_counter() - start
+                    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("BENCH")).split()
+                    runs[method].append((wall, float(line[1])))
+            ours, monai = min(runs["ours"]), min(runs["monai"])
+            every = ", ".join(f"{m[0] / o[0]:.2f}" for o, m in zip(runs["ours"], runs["monai"]))
+            print(f"  {int(glass * 100):2d} % glass: ours {ours[0]:6.2f} s, peak {ours[1]:5.0f} MB | MONAI "
+                  f"{monai[0]:6.2f} s, peak {monai[1]:5.0f} MB | MONAI / ours: time {monai[0] / ours[0]:.2f}x "
+                  f"(each pair: {every}), peak memory {monai[1] / ours[1]:.2f}x")
+
+
 def measure(method, size, glass, device, batch, name="builtin") -> dict:
     cmd = [sys.executable, __file__, "--one", method, "--size", str(size), "--glass", str(glass),
            "--device", device, "--batch", str(batch), "--model", name]
@@ -316,9 +389,18 @@ def main():
     p.add_argument("--backends", action="store_true",
                    help="torch eager / batch norm folded / ONNX Runtime forward times, and CLI start-up per backend")
     p.add_argument("--int8", action="store_true", help="with --backends: also int8 ONNX graphs (dynamic, static)")
+    p.add_argument("--processes", action="store_true",
+                   help="whole processes as a user runs them: napari-ftu segment against a MONAI script")
+    p.add_argument("--monai-file", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.backends:
         backends(args.repeat, args.int8, args.batch)
+        return
+    if args.monai_file:
+        monai_file(args.monai_file, args.model, args.batch)
+        return
+    if args.processes:
+        processes(args.size, args.repeat, args.model, args.batch)
         return
     if args.profile:
         profile(args.size, args.device, args.batch)

@@ -22,6 +22,11 @@ def model_arg(value: str):
     return model_path(value)
 
 
+def few(names: list, most: int = 3) -> str:
+    """Names for a one-line message: the first ``most`` and how many more."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def one_line(exc: BaseException) -> str:
     """An error as one line: the first line of its text (libraries append install hints and
     advice on further lines)."""

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from napari_ftu.cli.common import BUILTIN_HELP, TRUST_HELP, model_arg
+from napari_ftu.cli.common import BUILTIN_HELP, TRUST_HELP, few, model_arg
 from napari_ftu.errors import OptionError
 from napari_ftu.io.paths import refuse_onto_inputs
 
@@ -170,9 +170,8 @@ def _assumed_in_batch(rows, options) -> str | None:
     unknown = [r["id"] for r in rows if r.get("status") == "done" and not r.get("um_per_px")]
     if not unknown:
         return None
-    names = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
-    return (f"{len(unknown)} slide(s) have no pixel size ({names}); assumed {batch_card(options).um_per_px:g} µm/px "
-            "(the model's); set --um-per-px or a pixel_size column in a CSV")
+    return (f"{len(unknown)} slide(s) have no pixel size ({few(unknown)}); assumed "
+            f"{batch_card(options).um_per_px:g} µm/px (the model's); set --um-per-px or a pixel_size column in a CSV")
 
 
 def _foreground(labels):

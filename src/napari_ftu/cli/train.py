@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_ftu.cli.common import BUILTIN_HELP, TRUST_HELP, check_numbers, model_arg
+from napari_ftu.cli.common import BUILTIN_HELP, TRUST_HELP, check_numbers, few, model_arg
 from napari_ftu.errors import OptionError
 
 DEFAULT_NAME = "napari-ftu model"
@@ -124,8 +124,7 @@ def run(args) -> int:
     if not train_set:
         raise FileNotFoundError("no training data: give --tiles FOLDER and/or --synthetic N")
     if unknown:
-        names = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
-        print(f"{len(unknown)} training image(s) have no pixel size ({names}); assumed {card.um_per_px:g} µm/px "
+        print(f"{len(unknown)} training image(s) have no pixel size ({few(unknown)}); assumed {card.um_per_px:g} µm/px "
               "(the model's); set --data-um-per-px", file=sys.stderr)
     if not resume:
         card.trained_on = _trained_on(args)
