@@ -122,17 +122,8 @@ def _bioimageio(source, args) -> Path:
 
     image = None
     if args.test_image is not None:
-        from napari_ftu.engine.models import ModelCard, model_files
-        from napari_ftu.io.images import read_image
-        from napari_ftu.io.resample import resample_image, zoom_shape
+        from napari_ftu.engine.models import load_model
 
-        loaded = read_image(args.test_image, um_per_px=args.um_per_px)
-        image = loaded.data
-        if image.ndim != 3 or image.shape[2] < 3:
-            raise OptionError(f"{args.test_image}: the test image must be RGB")
-        card_file = model_files(source)[0] / "model_card.json"
-        model_um = ModelCard.read(card_file).um_per_px if card_file.is_file() else None
-        if loaded.um_per_px and model_um:
-            image = resample_image(image[..., :3], zoom_shape(image.shape[:2], loaded.um_per_px / model_um))
+        image = _image_at_model_scale(args.test_image, args.um_per_px, load_model(source, device="cpu").card)
     return export_package(source, args.out, test_image=image, name=args.name, license=args.license,
                           authors=tuple(args.author or ("napari-ftu user",)))
