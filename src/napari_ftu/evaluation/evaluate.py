@@ -168,21 +168,7 @@ def _load_label_image(path: Path) -> Annotations:
 
 
 def _load_folder(path: Path) -> list[Annotations]:
-    files = sorted(p for p in path.iterdir() if p.name.lower().endswith(LABEL_IMAGE_SUFFIXES))
-    from napari_ftu.formats.datasets import open_dataset
-
-    try:
-        ds = open_dataset(path)
-    except (InputError, FormatError):
-        if not files:
-            raise FormatError(f"{path}: neither a dataset layout nor a folder of label images") from None
-        return [_load_label_image(p) for p in files]
-    out = []
-    for k in range(len(ds)):
-        a = ds.load(k).annotations
-        if a is not None:
-            out.append(a)
-    return out
+    return [a for a in (load() for load in _folder_loaders(path).values()) if a is not None]
 
 
 def evaluate_paths(pred, truth, pred_format=None, truth_format=None, iou_threshold=0.5, ap_iou=0.6):
