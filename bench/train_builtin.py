@@ -49,6 +49,9 @@ def main():
     p.add_argument("--grey", type=float, default=0.2, help="share of crops blended towards grey")
     p.add_argument("--synthetic", type=int, default=8, help="synthetic slides beside the real tiles")
     p.add_argument("--val-every", type=int, default=10, help="every N-th training tile validates")
+    p.add_argument("--min-object-um2", type=float, default=5000.0,
+                   help="smaller objects are dropped: below the smallest whole glomerulus of the training tiles "
+                        "(6 650 µm²; the 1st percentile is 9 790)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -72,6 +75,7 @@ def main():
                                  organs=["kidney"], stain="PAS")
     card.trained_on["um_per_px"] = [0.5, 3.0]
     card.trained_on["note"] = NOTE
+    card.min_object_um2 = args.min_object_um2
     card.notes = {**card.notes, "data": SOURCES, "recipe": {k: v for k, v in vars(args).items() if k != "out"}}
     t0 = time.perf_counter()
     _, history = train(tr, val, card, log=ProgressPrinter(sys.stderr), steps=args.steps, batch_size=args.batch_size,

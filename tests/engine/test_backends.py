@@ -230,7 +230,7 @@ def test_an_int8_export_keeps_the_held_out_dice(tmp_path):
     from napari_ftu.io.synthetic import make_slide
 
     out = tmp_path / "int8.onnx"
-    assert main(["export-model", "synthetic-demo", str(out), "--format", "onnx", "--int8"]) == 0
+    assert main(["export-model", "--model", "synthetic-demo", str(out), "--format", "onnx", "--int8"]) == 0
     assert graph_metadata(out)[PRECISION_KEY] == "int8"
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
     int8 = load(out, device="cpu")

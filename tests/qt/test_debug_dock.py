@@ -1,4 +1,4 @@
-"""The Debug dock on the synthetic sample slide, segmented by the default model, against its
+"""The Debug dock on the synthetic sample slide, segmented by the synthetic demo model, against its
 ground truth: numbers, error overlay and table, threshold slider and curve, compare mode,
 tile grid, TTA uncertainty, dataset histogram and export."""
 
@@ -30,10 +30,10 @@ def slide():
 
 
 @pytest.fixture(scope="module")
-def segmentation(slide, default_model):
+def segmentation(slide, synthetic_model):
     from napari_ftu.engine.inference import segment
 
-    return segment(slide[0], default_model, um_per_px=UM)
+    return segment(slide[0], synthetic_model, um_per_px=UM)
 
 
 def _wait(widget, qtbot):

@@ -8,6 +8,7 @@ import pytest
 from napari_ftu.evaluation.metrics import dice
 from napari_ftu.io.images import write_tiff
 from napari_ftu.steps import TileProgress, TrainStep
+from napari_ftu.training.data import FINE_TUNE_LR, LR
 
 napari = pytest.importorskip("napari")
 
@@ -388,6 +389,10 @@ def test_train_dock_retrains_on_corrections_and_offers_the_model(viewer_with_sli
     widget.steps.value, widget.batch.value, widget.crop.value = 4, 2, 128
     widget.device.value = "cpu"
     widget.out.value = tmp_path / "retrained"
+    widget.start.value = "fine-tune the built-in model"
+    assert widget.lr.value == FINE_TUNE_LR  # a smaller step from trained weights
+    widget.start.value = "new model"
+    assert widget.lr.value == LR
     worker = widget.run()
     assert worker is not None, widget.status.value
     with qtbot.waitSignal(worker.finished, timeout=180_000):

@@ -143,6 +143,32 @@ def test_cli_trains_on_one_image_pair_with_the_docks_hold_out(tmp_path, small_sl
                  "--encoder", "resnet18", "--device", "cpu", "--um-per-px", "1.0"]) == 0
     assert "best validation Dice" in capsys.readouterr().out  # the held-out fifth was validated on
     assert load_model(tmp_path / "m", device="cpu").card.encoder == "resnet18"
+
+
+def test_fine_tuning_takes_a_smaller_step_and_keeps_where_the_weights_came_from(tmp_path, small_slide):
+    import imageio.v3 as iio
+
+    from napari_ftu.cli import main
+    from napari_ftu.engine.models import builtin_model_path
+    from napari_ftu.training.data import FINE_TUNE_LR, LR
+
+    rgb, labels, _ = small_slide
+    iio.imwrite(tmp_path / "img.png", rgb[:384, :384])
+    iio.imwrite(tmp_path / "lab.png", (labels[:384, :384] > 0).astype(np.uint8) * 255)
+    common = ["--image", str(tmp_path / "img.png"), "--labels", str(tmp_path / "lab.png"), "--steps", "1",
+              "--batch-size", "2", "--crop", "64", "--val-every", "1", "--device", "cpu", "--data-um-per-px", "2"]
+    assert main(["train", "--out", str(tmp_path / "tuned"), "--init", "builtin", *common]) == 0
+    base = load_model(builtin_model_path(), device="cpu").card
+    card = load_model(tmp_path / "tuned", device="cpu").card
+    assert card.notes["training"]["lr"] == FINE_TUNE_LR < LR
+    assert card.name == f"{base.name} (fine-tuned)"
+    assert card.notes["data"] == base.notes["data"]  # the data's licence and attribution travel with the weights
+    assert "recipe" not in card.notes and card.notes["best_step"] == 1  # the base's training notes do not
+    assert card.trained_on["note"] == f"fine-tuned from {builtin_model_path().name}"
+    assert main(["train", "--out", str(tmp_path / "new"), "--encoder", "resnet18", "--um-per-px", "2", *common]) == 0
+    assert load_model(tmp_path / "new", device="cpu").card.notes["training"]["lr"] == LR
+
+
 # --- the recipe: budget, augmentation, threshold, CLI ---------------------------------------------
 
 

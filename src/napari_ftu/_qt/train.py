@@ -29,7 +29,7 @@ from napari_ftu._qt.jobs import start_job
 from napari_ftu.errors import FTUError, OptionError
 from napari_ftu.io.images import assumed_pixel_size
 from napari_ftu.steps import TrainStep, Validation
-from napari_ftu.training.data import ARCHITECTURES, ENCODERS, folder_split, pair_split, start_from
+from napari_ftu.training.data import ARCHITECTURES, ENCODERS, FINE_TUNE_LR, LR, folder_split, pair_split, start_from
 from napari_ftu.training.train import new_model, train_steps, trained_on
 
 SOURCES = ["dataset folder", "layers in the viewer"]
@@ -58,7 +58,7 @@ class TrainWidget(Dock):
         self.steps = SpinBox(label="steps", value=300, min=1, max=100000, step=50)
         self.batch = SpinBox(label="batch size", value=8, min=1, max=256)
         self.crop = SpinBox(label="crop", value=256, min=32, max=2048, step=32)
-        self.lr = FloatSpinBox(label="learning rate", value=2e-3, min=1e-6, max=1.0, step=1e-4)
+        self.lr = FloatSpinBox(label="learning rate", value=LR, min=1e-6, max=1.0, step=1e-4)
         self.patience = SpinBox(label="early stop after", value=0, min=0, max=1000,
                                 tooltip="validations without gain")
         special(self.patience, "never")
@@ -79,6 +79,7 @@ class TrainWidget(Dock):
         self.native.layout().addWidget(self._canvas)
         self.source.changed.connect(self._show_fields)
         self.start.changed.connect(self._show_fields)
+        self.start.changed.connect(lambda value: setattr(self.lr, "value", LR if value == START[0] else FINE_TUNE_LR))
         self.train_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self._show_fields()

@@ -7,15 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from napari_ftu.cli.common import model_arg
+from napari_ftu.cli.common import BUILTIN_HELP, model_arg
 from napari_ftu.errors import ModelError, OptionError
 
 
 def add_parser(sub, common) -> None:
     x = sub.add_parser("export-model", parents=[common],
                        help="write a model as an ONNX file or a bioimage.io package")
-    x.add_argument("model", type=model_arg, nargs="?", default=None,
-                   help="model folder or weights file (default: the built-in model)")
+    x.add_argument("--model", type=model_arg, default=None,
+                   help=f"model folder or weights file, {BUILTIN_HELP}")
     x.add_argument("--format", choices=["onnx", "bioimageio"], required=True,
                    help="onnx: one .onnx file with the model card in its metadata; bioimageio: a package "
                         "(OUT.zip, or a folder)")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from napari_ftu.cli.common import BUILTIN_HELP, TRUST_HELP, check_numbers, few, model_arg
 from napari_ftu.errors import OptionError
+from napari_ftu.training.data import FINE_TUNE_LR, LR
 
 DEFAULT_NAME = "napari-ftu model"
 
@@ -53,7 +54,8 @@ def add_parser(sub, common) -> None:
     t.add_argument("--steps", type=int, default=500, help="optimiser steps (without --minutes)")
     t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--crop", type=int, default=256)
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate (default {LR:g}; {FINE_TUNE_LR:g} with --init, from trained weights)")
     t.add_argument("--ema", type=float, default=0.0,
                    help="validate and save a moving average of the weights with this decay, e.g. 0.99 (default 0: "
                         "the raw weights)")
@@ -71,9 +73,8 @@ def add_parser(sub, common) -> None:
 
 def run(args) -> int:
     from napari_ftu.engine.card import ModelCard
-    from napari_ftu.engine.models import load_model
     from napari_ftu.io.images import read_image
-    from napari_ftu.training.data import dataset_samples, folder_split, pair_split, synthetic_samples
+    from napari_ftu.training.data import dataset_samples, folder_split, pair_split, start_from, synthetic_samples
     from napari_ftu.training.progress import ProgressPrinter
     from napari_ftu.training.train import new_model, read_checkpoint, train
 
@@ -86,6 +87,8 @@ def run(args) -> int:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     if len(classes) != 1:
         raise OptionError(f"--classes: training learns one class from binary masks, got {classes}")
+    if args.lr is None:
+        args.lr = FINE_TUNE_LR if args.init else LR
     init_state, resume = None, None
     if args.resume:
         import json
@@ -93,10 +96,7 @@ def run(args) -> int:
         resume = read_checkpoint(args.out)
         card = ModelCard.from_dict(json.loads(resume["card"]), str(args.out / "checkpoint.pt"))
     elif args.init:
-        base = load_model(args.init, device="cpu", trust_code=args.trust_model)
-        card = base.card
-        card.name = args.name if args.name != DEFAULT_NAME else f"{card.name} (fine-tuned)"
-        init_state = base.network.state_dict()
+        card, init_state = start_from(args.init, None if args.name == DEFAULT_NAME else args.name, args.trust_model)
     else:
         card, init_state = new_model(args.arch, args.encoder, classes, args.um_per_px or 2.0, args.pretrained,
                                      args.name, args.seed, _decoder(args.decoder_channels, args.arch))

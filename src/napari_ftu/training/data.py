@@ -21,14 +21,19 @@ ENCODERS = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "t
             "resnet34")  # the EfficientNet-Lite ones have ImageNet weights offline
 VAL_EVERY = 5  # without a validation pattern, every fifth image of a dataset is held out
 HOLD_OUT = 0.2  # of one image pair, the right fifth is held out
+LR = 2e-3  # peak learning rate of a new model
+FINE_TUNE_LR = 5e-4  # from trained weights: a quarter, so that a few images adapt the model without wiping it
+KEPT_NOTES = ("data", "encoder_weights")  # where the weights come from travels with every fine-tuned copy
 
 
-def start_from(path: str | Path | None, name: str) -> tuple[ModelCard, dict]:
+def start_from(path: str | Path | None, name: str | None = None, trust_code: bool = False) -> tuple[ModelCard, dict]:
     """Card and weights to fine-tune a model folder (``None``: the built-in model); the copy
-    gets its own name and no training notes of the original."""
-    base = load_model(path or default_model_path(), device="cpu")
-    card = ModelCard.from_dict({**base.card.__dict__, "notes": {}}, str(path))
-    card.name = name
+    gets its own name (default: the original's, fine-tuned), keeps the original's data sources and
+    encoder weights (their licences and attribution) and drops its training notes."""
+    base = load_model(path or default_model_path(), device="cpu", trust_code=trust_code)
+    notes = {k: v for k, v in base.card.notes.items() if k in KEPT_NOTES}
+    card = ModelCard.from_dict({**base.card.__dict__, "notes": notes}, str(path))
+    card.name = name or f"{base.card.name} (fine-tuned)"
     return card, base.network.state_dict()
 
 
