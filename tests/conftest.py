@@ -69,7 +69,7 @@ def export_dock(viewer_with_slide, tmp_path):
     viewer, truth = viewer_with_slide
     viewer.add_labels(truth, name="kidney FTUs", metadata={"source": "kidney"})
     _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
-    widget.labels.value = viewer.layers["kidney FTUs"]
+    widget.labels_layer.value = viewer.layers["kidney FTUs"]
     widget.path.value = tmp_path / "sub.csv"
     return viewer, truth, widget
 

@@ -302,7 +302,7 @@ def _train_dock(viewer, tmp_path, truth):
     _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Train")
     widget.source.value = "layers in the viewer"
     widget.image.value = viewer.layers["kidney"]
-    widget.labels.value = viewer.layers["kidney corrected"]
+    widget.labels_layer.value = viewer.layers["kidney corrected"]
     widget.batch.value, widget.crop.value = 2, 128
     widget.device.value = "cpu"
     return widget

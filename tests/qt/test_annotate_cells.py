@@ -69,7 +69,7 @@ def test_cells_train_into_instances_with_class_confidence_and_undo(cell_dock, qt
     assert layer.metadata["objects"][0]["cls"] in NAMES  # the engine's object table, as for FTUs
     # the Review dock shows the same session: predicted classes, unreviewed, one undo history
     _, review = viewer.window.add_plugin_dock_widget("napari-ftu", "Review")
-    review.labels.value = layer
+    review.labels_layer.value = layer
     assert review.session is widget.session
     rows = review.session.review.rows
     assert {i: r.cls for i, r in rows.items()} == by_id and {r.status for r in rows.values()} == {"unreviewed"}
@@ -143,7 +143,7 @@ def test_export_dock_writes_the_cells_as_an_hpa_csv(cell_dock, qtbot, tmp_path):
     widget.session.set_class([first], "nucleoli")  # a reviewer's correction (the Review dock's Set class)
     cls[first] = "nucleoli"
     _, export = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
-    export.labels.value = layer
+    export.labels_layer.value = layer
     export.format.value = "hpa"
     export.path.value = tmp_path / "cells.csv"
     written = export.export()

@@ -217,7 +217,7 @@ def test_clicks_are_steps_of_the_review_history(dock, monkeypatch, tmp_path):
     widget.click(points[0])
     states.append(viewer.layers["objects"].data.copy())
     _, review = viewer.window.add_plugin_dock_widget("napari-ftu", "Review")
-    review.labels.value = viewer.layers["objects"]
+    review.labels_layer.value = viewer.layers["objects"]
     assert review.session is widget.session  # one session, one history
     for point in points[1:]:
         widget.click(point)

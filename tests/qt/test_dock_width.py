@@ -1,6 +1,7 @@
 """The Segment dock keeps to a napari dock's width (350-450 px) on a 1500-px window: long text
 (the model's "trained on" paragraph, errors naming files, model paths) wraps or elides instead
-of widening the dock over the canvas. The screenshot is saved to the test's temporary folder for a look."""
+of widening the dock over the canvas. The screenshot is saved to the test's temporary folder for a look.
+Every dock names its fields."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def test_annotate_and_train_docks_say_when_they_assume_the_pixel_size(make_napar
     viewer.window.add_dock_widget(train)
     train.source.value = SOURCES[1]
     train.reset_choices()
-    train.image.value, train.labels.value = viewer.layers["patch"], labels
+    train.image.value, train.labels_layer.value = viewer.layers["patch"], labels
     train.steps.value, train.minutes.value = 1, 0
     train.out.value = str(tmp_path / "m")
     worker = train.run()
@@ -87,3 +88,19 @@ def test_annotate_and_train_docks_say_when_they_assume_the_pixel_size(make_napar
                                       "Load dock")
     with qtbot.waitSignal(worker.finished, timeout=300_000):
         pass
+
+
+def test_every_dock_names_its_fields_in_a_viewer_without_layers(make_napari_viewer):
+    """A dock attribute must not shadow magicgui's ``Container.labels`` (the switch for field
+    names): a Labels-layer chooser stored there hid every name when the viewer had no Labels layer."""
+    from magicgui.widgets import Container
+
+    def fields(container):
+        assert isinstance(container.labels, bool), f"{container!r}: labels is {container.labels!r}"
+        for w in container:
+            yield from fields(w) if isinstance(w, Container) else [w] if w._labeled_widget() is not None else []
+
+    viewer = make_napari_viewer()
+    for name in ("Load", "Segment", "Export", "Train", "Debug", "Review", "Annotate"):
+        _, dock = viewer.window.add_plugin_dock_widget("napari-ftu", name)
+        assert list(fields(dock)), f"the {name} dock shows its fields without their names"

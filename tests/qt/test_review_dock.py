@@ -236,7 +236,7 @@ def test_retrain_button_opens_the_train_dock_on_the_corrections(dock):
     viewer, w = dock
     train = w.retrain()
     assert train.source.value == "layers in the viewer"
-    assert train.labels.value is viewer.layers["kidney FTUs"] and train.image.value is viewer.layers["kidney"]
+    assert train.labels_layer.value is viewer.layers["kidney FTUs"] and train.image.value is viewer.layers["kidney"]
 
 
 def test_a_mouse_click_on_an_object_selects_its_row(dock, qtbot):

@@ -189,7 +189,7 @@ def test_user_edits_are_exported(viewer_with_slide, tmp_path):
     layer.paint((10, 10), 99, refresh=True)  # napari's own brush, as a user would paint
     assert layer.data[10, 10] == 99
     _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
-    widget.labels.value = layer
+    widget.labels_layer.value = layer
     widget.path.value = tmp_path / "fixed.csv"
     widget.export()
     text = (tmp_path / "fixed.csv").read_text().splitlines()[1].split(",")[1]
@@ -255,7 +255,7 @@ def test_export_dock_formats_round_trip(viewer_with_slide, tmp_path, fmt):
     viewer.add_labels(truth, name="kidney FTUs", metadata={"source": "kidney", "um_per_px": 1.0},
                       features=features)
     _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
-    widget.labels.value = viewer.layers["kidney FTUs"]
+    widget.labels_layer.value = viewer.layers["kidney FTUs"]
     widget.format.value = fmt
     assert str(widget.path.value).endswith(FORMATS[fmt].suffix)  # the suffix follows the format
     widget.path.value = tmp_path / f"out{FORMATS[fmt].suffix}"
@@ -272,7 +272,7 @@ def test_export_dock_training_tiles(viewer_with_slide, tmp_path):
     viewer, truth = viewer_with_slide
     viewer.add_labels(truth, name="kidney FTUs")
     _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Export")
-    widget.labels.value = viewer.layers["kidney FTUs"]
+    widget.labels_layer.value = viewer.layers["kidney FTUs"]
     widget.image.value = viewer.layers["kidney"]
     widget.tiles_dir.value = tmp_path / "tiles"
     widget.tile.value = 256
@@ -385,7 +385,7 @@ def test_train_dock_retrains_on_corrections_and_offers_the_model(viewer_with_sli
     _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Train")
     widget.source.value = "layers in the viewer"
     widget.image.value = viewer.layers["kidney"]
-    widget.labels.value = viewer.layers["kidney corrected"]
+    widget.labels_layer.value = viewer.layers["kidney corrected"]
     widget.steps.value, widget.batch.value, widget.crop.value = 4, 2, 128
     widget.device.value = "cpu"
     widget.out.value = tmp_path / "retrained"

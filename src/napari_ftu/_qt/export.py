@@ -29,7 +29,7 @@ from napari_ftu.training.tiles import export_tiles
 class ExportWidget(Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer)
-        self.labels = create_widget(annotation=napari.layers.Labels, label="labels")
+        self.labels_layer = create_widget(annotation=napari.layers.Labels, label="labels")
         self.image_id = LineEdit(label="image id", value="", tooltip="empty = the image's name")
         self.format = ComboBox(label="format", choices=[(f.title, key) for key, f in FORMATS.items()], value="hubmap")
         self.path = FileEdit(label="file", mode="w", value="submission.csv")
@@ -50,7 +50,7 @@ class ExportWidget(Dock):
         self.tile_format = ComboBox(label="tile files", choices=["png", "tif"], value="png")
         self.tiles_button = PushButton(text="Export training tiles")
         self.status = status_line("")
-        self.extend([self.labels, self.image_id, self.format, self.path, self.export_button, self.image,
+        self.extend([self.labels_layer, self.image_id, self.format, self.path, self.export_button, self.image,
                      self.tiles_dir, self.tile, self.overlap, self.target_um, self.keep, self.negatives,
                      self.max_per_class, self.tile_format, self.tiles_button, self.status])
         self.format.changed.connect(self._suffix)
@@ -62,8 +62,8 @@ class ExportWidget(Dock):
         """Export what the user is looking at: the selected Labels layer."""
         layer = self._viewer.layers.selection.active
         if isinstance(layer, napari.layers.Labels):
-            self.labels.reset_choices()
-            self.labels.value = layer
+            self.labels_layer.reset_choices()
+            self.labels_layer.value = layer
 
     def _suffix(self):
         path = Path(self.path.value)
@@ -88,7 +88,7 @@ class ExportWidget(Dock):
 
     def export(self):
         """Write the chosen Labels layer in the chosen format (asks before replacing a file)."""
-        layer = self.labels.value
+        layer = self.labels_layer.value
         if layer is None:
             return self._fail("Choose a Labels layer to export.")
         path = Path(self.path.value)
@@ -102,7 +102,7 @@ class ExportWidget(Dock):
         return written
 
     def export_tiles(self):
-        layer, image = self.labels.value, self.image.value
+        layer, image = self.labels_layer.value, self.image.value
         if layer is None or image is None:
             return self._fail("Choose an image and a Labels layer to export tiles.")
         try:

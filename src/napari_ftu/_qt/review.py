@@ -68,7 +68,7 @@ class ReviewWidget(Dock):
         self.window = None  # (layer, box) of an open large-slide window
         self._order: list[int] = []
         self._syncing = False
-        self.labels = create_widget(annotation=napari.layers.Labels, label="labels")
+        self.labels_layer = create_widget(annotation=napari.layers.Labels, label="labels")
         self.sort = ComboBox(label="sort", choices=list(SORTS), value="id")
         self.status_filter = ComboBox(label="show", choices=["all", *STATUSES], value="all")
         self.max_conf = FloatSpinBox(label="confidence ≤", value=1.0, min=0.0, max=1.0, step=0.05)
@@ -122,7 +122,7 @@ class ReviewWidget(Dock):
             [self.fill_button, self.relabel_button], [self.dilate_button, self.erode_button],
             [self.brush_button, self.polygon_button], [self.undo_button, self.redo_button],
             [self.prev_image, self.next_image])]
-        self.extend([self.labels, self.sort, self.status_filter, self.max_conf, self.counts])
+        self.extend([self.labels_layer, self.sort, self.status_filter, self.max_conf, self.counts])
         self.extend([nav_row, review_row, self.cls, self.class_button, *edit_grid[:5], self.min_area,
                      self.small_button, self.grow_px, edit_grid[5], self.colour, self.window_button,
                      self.save_window_button, edit_grid[6], self.retrain_button, self.project, self.interval,
@@ -131,7 +131,7 @@ class ReviewWidget(Dock):
         for w in (self.sort, self.status_filter, self.max_conf):
             w.changed.connect(self.refresh_table)
         self.colour.changed.connect(self._recolour)
-        self.labels.changed.connect(lambda: self.bind(self.labels.value))
+        self.labels_layer.changed.connect(lambda: self.bind(self.labels_layer.value))
         self.table.itemSelectionChanged.connect(self._on_rows_selected)
         self.table.horizontalHeader().sectionClicked.connect(lambda col: setattr(self.sort, "value", HEADER_SORTS[col]))
         viewer.layers.events.removing.connect(self._on_layer_removing)
@@ -142,7 +142,7 @@ class ReviewWidget(Dock):
         self.timer.start()
         self.native.destroyed.connect(self._on_destroyed)
         atexit.register(_close_at_exit, weakref.ref(self))  # napari quit without closing its windows
-        self.bind(self.labels.value)
+        self.bind(self.labels_layer.value)
 
     # --- binding a labels layer -----------------------------------------------------------------
     def _image_of(self, layer):
@@ -599,7 +599,7 @@ class ReviewWidget(Dock):
         layer = self._viewer.add_labels(window, name=f"{store_layer.name} window", scale=scale, translate=translate,
                                         metadata=meta, opacity=0.6)
         self.window = (layer, box)
-        self.labels.value = layer
+        self.labels_layer.value = layer
         self.bind(layer)
         return layer
 

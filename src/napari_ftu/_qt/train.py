@@ -45,7 +45,7 @@ class TrainWidget(Dock):
         self.val_match = LineEdit(label="validate on ids matching", value="",
                                   tooltip="regular expression; empty = hold out every fifth image")
         self.image = create_widget(annotation=napari.layers.Image, label="image")
-        self.labels = create_widget(annotation=napari.layers.Labels, label="labels")
+        self.labels_layer = create_widget(annotation=napari.layers.Labels, label="labels")
         self.start = ComboBox(label="start from", choices=START, value=START[0])
         self.base = FileEdit(label="model folder", mode="d")
         self.architecture = ComboBox(label="architecture", choices=list(ARCHITECTURES), value="Unet")
@@ -70,7 +70,7 @@ class TrainWidget(Dock):
         self.status = status_line("")
         self.scale_note = status_line()  # says when the image's pixel size is assumed
         self.scale_note.visible = False
-        self.extend([self.source, self.folder, self.val_match, self.image, self.labels, self.start, self.base,
+        self.extend([self.source, self.folder, self.val_match, self.image, self.labels_layer, self.start, self.base,
                      self.architecture, self.encoder, self.pretrained, self.um_per_px, self.minutes, self.steps,
                      self.batch, self.crop, self.lr,
                      self.patience, self.device, self.out, self.train_button, self.cancel_button, self.bar,
@@ -91,9 +91,9 @@ class TrainWidget(Dock):
             return
         image, labels = pair
         self.source.value = SOURCES[1]
-        self.labels.reset_choices()
+        self.labels_layer.reset_choices()
         self.image.reset_choices()
-        self.labels.value = labels
+        self.labels_layer.value = labels
         if image is not None:
             self.image.value = image
         self.state.retrain = None  # handled
@@ -101,7 +101,7 @@ class TrainWidget(Dock):
     def _show_fields(self):
         from_folder = self.source.value == SOURCES[0]
         self.folder.visible = self.val_match.visible = from_folder
-        self.image.visible = self.labels.visible = not from_folder
+        self.image.visible = self.labels_layer.visible = not from_folder
         new = self.start.value == "new model"
         self.base.visible = self.start.value == "fine-tune a model folder"
         self.architecture.visible = self.encoder.visible = self.pretrained.visible = self.um_per_px.visible = new
@@ -116,7 +116,7 @@ class TrainWidget(Dock):
     def _data(self, card):
         if self.source.value == SOURCES[0]:
             return folder_split(Path(self.folder.value), card, self.val_match.value or None)
-        image, labels = self.image.value, self.labels.value
+        image, labels = self.image.value, self.labels_layer.value
         if image is None or labels is None:
             raise OptionError("choose the image and its corrected Labels layer")
         return pair_split(level0(image), level0(labels), image.metadata.get("um_per_px"), card, name=labels.name)
