@@ -1,7 +1,7 @@
 """Candidate architectures for the built-in model side by side: held-out Dice against forward time.
 
 Each candidate is a model folder written by `bench/train_builtin.py` with the same recipe and step
-count (only ``--encoder`` differs). For each: parameters, weights size, forward time per
+count (only ``--encoder`` or ``--decoder-channels`` differs). For each: parameters, weights size, forward time per
 megapixel of model-grid input (batch 4 x 256², eager torch and ONNX Runtime fp32, best of
 ``--repeat``, in this one process), then `bench/glomeruli.py` for the ccf test tiles (pixel Dice,
 object F1) and the Sarder held-out patches (a stain none of them trained on).
@@ -63,7 +63,9 @@ def main():
         if run.returncode:
             raise SystemExit(run.stdout[-2000:] + run.stderr[-2000:])
         figures = json.loads(run.stdout.strip().splitlines()[-1])
-        rows.append((f"{model.card.encoder} ({model.card.architecture})", params / 1e6, mb, torch_ms, ort_ms,
+        decoder = "-".join(map(str, model.card.arch_kwargs.get("decoder_channels", [])))
+        name = f"{model.card.architecture} {decoder}"
+        rows.append((f"{model.card.encoder} ({name.strip()})", params / 1e6, mb, torch_ms, ort_ms,
                      figures["ccf_dice"], figures["ccf_f1"], figures["sarder_dice"]))
     print("| encoder | parameters (M) | weights (MB) | forward torch (ms/MP) | forward ORT (ms/MP) | ccf test Dice "
           "| ccf object F1 | Sarder Dice (unseen stain) |")

@@ -45,6 +45,7 @@ def main():
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--um-per-px", type=float, default=2.0)
     p.add_argument("--encoder", default="efficientnet-lite0")
+    p.add_argument("--decoder-channels", default="128,64,32,16,16", help="the U-Net decoder's widths")
     p.add_argument("--stain", type=float, default=0.35, help="stain jitter's relative range")
     p.add_argument("--grey", type=float, default=0.2, help="share of crops blended towards grey")
     p.add_argument("--synthetic", type=int, default=8, help="synthetic slides beside the real tiles")
@@ -52,6 +53,7 @@ def main():
     p.add_argument("--min-object-um2", type=float, default=5000.0,
                    help="smaller objects are dropped: below the smallest whole glomerulus of the training tiles "
                         "(6 650 µm²; the 1st percentile is 9 790)")
+    p.add_argument("--ema", type=float, default=0.0, help="validate and keep an average of the weights (e.g. 0.99)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -61,7 +63,8 @@ def main():
     from napari_ftu.training.train import new_model, train, trained_on
 
     card, init = new_model("Unet", args.encoder, classes=("glomerulus",), um_per_px=args.um_per_px,
-                           name="kidney-glomerulus", seed=args.seed)
+                           name="kidney-glomerulus", seed=args.seed,
+                           arch_kwargs={"decoder_channels": [int(c) for c in args.decoder_channels.split(",")]})
     train_ids, val_ids = ccf_split(args.val_every)
     t0 = time.perf_counter()
     tr = dataset_samples(CCF, card, ids=set(train_ids), um_per_px=CCF_UM)
@@ -80,7 +83,7 @@ def main():
     t0 = time.perf_counter()
     _, history = train(tr, val, card, log=ProgressPrinter(sys.stderr), steps=args.steps, batch_size=args.batch_size,
                        crop=args.crop, lr=args.lr, seed=args.seed, device="cpu", init_state=init, out=args.out,
-                       threads=args.threads, colour={"stain": args.stain, "grey": args.grey})
+                       threads=args.threads, ema=args.ema, colour={"stain": args.stain, "grey": args.grey})
     print(f"trained {history['steps']} steps in {time.perf_counter() - t0:.0f} s; best validation Dice "
           f"{history['best_dice']:.4f} at step {history['best_step']} (threshold {history['best_threshold']})")
 
