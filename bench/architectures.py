@@ -63,9 +63,9 @@ def main():
         if run.returncode:
             raise SystemExit(run.stdout[-2000:] + run.stderr[-2000:])
         figures = json.loads(run.stdout.strip().splitlines()[-1])
-        decoder = "-".join(map(str, model.card.arch_kwargs.get("decoder_channels", [])))
-        name = f"{model.card.architecture} {decoder}"
-        rows.append((f"{model.card.encoder} ({name.strip()})", params / 1e6, mb, torch_ms, ort_ms,
+        decoder = "-".join(map(str, model.card.arch_kwargs.get("decoder_channels", ())))
+        name = f"{model.card.encoder} ({model.card.architecture} {decoder or 'default decoder'})"
+        rows.append((name, params / 1e6, mb, torch_ms, ort_ms,
                      figures["ccf_dice"], figures["ccf_f1"], figures["sarder_dice"]))
     print("| encoder | parameters (M) | weights (MB) | forward torch (ms/MP) | forward ORT (ms/MP) | ccf test Dice "
           "| ccf object F1 | Sarder Dice (unseen stain) |")

@@ -103,8 +103,7 @@ def ccf(args, extra) -> dict:
         truth = _mask(CCF / "masks" / f"{i}.png")
         pred = _predicted(out, i, truth.shape)
         pairs.append((pred, truth))
-        ignore = unannotated(i, truth.shape)
-        ignored.append((np.where(ignore, 0, pred), truth & ~ignore))
+        ignored.append(unannotated_ignored(i, pred, truth))
     dices, f1, counts = score(pairs)
     dices_ignored, f1_ignored, counts_ignored = score(ignored)
     print("ccf test pixel Dice per tile: " + ", ".join(f"{d:.3f}" for d in dices))
@@ -127,8 +126,7 @@ def sarder(args, extra) -> dict:
         truth = _mask(SARDER / "masks" / f"mask_{f.name[len('slide_'):]}")
         pred = _predicted(out, f.stem, truth.shape)
         pairs.append((pred, truth))
-        ignore = unannotated(f.name, truth.shape)
-        ignored.append((np.where(ignore, 0, pred), truth & ~ignore))
+        ignored.append(unannotated_ignored(f.name, pred, truth))
         if args.probability:
             prob_file = args.out / f"{f.stem}_prob.tif"
             flags = ("--model", args.model) if args.model != "builtin" else ()
@@ -154,15 +152,15 @@ def sarder(args, extra) -> dict:
 UNANNOTATED = (("slide_O27_17_", 63, 41, 40), ("ccf_test_205", 945, 660, 110))
 
 
-def unannotated(name, shape):
-    """Where an image's truth leaves out a glomerulus: the bench also reports its figures with
-    these discs ignored (prediction and truth both cleared there)."""
-    mask = np.zeros(shape, bool)
-    yy, xx = np.ogrid[: shape[0], : shape[1]]
+def unannotated_ignored(name, pred, truth):
+    """``(pred, truth)`` with the discs where the image's truth leaves out a glomerulus cleared in
+    both: the bench reports its figures with and without them."""
+    ignore = np.zeros(truth.shape, bool)
+    yy, xx = np.ogrid[: truth.shape[0], : truth.shape[1]]
     for prefix, row, col, radius in UNANNOTATED:
         if name.startswith(prefix):
-            mask |= (yy - row) ** 2 + (xx - col) ** 2 <= radius**2
-    return mask
+            ignore |= (yy - row) ** 2 + (xx - col) ** 2 <= radius**2
+    return np.where(ignore, 0, pred), truth & ~ignore
 
 
 def svs(args, extra) -> dict:

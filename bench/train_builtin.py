@@ -45,7 +45,7 @@ def main():
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--um-per-px", type=float, default=2.0)
     p.add_argument("--encoder", default="efficientnet-lite0")
-    p.add_argument("--decoder-channels", default="128,64,32,16,16", help="the U-Net decoder's widths")
+    p.add_argument("--decoder-channels", default=None, help="the U-Net decoder's widths, as napari-ftu train's")
     p.add_argument("--stain", type=float, default=0.35, help="stain jitter's relative range")
     p.add_argument("--grey", type=float, default=0.2, help="share of crops blended towards grey")
     p.add_argument("--synthetic", type=int, default=8, help="synthetic slides beside the real tiles")
@@ -58,13 +58,14 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
 
+    from napari_ftu.cli.train import _decoder
     from napari_ftu.training.data import dataset_samples, synthetic_samples
     from napari_ftu.training.progress import ProgressPrinter
     from napari_ftu.training.train import new_model, train, trained_on
 
     card, init = new_model("Unet", args.encoder, classes=("glomerulus",), um_per_px=args.um_per_px,
                            name="kidney-glomerulus", seed=args.seed,
-                           arch_kwargs={"decoder_channels": [int(c) for c in args.decoder_channels.split(",")]})
+                           arch_kwargs=_decoder(args.decoder_channels, "Unet"))
     train_ids, val_ids = ccf_split(args.val_every)
     t0 = time.perf_counter()
     tr = dataset_samples(CCF, card, ids=set(train_ids), um_per_px=CCF_UM)

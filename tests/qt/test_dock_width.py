@@ -98,7 +98,10 @@ def test_every_dock_names_its_fields_in_a_viewer_without_layers(make_napari_view
     def fields(container):
         assert isinstance(container.labels, bool), f"{container!r}: labels is {container.labels!r}"
         for w in container:
-            yield from fields(w) if isinstance(w, Container) else [w] if w._labeled_widget() is not None else []
+            if isinstance(w, Container):
+                yield from fields(w)
+            elif w._labeled_widget() is not None:
+                yield w
 
     viewer = make_napari_viewer()
     for name in ("Load", "Segment", "Export", "Train", "Debug", "Review", "Annotate"):
