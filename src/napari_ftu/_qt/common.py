@@ -138,10 +138,14 @@ class EngineRunDock(Dock):
     def _set_running(self, running: bool) -> None:
         self.run_button.enabled, self.cancel_button.enabled = not running, running
 
-    def start_run(self, layer, model, options, um_per_px: float, description: str | None = None):
-        """Run ``model`` over ``layer`` (all its pyramid levels) in a worker; returns the worker."""
+    def start_run(self, layer, model, options, um_per_px: float, description: str | None = None,
+                  source: str | Path | None = None):
+        """Run ``model`` over ``layer`` (all its pyramid levels) in a worker; returns the worker.
+        ``source`` (the model's folder or file) goes into the result layers' metadata, so the
+        Review dock's learning starts from the model that made the objects."""
         from napari_ftu.engine.run import segment_slide_steps
 
+        self._model_source = None if source is None else str(source)
         data = list(layer.data) if layer.multiscale else layer.data
         # where a store goes if the size rules call for one (the core decides; deleted once unused)
         store = Path(tempfile.mkdtemp(prefix="napari-ftu-")) / f"{layer.name}.zarr"
@@ -245,7 +249,7 @@ class EngineRunDock(Dock):
         kept as it is next to a new layer."""
         um = seg.um_per_px
         meta = {"um_per_px": um, "source": layer.name, "class": class_name, "threshold": seg.threshold,
-                "store": _text(seg.store)}
+                "store": _text(seg.store), "model": getattr(self, "_model_source", None)}
         place = _placement(layer, seg.downsample)
         old = self._viewer.layers[name] if name in self._viewer.layers else None
         kind = napari.layers.Labels if class_name is not None else napari.layers.Image

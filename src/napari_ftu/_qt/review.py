@@ -32,6 +32,7 @@ from qtpy.QtCore import QItemSelectionModel, QTimer
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 from napari_ftu._qt.common import Dock, button
+from napari_ftu._qt.learn import LearnPanel
 from napari_ftu._qt.state import mark_edited, session_of, share_session
 from napari_ftu.boxes import box_at, corners, from_corners, overlaps, size
 from napari_ftu.errors import EditError, InputError, SessionError
@@ -105,6 +106,7 @@ class ReviewWidget(Dock):
         self.prev_image = button("◀ Image", lambda: self.step_image(-1))
         self.next_image = button("Image ▶", lambda: self.step_image(1))
         self.retrain_button = button("Retrain on my corrections…", self.retrain)
+        self.learning = LearnPanel(self)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
@@ -125,8 +127,8 @@ class ReviewWidget(Dock):
         self.extend([self.labels_layer, self.sort, self.status_filter, self.max_conf, self.counts])
         self.extend([nav_row, review_row, self.cls, self.class_button, *edit_grid[:5], self.min_area,
                      self.small_button, self.grow_px, edit_grid[5], self.colour, self.window_button,
-                     self.save_window_button, edit_grid[6], self.retrain_button, self.project, self.interval,
-                     self.save_label])
+                     self.save_window_button, edit_grid[6], self.learning, self.retrain_button, self.project,
+                     self.interval, self.save_label])
         self.native.layout().insertWidget(5, self.table)  # the queue right under the filters and counts
         for w in (self.sort, self.status_filter, self.max_conf):
             w.changed.connect(self.refresh_table)
@@ -190,7 +192,7 @@ class ReviewWidget(Dock):
         elif saved is not None:
             layer.data[...] = saved.labels
             layer.refresh()
-            self.session = ReviewSession(layer.data, saved.review, offset=offset)
+            self.session = saved.into(ReviewSession(layer.data, saved.review, offset=offset))
             when = time.strftime("%H:%M:%S", time.localtime(saved.meta.get("saved_at", 0)))
             show_info(f"{layer.name}: restored the review saved at {when} ({saved.review.summary()})")
         else:
@@ -200,6 +202,7 @@ class ReviewWidget(Dock):
                                         layer.metadata.get("class") or "FTU")
             self.session = ReviewSession(layer.data, review, offset=offset)
         share_session(layer, self.session)
+        self.session.review.threshold = float(layer.metadata.get("threshold") or 0.5)
         self.autosaver = Autosaver(self.session, store, self.interval.value, {"layer": layer.name})
         self._hook(layer)
         self.refresh()
@@ -247,6 +250,7 @@ class ReviewWidget(Dock):
                             ("Shift-M", self.merge), ("Shift-D", self.delete), ("Shift-H", self.fill_holes),
                             ("Alt-=", lambda: self.grow(1)), ("Alt--", lambda: self.grow(-1))]:
             layer.bind_key(key, lambda _layer, act=action: act(), overwrite=True)
+        self.learning.bind_keys(layer)
 
     def _unhook(self):
         layer = self.layer
@@ -420,10 +424,12 @@ class ReviewWidget(Dock):
         if self.layer is not None and step is not None and step.boxes:
             self.layer.events.data(value=self.layer.data, action="changed", data_indices=(), value_indices=())
         self.refresh()
+        self.learning.maybe_learn()
         if then_next:
             self.go_unreviewed(1)
         elif step is not None and step.state_after:
-            alive = [i for i, r in step.state_after.items() if r is not None and r.status != "rejected"]
+            alive = [i for i, r in step.state_after.items()
+                     if isinstance(i, int) and r is not None and r.status != "rejected"]
             if alive:
                 self.select(alive[:1], focus=False)
         return result

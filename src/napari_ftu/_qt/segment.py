@@ -182,7 +182,7 @@ class SegmentWidget(EngineRunDock):
         note = note or scale_note(layer.name, used, model.card, "µm/px in the Load dock")
         self.scale_note.value = note or ""
         self.scale_note.visible = bool(note)
-        return self.start_run(layer, model, options, um)
+        return self.start_run(layer, model, options, um, source=self._paths[self.model.value])
 
     # --- threshold without re-running ------------------------------------------------------
     def _threshold_moved(self, value):

@@ -39,6 +39,9 @@ def add_parser(sub, common) -> None:
                    help="tile blending window: cosine taper over the overlap (default) or Gaussian (sigma tile/8)")
     s.add_argument("--keep-glass", action="store_true", help="also run the model on background (glass) tiles")
     s.add_argument("--split", action="store_true", help="split touching objects with a watershed")
+    s.add_argument("--keep-reviewed", action="store_true",
+                   help="keep the objects reviewed in the Review dock (its saved review beside the slide): they stay "
+                        "as reviewed, and new objects on reviewed, rejected or done places are dropped")
     s.add_argument("--json", action="store_true", help="print a JSON summary")
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     b = s.add_argument_group("batch (many slides)")
@@ -128,12 +131,22 @@ def run(args) -> int:
         elif isinstance(event, TileProgress) and not args.json:
             print(f"\rtiles {event.done}/{event.total}", end="", file=sys.stderr, flush=True)
 
+    if args.keep_reviewed:
+        from napari_ftu.review.autosave import saved_sessions
+
+        saved_sessions(args.image)  # no saved review: one error before the model runs
     tmp = Path(tempfile.mkdtemp(prefix="napari-ftu-"))
+    reviewed = None
     try:
         seg = drain(segment_slide_steps(args.image, model, options, um_per_px=args.um_per_px, store=tmp / STORE_NAME),
                     progress)
         if not args.json:
             print(file=sys.stderr)
+        if args.keep_reviewed:
+            from napari_ftu.review.autosave import keep_saved_reviews
+
+            first = 1 + max((int(o["id"]) for o in seg.objects), default=0)
+            reviewed = keep_saved_reviews(seg.labels, args.image, seg.downsample, first)
         um = seg.um_per_px  # of the labels: the image's, or the model grid's for a large slide
         outputs = [str(export_annotations(Annotations(image_id, _foreground(seg.labels), um_per_px=um), args.out,
                                           "hubmap", overwrite=True))]
@@ -151,13 +164,18 @@ def run(args) -> int:
                "glass_tiles_skipped": seg.n_skipped, "outputs": outputs}
     if seg.downsample != 1.0:
         summary["labels_downsample"] = seg.downsample
+    if reviewed is not None:
+        summary["reviewed_kept"], summary["predicted_dropped"] = reviewed
+        summary["n_objects"] += reviewed[0] - reviewed[1]
     if note:  # said once the work is done, so that a failed run still gets one error line
         print(note, file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"{image_id}: {summary['n_objects']} FTUs in {seg.seconds:.1f} s on {seg.device}, {seg.backend}"
-              + (f" (labels on the model grid, {um:g} µm/px)" if seg.downsample != 1.0 and um else ""))
+              + (f" (labels on the model grid, {um:g} µm/px)" if seg.downsample != 1.0 and um else "")
+              + (f"; {reviewed[0]} reviewed objects kept, {reviewed[1]} new ones on reviewed places dropped"
+                 if reviewed is not None else ""))
         for path in outputs:
             print(f"wrote {path}")
     return 0

@@ -31,6 +31,10 @@ def add_parser(sub, common) -> None:
     t.add_argument("--image", type=Path, default=None, help="train on one image and ...")
     t.add_argument("--labels", type=Path, default=None,
                    help="... its label image; the right fifth is held out for validation (the Train dock's layers)")
+    t.add_argument("--reviews", type=Path, nargs="+", default=[], metavar="SLIDE_OR_SESSION",
+                   help="learn from saved reviews (what the Review dock autosaves beside a slide): reviewed objects "
+                        "and regions marked done teach, unreviewed pixels are ignored; fine-tunes --init (default: "
+                        "the built-in model)")
     t.add_argument("--synthetic", type=int, default=0, help="number of synthetic training slides")
     t.add_argument("--val-synthetic", type=int, default=0, help="number of synthetic validation slides")
     t.add_argument("--synthetic-size", type=int, default=768)
@@ -87,6 +91,8 @@ def run(args) -> int:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     if len(classes) != 1:
         raise OptionError(f"--classes: training learns one class from binary masks, got {classes}")
+    if args.reviews:
+        return _from_reviews(args)
     if args.lr is None:
         args.lr = FINE_TUNE_LR if args.init else LR
     init_state, resume = None, None
@@ -154,6 +160,42 @@ def run(args) -> int:
             else "no validation set (last weights saved)")
     print(f"{best}; {history['steps']} steps in {history['seconds']:.0f} s, "
           f"waiting for data {100 * history.get('data_wait', 0):.0f} % of the time; wrote {args.out}")
+    return 0
+
+
+def _from_reviews(args) -> int:
+    """``--reviews``: one round of learning from saved reviews, with the sparse rules of the
+    Review dock's "Learn from my reviews" (training.rounds)."""
+    from napari_ftu.steps import drain
+    from napari_ftu.training.progress import ProgressPrinter
+    from napari_ftu.training.rounds import round_steps
+    from napari_ftu.training.sparse import saved_reviews
+
+    if args.tiles or args.val_tiles or args.image or args.synthetic or args.resume:
+        raise OptionError("--reviews trains from reviews alone: leave out --tiles, --image, --synthetic and --resume")
+    reviews = [r for path in args.reviews for r in saved_reviews(path, args.data_um_per_px)]
+    unknown = [r.name for r in reviews if not r.um_per_px]
+    if unknown:
+        print(f"{len(unknown)} slide(s) have no pixel size ({few(unknown)}); assumed the model's; set "
+              "--data-um-per-px", file=sys.stderr)
+    n_obj = sum(len(r.reviewed) for r in reviews)
+    print(f"{len(reviews)} review(s): {n_obj} reviewed objects, {sum(len(r.done) for r in reviews)} regions marked "
+          "done", flush=True)
+    printer = ProgressPrinter(sys.stderr)
+    if args.out.exists() and not args.out.is_dir():
+        raise OptionError(f"{args.out}: --out must be a folder")
+    gen = round_steps(reviews, args.init, args.out, seconds=args.minutes * 60 if args.minutes else None,
+                      steps=args.steps, lr=args.lr or FINE_TUNE_LR, batch_size=args.batch_size, seed=args.seed,
+                      val_every=args.hold_out_every or 0, threads=args.threads, device=args.device,
+                      trust_code=args.trust_model)
+    try:
+        out, history = drain(gen, printer)
+    except KeyboardInterrupt:
+        printer.close()
+        print("interrupted; nothing written", file=sys.stderr)
+        return 130
+    printer.close()
+    print(f"{history['steps']} steps in {history['seconds']:.0f} s; wrote {out}")
     return 0
 
 

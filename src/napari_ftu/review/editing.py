@@ -501,6 +501,26 @@ def draw_polygon(labels, vertices, value: int | None = None, overwrite: bool = F
     return Edit("draw", [Patch(box, crop)], created=[value])
 
 
+def add_mask(labels, box: Box, mask: np.ndarray, value: int | None = None, reserved=(),
+             name: str = "add") -> Edit:
+    """A new object from a boolean ``mask`` of ``box`` (an accepted possible miss, a traced
+    outline), on background pixels only; the new id in ``created``.
+
+    Raises
+    ------
+    EditError
+        The mask covers only existing objects.
+    """
+    labels = _check(labels)
+    crop = np.asarray(labels[box]).copy()
+    inside = np.asarray(mask, bool) & (crop == 0)
+    if not inside.any():
+        raise EditError(f"{name}: the object lies only on existing objects")
+    value = value or next_free_id(labels, reserved)
+    crop[inside] = value
+    return Edit(name, [Patch(box, crop)], created=[value])
+
+
 def renumber(labels) -> Edit:
     """Renumber objects 1..n in order of their ids, as an undoable edit (one patch per renumbered
     object); :func:`napari_ftu.engine.postprocess.relabel_sequential` renumbers a whole array.

@@ -43,6 +43,11 @@ class ReviewSession:
         self.history = history or History()
         self.offset = tuple(int(v) for v in offset)
         self.generation = 0  # bumped by every change; the autosave compares it
+        # What a review knows beyond the labels (sparse training labels, see training.sparse):
+        # the pixels of rejected objects (by id; only rows still "rejected" count) and the
+        # regions the reviewer marked "nothing else here".
+        self.rejected: np.ndarray | None = None
+        self.done: list[Box] = []
 
     # --- pixel edits -------------------------------------------------------------------------
     def apply(self, edit: Edit, status: str | None = "edited") -> Step | None:
@@ -208,11 +213,83 @@ class ReviewSession:
         if not ids:
             raise EditError("reject: select an object first")
         edit = editing.delete(self.labels, ids)
+        self._keep_rejected(ids)
         before = self.review.snapshot(ids)
         step = self.history.apply(self.labels, edit)
         for i in ids:
             if i in self.review.rows:
                 self.review.rows[i].status = "rejected"
+        return self._changed(step, before, ids)
+
+    def _keep_rejected(self, ids) -> None:
+        """Remember the pixels of objects about to be rejected: a rejected object is background
+        the reviewer looked at, what a model must learn not to find."""
+        if self.rejected is None:
+            self.rejected = np.zeros(self.labels.shape, self.labels.dtype)
+        for i in ids:
+            row = self.review.rows.get(i)
+            box = row.box if row is not None else (slice(0, self.labels.shape[0]), slice(0, self.labels.shape[1]))
+            self.rejected[self.rejected == i] = 0
+            self.rejected[box][self.labels[box] == i] = i
+
+    def mark_done(self, box: Box) -> Step:
+        """Mark a region "nothing else here" (undoable): its pixels outside objects are background
+        for training, and it counts as reviewed.
+
+        Parameters
+        ----------
+        box : Box
+            In label coordinates; clipped to the image.
+        """
+        from napari_ftu.boxes import corners, from_corners
+
+        y0, x0, y1, x1 = corners(box)
+        h, w = self.labels.shape
+        y0, x0, y1, x1 = max(0, y0), max(0, x0), min(h, y1), min(w, x1)
+        if y1 <= y0 or x1 <= x0:
+            raise EditError("done: the view does not show the image")
+        before = {"done": list(self.done)}
+        self.done.append(from_corners(y0, x0, y1, x1))
+        step = self.history.push_state("nothing else here", before, {"done": list(self.done)})
+        self.generation += 1
+        return step
+
+    def repredict(self, labels: np.ndarray, classes: dict | None = None, name: str = "new prediction") -> Step:
+        """Take a new model's objects for the *unreviewed* part only, as one undo step: reviewed
+        objects (accepted, edited, rejected) keep their pixels, ids and rows; unreviewed ones are
+        replaced by the new objects that do not fall mostly on a reviewed object, a rejected
+        object or a region marked done (:func:`keep_reviewed`).
+
+        Parameters
+        ----------
+        labels : ndarray
+            The new prediction, same shape as the session's labels.
+        classes : dict, optional
+            New id -> (class, confidence).
+        """
+        from napari_ftu.review.table import Review
+
+        labels = np.asarray(labels)
+        if labels.shape != self.labels.shape:
+            raise EditError(f"new prediction: labels {labels.shape} differ from the session's {self.labels.shape}")
+        rows = self.review.rows
+        unreviewed = [i for i, r in rows.items() if r.status == "unreviewed"]
+        merged, placed = keep_reviewed(self.labels, {i: r.status for i, r in rows.items()}, self.rejected, self.done,
+                                       labels, self.next_free_id())
+        ids = set(unreviewed) | set(placed.values())
+        before = self.review.snapshot(ids)
+        whole = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))
+        step = self.history.record(name, self.labels, whole, self.labels.copy(), merged.astype(self.labels.dtype))
+        for i in unreviewed:
+            self.review.rows.pop(i, None)
+        new_ids = list(placed.values())
+        measured = Review.from_labels(np.where(np.isin(merged, new_ids), merged, 0), self.review.um_per_px,
+                                      None, self.review.default_class)
+        back = {v: k for k, v in placed.items()}
+        for i, row in measured.rows.items():
+            cls, conf = (classes or {}).get(back[i], (self.review.default_class, None))
+            row.cls, row.confidence = str(cls), float("nan") if conf is None else float(conf)
+            self.review.rows[i] = row
         return self._changed(step, before, ids)
 
     # --- history ---------------------------------------------------------------------------------
@@ -229,7 +306,11 @@ class ReviewSession:
     def _replayed(self, step: Step | None, rows: dict | None) -> Step | None:
         """After the history rewrote the pixels of ``step``: put its review ``rows`` back."""
         if step is not None:
-            self.review.restore(rows or {})
+            rows = dict(rows or {})
+            done = rows.pop("done", None)
+            if done is not None:
+                self.done = list(done)
+            self.review.restore(rows)
             self.generation += 1
         return step
 
@@ -244,3 +325,35 @@ class ReviewSession:
 
 def _ids(a) -> set[int]:
     return {int(i) for i in np.unique(np.asarray(a)) if i}
+
+
+def keep_reviewed(labels: np.ndarray, statuses: dict, rejected, done, new: np.ndarray, first_id: int | None):
+    """``(merged labels, {new id: id in merged})``: the reviewed objects of ``labels`` (accepted,
+    edited) as they are, plus the objects of ``new`` that do not fall mostly (half or more) on a
+    reviewed object, a rejected object or a region marked done, clipped to the rest and numbered
+    from ``first_id`` (``None``: they keep their ids). Unreviewed objects of ``labels`` are
+    dropped: ``new`` replaces them."""
+    from scipy import ndimage as ndi
+
+    from napari_ftu.boxes import corners
+
+    kept = [i for i, s in statuses.items() if s in ("accepted", "edited")]
+    merged = np.where(np.isin(labels, kept), labels, 0).astype(np.int64)
+    blocked = merged > 0
+    rej = [i for i, s in statuses.items() if s == "rejected"]
+    if rejected is not None and rej:
+        blocked |= np.isin(rejected, rej)
+    for b in done:
+        y0, x0, y1, x1 = corners(b)
+        blocked[y0:y1, x0:x1] = True
+    placed, next_id = {}, first_id
+    for k, box in enumerate(ndi.find_objects(np.asarray(new)), start=1):
+        if box is None:
+            continue
+        obj = np.asarray(new[box]) == k
+        if not obj.any() or blocked[box][obj].mean() >= 0.5:
+            continue  # the reviewer has already decided on this place
+        merged[box][obj & ~blocked[box]] = k if next_id is None else next_id
+        placed[k] = k if next_id is None else next_id
+        next_id = None if next_id is None else next_id + 1
+    return merged, placed

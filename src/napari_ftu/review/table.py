@@ -23,6 +23,8 @@ SORTS = {
     "large first": lambda r: (-r.area_um2, r.id),
     "status": lambda r: (STATUSES.index(r.status), r.id),
     "class": lambda r: (r.cls, r.id),
+    "most doubtful first": None,  # confidence nearest the threshold first (review.active), set per table
+    "by position": lambda r: (round(r.centroid[0]) // 256, r.centroid[1], r.id),
 }
 
 
@@ -69,6 +71,7 @@ class Review:
         self.um_per_px = um_per_px
         self.default_class = default_class
         self.rows: dict[int, Row] = {}
+        self.threshold = 0.5  # the model's, for "most doubtful first"
 
     # --- building and updating --------------------------------------------------------------
     @classmethod
@@ -254,6 +257,10 @@ class Review:
         rows = [r for r in self.rows.values() if status is None or r.status == status]
         if max_confidence is not None:
             rows = [r for r in rows if math.isnan(r.confidence) or r.confidence <= max_confidence]
+        if sort == "most doubtful first":
+            from napari_ftu.review.active import doubt
+
+            return sorted(rows, key=lambda r: (doubt(r.confidence, self.threshold), r.id))
         return sorted(rows, key=SORTS[sort])
 
     def next_unreviewed(self, current: int | None, order: list[int], step: int = 1) -> int | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_ftu.training.sparse import UNKNOWN
+
 # Ruifrok & Johnston's stain vectors (rows: haematoxylin, eosin, DAB), as in skimage.color.
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], np.float32)
 RGB_FROM_HED[2] = np.cross(RGB_FROM_HED[0], RGB_FROM_HED[1])
@@ -98,7 +100,11 @@ def balanced_crop(rng, rgb: np.ndarray, mask: np.ndarray, size: int, positive: b
         rgb = np.pad(rgb, pad + ((0, 0),), mode="reflect")
         mask = np.pad(mask, pad, mode="reflect")
         h, w = mask.shape
-    pool = np.flatnonzero(mask.ravel() > 0) if positive else np.flatnonzero(mask.ravel() == 0)
+    flat = mask.ravel()
+    # centres only on known pixels: a sparse mask's UNKNOWN is neither FTU nor background
+    pool = np.flatnonzero((flat > 0) & (flat != UNKNOWN)) if positive else np.flatnonzero(flat == 0)
+    if not pool.size:
+        pool = np.flatnonzero(flat != UNKNOWN)
     if pool.size:
         y, x = divmod(int(pool[rng.integers(pool.size)]), w)
         y0 = int(np.clip(y - size // 2 + rng.integers(-size // 4, size // 4 + 1), 0, h - size))

@@ -23,6 +23,7 @@ from napari_ftu.io.resample import resample_pair
 from napari_ftu.steps import TrainStep, Validation, drain
 from napari_ftu.training.augment import augment, balanced_crop
 from napari_ftu.training.data import ARCHITECTURES
+from napari_ftu.training.sparse import UNKNOWN
 
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.1, 0.91, 0.05))
 
@@ -87,10 +88,10 @@ def threshold_sweep(model: FTUModel, samples: list) -> np.ndarray:
     for rgb, mask in samples:
         seg = segment(rgb, model)
         prob = np.asarray(seg.class_probability(), np.float32) / seg.prob_scale
-        truth = mask > 0
-        if prob.shape != truth.shape:
-            truth = resize(truth, prob.shape, order=0, anti_aliasing=False).astype(bool)
-        scores += dice_curve(prob, truth, THRESHOLDS)[1]
+        if prob.shape != mask.shape:
+            mask = resize(mask, prob.shape, order=0, anti_aliasing=False, preserve_range=True).astype(mask.dtype)
+        known = mask != UNKNOWN  # a sample from a review knows only some pixels
+        scores += dice_curve(prob[known], mask[known] > 0, THRESHOLDS)[1]
     return scores / max(len(samples), 1)
 
 
@@ -474,16 +475,33 @@ def _to_device(xb, yb, mean, std, dev):
     """Normalised float tensors on the device (pinned and non-blocking on CUDA)."""
     import torch
 
-    x, y = torch.from_numpy(xb), torch.from_numpy((yb > 0).astype(np.uint8))
+    x, y = torch.from_numpy(xb), torch.from_numpy(np.ascontiguousarray(yb, np.uint8))
     if dev.type == "cuda":
         x, y = x.pin_memory().to(dev, non_blocking=True), y.pin_memory().to(dev, non_blocking=True)
     else:
         x, y = x.to(dev), y.to(dev)
     x = (x.permute(0, 3, 1, 2).float() - mean) / std
-    y = y.float().unsqueeze(1)
+    y = y.unsqueeze(1)  # 0 background, 1 FTU, UNKNOWN: not learned (see sparse_loss)
     if dev.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     return x, y
+
+
+def sparse_loss(logits, y):
+    """BCE + soft Dice over the known pixels only: ``y`` holds 0 (background), 1 (FTU) or
+    :data:`~napari_ftu.training.sparse.UNKNOWN`, whose pixels add nothing to the loss or its
+    gradient. A review knows only what the reviewer looked at; the rest is not background."""
+    import torch
+
+    known = (y != UNKNOWN).float()
+    target = ((y > 0) & (y != UNKNOWN)).float()
+    n_known = known.sum()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, weight=known, reduction="sum")
+    bce = bce / n_known.clamp(min=1)
+    prob = torch.sigmoid(logits) * known
+    inter = (prob * target).sum((2, 3))
+    soft_dice = (2 * inter + 1) / (prob.sum((2, 3)) + target.sum((2, 3)) + 1)
+    return bce + (1 - soft_dice).mean()
 
 
 def _step(net, opt, x, y, dev):
@@ -492,10 +510,7 @@ def _step(net, opt, x, y, dev):
 
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
         logits = net(x).float()
-    prob = torch.sigmoid(logits)
-    inter = (prob * y).sum((2, 3))
-    soft_dice = (2 * inter + 1) / (prob.sum((2, 3)) + y.sum((2, 3)) + 1)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y) + (1 - soft_dice).mean()
+    loss = sparse_loss(logits, y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
