@@ -433,14 +433,17 @@ def goals(policies: dict) -> dict:
         out["loop_dice_at_end"] = loop[-1]["dice"]
     att, ro = policies.get("annotate-then-train"), policies.get("review-only")
     if loop and att:
-        ratios = []
-        for q in loop:  # every level the loop reaches: the loop's first time at it over annotate-then-train's
-            level = q["dice"]
+        ratios = {}
+        best = max(q["dice"] for q in loop)
+        # every Dice level both reach (the points of either curve): the loop's first time at it over
+        # annotate-then-train's; levels the start model already has cost nobody anything
+        for level in sorted({q["dice"] for q in loop + att if q["dice"] <= best}):
             t_loop = min(p["minutes"] for p in loop if p["dice"] >= level)
             t_att = min((p["minutes"] for p in att if p["dice"] >= level), default=None)
             if t_att:
-                ratios.append(t_loop / t_att)
-        out["loop_time_over_att_max"] = round(max(ratios), 3) if ratios else None
+                ratios[level] = round(t_loop / t_att, 3)
+        out["loop_time_over_att"] = ratios
+        out["loop_time_over_att_max"] = max(ratios.values()) if ratios else None
     if loop and ro:
         out["loop_minus_review_only_min"] = round(min(q["dice"] for q in loop) - ro[0]["dice"], 4)
     return out

@@ -26,8 +26,15 @@ def round_name(base_card, round_no: int) -> str:
     return f"{root} — learned from reviews, round {round_no}"
 
 
+def round_lr(round_no: int, lr: float = FINE_TUNE_LR) -> float:
+    """The peak learning rate of round ``round_no``: the fine-tuning rate, falling as 1/√round.
+    Rounds continue from each other, so together they make one long schedule whose later steps
+    refine rather than jolt (a model that got worse after more reviews would cost trust)."""
+    return lr / max(1, round_no) ** 0.5
+
+
 def round_steps(reviews: list, base, out: str | Path, seconds: float | None = ROUND_SECONDS, steps: int = 200,
-                round_no: int = 1, seed: int = 0, lr: float = FINE_TUNE_LR, batch_size: int = 4, crop: int = 256,
+                round_no: int = 1, seed: int = 0, lr: float | None = None, batch_size: int = 4, crop: int = 256,
                 val_every: int = 0, threads: int | None = None, device: str = "auto", trust_code: bool = False):
     """Fine-tune ``base`` (a model folder; ``None``: the built-in model) on ``reviews``
     (:class:`~napari_ftu.training.sparse.ReviewData`) for ``seconds`` (or ``steps``) and write the
@@ -35,6 +42,7 @@ def round_steps(reviews: list, base, out: str | Path, seconds: float | None = RO
 
     Without validation (``val_every`` 0, the default while few objects are reviewed) the last
     weights are kept with the base's threshold. ``out`` appears only when the round finishes.
+    ``lr`` (default :func:`round_lr`) is the round's peak learning rate.
     """
     from napari_ftu.engine.models import default_model_path, load_model
     from napari_ftu.errors import InputError
@@ -58,8 +66,9 @@ def round_steps(reviews: list, base, out: str | Path, seconds: float | None = RO
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         _, history = yield from train_steps(train, val, card, steps=steps, minutes=seconds / 60 if seconds else None,
-                                            lr=lr, batch_size=batch_size, crop=crop, seed=seed + round_no,
-                                            init_state=state, out=tmp, workers=1, threads=threads, device=device)
+                                            lr=lr or round_lr(round_no), batch_size=batch_size, crop=crop,
+                                            seed=seed + round_no, init_state=state, out=tmp, workers=1,
+                                            threads=threads, device=device)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
