@@ -51,6 +51,8 @@ class Dock(Container):
             else:
                 inner.addItem(item)
         inner.addStretch(1)
+        left, top, _, bottom = layout.getContentsMargins()
+        layout.setContentsMargins(left, top, 0, bottom)  # the scroll bar takes the right margin's place
         layout.addWidget(scroll_area(page, min_height))
 
     def _fail(self, exc):
@@ -85,14 +87,15 @@ def scroll_area(widget, min_height: int = 160):
 
     class ScrollArea(QScrollArea):
         def _bar(self) -> int:
-            return self.verticalScrollBar().sizeHint().width()
+            return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
 
         def minimumSizeHint(self):
             return QSize(self.widget().minimumSizeHint().width() + self._bar(), min_height)
 
         def sizeHint(self):
             hint = self.widget().sizeHint()
-            return QSize(hint.width() + self._bar(), max(hint.height(), min_height))
+            width = max(hint.width(), self.minimumSizeHint().width())  # a dock's usual width, not wider
+            return QSize(width, max(hint.height(), min_height))
 
         def eventFilter(self, obj, event):
             if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
@@ -103,6 +106,7 @@ def scroll_area(widget, min_height: int = 160):
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)  # one that came and went hid content
     area.setWidget(widget)
     area.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
     return area

@@ -134,7 +134,7 @@ class ReviewWidget(Dock):
         self.table.setMinimumHeight(150)
         self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.table.horizontalHeader().setStretchLastSection(True)
-        for col, width in enumerate([44, 84, 76, 76]):
+        for col, width in enumerate([40, 78, 70, 72]):
             self.table.setColumnWidth(col, width)
         self._build_layout()
         for w in (self.sort, self.status_filter, self.max_conf):
@@ -193,6 +193,8 @@ class ReviewWidget(Dock):
         self.add_section("more", self.more)
         self.add_section("status", self.save_label.native)
         self.scroll = scroll_area(self.page)
+        left, top, _, bottom = self.native.layout().getContentsMargins()
+        self.native.layout().setContentsMargins(left, top, 0, bottom)  # the scroll bar takes the right margin's place
         self.native.layout().addWidget(self.scroll)
 
     def add_section(self, name: str, *widgets):
