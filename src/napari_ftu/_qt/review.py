@@ -27,7 +27,7 @@ from magicgui.widgets import (
     create_widget,
 )
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QItemSelectionModel, QTimer
+from qtpy.QtCore import QItemSelectionModel, Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QGridLayout,
@@ -134,7 +134,9 @@ class ReviewWidget(Dock):
         self.table.setMinimumHeight(150)
         self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.table.horizontalHeader().setStretchLastSection(True)
-        for col, width in enumerate([40, 78, 70, 72]):
+        self.table.horizontalHeader().setMinimumSectionSize(24)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # the columns fit the dock
+        for col, width in enumerate([36, 82, 62, 74]):
             self.table.setColumnWidth(col, width)
         self._build_layout()
         for w in (self.sort, self.status_filter, self.max_conf):
