@@ -46,6 +46,23 @@ def test_table_sorts_filters_and_counts():
         review.set_status([1], "maybe")
 
 
+def test_a_queue_built_before_the_segmentation_wrote_its_features_takes_them():
+    """A dock opened before the run builds the queue from bare labels; the features and the
+    pixel size that come after fill it in, and a reviewer's class is kept."""
+    review = Review.from_labels(_scene())  # no features, no pixel size
+    assert all(math.isnan(r.confidence) for r in review.rows.values())
+    assert review.rows[2].area_um2 == review.rows[2].area_px == 400
+    review.set_status([3], "accepted")
+    review.set_class([3], "vessel")
+    assert review.adopt(_features(), um_per_px=2.0)
+    assert [review.rows[i].confidence for i in (1, 2, 3)] == [0.9, 0.4, 0.7]
+    assert [r.id for r in review.table("low confidence first")] == [2, 3, 1]
+    assert review.rows[2].area_um2 == 400 * 2.0**2 and review.um_per_px == 2.0
+    assert review.rows[1].cls == "glomerulus" and review.rows[3].cls == "vessel"  # reviewed: the reviewer's class
+    assert not review.adopt(_features(), um_per_px=2.0)  # nothing new
+    assert not review.adopt(None, None) and review.um_per_px == 2.0
+
+
 def test_statuses_follow_edits_and_undo_restores_them():
     lab = _scene()
     s = ReviewSession(lab, Review.from_labels(lab, 0.5, _features()))

@@ -35,6 +35,26 @@ class Dock(Container):
         self.state = state_of(viewer)
         self.worker = None
 
+    def scroll(self, min_height: int = 160) -> None:
+        """Put the dock's widgets in a scroll area (:func:`scroll_area`); call it once they are in."""
+        from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+        layout = self.native.layout()
+        page = QWidget()
+        inner = QVBoxLayout(page)
+        inner.setContentsMargins(0, 0, 0, 0)
+        inner.setSpacing(layout.spacing())
+        while layout.count():
+            item = layout.takeAt(0)
+            if item.widget() is not None:
+                inner.addWidget(item.widget())
+            else:
+                inner.addItem(item)
+        inner.addStretch(1)
+        left, top, _, bottom = layout.getContentsMargins()
+        layout.setContentsMargins(left, top, 0, bottom)  # the scroll bar takes the right margin's place
+        layout.addWidget(scroll_area(page, min_height))
+
     def _fail(self, exc):
         """Show a failure in the status line and as a napari notice; handlers return its None."""
         self.status.value = f"Error: {exc}"
@@ -55,6 +75,41 @@ def status_line(value: str = "") -> Label:
     label.tooltip = value
     label.changed.connect(lambda text: setattr(label, "tooltip", str(text)))
     return label
+
+
+def scroll_area(widget, min_height: int = 160):
+    """``widget`` in a vertical scroll area: a dock then asks the window for ``min_height``
+    instead of its whole height, so docks side by side fit a laptop screen. Where there is
+    room it asks for the whole widget; it keeps the widget's minimum width (no horizontal
+    scrolling, no frame)."""
+    from qtpy.QtCore import QEvent, QSize, Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    class ScrollArea(QScrollArea):
+        def _bar(self) -> int:
+            return self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+        def minimumSizeHint(self):
+            return QSize(self.widget().minimumSizeHint().width() + self._bar(), min_height)
+
+        def sizeHint(self):
+            hint = self.widget().sizeHint()
+            width = max(hint.width(), self.minimumSizeHint().width())  # a dock's usual width, not wider
+            return QSize(width, max(hint.height(), min_height))
+
+        def eventFilter(self, obj, event):
+            if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
+                self.updateGeometry()  # the content's size changed: so do the hints
+            return super().eventFilter(obj, event)
+
+    area = ScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)  # one that came and went hid content
+    area.setWidget(widget)
+    area.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
+    return area
 
 
 def narrow_combo(combo) -> None:

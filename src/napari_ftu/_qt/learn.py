@@ -23,11 +23,11 @@ from napari_ftu.errors import EditError, InputError, ModelError
 MISS_LAYER = "{} possible misses"
 
 
-class LearnPanel(Container):
-    """Learning while reviewing, for the :class:`~napari_ftu._qt.review.ReviewWidget` ``dock``."""
+class LearnPanel:
+    """Learning while reviewing, for the :class:`~napari_ftu._qt.review.ReviewWidget` ``dock``,
+    which lays out :attr:`buttons` (a toolbar), :attr:`settings`, :attr:`bar` and :attr:`info`."""
 
     def __init__(self, dock):
-        super().__init__(labels=True)
         from napari_ftu.training.rounds import ROUND_SECONDS
 
         self.dock = dock
@@ -38,23 +38,27 @@ class LearnPanel(Container):
         self.previous = None  # the labels before the last re-prediction (models' disagreement)
         self.misses: list = []
         self._decisions_at_round = 0
-        self.every = SpinBox(label="learn every N decisions", value=0, min=0, max=1000,
+        self.every = SpinBox(label="learn every", value=0, min=0, max=1000,
                              tooltip="start a round after this many review decisions (0: only with the button)")
-        self.seconds = SpinBox(label="round length s", value=int(ROUND_SECONDS), min=10, max=3600,
+        self.seconds = SpinBox(label="round s", value=int(ROUND_SECONDS), min=10, max=3600,
                                tooltip="seconds of training per round")
-        self.done_button = button("Nothing else here (D)", self.mark_done,
-                                  tooltip="the view is reviewed: what is not an object here is background")
-        self.learn_button = button("Learn from my reviews (L)", self.learn)
-        self.cancel_button = button("Cancel round", self.cancel, enabled=False)
-        self.miss_button = button("Next possible miss (G)", self.next_miss)
-        self.accept_miss_button = button("Accept miss (Shift+A)", self.accept_miss)
-        self.dismiss_miss_button = button("Dismiss (Shift+R)", self.dismiss_miss)
+        self.done_button = button("Done here D", self.mark_done,
+                                  tooltip="nothing else here: what is not an object in this view is background (D)")
+        self.learn_button = button("Learn L", self.learn, tooltip="learn from my reviews now, then re-predict the "
+                                   "unreviewed objects (L)")
+        self.cancel_button = button("Cancel", self.cancel, enabled=False, tooltip="cancel the round: the model in "
+                                    "use stays")
+        self.miss_button = button("Miss G ▶", self.next_miss, tooltip="go to the next possible miss (G)")
+        self.accept_miss_button = button("Take ⇧A", self.accept_miss, tooltip="the possible miss is an FTU (Shift+A)")
+        self.dismiss_miss_button = button("Drop ⇧R", self.dismiss_miss,
+                                          tooltip="the possible miss is not an FTU (Shift+R)")
+        self.buttons = [self.done_button, self.learn_button, self.cancel_button, self.miss_button,
+                        self.accept_miss_button, self.dismiss_miss_button]
+        self.settings = Container(layout="horizontal", widgets=[self.every, self.seconds])
+        self.settings.margins = (0, 0, 0, 0)
         self.bar = ProgressBar(label="round", value=0, min=0, max=1)
-        self.info = status_line("review a few objects, then learn from them")
-        row = Container(layout="horizontal", labels=False, widgets=[self.learn_button, self.cancel_button])
-        misses = Container(layout="horizontal", labels=False,
-                           widgets=[self.miss_button, self.accept_miss_button, self.dismiss_miss_button])
-        self.extend([self.done_button, row, self.every, self.seconds, self.bar, misses, self.info])
+        self.bar.visible = False
+        self.info = status_line("Learning: review a few objects, then L")
         self._miss_index = -1
 
     # --- keys --------------------------------------------------------------------------------
@@ -120,10 +124,9 @@ class LearnPanel(Container):
             return dock._fail("the image of these labels is not in the viewer")
         um = dock.layer.metadata.get("um_per_px") or image.metadata.get("um_per_px")
         window = self._window_image(image, session)
-        review = ReviewData(window_levels := [window], um, session.labels.copy(), {
-            i: r.status for i, r in session.review.rows.items()},
-            None if session.rejected is None else session.rejected.copy(), list(session.done), (0, 0), image.name)
-        del window_levels
+        review = ReviewData([window], um, session.labels.copy(), {i: r.status for i, r in session.review.rows.items()},
+                            None if session.rejected is None else session.rejected.copy(), list(session.done), (0, 0),
+                            image.name)
         self.pool[(image.name, session.offset)] = review
         reviews = list(self.pool.values())
         if sum(r.n_reviewed for r in reviews) < 1:
@@ -131,7 +134,7 @@ class LearnPanel(Container):
         self.round += 1
         out = Path(dock._session_folder(dock.layer)) / "models" / f"round-{self.round}"
         self._decisions_at_round = self.decisions()
-        self.learn_button.enabled, self.cancel_button.enabled = False, True
+        self.learn_button.enabled, self.cancel_button.enabled, self.bar.visible = False, True, True
         self.info.value = f"round {self.round}: learning from {sum(len(r.reviewed) for r in reviews)} reviewed " \
                           f"objects …"
         steps = learn_and_predict_steps(reviews, self._base(), out, window, um, seconds=float(self.seconds.value),
@@ -163,7 +166,7 @@ class LearnPanel(Container):
 
     def _finished(self):
         self.worker = None
-        self.learn_button.enabled, self.cancel_button.enabled = True, False
+        self.learn_button.enabled, self.cancel_button.enabled, self.bar.visible = True, False, False
 
     def _round_done(self, layer, result):
         """The new model is offered by the Segment dock; the unreviewed objects are its now."""

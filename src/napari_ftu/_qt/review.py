@@ -23,17 +23,24 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     SpinBox,
     create_widget,
 )
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QItemSelectionModel, QTimer
-from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
+from qtpy.QtCore import QItemSelectionModel, Qt, QTimer
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QGridLayout,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
-from napari_ftu._qt.common import Dock, button
+from napari_ftu._qt.common import Dock, button, scroll_area, status_line
 from napari_ftu._qt.learn import LearnPanel
-from napari_ftu._qt.state import mark_edited, session_of, share_session
+from napari_ftu._qt.state import is_edited, mark_edited, session_of, share_session
 from napari_ftu.boxes import box_at, corners, from_corners, overlaps, size
 from napari_ftu.errors import EditError, InputError, SessionError
 from napari_ftu.review import editing
@@ -55,6 +62,7 @@ COLUMNS = ["id", "class", "area µm²", "confidence", "status"]
 HEADER_SORTS = {0: "id", 1: "class", 2: "large first", 3: "low confidence first", 4: "status"}
 STATUS_COLOURS = {"unreviewed": "#f6d32d", "accepted": "#33d17a", "edited": "#62a0ea", "rejected": "#e01b24"}
 CLASSES = ["glomerulus", "crypt", "alveolus", "gland", "white pulp", "vessel", "FTU"]
+SECTIONS = ("queue", "review", "edit", "learn", "more", "status")  # top to bottom; "learn": learning from reviews
 MAX_WINDOW = 4096  # full-resolution pixels per side of an editable window
 ERRORS = (EditError, InputError, KeyError, ValueError, OSError)
 
@@ -73,38 +81,49 @@ class ReviewWidget(Dock):
         self.sort = ComboBox(label="sort", choices=list(SORTS), value="id")
         self.status_filter = ComboBox(label="show", choices=["all", *STATUSES], value="all")
         self.max_conf = FloatSpinBox(label="confidence ≤", value=1.0, min=0.0, max=1.0, step=0.05)
-        self.counts = Label(value="no labels layer")
+        self.counts = status_line("no labels layer")
         self.status = self.counts  # the status line Dock._fail writes to
-        self.prev_button = button("◀ Previous unreviewed (Shift+N)", lambda: self.go_unreviewed(-1))
-        self.next_button = button("Next unreviewed ▶ (N)", lambda: self.go_unreviewed(1))
-        self.accept_button = button("Accept (A)", self.accept)
-        self.reject_button = button("Reject (R)", self.reject)
+        # Buttons are short, with their key in the label and what they do in the tooltip; they sit
+        # in grids (a toolbar), so the dock fits a laptop screen beside the Segment dock.
+        self.prev_button = button("◀ ⇧N", lambda: self.go_unreviewed(-1), tooltip="previous unreviewed (Shift+N)")
+        self.next_button = button("N ▶", lambda: self.go_unreviewed(1), tooltip="next unreviewed (N)")
+        self.accept_button = button("Accept A", self.accept, tooltip="accept, then go to the next (A)")
+        self.reject_button = button("Reject R", self.reject, tooltip="reject, then go to the next (R)")
         self.cls = ComboBox(label="class", choices=CLASSES, value="glomerulus")
-        self.class_button = button("Set class (C)", self.set_class)
-        self.merge_button = button("Merge selected (Shift+M)", self.merge)
-        self.split_line_button = button("Split by line", self.split_by_line)
-        self.split_ws_button = button("Split (watershed seeds)", self.split_watershed)
-        self.delete_button = button("Delete (Shift+D)", self.delete)
-        self.fill_button = button("Fill holes (Shift+H)", self.fill_holes)
+        self.class_button = button("Set class C", self.set_class, tooltip="give the selected objects this class (C)")
+        self.merge_button = button("Merge ⇧M", self.merge, tooltip="merge the selected objects (Shift+M)")
+        self.delete_button = button("Delete ⇧D", self.delete, tooltip="delete the selected objects (Shift+D)")
+        self.fill_button = button("Fill ⇧H", self.fill_holes, tooltip="fill holes in the selected objects, else "
+                                                                      "in all (Shift+H)")
+        self.relabel_button = button("Relabel", self.relabel, tooltip="renumber the objects 1…n")
+        self.dilate_button = button("Grow Alt+=", lambda: self.grow(1),
+                                    tooltip="dilate the selected object by 'grow/shrink px' (Alt+=)")
+        self.erode_button = button("Shrink Alt+-", lambda: self.grow(-1),
+                                   tooltip="erode the selected object by 'grow/shrink px' (Alt+-)")
+        self.split_line_button = button("Split line", self.split_by_line,
+                                        tooltip="split by a line drawn in the 'FTU cut' layer (press, draw, press)")
+        self.split_ws_button = button("Split seeds", self.split_watershed,
+                                      tooltip="split by watershed from seeds clicked in the 'FTU seeds' layer")
+        self.brush_button = button("+ Brush", lambda: self.new_object("paint"), tooltip="paint a new object")
+        self.polygon_button = button("+ Polygon", lambda: self.new_object("polygon"), tooltip="draw a new object")
+        self.undo_button = button("Undo ^Z", self.undo, tooltip="undo (Ctrl+Z)")
+        self.redo_button = button("Redo ^⇧Z", self.redo, tooltip="redo (Ctrl+Shift+Z)")
+        # rarely used: folded under "More"
         self.min_area = FloatSpinBox(label="min area µm²", value=100.0, min=0.0, max=1e9, step=50.0)
         self.small_button = button("Remove smaller objects", self.remove_small)
         self.grow_px = SpinBox(label="grow/shrink px", value=2, min=1, max=100)
-        self.dilate_button = button("Dilate (Alt+=)", lambda: self.grow(1))
-        self.erode_button = button("Erode (Alt+-)", lambda: self.grow(-1))
-        self.brush_button = button("New object: brush", lambda: self.new_object("paint"))
-        self.polygon_button = button("New object: polygon", lambda: self.new_object("polygon"))
-        self.relabel_button = button("Relabel 1…n", self.relabel)
-        self.undo_button = button("Undo (Ctrl+Z)", self.undo)
-        self.redo_button = button("Redo (Ctrl+Shift+Z)", self.redo)
         self.colour = CheckBox(text="colour objects by status", value=True)
         self.project = FileEdit(label="sessions", mode="d", value=str(default_project_folder()),
                                 tooltip="for images without a writable folder; others get <slide>.ftu/ beside them")
         self.interval = SpinBox(label="autosave every s", value=int(DEFAULT_INTERVAL_S), min=1, max=30)
-        self.save_label = Label(value="")
-        self.window_button = button("Edit full-resolution window (view or box)", lambda: self.edit_window())
-        self.save_window_button = button("Save window to label store", self.save_window)
-        self.prev_image = button("◀ Image", lambda: self.step_image(-1))
-        self.next_image = button("Image ▶", lambda: self.step_image(1))
+        self.save_label = status_line("")
+        self.window_button = button("Edit full-res window", lambda: self.edit_window(),
+                                    tooltip="edit a full-resolution window of the label store (the view, or the "
+                                            "last box of the 'FTU box' layer)")
+        self.save_window_button = button("Save window", self.save_window, tooltip="write the window into the label "
+                                                                                  "store")
+        self.prev_image = button("◀ Image", lambda: self.step_image(-1), tooltip="previous image of the dataset")
+        self.next_image = button("Image ▶", lambda: self.step_image(1), tooltip="next image of the dataset")
         self.retrain_button = button("Retrain on my corrections…", self.retrain)
         self.learning = LearnPanel(self)
         self.table = QTableWidget(0, len(COLUMNS))
@@ -113,23 +132,15 @@ class ReviewWidget(Dock):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
-        self.table.setMinimumHeight(220)
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.setMinimumHeight(150)
+        self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.table.horizontalHeader().setStretchLastSection(True)
-        for col, width in enumerate([48, 84, 76, 80]):
+        self.table.horizontalHeader().setMinimumSectionSize(24)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # the columns fit the dock
+        for col, width in enumerate([36, 82, 62, 74]):
             self.table.setColumnWidth(col, width)
-        review_row = Container(layout="horizontal", widgets=[self.accept_button, self.reject_button], labels=False)
-        nav_row = Container(layout="horizontal", widgets=[self.prev_button, self.next_button], labels=False)
-        edit_grid = [Container(layout="horizontal", widgets=pair, labels=False) for pair in (
-            [self.merge_button, self.delete_button], [self.split_line_button, self.split_ws_button],
-            [self.fill_button, self.relabel_button], [self.dilate_button, self.erode_button],
-            [self.brush_button, self.polygon_button], [self.undo_button, self.redo_button],
-            [self.prev_image, self.next_image])]
-        self.extend([self.labels_layer, self.sort, self.status_filter, self.max_conf, self.counts])
-        self.extend([nav_row, review_row, self.cls, self.class_button, *edit_grid[:5], self.min_area,
-                     self.small_button, self.grow_px, edit_grid[5], self.colour, self.window_button,
-                     self.save_window_button, edit_grid[6], self.learning, self.retrain_button, self.project,
-                     self.interval, self.save_label])
-        self.native.layout().insertWidget(5, self.table)  # the queue right under the filters and counts
+        self._build_layout()
         for w in (self.sort, self.status_filter, self.max_conf):
             w.changed.connect(self.refresh_table)
         self.colour.changed.connect(self._recolour)
@@ -145,6 +156,70 @@ class ReviewWidget(Dock):
         self.native.destroyed.connect(self._on_destroyed)
         atexit.register(_close_at_exit, weakref.ref(self))  # napari quit without closing its windows
         self.bind(self.labels_layer.value)
+
+    # --- layout -------------------------------------------------------------------------------
+    def _build_layout(self):
+        """The dock as named sections (:data:`SECTIONS`, top to bottom) in one scroll area: it
+        never asks the window for more height than a laptop screen has, beside other docks.
+        The magicgui fields stay this container's children (napari resets their choices)."""
+        from superqt import QCollapsible
+
+        filters = Container(widgets=[self.labels_layer, self.sort, self.status_filter, self.max_conf])
+        cls_row = Container(layout="horizontal", widgets=[self.cls, self.class_button])
+        more = Container(widgets=[self.min_area, self.small_button, self.grow_px, self.colour,
+                                  Container(layout="horizontal", widgets=[self.window_button, self.save_window_button],
+                                            labels=False),
+                                  Container(layout="horizontal", widgets=[self.prev_image, self.next_image],
+                                            labels=False),
+                                  self.retrain_button, self.project, self.interval])
+        for c in (filters, cls_row, more):
+            c.margins = (0, 0, 0, 0)
+        self.labels = False  # the sections name their own fields
+        self.extend([filters, self.counts, cls_row, more, self.save_label])
+        for w in (filters, self.counts, cls_row, more, self.save_label):  # Qt places them in the sections below
+            self.native.layout().removeWidget(w.native)
+        self.more = QCollapsible("More: clean-up, large slides, images, autosave")
+        self.more.setContentsMargins(0, 0, 0, 0)
+        self.more.addWidget(more.native)
+        self.more.collapse(animate=False)
+        self._sections: dict = {}
+        self.page = QWidget()
+        page_layout = QVBoxLayout(self.page)
+        page_layout.setContentsMargins(0, 0, 0, 0)
+        page_layout.setSpacing(4)
+        self.add_section("queue", filters.native, self.counts.native, self.table)
+        self.add_section("review", _grid([self.prev_button, self.next_button, self.accept_button, self.reject_button]),
+                         cls_row.native)
+        self.add_section("edit", _grid([self.merge_button, self.delete_button, self.fill_button, self.relabel_button,
+                                        self.dilate_button, self.erode_button, self.split_line_button,
+                                        self.split_ws_button, self.brush_button, self.polygon_button,
+                                        self.undo_button, self.redo_button]))
+        learn = self.learning
+        self.add_section("learn", _grid(learn.buttons, columns=3), learn.settings.native, learn.bar.native,
+                         learn.info.native)
+        self.add_section("more", self.more)
+        self.add_section("status", self.save_label.native)
+        self.scroll = scroll_area(self.page)
+        left, top, _, bottom = self.native.layout().getContentsMargins()
+        self.native.layout().setContentsMargins(left, top, 0, bottom)  # the scroll bar takes the right margin's place
+        self.native.layout().addWidget(self.scroll)
+
+    def add_section(self, name: str, *widgets):
+        """Put a section of the dock in its place in :data:`SECTIONS` (Qt or magicgui widgets,
+        stacked); "learn" is kept free for learning from the reviews. Returns its QWidget."""
+        if name not in SECTIONS or name in self._sections:
+            raise ValueError(f"unknown or taken section {name!r}; one of {SECTIONS}")
+        section = QWidget()
+        section.setObjectName(f"review-{name}")
+        layout = QVBoxLayout(section)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        for w in widgets:
+            layout.addWidget(getattr(w, "native", w))
+        self._sections[name] = section
+        place = sum(1 for other in SECTIONS[:SECTIONS.index(name)] if other in self._sections)
+        self.page.layout().insertWidget(place, section, 1 if name == "queue" else 0)
+        return section
 
     # --- binding a labels layer -----------------------------------------------------------------
     def _image_of(self, layer):
@@ -243,6 +318,8 @@ class ReviewWidget(Dock):
     def _hook(self, layer):
         layer.events.paint.connect(self._on_paint)
         layer.events.selected_label.connect(self._on_selected_label)
+        layer.events.data.connect(self._on_data)
+        layer.events.features.connect(self._on_features)
         layer.mouse_drag_callbacks.append(self._on_click)
         for key, action in [("Control-Z", self.undo), ("Control-Shift-Z", self.redo),
                             ("n", lambda: self.go_unreviewed(1)), ("Shift-N", lambda: self.go_unreviewed(-1)),
@@ -257,10 +334,41 @@ class ReviewWidget(Dock):
         if layer is None:
             return
         for event, handler in [(layer.events.paint, self._on_paint),
-                                (layer.events.selected_label, self._on_selected_label)]:
+                                (layer.events.selected_label, self._on_selected_label),
+                                (layer.events.data, self._on_data), (layer.events.features, self._on_features)]:
             event.disconnect(handler)
         if self._on_click in layer.mouse_drag_callbacks:
             layer.mouse_drag_callbacks.remove(self._on_click)
+
+    def _on_data(self, _event=None):
+        """A new segmentation replaced the layer's array (the Segment dock reuses a layer nobody
+        edited): review the new objects."""
+        layer = self.layer
+        if layer is None or self.session is None or self.session.labels is layer.data or is_edited(layer):
+            return
+        self._close_session()
+        from napari_ftu.review.table import Review
+
+        if not isinstance(layer.data, np.ndarray):
+            layer.data = np.asarray(layer.data)
+        self.layer = layer
+        offset = tuple(int(v) for v in layer.metadata.get("window_offset", (0, 0)))
+        review = Review.from_labels(layer.data, layer.metadata.get("um_per_px"),
+                                    layer.features if len(layer.features) else None,
+                                    layer.metadata.get("class") or "FTU")
+        self.session = ReviewSession(layer.data, review, offset=offset)
+        share_session(layer, self.session)
+        self.autosaver = Autosaver(self.session, self._store_for(layer), self.interval.value, {"layer": layer.name})
+        self._hook(layer)
+        self.refresh()
+
+    def _on_features(self, _event=None):
+        """The segmentation wrote its features (confidence, class) and pixel size after the
+        queue was built (this dock opened before the run): the queue takes them."""
+        if self.layer is None or self.session is None or self.session.labels is not self.layer.data:
+            return
+        if self.session.review.adopt(self.layer.features, self.layer.metadata.get("um_per_px")):
+            self.refresh_table()
 
     def _on_layer_removing(self, event):
         layer = event.value if hasattr(event, "value") else None
@@ -704,6 +812,21 @@ class ReviewWidget(Dock):
         _, train = self._viewer.window.add_plugin_dock_widget("napari-ftu", "Train")  # the open one, if any
         self.state.retrain = (self._image_of(self.layer), self.layer)
         return train
+
+
+def _grid(buttons, columns: int = 4) -> QWidget:
+    """Small buttons in rows of ``columns``, sharing the dock's width: a toolbar."""
+    widget = QWidget()
+    grid = QGridLayout(widget)
+    grid.setContentsMargins(0, 0, 0, 0)
+    grid.setSpacing(2)
+    for k, b in enumerate(buttons):
+        b.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Fixed)
+        b.native.setMinimumWidth(0)
+        grid.addWidget(b.native, k // columns, k % columns)
+    for col in range(columns):
+        grid.setColumnStretch(col, 1)
+    return widget
 
 
 def _close_at_exit(ref):

@@ -74,6 +74,7 @@ class SegmentWidget(EngineRunDock):
         self.extend([self.image, self.model, self.domain, self.browse, self.browse_file, self.device, self.backend,
                      self.trust, self.tile, self.overlap, self.batch, self.skip_glass, self.tta, self.split,
                      self.threshold, self.run_button, self.cancel_button, self.bar, self.scale_note, self.status])
+        self.scroll()  # beside the Review dock, the window still fits a laptop screen
         self.browse.changed.connect(self._browse)
         self.browse_file.changed.connect(self._browse_file)
         self.model.changed.connect(self._model_changed)
@@ -182,7 +183,8 @@ class SegmentWidget(EngineRunDock):
         note = note or scale_note(layer.name, used, model.card, "µm/px in the Load dock")
         self.scale_note.value = note or ""
         self.scale_note.visible = bool(note)
-        return self.start_run(layer, model, options, um, source=self._paths[self.model.value])
+        # the result layers record the size assumed and the model, which learning starts from
+        return self.start_run(layer, model, options, used, source=self._paths[self.model.value])
 
     # --- threshold without re-running ------------------------------------------------------
     def _threshold_moved(self, value):

@@ -148,6 +148,43 @@ class Review:
                     row.status = status
                 self.rows[obj] = row
 
+    def adopt(self, features=None, um_per_px: float | None = None) -> bool:
+        """Take what a segmentation wrote on its labels layer after the queue was built (a dock
+        opened before the run sees the objects before their features): the pixel size, which
+        re-measures every area in µm², and the class and confidence of objects nobody has
+        reviewed yet. Reviewed objects keep their class.
+
+        Parameters
+        ----------
+        features : DataFrame or dict, optional
+            The labels layer's features (columns ``index``, ``class``, ``confidence``).
+        um_per_px : float, optional
+            The labels' pixel size; None keeps the table's.
+
+        Returns
+        -------
+        bool
+            Whether any row changed.
+        """
+        changed = False
+        if um_per_px and um_per_px != self.um_per_px:
+            self.um_per_px = float(um_per_px)
+            for r in self.rows.values():
+                r.area_um2 = r.area_px * self.um_per_px ** 2
+            changed = True
+        from napari_ftu.formats.annotations import features_by_id
+
+        for i, (classes, conf) in features_by_id(features).items():
+            row = self.rows.get(i)
+            if row is None:
+                continue
+            if conf is not None and not math.isnan(conf) and conf != row.confidence \
+                    and (math.isnan(row.confidence) or row.status == "unreviewed"):
+                row.confidence, changed = float(conf), True
+            if classes is not None and row.status == "unreviewed" and ", ".join(classes) != row.cls:
+                row.cls, changed = ", ".join(classes), True
+        return changed
+
     def snapshot(self, ids) -> dict:
         """Copies of the rows of ``ids`` (None where absent), to restore on undo.
 
