@@ -248,3 +248,60 @@ def _cell(v):
     if isinstance(v, float):
         return round(v, 6)
     return v
+
+
+GEOJSON_SKIP = ("id", "class", "status", "confidence", "stain_matrix")
+
+
+def geojson_measurements(rows) -> dict:
+    """Object id -> its numeric measurements under the CSV's column names, for the GeoJSON
+    writer's ``measurements`` (``Annotations.meta["measurements"]``), which QuPath lists."""
+    return {int(r["id"]): {k: (float(v) if isinstance(v, float) else int(v)) for k, v in r.items()
+                           if k not in GEOJSON_SKIP and isinstance(v, (int, float)) and v == v}
+            for r in rows}
+
+
+def summary_of_labels(labels, um_per_px: float | None, scores: dict | None = None, slide_path=None,
+                      default_class: str = "FTU", rows_out: list | None = None) -> dict:
+    """The per-slide summary of a label image (the batch's summary row): objects measured one at
+    a time, tissue area from the slide's overview when ``slide_path`` opens.
+
+    Parameters
+    ----------
+    labels : array-like
+        2-D labels (lazy arrays are read block by block).
+    um_per_px : float, optional
+        Of the labels.
+    scores : dict, optional
+        Object id -> confidence.
+    slide_path : str or Path, optional
+        The slide the labels belong to.
+    default_class : str
+    rows_out : list, optional
+        Receives every object's measurement row (for the GeoJSON's measurements).
+
+    Returns
+    -------
+    dict
+        The keys of :data:`~napari_ftu.measure.summary.SUMMARY_COLUMNS`.
+    """
+    info = {int(i): ObjectInfo(default_class, "unreviewed", math.nan if c is None else float(c))
+            for i, c in (scores or {}).items()}
+    how = Measurement(um_per_px, info, ObjectInfo(default_class))
+    rows = []
+    for r in measure_objects(labels, None, how):
+        if rows_out is not None:
+            rows_out.append(r)
+        rows.append({k: r[k] for k in ("class", "status", "border", "area_um2", "equivalent_diameter_um")})
+    tissue = None
+    if slide_path is not None and um_per_px:
+        slide = None
+        try:
+            slide = _open_image(slide_path)
+            tissue = tissue_area_mm2(slide, um_per_px * labels.shape[0] / slide.size[0])
+        except InputError:
+            tissue = None
+        finally:
+            if slide is not None:
+                slide.close()
+    return summarize(rows, tissue, how.assumed)

@@ -96,9 +96,9 @@ def summarize(rows, tissue_mm2: float | None = None, note: str = "") -> dict:
     for status in STATUSES:
         out[f"n_{status}"] = sum(r["status"] == status for r in rows)
     out["n_border"] = sum(int(r["border"]) for r in rows)
-    out["tissue_area_mm2"] = tissue_mm2
-    out["density_per_mm2"] = len(rows) / tissue_mm2 if tissue_mm2 else None
-    out["ftu_fraction"] = float(areas.sum()) / (tissue_mm2 * 1e6) if tissue_mm2 else None
+    out["tissue_area_mm2"] = None if tissue_mm2 is None else _num(tissue_mm2)
+    out["density_per_mm2"] = _num(len(rows) / tissue_mm2) if tissue_mm2 else None
+    out["ftu_fraction"] = _num(float(areas.sum()) / (tissue_mm2 * 1e6)) if tissue_mm2 else None
     out.update({"area_median_um2": _num(med), "area_q1_um2": _num(q1), "area_q3_um2": _num(q3),
                 "area_iqr_um2": _num(q3 - q1),
                 "diameter_median_um": _num(np.median([r["equivalent_diameter_um"] for r in rows]) if rows
@@ -109,4 +109,4 @@ def summarize(rows, tissue_mm2: float | None = None, note: str = "") -> dict:
 
 def _num(v) -> float | None:
     v = float(v)
-    return None if math.isnan(v) else v
+    return None if math.isnan(v) else round(v, 6)
