@@ -180,10 +180,11 @@ def measure_item(item: Item, with_image: bool = True):
 
 
 def tissue_of(item: Item) -> float | None:
-    """Tissue area of the item's image in mm² (None without an image or a pixel size)."""
+    """Tissue area of the item's image in mm² (None without an image); an unknown pixel size is
+    the labels' assumed one (see :attr:`Measurement.assumed`)."""
     if item.slide is None:
         return None
-    um = item.slide.um_per_px or (item.how.um_per_px and item.how.um_per_px * item.labels.shape[0] / item.slide.size[0])
+    um = item.slide.um_per_px or item.how.scale * item.labels.shape[0] / item.slide.size[0]
     return tissue_area_mm2(item.slide, um)
 
 
