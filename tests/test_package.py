@@ -36,7 +36,7 @@ def test_manifest_is_found_through_the_entry_point():
     manifest = pm.get_manifest("napari-ftu")
     assert Path(manifest.package_metadata and napari_ftu.__file__).exists()
     names = {w.display_name for w in manifest.contributions.widgets}
-    assert names == {"Load", "Segment", "Export", "Train", "Review", "Debug", "Annotate"}
+    assert names == {"Load", "Segment", "Export", "Train", "Review", "Debug", "Annotate", "Measure"}
     assert {s.key for s in manifest.contributions.sample_data} == {"synthetic_kidney", "ihc_colon"}
 
 

@@ -231,3 +231,14 @@ def test_cli_measures_a_review_session_and_a_batch_folder(tmp_path, slide4, caps
     assert _cli("measure", tmp_path / "batch", "--out", tmp_path / "b.csv", "--summary", tmp_path / "bs.csv") == 0
     (s,) = csv.DictReader((tmp_path / "bs.csv").open())
     assert s["slide"] == "s1" and int(s["n_objects"]) == len(rows) and float(s["density_per_mm2"]) > 0
+
+
+def test_every_column_is_defined_in_the_docs():
+    from pathlib import Path
+
+    from napari_ftu.measure.objects import COLUMNS
+    from napari_ftu.measure.summary import SUMMARY_COLUMNS
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "measurements.md").read_text(encoding="utf-8")
+    missing = [c for c in [*COLUMNS, *SUMMARY_COLUMNS] if f"| `{c}` |" not in page]
+    assert not missing, f"docs/measurements.md does not define {missing}"

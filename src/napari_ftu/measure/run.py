@@ -306,3 +306,52 @@ def summary_of_labels(labels, um_per_px: float | None, scores: dict | None = Non
             if slide is not None:
                 slide.close()
     return summarize(rows, tissue, how.assumed)
+
+
+def as_features(rows) -> dict:
+    """Measurement rows as a napari Labels layer's ``features`` columns: ``index``, ``class``,
+    ``confidence`` (the convention of :func:`~napari_ftu.formats.annotations.layer_features`)
+    followed by every measurement, so napari's features table shows them.
+
+    Parameters
+    ----------
+    rows : list of dict
+
+    Returns
+    -------
+    dict
+        Column name -> list.
+    """
+    from napari_ftu.formats.annotations import layer_features
+
+    rows = list(rows)
+    columns = layer_features([r["id"] for r in rows], [r["class"] for r in rows],
+                             [r["confidence"] for r in rows])
+    for key in (rows[0] if rows else {}):
+        if key not in ("id", "class", "confidence"):
+            columns[key] = [r.get(key) for r in rows]
+    return columns
+
+
+def feature_measurements(features) -> dict:
+    """Object id -> numeric measurement columns of a layer's features (those :func:`as_features`
+    wrote), for the GeoJSON writer; {} when the features hold none.
+
+    Parameters
+    ----------
+    features : DataFrame or dict, optional
+
+    Returns
+    -------
+    dict
+    """
+    if features is None or len(features) == 0 or "index" not in features or "area_um2" not in features:
+        return {}
+    ids = [int(i) for i in features["index"]]
+    rows = [{"id": i} for i in ids]
+    for key in features:
+        if key in ("index", "class", "confidence") or key in GEOJSON_SKIP:
+            continue
+        for row, v in zip(rows, list(features[key])):
+            row[key] = v.item() if hasattr(v, "item") else v
+    return geojson_measurements(rows)
