@@ -242,3 +242,23 @@ def test_every_column_is_defined_in_the_docs():
     page = (Path(__file__).resolve().parents[2] / "docs" / "measurements.md").read_text(encoding="utf-8")
     missing = [c for c in [*COLUMNS, *SUMMARY_COLUMNS] if f"| `{c}` |" not in page]
     assert not missing, f"docs/measurements.md does not define {missing}"
+
+
+def test_layer_features_reach_the_geojson_measurements(slide4, tmp_path):
+    """The Measure dock's features (``as_features``) saved through napari's GeoJSON writer: each
+    object's measurements, under the CSV's column names, as QuPath lists them."""
+    from napari_ftu.measure.run import as_features
+    from napari_ftu.plugin.writers import write_geojson
+
+    _, labels = slide4
+    rows = list(measure_objects(labels, how=Measurement(0.5)))
+    features = as_features(rows)
+    assert list(features)[:3] == ["index", "class", "confidence"] and "circularity" in features
+    (path,) = write_geojson(str(tmp_path / "x.geojson"), labels, {"features": features,
+                                                                  "metadata": {"um_per_px": 0.5}})
+    written = json.loads(open(path).read())["features"]
+    assert [f["properties"]["ftu_id"] for f in written] == [r["id"] for r in rows]
+    for f, r in zip(written, rows):
+        m = f["properties"]["measurements"]
+        assert m["area_um2"] == pytest.approx(r["area_um2"]) and m["border"] == r["border"]
+        assert m["major_axis_um"] == pytest.approx(r["major_axis_um"]) and "status" not in m
