@@ -262,3 +262,15 @@ def test_layer_features_reach_the_geojson_measurements(slide4, tmp_path):
         m = f["properties"]["measurements"]
         assert m["area_um2"] == pytest.approx(r["area_um2"]) and m["border"] == r["border"]
         assert m["major_axis_um"] == pytest.approx(r["major_axis_um"]) and "status" not in m
+
+
+def test_a_binary_mask_is_measured_as_its_components(shared_data, tmp_path, capsys):
+    """``masks/ccf_test_33.png`` (0/255) joins the two touching glomeruli of the instance image:
+    measured, it holds four objects, the joined one with the two glomeruli's area."""
+    d = shared_data / "hubmap_ccf_kidney_glomeruli"
+    assert _cli("measure", d / "masks" / "ccf_test_33.png", "--out", tmp_path / "m.csv", "--um-per-px", 1) == 0
+    rows = list(csv.DictReader((tmp_path / "m.csv").open()))
+    inst = np.asarray(_read(d / "instances" / "ccf_test_33.png").levels[0])
+    areas = sorted(float(r["area_um2"]) for r in rows)
+    sizes = np.bincount(inst.ravel())[1:]
+    assert len(rows) == 4 and max(areas) == sizes[0] + sizes[1]  # glomeruli 1 and 2 touch

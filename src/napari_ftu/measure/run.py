@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from napari_ftu.atomic import atomic_path
 from napari_ftu.errors import InputError
 from napari_ftu.measure.objects import MORPHOLOGY, ImageSource, Measurement, ObjectInfo, measure_objects
@@ -145,7 +147,7 @@ def _item(name: str, labels_path: Path, image_path: Path | None, um_per_px, stai
             arr, info, um = _from_session(sessions[0], um_per_px)
             closers = []
         else:
-            arr, um = lab.levels[0], lab.um_per_px
+            arr, um = _components_if_binary(lab.levels[0]), lab.um_per_px
     slide = None
     if image_path is not None:
         slide = _open_image(image_path, None)
@@ -154,6 +156,20 @@ def _item(name: str, labels_path: Path, image_path: Path | None, um_per_px, stai
             um = slide.um_per_px * slide.size[0] / arr.shape[0]
     um = um_per_px or um
     return Item(labels_path.stem if not name else name, arr, Measurement(um, info, stain=stain), slide, closers)
+
+
+BINARY_CHECK_PX = 2**26  # label images up to this size are checked for being a binary mask
+
+
+def _components_if_binary(labels):
+    """A binary mask (one value besides 0) becomes one object per connected component, as
+    ``napari-ftu evaluate`` reads it; instance labels, and images too large to hold, stay lazy."""
+    if int(np.prod(labels.shape[:2])) > BINARY_CHECK_PX:
+        return labels
+    from napari_ftu.formats.annotations import instances_of
+
+    array = np.asarray(labels)
+    return instances_of(array) if np.unique(array).size <= 2 else array
 
 
 def _batch_item(marker: Path, um_per_px, stain) -> Item:
