@@ -111,3 +111,14 @@ def test_an_edit_updates_plot_and_features(docks, qtbot):
     review.accept()
     qtbot.waitUntil(lambda: next(r for r in w.rows if r["id"] == 1)["status"] == "accepted", timeout=3000)
     assert layer.features["status"][0] == "accepted"
+
+
+def test_a_large_layer_is_measured_in_a_worker(docks, qtbot):
+    viewer, review, w = docks
+    layer = viewer.layers["kidney FTUs"]
+    layer.features = {}
+    w.measure(background=True)
+    assert w.worker is not None and w.status.value == "measuring …"
+    qtbot.waitUntil(lambda: w.worker is None, timeout=10000)
+    assert len(w.rows) == 5 and len(w._points.get_offsets()) == 5
+    assert np.allclose(layer.features["area_um2"], [p.area * 0.25 for p in regionprops(_scene())])

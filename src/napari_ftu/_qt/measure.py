@@ -22,6 +22,7 @@ from napari_ftu.measure.objects import ImageSource, Measurement, ObjectInfo, mea
 from napari_ftu.measure.run import as_features, info_from_features, info_from_review
 
 PLOTS = ("scatter", "histogram")
+LIVE_MAX_PX = 4096 * 4096  # larger layers are measured in a worker, on demand
 SELECTED = "#e01b24"
 
 
@@ -83,8 +84,12 @@ class MeasureWidget(Dock):
                 session.generation if session is not None else None, self._paints)
 
     def follow_edits(self):
-        """Measure again when the layer changed since the plot was drawn (edits, painting, review)."""
-        if self.layer is not None and self._state_key() != self._seen:
+        """Measure again when the layer changed since the plot was drawn (edits, painting, review);
+        layers measured in a worker are measured again with the button only."""
+        layer = self.layer
+        if layer is None or layer.multiscale or int(np.prod(layer.data.shape[:2])) > LIVE_MAX_PX:
+            return
+        if self._state_key() != self._seen:
             self.measure()
 
     def _image(self, layer):
@@ -94,14 +99,18 @@ class MeasureWidget(Dock):
             return self._viewer.layers[source]
         return next((lyr for lyr in self._viewer.layers if isinstance(lyr, napari.layers.Image)), None)
 
-    def measure(self):
-        """Measure every object of the layer, store the table in its features and redraw."""
+    def measure(self, background: bool | None = None):
+        """Measure every object of the layer, store the table in its features and redraw. A
+        multiscale or large layer is measured in a worker (``background`` forces either way) and
+        is not measured again by itself after edits."""
         layer = self.layer
-        self.rows = []
         if layer is None:
+            self.rows = []
             self.status.value = "choose a Labels layer"
             self.draw()
             return []
+        if self.worker is not None:
+            return self.rows  # one run at a time; the next change is seen when it ends
         self._seen = self._state_key()
         labels = layer.data[0] if layer.multiscale else layer.data
         session = session_of(layer)
@@ -114,26 +123,47 @@ class MeasureWidget(Dock):
         how = Measurement(layer.metadata.get("um_per_px"), info, default)
         try:
             image = self._image_source(labels) if self.stain.value else None
-            self.rows = list(measure_objects(labels, image, how))
+        except (FTUError, ValueError) as exc:
+            return self._fail(exc)
+        if background is None:
+            background = layer.multiscale or int(np.prod(labels.shape[:2])) > LIVE_MAX_PX
+        if background:
+            from napari_ftu._qt.jobs import call_steps, start_job
+
+            self.status.value = "measuring …"
+            self.worker = start_job(call_steps(lambda: list(measure_objects(labels, image, how))), "Measuring objects",
+                                    on_done=lambda rows: self._show(layer, rows, how), on_error=self._fail,
+                                    on_finished=lambda: setattr(self, "worker", None))
+            return self.rows
+        try:
+            rows = list(measure_objects(labels, image, how))
         except (FTUError, ValueError, MemoryError) as exc:
+            self.rows = []
             self.draw()
             return self._fail(exc)
-        if self.rows:
-            layer.features = as_features(self.rows)
-        columns = select.numeric_columns(self.rows)
+        return self._show(layer, rows, how)
+
+    def _show(self, layer, rows, how):
+        """Put measured rows into the layer's features, the column choices and the plot."""
+        if layer is not self.layer:
+            return self.rows
+        self.rows = rows
+        if rows:
+            layer.features = as_features(rows)
+        columns = select.numeric_columns(rows)
+        self._columns = columns
         for combo, default_column in ((self.x, "area_um2"), (self.y, "circularity")):
             keep = combo.value
-            self._columns = columns
             combo.reset_choices()
             if keep in columns:
                 combo.value = keep
             elif default_column in columns:
                 combo.value = default_column
         if self.selection is not None:
-            self.selection = self.selection & {r["id"] for r in self.rows}
-        self.status.value = f"{len(self.rows)} objects" + (f"; {how.assumed}" if how.assumed else "")
+            self.selection = self.selection & {r["id"] for r in rows}
+        self.status.value = f"{len(rows)} objects" + (f"; {how.assumed}" if how.assumed else "")
         self.draw()
-        return self.rows
+        return rows
 
     def _image_source(self, labels):
         from napari_ftu.io.slides import Slide
