@@ -177,6 +177,8 @@ def _batch_item(marker: Path, um_per_px, stain) -> Item:
     try:
         record = json.loads(marker.read_text(encoding="utf-8"))
         row = record["row"]
+        if not isinstance(row, dict):
+            raise TypeError("its row is not an object")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"{marker}: not a batch marker ({exc})") from exc
     labels = folder / f"{folder.name}_labels.ome.tif"
@@ -184,12 +186,11 @@ def _batch_item(marker: Path, um_per_px, stain) -> Item:
         raise InputError(f"{folder}: no {labels.name} (run the batch with --formats labels to measure it)")
     source = Path(str(record.get("source") or row.get("source") or ""))
     um = um_per_px or row.get("labels_um_per_px")
-    item = _item(folder.name, labels, source if source.is_file() else None, um, stain)
-    return item
+    return _item(folder.name, labels, source if source.is_file() else None, um, stain)
 
 
 def measure_item(item: Item, with_image: bool = True):
-    """The rows of one item (``slide`` first when it has a name), streamed."""
+    """The measurement rows of one item, streamed (stain columns when it has an image)."""
     image = ImageSource(item.slide, item.labels.shape[:2]) if item.slide is not None and with_image else None
     for row in measure_objects(item.labels, image, item.how):
         yield row
