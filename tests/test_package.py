@@ -36,7 +36,7 @@ def test_manifest_is_found_through_the_entry_point():
     manifest = pm.get_manifest("napari-ftu")
     assert Path(manifest.package_metadata and napari_ftu.__file__).exists()
     names = {w.display_name for w in manifest.contributions.widgets}
-    assert names == {"Load", "Segment", "Export", "Train", "Review", "Debug", "Annotate"}
+    assert names == {"Load", "Segment", "Export", "Train", "Review", "Debug", "Annotate", "Measure"}
     assert {s.key for s in manifest.contributions.sample_data} == {"synthetic_kidney", "ihc_colon"}
 
 
@@ -62,7 +62,7 @@ def test_sample_data_layers():
 # The house: each room imports only from the rooms listed before it (and from itself). Shared
 # helpers first; the CLI last, since it launches everything (the GUI demo included).
 LAYERS = [{"__init__", "atomic", "steps", "errors", "boxes"}, {"io"}, {"engine"}, {"formats"}, {"evaluation", "review"},
-          {"training", "annotate"}, {"batch"}, {"plugin"}, {"_qt"}, {"cli"}]
+          {"training", "annotate", "measure"}, {"batch"}, {"plugin"}, {"_qt"}, {"cli"}]
 ROOT_MODULES = {"__init__", "atomic", "steps", "errors", "boxes"}  # everything else lives in a room
 
 

@@ -309,3 +309,29 @@ def test_cli_attaches_to_a_running_cluster_by_address(reference, slides, client,
         w["name"] for w in client.scheduler_info()["workers"].values()}
     for i in ("kidney_2", "kidney_3"):
         assert (out / i / f"{i}.csv").read_bytes() == (ref_out / i / f"{i}.csv").read_bytes()
+
+
+def test_summary_and_geojson_carry_the_measurements(reference, tmp_path):
+    """Each slide's summary row holds the measurement summary, the same as ``napari-ftu measure``
+    gives on the batch's folder; each GeoJSON object carries its measurement columns."""
+    from napari_ftu.cli import main as cli
+
+    out, _ = reference
+    rows = {r["id"]: r for r in csv.DictReader(open(out / batch.SUMMARY, newline=""))}
+    assert cli(["measure", str(out), "--out", str(tmp_path / "m.csv"), "--summary", str(tmp_path / "s.csv")]) == 0
+    measured = {r["slide"]: r for r in csv.DictReader(open(tmp_path / "s.csv", newline=""))}
+    assert set(measured) == set(rows)
+    for i, row in rows.items():
+        m = measured[i]
+        assert int(row["n_objects"]) == int(m["n_objects"]) > 0
+        for key in ("tissue_area_mm2", "density_per_mm2", "area_median_um2", "n_border"):
+            assert float(row[key]) == pytest.approx(float(m[key])), (i, key)
+        assert row["classes"] == f"glomerulus={row['n_objects']}"
+    objects = {(r["slide"], int(r["id"])): r for r in csv.DictReader(open(tmp_path / "m.csv", newline=""))}
+    features = json.loads((out / "kidney_0" / "kidney_0.geojson").read_text())["features"]
+    assert features
+    for f in features:
+        props = f["properties"]["measurements"]
+        want = objects[("kidney_0", f["properties"]["ftu_id"])]
+        assert props["perimeter_um"] == pytest.approx(float(want["perimeter_um"]), rel=1e-5)
+        assert props["solidity"] == pytest.approx(float(want["solidity"]), rel=1e-5)

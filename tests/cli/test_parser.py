@@ -31,4 +31,5 @@ def test_help_and_a_refused_input_import_no_torch(tmp_path):
 
 def test_module_entry_point_prints_help():
     out = subprocess.run([sys.executable, "-m", "napari_ftu.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "{demo,segment,train,info,export,evaluate,annotate,export-model}" in out.stdout
+    commands = "{demo,segment,train,info,export,evaluate,measure,annotate,export-model}"
+    assert out.returncode == 0 and commands in out.stdout

@@ -83,6 +83,10 @@ def test_metrics_error_overlay_and_table_jump(dock, qtbot):
     cells = {widget.metrics_table.item(r, 0).text(): widget.metrics_table.item(r, 1).text()
              for r in range(widget.metrics_table.rowCount())}
     assert cells["Dice"] == f"{dice(pred, truth):.4f}" and cells["FN"] == str(m.fn)
+    from napari_ftu.evaluation.metrics import aggregated_jaccard, overlap_table, panoptic
+
+    table = overlap_table(pred, truth)
+    assert cells["PQ"] == f"{panoptic(table).pq:.4f}" and cells["AJI"] == f"{aggregated_jaccard(table):.4f}"
 
     errors = viewer.layers["errors (TP green, FP red, FN blue)"].data
     assert (errors[false_obj] == 2).all()  # the false object is FP

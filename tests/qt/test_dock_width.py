@@ -104,6 +104,6 @@ def test_every_dock_names_its_fields_in_a_viewer_without_layers(make_napari_view
                 yield w
 
     viewer = make_napari_viewer()
-    for name in ("Load", "Segment", "Export", "Train", "Debug", "Review", "Annotate"):
+    for name in ("Load", "Segment", "Export", "Train", "Debug", "Review", "Annotate", "Measure"):
         _, dock = viewer.window.add_plugin_dock_widget("napari-ftu", name)
         assert list(fields(dock)), f"the {name} dock shows its fields without their names"

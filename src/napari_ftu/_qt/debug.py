@@ -46,7 +46,7 @@ ERROR_COLOURS = {TP: (0.15, 0.8, 0.25, 1.0), FP: (0.95, 0.15, 0.15, 1.0), FN: (0
 DIFF_COLOURS = {ONLY_A: (1.0, 0.6, 0.0, 1.0), ONLY_B: (0.0, 0.85, 0.9, 1.0)}
 METRICS = [("dice", "Dice"), ("iou", "IoU"), ("n_pred", "objects"), ("n_truth", "true objects"), ("tp", "TP"),
            ("fp", "FP"), ("fn", "FN"), ("precision", "precision"), ("recall", "recall"), ("f1", "F1"),
-           ("ap", "AP@0.6")]
+           ("ap", "AP@0.6"), ("pq", "PQ"), ("sq", "SQ"), ("rq", "RQ"), ("aji", "AJI")]
 OBJECT_COLUMNS = ["kind", "id", "IoU", "area px", "y", "x"]
 
 

@@ -149,6 +149,7 @@ class ReviewWidget(Dock):
         self.table.horizontalHeader().sectionClicked.connect(lambda col: setattr(self.sort, "value", HEADER_SORTS[col]))
         viewer.layers.events.removing.connect(self._on_layer_removing)
         self.state.events.edited.connect(self._on_edited)
+        self.state.events.queue_ids.connect(lambda *_: self.refresh_table())
         self.timer = QTimer()
         self.timer.setInterval(1000)
         self.timer.timeout.connect(self.autosave_tick)
@@ -390,7 +391,9 @@ class ReviewWidget(Dock):
             return []
         status = None if self.status_filter.value == "all" else self.status_filter.value
         conf = None if self.max_conf.value >= 1.0 else self.max_conf.value
-        return self.session.review.table(self.sort.value, status, conf)
+        rows = self.session.review.table(self.sort.value, status, conf)
+        shown = self.state.queue_ids  # the Measurements dock's selection: (layer, ids) or None
+        return rows if shown is None or shown[0] is not self.layer else [r for r in rows if r.id in shown[1]]
 
     def refresh_table(self):
         rows = self.rows()

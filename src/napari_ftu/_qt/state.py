@@ -24,6 +24,7 @@ class DockState:
     models: tuple = ()  # model folders saved in this session, offered by the Segment dock
     retrain: Any = None  # (image layer, labels layer) to retrain on, for the Train dock
     edited: Any = None  # (labels layer, session generation): a dock changed objects through their session
+    queue_ids: Any = None  # (labels layer, frozenset of ids): the Measure dock's selection; Review lists only these
 
 
 _STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -34,12 +34,14 @@ from napari_ftu.batch.plan import BatchOptions, SlideJob, file_sha256, pending, 
 from napari_ftu.batch.slide import batch_card, segment_slide
 from napari_ftu.errors import InputError
 from napari_ftu.formats.datasets import DONE, SUMMARY
+from napari_ftu.measure.summary import SUMMARY_COLUMNS as MEASURED
 from napari_ftu.steps import BatchProgress
 
 RUN = "batch.json"  # the settings of the batch that wrote this folder and hashes of its combined outputs
 COMBINED = "predictions.csv"
 SUMMARY_COLUMNS = ["id", "status", "n_objects", "height", "width", "megapixels", "um_per_px", "downsample",
-                   "bands", "tiles", "seconds", "attempts", "worker", "error", "source"]
+                   "bands", "tiles", "seconds", "attempts", "worker", "error", "source",
+                   *[c for c in MEASURED if c != "n_objects"]]
 
 
 @dataclass

@@ -85,9 +85,14 @@ def write_outputs(job, out: Path, options, labels, objects, out_um, info: dict, 
     files = []
     if "labels" in options.outputs:
         files.append(write_labels_ome_tiff(folder / f"{job.id}_labels.ome.tif", labels, out_um).name)
+    measured = [] if "geojson" in options.outputs else None
+    summary = _measured(job, labels, objects, out_um, options, measured)
     if {"rle", "geojson"} & set(options.outputs):
+        from napari_ftu.measure.run import geojson_measurements
+
         scores = {o["id"]: o["confidence"] for o in objects}
         a = Annotations(job.id, np.asarray(labels), scores=scores, um_per_px=out_um, meta=dict(job.meta))
+        a.meta["measurements"] = geojson_measurements(measured or [])
         if "rle" in options.outputs:
             files.append(export_annotations(a, folder / f"{job.id}.csv", "hubmap", overwrite=True).name)
         if "geojson" in options.outputs:
@@ -97,6 +102,7 @@ def write_outputs(job, out: Path, options, labels, objects, out_um, info: dict, 
            "um_per_px": info["um_per_px"], "downsample": info["downsample"], "bands": info["bands"],
            "tiles": info["tiles"], "seconds": round(time.perf_counter() - start, 3), "attempts": None,
            "worker": worker_name(), "error": "", "source": job.path, "labels_um_per_px": out_um}
+    row.update(summary)
     csv_name = f"{job.id}.csv"
     hashes = {csv_name: file_sha256(folder / csv_name)} if csv_name in files else {}
     stamp = job.stamp if job.stamp is not None else slide_stamp(job.path)
@@ -104,6 +110,18 @@ def write_outputs(job, out: Path, options, labels, objects, out_um, info: dict, 
               "sha256": hashes, "row": row}
     write_text(folder / DONE, json.dumps(marker, indent=1))
     return row
+
+
+def _measured(job, labels, objects, out_um, options, rows_out: list | None) -> dict:
+    """The measurement summary of the slide's objects (counts, tissue area, density, sizes);
+    each object's measurements go to ``rows_out``."""
+    from napari_ftu.measure.run import summary_of_labels
+
+    classes = worker_model(options).card.classes  # loaded once per worker: the slide's model
+    summary = summary_of_labels(labels, out_um, {o["id"]: o["confidence"] for o in objects}, job.path,
+                                ", ".join(classes) if len(classes) == 1 else "FTU", rows_out)
+    summary.pop("n_objects")
+    return summary
 
 
 _CARDS: dict = {}

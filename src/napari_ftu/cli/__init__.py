@@ -11,10 +11,10 @@ import argparse
 import contextlib
 import sys
 
-from napari_ftu.cli import annotate, demo, evaluate, export, export_model, info, segment, train
+from napari_ftu.cli import annotate, demo, evaluate, export, export_model, info, measure, segment, train
 from napari_ftu.cli.common import USER_ERRORS, one_line, quiet_logs
 
-COMMANDS = (demo, segment, train, info, export, evaluate, annotate, export_model)
+COMMANDS = (demo, segment, train, info, export, evaluate, measure, annotate, export_model)
 
 
 def main(argv=None) -> int:

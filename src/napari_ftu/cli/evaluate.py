@@ -1,4 +1,4 @@
-"""``napari-ftu evaluate``: score predictions against ground truth (Dice, IoU, F1, AP@0.6)."""
+"""``napari-ftu evaluate``: score predictions against ground truth (Dice, IoU, F1, AP@0.6, PQ, AJI)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from napari_ftu.io.paths import refuse_onto_inputs
 
 def add_parser(sub, common) -> None:
     v = sub.add_parser("evaluate", parents=[common],
-                       help="score predictions against ground truth (Dice, IoU, F1, AP@0.6)")
+                       help="score predictions against ground truth (Dice, IoU, F1, AP@0.6, PQ, AJI)")
     v.add_argument("pred", type=Path,
                    help="prediction: label image, folder of them, a batch output folder, or an annotation file")
     v.add_argument("truth", type=Path, help="ground truth: label image, folder, dataset folder or annotation file")
@@ -57,7 +57,8 @@ def run(args) -> int:
         ap = "n/a" if row["ap"] is None else f"{row['ap']:.4f}"
         print(f"{row['group']}/{row['class']}: {row['images']} images, Dice {row['dice']:.4f}, IoU {row['iou']:.4f}, "
               f"TP {row['tp']} FP {row['fp']} FN {row['fn']}, F1@{args.iou:g} {row['f1']:.4f}, "
-              f"AP@{args.ap_iou:g} {ap}")
+              f"AP@{args.ap_iou:g} {ap}, PQ {row['pq']:.4f} (SQ {row['sq']:.4f} × RQ {row['rq']:.4f}), "
+              f"AJI {row['aji']:.4f}")
     if missing:
         print(f"{len(missing)} ground-truth images without a prediction (scored as empty): {', '.join(missing[:5])}")
     if args.out:

@@ -14,12 +14,20 @@ import numpy as np
 
 from napari_ftu.atomic import write_text
 from napari_ftu.errors import FormatError, InputError
-from napari_ftu.evaluation.metrics import Matching, Overlap, average_precision, match, overlap_table
+from napari_ftu.evaluation.metrics import (
+    Matching,
+    Overlap,
+    aggregated_jaccard,
+    average_precision,
+    match,
+    overlap_table,
+    panoptic,
+)
 from napari_ftu.formats.annotations import Annotations, image_key, instances_of
 from napari_ftu.formats.export import LABEL_IMAGE_SUFFIXES, format_of, import_annotations
 
 COLUMNS = ["image", "group", "class", "images", "n_pred", "n_truth", "dice", "iou", "tp", "fp", "fn",
-           "precision", "recall", "f1", "ap"]
+           "precision", "recall", "f1", "ap", "pq", "sq", "rq", "aji"]
 
 
 @dataclass
@@ -49,7 +57,15 @@ def _row(image, group, cls, n_images, tables, counts, ranked) -> dict:
             "n_pred": sum(len(t.pred_ids) for t in tables), "n_truth": sum(len(t.truth_ids) for t in tables),
             "dice": float(np.mean([t.dice() for t in tables])), "iou": float(np.mean([t.iou() for t in tables])),
             "tp": tp, "fp": fp, "fn": fn, "precision": _ratio(tp, tp + fp), "recall": _ratio(tp, tp + fn),
-            "f1": _ratio(2 * tp, 2 * tp + fp + fn), "ap": None if math.isnan(ap) else ap}
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn), "ap": None if math.isnan(ap) else ap,
+            **_instance_scores(tables)}
+
+
+def _instance_scores(tables) -> dict:
+    """PQ, SQ, RQ (matches at IoU > 0.5) and AJI: per image, and their means over images (as Dice)."""
+    pan = [panoptic(t) for t in tables]
+    return {"pq": float(np.mean([p.pq for p in pan])), "sq": float(np.mean([p.sq for p in pan])),
+            "rq": float(np.mean([p.rq for p in pan])), "aji": float(np.mean([aggregated_jaccard(t) for t in tables]))}
 
 
 def _ratio(a, b) -> float:

@@ -217,6 +217,69 @@ def average_precision(matchings) -> float:
     return float(np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0).mean())
 
 
+# --- instance-segmentation scores --------------------------------------------------------------
+
+
+@dataclass
+class Panoptic:
+    """Panoptic quality of one image (Kirillov et al. 2019): objects match when IoU > 0.5,
+    which makes matches unique; SQ is the mean IoU of the matches, RQ their F1, PQ = SQ × RQ."""
+
+    tp: int
+    fp: int
+    fn: int
+    iou_sum: float
+
+    @property
+    def sq(self) -> float:
+        if self.tp + self.fp + self.fn == 0:
+            return 1.0  # nothing to find, nothing claimed
+        return self.iou_sum / self.tp if self.tp else 0.0
+
+    @property
+    def rq(self) -> float:
+        return _ratio(self.tp, self.tp + 0.5 * self.fp + 0.5 * self.fn)
+
+    @property
+    def pq(self) -> float:
+        return self.sq * self.rq
+
+
+def panoptic(table: Overlap) -> Panoptic:
+    """:class:`Panoptic` of two label images' overlap table."""
+    ious = table.pair_iou()
+    hit = ious > 0.5
+    tp = int(hit.sum())
+    return Panoptic(tp, len(table.pred_ids) - tp, len(table.truth_ids) - tp, float(ious[hit].sum()))
+
+
+def aggregated_jaccard(table: Overlap) -> float:
+    """Aggregated Jaccard Index (Kumar et al. 2017): each true object is paired with the predicted
+    object of highest IoU (a prediction may serve several), intersections and unions are summed,
+    and every prediction never chosen adds its area to the union. Penalises both merges and
+    splits, unlike counts at one IoU threshold; 1.0 when both images are empty."""
+    ious = table.pair_iou()
+    inter_sum, union_sum = 0, 0
+    used = np.zeros(len(table.pred_ids), bool)
+    best = np.full(len(table.truth_ids), -1, np.int64)
+    best_iou = np.full(len(table.truth_ids), -1.0)
+    for k in range(len(ious)):  # first pair of highest IoU per true object
+        t = table.pair_truth[k]
+        if ious[k] > best_iou[t]:
+            best_iou[t], best[t] = ious[k], k
+    for t in range(len(table.truth_ids)):
+        k = best[t]
+        if k < 0:
+            union_sum += int(table.truth_areas[t])
+            continue
+        p = table.pair_pred[k]
+        used[p] = True
+        inter_sum += int(table.inter[k])
+        union_sum += int(table.truth_areas[t] + table.pred_areas[p] - table.inter[k])
+    union_sum += int(table.pred_areas[~used].sum())
+    return 1.0 if union_sum == 0 else inter_sum / union_sum
+
+
 # --- probability threshold sweep ---------------------------------------------------------------
 
 

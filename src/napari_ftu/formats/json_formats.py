@@ -340,6 +340,7 @@ def write_geojson(path, a: Annotations) -> Path:
             measurements["Area µm^2"] = float(sub.sum() * a.um_per_px**2)
         if obj_id in a.scores:
             measurements["Confidence"] = a.score(obj_id)
+        measurements.update(a.meta.get("measurements", {}).get(int(obj_id), {}))  # napari_ftu.measure's columns
         props["measurements"] = measurements
         features.append({"type": "Feature", "geometry": geometry, "properties": props})
     return write_text(path, json.dumps({"type": "FeatureCollection", "features": features}))

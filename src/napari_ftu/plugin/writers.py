@@ -7,6 +7,7 @@ import numpy as np
 from napari_ftu.formats.annotations import Annotations
 from napari_ftu.formats.export import export_annotations
 from napari_ftu.io.images import file_stem
+from napari_ftu.measure.run import feature_measurements
 
 
 def _write(fmt: str, path: str, data, meta: dict) -> list[str]:
@@ -16,6 +17,7 @@ def _write(fmt: str, path: str, data, meta: dict) -> list[str]:
         data = data[0]
     a = Annotations.from_layer(image_id, np.asarray(data), meta.get("features"), meta.get("metadata"),
                                default_class=(meta.get("metadata") or {}).get("class", "FTU"))
+    a.meta["measurements"] = feature_measurements(meta.get("features"))  # the Measurements dock's columns
     # napari asks before replacing a file in its save dialog.
     return [str(export_annotations(a, path, fmt, overwrite=True))]
 

@@ -1,0 +1,1 @@
+"""Per-object measurements and per-slide summaries of the FTUs a label image holds."""
