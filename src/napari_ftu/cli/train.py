@@ -185,7 +185,7 @@ def _from_reviews(args) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise OptionError(f"{args.out}: --out must be a folder")
     gen = round_steps(reviews, args.init, args.out, seconds=args.minutes * 60 if args.minutes else None,
-                      steps=args.steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                      steps=args.steps, lr=args.lr, batch_size=args.batch_size, crop=args.crop, seed=args.seed,
                       val_every=args.hold_out_every or 0, threads=args.threads, device=args.device,
                       trust_code=args.trust_model)
     try:

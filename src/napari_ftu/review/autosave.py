@@ -277,9 +277,9 @@ def read_session(path: str | Path, shape: tuple[int, int] | None = None) -> Save
         offset = tuple(int(v) for v in meta.get("offset", (0, 0)))
         if len(offset) != 2:
             raise ValueError(f"offset {offset} is not two numbers")
-        done = [from_corners(*(int(v) for v in c)) for c in meta.get("done", [])]
-        if any(len(c) != 4 for c in meta.get("done", [])):
+        if not isinstance(meta.get("done", []), list) or any(len(c) != 4 for c in meta.get("done", [])):
             raise ValueError("a done region is not four numbers")
+        done = [from_corners(*(int(v) for v in c)) for c in meta.get("done", [])]
         if not isinstance(meta.get("saved_at"), (int, float)) or not np.isfinite(meta["saved_at"]):
             meta["saved_at"] = os.stat(path).st_mtime
     except _Mismatch:

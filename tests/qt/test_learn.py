@@ -1,0 +1,84 @@
+"""Learning while reviewing, in a real viewer on a real frozen H&E patch: the Review dock's
+learn section trains a round from the review, the new model appears in the Segment dock, the
+queue re-sorts by doubt and the reviewed objects keep their pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_ftu.boxes import from_corners
+
+napari = pytest.importorskip("napari")
+
+
+@pytest.fixture
+def reviewed(make_napari_viewer, qtbot, tmp_path, monkeypatch, shared_data):
+    import imageio.v3 as iio
+
+    monkeypatch.setenv("NAPARI_FTU_SESSIONS", str(tmp_path / "sessions"))
+    rgb = iio.imread(shared_data / "sarder_frozen_kidney_glomeruli" / "images" / "slide_O27_2_589_736.png")[..., :3]
+    viewer = make_napari_viewer()
+    viewer.add_image(rgb, name="O27_2", scale=(3.0, 3.0), metadata={"um_per_px": 3.0})
+    _, segment = viewer.window.add_plugin_dock_widget("napari-ftu", "Segment")
+    _, review = viewer.window.add_plugin_dock_widget("napari-ftu", "Review")
+    worker = segment.run()
+    with qtbot.waitSignal(worker.finished, timeout=180_000):
+        pass
+    layer = viewer.layers["O27_2 FTUs"]
+    assert review.layer is layer and review.session.review.rows, "the built-in model finds objects here"
+    return viewer, segment, review, layer
+
+
+def test_learn_from_my_reviews_updates_the_unreviewed_objects_only(reviewed, qtbot):
+    viewer, segment, review, layer = reviewed
+    session = review.session
+    first = sorted(session.review.rows)[0]
+    review.select([first])
+    review.accept()
+    kept = layer.data == first
+    done = review.learning.mark_done(from_corners(0, 0, 128, 256))  # the top half: nothing else there
+    assert done in session.done and review.learning.decisions() == 2
+    review.learning.seconds.value = 10
+    worker = review.learning.learn()
+    assert worker is not None and not review.learning.learn_button.enabled
+    with qtbot.waitSignal(worker.finished, timeout=300_000):
+        pass
+    out = review.learning.model_path
+    assert out is not None and out.name == "round-1" and (out / "model_card.json").is_file()
+    assert str(out) in segment._paths  # the Segment dock offers the new model
+    from napari_ftu.engine.models import load_model
+
+    card = load_model(out, device="cpu").card
+    assert card.notes["learned_from"]["slides"] == ["O27_2"] and card.notes["learned_from"]["reviewed_objects"] == 1
+    assert np.array_equal(layer.data == first, kept)  # the reviewed object kept every pixel
+    assert session.review.rows[first].status == "accepted"
+    assert not np.isin(layer.data[:128], [i for i, r in session.review.rows.items() if r.status == "unreviewed"]
+                       ).any()  # nothing new where the reviewer said "nothing else here"
+    assert review.sort.value == "most doubtful first"
+    from napari_ftu.review.active import doubt
+
+    shown = [int(review.table.item(i, 0).text()) for i in range(review.table.rowCount())]
+    rows = session.review.rows
+    keys = [doubt(rows[i].confidence, session.review.threshold) for i in shown]
+    assert keys == sorted(keys)
+    review.undo()  # the new prediction is one undo step
+    assert np.array_equal(layer.data == first, kept)
+
+
+def test_a_cancelled_round_keeps_the_model_and_the_objects(reviewed, qtbot):
+    viewer, segment, review, layer = reviewed
+    session = review.session
+    review.select([sorted(session.review.rows)[0]])
+    review.reject()
+    before = layer.data.copy()
+    review.learning.seconds.value = 60
+    worker = review.learning.learn()
+    qtbot.waitUntil(lambda: review.learning.bar.value > 0, timeout=120_000)  # training has started
+    review.learning.cancel()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    assert review.learning.model_path is None and review.learning.round == 0
+    assert not any("round" in p for p in segment._paths)
+    assert np.array_equal(layer.data, before)
+    assert "cancelled" in review.learning.info.value
