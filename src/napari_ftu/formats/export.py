@@ -86,8 +86,9 @@ def export_annotations(items, path, fmt: str, overwrite: bool = False) -> Path:
 
     Parameters
     ----------
-    items : Annotations or list of Annotations
-        Labels of one or several images (single-image formats take one).
+    items : Annotations, list or iterator of Annotations
+        Labels of one or several images (single-image formats take one); an iterator (from
+        :func:`import_annotations`) is written as it is read, one image at a time.
     path : str or Path
         File to write.
     fmt : str
@@ -102,13 +103,15 @@ def export_annotations(items, path, fmt: str, overwrite: bool = False) -> Path:
     """
     if fmt not in FORMATS:
         raise OptionError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    items = [items] if isinstance(items, Annotations) else list(items)
+    items = [items] if isinstance(items, Annotations) else items
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite to replace it")
     if path.is_dir():
         raise InputError(f"{path} is a folder, not a file")
-    return FORMATS[fmt].write(path, items)
+    if not FORMATS[fmt].multi_image:
+        items = list(items)  # one image (two are refused by the writer)
+    return FORMATS[fmt].write(path, items)  # multi-image writers take a reader's generator: one image at a time
 
 
 def import_annotations(path, fmt: str, shape=None) -> Iterator[Annotations]:
