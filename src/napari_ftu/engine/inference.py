@@ -337,14 +337,41 @@ def edge_margins(shape, tile: int, margin: int) -> tuple:
     ``margin`` along an axis that one tile spans, 0 along longer ones. Over a longer axis the
     margin would shift the whole tile grid, and the built-in model's objects move with where
     tiles cut them (ccf test tiles: pixel Dice 0.905 with the grid as it is, 0.888 shifted by
-    the overlap; docs/models-and-training.md)."""
+    the overlap; docs/models-and-training.md).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)`` on the model grid.
+    tile : int
+        Tile size.
+    margin : int
+        The options' ``edge_margin``.
+
+    Returns
+    -------
+    tuple of int
+    """
     rows, cols = (margin if n <= tile else 0 for n in shape[:2])
     return rows, rows, cols, cols
 
 
 def edge_min_area(min_area_px: int, margins) -> int | None:
     """The smallest object kept at the image's edge: half the minimum where edges are mirrored
-    (a cut object with its mirror image would pass), else the minimum."""
+    (a cut object with its mirror image would pass), else the minimum.
+
+    Parameters
+    ----------
+    min_area_px : int
+        The minimum object area inside the image.
+    margins : tuple of int
+        The run's mirrored margins (:func:`edge_margins`).
+
+    Returns
+    -------
+    int or None
+        ``None``: the same minimum everywhere.
+    """
     return min_area_px // 2 if any(margins) else None
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,7 +40,16 @@ def _write_rows(path, columns, rows) -> Path:
 
 def one_at_a_time(items):
     """``items`` (a list or a reader's generator) handed over so that the previous image is
-    released before the next is built: a file of many images costs one image."""
+    released before the next is built: a file of many images costs one image.
+
+    Parameters
+    ----------
+    items : Annotations, list or iterator of Annotations
+
+    Yields
+    ------
+    Annotations
+    """
     if isinstance(items, Annotations):
         items = [items]
     it = iter(items)
@@ -127,7 +135,8 @@ def write_hubmap(path, items: list[Annotations], full: bool = False) -> Path:
     Path
     """
     if not full:
-        return _write_rows(path, ["id", "rle"], ([a.image_id, rle.encode_bands(a.labels)] for a in one_at_a_time(items)))
+        rows = ([a.image_id, rle.encode_bands(a.labels)] for a in one_at_a_time(items))
+        return _write_rows(path, ["id", "rle"], rows)
 
     def rows():
         for a in one_at_a_time(items):
@@ -139,7 +148,7 @@ def write_hubmap(path, items: list[Annotations], full: bool = False) -> Path:
     return _write_rows(path, HUBMAP_TRAIN_COLUMNS, rows())
 
 
-def read_hubmap(path, shapes=None) -> Iterator[Annotations]:
+def read_hubmap(path, shapes=None, compact: bool = False) -> Iterator[Annotations]:
     """Masks (one object each, label 1) from ``id,rle`` or ``train.csv``, one row at a time; the
     sizes come from ``img_height``/``img_width`` columns, else from ``shapes``: one ``(height,
     width)`` for every row or a dict id -> ``(height, width)``. Every row's size is checked before
@@ -152,6 +161,9 @@ def read_hubmap(path, shapes=None) -> Iterator[Annotations]:
         A submission (``id,rle``) or ``train.csv``.
     shapes : tuple or dict, optional
         Image sizes for files without size columns.
+    compact : bool
+        Labels as the uint8 decode (the one object is label 1) instead of an int32 copy, four
+        times smaller: for converters that only write them on (``napari-ftu export``).
 
     Yields
     ------
@@ -188,7 +200,7 @@ def read_hubmap(path, shapes=None) -> Iterator[Annotations]:
             raise FormatError(f"{path}, line {n}: {exc}") from None
         meta = {k: v for k, v in row.items() if k not in ("id", "rle", "img_height", "img_width") and k is not None}
         um = _pixel_size(meta.get("pixel_size"), f"{path}, line {n}")
-        labels = mask  # one object, label 1: its uint8 decode is its label image (an int32 copy cost 4x)
+        labels = mask if compact else mask.astype(np.int32)
         del mask
         yield Annotations(row["id"], labels, um_per_px=um, meta=meta, default_class=meta.get("organ") or "FTU")
         del labels  # not kept while the next row is read
@@ -260,7 +272,8 @@ def write_hpa(path, items: list[Annotations]) -> Path:
     -------
     Path
     """
-    rows = ([a.image_id, a.shape[1], a.shape[0], _prediction_string(a, hpa_label)] for a in one_at_a_time(items))
+    rows = ([a.image_id, a.shape[1], a.shape[0], _prediction_string(a, hpa_label)]
+            for a in one_at_a_time(items))
     return _write_rows(path, HPA_COLUMNS, rows)
 
 
@@ -350,7 +363,8 @@ def write_vasculature(path, items: list[Annotations]) -> Path:
     -------
     Path
     """
-    rows = ([a.image_id, a.shape[0], a.shape[1], _prediction_string(a, lambda name: 0)] for a in one_at_a_time(items))
+    rows = ([a.image_id, a.shape[0], a.shape[1], _prediction_string(a, lambda name: 0)]
+            for a in one_at_a_time(items))
     return _write_rows(path, VASCULATURE_COLUMNS, rows)
 
 

@@ -114,7 +114,7 @@ def export_annotations(items, path, fmt: str, overwrite: bool = False) -> Path:
     return FORMATS[fmt].write(path, items)  # multi-image writers take a reader's generator: one image at a time
 
 
-def import_annotations(path, fmt: str, shape=None) -> Iterator[Annotations]:
+def import_annotations(path, fmt: str, shape=None, compact: bool = False) -> Iterator[Annotations]:
     """Read a file written in ``fmt``, one image at a time: the file is checked whole (a bad row
     or size fails at once, naming it), then each image is built when asked for, against the
     memory budget on its own; keep only what you need (``list()`` keeps them all).
@@ -127,6 +127,9 @@ def import_annotations(path, fmt: str, shape=None) -> Iterator[Annotations]:
         A key of :data:`FORMATS`; :func:`format_of` guesses it from the file.
     shape : tuple or dict, optional
         ``(height, width)`` of the image (GeoJSON needs it), or id -> shape for id/RLE CSVs.
+    compact : bool
+        HuBMAP masks as their uint8 decode instead of int32 labels (a quarter of the memory),
+        for a caller that only writes them on.
 
     Returns
     -------
@@ -139,7 +142,10 @@ def import_annotations(path, fmt: str, shape=None) -> Iterator[Annotations]:
         raise InputError(f"{path}: no such file")
     if fmt == "geojson" and shape is None:
         raise FormatError("reading GeoJSON needs the image size")
-    items = iter(FORMATS[fmt].read(path, shape))
+    if compact and fmt in ("hubmap", "hubmap-train"):
+        items = iter(read_hubmap(path, shape if fmt == "hubmap" else None, compact=True))
+    else:
+        items = iter(FORMATS[fmt].read(path, shape))
     box = [next(items, None)]  # the file's checks run now, not at the caller's first use
 
     def one_at_a_time():
