@@ -19,7 +19,9 @@ memory budget and fail when a case's traced peak goes past it.
 
 reads fixed adversarial files (a TIFF header claiming 40 000 x 40 000, COCO files of 100 large
 images, a polygon whose edges span every row, ...) each in a fresh process and prints the
-outcome and the peak RSS per case; ``--src`` runs the same files against another checkout.
+outcome and the peak RSS per case, then runs whole ``napari-ftu export`` / ``evaluate`` commands
+on such files under ``/usr/bin/time`` (peak RSS of the process a user starts); ``--src`` runs
+the same files against another checkout.
 """
 
 from __future__ import annotations
@@ -763,6 +765,63 @@ def _case_files(folder: Path) -> list:
     return cases
 
 
+def _command_cases(folder: Path) -> list:
+    """``(name, argv)`` of whole ``napari-ftu`` commands on small files claiming gigabytes:
+    exports that convert many images, and two strip TIFFs of 40 000 x 40 000 labels."""
+    import tifffile
+
+    rows = "".join(f"r{i},kidney,HuBMAP,20000,20000,0.5,1 400000000\n" for i in range(6))  # full masks
+    (folder / "train6.csv").write_text("id,organ,data_source,img_height,img_width,pixel_size,rle\n" + rows)
+    images = [{"id": i, "height": 10_000, "width": 10_000, "file_name": f"t{i}.tif"} for i in range(8)]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "segmentation": {"size": [10_000, 10_000],
+                                                                          "counts": [0, 100_000_000]}}
+            for i in range(8)]
+    (folder / "eight.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                   "categories": [{"id": 1, "name": "glomerulus"}]}))
+    labels = np.zeros((40_000, 40_000), np.uint8)  # calloc'd: only the pages written below are touched
+    for i in range(5, 200, 20):
+        labels[i * 200 + 50 : i * 200 + 150, 1000:30000:3] = i % 7 + 1
+    tifffile.imwrite(folder / "strips.tif", labels, rowsperstrip=200, compression="zlib")
+    del labels
+    shutil.copy(folder / "strips.tif", folder / "strips2.tif")
+    out = str(folder / "x.csv")
+    return [
+        ("export train.csv: 6 rows of 20 000 x 20 000 -> id,rle", ["export", "train6.csv", "--from", "hubmap-train",
+                                                                    "--out", out, "--overwrite"], "9.6 GB"),
+        ("export COCO: 8 images of 10 000 x 10 000, full masks -> CSV", ["export", "eight.json", "--from", "coco",
+                                                                         "--out", out, "--overwrite"], "3.2 GB"),
+        ("export LABELS.tif: 40 000² deflate, strips of 200 rows", ["export", "strips.tif", "--out", out,
+                                                                    "--overwrite"], "1.8 GB"),
+        ("evaluate two such TIFFs", ["evaluate", "strips.tif", "strips2.tif"], "1.6 GB, then refused"),
+    ]
+
+
+def run_commands(src: str | None = None) -> list[dict]:
+    """Each command as a user runs it, a whole process under ``/usr/bin/time -f %M`` with the
+    machine's own budget: exit status and peak RSS."""
+    import os
+    import subprocess
+    import sys
+
+    folder = Path(tempfile.mkdtemp(prefix="napari-ftu-commands-"))
+    atexit.register(shutil.rmtree, folder, True)
+    env = {k: v for k, v in os.environ.items() if k != "NAPARI_FTU_MEMORY_BUDGET"}
+    env.update({"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **({"PYTHONPATH": src} if src else {})})
+    rows = []
+    for name, argv, before in _command_cases(folder):
+        size = sum((folder / a).stat().st_size for a in argv if (folder / a).is_file())
+        start = time.perf_counter()
+        run = subprocess.run(["/usr/bin/time", "-f", "peak %M", sys.executable, "-m", "napari_ftu.cli", *argv],
+                             cwd=folder, capture_output=True, text=True, env=env)
+        seconds = time.perf_counter() - start
+        peak = int(run.stderr.strip().splitlines()[-1].split()[-1]) / 1024
+        said = (run.stdout.strip().splitlines() or run.stderr.strip().splitlines()[:-1] or [""])[-1]
+        rows.append({"case": name, "bytes": size, "exit": run.returncode, "peak_mb": peak, "seconds": seconds})
+        print(f"{name:<62} {size:>9} B  before {before:<21} exit {run.returncode}  peak RSS {peak:6.0f} MB  "
+              f"{seconds:6.1f} s  {said[:100]}", flush=True)
+    return rows
+
+
 def run_cases(src: str | None = None) -> list[dict]:
     """Each case in a fresh process (so ru_maxrss is its own): file size, outcome, peak RSS."""
     import os
@@ -808,6 +867,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.cases:
         run_cases(args.src)
+        run_commands(args.src)
         return 0
     names = [n for n in args.only.split(",") if n] or list(TARGETS)
     MARKER.unlink(missing_ok=True)

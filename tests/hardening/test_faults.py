@@ -18,6 +18,7 @@ import pytest
 from napari_ftu.engine.card import ModelCard
 from napari_ftu.engine.models import load_model
 from napari_ftu.errors import FormatError, InputError, ModelError
+from napari_ftu.formats import csv_formats
 from napari_ftu.formats.annotations import Annotations
 from napari_ftu.formats.export import export_annotations, import_annotations
 from napari_ftu.io.images import write_tiff
@@ -163,13 +164,23 @@ def _labels():
 def test_disk_full_mid_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = export_annotations(Annotations("a", _labels()), tmp_path / "sub.csv", "hubmap")
     before = path.read_bytes()
-    real = Path.write_text
 
-    def half_then_full(self, text, *args, **kwargs):  # half the bytes reach the disk, then ENOSPC
-        real(self, text[: len(text) // 2], *args, **kwargs)
-        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+    class HalfThenFull:  # the CSV writer appends rows to a file: half the bytes reach the disk, then ENOSPC
+        def __init__(self, fh):
+            self.fh = fh
 
-    monkeypatch.setattr(Path, "write_text", half_then_full)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, text):
+            self.fh.write(text[: len(text) // 2])
+            self.fh.flush()
+            raise OSError(errno.ENOSPC, "No space left on device", self.fh.name)
+
+    monkeypatch.setattr(csv_formats, "open", lambda *a, **k: HalfThenFull(open(*a, **k)), raising=False)
     with pytest.raises(OSError, match=r"cannot write sub.csv: No space left on device") as info:
         export_annotations(Annotations("b", np.ones((64, 64), np.int32)), path, "hubmap", overwrite=True)
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)

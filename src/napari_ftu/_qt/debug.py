@@ -302,6 +302,7 @@ class DebugWidget(Dock):
 
     def tile_grid(self):
         """Add the engine's tile grid as rectangles (model tiles mapped onto the layer)."""
+        from napari_ftu.engine.inference import edge_margins
         from napari_ftu.engine.tiling import tile_grid
 
         layer = self.pred.value or self.image.value
@@ -317,13 +318,15 @@ class DebugWidget(Dock):
         factor = um / model_um if um and model_um else 1.0  # model pixels per layer pixel
         h, w = level0(layer).shape[:2]
         work = (max(1, round(h * factor)), max(1, round(w * factor)))
+        t = self.tile.value
+        top, bottom, left, right = edge_margins(work, t, self.overlap.value)  # mirrored margins, as the engine's
         try:
-            grid = tile_grid(work, self.tile.value, self.overlap.value)
+            grid = [(y - top, x - left) for y, x in tile_grid((work[0] + top + bottom, work[1] + left + right), t,
+                                                              self.overlap.value)]
         except ValueError as exc:
             return self._fail(exc)
-        t = self.tile.value
-        rects = [np.array([[y / factor, x / factor], [min(y + t, work[0]) / factor, min(x + t, work[1]) / factor]])
-                 for y, x in grid]
+        rects = [np.array([[max(y, 0) / factor, max(x, 0) / factor],
+                           [min(y + t, work[0]) / factor, min(x + t, work[1]) / factor]]) for y, x in grid]
         name = "tile grid"
         if name in self._viewer.layers:
             self._viewer.layers.remove(name)

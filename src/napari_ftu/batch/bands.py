@@ -29,22 +29,23 @@ class BandPlan:
     store: str
 
 
-def plan_bands(shape, tile: int, overlap: int, band_rows: int) -> tuple[list, list]:
+def plan_bands(shape, tile: int, overlap: int, band_rows: int, margin: int = 0) -> tuple[list, list]:
     """Cores ``[c0, c1)`` (multiples of ``band_rows``) and the spans of tile rows that cover them:
     from the last tile row lying wholly above the core to the first lying wholly below it, so
     that the band's own first and last tile rows (whose blending windows differ from the whole
-    slide's) touch no owned row."""
+    slide's) touch no owned row. The grid is the whole slide's, with ``margin`` mirrored rows
+    above and below it: the first and last spans start before row 0 or end past the last row."""
     from napari_ftu.engine.tiling import tile_starts
 
     h = int(shape[0])
-    starts = tile_starts(h, tile, overlap)
+    starts = [s - margin for s in tile_starts(h + 2 * margin, tile, overlap)]
     cuts = list(range(0, h, band_rows)) + [h]
     cores, spans = [], []
     for c0, c1 in zip(cuts[:-1], cuts[1:]):
         first = max([j for j, s in enumerate(starts) if s + tile <= c0], default=0)
         last = min([j for j, s in enumerate(starts) if s >= c1], default=len(starts) - 1)
         cores.append((c0, c1))
-        spans.append((starts[first], min(h, starts[last] + tile)))
+        spans.append((starts[first], min(h + margin, starts[last] + tile)))
     return cores, spans
 
 
@@ -88,6 +89,7 @@ class _RowCrop:
 def band_plan(job: SlideJob, out, options: BatchOptions, create: bool = True) -> BandPlan | None:
     """The bands of a slide with more than ``band_above_px`` pixels (``None`` for smaller ones);
     ``create`` makes the shared zarr store the bands write their rows into."""
+    from napari_ftu.engine.inference import edge_margins
     from napari_ftu.engine.tile_source import TileSource
     from napari_ftu.io.slides import open_slide
 
@@ -102,7 +104,8 @@ def band_plan(job: SlideJob, out, options: BatchOptions, create: bool = True) ->
     resolved = options.segment.resolve(card)
     tile, overlap = resolved.tile_size, resolved.overlap
     band_rows = max(tile, int(options.band_pixels // max(source.shape[1], 1)))
-    cores, spans = plan_bands(source.shape, tile, overlap, band_rows)
+    cores, spans = plan_bands(source.shape, tile, overlap, band_rows,
+                              edge_margins(source.shape, tile, resolved.edge_margin)[0])
     store = Path(out) / job.id / "bands.zarr"
     n_classes = len(card.classes)
     if create:
@@ -121,7 +124,7 @@ def segment_band(job: SlideJob, options: BatchOptions, plan: BandPlan, index: in
     """Run the model on one band (its span) and write the rows it owns into the shared store."""
     import zarr
 
-    from napari_ftu.engine.inference import segment
+    from napari_ftu.engine.inference import edge_margins, segment
     from napari_ftu.engine.tile_source import TileSource
     from napari_ftu.io.slides import open_slide
 
@@ -130,7 +133,11 @@ def segment_band(job: SlideJob, options: BatchOptions, plan: BandPlan, index: in
     slide = open_slide(job.path, um_per_px=job.um_per_px)
     try:
         source = TileSource(slide.levels, slide.um_per_px, model.card.um_per_px)
-        s0, s1 = plan.spans[index]
+        resolved = options.segment.resolve(model.card)
+        side = edge_margins(source.shape, resolved.tile_size, resolved.edge_margin)[2]
+        s0, s1 = plan.spans[index]  # the span on the grid with mirrored margins: only the slide's edges are mirrored
+        margins = (max(0, -s0), max(0, s1 - source.shape[0]), side, side)
+        s0, s1 = max(0, s0), min(source.shape[0], s1)
         c0, c1 = plan.cores[index]
         levels = [_ModelGridRows(source, s0, s1)]
         if options.segment.skip_background:  # the band's rows of the slide's coarsest level, for tissue detection
@@ -139,7 +146,7 @@ def segment_band(job: SlideJob, options: BatchOptions, plan: BandPlan, index: in
             r0, r1 = int(math.floor(s0 * per_row)), max(int(math.ceil(s1 * per_row)), int(math.floor(s0 * per_row)) + 1)
             levels.append(_RowCrop(coarse, r0, min(r1, coarse.shape[0]), source._rgb))
         with torch_threads(options.threads, model):
-            seg = segment(levels, model, options.segment, um_per_px=None, full_resolution=False)
+            seg = segment(levels, model, options.segment, um_per_px=None, full_resolution=False, margins=margins)
     finally:
         slide.close()
     prob = seg.probability if seg.probability.ndim == 3 else seg.probability[None]
@@ -153,7 +160,7 @@ def finish_bands(job: SlideJob, out: str, options: BatchOptions, plan: BandPlan,
     """Instances over the assembled probability (strip by strip), then the slide's outputs."""
     import zarr
 
-    from napari_ftu.engine.inference import Segmentation, relabel_steps
+    from napari_ftu.engine.inference import Segmentation, edge_margins, edge_min_area, relabel_steps
     from napari_ftu.steps import drain
 
     start = time.perf_counter() - sum(b["seconds"] for b in bands)
@@ -169,7 +176,9 @@ def finish_bands(job: SlideJob, out: str, options: BatchOptions, plan: BandPlan,
     prob = group["probability"]
     seg = Segmentation(probability=prob, labels=group["labels"],
                        prob_scale=255.0, downsample=1.0 / plan.factor, um_per_px=out_um,
-                       min_area_px=int(resolved.min_object_um2 / (out_um or card.um_per_px) ** 2),
+                       min_area_px=(min_area := int(resolved.min_object_um2 / (out_um or card.um_per_px) ** 2)),
+                       edge_min_area_px=edge_min_area(min_area, edge_margins(plan.shape, resolved.tile_size,
+                                                                             resolved.edge_margin)),
                        class_index=resolved.class_index)
     objects = drain(relabel_steps(seg, resolved.threshold, watershed=resolved.watershed))
     info = {"height": size[0], "width": size[1], "um_per_px": um, "downsample": round(1.0 / plan.factor, 6),

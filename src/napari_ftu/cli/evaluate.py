@@ -39,7 +39,11 @@ def run(args) -> int:
     for name in ("iou", "ap_iou"):
         if not 0 < getattr(args, name) <= 1:
             raise OptionError(f"--{name.replace('_', '-')} must be in (0, 1], got {getattr(args, name)}")
-    if args.compare is not None:
+    from napari_ftu.evaluation.bands import banded_pair, evaluate_banded  # two large label TIFFs: band by band
+
+    if args.compare is None and banded_pair(args.pred, args.truth, args.pred_format, args.truth_format):
+        rows, summary, missing = evaluate_banded(args.pred, args.truth, args.iou, args.ap_iou)
+    elif args.compare is not None:
         from napari_ftu.evaluation.compare import compare_paths
 
         rows, summary, missing = compare_paths(args.pred, args.truth, args.compare, args.pred_format,

@@ -51,6 +51,15 @@ def run(args) -> int:
     if args.out and fmt == "hubmap" and not (args.source_format or args.tiles or args.image):
         return _export_rle_bands(args)  # a label image to id,rle: read a band of columns at a time
     image = read_image(args.image) if args.image else None
+    if args.source_format and args.out and not (args.tiles or args.id):  # converted as read, one image at a time
+        items = import_annotations(args.labels, args.source_format, image.data.shape[:2] if image else None,
+                                   compact=True)
+        refuse_onto_inputs([args.out], [args.labels, args.image])  # even with --overwrite
+        if args.out.exists() and not args.overwrite:
+            raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+        written = export_annotations(_with_class(items, args.class_name), args.out, fmt, overwrite=args.overwrite)
+        print(f"wrote {written} ({FORMATS[fmt].title})")
+        return 0
     if args.source_format:
         items = list(import_annotations(args.labels, args.source_format, image.data.shape[:2] if image else None))
     else:
@@ -80,6 +89,14 @@ def run(args) -> int:
                             seed=args.seed, fmt=args.tile_format)
         print(f"wrote {len(rows)} tiles and {args.tiles / 'manifest.csv'}")
     return 0
+
+
+def _with_class(items, class_name):
+    """Each image with objects without a class given ``class_name``, handed on one at a time."""
+    for a in items:
+        a.default_class = class_name
+        yield a
+        del a
 
 
 def _export_rle_bands(args) -> int:

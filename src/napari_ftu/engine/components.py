@@ -292,7 +292,8 @@ def _merge_boxes(boxes: np.ndarray, root: np.ndarray, height: int, width: int) -
     return merged
 
 
-def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024, scale: float = 1.0, box=None):
+def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024, scale: float = 1.0, box=None,
+                edge_min_area_px: int | None = None):
     """Write instance labels of ``prob >= threshold * scale`` (holes filled, small objects removed)
     into ``out`` (an int32 array-like of the same 2-D shape), strip by strip.
 
@@ -320,6 +321,9 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
     box : tuple of int, optional
         ``(row0, row1, col0, col1)`` outside of which ``prob`` and ``out`` are 0; ignored when
         ``threshold`` is not positive (then every pixel is foreground).
+    edge_min_area_px : int, optional
+        The smallest object kept when it touches the image's edge (default ``min_area_px``):
+        an object cut by the edge shows only part of its area.
 
     Yields
     ------
@@ -414,6 +418,10 @@ def label_steps(prob, threshold: float, min_area_px: int, out, strip: int = 1024
     merged = [np.bincount(root, weights=s, minlength=next_id) for s in sums]
     merged_boxes = _merge_boxes(boxes, root, height, width)
     keep = merged[0] >= min_area
+    if edge_min_area_px is not None:
+        b = merged_boxes
+        on_edge = (b[:, 0] == 0) | (b[:, 1] == height) | (b[:, 2] == 0) | (b[:, 3] == width)
+        keep |= on_edge & (merged[0] >= max(1, edge_min_area_px))
     keep[0] = False
     kept_roots = np.flatnonzero(keep)  # ascending = raster order of first pixels
     final = np.zeros(next_id, np.int32)

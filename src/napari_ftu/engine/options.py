@@ -136,6 +136,9 @@ class SegmentOptions:
         Storage type of probability stores (``"uint8"`` is 4× smaller than float32).
     prefetch : int
         Tile batches read ahead of the model.
+    edge_margin : int, optional
+        Model pixels of mirrored image added past every image edge (default: the overlap), so
+        that an object cut by the edge is seen as tiles inside see theirs; 0: none.
 
     Raises
     ------
@@ -155,6 +158,7 @@ class SegmentOptions:
     class_index: int = 0
     prob_dtype: str = "uint8"  # of probability stores
     prefetch: int = 2  # tile batches read ahead of the model
+    edge_margin: int | None = None  # mirrored pixels past the image's edges (default: the overlap)
 
     def __post_init__(self):
         from napari_ftu.engine.tiling import BLENDS
@@ -177,6 +181,8 @@ class SegmentOptions:
             if not (math.isfinite(value) and value >= 0):
                 raise OptionError(f"minimum object size must be a finite number >= 0 µm², got {self.min_object_um2!r}")
             put(self, "min_object_um2", value)
+        if self.edge_margin is not None:
+            put(self, "edge_margin", check_int(self.edge_margin, "edge margin", 0))
         put(self, "batch_size", check_int(self.batch_size, "batch size", 1, MAX_BATCH_SIZE))
         put(self, "class_index", check_int(self.class_index, "class index", 0))
         put(self, "prefetch", check_int(self.prefetch, "prefetch", 0, 64))
@@ -206,7 +212,7 @@ class SegmentOptions:
 
     @property
     def resolved(self) -> bool:
-        return None not in (self.tile_size, self.overlap, self.threshold, self.min_object_um2)
+        return None not in (self.tile_size, self.overlap, self.threshold, self.min_object_um2, self.edge_margin)
 
     def resolve(self, card) -> SegmentOptions:
         """These options with the card's values where none was chosen (the chosen class's
@@ -241,7 +247,11 @@ class SegmentOptions:
         threshold = self.threshold if self.threshold is not None else card.threshold_for(
             card.classes[self.class_index])
         min_um2 = self.min_object_um2 if self.min_object_um2 is not None else card.min_object_um2
-        return replace(self, tile_size=tile, overlap=overlap, threshold=threshold, min_object_um2=min_um2)
+        margin = self.edge_margin if self.edge_margin is not None else overlap
+        if margin >= tile:
+            raise OptionError(f"edge margin must be smaller than the tile size, got {margin} with tile size {tile}")
+        return replace(self, tile_size=tile, overlap=overlap, threshold=threshold, min_object_um2=min_um2,
+                       edge_margin=margin)
 
     def signature(self) -> dict:
         """The options that decide a result (batch size and prefetch change only speed)."""

@@ -57,7 +57,7 @@ class TileSource:
         self.exact = self.ratio == (1.0, 1.0)
         self._range = None if src.dtype == np.uint8 else _value_range(levels[-1])
 
-    def read(self, y: int, x: int, tile: int) -> np.ndarray:
+    def read(self, y: int, x: int, tile: int, edge: str = "reflect") -> np.ndarray:
         """The model-grid tile at ``(y, x)`` as ``(tile, tile, 3)`` uint8, reflect-padded past the edge.
 
         Parameters
@@ -66,11 +66,22 @@ class TileSource:
             Top-left pixel on the model grid.
         tile : int
             Tile size in model pixels.
+        edge : str
+            ``"reflect"``: a tile within the image, padded at its bottom and right only when the
+            image is smaller; ``"symmetric"``: the tile may start before or end past any edge
+            (negative ``y``, ``x``), and the image is mirrored there (edge pixels repeated).
 
         Returns
         -------
         ndarray
         """
+        if y < 0 or x < 0 or y + tile > self.shape[0] or x + tile > self.shape[1]:
+            if edge == "symmetric":  # past every edge: the image mirrored, so a cut object looks whole
+                rows, cols = _mirrored(y, tile, self.shape[0]), _mirrored(x, tile, self.shape[1])
+                y0, x0 = int(rows.min()), int(cols.min())
+                h, w = int(rows.max()) + 1 - y0, int(cols.max()) + 1 - x0
+                block = self.read(y0, x0, max(h, w))[:h, :w]
+                return block[np.ix_(rows - y0, cols - x0)]
         h = min(tile, self.shape[0] - y)
         w = min(tile, self.shape[1] - x)
         if self.exact:
@@ -104,3 +115,10 @@ def _value_range(level) -> tuple[float, float]:
     step = max(1, int(np.ceil(max(level.shape[:2]) / THUMB_MAX)))
     sample = np.asarray(level[::step, ::step], dtype=np.float32)
     return float(np.percentile(sample, 0.5)), float(np.percentile(sample, 99.5))
+
+
+def _mirrored(start: int, n: int, length: int) -> np.ndarray:
+    """Indices ``start .. start + n`` into an axis of ``length`` mirrored at both ends, edge
+    pixels repeated (numpy's ``symmetric`` padding)."""
+    i = np.arange(start, start + n) % (2 * length)
+    return np.where(i < length, i, 2 * length - 1 - i)

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.atomic import write_text
+from napari_ftu.atomic import atomic_path
 from napari_ftu.errors import FormatError
 from napari_ftu.formats import rle
 from napari_ftu.formats.annotations import Annotations, safe_id
@@ -29,11 +28,34 @@ VASCULATURE_COLUMNS = ["id", "height", "width", "prediction_string"]
 
 
 def _write_rows(path, columns, rows) -> Path:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(rows)
-    return write_text(path, buf.getvalue())
+    """Rows written as they come (``rows`` may be a generator building each from one image),
+    into a temporary file that replaces ``path`` at the end."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(row)
+    return Path(path)
+
+
+def one_at_a_time(items):
+    """``items`` (a list or a reader's generator) handed over so that the previous image is
+    released before the next is built: a file of many images costs one image.
+
+    Parameters
+    ----------
+    items : Annotations, list or iterator of Annotations
+
+    Yields
+    ------
+    Annotations
+    """
+    if isinstance(items, Annotations):
+        items = [items]
+    it = iter(items)
+    while (a := next(it, None)) is not None:
+        yield a
+        del a
 
 
 def read_csv_rows(path, required) -> list[dict]:
@@ -113,17 +135,20 @@ def write_hubmap(path, items: list[Annotations], full: bool = False) -> Path:
     Path
     """
     if not full:
-        return _write_rows(path, ["id", "rle"], [[a.image_id, rle.encode(a.labels)] for a in items])
-    rows = []
-    for a in items:
-        meta = {"pixel_size": a.um_per_px or "", **a.meta}
-        rows.append([a.image_id, meta.get("organ", ""), meta.get("data_source", ""), a.shape[0], a.shape[1],
-                     meta.get("pixel_size", ""), meta.get("tissue_thickness", ""), rle.encode(a.labels),
-                     meta.get("age", ""), meta.get("sex", "")])
-    return _write_rows(path, HUBMAP_TRAIN_COLUMNS, rows)
+        rows = ([a.image_id, rle.encode_bands(a.labels)] for a in one_at_a_time(items))
+        return _write_rows(path, ["id", "rle"], rows)
+
+    def rows():
+        for a in one_at_a_time(items):
+            meta = {"pixel_size": a.um_per_px or "", **a.meta}
+            yield [a.image_id, meta.get("organ", ""), meta.get("data_source", ""), a.shape[0], a.shape[1],
+                   meta.get("pixel_size", ""), meta.get("tissue_thickness", ""), rle.encode_bands(a.labels),
+                   meta.get("age", ""), meta.get("sex", "")]
+
+    return _write_rows(path, HUBMAP_TRAIN_COLUMNS, rows())
 
 
-def read_hubmap(path, shapes=None) -> Iterator[Annotations]:
+def read_hubmap(path, shapes=None, compact: bool = False) -> Iterator[Annotations]:
     """Masks (one object each, label 1) from ``id,rle`` or ``train.csv``, one row at a time; the
     sizes come from ``img_height``/``img_width`` columns, else from ``shapes``: one ``(height,
     width)`` for every row or a dict id -> ``(height, width)``. Every row's size is checked before
@@ -136,6 +161,9 @@ def read_hubmap(path, shapes=None) -> Iterator[Annotations]:
         A submission (``id,rle``) or ``train.csv``.
     shapes : tuple or dict, optional
         Image sizes for files without size columns.
+    compact : bool
+        Labels as the uint8 decode (the one object is label 1) instead of an int32 copy, four
+        times smaller: for converters that only write them on (``napari-ftu export``).
 
     Yields
     ------
@@ -172,7 +200,7 @@ def read_hubmap(path, shapes=None) -> Iterator[Annotations]:
             raise FormatError(f"{path}, line {n}: {exc}") from None
         meta = {k: v for k, v in row.items() if k not in ("id", "rle", "img_height", "img_width") and k is not None}
         um = _pixel_size(meta.get("pixel_size"), f"{path}, line {n}")
-        labels = mask.astype(np.int32)
+        labels = mask if compact else mask.astype(np.int32)
         del mask
         yield Annotations(row["id"], labels, um_per_px=um, meta=meta, default_class=meta.get("organ") or "FTU")
         del labels  # not kept while the next row is read
@@ -244,7 +272,8 @@ def write_hpa(path, items: list[Annotations]) -> Path:
     -------
     Path
     """
-    rows = [[a.image_id, a.shape[1], a.shape[0], _prediction_string(a, hpa_label)] for a in items]
+    rows = ([a.image_id, a.shape[1], a.shape[0], _prediction_string(a, hpa_label)]
+            for a in one_at_a_time(items))
     return _write_rows(path, HPA_COLUMNS, rows)
 
 
@@ -334,7 +363,8 @@ def write_vasculature(path, items: list[Annotations]) -> Path:
     -------
     Path
     """
-    rows = [[a.image_id, a.shape[0], a.shape[1], _prediction_string(a, lambda name: 0)] for a in items]
+    rows = ([a.image_id, a.shape[0], a.shape[1], _prediction_string(a, lambda name: 0)]
+            for a in one_at_a_time(items))
     return _write_rows(path, VASCULATURE_COLUMNS, rows)
 
 

@@ -86,8 +86,9 @@ def export_annotations(items, path, fmt: str, overwrite: bool = False) -> Path:
 
     Parameters
     ----------
-    items : Annotations or list of Annotations
-        Labels of one or several images (single-image formats take one).
+    items : Annotations, list or iterator of Annotations
+        Labels of one or several images (single-image formats take one); an iterator (from
+        :func:`import_annotations`) is written as it is read, one image at a time.
     path : str or Path
         File to write.
     fmt : str
@@ -102,16 +103,18 @@ def export_annotations(items, path, fmt: str, overwrite: bool = False) -> Path:
     """
     if fmt not in FORMATS:
         raise OptionError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    items = [items] if isinstance(items, Annotations) else list(items)
+    items = [items] if isinstance(items, Annotations) else items
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite to replace it")
     if path.is_dir():
         raise InputError(f"{path} is a folder, not a file")
-    return FORMATS[fmt].write(path, items)
+    if not FORMATS[fmt].multi_image:
+        items = list(items)  # one image (two are refused by the writer)
+    return FORMATS[fmt].write(path, items)  # multi-image writers take a reader's generator: one image at a time
 
 
-def import_annotations(path, fmt: str, shape=None) -> Iterator[Annotations]:
+def import_annotations(path, fmt: str, shape=None, compact: bool = False) -> Iterator[Annotations]:
     """Read a file written in ``fmt``, one image at a time: the file is checked whole (a bad row
     or size fails at once, naming it), then each image is built when asked for, against the
     memory budget on its own; keep only what you need (``list()`` keeps them all).
@@ -124,6 +127,9 @@ def import_annotations(path, fmt: str, shape=None) -> Iterator[Annotations]:
         A key of :data:`FORMATS`; :func:`format_of` guesses it from the file.
     shape : tuple or dict, optional
         ``(height, width)`` of the image (GeoJSON needs it), or id -> shape for id/RLE CSVs.
+    compact : bool
+        HuBMAP masks as their uint8 decode instead of int32 labels (a quarter of the memory),
+        for a caller that only writes them on.
 
     Returns
     -------
@@ -136,7 +142,10 @@ def import_annotations(path, fmt: str, shape=None) -> Iterator[Annotations]:
         raise InputError(f"{path}: no such file")
     if fmt == "geojson" and shape is None:
         raise FormatError("reading GeoJSON needs the image size")
-    items = iter(FORMATS[fmt].read(path, shape))
+    if compact and fmt in ("hubmap", "hubmap-train"):
+        items = iter(read_hubmap(path, shape if fmt == "hubmap" else None, compact=True))
+    else:
+        items = iter(FORMATS[fmt].read(path, shape))
     box = [next(items, None)]  # the file's checks run now, not at the caller's first use
 
     def one_at_a_time():

@@ -126,10 +126,10 @@ def write_coco(path, items: list[Annotations]) -> Path:
     -------
     Path
     """
-    names = sorted({n for a in items for i in a.ids() for n in a.class_names(i)}, key=str)
-    cat_id = {n: k for k, n in enumerate(names, start=1)}
+    from napari_ftu.formats.csv_formats import one_at_a_time
+
     images, anns = [], []
-    for img_id, a in enumerate(items, start=1):
+    for img_id, a in enumerate(one_at_a_time(items), start=1):  # one image at a time: its annotations are kept
         images.append({"id": img_id, "file_name": a.image_id, "height": a.shape[0], "width": a.shape[1],
                        **({"um_per_px": a.um_per_px} if a.um_per_px else {})})
         for obj_id, box, sub in a.objects():
@@ -142,10 +142,14 @@ def write_coco(path, items: list[Annotations]) -> Path:
                 seg = [p[0].astype(float).ravel().tolist() for p in polys]
             ys, xs = box
             for name in a.class_names(obj_id):
-                anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat_id[name],
+                anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": name,
                              "segmentation": seg, "area": int(sub.sum()), "iscrowd": 0,
                              "bbox": [xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start],
                              "score": a.score(obj_id), "object_id": int(obj_id)})
+        del a
+    cat_id = {n: k for k, n in enumerate(sorted({ann["category_id"] for ann in anns}, key=str), start=1)}
+    for ann in anns:
+        ann["category_id"] = cat_id[ann["category_id"]]
     doc = {"images": images, "annotations": anns,
            "categories": [{"id": k, "name": str(n)} for n, k in cat_id.items()]}
     return write_text(path, json.dumps(doc))

@@ -90,7 +90,10 @@ def encode_bands(image) -> str:
     h, w = (int(v) for v in image.shape)
     chunks = getattr(image, "chunks", None)  # zarr: (rows, cols); dask: ((rows, ...), (cols, ...))
     chunk = int(chunks[1] if chunks and not isinstance(chunks[1], tuple) else chunks[1][0] if chunks else w)
-    step = max(1, min(w, max(chunk, BAND_BYTES // max(h, 1) // chunk * chunk)))
+    cols = max(1, BAND_BYTES // max(h * np.dtype(image.dtype).itemsize, 1))
+    if chunk < w:  # whole chunks per band; strips (chunks as wide as the image) are read in bands of columns
+        cols = max(chunk, cols // chunk * chunk)
+    step = min(w, cols)
     parts, last_end = [], None  # runs continuing across a band boundary are joined
     for c0 in range(0, w, step):
         pairs = encode_pairs(np.asarray(image[:, c0 : c0 + step]))
