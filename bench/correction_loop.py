@@ -231,15 +231,15 @@ def image_value(pred: Prediction) -> float:
     return pred.value
 
 
-def run_review(policy, train, held, args, init_path, workdir):
-    """The loop or review-only policy: returns the list of models in use over time and stats."""
+def run_review(policy, train, held, args, init_path, workdir, first_preds):
+    """The loop or review-only policy: returns the list of models in use over time and stats.
+    ``first_preds`` are the start model's predictions (the Segment run before the review)."""
     from napari_ftu.engine.models import load_model
     from napari_ftu.training.rounds import round_steps
     from napari_ftu.training.sparse import ReviewData
 
     loop = policy == "loop"
-    model = load_model(init_path, device="cpu")
-    preds = {img.id: predict(model, img, args.um_per_px) for img in train}
+    preds = dict(first_preds)
     previous = {}
     budget = args.minutes * 60
     reviewer = Reviewer(real_time=loop, budget_s=budget)
@@ -387,10 +387,14 @@ def main(argv=None) -> int:
               "n_train": len(train), "n_held_out": len(held), "n_train_ftus": n_truth, "policies": {}, "details": {}}
     d0, f0 = scored(str(init_path))
     log(f"start: held-out Dice {d0:.3f}, F1 {f0:.3f}")
+    first_preds = None
     for policy in args.policies.split(","):
         t = time.monotonic()
         if policy in ("loop", "review-only"):
-            models, stats = run_review(policy, train, held, args, init_path, workdir)
+            if first_preds is None:
+                start_model = load_model(init_path, device="cpu")
+                first_preds = {img.id: predict(start_model, img, args.um_per_px) for img in train}
+            models, stats = run_review(policy, train, held, args, init_path, workdir, first_preds)
             points = []
             for reviewer_s, wall_s, path, n_images in models:
                 d, f = scored(path)
