@@ -44,8 +44,8 @@ def main():
 
     import torch
 
-    from napari_ftu.engine.models import load_model
-    from napari_ftu.engine.onnx_model import OnnxModel, export_onnx
+    from napari_ftu.models.loading import load_model
+    from napari_ftu.models.onnx import OnnxModel, export_onnx
 
     torch.set_num_threads(args.threads)
     rows = []

@@ -234,7 +234,7 @@ def image_value(pred: Prediction) -> float:
 def run_review(policy, train, held, args, init_path, workdir, first_preds):
     """The loop or review-only policy: returns the list of models in use over time and stats.
     ``first_preds`` are the start model's predictions (the Segment run before the review)."""
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.loading import load_model
     from napari_ftu.training.rounds import round_steps
     from napari_ftu.training.sparse import ReviewData
 
@@ -365,7 +365,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from napari_ftu.engine.models import default_model_path, load_model, model_path
+    from napari_ftu.models.loading import default_model_path, load_model, model_path
 
     init_path = model_path(args.init) if args.init else default_model_path()
     workdir = args.out or Path(tempfile.mkdtemp(prefix="correction-loop-"))

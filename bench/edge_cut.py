@@ -118,7 +118,7 @@ def main():
         raise SystemExit(f"{CCF} is missing: this bench needs ../shared/data beside the repository")
     import torch
 
-    from napari_ftu.engine.models import load_model, model_path
+    from napari_ftu.models.loading import load_model, model_path
 
     torch.set_num_threads(1)
     model = load_model(model_path(args.model), device="cpu")

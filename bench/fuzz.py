@@ -46,11 +46,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_ftu.engine.card import ModelCard
 from napari_ftu.errors import FormatError, InputError, ModelError
 from napari_ftu.formats import coco_rle, rle
 from napari_ftu.formats.annotations import Annotations
 from napari_ftu.formats.polygons import mask_to_polygons, rasterize
+from napari_ftu.models.card import ModelCard
 
 ALLOWED = (FormatError, FormatError, InputError, ModelError)
 MARKER = Path(tempfile.gettempdir()) / "napari-ftu-fuzz-code-ran"  # a crafted card must never create it

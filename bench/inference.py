@@ -53,7 +53,7 @@ def run_one(method: str, size: int, glass: float, device: str, batch: int, name:
     """One measurement in this process (called in a subprocess by ``main``)."""
     import torch
 
-    from napari_ftu.engine.models import load_model, model_path
+    from napari_ftu.models.loading import load_model, model_path
 
     model = load_model(model_path(name), device=device)
     rgb = image(size, glass)
@@ -128,7 +128,7 @@ def profile(size: int, device: str, batch: int) -> None:
     import pstats
 
     from napari_ftu.engine.inference import segment
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.loading import load_model
 
     model = load_model(None, device=device)
     rgb = image(size, 0.0)
@@ -140,7 +140,7 @@ def profile(size: int, device: str, batch: int) -> None:
     cum = {}
     for (path, _, name), (_, _, _, cumtime, _) in pstats.Stats(prof).stats.items():
         cum[(os.path.basename(path), name)] = cum.get((os.path.basename(path), name), 0.0) + cumtime
-    predict = cum[("models.py", "predict")]
+    predict = cum[("loading.py", "predict")]
     stages = {"instance labelling": cum.get(("inference.py", "relabel_steps"), 0.0),
               "blending": cum.get(("tiling.py", "add"), 0.0),
               "flushing rows": cum.get(("tiling.py", "_flush"), 0.0) + cum.get(("tiling.py", "finish"), 0.0),
@@ -175,7 +175,7 @@ def _int8(graph: str, out_dir: str, tiles, card, static: bool) -> str:
     makes it (calibrated on ``tiles``)."""
     from onnxruntime import quantization as q
 
-    from napari_ftu.engine.onnx_model import quantize_int8
+    from napari_ftu.models.onnx import quantize_int8
 
     target = os.path.join(out_dir, ("static" if static else "dynamic") + ".onnx")
     if static:
@@ -209,9 +209,9 @@ def backends(repeat: int, int8: bool, batch: int = 4) -> None:
 
     import torch
 
-    from napari_ftu.engine.fold import fold_batch_norm
-    from napari_ftu.engine.models import FTUModel, builtin_model_path, load_model
-    from napari_ftu.engine.onnx_model import OnnxModel, export_onnx
+    from napari_ftu.models.fold import fold_batch_norm
+    from napari_ftu.models.loading import FTUModel, builtin_model_path, load_model
+    from napari_ftu.models.onnx import OnnxModel, export_onnx
 
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser's notes on tensors it leaves in float
     threads = 1  # one thread each: CPU time is then the work done, steady on a shared machine
@@ -312,9 +312,9 @@ def monai_file(path: str, name: str, batch: int) -> None:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from napari_ftu.engine.models import load_model, model_path
     from napari_ftu.engine.postprocess import instances
     from napari_ftu.formats import rle
+    from napari_ftu.models.loading import load_model, model_path
 
     model = load_model(model_path(name), device="cpu")
     card, net = model.card, model.network

@@ -91,8 +91,8 @@ def main():
     p.add_argument("--json", action="store_true", help="also print every measurement as JSON")
     args = p.parse_args()
 
-    from napari_ftu.engine.models import load_model
     from napari_ftu.engine.tiling import predict_untiled, seam_ratio
+    from napari_ftu.models.loading import load_model
 
     model = load_model(args.model, device=args.device)
     tile = model.card.tile_size

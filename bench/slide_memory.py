@@ -27,8 +27,8 @@ def peak_rss_mb() -> float:
 def cheap_model(um_per_px: float):
     import torch
 
-    from napari_ftu.engine.card import ModelCard
-    from napari_ftu.engine.models import FTUModel
+    from napari_ftu.models.card import ModelCard
+    from napari_ftu.models.loading import FTUModel
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(

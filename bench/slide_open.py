@@ -90,7 +90,7 @@ def read_throughput(path, backend: str | None, window: int = 512) -> tuple[float
 
 SEGMENT = """
 import json, resource, sys, time
-from napari_ftu.engine.models import load_model
+from napari_ftu.models.loading import load_model
 from napari_ftu.engine.run import segment_slide_steps
 from napari_ftu.steps import drain
 model = load_model(None, device="cpu")

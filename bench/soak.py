@@ -39,8 +39,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from napari_ftu.engine.inference import segment
-    from napari_ftu.engine.models import load_model
     from napari_ftu.io.synthetic import make_slide
+    from napari_ftu.models.loading import load_model
     from napari_ftu.plugin.sample import SAMPLE_SEED, SAMPLE_SIZE, SAMPLE_UM_PER_PX
 
     size = args.size or SAMPLE_SIZE

@@ -10,8 +10,8 @@ from qtpy.QtWidgets import QApplication
 
 from napari_ftu._qt.debug import DebugWidget
 from napari_ftu.engine.inference import segment
-from napari_ftu.engine.models import load_model
 from napari_ftu.io.synthetic import make_slide
+from napari_ftu.models.loading import load_model
 
 UM = 2.0
 rgb, truth, _ = make_slide(768, 768, seed=777, um_per_px=UM)

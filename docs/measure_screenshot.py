@@ -15,9 +15,9 @@ os.environ.setdefault("NAPARI_FTU_SESSIONS", tempfile.mkdtemp())
 import napari  # noqa: E402
 
 from napari_ftu.engine.inference import segment  # noqa: E402
-from napari_ftu.engine.models import load_model  # noqa: E402
 from napari_ftu.io.images import read_image  # noqa: E402
 from napari_ftu.measure import select  # noqa: E402
+from napari_ftu.models.loading import load_model  # noqa: E402
 
 TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hubmap_ccf_kidney_glomeruli" / "images" / \
     "ccf_test_321.jpg"

@@ -13,7 +13,7 @@ os.environ.setdefault("NAPARI_FTU_SESSIONS", tempfile.mkdtemp())
 import napari  # noqa: E402
 
 from napari_ftu.engine.inference import segment  # noqa: E402
-from napari_ftu.engine.models import load_model  # noqa: E402
+from napari_ftu.models.loading import load_model  # noqa: E402
 from napari_ftu.plugin.sample import synthetic_layers  # noqa: E402
 from napari_ftu.review import editing  # noqa: E402
 

@@ -33,7 +33,7 @@ def small_slide():
 @pytest.fixture(scope="session")
 def default_model():
     """The built-in default: glomeruli in real PAS kidney."""
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.loading import load_model
 
     return load_model(None, device="cpu")
 
@@ -41,7 +41,7 @@ def default_model():
 @pytest.fixture(scope="session")
 def synthetic_model():
     """The synthetic demo model: what the synthetic slides of the tests are segmented with."""
-    from napari_ftu.engine.models import builtin_model_path, load_model
+    from napari_ftu.models.loading import builtin_model_path, load_model
 
     return load_model(builtin_model_path("synthetic-demo"), device="cpu")
 
@@ -105,7 +105,7 @@ class _WritesFiles(torch.nn.Module):
 def evil_model(tmp_path) -> tuple[Path, Path]:
     """``(model folder, victim file)``: a TorchScript model that overwrites the victim ("precious")
     with "!!!!!!!!" when loaded; saving it ran nothing."""
-    from napari_ftu.engine.card import ModelCard
+    from napari_ftu.models.card import ModelCard
 
     victim = tmp_path / "precious.txt"
     victim.write_bytes(b"precious")

@@ -62,9 +62,9 @@ def test_scribble_classifier_finds_the_glomeruli_of_a_real_patch(trained):
 
 
 def test_saved_classifier_is_a_model_folder_the_tile_engine_runs(trained, tmp_path):
-    from napari_ftu.engine.card import ModelCard
     from napari_ftu.engine.inference import segment
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.card import ModelCard
+    from napari_ftu.models.loading import load_model
 
     image, _, _, clf = trained
     folder = clf.save(tmp_path / "clf")
@@ -86,8 +86,8 @@ def test_deep_features_are_the_pretrained_encoder_and_travel_in_the_model_folder
     import torch
     from safetensors.torch import load_file
 
-    from napari_ftu.engine.features import DEEP_CHANNELS, deep_state, n_features
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.features import DEEP_CHANNELS, deep_state, n_features
+    from napari_ftu.models.loading import load_model
 
     image, _, _, clf = trained
     bank = clf.network.bank
@@ -241,8 +241,8 @@ def _cli(argv, capsys):
 
 
 def test_cli_annotate_scribbles_and_clicks(trained, tmp_path, capsys):
-    from napari_ftu.engine.models import load_model
     from napari_ftu.io.images import read_image, write_tiff
+    from napari_ftu.models.loading import load_model
 
     image, truth, scribbles, _ = trained
     write_tiff(tmp_path / "image.tif", image, UM)

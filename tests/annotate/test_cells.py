@@ -83,8 +83,8 @@ def test_a_cell_takes_the_class_of_its_pixels():
 
 
 def test_the_classifier_takes_four_channels_without_stain_deconvolution(result, tmp_path):
-    from napari_ftu.engine.card import ModelCard
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.card import ModelCard
+    from napari_ftu.models.loading import load_model
 
     c, sc, _, _, clf = result
     assert clf.in_channels == 4 and clf.network.bank.stains == "none"
@@ -180,9 +180,9 @@ def test_cli_applies_a_saved_cells_classifier_to_another_field(small, tmp_path, 
     """Scribbles on one field, saved; ``--cells --model`` then makes the cells of other fields
     (an HPA batch) with the saved classes, exactly as the classifier in memory does. The tile
     engine (``segment``) refuses it: its thresholded patches would not be cells."""
-    from napari_ftu.engine.card import ModelCard
     from napari_ftu.formats.export import import_annotations
     from napari_ftu.io.images import read_image, write_tiff
+    from napari_ftu.models.card import ModelCard
 
     c, sc = small
     _write_inputs(small, tmp_path)

@@ -53,10 +53,10 @@ def test_a_batch_and_training_say_what_they_assume(tmp_path, capsys):
 
 
 def test_a_pixel_size_far_outside_the_models_range_is_said_not_refused(tmp_path, capsys):
-    from napari_ftu.engine.card import scale_note
-    from napari_ftu.engine.models import load_model
     from napari_ftu.io.images import write_tiff
     from napari_ftu.io.synthetic import make_slide
+    from napari_ftu.models.card import scale_note
+    from napari_ftu.models.loading import load_model
 
     card = load_model(None, device="cpu").card
     low, high = card.trained_on["um_per_px"]

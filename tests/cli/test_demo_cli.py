@@ -91,7 +91,7 @@ def test_export_command_refuses_to_overwrite(tmp_path, small_slide, capsys):
 
 
 def test_train_command_on_exported_tiles(tmp_path, small_slide, capsys):
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.loading import load_model
     from napari_ftu.training.tiles import export_tiles
 
     rgb, labels, _ = small_slide

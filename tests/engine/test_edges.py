@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ftu.engine.card import ModelCard
 from napari_ftu.engine.components import label_instances
 from napari_ftu.engine.inference import edge_margins, segment
-from napari_ftu.engine.models import FTUModel
 from napari_ftu.engine.tile_source import TileSource
 from napari_ftu.engine.tiling import predict_untiled
+from napari_ftu.models.card import ModelCard
+from napari_ftu.models.loading import FTUModel
 
 
 def cnn_model(tile=64, overlap=16):

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ftu.engine.card import ModelCard
 from napari_ftu.engine.inference import relabel, segment, segment_steps
-from napari_ftu.engine.models import FTUModel
 from napari_ftu.engine.postprocess import instances
 from napari_ftu.engine.tile_source import TileSource
 from napari_ftu.engine.tiling import BLENDS, predict_untiled, seam_ratio
 from napari_ftu.evaluation.metrics import dice
+from napari_ftu.models.card import ModelCard
+from napari_ftu.models.loading import FTUModel
 from napari_ftu.steps import Band, LabelProgress, Outputs, TileProgress
 
 

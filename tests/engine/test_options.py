@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 
-from napari_ftu.engine.card import ModelCard
 from napari_ftu.engine.options import (
     MAX_FULL_RES_PIXELS,
     STORE_ABOVE_PIXELS,
@@ -19,6 +18,7 @@ from napari_ftu.engine.options import (
     plan_outputs,
 )
 from napari_ftu.errors import InputError, ModelError
+from napari_ftu.models.card import ModelCard
 
 
 @pytest.mark.parametrize("changes, problem", [
@@ -210,7 +210,7 @@ def test_cli_streams_a_large_slide_through_a_temporary_store(tmp_path, capsys, m
 
 
 def test_segment_dock_spin_boxes_hold_only_valid_values(make_napari_viewer):
-    from napari_ftu.engine.card import MAX_TILE_SIZE
+    from napari_ftu.models.card import MAX_TILE_SIZE
 
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-ftu", "Segment")

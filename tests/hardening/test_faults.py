@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_ftu.engine.card import ModelCard
-from napari_ftu.engine.models import load_model
 from napari_ftu.errors import FormatError, InputError, ModelError
 from napari_ftu.formats import csv_formats
 from napari_ftu.formats.annotations import Annotations
 from napari_ftu.formats.export import export_annotations, import_annotations
 from napari_ftu.io.images import write_tiff
+from napari_ftu.models.card import ModelCard
+from napari_ftu.models.loading import load_model
 from napari_ftu.steps import TileProgress, TrainStep
 from napari_ftu.training.tiles import export_tiles
 
@@ -407,7 +407,7 @@ def test_segment_dock_after_cancel_has_no_result_layers_and_the_next_run_works(m
 def test_segment_dock_out_of_memory_reduces_the_batch_and_completes(viewer_with_slide, qtbot, monkeypatch):
     import torch
 
-    from napari_ftu.engine.models import FTUModel
+    from napari_ftu.models.loading import FTUModel
 
     viewer, truth = viewer_with_slide
     widget = _segment_dock(viewer)

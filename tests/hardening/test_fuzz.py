@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_ftu.engine.card import ModelCard
 from napari_ftu.errors import FormatError, ModelError
 from napari_ftu.formats import coco_rle, rle
 from napari_ftu.formats.annotations import Annotations, safe_id
 from napari_ftu.formats.export import import_annotations
 from napari_ftu.formats.polygons import rasterize
+from napari_ftu.models.card import ModelCard
 
 _spec = importlib.util.spec_from_file_location("napari_ftu_bench_fuzz", Path(__file__).parents[2] / "bench" / "fuzz.py")
 fuzz = sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)  # one definition of the targets

@@ -8,10 +8,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from napari_ftu.engine.backends import load
-from napari_ftu.engine.models import ModelCard
-from napari_ftu.engine.onnx_model import CARD_KEY, OnnxModel, check_onnx
 from napari_ftu.errors import ModelError
+from napari_ftu.models.backends import load
+from napari_ftu.models.loading import ModelCard
+from napari_ftu.models.onnx import CARD_KEY, OnnxModel, check_onnx
 
 CARD = ModelCard(tile_size=64, overlap=0, um_per_px=1.0)
 
@@ -126,7 +126,7 @@ def test_damaged_graphs_fail_with_one_line_or_run(tmp_path):
 
 
 def test_check_onnx_accepts_our_own_export():
-    from napari_ftu.engine.models import default_model_path
+    from napari_ftu.models.loading import default_model_path
 
     graph = check_onnx(default_model_path() / "model.onnx")
     assert {o.domain for o in graph.opset_import} <= {"", "ai.onnx"}

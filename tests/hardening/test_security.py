@@ -21,10 +21,10 @@ from napari_ftu.batch import runner as batch  # noqa: E402
 from napari_ftu.batch.plan import BatchOptions, plan_inputs  # noqa: E402
 from napari_ftu.batch.runner import run_batch  # noqa: E402
 from napari_ftu.cli import main  # noqa: E402
-from napari_ftu.engine.card import ModelCard  # noqa: E402
-from napari_ftu.engine.models import load_model  # noqa: E402
 from napari_ftu.engine.options import SegmentOptions  # noqa: E402
 from napari_ftu.errors import InputError, ModelError  # noqa: E402
+from napari_ftu.models.card import ModelCard  # noqa: E402
+from napari_ftu.models.loading import load_model  # noqa: E402
 
 # --- TorchScript carries code -------------------------------------------------------------------
 
@@ -191,7 +191,7 @@ def test_resume_skips_slides_only_while_slide_and_model_are_unchanged(copy):
 
 
 def test_a_model_retrained_into_the_same_folder_is_not_mistaken_for_the_old_one(copy):
-    from napari_ftu.engine.models import default_model_path, save_model
+    from napari_ftu.models.loading import default_model_path, save_model
 
     model_dir = copy / "model"
     shutil.copytree(default_model_path(), model_dir)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from napari_ftu.annotate import simulate
-from napari_ftu.engine.card import ModelCard
 from napari_ftu.evaluation.metrics import average_precision, dice, match_objects
 from napari_ftu.io.synthetic_cells import CHANNELS, CLASSES, make_cells
+from napari_ftu.models.card import ModelCard
 
 NAMES = list(CLASSES)  # scribble values 2, 3, 4
 

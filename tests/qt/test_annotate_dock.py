@@ -27,7 +27,7 @@ def dock(make_napari_viewer, shared_data):
 
 
 def test_scribbles_train_into_an_objects_layer_and_save(dock, qtbot, tmp_path):
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.loading import load_model
 
     viewer, widget, truth = dock
     assert widget.um_per_px.value == 3.0
@@ -51,7 +51,7 @@ def test_scribbles_train_into_an_objects_layer_and_save(dock, qtbot, tmp_path):
 def test_dock_and_command_start_from_the_same_scribble_defaults(dock):
     from napari_ftu.annotate.headless import SCRIBBLE_DEFAULTS
     from napari_ftu.cli import build_parser
-    from napari_ftu.engine.features import DEEP_STAGES
+    from napari_ftu.models.features import DEEP_STAGES
 
     _, widget, _ = dock
     args = build_parser().parse_args(["annotate", "image.png", "--scribbles", "s.tif", "--out", "labels.tif"])

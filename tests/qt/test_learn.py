@@ -47,7 +47,7 @@ def test_learn_from_my_reviews_updates_the_unreviewed_objects_only(reviewed, qtb
     out = review.learning.model_path
     assert out is not None and out.name == "round-1" and (out / "model_card.json").is_file()
     assert str(out) in segment._paths  # the Segment dock offers the new model
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.loading import load_model
 
     card = load_model(out, device="cpu").card
     assert card.notes["learned_from"]["slides"] == ["O27_2"] and card.notes["learned_from"]["reviewed_objects"] == 1

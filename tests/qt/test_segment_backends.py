@@ -21,7 +21,7 @@ def test_segment_dock_backend_choice(viewer_with_slide, qtbot):
         labels[backend] = np.asarray(viewer.layers["kidney FTUs"].data).copy()
     assert labels["torch"].max() > 0
     np.testing.assert_array_equal(labels["torch"] > 0, labels["onnxruntime"] > 0)
-    from napari_ftu.engine.backends import gpu_present
+    from napari_ftu.models.backends import gpu_present
 
     widget.backend.value = "auto"
     assert widget._load().backend == ("torch" if gpu_present() else "onnxruntime")

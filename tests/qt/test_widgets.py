@@ -120,8 +120,8 @@ def test_segment_dock_shows_what_the_model_was_trained_on(viewer_with_slide, tmp
     import shutil
 
     from napari_ftu._qt.segment import DEFAULT_MODEL, SYNTHETIC_MODEL
-    from napari_ftu.engine.card import CARD_NAME, ModelCard
-    from napari_ftu.engine.models import default_model_path
+    from napari_ftu.models.card import CARD_NAME, ModelCard
+    from napari_ftu.models.loading import default_model_path
 
     viewer, _ = viewer_with_slide
     widget = _segment_dock(viewer)  # the synthetic slide names the synthetic demo model
@@ -180,8 +180,8 @@ def test_export_dock_writes_rle_and_asks_before_overwrite(export_dock, tmp_path,
 def test_user_edits_are_exported(viewer_with_slide, tmp_path):
     """The path a user walks: segment, paint a correction, export the corrected mask."""
     from napari_ftu.engine.inference import segment
-    from napari_ftu.engine.models import load_model
     from napari_ftu.formats import rle
+    from napari_ftu.models.loading import load_model
 
     viewer, truth = viewer_with_slide
     seg = segment(viewer.layers["kidney"].data, load_model(None, "cpu"), um_per_px=1.0)
@@ -218,7 +218,7 @@ def test_added_model_survives_new_layers(viewer_with_slide, tmp_path):
     model folder the user added must stay chosen, not fall back to the built-in model."""
     import shutil
 
-    from napari_ftu.engine.models import default_model_path
+    from napari_ftu.models.loading import default_model_path
 
     viewer, _ = viewer_with_slide
     widget = _segment_dock(viewer)
@@ -239,7 +239,7 @@ def test_model_loads_after_the_viewer_has_opengl(tmp_path):
     code = (
         "import napari\nfrom qtpy.QtWidgets import QApplication\n"
         "viewer = napari.Viewer(show=True)\nQApplication.processEvents()\n"
-        "from napari_ftu.engine.models import load_model\nload_model(None, 'cpu')\nviewer.close()\nprint('ok')\n"
+        "from napari_ftu.models.loading import load_model\nload_model(None, 'cpu')\nviewer.close()\nprint('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
@@ -463,9 +463,9 @@ def test_segment_dock_shows_rows_as_they_finish(viewer_with_slide, qtbot):
 
 
 def test_threshold_re_derives_objects_without_running_the_model(viewer_with_slide, qtbot, monkeypatch):
-    from napari_ftu.engine.models import FTUModel
-    from napari_ftu.engine.onnx_model import OnnxModel
     from napari_ftu.engine.postprocess import instances
+    from napari_ftu.models.loading import FTUModel
+    from napari_ftu.models.onnx import OnnxModel
 
     viewer, _ = viewer_with_slide
     widget = _segment_dock(viewer)
@@ -493,8 +493,8 @@ def test_threshold_re_derives_objects_without_running_the_model(viewer_with_slid
 def test_worker_error_reaches_the_user_and_the_next_run_works(viewer_with_slide, qtbot, monkeypatch):
     import torch
 
-    from napari_ftu.engine.card import ModelCard
-    from napari_ftu.engine.models import FTUModel
+    from napari_ftu.models.card import ModelCard
+    from napari_ftu.models.loading import FTUModel
 
     class Broken(torch.nn.Module):
         def forward(self, x):

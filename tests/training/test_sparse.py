@@ -128,7 +128,7 @@ def test_rejecting_objects_and_learning_lowers_their_probability(sarder_patch, t
     """On a real frozen H&E patch: reject every object the built-in model finds, learn a short
     round from that review, and the new model is less sure of them."""
     from napari_ftu.engine.inference import segment
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.loading import load_model
     from napari_ftu.steps import drain
     from napari_ftu.training.rounds import round_steps
 
@@ -152,8 +152,8 @@ def test_rejecting_objects_and_learning_lowers_their_probability(sarder_patch, t
 
 
 def test_a_cancelled_round_writes_nothing(tmp_path):
-    from napari_ftu.engine.card import ModelCard
-    from napari_ftu.engine.models import save_model
+    from napari_ftu.models.card import ModelCard
+    from napari_ftu.models.loading import save_model
     from napari_ftu.steps import TrainStep
     from napari_ftu.training.rounds import round_steps
     from napari_ftu.training.train import new_model
@@ -161,7 +161,7 @@ def test_a_cancelled_round_writes_nothing(tmp_path):
     card, _ = new_model("Unet", "resnet18", um_per_px=2.0, pretrained=False,
                         arch_kwargs={"encoder_depth": 3, "decoder_channels": [16, 8, 4]})
     card = ModelCard.from_dict({**card.__dict__, "tile_size": 128, "overlap": 16})
-    from napari_ftu.engine.models import build_network
+    from napari_ftu.models.loading import build_network
 
     save_model(build_network(card), card, tmp_path / "base")
     rng = np.random.default_rng(2)

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from napari_ftu.engine.card import ModelCard
 from napari_ftu.engine.inference import segment
-from napari_ftu.engine.models import load_model
+from napari_ftu.models.card import ModelCard
+from napari_ftu.models.loading import load_model
 from napari_ftu.training.data import dataset_samples, synthetic_samples
 from napari_ftu.training.train import train
 
@@ -118,8 +118,8 @@ def test_one_image_pair_holds_out_its_right_fifth(small_slide):
 
 
 def test_new_model_cards_offer_the_docks_architectures():
-    from napari_ftu.engine.models import build_network
     from napari_ftu.errors import OptionError
+    from napari_ftu.models.loading import build_network
     from napari_ftu.training.train import new_model
 
     card, state = new_model("FPN", "resnet18", um_per_px=1.0, pretrained=False, name="fpn")
@@ -149,7 +149,7 @@ def test_fine_tuning_takes_a_smaller_step_and_keeps_where_the_weights_came_from(
     import imageio.v3 as iio
 
     from napari_ftu.cli import main
-    from napari_ftu.engine.models import builtin_model_path
+    from napari_ftu.models.loading import builtin_model_path
     from napari_ftu.training.data import FINE_TUNE_LR, LR
 
     rgb, labels, _ = small_slide
@@ -276,7 +276,7 @@ def test_cli_train_defaults_to_a_pretrained_encoder_prints_progress_and_resumes(
     assert card["architecture"] == "FPN" and card["encoder"] == "tu-tf_efficientnet_lite0"
     assert card["classes"] == ["glomerulus"] and card["notes"]["encoder_weights"]["licence"] == "Apache-2.0"
     assert card["notes"]["training"]["n_val"] >= 1  # every fifth image held out by default
-    from napari_ftu.engine.card import ModelCard, describe_domain  # what the Segment dock shows
+    from napari_ftu.models.card import ModelCard, describe_domain  # what the Segment dock shows
 
     assert describe_domain(ModelCard.read(out / "model_card.json")) == f"trained on: kidney; H&E; 1 µm/px; {tiles.name}"
     assert read_checkpoint(out)["step"] == 4
@@ -309,7 +309,7 @@ def test_new_unets_get_the_narrow_decoder_unless_told(tmp_path, small_slide):
     import json
 
     from napari_ftu.cli import main
-    from napari_ftu.engine.models import build_network
+    from napari_ftu.models.loading import build_network
     from napari_ftu.training.train import DECODER_CHANNELS, new_model
 
     card, _ = new_model("Unet", pretrained=False)

@@ -46,10 +46,10 @@ from napari_ftu.annotate.cells import apply_steps as apply_cells_steps
 from napari_ftu.annotate.live import LiveClassifier, live_steps, view_of, view_scribbles
 from napari_ftu.annotate.pixels import BACKGROUND
 from napari_ftu.boxes import corners, from_corners
-from napari_ftu.engine.features import DEEP_STAGES
 from napari_ftu.engine.options import SegmentOptions
 from napari_ftu.errors import InputError, ModelError, OptionError
 from napari_ftu.io.images import assumed_pixel_size
+from napari_ftu.models.features import DEEP_STAGES
 from napari_ftu.review.editing import EditError
 from napari_ftu.review.session import ReviewSession
 

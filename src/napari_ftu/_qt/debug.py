@@ -132,7 +132,7 @@ class DebugWidget(Dock):
 
     def _load_card_defaults(self):
         try:
-            from napari_ftu.engine.models import cached_model
+            from napari_ftu.models.loading import cached_model
 
             card = cached_model(None, device="cpu").card
             self.tile.value, self.overlap.value = card.tile_size, card.overlap
@@ -257,9 +257,9 @@ class DebugWidget(Dock):
     # --- uncertainty and tiles ---------------------------------------------------------------------
     def uncertainty(self):
         """Run the model with test-time augmentation in a worker; add the views' disagreement."""
-        from napari_ftu.engine.models import cached_model
         from napari_ftu.engine.options import SegmentOptions, check_positive
         from napari_ftu.engine.run import segment_slide_steps
+        from napari_ftu.models.loading import cached_model
 
         layer = self.image.value
         if layer is None:
@@ -309,7 +309,7 @@ class DebugWidget(Dock):
         if layer is None:
             return self._fail("choose a prediction or an image layer for the tile grid")
         try:
-            from napari_ftu.engine.models import cached_model
+            from napari_ftu.models.loading import cached_model
 
             model_um = cached_model(None, device="cpu").card.um_per_px
         except Exception:

@@ -19,13 +19,13 @@ from magicgui.widgets import (
 
 from napari_ftu._qt.common import EngineRunDock, narrow_combo, special, status_line, viewable
 from napari_ftu._qt.state import is_edited
-from napari_ftu.engine.backends import BACKENDS, cached
-from napari_ftu.engine.card import CARD_NAME, MAX_TILE_SIZE, ModelCard, describe_domain, scale_note
 from napari_ftu.engine.inference import relabel_steps
-from napari_ftu.engine.models import builtin_model_path, default_model_path
 from napari_ftu.engine.options import MAX_BATCH_SIZE, MIN_TILE_SIZE, SegmentOptions, check_positive
 from napari_ftu.errors import ModelError, OptionError
 from napari_ftu.io.images import assumed_pixel_size
+from napari_ftu.models.backends import BACKENDS, cached
+from napari_ftu.models.card import CARD_NAME, MAX_TILE_SIZE, ModelCard, describe_domain, scale_note
+from napari_ftu.models.loading import builtin_model_path, default_model_path
 
 DEFAULT_MODEL = "built-in: kidney glomeruli (PAS)"
 SYNTHETIC_MODEL = "built-in: synthetic demo"

@@ -88,7 +88,7 @@ def nuclei(image, source: str = "image", min_area_px: int = MIN_NUCLEUS_PX) -> n
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
-    from napari_ftu.engine.features import to_unit
+    from napari_ftu.models.features import to_unit
 
     a = channels_last(image, source)
     blue = ndi.gaussian_filter(to_unit(a[..., BLUE])[..., 0], NUCLEUS_SIGMA)

@@ -44,7 +44,7 @@ def object_at(image: np.ndarray, point, um_per_px: float = 1.0, diameter_um: flo
     from skimage.segmentation import watershed
 
     from napari_ftu.annotate.outline import enclosing_outline
-    from napari_ftu.engine.features import to_unit
+    from napari_ftu.models.features import to_unit
 
     y, x = check_click(np.shape(image), point, source)
     radius = max(8, int(round(diameter_um / um_per_px / 2 * 1.25)))
@@ -115,7 +115,7 @@ def _stain_channels(crop: np.ndarray) -> np.ndarray:
     """Stain densities of an RGB crop (haematoxylin, eosin, DAB), or the channels themselves."""
     if crop.shape[-1] != 3:
         return crop
-    from napari_ftu.engine.features import HED_FROM_RGB
+    from napari_ftu.models.features import HED_FROM_RGB
 
     od = np.log(np.clip(crop, 1e-6, None)) / np.log(1e-6)
     return np.clip(od @ HED_FROM_RGB, 0, None) * 10

@@ -102,7 +102,7 @@ def scribble_steps(image: np.ndarray, scribbles: np.ndarray, um_per_px: float = 
     ``min_object_um2`` are dropped (None: :data:`SCRIBBLE_DEFAULTS`' share of an FTU's disc)."""
     from napari_ftu.annotate import clicks, pixels
     from napari_ftu.annotate.objects import objects_from_probability, reshaper
-    from napari_ftu.engine.features import DEEP_STAGES
+    from napari_ftu.models.features import DEEP_STAGES
 
     pixels.check_scribbles(np.shape(image), scribbles, source)
     if min_object_um2 is None:

@@ -29,8 +29,8 @@ from napari_ftu.annotate.pixels import (
     training_set,
 )
 from napari_ftu.boxes import Box, corners, from_corners
-from napari_ftu.engine.backend import import_torch
-from napari_ftu.engine.features import (
+from napari_ftu.errors import InputError
+from napari_ftu.models.features import (
     SIGMAS,
     SMOOTH,
     deep_scale_for,
@@ -38,7 +38,7 @@ from napari_ftu.engine.features import (
     filter_bank_module,
     to_unit,
 )
-from napari_ftu.errors import InputError
+from napari_ftu.models.torch_import import import_torch
 from napari_ftu.steps import Progress
 
 LIVE_SIDE = 1024  # grid pixels a side the view is classified at, at most (about a screen)

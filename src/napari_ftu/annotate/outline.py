@@ -42,7 +42,7 @@ def enclosing_outline(image: np.ndarray, mask: np.ndarray, center, radius_px: fl
     image-sized mask that holds all of ``mask``; only a window of the outline's reach is read."""
     from skimage.draw import polygon
 
-    from napari_ftu.engine.features import to_unit
+    from napari_ftu.models.features import to_unit
 
     h, w = mask.shape
     y, x = int(center[0]), int(center[1])

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_ftu.engine.backend import import_torch
-from napari_ftu.engine.features import (
+from napari_ftu.errors import InputError
+from napari_ftu.models.features import (
     ARCHITECTURE,
     DEEP_ENCODER,
     DEEP_SCALE,
@@ -24,7 +24,7 @@ from napari_ftu.engine.features import (
     feature_classifier,
     to_unit,
 )
-from napari_ftu.errors import InputError
+from napari_ftu.models.torch_import import import_torch
 
 BACKGROUND = 1  # scribble value of the background; 2, 3, ... are FTU classes
 MAX_TRAIN_PIXELS = 20_000  # per class; strokes are short, this only bounds huge fills
@@ -87,8 +87,8 @@ class PixelClassifier:
     def card(self, name: str | None = None, threshold: float = 0.5, min_object_um2: float = 0.0,
              cells: bool = False):
         """The model card that makes this a model folder ``load_model`` can read; ``cells`` marks
-        a cells classifier (:attr:`~napari_ftu.engine.card.ModelCard.makes_cells`)."""
-        from napari_ftu.engine.card import ModelCard
+        a cells classifier (:attr:`~napari_ftu.models.card.ModelCard.makes_cells`)."""
+        from napari_ftu.models.card import ModelCard
 
         name = name or ("scribble classifier (cells)" if cells else "scribble classifier")
 
@@ -101,7 +101,7 @@ class PixelClassifier:
         if cells:
             notes["objects"] = "cells"
         if deep:
-            from napari_ftu.engine.pretrained import weights_record
+            from napari_ftu.models.pretrained import weights_record
 
             notes["encoder_weights"] = weights_record(DEEP_ENCODER)
         return ModelCard(architecture=ARCHITECTURE, encoder=f"filter-bank+{DEEP_ENCODER}" if deep else "filter-bank",
@@ -119,12 +119,12 @@ class PixelClassifier:
         not change a running job."""
         import copy
 
-        from napari_ftu.engine.models import FTUModel
+        from napari_ftu.models.loading import FTUModel
 
         return FTUModel(copy.deepcopy(self.network), self.card(**card_kwargs), device)
 
     def save(self, folder, **card_kwargs):
-        from napari_ftu.engine.models import save_model
+        from napari_ftu.models.loading import save_model
 
         return save_model(self.network, self.card(**card_kwargs), folder)
 

@@ -14,7 +14,7 @@ from napari_ftu.errors import InputError
 def visible_gpus() -> list[str]:
     """CUDA devices this machine shows (respecting ``CUDA_VISIBLE_DEVICES``); torch is imported
     only where the CUDA driver reports a device."""
-    from napari_ftu.engine.backends import gpu_present
+    from napari_ftu.models.backends import gpu_present
 
     if not gpu_present():
         return []

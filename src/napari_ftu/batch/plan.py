@@ -48,7 +48,7 @@ class BatchOptions:
     band_pixels: float = BAND_PIXELS
     threads: int = 1  # torch threads per slide task: float results are identical only for equal counts
     trust_model: bool = False  # the user consents to running a TorchScript model's code
-    backend: str = "auto"  # what runs the model (napari_ftu.engine.backends)
+    backend: str = "auto"  # what runs the model (napari_ftu.models.backends)
     model_sha256: str | None = None  # of the model's files; filled once per run by batch_steps
 
     def __post_init__(self):

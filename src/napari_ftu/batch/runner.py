@@ -86,10 +86,10 @@ def batch_steps(jobs, out, options: BatchOptions | None = None, client=None,
     :func:`check_outputs`). Closing the generator cancels what is still queued.
     """
     options = options or BatchOptions()
-    from napari_ftu.engine.models import check_trust, model_fingerprint
+    from napari_ftu.models.loading import check_trust, model_fingerprint
 
     check_trust(options.model, options.trust_model)  # refused up front, not once per slide
-    from napari_ftu.engine.backends import prepare
+    from napari_ftu.models.backends import prepare
 
     prepare(options.model, options.device, options.backend)  # one export for all workers, not one each
     if options.model_sha256 is None:  # hashed once per run; the markers and workers' caches use it

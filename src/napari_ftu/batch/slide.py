@@ -38,7 +38,7 @@ def torch_threads(n: int, model=None):
 
 def worker_model(options: BatchOptions):
     """The batch's model, loaded once per worker process."""
-    from napari_ftu.engine.backends import cached
+    from napari_ftu.models.backends import cached
 
     return cached(options.model, device=options.device, backend=options.backend, precision=options.precision,
                   trust_code=options.trust_model, threads=options.threads)

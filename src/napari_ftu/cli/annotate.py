@@ -79,7 +79,7 @@ def run(args) -> int:
         from dataclasses import replace
 
         from napari_ftu.annotate.pixels import PixelClassifier
-        from napari_ftu.engine.models import load_model
+        from napari_ftu.models.loading import load_model
 
         clf = PixelClassifier.from_model(load_model(args.model, device="cpu"))
         if names and len(names) != len(clf.classes):

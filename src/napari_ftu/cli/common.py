@@ -17,7 +17,7 @@ BUILTIN_HELP = "or a built-in model's name: builtin (real PAS kidney glomeruli, 
 
 def model_arg(value: str):
     """``--model``/``--init``: a path, or a built-in model's name where no such path exists."""
-    from napari_ftu.engine.models import model_path
+    from napari_ftu.models.loading import model_path
 
     return model_path(value)
 

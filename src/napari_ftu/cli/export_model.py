@@ -40,8 +40,8 @@ def add_parser(sub, common) -> None:
 
 
 def run(args) -> int:
-    from napari_ftu.engine.models import check_trust, default_model_path, model_files
     from napari_ftu.io.paths import refuse_onto_inputs
+    from napari_ftu.models.loading import check_trust, default_model_path, model_files
 
     source = default_model_path() if args.model is None else args.model
     folder, weights = model_files(source)
@@ -57,7 +57,7 @@ def run(args) -> int:
             raise OptionError(f"{args.out}: an ONNX export is a .onnx file")
         out = _onnx(source, args.out)
         if args.int8:
-            from napari_ftu.engine.onnx_model import card_of, quantize_int8
+            from napari_ftu.models.onnx import card_of, quantize_int8
 
             card = card_of(out)
             images = [_image_at_model_scale(p, args.um_per_px, card) for p in args.calibration or []]
@@ -105,8 +105,8 @@ def _calibration_tiles(images: list, card, most: int = 16):
 
 
 def _onnx(source, out: Path) -> Path:
-    from napari_ftu.engine.models import load_model, model_fingerprint
-    from napari_ftu.engine.onnx_model import export_onnx
+    from napari_ftu.models.loading import load_model, model_fingerprint
+    from napari_ftu.models.onnx import export_onnx
 
     model = load_model(source, device="cpu")
     return export_onnx(model.network, model.card, out, model_fingerprint(source))
@@ -118,11 +118,11 @@ def _bioimageio(source, args) -> Path:
     for module in ("bioimageio.spec",):
         if importlib.util.find_spec(module) is None:
             raise OptionError(f"a bioimage.io package needs {module}: pip install 'napari-ftu[bioimageio]'")
-    from napari_ftu.engine.bioimageio import export_package
+    from napari_ftu.models.bioimageio import export_package
 
     image = None
     if args.test_image is not None:
-        from napari_ftu.engine.models import load_model
+        from napari_ftu.models.loading import load_model
 
         image = _image_at_model_scale(args.test_image, args.um_per_px, load_model(source, device="cpu").card)
     return export_package(source, args.out, test_image=image, name=args.name, license=args.license,

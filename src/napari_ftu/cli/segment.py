@@ -115,8 +115,8 @@ def run(args) -> int:
         if out is not None and out.exists() and not args.overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     image_id = safe_id(args.id or file_stem(args.image))
-    from napari_ftu.engine.backends import load
-    from napari_ftu.engine.card import scale_note
+    from napari_ftu.models.backends import load
+    from napari_ftu.models.card import scale_note
 
     model = load(args.model, device=args.device, backend=args.backend, trust_code=args.trust_model)
     used, note = assumed_pixel_size(args.image.name, args.um_per_px or file_um, model.card.um_per_px,
@@ -258,7 +258,7 @@ def _segment_batch(args, segment_options) -> int:
                        workers=args.workers, retries=args.retries, overwrite=args.overwrite)
     summary = result.summary()
     if not args.scheduler:  # workers on this machine resolve "auto" as this process does
-        from napari_ftu.engine.backends import choose_backend
+        from napari_ftu.models.backends import choose_backend
 
         summary["backend"] = choose_backend(args.model, args.device, args.backend)
     note = _assumed_in_batch(result.rows, options)

@@ -76,8 +76,8 @@ def add_parser(sub, common) -> None:
 
 
 def run(args) -> int:
-    from napari_ftu.engine.card import ModelCard
     from napari_ftu.io.images import read_image
+    from napari_ftu.models.card import ModelCard
     from napari_ftu.training.data import dataset_samples, folder_split, pair_split, start_from, synthetic_samples
     from napari_ftu.training.progress import ProgressPrinter
     from napari_ftu.training.train import new_model, read_checkpoint, train

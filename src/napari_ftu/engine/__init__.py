@@ -1,1 +1,1 @@
-"""The segmentation engine: models, tile source, tiling, tissue, inference, instances."""
+"""How a slide becomes objects: tile source, tiling, tissue, inference, components, postprocessing, the run."""

@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from napari_ftu.engine.components import label_steps
-from napari_ftu.engine.models import FTUModel, is_out_of_memory
 from napari_ftu.engine.options import SegmentOptions, check_positive, plan_outputs
 from napari_ftu.engine.postprocess import objects_from, split_touching
 from napari_ftu.engine.tile_source import TileSource
 from napari_ftu.engine.tiling import Stitcher, tile_grid
 from napari_ftu.engine.tissue import tiles_with_tissue, tissue_mask
 from napari_ftu.io.resample import resample_image
+from napari_ftu.models.loading import FTUModel, is_out_of_memory
 from napari_ftu.steps import Band, Outputs, TileProgress, drain
 
 

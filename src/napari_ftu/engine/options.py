@@ -35,7 +35,7 @@ READ_LEVEL_BELOW_BYTES = 256 * 2**20  # a lazily opened level the model reads is
 
 
 def max_tile_size() -> int:
-    from napari_ftu.engine.card import MAX_TILE_SIZE
+    from napari_ftu.models.card import MAX_TILE_SIZE
 
     return MAX_TILE_SIZE
 

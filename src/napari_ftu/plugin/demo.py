@@ -15,12 +15,12 @@ def run_headless(out: str | Path = "napari-ftu-demo", size: int | None = None, s
                  device: str = "auto") -> dict:
     """Segment a synthetic slide with the synthetic demo model, score it and write the outputs."""
     from napari_ftu.engine.inference import segment
-    from napari_ftu.engine.models import builtin_model_path, load_model
     from napari_ftu.evaluation.metrics import dice
     from napari_ftu.formats.annotations import Annotations
     from napari_ftu.formats.csv_formats import write_hubmap
     from napari_ftu.io.images import write_tiff
     from napari_ftu.io.synthetic import make_slide
+    from napari_ftu.models.loading import builtin_model_path, load_model
 
     size = size or SAMPLE_SIZE
     seed = DEMO_SEED if seed is None else seed

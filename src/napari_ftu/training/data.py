@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.engine.card import ModelCard
-from napari_ftu.engine.models import default_model_path, load_model
 from napari_ftu.errors import InputError, OptionError
 from napari_ftu.io.images import to_rgb
 from napari_ftu.io.resample import resample_pair
+from napari_ftu.models.card import ModelCard
+from napari_ftu.models.loading import default_model_path, load_model
 
 ARCHITECTURES = ("Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "DeepLabV3", "Linknet", "MAnet", "PAN", "PSPNet",
                  "UPerNet", "Segformer")

@@ -44,8 +44,8 @@ def round_steps(reviews: list, base, out: str | Path, seconds: float | None = RO
     weights are kept with the base's threshold. ``out`` appears only when the round finishes.
     ``lr`` (default :func:`round_lr`) is the round's peak learning rate.
     """
-    from napari_ftu.engine.models import default_model_path, load_model
     from napari_ftu.errors import InputError
+    from napari_ftu.models.loading import default_model_path, load_model
     from napari_ftu.training.train import train_steps, trained_on
 
     n = sum(r.n_reviewed for r in reviews)
@@ -83,7 +83,7 @@ def learn_and_predict_steps(reviews: list, base, out: str | Path, image, um_per_
     and tile events; returns ``(out, history, segmentation)``. Cancelling during the prediction
     keeps the new model folder (it is finished) but changes no object."""
     from napari_ftu.engine.inference import segment_steps
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.loading import load_model
 
     out, history = yield from round_steps(reviews, base, out, **kw)
     model = load_model(out, device=kw.get("device", "auto"))

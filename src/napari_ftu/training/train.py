@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.engine.card import ModelCard
-from napari_ftu.engine.models import FTUModel, build_network, is_out_of_memory, resolve_device, save_model
 from napari_ftu.errors import ModelError, OptionError
 from napari_ftu.evaluation.metrics import dice_curve
 from napari_ftu.io.resample import resample_pair
+from napari_ftu.models.card import ModelCard
+from napari_ftu.models.loading import FTUModel, build_network, is_out_of_memory, resolve_device, save_model
 from napari_ftu.steps import TrainStep, Validation, drain
 from napari_ftu.training.augment import augment, balanced_crop
 from napari_ftu.training.data import ARCHITECTURES
@@ -115,7 +115,7 @@ def new_model(architecture: str = "Unet", encoder: str | None = None, classes=("
     weights when the encoder has offline ones (EfficientNet-Lite0/1/2), else random ones. A U-Net
     (or U-Net++) gets :data:`DECODER_CHANNELS` unless ``arch_kwargs`` says otherwise: on a CPU's
     time budget it makes 1.5x the steps of smp's and learned few labels as well (docs/models-and-training.md)."""
-    from napari_ftu.engine import pretrained as pre
+    from napari_ftu.models import pretrained as pre
 
     if architecture not in ARCHITECTURES:
         raise OptionError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")

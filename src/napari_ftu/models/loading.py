@@ -1,4 +1,4 @@
-"""Safe model loading, building and saving (the card itself: :mod:`napari_ftu.engine.card`).
+"""Safe model loading, building and saving (the card itself: :mod:`napari_ftu.models.card`).
 
 A model is only usable with the facts that travel with its weights: architecture, the µm/px it
 was trained at, how its input was normalised and where to threshold. Those live in a JSON model
@@ -15,16 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_ftu.engine.backend import build_smp
-from napari_ftu.engine.card import CARD_NAME, CARD_NAMES, SMP_CONFIG, ModelCard, read_card, smp_config
 from napari_ftu.errors import ModelError
+from napari_ftu.models.card import CARD_NAME, CARD_NAMES, SMP_CONFIG, ModelCard, read_card, smp_config
+from napari_ftu.models.torch_import import build_smp
 
 WEIGHTS_NAME = "model.safetensors"
 
 
 def build_network(card: ModelCard):
     """An untrained network of the card's architecture (no weight download): an smp model, or
-    the scribble classifier of :mod:`napari_ftu.engine.features`.
+    the scribble classifier of :mod:`napari_ftu.models.features`.
 
     Parameters
     ----------
@@ -35,7 +35,7 @@ def build_network(card: ModelCard):
     torch.nn.Module
     """
     if card.architecture == "FeatureClassifier":
-        from napari_ftu.engine.features import build_from_card
+        from napari_ftu.models.features import build_from_card
 
         try:
             return build_from_card(card)
@@ -111,7 +111,7 @@ class FTUModel:
     def __init__(self, network, card: ModelCard, device="auto", precision: str = "auto"):
         import torch
 
-        from napari_ftu.engine.allocator import keep_freed_memory
+        from napari_ftu.models.allocator import keep_freed_memory
 
         keep_freed_memory()  # its calls free and re-allocate the same large blocks
         if precision not in PRECISIONS:
@@ -531,7 +531,7 @@ def save_model(network, card: ModelCard, folder: str | Path) -> Path:
         save_file(state, str(tmp))
     write_text(folder / CARD_NAME, card.to_json())
     if card.architecture != "FeatureClassifier":  # the scribble classifier runs on torch
-        from napari_ftu.engine.onnx_model import ONNX_NAME, export_onnx
+        from napari_ftu.models.onnx import ONNX_NAME, export_onnx
 
         export_onnx(network, card, folder / ONNX_NAME, model_fingerprint(folder))
     return folder

@@ -2,9 +2,9 @@
 
 Both give the engine the same object (``card``, ``device``, ``backend``, ``predict``). On the CPU
 ONNX Runtime is the default whenever the model has an ONNX graph or can get one: a folder's own
-``model.onnx`` (written by :func:`~napari_ftu.engine.models.save_model`), an ``.onnx`` file, a
+``model.onnx`` (written by :func:`~napari_ftu.models.loading.save_model`), an ``.onnx`` file, a
 bioimage.io package, or, for an older folder with weights only, a graph exported once and cached
-under the user's cache folder, keyed by :func:`~napari_ftu.engine.models.model_fingerprint` (the
+under the user's cache folder, keyed by :func:`~napari_ftu.models.loading.model_fingerprint` (the
 model folder is never written to). Running an ONNX graph imports neither torch nor
 segmentation-models-pytorch.
 """
@@ -15,7 +15,8 @@ import platform
 import sys
 from pathlib import Path
 
-from napari_ftu.engine.models import (
+from napari_ftu.errors import ModelError, OptionError
+from napari_ftu.models.loading import (
     CARD_NAMES,
     ModelCard,
     check_trust,
@@ -23,7 +24,7 @@ from napari_ftu.engine.models import (
     model_files,
     model_fingerprint,
 )
-from napari_ftu.engine.onnx_model import (
+from napari_ftu.models.onnx import (
     ONNX_NAME,
     WEIGHTS_KEY,
     OnnxModel,
@@ -32,7 +33,6 @@ from napari_ftu.engine.onnx_model import (
     export_onnx,
     graph_metadata,
 )
-from napari_ftu.errors import ModelError, OptionError
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
@@ -115,7 +115,7 @@ def exportable(path: str | Path | None) -> bool:
     -------
     bool
     """
-    from napari_ftu.engine.models import _is_torchscript
+    from napari_ftu.models.loading import _is_torchscript
 
     path = default_model_path() if path is None else Path(path)
     weights = _weights(path)
@@ -149,7 +149,7 @@ def ensure_onnx(path: str | Path | None) -> Path:
     if not exportable(path):
         raise ModelError(f"{path or default_model_path()}: has no ONNX graph and none can be exported from it "
                          f"(TorchScript or a scribble classifier); use the torch backend")
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.loading import load_model
 
     model = load_model(path, device="cpu")
     target = cache_dir() / model_fingerprint(path) / ONNX_NAME
@@ -159,7 +159,7 @@ def ensure_onnx(path: str | Path | None) -> Path:
 
 def write_onnx(folder: str | Path | None = None) -> Path:
     """Export a model folder's graph into the folder itself (``model.onnx``): what
-    :func:`~napari_ftu.engine.models.save_model` does, for a folder written before. With no
+    :func:`~napari_ftu.models.loading.save_model` does, for a folder written before. With no
     argument, the built-in model's (run again whenever the built-in model changes).
 
     Parameters
@@ -172,7 +172,7 @@ def write_onnx(folder: str | Path | None = None) -> Path:
     Path
         The written ``model.onnx``.
     """
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.loading import load_model
 
     folder = default_model_path() if folder is None else Path(folder)
     model = load_model(folder, device="cpu")
@@ -188,7 +188,7 @@ def choose_backend(path, device: str = "auto", backend: str = "auto") -> str:
     path : str or Path, optional
         The model (``None``: the built-in one).
     device : str
-        As for :func:`~napari_ftu.engine.models.resolve_device`.
+        As for :func:`~napari_ftu.models.loading.resolve_device`.
     backend : str
         ``"auto"``, ``"torch"`` or ``"onnxruntime"``.
 
@@ -204,7 +204,7 @@ def choose_backend(path, device: str = "auto", backend: str = "auto") -> str:
         raise OptionError(f"the onnxruntime backend runs on the CPU; for device {device!r} use --backend torch")
     if backend != "auto":
         return backend
-    from napari_ftu.engine.bioimageio import is_package
+    from napari_ftu.models.bioimageio import is_package
 
     p = default_model_path() if path is None else Path(path)
     if (_is_onnx_file(p) or is_package(p)) and device in (None, "", "auto", "cpu"):
@@ -230,7 +230,7 @@ def prepare(path: str | Path | None = None, device: str = "auto", backend: str =
     str
         The backend.
     """
-    from napari_ftu.engine.bioimageio import is_package
+    from napari_ftu.models.bioimageio import is_package
 
     which = choose_backend(path, device, backend)
     p = default_model_path() if path is None else Path(path)
@@ -249,7 +249,7 @@ def load(path: str | Path | None = None, device: str = "auto", backend: str = "a
     path : str or Path, optional
         ``None``: the built-in model.
     device, precision, trust_code
-        As for :func:`~napari_ftu.engine.models.load_model`.
+        As for :func:`~napari_ftu.models.loading.load_model`.
     backend : str
         ``"auto"``, ``"torch"`` or ``"onnxruntime"``.
     threads : int, optional
@@ -260,7 +260,7 @@ def load(path: str | Path | None = None, device: str = "auto", backend: str = "a
     FTUModel or OnnxModel
         Both have ``card``, ``device``, ``backend`` and ``predict``.
     """
-    from napari_ftu.engine.bioimageio import is_package, load_package
+    from napari_ftu.models.bioimageio import is_package, load_package
 
     p = default_model_path() if path is None else Path(path)
     if not p.exists():
@@ -285,8 +285,8 @@ def load(path: str | Path | None = None, device: str = "auto", backend: str = "a
         if card is None:  # an smp folder without a card: the torch loader derives one from config.json
             card = card_of(graph)
         return OnnxModel(graph, card, threads)
-    from napari_ftu.engine.fold import fold_batch_norm
-    from napari_ftu.engine.models import load_model
+    from napari_ftu.models.fold import fold_batch_norm
+    from napari_ftu.models.loading import load_model
 
     model = load_model(p, device=device, precision=precision, trust_code=trust_code)
     model.network, model.folded = fold_batch_norm(model.network, model.card.in_channels)  # inference only

@@ -5,10 +5,10 @@ import sys
 import numpy as np
 import pytest
 
-from napari_ftu.engine.card import ModelCard
-from napari_ftu.engine.models import FTUModel, build_network, load_model, save_model
-from napari_ftu.engine.pretrained import build_pretrained, encoder_state, pretrained_card
 from napari_ftu.errors import ModelError
+from napari_ftu.models.card import ModelCard
+from napari_ftu.models.loading import FTUModel, build_network, load_model, save_model
+from napari_ftu.models.pretrained import build_pretrained, encoder_state, pretrained_card
 from napari_ftu.training.train import new_model
 
 

@@ -198,7 +198,7 @@ def card_of(path: str | Path, folder_card=None):
     -------
     ModelCard
     """
-    from napari_ftu.engine.card import ModelCard
+    from napari_ftu.models.card import ModelCard
 
     if folder_card is not None:
         return folder_card
@@ -345,7 +345,7 @@ class _Device:
 
 class OnnxModel:
     """An ONNX graph plus its card, run by ONNX Runtime on the CPU; the same ``predict`` as
-    :class:`~napari_ftu.engine.models.FTUModel` (uint8 RGB tiles in, class probabilities out).
+    :class:`~napari_ftu.models.loading.FTUModel` (uint8 RGB tiles in, class probabilities out).
 
     Parameters
     ----------
@@ -416,7 +416,7 @@ class OnnxModel:
         tiles : ndarray
             ``(N, H, W, C)`` uint8.
         tta : bool
-            The mean over the flips and the 90° rotation of :data:`~napari_ftu.engine.models.TTA_VIEWS`.
+            The mean over the flips and the 90° rotation of :data:`~napari_ftu.models.loading.TTA_VIEWS`.
         with_std : bool
             Also return the views' standard deviation.
 

@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
-from napari_ftu.engine.backends import load
-from napari_ftu.engine.fold import fold_batch_norm
 from napari_ftu.engine.inference import segment
-from napari_ftu.engine.models import build_network
+from napari_ftu.models.backends import load
+from napari_ftu.models.fold import fold_batch_norm
+from napari_ftu.models.loading import build_network
 
 
 def _bn_count(network):

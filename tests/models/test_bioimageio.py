@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from napari_ftu.cli import main
-from napari_ftu.engine.backends import load
 from napari_ftu.engine.inference import segment
-from napari_ftu.engine.models import FTUModel, ModelCard, save_model
-from napari_ftu.engine.onnx_model import OnnxModel, export_onnx
 from napari_ftu.errors import ModelError
+from napari_ftu.models.backends import load
+from napari_ftu.models.loading import FTUModel, ModelCard, save_model
+from napari_ftu.models.onnx import OnnxModel, export_onnx
 
 bio_spec = pytest.importorskip("bioimageio.spec")
 
@@ -96,7 +96,7 @@ def test_an_smp_model_of_another_architecture(tmp_path):
     torch, as a single file and as a saved folder."""
     import torch
 
-    from napari_ftu.engine.models import build_network
+    from napari_ftu.models.loading import build_network
 
     card = ModelCard(architecture="FPN", encoder="resnet18", arch_kwargs={}, classes=["glomerulus", "tubule"],
                      um_per_px=1.0, tile_size=128, overlap=16)

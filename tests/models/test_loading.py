@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_ftu.engine.card import ModelCard
-from napari_ftu.engine.models import FTUModel, build_network, load_model, save_model
 from napari_ftu.errors import ModelError
+from napari_ftu.models.card import ModelCard
+from napari_ftu.models.loading import FTUModel, build_network, load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def tiny_card():
 
 
 def test_built_in_models_cards_and_sizes(default_model):
-    from napari_ftu.engine.models import BUILTIN_MODELS, builtin_model_path, default_model_path, model_path
+    from napari_ftu.models.loading import BUILTIN_MODELS, builtin_model_path, default_model_path, model_path
 
     assert default_model_path() == builtin_model_path("builtin") == model_path("builtin")
     for name in BUILTIN_MODELS:
@@ -42,7 +42,7 @@ def test_built_in_models_cards_and_sizes(default_model):
 
 
 def test_cards_without_trained_on_still_load(tmp_path):
-    from napari_ftu.engine.card import describe_domain
+    from napari_ftu.models.card import describe_domain
 
     data = json.loads(ModelCard().to_json())
     del data["trained_on"]
@@ -133,7 +133,7 @@ def _tiles(n=2, size=64):
 
 
 def test_smp_save_pretrained_folder_with_and_without_card(tmp_path, tiny_card):
-    from napari_ftu.engine.backend import import_smp
+    from napari_ftu.models.torch_import import import_smp
 
     smp = import_smp()
     net = smp.Unet("resnet18", encoder_weights=None, encoder_depth=3, decoder_channels=[16, 8, 4], classes=2).eval()

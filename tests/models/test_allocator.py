@@ -8,7 +8,7 @@ import pytest
 CYCLES = """
 import resource, sys
 if sys.argv[1] == "keep":
-    from napari_ftu.engine.allocator import keep_freed_memory
+    from napari_ftu.models.allocator import keep_freed_memory
     assert keep_freed_memory()
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
