@@ -6,7 +6,7 @@
 - docs/annotate_cells.png: *cells (fluorescence)* on a synthetic HPA-like image
   (``io/synthetic_cells``) opened as one layer per channel.
 
-Run with ``xvfb-run -a python docs/annotate_screenshot.py``.
+Run with ``xvfb-run -a python docs/scripts/annotate_screenshot.py``.
 """
 
 import time
@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QApplication
 from napari_ftu._qt.demo import hide_notices
 from napari_ftu.annotate import simulate
 
-DOCS = Path(__file__).resolve().parent
+DOCS = Path(__file__).resolve().parents[1]
 SARDER = DOCS.parents[1] / "shared" / "data" / "sarder_frozen_kidney_glomeruli"
 PATCH = "O27_10_180_992"
 

@@ -1,7 +1,7 @@
 """Make docs/measure.png: the Measure dock beside the Review dock on a real PAS kidney tile
 (ccf_test_321 of HuBMAP's ccf set, about 1 µm/px), segmented by the built-in model.
 
-Run with ``xvfb-run -a python docs/measure_screenshot.py`` (needs ../shared/data; sessions go to a
+Run with ``xvfb-run -a python docs/scripts/measure_screenshot.py`` (needs ../shared/data; sessions go to a
 temporary folder).
 """
 
@@ -19,7 +19,7 @@ from napari_ftu.io.images import read_image  # noqa: E402
 from napari_ftu.measure import select  # noqa: E402
 from napari_ftu.models.loading import load_model  # noqa: E402
 
-TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "hubmap_ccf_kidney_glomeruli" / "images" / \
+TILE = Path(__file__).resolve().parents[3] / "shared" / "data" / "hubmap_ccf_kidney_glomeruli" / "images" / \
     "ccf_test_321.jpg"
 
 
@@ -46,4 +46,4 @@ def main(out: Path):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("measure.png"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "measure.png")

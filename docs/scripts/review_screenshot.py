@@ -1,6 +1,6 @@
 """Make docs/review.png: the Review dock on the sample slide, segmented by the default model.
 
-Run with ``xvfb-run -a python docs/review_screenshot.py`` (sessions go to a temporary folder).
+Run with ``xvfb-run -a python docs/scripts/review_screenshot.py`` (sessions go to a temporary folder).
 """
 
 import os
@@ -53,4 +53,4 @@ def main(out: Path):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("review.png"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "review.png")

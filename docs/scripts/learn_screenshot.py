@@ -1,7 +1,7 @@
 """Make docs/learn.png: the Review dock learning from a review of a real frozen H&E patch (the
 Sarder lab's O27_2, about 3 µm/px), beside the Segment dock, after one round.
 
-Run with ``xvfb-run -a python docs/learn_screenshot.py`` (sessions go to a temporary folder).
+Run with ``xvfb-run -a python docs/scripts/learn_screenshot.py`` (sessions go to a temporary folder).
 """
 
 import os
@@ -15,7 +15,7 @@ os.environ.setdefault("NAPARI_FTU_SESSIONS", tempfile.mkdtemp())
 import imageio.v3 as iio  # noqa: E402
 import napari  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "sarder_frozen_kidney_glomeruli"
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "sarder_frozen_kidney_glomeruli"
 
 
 def wait(app, until, timeout=600):
@@ -69,4 +69,4 @@ def main(out: Path):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("learn.png"))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "learn.png")
