@@ -185,7 +185,7 @@ def _public_api(rooms=("models", "engine", "formats", "review")):
 
     for room in rooms:
         package = importlib.import_module(f"napari_ftu.{room}")
-        names = [package.__name__] + [m.name for m in pkgutil.iter_modules(package.__path__, package.__name__ + ".")]
+        names = [package.__name__] + [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
         for module in map(importlib.import_module, names):
             for name, obj in vars(module).items():
                 if (not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))

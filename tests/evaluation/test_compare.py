@@ -104,7 +104,8 @@ def test_evaluate_a_batch_output_folder_against_its_dataset(batch_output, capsys
 
 
 def test_info_and_reader_know_batch_output_folders(batch_output, capsys):
-    from napari_ftu.formats.datasets import BatchOutput, open_dataset
+    from napari_ftu.formats.datasets import open_dataset
+    from napari_ftu.formats.datasets.batch_output import BatchOutput
     from napari_ftu.plugin.reader import get_reader
 
     out, _ = batch_output

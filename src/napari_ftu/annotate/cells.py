@@ -70,7 +70,7 @@ def read_cell_image(path, um_per_px: float | None = None):
     blue and yellow siblings)."""
     from pathlib import Path
 
-    from napari_ftu.formats.datasets import hpa_channel_id, read_hpa_channels
+    from napari_ftu.formats.datasets.hpa import hpa_channel_id, read_hpa_channels
     from napari_ftu.io.images import read_image
 
     path = Path(path)

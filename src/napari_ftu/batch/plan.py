@@ -14,7 +14,7 @@ from pathlib import Path
 from napari_ftu.engine.options import BAND_ABOVE_PIXELS, BAND_PIXELS, SegmentOptions, check_positive
 from napari_ftu.errors import FormatError, InputError, OptionError
 from napari_ftu.formats.annotations import safe_id
-from napari_ftu.formats.datasets import DONE
+from napari_ftu.formats.datasets.batch_output import DONE
 from napari_ftu.io.backends import is_dicom_folder
 from napari_ftu.io.images import file_stem
 from napari_ftu.io.slides import is_slide_path
@@ -131,7 +131,7 @@ def _file_job(path: Path) -> SlideJob:
 
 def _csv_jobs(path: Path, images) -> list[SlideJob]:
     from napari_ftu.formats.csv_formats import read_csv_rows
-    from napari_ftu.formats.datasets import _find_image
+    from napari_ftu.formats.datasets.base import _find_image
 
     rows = read_csv_rows(path, ["id"])
     split = path.stem

@@ -33,7 +33,7 @@ from napari_ftu.batch.cluster import SchedulerAccess, batch_client
 from napari_ftu.batch.plan import BatchOptions, SlideJob, file_sha256, pending, read_json
 from napari_ftu.batch.slide import batch_card, segment_slide
 from napari_ftu.errors import InputError
-from napari_ftu.formats.datasets import DONE, SUMMARY
+from napari_ftu.formats.datasets.batch_output import DONE, SUMMARY
 from napari_ftu.measure.summary import SUMMARY_COLUMNS as MEASURED
 from napari_ftu.steps import BatchProgress
 

@@ -15,7 +15,7 @@ import numpy as np
 from napari_ftu.atomic import write_text
 from napari_ftu.batch.plan import BatchOptions, SlideJob, file_sha256, slide_stamp
 from napari_ftu.formats.annotations import Annotations
-from napari_ftu.formats.datasets import DONE
+from napari_ftu.formats.datasets.batch_output import DONE
 
 
 @contextlib.contextmanager

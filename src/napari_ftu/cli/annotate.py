@@ -57,7 +57,7 @@ def run(args) -> int:
     import numpy as np
 
     from napari_ftu.annotate import headless
-    from napari_ftu.formats.datasets import HPA_CHANNELS, hpa_channel_id
+    from napari_ftu.formats.datasets.hpa import HPA_CHANNELS, hpa_channel_id
     from napari_ftu.io.images import assumed_pixel_size, read_image, write_tiff
 
     outputs = [p for p in (args.out, args.csv) if p]

@@ -99,7 +99,7 @@ def open_items(path, image=None, labels=None, um_per_px: float | None = None, st
     InputError
         A path that holds no labels, naming it and what was expected.
     """
-    from napari_ftu.formats.datasets import DONE
+    from napari_ftu.formats.datasets.batch_output import DONE
 
     path = Path(path)
     if not path.exists():
