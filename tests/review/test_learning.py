@@ -8,7 +8,8 @@ import pytest
 
 from napari_ftu.boxes import from_corners
 from napari_ftu.review import active
-from napari_ftu.review.autosave import SessionStore, keep_saved_reviews, read_session, saved_sessions
+from napari_ftu.review.autosave import SessionStore
+from napari_ftu.review.saved import keep_saved_reviews, read_session, saved_sessions
 from napari_ftu.review.session import ReviewSession
 from napari_ftu.review.table import Row
 

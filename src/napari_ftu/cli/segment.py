@@ -132,7 +132,7 @@ def run(args) -> int:
             print(f"\rtiles {event.done}/{event.total}", end="", file=sys.stderr, flush=True)
 
     if args.keep_reviewed:
-        from napari_ftu.review.autosave import saved_sessions
+        from napari_ftu.review.saved import saved_sessions
 
         saved_sessions(args.image)  # no saved review: one error before the model runs
     tmp = Path(tempfile.mkdtemp(prefix="napari-ftu-"))
@@ -143,7 +143,7 @@ def run(args) -> int:
         if not args.json:
             print(file=sys.stderr)
         if args.keep_reviewed:
-            from napari_ftu.review.autosave import keep_saved_reviews
+            from napari_ftu.review.saved import keep_saved_reviews
 
             first = 1 + max((int(o["id"]) for o in seg.objects), default=0)
             reviewed = keep_saved_reviews(seg.labels, args.image, seg.downsample, first)

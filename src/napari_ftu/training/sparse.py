@@ -213,7 +213,7 @@ def saved_reviews(path: str | Path, um_per_px: float | None = None) -> list[Revi
     file does not say."""
     from napari_ftu.errors import InputError
     from napari_ftu.io.slides import open_slide
-    from napari_ftu.review.autosave import read_session, saved_sessions
+    from napari_ftu.review.saved import read_session, saved_sessions
 
     out = []
     for file, slide_path in saved_sessions(path):
