@@ -2,7 +2,9 @@
 
 A thin view on :class:`napari_ftu.review.session.ReviewSession` (pixels, statuses, one undo
 history), :mod:`napari_ftu.review.autosave` (sidecar sessions) and :mod:`napari_ftu.review.label_store`
-(full-resolution windows of large slides). Keys (with the labels layer selected):
+(full-resolution windows of large slides). Its corrections are :mod:`napari_ftu._qt.review_edits`,
+its large-slide windows :mod:`napari_ftu._qt.review_windows` (both mixed into the dock), learning
+from the reviews :mod:`napari_ftu._qt.learn`. Keys (with the labels layer selected):
 N / Shift+N next / previous unreviewed, A accept, R reject, C set class, Shift+M merge,
 Shift+D delete, Shift+H fill holes, Alt+= / Alt+- dilate / erode, Ctrl+Z / Ctrl+Shift+Z.
 """
@@ -13,7 +15,6 @@ import atexit
 import math
 import time
 import weakref
-from pathlib import Path
 
 import napari
 import numpy as np
@@ -40,34 +41,31 @@ from qtpy.QtWidgets import (
 
 from napari_ftu._qt.common import Dock, button, scroll_area, status_line
 from napari_ftu._qt.learn import LearnPanel
+from napari_ftu._qt.review_edits import ERRORS, EditActions
+from napari_ftu._qt.review_windows import SlideWindows
 from napari_ftu._qt.state import is_edited, mark_edited, session_of, share_session
-from napari_ftu.boxes import box_at, corners, from_corners, overlaps, size
-from napari_ftu.errors import EditError, InputError, SessionError
-from napari_ftu.review import editing
+from napari_ftu.boxes import box_at, size
+from napari_ftu.errors import EditError, SessionError
 from napari_ftu.review.autosave import (
     DEFAULT_INTERVAL_S,
     Autosaver,
     SessionStore,
     carry_statuses,
     default_project_folder,
-    pending_windows,
     session_folder,
 )
 from napari_ftu.review.label_store import LabelStore
 from napari_ftu.review.session import ReviewSession
 from napari_ftu.review.table import SORTS, STATUSES
-from napari_ftu.review.undo import paint_delta
 
 COLUMNS = ["id", "class", "area µm²", "confidence", "status"]
 HEADER_SORTS = {0: "id", 1: "class", 2: "large first", 3: "low confidence first", 4: "status"}
 STATUS_COLOURS = {"unreviewed": "#f6d32d", "accepted": "#33d17a", "edited": "#62a0ea", "rejected": "#e01b24"}
 CLASSES = ["glomerulus", "crypt", "alveolus", "gland", "white pulp", "vessel", "FTU"]
 SECTIONS = ("queue", "review", "edit", "learn", "more", "status")  # top to bottom; "learn": learning from reviews
-MAX_WINDOW = 4096  # full-resolution pixels per side of an editable window
-ERRORS = (EditError, InputError, KeyError, ValueError, OSError)
 
 
-class ReviewWidget(Dock):
+class ReviewWidget(EditActions, SlideWindows, Dock):
     def __init__(self, viewer: napari.viewer.Viewer):
         super().__init__(viewer)
         self.session: ReviewSession | None = None
@@ -378,6 +376,12 @@ class ReviewWidget(Dock):
         if layer is self.layer:
             self._close_session()
 
+    def _on_edited(self, edited):
+        """Another dock changed objects through the shared session: show its change."""
+        layer, _ = edited
+        if layer is self.layer and self.session is not None:
+            self.refresh()
+
     # --- table ----------------------------------------------------------------------------
     def refresh(self, region=None):
         """Redraw the layer (``region``: the box that changed), the colours and the table."""
@@ -571,203 +575,6 @@ class ReviewWidget(Dock):
             raise EditError("select an object first (click it, or a row)" if n == 1 else
                             f"select at least {n} objects (Shift+click, or Shift/Ctrl+click rows)")
         return ids
-
-    # --- editing operations -----------------------------------------------------------------------
-    def _edit(self, make):
-        return self._run(lambda: self.session.apply(make(self.session.labels)))
-
-    def merge(self):
-        return self._edit(lambda lab: editing.merge(lab, self._need(2)))
-
-    def delete(self):
-        return self._edit(lambda lab: editing.delete(lab, self._need()))
-
-    def fill_holes(self):
-        return self._edit(lambda lab: editing.fill_holes(lab, self.current() or None))
-
-    def remove_small(self):
-        um = self.session.review.um_per_px if self.session else None
-        pixels = max(1, int(math.ceil(self.min_area.value / ((um or 1.0) ** 2))))
-        return self._edit(lambda lab: editing.remove_small(lab, pixels))
-
-    def grow(self, sign: int):
-        op = editing.dilate if sign > 0 else editing.erode
-        return self._edit(lambda lab: op(lab, self._need()[0], self.grow_px.value))
-
-    def relabel(self):
-        return self._edit(editing.renumber)
-
-    def _helper(self, kind: str, name: str, mode: str):
-        """The helper Shapes/Points layer drawn on for splits, aligned with the labels layer."""
-        if name in self._viewer.layers:
-            return self._viewer.layers[name]
-        kw = {"name": name, "scale": self.layer.scale, "translate": self.layer.translate}
-        if kind == "shapes":
-            helper = self._viewer.add_shapes(edge_color="white", edge_width=2 * float(self.layer.scale[-1]), **kw)
-        else:
-            helper = self._viewer.add_points(face_color="magenta", size=8 * float(self.layer.scale[-1]), **kw)
-        helper.mode = mode
-        return helper
-
-    def split_by_line(self):
-        """Split the object the drawn line crosses (draw in the "FTU cut" layer, then press again)."""
-        if self.session is None:
-            return self._fail("choose a Labels layer to review")
-        helper = self._helper("shapes", "FTU cut", "add_line")
-        if len(helper.data) == 0:
-            self._viewer.layers.selection.active = helper
-            show_info("draw a line across the object in the 'FTU cut' layer, then press Split by line again")
-            return None
-        line = np.asarray(helper.data[-1])[:, -2:]
-        target = self.current()
-        result = self._edit(lambda lab: editing.split_by_line(lab, target[0] if len(target) == 1 else None, line,
-                                                              self.session.reserved()))
-        if result is not None:
-            helper.data = []
-        return result
-
-    def split_watershed(self):
-        """Split one object by watershed from the seeds clicked in the "FTU seeds" layer."""
-        if self.session is None:
-            return self._fail("choose a Labels layer to review")
-        helper = self._helper("points", "FTU seeds", "add")
-        if len(helper.data) < 2:
-            self._viewer.layers.selection.active = helper
-            show_info("click two or more seeds inside the object in the 'FTU seeds' layer, then press again")
-            return None
-        seeds = np.asarray(helper.data)[:, -2:]
-        result = self._edit(lambda lab: editing.split_watershed(lab, seeds, reserved=self.session.reserved()))
-        if result is not None:
-            helper.data = np.empty((0, 2))
-        return result
-
-    def new_object(self, mode: str):
-        """Paint (brush) or draw (polygon) a new object with the next free id; undoable like the rest."""
-        if self.session is None:
-            return self._fail("choose a Labels layer to review")
-        self.layer.selected_label = self.session.next_free_id()
-        self.layer.mode = mode
-        self._viewer.layers.selection.active = self.layer
-        return self.layer.selected_label
-
-    def _on_paint(self, event):
-        """napari's paint / fill / erase / polygon: record it in our history and the review table."""
-        if self.session is None:
-            return
-        delta = paint_delta(self.layer.data, event.value)
-        if delta is None:
-            return
-        self.session.record_paint(*delta, name=f"napari {self.layer.mode}")
-        mark_edited(self.layer)
-        if hasattr(self.layer, "_reset_history"):
-            self.layer._reset_history()  # our history holds it now; napari's copy would only cost memory
-        self.refresh()
-
-    def _on_edited(self, edited):
-        """Another dock changed objects through the shared session: show its change."""
-        layer, _ = edited
-        if layer is self.layer and self.session is not None:
-            self.refresh()
-
-    def undo(self):
-        return self._run(self.session.undo if self.session else lambda: None)
-
-    def redo(self):
-        return self._run(self.session.redo if self.session else lambda: None)
-
-    # --- large slides: full-resolution windows ----------------------------------------------------------
-    def open_store(self, path, image=None):
-        """Show a pyramidal label store (zarr) as multiscale labels over ``image`` (read-only view)."""
-        try:
-            self.store = LabelStore.open(path)
-        except InputError as exc:
-            return self._fail(exc)
-        image = image or next((lyr for lyr in self._viewer.layers if isinstance(lyr, napari.layers.Image)), None)
-        kw = {"scale": image.scale[-2:], "translate": image.translate[-2:]} if image is not None else {}
-        meta = {"label_store": str(path), "um_per_px": image.metadata.get("um_per_px") if image else None,
-                "source": image.name if image else None}
-        name = f"{Path(path).stem} (store)"
-        layer = self._viewer.add_labels(self.store.levels, name=name, multiscale=True, opacity=0.5, metadata=meta, **kw)
-        return layer
-
-    def edit_window(self, box=None):
-        """Copy a full-resolution window of the label store into an editable Labels layer:
-        ``box`` (a :data:`~napari_ftu.boxes.Box`), else the last rectangle of the "FTU box" layer, else the view."""
-        store_layer = next((lyr for lyr in self._viewer.layers if lyr.metadata.get("label_store")), None)
-        if store_layer is None or self.store is None:
-            return self._fail("open a label store first (multiscale labels of a large slide)")
-        self.save_now()  # the open window's edits count as pending below
-        try:
-            box = box if box is not None else self._pending_or(self._window_box(store_layer), store_layer)
-            h, w = size(box)
-            if h > MAX_WINDOW or w > MAX_WINDOW:
-                raise ValueError(f"the window is {h} × {w} px; zoom in or draw a box of at most "
-                                 f"{MAX_WINDOW} × {MAX_WINDOW} full-resolution pixels")
-            window = self.store.read_window(box)
-        except ERRORS as exc:
-            return self._fail(exc)
-        if self.window is not None and self.window[0] in self._viewer.layers:
-            self._viewer.layers.remove(self.window[0])
-        scale = np.asarray(store_layer.scale[-2:], float)
-        y, x = corners(box)[:2]
-        translate = np.asarray(store_layer.translate[-2:], float) + np.array([y, x]) * scale
-        meta = {**store_layer.metadata, "window_offset": (y, x)}
-        meta.pop("label_store", None)
-        layer = self._viewer.add_labels(window, name=f"{store_layer.name} window", scale=scale, translate=translate,
-                                        metadata=meta, opacity=0.6)
-        self.window = (layer, box)
-        self.labels_layer.value = layer
-        self.bind(layer)
-        return layer
-
-    def _pending_or(self, box, store_layer):
-        """``box``, or the window overlapping it whose edits are not in the label store yet: two
-        overlapping windows edited apart would each undo the other's pixels when saved."""
-        for pending in pending_windows(self._session_folder(store_layer), f"{store_layer.name} window"):
-            if pending != box and overlaps(pending, box):
-                (py, px), (ph, pw) = corners(pending)[:2], size(pending)
-                show_info(f"reopened the window at ({py}, {px}), {ph} × {pw}: its edits are not in the label store "
-                          f"yet (Save window to label store, then edit elsewhere)")
-                return pending
-        return box
-
-    def _window_box(self, store_layer):
-        H, W = self.store.shape
-        if "FTU box" in self._viewer.layers and len(self._viewer.layers["FTU box"].data):
-            box_layer = self._viewer.layers["FTU box"]
-            corners = np.array([store_layer.world_to_data(box_layer.data_to_world(v))
-                                for v in np.asarray(box_layer.data[-1])])[:, -2:]
-            y0, x0 = np.floor(corners.min(axis=0)).astype(int)
-            y1, x1 = np.ceil(corners.max(axis=0)).astype(int)
-        else:
-            centre = np.asarray(store_layer.world_to_data(self._viewer.scene.camera.center))[-2:]
-            size = np.asarray(self._viewer.canvas.size, float)
-            half = size / 2 / self._viewer.scene.camera.zoom / np.abs(np.asarray(store_layer.scale[-2:], float))
-            (y0, x0), (y1, x1) = np.floor(centre - half).astype(int), np.ceil(centre + half).astype(int)
-        y0, x0, y1, x1 = max(0, y0), max(0, x0), min(H, y1), min(W, x1)
-        if y1 <= y0 or x1 <= x0:
-            raise ValueError("the view or box lies outside the slide")
-        return from_corners(y0, x0, y1, x1)
-
-    def save_window(self):
-        """Write the edited window back into the label store (and its lower levels)."""
-        if self.window is None or self.store is None:
-            return self._fail("open a full-resolution window first")
-        layer, box = self.window
-        try:
-            regions = self.store.write_window(box, layer.data)
-        except ERRORS as exc:
-            return self._fail(exc)
-        for lyr in self._viewer.layers:
-            if lyr.metadata.get("label_store"):
-                lyr.refresh()
-        if self.autosaver is not None and self.layer is layer:  # the session records what the store holds
-            self.autosaver.meta["in_store_generation"] = self.session.generation
-            self._save(lambda: self.autosaver.save_now(force=True))
-        else:
-            self.save_now()
-        show_info(f"saved the {layer.data.shape[0]} × {layer.data.shape[1]} window into the label store")
-        return regions
 
     # --- images, autosave, retraining -------------------------------------------------------------------
     def step_image(self, step: int):
