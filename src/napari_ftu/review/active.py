@@ -48,7 +48,21 @@ class Candidate:
 
 def doubt(confidence: float, threshold: float, agreement: float = 1.0) -> float:
     """0 for an object at the threshold (or one the models disagree on), 1 for a certain one;
-    NaN confidence (drawn objects) counts as certain."""
+    NaN confidence (drawn objects) counts as certain.
+
+    Parameters
+    ----------
+    confidence : float or None
+        The object's mean probability.
+    threshold : float
+        The probability threshold objects were cut at.
+    agreement : float
+        How far the previous model agrees on the object (:func:`agreement`), 0 to 1.
+
+    Returns
+    -------
+    float
+    """
     if confidence is None or math.isnan(confidence):
         return 1.0
     span = (1 - threshold) if confidence >= threshold else threshold
@@ -57,7 +71,23 @@ def doubt(confidence: float, threshold: float, agreement: float = 1.0) -> float:
 
 def agreement(labels: np.ndarray, previous: np.ndarray | None, box, obj: int) -> float:
     """Intersection over union of object ``obj`` with whatever ``previous`` labels cover there
-    (1 when there is no previous prediction)."""
+    (1 when there is no previous prediction).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        The current labels.
+    previous : numpy.ndarray or None
+        The labels before the last re-prediction.
+    box : Box
+        The object's box.
+    obj : int
+        The object's id in ``labels``.
+
+    Returns
+    -------
+    float
+    """
     if previous is None:
         return 1.0
     mine = np.asarray(labels[box]) == obj
@@ -68,7 +98,22 @@ def agreement(labels: np.ndarray, previous: np.ndarray | None, box, obj: int) ->
 
 def order(rows: list, how: str, threshold: float = 0.5, agreements: dict | None = None) -> list:
     """``rows`` (review :class:`~napari_ftu.review.table.Row` or anything with ``id``,
-    ``confidence``, ``centroid``) in the order ``how`` (one of :data:`ORDERS`)."""
+    ``confidence``, ``centroid``) in the order ``how`` (one of :data:`ORDERS`).
+
+    Parameters
+    ----------
+    rows : list
+    how : str
+        One of :data:`ORDERS`.
+    threshold : float
+        The probability threshold, for "most doubtful first".
+    agreements : dict, optional
+        Object id -> :func:`agreement`, for "most doubtful first".
+
+    Returns
+    -------
+    list
+    """
     if how == "most doubtful first":
         agreements = agreements or {}
         return sorted(rows, key=lambda r: (doubt(r.confidence, threshold, agreements.get(r.id, 1.0)), r.id))
@@ -83,7 +128,28 @@ def possible_misses(prob: np.ndarray, labels: np.ndarray, threshold: float, min_
                     low: float = MISS_LOW, blocked: np.ndarray | None = None, scale: float = 1.0) -> list[Candidate]:
     """Regions where ``low × threshold <= prob < threshold`` outside every object (and outside
     ``blocked``: rejected objects, regions marked done) of at least ``min_area_px``; the most
-    probable first. ``prob`` is on the labels' grid; ``scale`` is its value of probability 1."""
+    probable first. ``prob`` is on the labels' grid; ``scale`` is its value of probability 1.
+
+    Parameters
+    ----------
+    prob : numpy.ndarray
+        The foreground probability, on the labels' grid.
+    labels : numpy.ndarray
+    threshold : float
+        The probability threshold objects were cut at.
+    min_area_px : int
+        The smallest region reported.
+    low : float
+        The share of ``threshold`` a region's probability must reach.
+    blocked : numpy.ndarray, optional
+        Boolean pixels never reported (rejected objects, regions marked done).
+    scale : float
+        The value of probability 1 in ``prob`` (255 for uint8).
+
+    Returns
+    -------
+    list of Candidate
+    """
     from scipy import ndimage as ndi
 
     p = np.asarray(prob, np.float32) / scale

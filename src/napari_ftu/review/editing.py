@@ -506,6 +506,24 @@ def add_mask(labels, box: Box, mask: np.ndarray, value: int | None = None, reser
     """A new object from a boolean ``mask`` of ``box`` (an accepted possible miss, a traced
     outline), on background pixels only; the new id in ``created``.
 
+    Parameters
+    ----------
+    labels : numpy.ndarray
+    box : Box
+        Where ``mask`` lies in ``labels``.
+    mask : numpy.ndarray
+        Boolean, the shape of ``box``.
+    value : int, optional
+        The new object's id (default: the next free one).
+    reserved : iterable of int
+        Ids not to give (rows kept for undo).
+    name : str
+        The edit's name in the undo history.
+
+    Returns
+    -------
+    Edit
+
     Raises
     ------
     EditError

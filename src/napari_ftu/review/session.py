@@ -332,7 +332,27 @@ def keep_reviewed(labels: np.ndarray, statuses: dict, rejected, done, new: np.nd
     edited) as they are, plus the objects of ``new`` that do not fall mostly (half or more) on a
     reviewed object, a rejected object or a region marked done, clipped to the rest and numbered
     from ``first_id`` (``None``: they keep their ids). Unreviewed objects of ``labels`` are
-    dropped: ``new`` replaces them."""
+    dropped: ``new`` replaces them.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        The reviewed labels.
+    statuses : dict
+        Object id -> review status.
+    rejected : numpy.ndarray or None
+        The rejected objects' pixels, by id.
+    done : list of Box
+        Regions marked "nothing else here".
+    new : numpy.ndarray
+        The new prediction.
+    first_id : int or None
+        The first id of the new objects kept (None: they keep their ids).
+
+    Returns
+    -------
+    tuple
+    """
     from scipy import ndimage as ndi
 
     from napari_ftu.boxes import corners
