@@ -4,7 +4,9 @@ A thin view on :class:`napari_ftu.review.session.ReviewSession` (pixels, statuse
 history), :mod:`napari_ftu.review.autosave` (sidecar sessions) and :mod:`napari_ftu.review.label_store`
 (full-resolution windows of large slides). Keys (with the labels layer selected):
 N / Shift+N next / previous unreviewed, A accept, R reject, C set class, Shift+M merge,
-Shift+D delete, Shift+H fill holes, Alt+= / Alt+- dilate / erode, Ctrl+Z / Ctrl+Shift+Z.
+Shift+D delete, Shift+H fill holes, Alt+= / Alt+- dilate / erode, Ctrl+Z / Ctrl+Shift+Z; and
+for learning from the reviews (:mod:`napari_ftu._qt.learn`) D done here, L learn, G / Shift+A /
+Shift+R next / take / drop a possible miss.
 """
 
 from __future__ import annotations
