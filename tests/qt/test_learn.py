@@ -82,3 +82,24 @@ def test_a_cancelled_round_keeps_the_model_and_the_objects(reviewed, qtbot):
     assert not any("round" in p for p in segment._paths)
     assert np.array_equal(layer.data, before)
     assert "cancelled" in review.learning.info.value
+
+
+def test_the_train_dock_learns_only_what_was_reviewed(reviewed):
+    """"Retrain on my corrections" on a layer under review: unreviewed objects are unknown, not
+    truth, and validation takes whole reviewed objects."""
+    from napari_ftu.training.data import start_from
+    from napari_ftu.training.sparse import UNKNOWN
+
+    viewer, segment, review, layer = reviewed
+    session = review.session
+    ids = sorted(session.review.rows)
+    review.select(ids[:1])
+    review.accept()
+    train = review.retrain()
+    assert train.labels_layer.value is layer
+    card, _ = start_from(None)
+    crops, val = train._data(card)
+    assert crops and not val  # one reviewed object: too few to hold one out
+    masks = [m for _, m in crops]
+    assert any((m == 1).any() for m in masks) and all((m == UNKNOWN).any() for m in masks)
+    assert sum(int((m == 1).sum()) for m in masks) < session.review.rows[ids[0]].area_px * 2.5  # one object only

@@ -37,17 +37,19 @@ def test_a_new_prediction_replaces_only_the_unreviewed_objects():
     new = np.zeros_like(session.labels)
     new[25:70, 25:70] = 1  # over the accepted object: dropped
     new[105:135, 105:145] = 2  # where the reviewer rejected an object: dropped
-    new[10:40, 190:230] = 3  # in the region marked done: dropped
+    new[10:40, 190:215] = 3  # in the region marked done: dropped
     new[150:195, 225:285] = 4  # replaces the unreviewed object 3
     new[60:90, 20:60] = 5  # new, touching the accepted one: clipped to the free pixels
     session.repredict(new, {4: ("FTU", 0.4), 5: ("FTU", 0.7)})
     assert np.array_equal(session.labels == 1, accepted) and session.review.rows[1].status == "accepted"
     assert session.review.rows[2].status == "rejected" and not (session.labels == 2).any()
-    assert 3 not in session.review.rows and 4 not in session.review.rows  # the old unreviewed objects are gone
-    fresh = {i: r for i, r in session.review.rows.items() if r.status == "unreviewed"}
+    assert 3 not in session.review.rows  # the old unreviewed object is gone
+    fresh = {i: r for i, r in session.review.rows.items() if r.status == "unreviewed" and i != 4}
     assert sorted(round(r.confidence, 2) for r in fresh.values()) == [0.4, 0.7]
     assert all(i > 4 for i in fresh)  # new ids: never one a rejected or reviewed row holds
-    assert not session.labels[10:40, 190:230].any()
+    assert not session.labels[10:40, 190:200].any()
+    assert (session.labels == 4).sum() == 30 * 40  # unreviewed, but in a view marked done: left as it was
+    assert session.review.rows[4].status == "unreviewed"
     session.undo()
     assert np.array_equal(session.labels, np.where(_labels() == 2, 0, _labels()))
     assert {i: r.status for i, r in session.review.rows.items()} == {1: "accepted", 2: "rejected", 3: "unreviewed",

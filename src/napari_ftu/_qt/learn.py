@@ -131,8 +131,12 @@ class LearnPanel:
         reviews = list(self.pool.values())
         if sum(r.n_reviewed for r in reviews) < 1:
             return dock._fail("nothing reviewed yet: accept, reject or draw objects, or mark a view done (D)")
-        self.round += 1
-        out = Path(dock._session_folder(dock.layer)) / "models" / f"round-{self.round}"
+        folder = Path(dock._session_folder(dock.layer)) / "models"
+        saved = sorted(int(p.name[6:]) for p in folder.glob("round-*") if p.name[6:].isdigit())
+        if saved and self.model_path is None:  # a review reopened: go on from its last round's model
+            self.model_path = folder / f"round-{saved[-1]}"
+        self.round = max(self.round, saved[-1] if saved else 0) + 1  # never over an earlier round's folder
+        out = folder / f"round-{self.round}"
         self._decisions_at_round = self.decisions()
         self.learn_button.enabled, self.cancel_button.enabled, self.bar.visible = False, True, True
         self.info.value = f"round {self.round}: learning from {sum(len(r.reviewed) for r in reviews)} reviewed " \

@@ -3,10 +3,12 @@
 A thin view on :class:`napari_ftu.review.session.ReviewSession` (pixels, statuses, one undo
 history), :mod:`napari_ftu.review.autosave` (sidecar sessions) and :mod:`napari_ftu.review.label_store`
 (full-resolution windows of large slides). Its corrections are :mod:`napari_ftu._qt.review_edits`,
-its large-slide windows :mod:`napari_ftu._qt.review_windows` (both mixed into the dock), learning
-from the reviews :mod:`napari_ftu._qt.learn`. Keys (with the labels layer selected):
+its large-slide windows :mod:`napari_ftu._qt.review_windows` (both mixed into the dock). Keys (with
+the labels layer selected):
 N / Shift+N next / previous unreviewed, A accept, R reject, C set class, Shift+M merge,
-Shift+D delete, Shift+H fill holes, Alt+= / Alt+- dilate / erode, Ctrl+Z / Ctrl+Shift+Z.
+Shift+D delete, Shift+H fill holes, Alt+= / Alt+- dilate / erode, Ctrl+Z / Ctrl+Shift+Z; and
+for learning from the reviews (:mod:`napari_ftu._qt.learn`) D done here, L learn, G / Shift+A /
+Shift+R next / take / drop a possible miss.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Train dock: train or fine-tune a model in a worker thread with a live loss / Dice plot.
 
 Data come from a dataset folder (exported tiles, images/ + masks/, competition layouts) or
-from the image and corrected Labels layers open in the viewer ("retrain on my corrections").
+from the image and corrected Labels layers open in the viewer ("retrain on my corrections"): a
+layer under review teaches only what was reviewed (training.sparse), read from the lazy image.
 The best model is saved as a model folder and offered to the Segment dock.
 """
 
@@ -26,6 +27,7 @@ from napari.utils.notifications import show_info
 
 from napari_ftu._qt.common import Dock, level0, plot_canvas, special, status_line
 from napari_ftu._qt.jobs import start_job
+from napari_ftu._qt.state import session_of
 from napari_ftu.errors import FTUError, OptionError
 from napari_ftu.io.images import assumed_pixel_size
 from napari_ftu.steps import TrainStep, Validation
@@ -119,6 +121,15 @@ class TrainWidget(Dock):
         image, labels = self.image.value, self.labels_layer.value
         if image is None or labels is None:
             raise OptionError("choose the image and its corrected Labels layer")
+        session = session_of(labels)
+        if session is not None:  # under review: learn what was reviewed, from the lazy image, whole objects validate
+            from napari_ftu.training.sparse import ReviewData, pooled_crops
+
+            levels = list(image.data) if image.multiscale else [image.data]
+            review = ReviewData.from_session(session, levels, image.metadata.get("um_per_px"), image.name)
+            if review.n_reviewed == 0:
+                raise OptionError(f"{labels.name}: nothing reviewed yet (accept, reject or draw objects first)")
+            return pooled_crops([review], card.um_per_px, val_every=5)
         return pair_split(level0(image), level0(labels), image.metadata.get("um_per_px"), card, name=labels.name)
 
     def _trained_on(self) -> dict:

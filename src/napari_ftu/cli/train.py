@@ -187,7 +187,7 @@ def _from_reviews(args) -> int:
     gen = round_steps(reviews, args.init, args.out, seconds=args.minutes * 60 if args.minutes else None,
                       steps=args.steps, lr=args.lr, batch_size=args.batch_size, crop=args.crop, seed=args.seed,
                       val_every=args.hold_out_every or 0, threads=args.threads, device=args.device,
-                      trust_code=args.trust_model)
+                      trust_code=args.trust_model, release=True)
     try:
         out, history = drain(gen, printer)
     except KeyboardInterrupt:

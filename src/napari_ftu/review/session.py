@@ -273,9 +273,9 @@ class ReviewSession:
         if labels.shape != self.labels.shape:
             raise EditError(f"new prediction: labels {labels.shape} differ from the session's {self.labels.shape}")
         rows = self.review.rows
-        unreviewed = [i for i, r in rows.items() if r.status == "unreviewed"]
         merged, placed = keep_reviewed(self.labels, {i: r.status for i, r in rows.items()}, self.rejected, self.done,
                                        labels, self.next_free_id())
+        unreviewed = [i for i, r in rows.items() if r.status == "unreviewed" and not (merged[r.box] == i).any()]
         ids = set(unreviewed) | set(placed.values())
         before = self.review.snapshot(ids)
         whole = (slice(0, labels.shape[0]), slice(0, labels.shape[1]))
@@ -332,7 +332,8 @@ def keep_reviewed(labels: np.ndarray, statuses: dict, rejected, done, new: np.nd
     edited) as they are, plus the objects of ``new`` that do not fall mostly (half or more) on a
     reviewed object, a rejected object or a region marked done, clipped to the rest and numbered
     from ``first_id`` (``None``: they keep their ids). Unreviewed objects of ``labels`` are
-    dropped: ``new`` replaces them.
+    replaced by ``new``'s, except those lying mostly in a region marked done: the reviewer saw
+    them there and said nothing else was, so they stay.
 
     Parameters
     ----------
@@ -358,14 +359,20 @@ def keep_reviewed(labels: np.ndarray, statuses: dict, rejected, done, new: np.nd
     from napari_ftu.boxes import corners
 
     kept = [i for i, s in statuses.items() if s in ("accepted", "edited")]
+    in_done = np.zeros(labels.shape, bool)
+    for b in done:
+        y0, x0, y1, x1 = corners(b)
+        in_done[y0:y1, x0:x1] = True
+    if done:  # unreviewed objects the reviewer left in a view marked done stay as they were
+        unreviewed = np.where(np.isin(labels, [i for i, s in statuses.items() if s == "unreviewed"]), labels, 0)
+        for k, box in enumerate(ndi.find_objects(unreviewed), start=1):
+            if box is not None and in_done[box][unreviewed[box] == k].mean() >= 0.5:
+                kept.append(k)
     merged = np.where(np.isin(labels, kept), labels, 0).astype(np.int64)
-    blocked = merged > 0
+    blocked = (merged > 0) | in_done
     rej = [i for i, s in statuses.items() if s == "rejected"]
     if rejected is not None and rej:
         blocked |= np.isin(rejected, rej)
-    for b in done:
-        y0, x0, y1, x1 = corners(b)
-        blocked[y0:y1, x0:x1] = True
     placed, next_id = {}, first_id
     for k, box in enumerate(ndi.find_objects(np.asarray(new)), start=1):
         if box is None:

@@ -35,14 +35,16 @@ def round_lr(round_no: int, lr: float = FINE_TUNE_LR) -> float:
 
 def round_steps(reviews: list, base, out: str | Path, seconds: float | None = ROUND_SECONDS, steps: int = 200,
                 round_no: int = 1, seed: int = 0, lr: float | None = None, batch_size: int = 4, crop: int = 256,
-                val_every: int = 0, threads: int | None = None, device: str = "auto", trust_code: bool = False):
+                val_every: int = 0, threads: int | None = None, device: str = "auto", trust_code: bool = False,
+                release: bool = False):
     """Fine-tune ``base`` (a model folder; ``None``: the built-in model) on ``reviews``
     (:class:`~napari_ftu.training.sparse.ReviewData`) for ``seconds`` (or ``steps``) and write the
     result to ``out``. Yields the training events; returns ``(out, history)``.
 
     Without validation (``val_every`` 0, the default while few objects are reviewed) the last
     weights are kept with the base's threshold. ``out`` appears only when the round finishes.
-    ``lr`` (default :func:`round_lr`) is the round's peak learning rate.
+    ``lr`` (default :func:`round_lr`) is the round's peak learning rate; ``release`` drops the
+    reviews' label arrays once their crops are cut (see :func:`~napari_ftu.training.sparse.pooled_crops`).
     """
     from napari_ftu.errors import InputError
     from napari_ftu.models.loading import default_model_path, load_model
@@ -54,7 +56,7 @@ def round_steps(reviews: list, base, out: str | Path, seconds: float | None = RO
     base_path = Path(base) if base else default_model_path()
     base_card = load_model(base_path, device="cpu", trust_code=trust_code).card
     card, state = start_from(base_path, round_name(base_card, round_no), trust_code)
-    train, val = pooled_crops(reviews, card.um_per_px, val_every=val_every, seed=seed)
+    train, val = pooled_crops(reviews, card.um_per_px, val_every=val_every, seed=seed, release=release)
     if not train:
         raise InputError("the reviews hold no pixels to learn from")
     note = {**learned_from(reviews), "round": round_no,

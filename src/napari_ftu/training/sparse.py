@@ -185,11 +185,18 @@ def review_crops(data: ReviewData, model_um: float, crop: int = CROP, ring_um: f
     return out
 
 
-def pooled_crops(reviews: list[ReviewData], model_um: float, val_every: int = 0, seed: int = 0, **kw):
+def pooled_crops(reviews: list[ReviewData], model_um: float, val_every: int = 0, seed: int = 0,
+                 release: bool = False, **kw):
     """Training and validation crops pooled from several reviewed images: with ``val_every``
     (N > 0), every N-th crop holding a reviewed FTU validates — whole objects, never a strip.
-    More than :data:`MAX_CROPS` crops are subsampled (seeded) to bound memory."""
-    crops = [c for k, r in enumerate(reviews) for c in review_crops(r, model_um, seed=seed + k, **kw)]
+    More than :data:`MAX_CROPS` crops are subsampled (seeded) to bound memory. With ``release``
+    each review's label arrays are dropped once its crops are cut (headless training: a 4096²
+    window's labels and rejected pixels are 128 MB)."""
+    crops = []
+    for k, r in enumerate(reviews):
+        crops += review_crops(r, model_um, seed=seed + k, **kw)
+        if release:
+            r.labels = r.rejected = None
     if len(crops) > MAX_CROPS:
         keep = np.random.default_rng(seed).choice(len(crops), MAX_CROPS, replace=False)
         crops = [crops[int(k)] for k in sorted(keep)]
