@@ -13,6 +13,11 @@ from pathlib import Path
 COLOURS = {"loop": "#1c71d8", "review-only": "#77767b", "annotate-then-train": "#e66100"}
 
 
+def _name(folder: str) -> str:
+    """The data set's name (the ccf runs read the instance masks through a link folder)."""
+    return {"ccf_inst": "hubmap_ccf_kidney_glomeruli (instances)"}.get(folder, folder)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("runs", type=Path, nargs="+")
@@ -31,12 +36,10 @@ def main():
             style = ["-", "--", ":", "-."][r["seed"] % 4]
             for policy, points in r["policies"].items():
                 xs, ys = [q["minutes"] for q in points], [q["dice"] for q in points]
-                if policy == "annotate-then-train":
-                    ax.plot(xs, ys, style, color=COLOURS[policy], marker="o", label=f"{policy}, seed {r['seed']}")
-                else:
-                    ax.step(xs, ys, style, where="post", color=COLOURS[policy], marker=".",
-                            label=f"{policy}, seed {r['seed']}")
-        ax.set_title(f"{name} (held out: {runs[0]['held_out'] if len(datasets) == 1 else ''})".replace(" ()", ""))
+                ax.step(xs, ys, style, where="post", color=COLOURS[policy], marker="o" if len(xs) == 2 else ".",
+                        label=f"{policy}, seed {r['seed']}")
+            held = r["held_out"]
+        ax.set_title(f"{_name(name)}\nheld out: {held}", fontsize=10)
         ax.set_xlabel("reviewer minutes")
         ax.set_ylabel("held-out pixel Dice")
         ax.set_ylim(0, 1)
@@ -49,8 +52,9 @@ def main():
     print("| --- | --- | --- | --- |")
     for r in runs:
         for policy, points in r["policies"].items():
-            pts = ", ".join(f"{q['minutes']:.1f} → {q['dice']:.3f} / {q['f1']:.3f}" for q in points)
-            print(f"| {Path(r['dataset']).name} | {r['seed']} | {policy} | {pts} |")
+            pts = ", ".join(f"{q['minutes']:.1f}" + (f" ({q['wall_minutes']:.1f})" if q.get("wall_minutes", 0) > q[
+                "minutes"] + 0.05 else "") + f" → {q['dice']:.3f} / {q['f1']:.3f}" for q in points)
+            print(f"| {_name(Path(r['dataset']).name)} | {r['seed']} | {policy} | {pts} |")
     print()
     for r in runs:
         print(Path(r["dataset"]).name, r["seed"], json.dumps(r["goals"]), f"wall {r['wall_minutes']} min",

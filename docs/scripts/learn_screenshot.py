@@ -29,7 +29,7 @@ def main(out: Path):
     app = napari.qt.get_qapp()
     rgb = iio.imread(DATA / "images" / "slide_O27_2_589_736.png")[..., :3]
     viewer = napari.Viewer()
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window._qt_window.resize(1500, 1000)
     viewer.add_image(rgb, name="O27_2", scale=(3.0, 3.0), metadata={"um_per_px": 3.0})
     _, segment = viewer.window.add_plugin_dock_widget("napari-ftu", "Segment")
     _, review = viewer.window.add_plugin_dock_widget("napari-ftu", "Review")
@@ -57,11 +57,14 @@ def main(out: Path):
             review._run(lambda box=box, mask=mask: session.apply(
                 add_mask(session.labels, box, mask, reserved=session.reserved(), name="draw"), "edited"))
     review.learning.mark_done(half)
-    review.learning.seconds.value = 30
+    review.learning.seconds.value = 45
     review.learning.learn()
     wait(app, lambda: review.learning.worker is None)
+    viewer.window.remove_dock_widget(segment.native)  # the Review dock alone, its learn section in view
     viewer.layers.selection.active = layer
     viewer.reset_view()
+    app.processEvents()
+    review.scroll.ensureWidgetVisible(review._sections["learn"])
     app.processEvents()
     viewer.screenshot(str(out), canvas_only=False)
     print(f"wrote {out}: {found} objects found by the built-in model; {review.learning.info.value}")

@@ -60,7 +60,7 @@ def test_learn_from_my_reviews_updates_the_unreviewed_objects_only(reviewed, qtb
 
     shown = [int(review.table.item(i, 0).text()) for i in range(review.table.rowCount())]
     rows = session.review.rows
-    keys = [doubt(rows[i].confidence, session.review.threshold) for i in shown]
+    keys = [doubt(rows[i].confidence, session.review.threshold, session.review.agreement.get(i, 1.0)) for i in shown]
     assert keys == sorted(keys)
     review.undo()  # the new prediction is one undo step
     assert np.array_equal(layer.data == first, kept)

@@ -190,6 +190,11 @@ class LearnPanel:
         classes = {int(o["id"]): (session.review.default_class, o.get("confidence")) for o in seg.objects}
         before = session.review.counts()["unreviewed"]
         dock._run(lambda: session.repredict(labels, classes, f"round {self.round} prediction"))
+        from napari_ftu.review.active import agreement
+
+        session.review.threshold = float(seg.threshold)
+        session.review.agreement = {i: agreement(session.labels, self.previous, r.box, i)  # the models' overlap
+                                    for i, r in session.review.rows.items() if r.status == "unreviewed"}
         self._find_misses(seg)
         dock.sort.value = "most doubtful first"
         dock.refresh_table()

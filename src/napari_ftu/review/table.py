@@ -72,6 +72,7 @@ class Review:
         self.default_class = default_class
         self.rows: dict[int, Row] = {}
         self.threshold = 0.5  # the model's, for "most doubtful first"
+        self.agreement: dict[int, float] = {}  # id -> overlap with the previous model's objects (1: same)
 
     # --- building and updating --------------------------------------------------------------
     @classmethod
@@ -297,7 +298,8 @@ class Review:
         if sort == "most doubtful first":
             from napari_ftu.review.active import doubt
 
-            return sorted(rows, key=lambda r: (doubt(r.confidence, self.threshold), r.id))
+            return sorted(rows, key=lambda r: (doubt(r.confidence, self.threshold, self.agreement.get(r.id, 1.0)),
+                                               r.id))
         return sorted(rows, key=SORTS[sort])
 
     def next_unreviewed(self, current: int | None, order: list[int], step: int = 1) -> int | None:
