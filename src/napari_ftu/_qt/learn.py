@@ -73,10 +73,12 @@ class LearnPanel:
         from napari_ftu.boxes import from_corners
 
         viewer, layer = self.dock._viewer, self.dock.layer
-        centre = np.asarray(layer.world_to_data(viewer.camera.center))[-2:]
-        half = np.asarray(viewer._canvas_size, float) / viewer.camera.zoom / np.abs(np.asarray(layer.scale[-2:])) / 2
-        (y0, x0), (y1, x1) = np.floor(centre - half).astype(int), np.ceil(centre + half).astype(int)
-        return from_corners(y0, x0, y1, x1)
+        camera = viewer.scene.camera
+        half = np.asarray(viewer.canvas.size, float) / 2 / camera.zoom  # world units (the canvas is (h, w))
+        centre = np.asarray(camera.center[-2:], float)
+        corners = [np.asarray(layer.world_to_data(c))[-2:] for c in (centre - half, centre + half)]
+        (y0, x0), (y1, x1) = np.minimum(*corners), np.maximum(*corners)
+        return from_corners(int(np.floor(y0)), int(np.floor(x0)), int(np.ceil(y1)), int(np.ceil(x1)))
 
     def mark_done(self, box=None):
         """The reviewer has looked at this view: what is not an object in it is background."""
@@ -240,7 +242,7 @@ class LearnPanel:
         self._miss_index = (self._miss_index + 1) % len(self.misses)
         c = self.misses[self._miss_index]
         layer = self.dock.layer
-        self.dock._viewer.camera.center = tuple(layer.data_to_world(c.centroid)[-2:])
+        self.dock._viewer.scene.camera.center = tuple(layer.data_to_world(c.centroid)[-2:])
         self.info.value = f"possible miss {self._miss_index + 1}/{len(self.misses)} (probability {c.confidence:.2f}):" \
                           f" Shift+A accept, Shift+R dismiss"
         return c
