@@ -107,3 +107,32 @@ def test_the_train_dock_learns_only_what_was_reviewed(reviewed):
     masks = [m for _, m in crops]
     assert any((m == 1).any() for m in masks) and all((m == UNKNOWN).any() for m in masks)
     assert sum(int((m == 1).sum()) for m in masks) < session.review.rows[ids[0]].area_px * 2.5  # one object only
+
+
+def test_possible_misses_are_taken_or_dropped_with_one_key(reviewed):
+    from napari_ftu.review.active import Candidate
+
+    viewer, segment, review, layer = reviewed
+    session, learning = review.session, review.learning
+    free = np.zeros(layer.data.shape, bool)
+    free[3:-3, 3:-3] = True
+    from scipy import ndimage as ndi
+
+    free &= ~ndi.binary_dilation(layer.data > 0, iterations=4)
+    points = np.argwhere(free)
+    a, b = points[0], points[-1]  # two places far apart, clear of every object
+    boxes = [from_corners(y - 3, x - 3, y + 3, x + 3) for y, x in (a, b)]
+    learning.misses = [Candidate(bx, np.ones((6, 6), bool), c) for bx, c in zip(boxes, (0.4, 0.3))]
+    learning._show_misses()
+    assert learning.accept_miss_button.enabled and f"{layer.name} possible misses" in viewer.layers
+    assert learning.next_miss() is learning.misses[0]
+    before = set(session.review.rows)
+    learning.accept_miss()  # Shift+A: the region becomes an accepted object
+    new = set(session.review.rows) - before
+    assert len(new) == 1 and session.review.rows[new.pop()].status == "accepted"
+    before = set(session.review.rows)
+    learning.dismiss_miss()  # Shift+R: kept as a rejected object, background for the next round
+    dropped = set(session.review.rows) - before
+    assert len(dropped) == 1 and session.review.rows[dropped.pop()].status == "rejected"
+    assert not layer.data[boxes[1]].any() and session.rejected[boxes[1]].all()
+    assert not learning.misses and not learning.accept_miss_button.enabled

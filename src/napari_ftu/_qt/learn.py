@@ -60,6 +60,8 @@ class LearnPanel:
         self.bar.visible = False
         self.info = status_line("Learning: review a few objects, then L")
         self._miss_index = -1
+        for b in (self.miss_button, self.accept_miss_button, self.dismiss_miss_button):
+            b.enabled = False  # until a round offers possible misses
 
     # --- keys --------------------------------------------------------------------------------
     def bind_keys(self, layer) -> None:
@@ -233,7 +235,8 @@ class LearnPanel:
             dock._viewer.add_labels(data, name=name, opacity=0.35, scale=dock.layer.scale,
                                     translate=dock.layer.translate, blending="translucent")
             dock._viewer.layers.selection.active = dock.layer
-        self.miss_button.enabled = bool(self.misses)
+        for b in (self.miss_button, self.accept_miss_button, self.dismiss_miss_button):
+            b.enabled = bool(self.misses)
 
     def next_miss(self):
         if not self.misses:
