@@ -47,19 +47,21 @@ def main():
         review.select([obj])
         review.accept()
     review.learning.seconds.value = args.seconds
-    ticks = []
-    probe = QTimer()
-    probe.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    probe.start(10)
-    start = time.perf_counter()
-    review.learning.learn()
-    wait(lambda: review.learning.worker is None)
-    probe.stop()
-    gaps = np.diff(ticks) * 1000
-    print(f"round of {args.seconds} s training + re-prediction: {time.perf_counter() - start:.1f} s wall; "
-          f"probe gaps over {len(gaps)} ticks: longest {gaps.max():.0f} ms, p99 {np.percentile(gaps, 99):.0f} ms, "
-          f"median {np.median(gaps):.0f} ms; load average {os.getloadavg()[0]:.1f}")
-    print(review.learning.info.value)
+    for k in (1, 2):  # the first round also imports torch (the Segment dock ran ONNX Runtime); the second does not
+        ticks = []
+        probe = QTimer()
+        probe.timeout.connect(lambda: ticks.append(time.perf_counter()))
+        probe.start(10)
+        start = time.perf_counter()
+        review.learning.learn()
+        wait(lambda: review.learning.worker is None)
+        probe.stop()
+        gaps = np.diff(ticks) * 1000
+        worst = int(np.argmax(gaps))
+        print(f"round {k} ({args.seconds} s training + re-prediction): {time.perf_counter() - start:.1f} s wall; probe "
+              f"gaps over {len(gaps)} ticks: longest {gaps.max():.0f} ms ({ticks[worst] - start:.1f} s in), p99 "
+              f"{np.percentile(gaps, 99):.0f} ms, median {np.median(gaps):.0f} ms; load {os.getloadavg()[0]:.1f}")
+        print("  " + review.learning.info.value)
     viewer.close()
 
 

@@ -42,7 +42,12 @@ def main():
         ax.set_title(f"{_name(name)}\nheld out: {held}", fontsize=10)
         ax.set_xlabel("reviewer minutes")
         ax.set_ylabel("held-out pixel Dice")
-        ax.set_ylim(0, 1)
+        mine = [r for r in runs if Path(r["dataset"]).name == name]
+        low = min(q["dice"] for r in mine for pts in r["policies"].values() for q in pts)
+        ax.set_ylim(max(0.0, low - 0.05), 1)
+        if max(q["minutes"] for r in mine for pts in r["policies"].values() for q in pts) > 30:
+            ax.set_xscale("symlog", linthresh=10)  # the first ten minutes linear, hours of drawing beyond
+            ax.set_xlabel("reviewer minutes (linear to 10, logarithmic beyond)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
