@@ -76,7 +76,7 @@ def load_set(folder: Path, pattern: str):
 
 
 class Prediction:
-    def __init__(self, seg, card):
+    def __init__(self, seg):
         self.labels = np.asarray(seg.labels).astype(np.int32)
         self.prob = np.asarray(seg.class_probability(), np.float32) / seg.prob_scale
         self.conf = {int(o["id"]): o.get("confidence") for o in seg.objects}
@@ -90,7 +90,7 @@ class Prediction:
 def predict(model, img: Image, um: float) -> Prediction:
     from napari_ftu.engine.inference import segment
 
-    return Prediction(segment(img.rgb, model, um_per_px=um), model.card)
+    return Prediction(segment(img.rgb, model, um_per_px=um))
 
 
 def score(model, held, um: float) -> tuple[float, float]:
@@ -167,8 +167,7 @@ def review_image(img: Image, pred: Prediction, reviewer: Reviewer, um: float, ac
             if not reviewer.act("fix"):
                 return None
             session.reject([row.id])  # the wrong outline is background where the true object is not
-            tbox = _box_of(img.truth == t)
-            session.apply(add_mask(session.labels, tbox, img.truth[tbox] == t, reserved=session.reserved()), "edited")
+            draw_truth(session, img.truth, t)
             claimed.add(t)
         else:
             if not reviewer.act("reject"):
@@ -187,9 +186,7 @@ def review_image(img: Image, pred: Prediction, reviewer: Reviewer, um: float, ac
                     session.apply(add_mask(session.labels, cand.box, cand.mask, reserved=session.reserved()),
                                   "accepted")
                 else:
-                    tbox = _box_of(img.truth == t)
-                    session.apply(add_mask(session.labels, tbox, img.truth[tbox] == t,
-                                           reserved=session.reserved()), "edited")
+                    draw_truth(session, img.truth, t)
                 claimed.add(t)
             elif not reviewer.act("reject"):
                 return None
@@ -199,9 +196,8 @@ def review_image(img: Image, pred: Prediction, reviewer: Reviewer, um: float, ac
             continue
         if not reviewer.act("draw"):
             return None
-        tbox = _box_of(img.truth == t)
         try:
-            session.apply(add_mask(session.labels, tbox, img.truth[tbox] == t, reserved=session.reserved()), "edited")
+            draw_truth(session, img.truth, t)
         except Exception:  # the true object lies wholly under accepted ones
             pass
         claimed.add(int(t))
@@ -209,6 +205,14 @@ def review_image(img: Image, pred: Prediction, reviewer: Reviewer, um: float, ac
         return None
     session.mark_done(from_corners(0, 0, *session.labels.shape))
     return session
+
+
+def draw_truth(session, truth, t):
+    """The reviewer draws (or redraws) true object ``t``: an "edited" object."""
+    from napari_ftu.review.editing import add_mask
+
+    box = _box_of(truth == t)
+    session.apply(add_mask(session.labels, box, truth[box] == t, reserved=session.reserved()), "edited")
 
 
 def _box_of(mask):

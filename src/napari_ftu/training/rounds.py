@@ -33,13 +33,14 @@ def round_lr(round_no: int, lr: float = FINE_TUNE_LR) -> float:
     return lr / max(1, round_no) ** 0.5
 
 
-def round_steps(reviews: list, base, out: str | Path, seconds: float | None = ROUND_SECONDS, steps: int = 200,
-                round_no: int = 1, seed: int = 0, lr: float | None = None, batch_size: int = 4, crop: int = 256,
-                val_every: int = 0, threads: int | None = None, device: str = "auto", trust_code: bool = False,
-                release: bool = False):
+def trained_round(reviews: list, base, out: str | Path, seconds: float | None = ROUND_SECONDS, steps: int = 200,
+                  round_no: int = 1, seed: int = 0, lr: float | None = None, batch_size: int = 4, crop: int = 256,
+                  val_every: int = 0, threads: int | None = None, device: str = "auto", trust_code: bool = False,
+                  release: bool = False):
     """Fine-tune ``base`` (a model folder; ``None``: the built-in model) on ``reviews``
     (:class:`~napari_ftu.training.sparse.ReviewData`) for ``seconds`` (or ``steps``) and write the
-    result to ``out``. Yields the training events; returns ``(out, history)``.
+    result to ``out``. Yields the training events; returns ``(out, history, model)``: the model as
+    saved, still in memory (the re-prediction needs no second load).
 
     Without validation (``val_every`` 0, the default while few objects are reviewed) the last
     weights are kept with the base's threshold. ``out`` appears only when the round finishes.
@@ -67,27 +68,32 @@ def round_steps(reviews: list, base, out: str | Path, seconds: float | None = RO
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        _, history = yield from train_steps(train, val, card, steps=steps, minutes=seconds / 60 if seconds else None,
-                                            lr=lr or round_lr(round_no), batch_size=batch_size, crop=crop,
-                                            seed=seed + round_no, init_state=state, out=tmp, workers=1,
-                                            threads=threads, device=device)
+        minutes = seconds / 60 if seconds else None
+        model, history = yield from train_steps(train, val, card, steps=steps, minutes=minutes,
+                                                lr=lr or round_lr(round_no), batch_size=batch_size, crop=crop,
+                                                seed=seed + round_no, init_state=state, out=tmp, workers=1,
+                                                threads=threads, device=device)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return out, history, model
+
+
+def round_steps(reviews: list, base, out: str | Path, **kw):
+    """:func:`trained_round` without the trained model in memory; returns ``(out, history)``."""
+    out, history, _ = yield from trained_round(reviews, base, out, **kw)
     return out, history
 
 
 def learn_and_predict_steps(reviews: list, base, out: str | Path, image, um_per_px: float | None, **kw):
-    """A round (:func:`round_steps`), then the new model run over ``image`` (the reviewed window,
+    """A round (:func:`trained_round`), then the new model run over ``image`` (the reviewed window,
     at its full resolution) so that the unreviewed objects can be replaced. Yields the training
     and tile events; returns ``(out, history, segmentation)``. Cancelling during the prediction
     keeps the new model folder (it is finished) but changes no object."""
     from napari_ftu.engine.inference import segment_steps
-    from napari_ftu.models.loading import load_model
 
-    out, history = yield from round_steps(reviews, base, out, **kw)
-    model = load_model(out, device=kw.get("device", "auto"))
+    out, history, model = yield from trained_round(reviews, base, out, **kw)  # the saved weights, still in memory
     seg = yield from segment_steps(image, model, um_per_px=um_per_px, full_resolution=True)
     return out, history, seg
